@@ -1,0 +1,38 @@
+//! Time as the protocol logic sees it: handed in by the I/O shells, never read by the logic.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// A moment: monotonic milliseconds for liveness, and wall-clock seconds for `server_time`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Now {
+    /// Milliseconds since the relay's clock started.
+    pub ms: u64,
+    /// Seconds since the Unix epoch.
+    pub unix: f64,
+}
+
+/// The relay's clock, shared by all threads so their `ms` values compare.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    start: Instant,
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock {
+            start: Instant::now(),
+        }
+    }
+}
+
+impl Clock {
+    /// Reads the clock.
+    pub fn now(&self) -> Now {
+        Now {
+            ms: self.start.elapsed().as_millis() as u64,
+            unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Configuration: the command line (each flag also an `UDP_RELAY_…` variable) and its checks.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser, ValueEnum};
+
+/// Largest UDP payload over IPv4.
+pub const MAX_UDP_PAYLOAD: usize = 65_507;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The relay's command line.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "udp-relay",
+    version,
+    about = "UDP relay for peer-to-peer encrypted chat"
+)]
+pub struct Args {
+    /// Address to listen on (`::` for dual stack IPv6 + IPv4).
+    #[arg(long, env = "UDP_RELAY_HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+    /// UDP port to listen on (0 picks a free one, logged at start-up).
+    #[arg(long, env = "UDP_RELAY_PORT", default_value_t = 8000)]
+    pub port: u16,
+    /// Worker threads, each with its own socket on the port [default: number of CPUs].
+    #[arg(long, env = "UDP_RELAY_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
+    /// Silence after which a peer is removed (e.g. `60`, `60s`, `1.5s`, `500ms`, `2m`).
+    #[arg(long, env = "UDP_RELAY_PEER_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub peer_timeout: Duration,
+    /// How often live peers are sent `server_keepalive`.
+    #[arg(long, env = "UDP_RELAY_KEEPALIVE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub keepalive_interval: Duration,
+    /// Largest registry for which everyone hears of every join and leave and gets every name.
+    #[arg(long, env = "UDP_RELAY_ANNOUNCE_MAX", default_value_t = 100)]
+    pub announce_max: usize,
+    /// Size limit of a `peer_list` (and of other name lists) beyond `--announce-max`, in bytes.
+    #[arg(long, env = "UDP_RELAY_REPLY_BUDGET", default_value_t = 1200, value_parser = clap::value_parser!(u32).range(256..=MAX_UDP_PAYLOAD as i64))]
+    pub reply_budget: u32,
+    /// Most names registered at once.
+    #[arg(long, env = "UDP_RELAY_MAX_PEERS", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_peers: u64,
+    /// Largest datagram accepted, in bytes.
+    #[arg(long, env = "UDP_RELAY_MAX_DATAGRAM", default_value_t = MAX_UDP_PAYLOAD as u32, value_parser = clap::value_parser!(u32).range(64..=MAX_UDP_PAYLOAD as i64))]
+    pub max_datagram: u32,
+    /// Most names one peer may watch.
+    #[arg(long, env = "UDP_RELAY_MAX_WATCH", default_value_t = 256)]
+    pub max_watch: usize,
+    /// Error replies allowed per source address per second (bursts of twice that).
+    #[arg(long, env = "UDP_RELAY_ERROR_RATE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub error_rate: u32,
+    /// Refuse `connect` (no introductions for hole punching).
+    #[arg(long, env = "UDP_RELAY_NO_INTRODUCTIONS")]
+    pub no_introductions: bool,
+    /// Serve Prometheus metrics over HTTP on this address (e.g. `127.0.0.1:9100`).
+    #[arg(long, env = "UDP_RELAY_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log line format; the level comes from `RUST_LOG` (default `info`).
+    #[arg(long, env = "UDP_RELAY_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Parses `60`, `60s`, `1.5s`, `500ms` or `2m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (try 60s, 1.5s or 500ms)"))?;
+    let secs = v * scale;
+    if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 * 365.0 {
+        return Err(format!("`{s}` must be more than zero and at most a year"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// What the protocol logic needs to know of the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Silence after which a peer is stale, in ms.
+    pub peer_timeout_ms: u64,
+    /// Keepalive interval, in ms.
+    pub keepalive_ms: u64,
+    /// See [`Args::announce_max`].
+    pub announce_max: usize,
+    /// See [`Args::reply_budget`].
+    pub reply_budget: usize,
+    /// See [`Args::max_peers`].
+    pub max_peers: usize,
+    /// See [`Args::max_datagram`].
+    pub max_datagram: usize,
+    /// See [`Args::max_watch`].
+    pub max_watch: usize,
+    /// See [`Args::error_rate`].
+    pub error_rate: u32,
+    /// Whether `connect` is served.
+    pub introductions: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            peer_timeout_ms: 60_000,
+            keepalive_ms: 10_000,
+            announce_max: 100,
+            reply_budget: 1200,
+            max_peers: 1_000_000,
+            max_datagram: MAX_UDP_PAYLOAD,
+            max_watch: 256,
+            error_rate: 10,
+            introductions: true,
+        }
+    }
+}
+
+impl Args {
+    /// Parses the command line and environment, exiting with a message naming the flag on error.
+    pub fn load() -> Args {
+        let args = Args::parse();
+        if let Err(msg) = args.check() {
+            Args::command()
+                .error(clap::error::ErrorKind::ValueValidation, msg)
+                .exit();
+        }
+        args
+    }
+
+    /// Checks what clap's per-flag parsers cannot: relations between flags.
+    pub fn check(&self) -> Result<(), String> {
+        if self.keepalive_interval >= self.peer_timeout {
+            return Err(format!(
+                "--keepalive-interval ({:?}) must be shorter than --peer-timeout ({:?}), or peers \
+                 would be reaped between keepalives",
+                self.keepalive_interval, self.peer_timeout
+            ));
+        }
+        Ok(())
+    }
+
+    /// The number of workers to run.
+    pub fn worker_count(&self) -> usize {
+        self.workers.map(usize::from).unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+        })
+    }
+
+    /// The address to bind.
+    pub fn listen(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.port)
+    }
+
+    /// The protocol settings.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            peer_timeout_ms: self.peer_timeout.as_millis() as u64,
+            keepalive_ms: self.keepalive_interval.as_millis() as u64,
+            announce_max: self.announce_max,
+            reply_budget: self.reply_budget as usize,
+            max_peers: usize::try_from(self.max_peers).unwrap_or(usize::MAX),
+            max_datagram: self.max_datagram as usize,
+            max_watch: self.max_watch,
+            error_rate: self.error_rate,
+            introductions: !self.no_introductions,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("60"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("NaN").is_err());
+    }
+
+    #[test]
+    fn old_command_line_still_works() {
+        let a = Args::try_parse_from(["udp-relay", "--host", "0.0.0.0", "--port", "8000"]).unwrap();
+        assert_eq!(a.listen(), "0.0.0.0:8000".parse().unwrap());
+        assert!(a.check().is_ok());
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let e = Args::try_parse_from(["udp-relay", "--port", "70000"]).unwrap_err();
+        assert!(e.to_string().contains("--port"), "{e}");
+        let e = Args::try_parse_from(["udp-relay", "--peer-timeout", "x"]).unwrap_err();
+        assert!(e.to_string().contains("--peer-timeout"), "{e}");
+        let a = Args::try_parse_from([
+            "udp-relay",
+            "--peer-timeout",
+            "5",
+            "--keepalive-interval",
+            "5",
+        ])
+        .unwrap();
+        assert!(a.check().unwrap_err().contains("--keepalive-interval"));
+    }
+}

@@ -1,0 +1,96 @@
+//! The portable backend: blocking recvmmsg/sendmmsg batches, for any Linux host.
+
+use std::io;
+use std::mem::zeroed;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+
+use super::{Backend, Sender, Worker, from_sockaddr};
+use crate::out::Out;
+
+/// Datagrams received (and decided) per system call at most.
+pub const BATCH: usize = 64;
+
+/// recvmmsg/sendmmsg batches on a blocking socket.
+pub struct Mmsg;
+
+impl Backend for Mmsg {
+    fn name(&self) -> &'static str {
+        "mmsg"
+    }
+
+    fn run(&self, mut w: Worker) -> io::Result<()> {
+        // One spare byte per slot tells a datagram of exactly the limit from a longer one.
+        let stride = w.max_datagram + 1;
+        let mut bufs = vec![0u8; stride * BATCH];
+        // SAFETY: all-zero is a valid sockaddr_storage, iovec and mmsghdr.
+        let mut names: Vec<libc::sockaddr_storage> = vec![unsafe { zeroed() }; BATCH];
+        let mut iovs: Vec<libc::iovec> = vec![unsafe { zeroed() }; BATCH];
+        let mut hdrs: Vec<libc::mmsghdr> = vec![unsafe { zeroed() }; BATCH];
+        let mut out = Out::default();
+        let mut sender = Sender::default();
+        let fd = w.socket.as_raw_fd();
+        while !w.stop.load(Ordering::Relaxed) {
+            for i in 0..BATCH {
+                iovs[i] = libc::iovec {
+                    iov_base: bufs[i * stride..].as_mut_ptr() as *mut _,
+                    iov_len: stride,
+                };
+                let h = &mut hdrs[i].msg_hdr;
+                h.msg_name = &mut names[i] as *mut _ as *mut _;
+                h.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
+                h.msg_iov = &mut iovs[i];
+                h.msg_iovlen = 1;
+                h.msg_flags = 0;
+            }
+            // SAFETY: the headers point at buffers that outlive the call.
+            let n = unsafe {
+                libc::recvmmsg(
+                    fd,
+                    hdrs.as_mut_ptr(),
+                    BATCH as u32,
+                    libc::MSG_WAITFORONE,
+                    std::ptr::null_mut(),
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => continue,
+                    _ => {
+                        // ICMP errors from earlier sends surface here on some kernels; they
+                        // concern a peer, not this socket.
+                        tracing::debug!(error = %e, "recvmmsg");
+                        continue;
+                    }
+                }
+            }
+            let n = n as usize;
+            let now = w.clock.now();
+            let mut lens = [0usize; BATCH];
+            for i in 0..n {
+                let len = hdrs[i].msg_len as usize;
+                lens[i] = len;
+                let Some(from) = from_sockaddr(&names[i]) else {
+                    continue;
+                };
+                out.input = i;
+                if hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || len > w.max_datagram {
+                    w.router.truncated(len, from, now, &mut out);
+                } else {
+                    let d = &bufs[i * stride..i * stride + len];
+                    w.router.handle(d, from, now, &mut out);
+                }
+            }
+            let bufs = &bufs;
+            sender.send(
+                &w.socket,
+                &out,
+                |i| &bufs[i * stride..i * stride + lens[i]],
+                &w.counters,
+            );
+            out.clear();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,235 @@
+//! The I/O shells: sockets in, [`Router`] decisions out.
+//!
+//! A backend runs one worker's receive loop on its own `SO_REUSEPORT` socket and sends what the
+//! router decides; nothing protocol-specific lives here. [`mmsg`] (recvmmsg/sendmmsg) is the
+//! portable backend; an io_uring backend is a second implementation of [`Backend`].
+
+pub mod mmsg;
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::clock::Clock;
+use crate::metrics::Counters;
+use crate::out::Out;
+use crate::router::Router;
+
+/// Everything a worker needs: its socket, its router, the clock and the stop flag.
+pub struct Worker {
+    /// Index of the worker (0-based).
+    pub index: usize,
+    /// The worker's own socket on the relay address.
+    pub socket: UdpSocket,
+    /// The protocol logic.
+    pub router: Router,
+    /// The relay's clock.
+    pub clock: Clock,
+    /// Set when the relay is shutting down; workers check it at least every [`POLL_MS`].
+    pub stop: Arc<AtomicBool>,
+    /// The worker's counters.
+    pub counters: Arc<Counters>,
+    /// Largest datagram accepted.
+    pub max_datagram: usize,
+}
+
+/// How long a worker may block before it looks at the stop flag.
+pub const POLL_MS: u64 = 100;
+
+/// An I/O backend: runs a worker until its stop flag is set.
+pub trait Backend: Send + Sync {
+    /// The backend's name, for logs.
+    fn name(&self) -> &'static str;
+    /// Runs the worker's loop on the calling thread.
+    fn run(&self, worker: Worker) -> io::Result<()>;
+}
+
+/// Binds one worker socket on `addr` with `SO_REUSEPORT`; `::` also takes IPv4.
+pub fn bind_worker_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(false)?;
+    }
+    sock.set_reuse_port(true)?;
+    // Best effort: a larger buffer absorbs bursts; the kernel caps it at its own maximum.
+    let _ = sock.set_recv_buffer_size(4 << 20);
+    let _ = sock.set_send_buffer_size(4 << 20);
+    sock.bind(&addr.into())?;
+    sock.set_read_timeout(Some(std::time::Duration::from_millis(POLL_MS)))?;
+    Ok(sock.into())
+}
+
+/// Fails with `AddrInUse` if another socket holds `addr`, even one with `SO_REUSEPORT`, so two
+/// relays never silently split one port's traffic.
+pub fn check_port_free(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(false)?;
+    }
+    sock.bind(&addr.into())
+}
+
+/// The address a peer is known by: IPv4 peers seen through a dual-stack socket are written
+/// `a.b.c.d:port`, as the old relay wrote them.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
+/// Reads a socket address the kernel wrote.
+pub fn from_sockaddr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match s.ss_family as i32 {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let a = unsafe { &*(s as *const _ as *const libc::sockaddr_in) };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                u32::from_be(a.sin_addr.s_addr).into(),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let a = unsafe { &*(s as *const _ as *const libc::sockaddr_in6) };
+            Some(canonical(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            ))))
+        }
+        _ => None,
+    }
+}
+
+/// Writes `addr` for a socket of the given family (IPv4 peers are mapped on IPv6 sockets).
+pub fn to_sockaddr(addr: SocketAddr, v6_socket: bool, s: &mut libc::sockaddr_storage) -> u32 {
+    let addr = match addr {
+        SocketAddr::V4(v4) if v6_socket => {
+            SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0))
+        }
+        a => a,
+    };
+    // SAFETY: sockaddr_storage is large and aligned enough for either structure.
+    unsafe {
+        match addr {
+            SocketAddr::V4(v4) => {
+                let a = &mut *(s as *mut _ as *mut libc::sockaddr_in);
+                *a = zeroed();
+                a.sin_family = libc::AF_INET as libc::sa_family_t;
+                a.sin_port = v4.port().to_be();
+                a.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
+                size_of::<libc::sockaddr_in>() as u32
+            }
+            SocketAddr::V6(v6) => {
+                let a = &mut *(s as *mut _ as *mut libc::sockaddr_in6);
+                *a = zeroed();
+                a.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                a.sin6_port = v6.port().to_be();
+                a.sin6_addr.s6_addr = v6.ip().octets();
+                a.sin6_flowinfo = v6.flowinfo();
+                a.sin6_scope_id = v6.scope_id();
+                size_of::<libc::sockaddr_in6>() as u32
+            }
+        }
+    }
+}
+
+/// Sends an [`Out`] with sendmmsg, reusing its header arrays between batches.
+#[derive(Default)]
+pub struct Sender {
+    hdrs: Vec<libc::mmsghdr>,
+    iovs: Vec<libc::iovec>,
+    names: Vec<libc::sockaddr_storage>,
+}
+
+// SAFETY: the raw pointers in the header arrays are only meaningful during `send` and are
+// rewritten before every use.
+unsafe impl Send for Sender {}
+
+impl Sender {
+    /// Sends every datagram of `out` on `sock`; `input(i)` is received datagram `i` of the batch.
+    pub fn send<'a>(
+        &mut self,
+        sock: &UdpSocket,
+        out: &'a Out,
+        input: impl Fn(usize) -> &'a [u8],
+        counters: &Counters,
+    ) {
+        let n = out.sends.len();
+        if n == 0 {
+            return;
+        }
+        let v6 = sock.local_addr().is_ok_and(|a| a.is_ipv6());
+        self.iovs.clear();
+        self.names.clear();
+        self.hdrs.clear();
+        // SAFETY: all-zero is a valid sockaddr_storage and mmsghdr.
+        self.names.resize(n, unsafe { zeroed() });
+        for (i, s) in out.sends.iter().enumerate() {
+            let len = to_sockaddr(s.to, v6, &mut self.names[i]);
+            for seg in out.segments(s, input(s.input)) {
+                if !seg.is_empty() {
+                    self.iovs.push(libc::iovec {
+                        iov_base: seg.as_ptr() as *mut _,
+                        iov_len: seg.len(),
+                    });
+                }
+            }
+            // SAFETY: see above.
+            let mut h: libc::mmsghdr = unsafe { zeroed() };
+            h.msg_hdr.msg_namelen = len;
+            h.msg_hdr.msg_iovlen = self.iovs.len(); // end index for now; fixed below
+            self.hdrs.push(h);
+        }
+        // Now that no vector will grow, point the headers at their names and iovecs.
+        let mut iov_start = 0;
+        for (i, h) in self.hdrs.iter_mut().enumerate() {
+            let iov_end = h.msg_hdr.msg_iovlen;
+            h.msg_hdr.msg_name = &mut self.names[i] as *mut _ as *mut _;
+            h.msg_hdr.msg_iov = self.iovs[iov_start..].as_mut_ptr();
+            h.msg_hdr.msg_iovlen = iov_end - iov_start;
+            iov_start = iov_end;
+        }
+        let fd = sock.as_raw_fd();
+        let mut done = 0;
+        while done < n {
+            let rest = &mut self.hdrs[done..];
+            // SAFETY: every header points into live buffers (`out`, inputs, our vectors).
+            let r = unsafe { libc::sendmmsg(fd, rest.as_mut_ptr(), rest.len() as u32, 0) };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock => continue,
+                    _ => {
+                        // The first datagram failed (unreachable, too large…): skip it only.
+                        tracing::debug!(error = %e, to = %out.sends[done].to, "send failed");
+                        Counters::add(&counters.send_errors, 1);
+                        done += 1;
+                    }
+                }
+            } else {
+                let sent = r as usize;
+                let bytes: u64 = self.hdrs[done..done + sent]
+                    .iter()
+                    .map(|h| u64::from(h.msg_len))
+                    .sum();
+                Counters::add(&counters.sent, sent as u64);
+                Counters::add(&counters.sent_bytes, bytes);
+                done += sent;
+            }
+        }
+    }
+}

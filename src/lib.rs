@@ -1,0 +1,18 @@
+//! A UDP relay for peer-to-peer encrypted chat: registration, discovery, NAT traversal help and
+//! fallback relaying, speaking the chat peers' JSON protocol (see `docs/protocol.md`).
+//!
+//! The protocol logic ([`router`], [`presence`], [`reaper`]) is sans-IO; the I/O shells in
+//! [`io`] feed it datagrams and send what it decides. `ARCHITECTURE.md` maps the modules.
+
+pub mod clock;
+pub mod config;
+pub mod io;
+pub mod metrics;
+pub mod out;
+pub mod presence;
+pub mod ratelimit;
+pub mod reaper;
+pub mod registry;
+pub mod router;
+pub mod server;
+pub mod wire;

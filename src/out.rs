@@ -1,0 +1,98 @@
+//! What the protocol logic asks an I/O shell to send: datagrams as up to three byte segments.
+//!
+//! A reply lives in the reusable `buf`; a forward is a header from `buf`, the payload span of the
+//! received datagram (never copied) and a static suffix. Ranges, not pointers, are stored so that
+//! `buf` may grow while a batch is decided.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+
+/// One segment of an outgoing datagram.
+#[derive(Debug, Clone)]
+pub enum Seg {
+    /// A range of [`Out::buf`].
+    Buf(Range<usize>),
+    /// A range of the received datagram the send was decided for.
+    Input(Range<usize>),
+    /// Constant bytes.
+    Static(&'static [u8]),
+}
+
+/// One datagram to send.
+#[derive(Debug, Clone)]
+pub struct Send {
+    /// Where to.
+    pub to: SocketAddr,
+    /// Which received datagram of the batch `Seg::Input` refers to.
+    pub input: usize,
+    /// The segments, concatenated on the wire.
+    pub segs: [Seg; 3],
+    /// How many of `segs` are used.
+    pub nsegs: usize,
+}
+
+/// The sends decided for a batch of datagrams.
+#[derive(Debug, Default)]
+pub struct Out {
+    /// Bytes of replies and forward headers.
+    pub buf: Vec<u8>,
+    /// The datagrams to send, in order.
+    pub sends: Vec<Send>,
+    /// Index of the received datagram being decided (set by the I/O shell).
+    pub input: usize,
+}
+
+const NONE: Seg = Seg::Static(b"");
+
+impl Out {
+    /// Sends `buf[start..]` (the reply just written) to `to`.
+    pub fn reply(&mut self, to: SocketAddr, start: usize) {
+        let end = self.buf.len();
+        self.send_range(to, start..end);
+    }
+
+    /// Sends `buf[range]` to `to` (one written message sent to several peers).
+    pub fn send_range(&mut self, to: SocketAddr, range: Range<usize>) {
+        self.sends.push(Send {
+            to,
+            input: self.input,
+            segs: [Seg::Buf(range), NONE, NONE],
+            nsegs: 1,
+        });
+    }
+
+    /// Sends `buf[head]`, the received datagram's `span`, and `tail`, as one datagram.
+    pub fn forward(
+        &mut self,
+        to: SocketAddr,
+        head: Range<usize>,
+        span: Range<usize>,
+        tail: &'static [u8],
+    ) {
+        self.sends.push(Send {
+            to,
+            input: self.input,
+            segs: [Seg::Buf(head), Seg::Input(span), Seg::Static(tail)],
+            nsegs: 3,
+        });
+    }
+
+    /// The bytes of `send`'s segments, given the received datagram it refers to.
+    pub fn segments<'a>(&'a self, send: &'a Send, input: &'a [u8]) -> [&'a [u8]; 3] {
+        let seg = |s: &'a Seg| -> &'a [u8] {
+            match s {
+                Seg::Buf(r) => &self.buf[r.clone()],
+                Seg::Input(r) => &input[r.clone()],
+                Seg::Static(b) => b,
+            }
+        };
+        [seg(&send.segs[0]), seg(&send.segs[1]), seg(&send.segs[2])]
+    }
+
+    /// Forgets everything decided, keeping the capacity.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.sends.clear();
+        self.input = 0;
+    }
+}

@@ -1,0 +1,554 @@
+//! The routing decision: for one datagram, its source and the time, what to send or why to drop.
+//!
+//! Sans-IO: it reads bytes and the registry and appends sends to an [`Out`]; the I/O shells do
+//! the sending. Every protocol rule lives here or in [`crate::presence`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tracing::debug;
+
+use crate::clock::Now;
+use crate::config::{MAX_UDP_PAYLOAD, Settings};
+use crate::metrics::{Counters, Metrics, Reason};
+use crate::out::Out;
+use crate::presence;
+use crate::ratelimit::SourceLimiter;
+use crate::registry::{Claim, Name, Registry, Session};
+use crate::wire::reply::{self, ErrorCode, Presence, RELAYED_SUFFIX};
+use crate::wire::scan::{self, Header, ScanError};
+use crate::wire::{Family, MAX_NAME, classify, control, valid_name};
+
+/// State shared by every worker and the reaper.
+pub struct Shared {
+    /// The peer registry.
+    pub registry: Registry,
+    /// The protocol settings.
+    pub settings: Settings,
+    /// The counters.
+    pub metrics: Metrics,
+}
+
+impl Shared {
+    /// Shared state for `workers` workers.
+    pub fn new(settings: Settings, workers: usize) -> Arc<Shared> {
+        Arc::new(Shared {
+            registry: Registry::new(settings.peer_timeout_ms),
+            metrics: Metrics::new(workers),
+            settings,
+        })
+    }
+}
+
+/// Who may be sent an error reply.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// Only an address that holds a registration.
+    Registered,
+    /// Whoever asked (a `register`).
+    Requester,
+}
+
+/// One worker's router.
+pub struct Router {
+    shared: Arc<Shared>,
+    counters: Arc<Counters>,
+    errors: SourceLimiter,
+    scratch: Vec<u8>,
+}
+
+impl Router {
+    /// A router for worker `worker`.
+    pub fn new(shared: Arc<Shared>, worker: usize) -> Router {
+        let rate = shared.settings.error_rate as f32;
+        Router {
+            counters: shared.metrics.block(worker),
+            errors: SourceLimiter::new(rate, 2.0 * rate),
+            shared,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Decides what to do with datagram `d` from `from`, appending sends to `out`.
+    pub fn handle(&mut self, d: &[u8], from: SocketAddr, now: Now, out: &mut Out) {
+        Counters::add(&self.counters.received, 1);
+        Counters::add(&self.counters.received_bytes, d.len() as u64);
+        if d.len() > self.shared.settings.max_datagram {
+            return self.too_large(d.len(), from, now, out);
+        }
+        match classify(d) {
+            Family::Json => self.json(d, from, now, out),
+            Family::Stun | Family::Channel => self.refuse(Reason::Unsupported, from, d.len()),
+            Family::Unknown => self.refuse(Reason::UnknownFamily, from, d.len()),
+        }
+    }
+
+    /// A datagram that did not fit the receive buffer: `len` bytes were received of it.
+    pub fn truncated(&mut self, len: usize, from: SocketAddr, now: Now, out: &mut Out) {
+        Counters::add(&self.counters.received, 1);
+        Counters::add(&self.counters.received_bytes, len as u64);
+        self.too_large(len, from, now, out);
+    }
+
+    fn too_large(&mut self, len: usize, from: SocketAddr, now: Now, out: &mut Out) {
+        self.refuse(Reason::TooLarge, from, len);
+        self.error(
+            out,
+            from,
+            now,
+            ErrorCode::TooLarge,
+            "datagram too large",
+            len,
+            Answer::Registered,
+        );
+    }
+
+    fn refuse(&self, r: Reason, from: SocketAddr, len: usize) {
+        self.counters.refuse(r);
+        debug!(%from, len, reason = r.as_str(), "refused");
+    }
+
+    /// Refuses and answers with an error where the protocol allows it.
+    #[allow(clippy::too_many_arguments)]
+    fn fail(
+        &mut self,
+        out: &mut Out,
+        r: Reason,
+        from: SocketAddr,
+        now: Now,
+        code: ErrorCode,
+        message: &str,
+        request_len: usize,
+        who: Answer,
+    ) {
+        self.refuse(r, from, request_len);
+        self.error(out, from, now, code, message, request_len, who);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn error(
+        &mut self,
+        out: &mut Out,
+        to: SocketAddr,
+        now: Now,
+        code: ErrorCode,
+        message: &str,
+        request_len: usize,
+        who: Answer,
+    ) {
+        if who == Answer::Registered && !self.shared.registry.has_addr(to) {
+            return;
+        }
+        if !self.errors.allow(to.ip(), now.ms) {
+            Counters::add(&self.counters.errors_suppressed, 1);
+            return;
+        }
+        let start = out.buf.len();
+        if reply::error(&mut out.buf, code, message, request_len) {
+            out.reply(to, start);
+        }
+    }
+
+    fn json(&mut self, d: &[u8], from: SocketAddr, now: Now, out: &mut Out) {
+        if std::str::from_utf8(d).is_err() {
+            let msg = "datagram is not UTF-8";
+            return self.fail(
+                out,
+                Reason::NotUtf8,
+                from,
+                now,
+                ErrorCode::BadRequest,
+                msg,
+                d.len(),
+                Answer::Registered,
+            );
+        }
+        let h = match scan::scan(d) {
+            Ok(h) => h,
+            Err(e) => {
+                let (r, msg) = match e {
+                    ScanError::Syntax => (Reason::Syntax, "malformed JSON"),
+                    ScanError::TooDeep => (Reason::TooDeep, "nested too deeply"),
+                    ScanError::Duplicate => (Reason::Duplicate, "duplicate field"),
+                    ScanError::WrongType => (Reason::WrongType, "field of the wrong type"),
+                    ScanError::MissingType => (Reason::MissingField, "missing type"),
+                };
+                return self.fail(
+                    out,
+                    r,
+                    from,
+                    now,
+                    ErrorCode::BadRequest,
+                    msg,
+                    d.len(),
+                    Answer::Registered,
+                );
+            }
+        };
+        let mut tmp = [0u8; 16];
+        let ty = scan::text(d, h.ty, &mut tmp).unwrap_or("");
+        if ty == "relay" {
+            return self.relay(d, &h, from, now, out);
+        }
+        // Any datagram from a registered peer shows that it is still there.
+        self.shared.registry.touch_addr(from, now.ms);
+        match ty {
+            "register" => self.register(d, from, now, out, true),
+            "keepalive" => self.register(d, from, now, out, false),
+            "ping" => self.ping(d, from, now, out),
+            "watch" => self.watch(d, from, now, out),
+            "lookup" => self.lookup(d, from, now, out),
+            "unregister" => self.unregister(d, from, now, out),
+            "connect" => self.connect(d, from, now, out),
+            _ => self.fail(
+                out,
+                Reason::UnknownType,
+                from,
+                now,
+                ErrorCode::BadRequest,
+                "unknown type",
+                d.len(),
+                Answer::Registered,
+            ),
+        }
+    }
+
+    /// The hot path: forwards the payload span, untouched, behind a header naming the sender.
+    fn relay(&mut self, d: &[u8], h: &Header, from: SocketAddr, now: Now, out: &mut Out) {
+        let (Some(source), Some(target), Some(payload)) = (h.source, h.target, h.payload) else {
+            let msg = "relay needs target, source and payload";
+            return self.fail(
+                out,
+                Reason::MissingField,
+                from,
+                now,
+                ErrorCode::BadRequest,
+                msg,
+                d.len(),
+                Answer::Registered,
+            );
+        };
+        let reg = &self.shared.registry;
+        let mut sbuf = [0u8; MAX_NAME];
+        let source = scan::text(d, source, &mut sbuf);
+        let Some(source) = source.filter(|s| reg.touch_sender(s, from, now.ms)) else {
+            let msg = "source is not registered at this address";
+            return self.fail(
+                out,
+                Reason::NotRegistered,
+                from,
+                now,
+                ErrorCode::NotRegistered,
+                msg,
+                d.len(),
+                Answer::Registered,
+            );
+        };
+        let mut tbuf = [0u8; MAX_NAME];
+        let Some(to) = scan::text(d, target, &mut tbuf).and_then(|t| reg.addr_of(t, now.ms)) else {
+            return self.fail(
+                out,
+                Reason::UnknownTarget,
+                from,
+                now,
+                ErrorCode::UnknownTarget,
+                "target is not online",
+                d.len(),
+                Answer::Registered,
+            );
+        };
+        let start = out.buf.len();
+        reply::relayed_prefix(&mut out.buf, source);
+        let size = out.buf.len() - start + payload.len() + RELAYED_SUFFIX.len();
+        if size > MAX_UDP_PAYLOAD {
+            out.buf.truncate(start);
+            return self.fail(
+                out,
+                Reason::TooLarge,
+                from,
+                now,
+                ErrorCode::TooLarge,
+                "relayed packet would be too large",
+                d.len(),
+                Answer::Registered,
+            );
+        }
+        let end = out.buf.len();
+        out.forward(to, start..end, payload.start..payload.end, RELAYED_SUFFIX);
+        Counters::add(&self.counters.forwarded, 1);
+    }
+
+    /// Parses a control message from a scratch copy (simd-json parses in place).
+    fn parse<T: for<'de> serde::Deserialize<'de>>(&mut self, d: &[u8]) -> Option<T> {
+        self.scratch.clear();
+        self.scratch.extend_from_slice(d);
+        control::parse(&mut self.scratch)
+    }
+
+    fn bad_request(&mut self, d: &[u8], from: SocketAddr, now: Now, out: &mut Out, who: Answer) {
+        let msg = "missing or mistyped field";
+        self.fail(
+            out,
+            Reason::BadRequest,
+            from,
+            now,
+            ErrorCode::BadRequest,
+            msg,
+            d.len(),
+            who,
+        );
+    }
+
+    /// `register` (`explicit`) or `keepalive`: both claim the name; they differ in the reply.
+    fn register(&mut self, d: &[u8], from: SocketAddr, now: Now, out: &mut Out, explicit: bool) {
+        let who = if explicit {
+            Answer::Requester
+        } else {
+            Answer::Registered
+        };
+        let Some(r) = self.parse::<control::Register>(d) else {
+            return self.bad_request(d, from, now, out, who);
+        };
+        if !valid_name(&r.name) {
+            let msg = "names are 1-64 bytes of UTF-8 without control characters";
+            return self.fail(
+                out,
+                Reason::InvalidName,
+                from,
+                now,
+                ErrorCode::InvalidName,
+                msg,
+                d.len(),
+                who,
+            );
+        }
+        let token = r.session.as_deref().and_then(Session::parse);
+        let s = &self.shared.settings;
+        let claim = self
+            .shared
+            .registry
+            .claim(&r.name, from, token, now.ms, s.max_peers);
+        let session = match claim {
+            Claim::Joined(s) | Claim::Refreshed(s) | Claim::Moved(s) => s,
+            Claim::InUse => {
+                let msg = "name is live at another address";
+                return self.fail(
+                    out,
+                    Reason::NameInUse,
+                    from,
+                    now,
+                    ErrorCode::NameInUse,
+                    msg,
+                    d.len(),
+                    who,
+                );
+            }
+            Claim::Full => {
+                let msg = "relay is full";
+                return self.fail(
+                    out,
+                    Reason::RegistryFull,
+                    from,
+                    now,
+                    ErrorCode::RateLimited,
+                    msg,
+                    d.len(),
+                    who,
+                );
+            }
+        };
+        debug!(%from, name = %r.name, ?claim, explicit, "claim");
+        let start = out.buf.len();
+        if explicit {
+            reply::register_ack(&mut out.buf, from, now.unix, &r.name, &session.to_hex());
+            out.reply(from, start);
+            presence::peer_list(&self.shared, out, from, now);
+        } else {
+            reply::keepalive_ack(&mut out.buf, &r.name, now.unix);
+            out.reply(from, start);
+        }
+        if matches!(claim, Claim::Joined(_)) {
+            presence::announce(&self.shared, out, Presence::Joined, &r.name, now);
+        }
+    }
+
+    fn ping(&mut self, d: &[u8], from: SocketAddr, now: Now, out: &mut Out) {
+        if self.parse::<control::Ping>(d).is_none() {
+            return self.bad_request(d, from, now, out, Answer::Registered);
+        }
+        let start = out.buf.len();
+        reply::pong(&mut out.buf, now.unix, from);
+        out.reply(from, start);
+    }
+
+    /// Which registered name at `from` speaks: the one it names, or its oldest.
+    fn speaker(&self, named: Option<&str>, from: SocketAddr, now: Now) -> Option<Name> {
+        let reg = &self.shared.registry;
+        match named {
+            Some(n) => reg.session_at(n, from, now.ms).map(|_| Name::from(n)),
+            None => reg.names_at(from).into_iter().next(),
+        }
+    }
+
+    fn watch(&mut self, d: &[u8], from: SocketAddr, now: Now, out: &mut Out) {
+        let Some(w) = self.parse::<control::Watch>(d) else {
+            return self.bad_request(d, from, now, out, Answer::Registered);
+        };
+        let Some(watcher) = self.speaker(w.name.as_deref(), from, now) else {
+            return self.fail(
+                out,
+                Reason::NotRegistered,
+                from,
+                now,
+                ErrorCode::NotRegistered,
+                "register before watching",
+                d.len(),
+                Answer::Registered,
+            );
+        };
+        if !w.names.iter().all(|n| valid_name(n)) {
+            return self.fail(
+                out,
+                Reason::InvalidName,
+                from,
+                now,
+                ErrorCode::InvalidName,
+                "invalid name in names",
+                d.len(),
+                Answer::Registered,
+            );
+        }
+        let names: Vec<Name> = w.names.iter().map(|n| Name::from(n.as_str())).collect();
+        let max = self.shared.settings.max_watch;
+        let Some(left_out) = self.shared.registry.watch(&watcher, &names, max) else {
+            return self.fail(
+                out,
+                Reason::NotRegistered,
+                from,
+                now,
+                ErrorCode::NotRegistered,
+                "register before watching",
+                d.len(),
+                Answer::Registered,
+            );
+        };
+        if left_out > 0 {
+            // Still acknowledge what was taken; the error says the rest was not.
+            self.fail(
+                out,
+                Reason::WatchLimit,
+                from,
+                now,
+                ErrorCode::RateLimited,
+                "watch limit reached",
+                d.len(),
+                Answer::Registered,
+            );
+        }
+        let reg = &self.shared.registry;
+        let online: Vec<&str> = w
+            .names
+            .iter()
+            .filter(|n| reg.addr_of(n, now.ms).is_some())
+            .map(String::as_str)
+            .collect();
+        let start = out.buf.len();
+        reply::watch_ack(&mut out.buf, online, self.shared.settings.reply_budget);
+        out.reply(from, start);
+    }
+
+    fn lookup(&mut self, d: &[u8], from: SocketAddr, now: Now, out: &mut Out) {
+        let Some(l) = self.parse::<control::Lookup>(d) else {
+            return self.bad_request(d, from, now, out, Answer::Registered);
+        };
+        if !valid_name(&l.name) {
+            return self.fail(
+                out,
+                Reason::InvalidName,
+                from,
+                now,
+                ErrorCode::InvalidName,
+                "invalid name",
+                d.len(),
+                Answer::Registered,
+            );
+        }
+        let online = self.shared.registry.addr_of(&l.name, now.ms).is_some();
+        let start = out.buf.len();
+        reply::peer_info(&mut out.buf, &l.name, online);
+        out.reply(from, start);
+    }
+
+    fn unregister(&mut self, d: &[u8], from: SocketAddr, now: Now, out: &mut Out) {
+        let Some(u) = self.parse::<control::Unregister>(d) else {
+            return self.bad_request(d, from, now, out, Answer::Registered);
+        };
+        let token = u.session.as_deref().and_then(Session::parse);
+        let Some(gone) = self
+            .shared
+            .registry
+            .unregister(&u.name, from, token, now.ms)
+        else {
+            return self.fail(
+                out,
+                Reason::NotRegistered,
+                from,
+                now,
+                ErrorCode::NotRegistered,
+                "name is not registered at this address",
+                d.len(),
+                Answer::Registered,
+            );
+        };
+        debug!(%from, name = %gone.name, "unregistered");
+        presence::announce(&self.shared, out, Presence::Left, &gone.name, now);
+    }
+
+    fn connect(&mut self, d: &[u8], from: SocketAddr, now: Now, out: &mut Out) {
+        if !self.shared.settings.introductions {
+            return self.fail(
+                out,
+                Reason::Disabled,
+                from,
+                now,
+                ErrorCode::BadRequest,
+                "introductions are disabled",
+                d.len(),
+                Answer::Registered,
+            );
+        }
+        let Some(c) = self.parse::<control::Connect>(d) else {
+            return self.bad_request(d, from, now, out, Answer::Registered);
+        };
+        let Some(me) = self.speaker(c.name.as_deref(), from, now) else {
+            return self.fail(
+                out,
+                Reason::NotRegistered,
+                from,
+                now,
+                ErrorCode::NotRegistered,
+                "register before connecting",
+                d.len(),
+                Answer::Registered,
+            );
+        };
+        let Some(peer_addr) = self.shared.registry.addr_of(&c.target, now.ms) else {
+            return self.fail(
+                out,
+                Reason::UnknownTarget,
+                from,
+                now,
+                ErrorCode::UnknownTarget,
+                "target is not online",
+                d.len(),
+                Answer::Registered,
+            );
+        };
+        let start = out.buf.len();
+        reply::introduce(&mut out.buf, &c.target, peer_addr);
+        out.reply(from, start);
+        let start = out.buf.len();
+        reply::introduce(&mut out.buf, &me, from);
+        out.reply(peer_addr, start);
+    }
+}

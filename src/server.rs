@@ -1,0 +1,179 @@
+//! Start-up and shutdown: binds the workers' sockets, starts the workers, the reaper and the
+//! metrics endpoint, and stops them all.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use tracing::{error, info, warn};
+
+use crate::clock::Clock;
+use crate::config::Args;
+use crate::io::{self as relay_io, Backend, Sender, Worker, mmsg::Mmsg};
+use crate::out::Out;
+use crate::reaper;
+use crate::router::{Router, Shared};
+
+/// A running relay.
+pub struct Relay {
+    /// The address the workers listen on (with the real port when 0 was asked).
+    pub local_addr: SocketAddr,
+    /// Shared state, for inspection.
+    pub shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+    reaper: JoinHandle<()>,
+}
+
+/// Starts a relay as configured by `args`.
+pub fn start(args: &Args) -> io::Result<Relay> {
+    let settings = args.settings();
+    let n = args.worker_count();
+    let shared = Shared::new(settings, n);
+    let clock = Clock::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let backend: Arc<dyn Backend> = Arc::new(Mmsg);
+
+    let mut addr = args.listen();
+    relay_io::check_port_free(addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+    let mut sockets = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = relay_io::bind_worker_socket(addr)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        // Port 0: the first socket picks the port, the others join it.
+        addr = s.local_addr()?;
+        sockets.push(s);
+    }
+    // Replies the reaper originates leave from the relay's own port, like every other reply.
+    let egress = sockets[0].try_clone()?;
+
+    let mut workers = Vec::with_capacity(n);
+    for (index, socket) in sockets.into_iter().enumerate() {
+        let w = Worker {
+            index,
+            socket,
+            router: Router::new(shared.clone(), index),
+            clock,
+            stop: stop.clone(),
+            counters: shared.metrics.block(index),
+            max_datagram: shared.settings.max_datagram,
+        };
+        let backend = backend.clone();
+        workers.push(
+            thread::Builder::new()
+                .name(format!("worker-{index}"))
+                .spawn(move || {
+                    if let Err(e) = backend.run(w) {
+                        error!(worker = index, error = %e, "worker stopped");
+                    }
+                })?,
+        );
+    }
+    let reaper = {
+        let shared = shared.clone();
+        let stop = stop.clone();
+        thread::Builder::new()
+            .name("reaper".into())
+            .spawn(move || run_reaper(&shared, clock, &stop, &egress))?
+    };
+    if let Some(m) = args.metrics_listen {
+        serve_metrics(m, shared.clone())?;
+    }
+    info!(
+        workers = n,
+        backend = backend.name(),
+        peer_timeout_ms = shared.settings.peer_timeout_ms,
+        keepalive_ms = shared.settings.keepalive_ms,
+        "listening on {addr}"
+    );
+    Ok(Relay {
+        local_addr: addr,
+        shared,
+        stop,
+        workers,
+        reaper,
+    })
+}
+
+impl Relay {
+    /// Stops the workers and the reaper and waits for them (within about [`relay_io::POLL_MS`]).
+    pub fn shutdown(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.reaper.thread().unpark();
+        for w in self.workers {
+            let _ = w.join();
+        }
+        let _ = self.reaper.join();
+    }
+}
+
+/// How often the reaper sweeps: often enough that a peer is reaped and kept alive within a
+/// quarter of the configured times.
+fn reaper_tick(shared: &Shared) -> Duration {
+    let s = &shared.settings;
+    let ms = s.peer_timeout_ms.min(s.keepalive_ms) / 4;
+    Duration::from_millis(ms.clamp(10, 1000))
+}
+
+fn run_reaper(shared: &Shared, clock: Clock, stop: &AtomicBool, egress: &UdpSocket) {
+    let tick = reaper_tick(shared);
+    let counters = shared.metrics.background();
+    let mut out = Out::default();
+    let mut sender = Sender::default();
+    while !stop.load(Ordering::Relaxed) {
+        thread::park_timeout(tick);
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let done = reaper::sweep(shared, clock.now(), &mut out, |out| {
+            sender.send(egress, out, |_| &[], &counters);
+            out.clear();
+        });
+        if done.reaped > 0 {
+            info!(
+                reaped = done.reaped,
+                peers = shared.registry.len(),
+                "reaped silent peers"
+            );
+        }
+    }
+}
+
+/// Serves `GET /metrics` (Prometheus text format) on `addr` from a background thread.
+fn serve_metrics(addr: SocketAddr, shared: Arc<Shared>) -> io::Result<()> {
+    let listener = TcpListener::bind(addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("--metrics-listen {addr}: {e}")))?;
+    let local = listener.local_addr()?;
+    info!("metrics on http://{local}/metrics");
+    thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut line = String::new();
+                if BufReader::new(&conn).read_line(&mut line).is_err() {
+                    continue;
+                }
+                let (status, body) = if line.starts_with("GET /metrics ") {
+                    ("200 OK", shared.metrics.prometheus(shared.registry.len()))
+                } else {
+                    ("404 Not Found", String::from("try /metrics\n"))
+                };
+                let r = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                if let Err(e) = r {
+                    warn!(error = %e, "metrics reply");
+                }
+            }
+        })?;
+    Ok(())
+}
