@@ -1,0 +1,250 @@
+//! Test harness: starts the `udp-relay` binary as a user would and acts as peers over loopback.
+//!
+//! Waits are on events (a log line, a datagram, a `pong` barrier) with a timeout, never sleeps.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// How long any single expected event may take before the test fails.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A running relay process.
+pub struct Relay {
+    child: Option<Child>,
+    /// The relay's UDP address.
+    pub addr: SocketAddr,
+    /// The relay's metrics address.
+    pub metrics: SocketAddr,
+    logs: Arc<Mutex<String>>,
+    lines: Receiver<String>,
+}
+
+impl Relay {
+    /// Starts the relay on 127.0.0.1 with a free port, extra `args` and `RUST_LOG=debug`.
+    pub fn start(args: &[&str]) -> Relay {
+        Relay::start_with(args, &[("RUST_LOG", "debug")], "127.0.0.1")
+    }
+
+    /// Starts the relay on `host` with `args` and environment `env`.
+    pub fn start_with(args: &[&str], env: &[(&str, &str)], host: &str) -> Relay {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_udp-relay"));
+        cmd.args(["--host", host, "--port", "0", "--metrics-listen", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start udp-relay");
+        let logs = Arc::new(Mutex::new(String::new()));
+        let (tx, lines) = channel();
+        for stream in [
+            Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stdout.take().unwrap()),
+        ] {
+            let logs = logs.clone();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    logs.lock().unwrap().push_str(&line);
+                    logs.lock().unwrap().push('\n');
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        let mut relay = Relay {
+            child: Some(child),
+            addr: "0.0.0.0:0".parse().unwrap(),
+            metrics: "0.0.0.0:0".parse().unwrap(),
+            logs,
+            lines,
+        };
+        let metrics = relay.wait_log("metrics on http://");
+        relay.metrics = after(&metrics, "metrics on http://")
+            .trim_end_matches("/metrics")
+            .parse()
+            .unwrap();
+        let listening = relay.wait_log("listening on ");
+        relay.addr = after(&listening, "listening on ").parse().unwrap();
+        relay
+    }
+
+    /// Waits for a log line containing `needle` and returns it.
+    pub fn wait_log(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no log line with {needle:?}; logs:\n{}", self.logs()),
+            }
+        }
+    }
+
+    /// Everything the relay has written so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// The metrics page.
+    pub fn metrics_text(&self) -> String {
+        let mut s = TcpStream::connect(self.metrics).expect("metrics endpoint");
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body
+    }
+
+    /// The value of metric line `series` (e.g. `udp_relay_refused_total{reason="too_deep"}`).
+    pub fn metric(&self, series: &str) -> u64 {
+        let text = self.metrics_text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no metric {series} in\n{text}"))
+            .parse()
+            .unwrap()
+    }
+
+    /// Refusals counted for `reason`.
+    pub fn refused(&self, reason: &str) -> u64 {
+        self.metric(&format!("udp_relay_refused_total{{reason=\"{reason}\"}}"))
+    }
+
+    /// Sends SIGTERM (or `signal`) and waits for exit; returns the status and how long it took.
+    pub fn stop_with(&mut self, signal: i32) -> (ExitStatus, Duration) {
+        let child = self.child.as_mut().unwrap();
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let t = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return (status, t.elapsed());
+            }
+            assert!(t.elapsed() < TIMEOUT, "relay did not exit after signal {signal}");
+            std::thread::yield_now();
+        }
+    }
+
+    /// Stops with SIGTERM.
+    pub fn stop(&mut self) -> (ExitStatus, Duration) {
+        self.stop_with(libc::SIGTERM)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn after<'a>(line: &'a str, marker: &str) -> &'a str {
+    let rest = &line[line.find(marker).unwrap() + marker.len()..];
+    rest.split_whitespace().next().unwrap()
+}
+
+/// A peer: one UDP socket talking to the relay.
+pub struct Peer {
+    /// The peer's socket.
+    pub sock: UdpSocket,
+    /// The relay's address.
+    pub relay: SocketAddr,
+}
+
+impl Peer {
+    /// A peer on 127.0.0.1 with a fresh port.
+    pub fn new(relay: &Relay) -> Peer {
+        Peer::bind(relay.addr, "127.0.0.1:0")
+    }
+
+    /// A peer bound to `local`, talking to `relay`.
+    pub fn bind(relay: SocketAddr, local: &str) -> Peer {
+        let sock = UdpSocket::bind(local).unwrap();
+        sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+        Peer { sock, relay }
+    }
+
+    /// The peer's address as the relay sees it.
+    pub fn addr(&self) -> SocketAddr {
+        self.sock.local_addr().unwrap()
+    }
+
+    /// Sends raw bytes.
+    pub fn send_raw(&self, d: &[u8]) {
+        self.sock.send_to(d, self.relay).unwrap();
+    }
+
+    /// Sends a JSON message.
+    pub fn send(&self, v: Value) {
+        self.send_raw(v.to_string().as_bytes());
+    }
+
+    /// Receives one raw datagram (fails the test after [`TIMEOUT`]).
+    pub fn recv_raw(&self) -> Vec<u8> {
+        let mut buf = vec![0u8; 70_000];
+        let (n, from) = self
+            .sock
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("{} waited for a datagram: {e}", self.addr()));
+        assert_eq!(from, self.relay, "datagram from an unexpected address");
+        buf.truncate(n);
+        buf
+    }
+
+    /// Receives one JSON message.
+    pub fn recv(&self) -> Value {
+        let d = self.recv_raw();
+        serde_json::from_slice(&d)
+            .unwrap_or_else(|e| panic!("relay sent non-JSON ({e}): {}", String::from_utf8_lossy(&d)))
+    }
+
+    /// Receives one message, which must be of type `ty`.
+    pub fn expect(&self, ty: &str) -> Value {
+        let v = self.recv();
+        assert_eq!(v["type"], ty, "expected {ty}, got {v}");
+        v
+    }
+
+    /// Barrier: sends `ping` and returns every message that arrived before the `pong`. Since
+    /// the relay serves one source in order, everything it sent this peer before answering is
+    /// in the returned list.
+    pub fn drain(&self) -> Vec<Value> {
+        self.send(json!({"type": "ping"}));
+        let mut before = Vec::new();
+        loop {
+            let v = self.recv();
+            if v["type"] == "pong" {
+                return before;
+            }
+            before.push(v);
+        }
+    }
+
+    /// Asserts nothing is waiting for this peer (beyond what `drain` would return).
+    pub fn expect_nothing(&self) {
+        let got = self.drain();
+        assert!(got.is_empty(), "{} expected nothing, got {got:?}", self.addr());
+    }
+
+    /// Registers `name` and returns the `register_ack`, consuming the `peer_list` too.
+    pub fn register(&self, name: &str) -> (Value, Value) {
+        self.send(json!({"type": "register", "name": name}));
+        let ack = self.expect("register_ack");
+        let list = self.expect("peer_list");
+        (ack, list)
+    }
+}
