@@ -48,3 +48,63 @@ pub fn sweep(shared: &Shared, now: Now, out: &mut Out, mut flush: impl FnMut(&mu
     }
     done
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use crate::router::tests::{Harness, addr, at, collect, parse};
+    use serde_json::json;
+
+    #[test]
+    fn sweep_reaps_announces_and_keeps_alive() {
+        let s = Settings {
+            peer_timeout_ms: 1000,
+            keepalive_ms: 300,
+            ..Settings::default()
+        };
+        let mut h = Harness::new(s);
+        h.json(json!({"type": "register", "name": "A"}), addr(1), 0);
+        h.json(json!({"type": "register", "name": "B"}), addr(2), 800);
+        let mut sent = Vec::new();
+        let mut out = Out::default();
+        let done = sweep(&h.shared, at(1100), &mut out, |o| {
+            sent.extend(parse(collect(o, &[])));
+            o.clear();
+        });
+        assert_eq!(done, Sweep { reaped: 1, keepalives: 1 });
+        assert_eq!(
+            sent,
+            vec![
+                (addr(2), json!({"type": "peer_left", "peer_name": "A", "peers": ["B"]})),
+                (addr(2), json!({"type": "server_keepalive", "server_time": at(1100).unix, "peer_name": "B"})),
+            ]
+        );
+        assert_eq!(h.shared.registry.len(), 1);
+    }
+
+    #[test]
+    fn sweep_flushes_in_bounded_batches() {
+        let s = Settings {
+            peer_timeout_ms: 10_000,
+            keepalive_ms: 100,
+            max_peers: 10_000,
+            ..Settings::default()
+        };
+        let h = Harness::new(s);
+        for i in 0..3000u16 {
+            h.shared
+                .registry
+                .claim(&format!("p{i}"), addr(i), None, 0, usize::MAX);
+        }
+        let mut out = Out::default();
+        let mut batches = Vec::new();
+        let done = sweep(&h.shared, at(200), &mut out, |o| {
+            batches.push(o.sends.len());
+            o.clear();
+        });
+        assert_eq!(done.keepalives, 3000);
+        assert!(batches.iter().all(|&n| n <= FLUSH_EVERY), "{batches:?}");
+        assert_eq!(batches.iter().sum::<usize>(), 3000);
+    }
+}
