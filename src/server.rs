@@ -123,7 +123,10 @@ fn run_reaper(shared: &Shared, clock: Clock, stop: &AtomicBool, egress: &UdpSock
     let tick = reaper_tick(shared);
     let counters = shared.metrics.background();
     let mut out = Out::default();
-    let mut sender = Sender::default();
+    let mut sender = match Sender::new(egress) {
+        Ok(s) => s,
+        Err(e) => return error!(error = %e, "reaper cannot send"),
+    };
     while !stop.load(Ordering::Relaxed) {
         thread::park_timeout(tick);
         if stop.load(Ordering::Relaxed) {

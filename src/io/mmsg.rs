@@ -28,7 +28,7 @@ impl Backend for Mmsg {
         let mut iovs: Vec<libc::iovec> = vec![unsafe { zeroed() }; BATCH];
         let mut hdrs: Vec<libc::mmsghdr> = vec![unsafe { zeroed() }; BATCH];
         let mut out = Out::default();
-        let mut sender = Sender::default();
+        let mut sender = Sender::new(&w.socket)?;
         let fd = w.socket.as_raw_fd();
         while !w.stop.load(Ordering::Relaxed) {
             for i in 0..BATCH {

@@ -148,8 +148,8 @@ pub fn to_sockaddr(addr: SocketAddr, v6_socket: bool, s: &mut libc::sockaddr_sto
 }
 
 /// Sends an [`Out`] with sendmmsg, reusing its header arrays between batches.
-#[derive(Default)]
 pub struct Sender {
+    v6_socket: bool,
     hdrs: Vec<libc::mmsghdr>,
     iovs: Vec<libc::iovec>,
     names: Vec<libc::sockaddr_storage>,
@@ -160,6 +160,16 @@ pub struct Sender {
 unsafe impl Send for Sender {}
 
 impl Sender {
+    /// A sender for `sock`, whose family decides how IPv4 destinations are written.
+    pub fn new(sock: &UdpSocket) -> io::Result<Sender> {
+        Ok(Sender {
+            v6_socket: sock.local_addr()?.is_ipv6(),
+            hdrs: Vec::new(),
+            iovs: Vec::new(),
+            names: Vec::new(),
+        })
+    }
+
     /// Sends every datagram of `out` on `sock`; `input(i)` is received datagram `i` of the batch.
     pub fn send<'a>(
         &mut self,
@@ -172,14 +182,13 @@ impl Sender {
         if n == 0 {
             return;
         }
-        let v6 = sock.local_addr().is_ok_and(|a| a.is_ipv6());
         self.iovs.clear();
         self.names.clear();
         self.hdrs.clear();
         // SAFETY: all-zero is a valid sockaddr_storage and mmsghdr.
         self.names.resize(n, unsafe { zeroed() });
         for (i, s) in out.sends.iter().enumerate() {
-            let len = to_sockaddr(s.to, v6, &mut self.names[i]);
+            let len = to_sockaddr(s.to, self.v6_socket, &mut self.names[i]);
             for seg in out.segments(s, input(s.input)) {
                 if !seg.is_empty() {
                     self.iovs.push(libc::iovec {
