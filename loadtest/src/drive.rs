@@ -1,0 +1,361 @@
+//! The load loop: virtual peers register, pair up and relay stamped datagrams to each other
+//! (or, in echo mode, to a reflector that returns them), closed-loop or at a fixed rate.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::net::{BATCH, RecvBatch, peer_socket, send_batch};
+use crate::proto::{self, Template};
+use crate::report::{Latency, Report};
+use crate::sys;
+
+/// How the load is offered.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Shape {
+    /// Closed loop: at most `window` datagrams in flight in all, so the target runs at its own
+    /// capacity instead of being drowned.
+    Capacity {
+        /// Datagrams in flight at most.
+        window: usize,
+    },
+    /// Open loop at `per_sec` datagrams a second, whatever the target does.
+    Rate {
+        /// Offered datagrams per second.
+        per_sec: f64,
+    },
+}
+
+/// One run's parameters.
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    /// The relay (or reflector) to drive.
+    pub target: SocketAddr,
+    /// Drive a reflector: every datagram returns to its sender; no registration.
+    pub echo: bool,
+    /// Pairs of virtual peers; each peer relays to its partner.
+    pub pairs: usize,
+    /// Payload bytes per datagram.
+    pub payload: usize,
+    /// Load before the measured window.
+    pub warmup: Duration,
+    /// The measured window.
+    pub duration: Duration,
+    /// Closed loop or fixed rate.
+    pub shape: Shape,
+    /// The target's pid, for its CPU time.
+    pub target_pid: Option<u32>,
+    /// How long to wait for registration acks.
+    pub register_timeout: Duration,
+    /// Draw a progress bar (only where stderr is a terminal).
+    pub progress: bool,
+}
+
+/// A datagram not back after this long is presumed lost and no longer holds the window.
+const LOSS_TIMEOUT: Duration = Duration::from_millis(200);
+/// How long after the window stragglers may still arrive.
+const DRAIN: Duration = Duration::from_millis(500);
+
+struct Flow {
+    tx: usize,
+    tmpl: Template,
+    seq: u64,
+    outstanding: usize,
+    last_progress: Instant,
+}
+
+/// Registers `names[i]` from `socks[i]`; returns registrations per second.
+pub fn register_all(
+    target: SocketAddr,
+    socks: &[UdpSocket],
+    names: &[String],
+    timeout: Duration,
+) -> Result<f64, String> {
+    let start = Instant::now();
+    let mut acked = vec![false; socks.len()];
+    let mut left = socks.len();
+    let mut rx = RecvBatch::new(65_536);
+    let mut last_send = None::<Instant>;
+    while left > 0 {
+        if start.elapsed() > timeout {
+            return Err(format!(
+                "the relay at {target} never acknowledged registration ({left} of {} peers \
+                 unanswered after {timeout:?}): is it a udp-relay, and is the address right?",
+                socks.len()
+            ));
+        }
+        if last_send.is_none_or(|t| t.elapsed() > Duration::from_millis(500)) {
+            for (i, s) in socks.iter().enumerate() {
+                if !acked[i] {
+                    s.send(&proto::register(&names[i]))
+                        .map_err(|e| unreachable(target, e))?;
+                }
+            }
+            last_send = Some(Instant::now());
+        }
+        for (i, s) in socks.iter().enumerate() {
+            let n = rx.recv(s).map_err(|e| unreachable(target, e))?;
+            for k in 0..n {
+                match proto::reply_kind(rx.get(k)) {
+                    Some((ty, _)) if ty == "register_ack" && !acked[i] => {
+                        acked[i] = true;
+                        left -= 1;
+                    }
+                    Some((ty, _)) if ty == "error" => {
+                        return Err(format!(
+                            "the relay at {target} refused registration: {}",
+                            String::from_utf8_lossy(rx.get(k))
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        std::hint::spin_loop();
+    }
+    Ok(socks.len() as f64 / start.elapsed().as_secs_f64())
+}
+
+fn unreachable(target: SocketAddr, e: std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::ConnectionRefused {
+        format!("the relay at {target} is unreachable: nothing listens on that port")
+    } else {
+        format!("talking to {target}: {e}")
+    }
+}
+
+/// A name prefix unique to this run, so that runs never collide in a long-lived relay.
+pub fn run_id() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("lt{:x}{:x}", std::process::id(), t)
+}
+
+/// Runs the load and reports on the measured window.
+pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
+    if cfg.pairs == 0 {
+        return Err("--pairs must be at least 1".into());
+    }
+    let n = 2 * cfg.pairs;
+    let socks = (0..n)
+        .map(|_| peer_socket(cfg.target))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("cannot open peer sockets: {e}"))?;
+    let id = run_id();
+    // Fixed-width names keep every datagram the same size, so batches slice evenly.
+    let names: Vec<String> = (0..n).map(|i| format!("{id}-{i:06}")).collect();
+    let registrations_per_sec = if cfg.echo {
+        None
+    } else {
+        Some(register_all(
+            cfg.target,
+            &socks,
+            &names,
+            cfg.register_timeout,
+        )?)
+    };
+    // Flow i sends from socket i to its partner (relay) or back to itself (echo).
+    let partner = |i: usize| if cfg.echo { i } else { i ^ 1 };
+    let mut flows: Vec<Flow> = (0..n)
+        .map(|i| Flow {
+            tx: i,
+            tmpl: Template::new(&names[i], &names[partner(i)], cfg.payload),
+            seq: 0,
+            outstanding: 0,
+            last_progress: Instant::now(),
+        })
+        .collect();
+    let dlen = flows[0].tmpl.bytes.len();
+    debug_assert!(flows.iter().all(|f| f.tmpl.bytes.len() == dlen));
+    let mut rx = RecvBatch::new(dlen + 1024);
+    // Whatever registration left queued (peer lists, joins) is not load.
+    for s in &socks {
+        while rx.recv(s).map_err(|e| unreachable(cfg.target, e))? > 0 {}
+    }
+
+    let bar = progress_bar(cfg);
+    let base = Instant::now();
+    let ns = || base.elapsed().as_nanos() as u64;
+    let warm_end = cfg.warmup.as_nanos() as u64;
+    let end = warm_end + cfg.duration.as_nanos() as u64;
+    let measured = |t: u64| t >= warm_end && t < end;
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
+        .map_err(|e| format!("histogram: {e}"))?;
+    let (mut sent, mut delivered, mut offered) = (0u64, 0u64, 0u64);
+    let mut out = Vec::with_capacity(dlen * BATCH);
+    let mut cpu_start = None;
+    let mut rr = 0usize;
+    let mut last_bar = 0u64;
+
+    let mut receive = |flows: &mut [Flow], hist: &mut Histogram<u64>, delivered: &mut u64| {
+        let mut got = 0;
+        for (s, sock) in socks.iter().enumerate() {
+            for _ in 0..4 {
+                let k = rx.recv(sock).unwrap_or_default();
+                if k == 0 {
+                    break;
+                }
+                let now = ns();
+                for j in 0..k {
+                    let Some((_, sent_at)) = proto::read_stamp(rx.get(j)) else {
+                        continue;
+                    };
+                    got += 1;
+                    let f = &mut flows[partner(s)];
+                    f.outstanding = f.outstanding.saturating_sub(1);
+                    f.last_progress = Instant::now();
+                    if measured(sent_at) {
+                        *delivered += 1;
+                        let _ = hist.record(now.saturating_sub(sent_at).max(1));
+                    }
+                }
+            }
+        }
+        got
+    };
+
+    loop {
+        let now = ns();
+        if now >= end {
+            break;
+        }
+        if cpu_start.is_none() && now >= warm_end {
+            cpu_start = Some(cpu_sample(cfg.target_pid));
+        }
+        let mut send = |f: &mut Flow, k: usize, out: &mut Vec<u8>| -> Result<usize, String> {
+            out.clear();
+            let t = ns();
+            for _ in 0..k {
+                f.tmpl.stamp(f.seq + (out.len() / dlen) as u64, t);
+                out.extend_from_slice(&f.tmpl.bytes);
+            }
+            let r = send_batch(&socks[f.tx], out, dlen).map_err(|e| unreachable(cfg.target, e))?;
+            f.seq += r as u64;
+            f.outstanding += r;
+            if measured(t) {
+                sent += r as u64;
+            }
+            Ok(r)
+        };
+        match cfg.shape {
+            Shape::Capacity { window } => {
+                let w = (window / n).max(1);
+                for f in flows.iter_mut() {
+                    if f.outstanding > 0 && f.last_progress.elapsed() > LOSS_TIMEOUT {
+                        f.outstanding = 0;
+                    }
+                    if f.outstanding < w {
+                        let k = (w - f.outstanding).min(BATCH);
+                        send(f, k, &mut out)?;
+                    }
+                }
+            }
+            Shape::Rate { per_sec } => {
+                let due = (per_sec * now as f64 / 1e9) as u64;
+                let mut owed = due.saturating_sub(offered);
+                while owed > 0 {
+                    let k = owed.min(8) as usize;
+                    let f = &mut flows[rr % n];
+                    rr += 1;
+                    let r = send(f, k, &mut out)?;
+                    if r == 0 {
+                        break;
+                    }
+                    owed -= r as u64;
+                    offered += r as u64;
+                }
+            }
+        }
+        receive(&mut flows, &mut hist, &mut delivered);
+        if now - last_bar > 100_000_000 {
+            last_bar = now;
+            bar.set_position((now / 1_000_000).min(end / 1_000_000));
+            if now > warm_end {
+                let secs = (now - warm_end) as f64 / 1e9;
+                bar.set_message(format!("{:.0} delivered/s", delivered as f64 / secs));
+            }
+        }
+    }
+    let cpu_end = cpu_sample(cfg.target_pid);
+    let drain_until = Instant::now() + DRAIN;
+    while delivered < sent && Instant::now() < drain_until {
+        if receive(&mut flows, &mut hist, &mut delivered) == 0 {
+            std::thread::yield_now();
+        }
+    }
+    bar.finish_and_clear();
+
+    let seconds = cfg.duration.as_secs_f64();
+    let (target_cpu, generator_cpu) = match cpu_start {
+        Some(start) => (
+            start.0.zip(cpu_end.0).map(|(a, b)| b.saturating_sub(a)),
+            cpu_end.1.saturating_sub(start.1),
+        ),
+        None => (None, Duration::ZERO),
+    };
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / delivered.max(1) as f64;
+    let q = |p: f64| hist.value_at_quantile(p) as f64 / 1000.0;
+    let lost = sent.saturating_sub(delivered);
+    Ok(Report {
+        target: cfg.target.to_string(),
+        shape: match cfg.shape {
+            Shape::Capacity { .. } => "capacity".into(),
+            Shape::Rate { .. } => "rate".into(),
+        },
+        echo: cfg.echo,
+        pairs: cfg.pairs,
+        payload: cfg.payload.max(proto::MIN_PAYLOAD),
+        datagram: dlen,
+        offered_rate: match cfg.shape {
+            Shape::Rate { per_sec } => Some(per_sec),
+            Shape::Capacity { .. } => None,
+        },
+        seconds,
+        sent,
+        delivered: sent - lost,
+        lost,
+        loss_ratio: if sent == 0 {
+            0.0
+        } else {
+            lost as f64 / sent as f64
+        },
+        delivered_per_sec: (sent - lost) as f64 / seconds,
+        latency_us: if hist.is_empty() {
+            Latency::default()
+        } else {
+            Latency {
+                p50: q(0.5),
+                p90: q(0.9),
+                p99: q(0.99),
+                p999: q(0.999),
+                max: hist.max() as f64 / 1000.0,
+            }
+        },
+        registrations_per_sec,
+        target_cpu_us_per_datagram: target_cpu.map(per),
+        target_cpu_cores: target_cpu.map(|d| d.as_secs_f64() / seconds),
+        generator_cpu_us_per_datagram: per(generator_cpu),
+    })
+}
+
+/// The target's and this process's CPU time now.
+fn cpu_sample(pid: Option<u32>) -> (Option<Duration>, Duration) {
+    let target = pid.and_then(|p| sys::process_cpu(p).ok());
+    let own = sys::process_cpu(std::process::id()).unwrap_or_default();
+    (target, own)
+}
+
+fn progress_bar(cfg: &LoadConfig) -> ProgressBar {
+    if !cfg.progress {
+        return ProgressBar::hidden();
+    }
+    let total = (cfg.warmup + cfg.duration).as_millis() as u64;
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template("{bar:40} {elapsed} {msg}") {
+        bar.set_style(style);
+    }
+    bar
+}

@@ -1,0 +1,9 @@
+//! The load-test harness of udp-relay: virtual peers that register and relay to each other,
+//! a reflector that marks the machine's cost floor, registration storms and comparisons.
+
+pub mod drive;
+pub mod net;
+pub mod proto;
+pub mod reflector;
+pub mod report;
+pub mod sys;

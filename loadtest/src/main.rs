@@ -1,0 +1,166 @@
+//! `loadtest`: drive a udp-relay (or anything speaking its JSON protocol) and measure it.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use loadtest::drive::{self, LoadConfig, Shape};
+use loadtest::{proto, reflector, sys};
+
+#[derive(Parser)]
+#[command(name = "loadtest", version, about = "Load tests for udp-relay")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Virtual peers register, pair up and relay to their partners; reports rate, loss, latency.
+    Run(RunArgs),
+    /// Returns every datagram to its sender: the cost floor to compare a relay with.
+    Reflector(ReflectorArgs),
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    /// The relay (or, with --echo, the reflector) as HOST:PORT.
+    #[arg(long, value_parser = proto::parse_addr)]
+    relay: std::net::SocketAddr,
+    /// Drive a reflector instead of a relay (no registration; datagrams come back to the sender).
+    #[arg(long)]
+    echo: bool,
+    /// Pairs of virtual peers.
+    #[arg(long, default_value_t = 8)]
+    pairs: usize,
+    /// Payload bytes per datagram (at least 37: sequence number and timestamp).
+    #[arg(long, default_value_t = 100)]
+    payload: usize,
+    /// Measured window, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Load before the measured window, in seconds.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Closed loop: datagrams in flight at most (the default shape).
+    #[arg(long, default_value_t = 256, conflicts_with = "rate")]
+    window: usize,
+    /// Open loop at this many datagrams per second instead of the closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Pin the generator to this CPU.
+    #[arg(long)]
+    cpu: Option<usize>,
+    /// The target's pid, to report its CPU time per datagram.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Write the full report as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// Seconds to wait for registration acks.
+    #[arg(long, default_value_t = 5.0)]
+    register_timeout: f64,
+}
+
+#[derive(Args)]
+struct ReflectorArgs {
+    /// UDP port to listen on.
+    #[arg(long)]
+    port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    /// Pin the reflector to this CPU.
+    #[arg(long)]
+    cpu: Option<usize>,
+}
+
+fn seconds(flag: &str, v: f64) -> Result<Duration, String> {
+    if v.is_finite() && v >= 0.0 && v < 1e6 {
+        Ok(Duration::from_secs_f64(v))
+    } else {
+        Err(format!("{flag} must be a number of seconds, not {v}"))
+    }
+}
+
+fn load_config(a: &RunArgs) -> Result<LoadConfig, String> {
+    let shape = match a.rate {
+        Some(r) if r.is_finite() && r > 0.0 => Shape::Rate { per_sec: r },
+        Some(r) => return Err(format!("--rate must be positive, not {r}")),
+        None if a.window == 0 => return Err("--window must be at least 1".into()),
+        None => Shape::Capacity { window: a.window },
+    };
+    if a.duration <= 0.0 {
+        return Err("--duration must be positive".into());
+    }
+    Ok(LoadConfig {
+        target: a.relay,
+        echo: a.echo,
+        pairs: a.pairs,
+        payload: a.payload,
+        warmup: seconds("--warmup", a.warmup)?,
+        duration: seconds("--duration", a.duration)?,
+        shape,
+        target_pid: a.pid,
+        register_timeout: seconds("--register-timeout", a.register_timeout)?,
+        progress: true,
+    })
+}
+
+fn run(a: RunArgs) -> Result<(), String> {
+    if let Some(cpu) = a.cpu {
+        sys::pin_to_cpu(cpu).map_err(|e| e.to_string())?;
+    }
+    if let Some(pid) = a.pid {
+        sys::process_cpu(pid).map_err(|e| format!("--pid {pid}: {e}"))?;
+    }
+    let report = drive::run(&load_config(&a)?)?;
+    print!("{}", report.summary());
+    if let Some(path) = &a.json {
+        let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        std::fs::write(path, text).map_err(|e| format!("--json {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn reflect(a: ReflectorArgs) -> Result<(), String> {
+    if let Some(cpu) = a.cpu {
+        sys::pin_to_cpu(cpu).map_err(|e| e.to_string())?;
+    }
+    let addr = std::net::SocketAddr::new(a.host, a.port);
+    let sock = reflector::bind(addr).map_err(|e| e.to_string())?;
+    eprintln!(
+        "reflecting on {}",
+        sock.local_addr().map_err(|e| e.to_string())?
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        signal_flag(sig, &stop)?;
+    }
+    let n = reflector::serve(&sock, &stop).map_err(|e| e.to_string())?;
+    eprintln!("reflected {n} datagrams");
+    Ok(())
+}
+
+fn signal_flag(sig: i32, stop: &Arc<AtomicBool>) -> Result<(), String> {
+    signal_hook::flag::register(sig, stop.clone())
+        .map(|_| ())
+        .map_err(|e| format!("signal handler: {e}"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Run(a) => run(a),
+        Cmd::Reflector(a) => reflect(a),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadtest: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

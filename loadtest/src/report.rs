@@ -1,0 +1,101 @@
+//! The report of one load run: what was sent, what arrived, how fast and how late.
+
+use serde::{Deserialize, Serialize};
+
+/// Latency percentiles, in microseconds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Latency {
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Largest seen.
+    pub max: f64,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    /// What was driven: the relay's address, or the reflector's in echo mode.
+    pub target: String,
+    /// `capacity` or `rate`.
+    pub shape: String,
+    /// Whether the target was a reflector (echo mode).
+    pub echo: bool,
+    /// Pairs of virtual peers.
+    pub pairs: usize,
+    /// Payload bytes per datagram.
+    pub payload: usize,
+    /// Size of each datagram sent.
+    pub datagram: usize,
+    /// The offered rate in fixed-rate runs (datagrams/s).
+    pub offered_rate: Option<f64>,
+    /// Length of the measured window, in seconds.
+    pub seconds: f64,
+    /// Datagrams sent in the measured window.
+    pub sent: u64,
+    /// Of those, how many arrived.
+    pub delivered: u64,
+    /// Of those, how many did not.
+    pub lost: u64,
+    /// `lost / sent`.
+    pub loss_ratio: f64,
+    /// Delivered datagrams per second.
+    pub delivered_per_sec: f64,
+    /// One-way latency through the relay, from the send timestamp in the payload.
+    pub latency_us: Latency,
+    /// Registrations acknowledged per second while the peers registered.
+    pub registrations_per_sec: Option<f64>,
+    /// The target's CPU time per delivered datagram (µs), when its pid was given.
+    pub target_cpu_us_per_datagram: Option<f64>,
+    /// The target's CPU use during the window, in cores.
+    pub target_cpu_cores: Option<f64>,
+    /// The generator's own CPU time per delivered datagram (µs).
+    pub generator_cpu_us_per_datagram: f64,
+}
+
+impl Report {
+    /// A human-readable summary.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "{} {} ({} pairs, {} B payload, {} B datagrams, {:.1} s)\n\
+             sent {}  delivered {}  lost {} ({:.3}%)\n\
+             delivered/s {:.0}\n\
+             latency µs  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}\n",
+            if self.echo { "reflector" } else { "relay" },
+            self.target,
+            self.pairs,
+            self.payload,
+            self.datagram,
+            self.seconds,
+            self.sent,
+            self.delivered,
+            self.lost,
+            self.loss_ratio * 100.0,
+            self.delivered_per_sec,
+            self.latency_us.p50,
+            self.latency_us.p90,
+            self.latency_us.p99,
+            self.latency_us.p999,
+            self.latency_us.max,
+        );
+        if let Some(r) = self.offered_rate {
+            s += &format!("offered/s {r:.0}\n");
+        }
+        if let Some(r) = self.registrations_per_sec {
+            s += &format!("registrations/s {r:.0}\n");
+        }
+        if let (Some(c), Some(cores)) = (self.target_cpu_us_per_datagram, self.target_cpu_cores) {
+            s += &format!("target CPU {c:.2} µs/datagram ({cores:.2} cores)\n");
+        }
+        s += &format!(
+            "generator CPU {:.2} µs/datagram\n",
+            self.generator_cpu_us_per_datagram
+        );
+        s
+    }
+}
