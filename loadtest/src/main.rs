@@ -78,7 +78,7 @@ struct ReflectorArgs {
 }
 
 fn seconds(flag: &str, v: f64) -> Result<Duration, String> {
-    if v.is_finite() && v >= 0.0 && v < 1e6 {
+    if (0.0..1e6).contains(&v) {
         Ok(Duration::from_secs_f64(v))
     } else {
         Err(format!("{flag} must be a number of seconds, not {v}"))
