@@ -285,6 +285,11 @@ impl Registry {
             .unwrap_or_default()
     }
 
+    /// The oldest name registered at `addr`.
+    pub fn first_name_at(&self, addr: SocketAddr) -> Option<Name> {
+        self.by_addr.get(&addr).and_then(|v| v.first().cloned())
+    }
+
     /// Marks every name at `addr` live: any datagram from a peer proves it is there.
     pub fn touch_addr(&self, addr: SocketAddr, now_ms: u64) {
         for name in self.names_at(addr) {

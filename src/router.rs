@@ -190,11 +190,14 @@ impl Router {
         if ty == "relay" {
             return self.relay(d, &h, from, now, out);
         }
+        match ty {
+            "register" => return self.register(d, from, now, out, true),
+            "keepalive" => return self.register(d, from, now, out, false),
+            _ => {}
+        }
         // Any datagram from a registered peer shows that it is still there.
         self.shared.registry.touch_addr(from, now.ms);
         match ty {
-            "register" => self.register(d, from, now, out, true),
-            "keepalive" => self.register(d, from, now, out, false),
             "ping" => self.ping(d, from, now, out),
             "watch" => self.watch(d, from, now, out),
             "lookup" => self.lookup(d, from, now, out),
@@ -386,7 +389,7 @@ impl Router {
         let reg = &self.shared.registry;
         match named {
             Some(n) => reg.session_at(n, from, now.ms).map(|_| Name::from(n)),
-            None => reg.names_at(from).into_iter().next(),
+            None => reg.first_name_at(from),
         }
     }
 
@@ -617,7 +620,12 @@ pub(crate) mod tests {
             .collect()
     }
 
-    fn register(h: &mut Harness, name: &str, from: SocketAddr, ms: u64) -> Vec<(SocketAddr, Value)> {
+    fn register(
+        h: &mut Harness,
+        name: &str,
+        from: SocketAddr,
+        ms: u64,
+    ) -> Vec<(SocketAddr, Value)> {
         h.json(json!({"type": "register", "name": name}), from, ms)
     }
 
@@ -631,7 +639,10 @@ pub(crate) mod tests {
         assert_eq!(r[0].1["type"], "register_ack");
         assert_eq!(r[0].1["your_address"], "10.0.0.1:1001");
         assert_eq!(r[0].1["peer_name"], "Alice");
-        assert_eq!(r[1].1, json!({"type": "peer_list", "peers": ["Bob", "Alice"], "count": 2}));
+        assert_eq!(
+            r[1].1,
+            json!({"type": "peer_list", "peers": ["Bob", "Alice"], "count": 2})
+        );
         assert_eq!(r[2].0, addr(2));
         assert_eq!(
             r[2].1,
@@ -661,7 +672,8 @@ pub(crate) mod tests {
         let mut h = Harness::new(Settings::default());
         register(&mut h, "A", addr(1), 0);
         register(&mut h, "B", addr(2), 0);
-        let spoof = json!({"type": "relay", "source": "A", "target": "B", "payload": "x".repeat(80)});
+        let spoof =
+            json!({"type": "relay", "source": "A", "target": "B", "payload": "x".repeat(80)});
         let r = h.json(spoof.clone(), addr(3), 1);
         assert!(r.is_empty(), "unregistered address gets nothing");
         let r = h.json(spoof, addr(2), 1);
@@ -698,8 +710,17 @@ pub(crate) mod tests {
         let r = h.json(json!({"type": "keepalive", "name": "A"}), addr(2), 1);
         assert!(r.is_empty(), "unregistered address: no error reply");
         assert_eq!(h.refused(Reason::NameInUse), 1);
-        let session = h.shared.registry.session_at("A", addr(1), 1).unwrap().to_hex();
-        let r = h.json(json!({"type": "keepalive", "name": "A", "session": session}), addr(2), 2);
+        let session = h
+            .shared
+            .registry
+            .session_at("A", addr(1), 1)
+            .unwrap()
+            .to_hex();
+        let r = h.json(
+            json!({"type": "keepalive", "name": "A", "session": session}),
+            addr(2),
+            2,
+        );
         assert_eq!(r[0].1["type"], "keepalive_ack");
         assert_eq!(h.shared.registry.addr_of("A", 2), Some(addr(2)));
     }
@@ -747,8 +768,14 @@ pub(crate) mod tests {
         assert_eq!(
             r,
             vec![
-                (addr(1), json!({"type": "introduce", "peer_name": "B", "address": "10.0.0.1:1002"})),
-                (addr(2), json!({"type": "introduce", "peer_name": "A", "address": "10.0.0.1:1001"})),
+                (
+                    addr(1),
+                    json!({"type": "introduce", "peer_name": "B", "address": "10.0.0.1:1002"})
+                ),
+                (
+                    addr(2),
+                    json!({"type": "introduce", "peer_name": "A", "address": "10.0.0.1:1001"})
+                ),
             ]
         );
     }
