@@ -6,4 +6,5 @@ pub mod net;
 pub mod proto;
 pub mod reflector;
 pub mod report;
+pub mod storm;
 pub mod sys;

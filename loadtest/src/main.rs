@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use loadtest::drive::{self, LoadConfig, Shape};
+use loadtest::storm::{self, StormConfig};
 use loadtest::{proto, reflector, sys};
 
 #[derive(Parser)]
@@ -22,6 +23,36 @@ enum Cmd {
     Run(RunArgs),
     /// Returns every datagram to its sender: the cost floor to compare a relay with.
     Reflector(ReflectorArgs),
+    /// A registration storm: N distinct peers register; reports registrations/s and relay memory.
+    Register(RegisterArgs),
+}
+
+#[derive(Args)]
+struct RegisterArgs {
+    /// The relay as HOST:PORT.
+    #[arg(long, value_parser = proto::parse_addr)]
+    relay: std::net::SocketAddr,
+    /// Distinct peers to register.
+    #[arg(long, default_value_t = 100_000)]
+    peers: usize,
+    /// Sockets to spread the peers over [default: one per peer, within the fd limit, at most 20000].
+    #[arg(long)]
+    sockets: Option<usize>,
+    /// Registrations awaiting their ack at most.
+    #[arg(long, default_value_t = 512)]
+    window: usize,
+    /// The relay's pid, to report its resident memory before and after.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 120.0)]
+    timeout: f64,
+    /// Pin the generator to this CPU.
+    #[arg(long)]
+    cpu: Option<usize>,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -118,11 +149,33 @@ fn run(a: RunArgs) -> Result<(), String> {
     }
     let report = drive::run(&load_config(&a)?)?;
     print!("{}", report.summary());
-    if let Some(path) = &a.json {
-        let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-        std::fs::write(path, text).map_err(|e| format!("--json {}: {e}", path.display()))?;
+    write_json(a.json.as_deref(), &report)
+}
+
+fn storm(a: RegisterArgs) -> Result<(), String> {
+    if let Some(cpu) = a.cpu {
+        sys::pin_to_cpu(cpu).map_err(|e| e.to_string())?;
     }
-    Ok(())
+    if let Some(pid) = a.pid {
+        sys::process_rss(pid).map_err(|e| format!("--pid {pid}: {e}"))?;
+    }
+    let report = storm::run(&StormConfig {
+        target: a.relay,
+        peers: a.peers,
+        sockets: a.sockets,
+        window: a.window,
+        target_pid: a.pid,
+        timeout: seconds("--timeout", a.timeout)?,
+        progress: true,
+    })?;
+    print!("{}", report.summary());
+    write_json(a.json.as_deref(), &report)
+}
+
+fn write_json(path: Option<&std::path::Path>, v: &impl serde::Serialize) -> Result<(), String> {
+    let Some(path) = path else { return Ok(()) };
+    let text = serde_json::to_string_pretty(v).map_err(|e| e.to_string())?;
+    std::fs::write(path, text).map_err(|e| format!("--json {}: {e}", path.display()))
 }
 
 fn reflect(a: ReflectorArgs) -> Result<(), String> {
@@ -155,6 +208,7 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Run(a) => run(a),
         Cmd::Reflector(a) => reflect(a),
+        Cmd::Register(a) => storm(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

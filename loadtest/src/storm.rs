@@ -1,0 +1,291 @@
+//! A registration storm: N distinct peers register as fast as the relay acknowledges them.
+//!
+//! Peers share sockets when N exceeds what the file-descriptor limit allows (several names per
+//! address are allowed by the protocol); readiness comes from epoll so that tens of thousands of
+//! sockets cost nothing while idle.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget};
+use serde::{Deserialize, Serialize};
+
+use crate::drive::run_id;
+use crate::net::{RecvBatch, peer_socket};
+use crate::{proto, sys};
+
+/// A storm's parameters.
+#[derive(Debug, Clone)]
+pub struct StormConfig {
+    /// The relay.
+    pub target: SocketAddr,
+    /// Distinct peers to register.
+    pub peers: usize,
+    /// Sockets to spread them over (`None`: as many as the limit allows, up to one per peer).
+    pub sockets: Option<usize>,
+    /// Registrations awaiting their ack at most.
+    pub window: usize,
+    /// The relay's pid, for its resident memory.
+    pub target_pid: Option<u32>,
+    /// Give up after this long.
+    pub timeout: Duration,
+    /// Draw a progress bar (only where stderr is a terminal).
+    pub progress: bool,
+}
+
+/// What a storm measured.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StormReport {
+    /// Peers registered (acknowledged).
+    pub peers: usize,
+    /// Sockets used.
+    pub sockets: usize,
+    /// Seconds from the first send to the last ack.
+    pub seconds: f64,
+    /// Acknowledged registrations per second.
+    pub registrations_per_sec: f64,
+    /// Registrations sent again after no ack came.
+    pub resent: u64,
+    /// The relay's resident memory before, in bytes.
+    pub rss_before: Option<u64>,
+    /// The relay's resident memory after, in bytes.
+    pub rss_after: Option<u64>,
+    /// `(rss_after - rss_before) / peers`.
+    pub rss_bytes_per_peer: Option<f64>,
+}
+
+impl StormReport {
+    /// A human-readable summary.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "registered {} peers over {} sockets in {:.2} s: {:.0} registrations/s ({} resent)\n",
+            self.peers, self.sockets, self.seconds, self.registrations_per_sec, self.resent
+        );
+        if let (Some(b), Some(a), Some(p)) =
+            (self.rss_before, self.rss_after, self.rss_bytes_per_peer)
+        {
+            s += &format!(
+                "relay RSS {:.1} MiB -> {:.1} MiB: {p:.0} bytes per peer\n",
+                b as f64 / 1048576.0,
+                a as f64 / 1048576.0
+            );
+        }
+        s
+    }
+}
+
+/// Sockets kept free for everything else the process opens.
+const FD_RESERVE: u64 = 64;
+/// An unacknowledged registration is sent again after this long.
+const RESEND_AFTER: Duration = Duration::from_millis(500);
+
+/// Runs the storm.
+pub fn run(cfg: &StormConfig) -> Result<StormReport, String> {
+    if cfg.peers == 0 || cfg.window == 0 {
+        return Err("--peers and --window must be at least 1".into());
+    }
+    let limit = sys::raise_fd_limit();
+    let room = limit.saturating_sub(FD_RESERVE) as usize;
+    let sockets = match cfg.sockets {
+        Some(s) if s as u64 + FD_RESERVE > limit => {
+            return Err(format!(
+                "--sockets {s} needs {} file descriptors but the limit is {limit}: raise it \
+                 (ulimit -n {}) or ask for fewer sockets",
+                s as u64 + FD_RESERVE,
+                s as u64 + FD_RESERVE
+            ));
+        }
+        Some(0) => return Err("--sockets must be at least 1".into()),
+        Some(s) => s.min(cfg.peers),
+        None => cfg.peers.min(room).min(20_000),
+    };
+    if sockets == 0 {
+        return Err(format!(
+            "the file-descriptor limit ({limit}) leaves no room for sockets: raise it (ulimit -n)"
+        ));
+    }
+    let socks = (0..sockets)
+        .map(|_| peer_socket(cfg.target))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("cannot open {sockets} sockets: {e}"))?;
+    let epoll = Epoll::new(&socks).map_err(|e| format!("epoll: {e}"))?;
+    let rss = |pid: Option<u32>| pid.and_then(|p| sys::process_rss(p).ok());
+    let rss_before = rss(cfg.target_pid);
+    let id = run_id();
+    let name = |k: usize| format!("{id}-{k:08}");
+
+    let bar = if cfg.progress {
+        ProgressBar::with_draw_target(Some(cfg.peers as u64), ProgressDrawTarget::stderr())
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut acked = vec![false; cfg.peers];
+    let mut sent_at: Vec<Option<Instant>> = vec![None; cfg.peers];
+    let (mut next, mut done, mut outstanding, mut resent) = (0usize, 0usize, 0usize, 0u64);
+    let mut rx = RecvBatch::new(65_536);
+    let mut resend_from = 0usize;
+    let start = Instant::now();
+    while done < cfg.peers {
+        if start.elapsed() > cfg.timeout {
+            return Err(format!(
+                "only {done} of {} registrations were acknowledged within {:?}",
+                cfg.peers, cfg.timeout
+            ));
+        }
+        while outstanding < cfg.window && next < cfg.peers {
+            send(&socks[next % sockets], &name(next), cfg.target)?;
+            sent_at[next] = Some(Instant::now());
+            next += 1;
+            outstanding += 1;
+        }
+        let ready = epoll.wait(10).map_err(|e| format!("epoll: {e}"))?;
+        if ready.is_empty() {
+            // Nothing came back: send again what has waited too long (lost on the way).
+            let now = Instant::now();
+            for k in resend_from..next {
+                if !acked[k] && sent_at[k].is_some_and(|t| now - t > RESEND_AFTER) {
+                    send(&socks[k % sockets], &name(k), cfg.target)?;
+                    sent_at[k] = Some(now);
+                    resent += 1;
+                }
+            }
+            while resend_from < next && acked[resend_from] {
+                resend_from += 1;
+            }
+        }
+        for i in ready {
+            loop {
+                let n = rx.recv(&socks[i]).map_err(|e| unreachable(cfg.target, e))?;
+                if n == 0 {
+                    break;
+                }
+                for j in 0..n {
+                    let d = rx.get(j);
+                    if let Some(k) = acked_index(d, &id) {
+                        if k < cfg.peers && !acked[k] {
+                            acked[k] = true;
+                            done += 1;
+                            outstanding = outstanding.saturating_sub(1);
+                        }
+                    } else if d.starts_with(br#"{"type":"error""#) {
+                        return Err(format!(
+                            "the relay refused a registration: {}",
+                            String::from_utf8_lossy(d)
+                        ));
+                    }
+                }
+            }
+        }
+        if done % 1024 == 0 {
+            bar.set_position(done as u64);
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let rss_after = rss(cfg.target_pid);
+    Ok(StormReport {
+        peers: done,
+        sockets,
+        seconds,
+        registrations_per_sec: done as f64 / seconds,
+        resent,
+        rss_before,
+        rss_after,
+        rss_bytes_per_peer: rss_before
+            .zip(rss_after)
+            .map(|(b, a)| a.saturating_sub(b) as f64 / done as f64),
+    })
+}
+
+fn send(sock: &UdpSocket, name: &str, target: SocketAddr) -> Result<(), String> {
+    match sock.send(&proto::register(name)) {
+        Ok(_) => Ok(()),
+        // A full send buffer: the ack wait and resend logic covers it.
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+        Err(e) => Err(unreachable(target, e)),
+    }
+}
+
+fn unreachable(target: SocketAddr, e: std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::ConnectionRefused {
+        format!("the relay at {target} is unreachable: nothing listens on that port")
+    } else {
+        format!("talking to {target}: {e}")
+    }
+}
+
+/// The peer index in a `register_ack` for one of this run's names.
+fn acked_index(d: &[u8], id: &str) -> Option<usize> {
+    const ACK: &[u8] = br#"{"type":"register_ack""#;
+    if !d.starts_with(ACK) {
+        return None;
+    }
+    let key = format!(r#""peer_name":"{id}-"#);
+    let at = d.windows(key.len()).position(|w| w == key.as_bytes())? + key.len();
+    let digits = d.get(at..at + 8)?;
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// Level-triggered readiness for many sockets.
+struct Epoll {
+    fd: i32,
+}
+
+impl Epoll {
+    fn new(socks: &[UdpSocket]) -> std::io::Result<Epoll> {
+        // SAFETY: plain system calls on descriptors we own.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let ep = Epoll { fd };
+        for (i, s) in socks.iter().enumerate() {
+            let mut ev = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: i as u64,
+            };
+            // SAFETY: as above.
+            if unsafe { libc::epoll_ctl(fd, libc::EPOLL_CTL_ADD, s.as_raw_fd(), &mut ev) } < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(ep)
+    }
+
+    /// Indices of readable sockets, waiting up to `ms`.
+    fn wait(&self, ms: i32) -> std::io::Result<Vec<usize>> {
+        let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 1024];
+        // SAFETY: the buffer holds 1024 events.
+        let n = unsafe { libc::epoll_wait(self.fd, evs.as_mut_ptr(), 1024, ms) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            return if e.kind() == std::io::ErrorKind::Interrupted {
+                Ok(Vec::new())
+            } else {
+                Err(e)
+            };
+        }
+        Ok(evs[..n as usize].iter().map(|e| e.u64 as usize).collect())
+    }
+}
+
+impl Drop for Epoll {
+    fn drop(&mut self) {
+        // SAFETY: closing the descriptor we created.
+        unsafe { libc::close(self.fd) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_peer_index_of_an_ack() {
+        let d = br#"{"type":"register_ack","status":"success","your_address":"127.0.0.1:1","server_time":1.0,"peer_name":"ltab-00000042","session":"x"}"#;
+        assert_eq!(acked_index(d, "ltab"), Some(42));
+        assert_eq!(acked_index(d, "ltcd"), None);
+        assert_eq!(acked_index(br#"{"type":"peer_list"}"#, "ltab"), None);
+    }
+}
