@@ -72,12 +72,24 @@ mod tests {
             sent.extend(parse(collect(o, &[])));
             o.clear();
         });
-        assert_eq!(done, Sweep { reaped: 1, keepalives: 1 });
+        assert_eq!(
+            done,
+            Sweep {
+                reaped: 1,
+                keepalives: 1
+            }
+        );
         assert_eq!(
             sent,
             vec![
-                (addr(2), json!({"type": "peer_left", "peer_name": "A", "peers": ["B"]})),
-                (addr(2), json!({"type": "server_keepalive", "server_time": at(1100).unix, "peer_name": "B"})),
+                (
+                    addr(2),
+                    json!({"type": "peer_left", "peer_name": "A", "peers": ["B"]})
+                ),
+                (
+                    addr(2),
+                    json!({"type": "server_keepalive", "server_time": at(1100).unix, "peer_name": "B"})
+                ),
             ]
         );
         assert_eq!(h.shared.registry.len(), 1);

@@ -36,13 +36,20 @@ impl Relay {
     /// Starts the relay on `host` with `args` and environment `env`.
     pub fn start_with(args: &[&str], env: &[(&str, &str)], host: &str) -> Relay {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_udp-relay"));
-        cmd.args(["--host", host, "--port", "0", "--metrics-listen", "127.0.0.1:0"])
-            .args(args)
-            .env_remove("RUST_LOG")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args([
+            "--host",
+            host,
+            "--port",
+            "0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start udp-relay");
         let logs = Arc::new(Mutex::new(String::new()));
         let (tx, lines) = channel();
@@ -100,7 +107,8 @@ impl Relay {
     pub fn metrics_text(&self) -> String {
         let mut s = TcpStream::connect(self.metrics).expect("metrics endpoint");
         s.set_read_timeout(Some(TIMEOUT)).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
         let mut body = String::new();
         s.read_to_string(&mut body).unwrap();
         body
@@ -132,7 +140,10 @@ impl Relay {
                 self.child = None;
                 return (status, t.elapsed());
             }
-            assert!(t.elapsed() < TIMEOUT, "relay did not exit after signal {signal}");
+            assert!(
+                t.elapsed() < TIMEOUT,
+                "relay did not exit after signal {signal}"
+            );
             std::thread::yield_now();
         }
     }
@@ -208,8 +219,9 @@ impl Peer {
     /// Receives one JSON message.
     pub fn recv(&self) -> Value {
         let d = self.recv_raw();
-        serde_json::from_slice(&d)
-            .unwrap_or_else(|e| panic!("relay sent non-JSON ({e}): {}", String::from_utf8_lossy(&d)))
+        serde_json::from_slice(&d).unwrap_or_else(|e| {
+            panic!("relay sent non-JSON ({e}): {}", String::from_utf8_lossy(&d))
+        })
     }
 
     /// Receives one message, which must be of type `ty`.
@@ -237,7 +249,11 @@ impl Peer {
     /// Asserts nothing is waiting for this peer (beyond what `drain` would return).
     pub fn expect_nothing(&self) {
         let got = self.drain();
-        assert!(got.is_empty(), "{} expected nothing, got {got:?}", self.addr());
+        assert!(
+            got.is_empty(),
+            "{} expected nothing, got {got:?}",
+            self.addr()
+        );
     }
 
     /// Registers `name` and returns the `register_ack`, consuming the `peer_list` too.
