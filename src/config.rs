@@ -29,34 +29,49 @@ pub struct Args {
     #[arg(long, env = "UDP_RELAY_HOST", default_value = "0.0.0.0")]
     pub host: IpAddr,
     /// UDP port to listen on (0 picks a free one, logged at start-up).
-    #[arg(long, env = "UDP_RELAY_PORT", default_value_t = 8000)]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        env = "UDP_RELAY_PORT",
+        default_value_t = 8000
+    )]
     pub port: u16,
     /// Worker threads, each with its own socket on the port [default: number of CPUs].
-    #[arg(long, env = "UDP_RELAY_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    #[arg(long, allow_negative_numbers = true, env = "UDP_RELAY_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
     /// Silence after which a peer is removed (e.g. `60`, `60s`, `1.5s`, `500ms`, `2m`).
-    #[arg(long, env = "UDP_RELAY_PEER_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, allow_hyphen_values = true, env = "UDP_RELAY_PEER_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub peer_timeout: Duration,
     /// How often live peers are sent `server_keepalive`.
-    #[arg(long, env = "UDP_RELAY_KEEPALIVE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, allow_hyphen_values = true, env = "UDP_RELAY_KEEPALIVE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub keepalive_interval: Duration,
     /// Largest registry for which everyone hears of every join and leave and gets every name.
-    #[arg(long, env = "UDP_RELAY_ANNOUNCE_MAX", default_value_t = 100)]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        env = "UDP_RELAY_ANNOUNCE_MAX",
+        default_value_t = 100
+    )]
     pub announce_max: usize,
     /// Size limit of a `peer_list` (and of other name lists) beyond `--announce-max`, in bytes.
-    #[arg(long, env = "UDP_RELAY_REPLY_BUDGET", default_value_t = 1200, value_parser = clap::value_parser!(u32).range(256..=MAX_UDP_PAYLOAD as i64))]
+    #[arg(long, allow_negative_numbers = true, env = "UDP_RELAY_REPLY_BUDGET", default_value_t = 1200, value_parser = clap::value_parser!(u32).range(256..=MAX_UDP_PAYLOAD as i64))]
     pub reply_budget: u32,
     /// Most names registered at once.
-    #[arg(long, env = "UDP_RELAY_MAX_PEERS", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, allow_negative_numbers = true, env = "UDP_RELAY_MAX_PEERS", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_peers: u64,
     /// Largest datagram accepted, in bytes.
-    #[arg(long, env = "UDP_RELAY_MAX_DATAGRAM", default_value_t = MAX_UDP_PAYLOAD as u32, value_parser = clap::value_parser!(u32).range(64..=MAX_UDP_PAYLOAD as i64))]
+    #[arg(long, allow_negative_numbers = true, env = "UDP_RELAY_MAX_DATAGRAM", default_value_t = MAX_UDP_PAYLOAD as u32, value_parser = clap::value_parser!(u32).range(64..=MAX_UDP_PAYLOAD as i64))]
     pub max_datagram: u32,
     /// Most names one peer may watch.
-    #[arg(long, env = "UDP_RELAY_MAX_WATCH", default_value_t = 256)]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        env = "UDP_RELAY_MAX_WATCH",
+        default_value_t = 256
+    )]
     pub max_watch: usize,
     /// Error replies allowed per source address per second (bursts of twice that).
-    #[arg(long, env = "UDP_RELAY_ERROR_RATE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, allow_negative_numbers = true, env = "UDP_RELAY_ERROR_RATE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub error_rate: u32,
     /// Refuse `connect` (no introductions for hole punching).
     #[arg(long, env = "UDP_RELAY_NO_INTRODUCTIONS")]
