@@ -140,6 +140,15 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
         return Err("--pairs must be at least 1".into());
     }
     let n = 2 * cfg.pairs;
+    let limit = sys::raise_fd_limit();
+    if n as u64 + sys::FD_RESERVE > limit {
+        return Err(format!(
+            "--pairs {} needs {n} sockets but the file-descriptor limit is {limit}: raise it \
+             (ulimit -n {}) or use fewer pairs",
+            cfg.pairs,
+            n as u64 + sys::FD_RESERVE
+        ));
+    }
     let socks = (0..n)
         .map(|_| peer_socket(cfg.target))
         .collect::<Result<Vec<_>, _>>()

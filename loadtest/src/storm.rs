@@ -76,7 +76,7 @@ impl StormReport {
 }
 
 /// Sockets kept free for everything else the process opens.
-const FD_RESERVE: u64 = 64;
+const FD_RESERVE: u64 = sys::FD_RESERVE;
 /// An unacknowledged registration is sent again after this long.
 const RESEND_AFTER: Duration = Duration::from_millis(500);
 

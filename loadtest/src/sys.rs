@@ -55,6 +55,9 @@ pub fn process_rss(pid: u32) -> io::Result<u64> {
         .ok_or_else(|| io::Error::other("no VmRSS in /proc status"))
 }
 
+/// Descriptors kept free for everything but peer sockets (stdio, epoll, /proc reads).
+pub const FD_RESERVE: u64 = 64;
+
 /// Raises the soft file-descriptor limit to the hard one; returns the soft limit now in force.
 pub fn raise_fd_limit() -> u64 {
     // SAFETY: getrlimit/setrlimit on a local struct.
