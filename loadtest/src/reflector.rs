@@ -18,6 +18,8 @@ pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
     let s = UdpSocket::bind(addr)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
     s.set_read_timeout(Some(std::time::Duration::from_millis(100)))?;
+    // The relay's workers ask for the same, so neither side wins by buffering more.
+    let _ = socket2::SockRef::from(&s).set_recv_buffer_size(4 << 20);
     Ok(s)
 }
 
