@@ -1,6 +1,7 @@
 //! The load-test harness of udp-relay: virtual peers that register and relay to each other,
 //! a reflector that marks the machine's cost floor, registration storms and comparisons.
 
+pub mod compare;
 pub mod drive;
 pub mod net;
 pub mod proto;

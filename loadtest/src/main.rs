@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use loadtest::compare::{self, CompareConfig};
 use loadtest::drive::{self, LoadConfig, Shape};
 use loadtest::storm::{self, StormConfig};
 use loadtest::{proto, reflector, sys};
@@ -25,6 +26,53 @@ enum Cmd {
     Reflector(ReflectorArgs),
     /// A registration storm: N distinct peers register; reports registrations/s and relay memory.
     Register(RegisterArgs),
+    /// The same load against several targets in turn (A B A B …): a table of medians and ratios,
+    /// and a chart.
+    Compare(CompareArgs),
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    /// A target as NAME=HOST:PORT[,echo][,pid=N]; give it once per target (ratios are to the
+    /// first). `echo` marks a reflector; `pid` adds its CPU time per datagram.
+    #[arg(long = "target", required = true, value_parser = compare::parse_target)]
+    targets: Vec<compare::Target>,
+    /// Runs per target in each phase.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Pairs of virtual peers.
+    #[arg(long, default_value_t = 8)]
+    pairs: usize,
+    /// Payload bytes per datagram.
+    #[arg(long, default_value_t = 100)]
+    payload: usize,
+    /// Measured window of each run, in seconds.
+    #[arg(long, default_value_t = 3.0)]
+    duration: f64,
+    /// Load before each measured window, in seconds.
+    #[arg(long, default_value_t = 0.5)]
+    warmup: f64,
+    /// Datagrams in flight at most in the capacity phase.
+    #[arg(long, default_value_t = 256)]
+    window: usize,
+    /// Offered rate of the latency phase [default: --rate-fraction of the slowest capacity].
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Fraction of the slowest target's capacity offered in the latency phase.
+    #[arg(long, default_value_t = 0.5)]
+    rate_fraction: f64,
+    /// Pin the generator to this CPU.
+    #[arg(long)]
+    cpu: Option<usize>,
+    /// Seconds to wait for registration acks.
+    #[arg(long, default_value_t = 5.0)]
+    register_timeout: f64,
+    /// Draw the comparison to this SVG file.
+    #[arg(long)]
+    chart: Option<std::path::PathBuf>,
+    /// Write every run and the medians as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -172,6 +220,60 @@ fn storm(a: RegisterArgs) -> Result<(), String> {
     write_json(a.json.as_deref(), &report)
 }
 
+fn compare(a: CompareArgs) -> Result<(), String> {
+    if let Some(cpu) = a.cpu {
+        sys::pin_to_cpu(cpu).map_err(|e| e.to_string())?;
+    }
+    for t in &a.targets {
+        if let Some(pid) = t.pid {
+            sys::process_cpu(pid).map_err(|e| format!("target {}: pid {pid}: {e}", t.name))?;
+        }
+    }
+    if a.duration <= 0.0 {
+        return Err("--duration must be positive".into());
+    }
+    if let Some(r) = a.rate.filter(|r| !(r.is_finite() && *r > 0.0)) {
+        return Err(format!("--rate must be positive, not {r}"));
+    }
+    if a.window == 0 {
+        return Err("--window must be at least 1".into());
+    }
+    let cfg = CompareConfig {
+        load: LoadConfig {
+            target: a.targets[0].addr,
+            echo: false,
+            pairs: a.pairs,
+            payload: a.payload,
+            warmup: seconds("--warmup", a.warmup)?,
+            duration: seconds("--duration", a.duration)?,
+            shape: Shape::Capacity { window: a.window },
+            target_pid: None,
+            register_timeout: seconds("--register-timeout", a.register_timeout)?,
+            progress: true,
+        },
+        targets: a.targets,
+        rounds: a.rounds,
+        window: a.window,
+        rate: a.rate,
+        rate_fraction: a.rate_fraction,
+    };
+    let c = compare::run(&cfg, |name, r| {
+        eprintln!(
+            "{name:<14} {:<8} {:>10.0} delivered/s  p99 {:>8.1} µs  loss {:.3}%",
+            r.shape,
+            r.delivered_per_sec,
+            r.latency_us.p99,
+            r.loss_ratio * 100.0
+        )
+    })?;
+    print!("{}", c.table());
+    if let Some(path) = &a.chart {
+        c.chart(path)?;
+        eprintln!("chart written to {}", path.display());
+    }
+    write_json(a.json.as_deref(), &c)
+}
+
 fn write_json(path: Option<&std::path::Path>, v: &impl serde::Serialize) -> Result<(), String> {
     let Some(path) = path else { return Ok(()) };
     let text = serde_json::to_string_pretty(v).map_err(|e| e.to_string())?;
@@ -209,6 +311,7 @@ fn main() -> ExitCode {
         Cmd::Run(a) => run(a),
         Cmd::Reflector(a) => reflect(a),
         Cmd::Register(a) => storm(a),
+        Cmd::Compare(a) => compare(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
