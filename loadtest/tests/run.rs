@@ -1,0 +1,327 @@
+//! Drives the `loadtest` binary against a real relay (and the reflector) on loopback, and checks
+//! that its reports are consistent and its failures say what went wrong.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+
+use clap::Parser;
+use loadtest::reflector;
+use loadtest::report::Report;
+use serde_json::Value;
+use udp_relay::config::Args;
+use udp_relay::server;
+
+fn relay() -> server::Relay {
+    let args = Args::parse_from([
+        "udp-relay",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--workers",
+        "1",
+    ]);
+    server::start(&args).expect("start relay")
+}
+
+fn loadtest(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(args)
+        .output()
+        .expect("run loadtest")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn run_json(args: &[&str]) -> Report {
+    let dir = tempdir();
+    let path = dir.join("report.json");
+    let mut all = args.to_vec();
+    let p = path.to_str().unwrap();
+    all.extend(["--json", p]);
+    let o = loadtest(&all);
+    assert!(o.status.success(), "loadtest failed: {}", stderr(&o));
+    let text = std::fs::read_to_string(&path).expect("report written");
+    std::fs::remove_dir_all(&dir).ok();
+    serde_json::from_str(&text).expect("report parses")
+}
+
+fn tempdir() -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "loadtest-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The invariants every report must hold, whatever the machine's speed.
+fn check_consistent(r: &Report) {
+    assert!(r.sent > 0, "nothing sent: {r:?}");
+    assert_eq!(r.delivered + r.lost, r.sent, "{r:?}");
+    assert!(r.delivered > 0, "nothing delivered: {r:?}");
+    let l = &r.latency_us;
+    for v in [l.p50, l.p90, l.p99, l.p999, l.max] {
+        assert!(v.is_finite() && v > 0.0, "latency {v} in {r:?}");
+    }
+    assert!(
+        l.p50 <= l.p90 && l.p90 <= l.p99 && l.p99 <= l.p999 && l.p999 <= l.max,
+        "{l:?}"
+    );
+    assert!((0.0..=1.0).contains(&r.loss_ratio));
+    assert!((r.loss_ratio - r.lost as f64 / r.sent as f64).abs() < 1e-9);
+    let rate = r.delivered as f64 / r.seconds;
+    assert!(
+        (r.delivered_per_sec - rate).abs() < 1e-6 * rate.max(1.0),
+        "{r:?}"
+    );
+    assert!(r.generator_cpu_us_per_datagram >= 0.0);
+    assert!(r.datagram > r.payload);
+}
+
+#[test]
+fn capacity_run_against_the_relay_is_consistent() {
+    let relay = relay();
+    let addr = relay.local_addr.to_string();
+    let pid = std::process::id().to_string();
+    let r = run_json(&[
+        "run",
+        "--relay",
+        &addr,
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+        "--pairs",
+        "4",
+        "--pid",
+        &pid,
+    ]);
+    check_consistent(&r);
+    assert_eq!(r.shape, "capacity");
+    assert!(!r.echo);
+    assert_eq!(r.pairs, 4);
+    assert!(r.registrations_per_sec.is_some_and(|x| x > 0.0));
+    assert!(r.target_cpu_us_per_datagram.is_some_and(|x| x > 0.0));
+    relay.shutdown();
+}
+
+#[test]
+fn fixed_rate_run_offers_no_more_than_asked() {
+    let relay = relay();
+    let addr = relay.local_addr.to_string();
+    let r = run_json(&[
+        "run",
+        "--relay",
+        &addr,
+        "--duration",
+        "1",
+        "--warmup",
+        "0.1",
+        "--rate",
+        "2000",
+        "--payload",
+        "300",
+    ]);
+    check_consistent(&r);
+    assert_eq!(r.shape, "rate");
+    assert_eq!(r.offered_rate, Some(2000.0));
+    assert_eq!(r.payload, 300);
+    // Open loop: the window sees at most rate × duration, plus one batch of rounding.
+    assert!(r.sent <= 2000 + 8, "sent {} at 2000/s for 1 s", r.sent);
+    relay.shutdown();
+}
+
+fn reflector() -> (SocketAddr, Arc<AtomicBool>, thread::JoinHandle<()>) {
+    let sock = reflector::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = sock.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let h = thread::spawn(move || {
+        reflector::serve(&sock, &s).unwrap();
+    });
+    (addr, stop, h)
+}
+
+#[test]
+fn echo_run_against_the_reflector_is_consistent() {
+    let (addr, stop, h) = reflector();
+    let r = run_json(&[
+        "run",
+        "--relay",
+        &addr.to_string(),
+        "--echo",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.1",
+    ]);
+    check_consistent(&r);
+    assert!(r.echo);
+    assert_eq!(r.registrations_per_sec, None);
+    stop.store(true, Ordering::Relaxed);
+    h.join().unwrap();
+}
+
+#[test]
+fn compare_runs_every_target_and_draws_the_chart() {
+    let relay = relay();
+    let (echo, stop, h) = reflector();
+    let dir = tempdir();
+    let chart = dir.join("compare.svg");
+    let json = dir.join("compare.json");
+    let o = loadtest(&[
+        "compare",
+        "--target",
+        &format!("relay={}", relay.local_addr),
+        "--target",
+        &format!("floor={echo},echo"),
+        "--rounds",
+        "1",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0.1",
+        "--chart",
+        chart.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        table.contains("relay") && table.contains("floor"),
+        "{table}"
+    );
+    let c: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let targets = c["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 2);
+    for t in targets {
+        assert_eq!(t["capacity_runs"].as_array().unwrap().len(), 1);
+        assert_eq!(t["rate_runs"].as_array().unwrap().len(), 1);
+        for run in t["capacity_runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(t["rate_runs"].as_array().unwrap())
+        {
+            check_consistent(&serde_json::from_value(run.clone()).unwrap());
+        }
+    }
+    let rate = c["rate"].as_f64().unwrap();
+    let slowest = targets
+        .iter()
+        .map(|t| t["delivered_per_sec"].as_f64().unwrap())
+        .fold(f64::INFINITY, f64::min);
+    assert!(
+        (rate - slowest * 0.5).abs() < 1e-6 * rate,
+        "rate {rate}, slowest {slowest}"
+    );
+    let svg = std::fs::read_to_string(&chart).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("relay") && svg.contains("floor"));
+    std::fs::remove_dir_all(&dir).ok();
+    stop.store(true, Ordering::Relaxed);
+    h.join().unwrap();
+    relay.shutdown();
+}
+
+#[test]
+fn an_unreachable_relay_is_named() {
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let o = loadtest(&["run", "--relay", &port.to_string(), "--duration", "0.2"]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("unreachable") && e.contains(&port.to_string()),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_relay_that_never_acks_is_named() {
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let o = loadtest(&[
+        "run",
+        "--relay",
+        &addr,
+        "--duration",
+        "0.2",
+        "--register-timeout",
+        "0.3",
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("never acknowledged registration") && e.contains(&addr),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_reflector_port_in_use_is_named() {
+    let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let o = loadtest(&["reflector", "--port", &port]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("cannot listen on") && e.contains(&port), "{e}");
+}
+
+#[test]
+fn beyond_the_fd_limit_says_which_limit_to_raise() {
+    let o = loadtest(&["run", "--relay", "127.0.0.1:9", "--pairs", "100000000"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("ulimit -n"), "{}", stderr(&o));
+    let o = loadtest(&[
+        "register",
+        "--relay",
+        "127.0.0.1:9",
+        "--peers",
+        "1000000",
+        "--sockets",
+        "1000000000",
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("ulimit -n"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_registration_storm_counts_every_peer() {
+    let relay = relay();
+    let addr = relay.local_addr.to_string();
+    let pid = std::process::id().to_string();
+    let dir = tempdir();
+    let json = dir.join("storm.json");
+    let o = loadtest(&[
+        "register",
+        "--relay",
+        &addr,
+        "--peers",
+        "3000",
+        "--sockets",
+        "100",
+        "--pid",
+        &pid,
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["peers"], 3000);
+    assert!(r["registrations_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(r["rss_after"].as_u64().unwrap() > 0);
+    assert_eq!(relay.shared.registry.len(), 3000);
+    std::fs::remove_dir_all(&dir).ok();
+    relay.shutdown();
+}
