@@ -253,11 +253,16 @@ impl Registry {
         }
     }
 
-    /// The sender check of a relay: true (and the sender refreshed) if `name` is live at `addr`.
+    /// The sender check of a relay: true (and every name at `addr` refreshed) if `name` is live
+    /// at `addr`.
     pub fn touch_sender(&self, name: &str, addr: SocketAddr, now_ms: u64) -> bool {
         match self.peers.get(name) {
             Some(e) if e.addr == addr && self.live(&e, now_ms) => {
                 e.touch(now_ms);
+                drop(e);
+                if self.shared_addr(addr) {
+                    self.touch_addr(addr, now_ms);
+                }
                 true
             }
             _ => false,
@@ -292,13 +297,33 @@ impl Registry {
 
     /// Marks every name at `addr` live: any datagram from a peer proves it is there.
     pub fn touch_addr(&self, addr: SocketAddr, now_ms: u64) {
-        for name in self.names_at(addr) {
-            if let Some(e) = self.peers.get(&name) {
+        // Names are copied out (cheap `Arc` clones, on the stack for the usual few) so that no
+        // `by_addr` lock is held while a `peers` shard is locked: `claim` takes them the other
+        // way round.
+        const INLINE: usize = 8;
+        let mut inline: [Option<Name>; INLINE] = Default::default();
+        let mut spill = Vec::new();
+        match self.by_addr.get(&addr) {
+            Some(v) if v.len() <= INLINE => {
+                for (slot, n) in inline.iter_mut().zip(v.iter()) {
+                    *slot = Some(n.clone());
+                }
+            }
+            Some(v) => spill = v.clone(),
+            None => return,
+        }
+        for name in inline.iter().flatten().chain(spill.iter()) {
+            if let Some(e) = self.peers.get(name) {
                 if e.addr == addr {
                     e.touch(now_ms);
                 }
             }
         }
+    }
+
+    /// Whether another name than the one just heard shares `addr`, so needs touching too.
+    pub fn shared_addr(&self, addr: SocketAddr) -> bool {
+        self.by_addr.get(&addr).is_some_and(|v| v.len() > 1)
     }
 
     /// The session of `name` if it is live at `addr`.

@@ -361,6 +361,10 @@ impl Router {
             }
         };
         debug!(%from, name = %r.name, ?claim, explicit, "claim");
+        // The other names at this address are live too: any datagram proves the peer is there.
+        if self.shared.registry.shared_addr(from) {
+            self.shared.registry.touch_addr(from, now.ms);
+        }
         let start = out.buf.len();
         if explicit {
             reply::register_ack(&mut out.buf, from, now.unix, &r.name, &session.to_hex());
@@ -370,7 +374,9 @@ impl Router {
             reply::keepalive_ack(&mut out.buf, &r.name, now.unix);
             out.reply(from, start);
         }
-        if matches!(claim, Claim::Joined(_)) {
+        // A `register` is announced even when it only refreshes: the old relay did, and its
+        // peers may use `peer_joined` to learn that a partner restarted.
+        if explicit || matches!(claim, Claim::Joined(_)) {
             presence::announce(&self.shared, out, Presence::Joined, &r.name, now);
         }
     }
@@ -648,8 +654,11 @@ pub(crate) mod tests {
             r[2].1,
             json!({"type": "peer_joined", "peer_name": "Alice", "peers": ["Bob", "Alice"]})
         );
-        // Registering again from the same address refreshes: no announcement.
-        assert_eq!(register(&mut h, "Alice", addr(1), 10).len(), 2);
+        // Registering again from the same address refreshes, and is announced all the same.
+        let r = register(&mut h, "Alice", addr(1), 10);
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[2].0, addr(2));
+        assert_eq!(r[2].1["type"], "peer_joined");
     }
 
     #[test]
