@@ -159,8 +159,13 @@ fn names_array<'a>(
     false
 }
 
-/// Room kept for `,"count":N,"truncated":true}` after a names array.
-const LIST_TAIL_RESERVE: usize = r#","count":18446744073709551615,"truncated":true}"#.len();
+/// Room kept after a truncated names array for the rest of the message.
+const TRUNCATED_TAIL: usize = r#","truncated":true}"#.len();
+
+/// Digits of `n` in decimal.
+fn decimal_len(n: usize) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
 
 /// `peer_list`; `budget` bounds its size (names beyond it are left out and `truncated` set).
 pub fn peer_list<'a>(
@@ -171,7 +176,8 @@ pub fn peer_list<'a>(
 ) {
     let start = buf.len();
     buf.extend_from_slice(br#"{"type":"peer_list","peers":"#);
-    let truncated = names_array(buf, names, start, budget, LIST_TAIL_RESERVE);
+    let reserve = r#","count":"#.len() + decimal_len(count) + TRUNCATED_TAIL;
+    let truncated = names_array(buf, names, start, budget, reserve);
     let _ = write!(buf, r#","count":{count}"#);
     if truncated {
         buf.extend_from_slice(br#","truncated":true"#);
@@ -203,7 +209,7 @@ pub fn presence<'a>(
     });
     json_str(buf, name);
     buf.extend_from_slice(br#","peers":"#);
-    let truncated = names_array(buf, names, start, budget, LIST_TAIL_RESERVE);
+    let truncated = names_array(buf, names, start, budget, TRUNCATED_TAIL);
     if truncated {
         buf.extend_from_slice(br#","truncated":true"#);
     }
@@ -214,7 +220,7 @@ pub fn presence<'a>(
 pub fn watch_ack<'a>(buf: &mut Vec<u8>, online: impl IntoIterator<Item = &'a str>, budget: usize) {
     let start = buf.len();
     buf.extend_from_slice(br#"{"type":"watch_ack","online":"#);
-    let truncated = names_array(buf, online, start, Some(budget), LIST_TAIL_RESERVE);
+    let truncated = names_array(buf, online, start, Some(budget), TRUNCATED_TAIL);
     if truncated {
         buf.extend_from_slice(br#","truncated":true"#);
     }
