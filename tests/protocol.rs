@@ -1,0 +1,1177 @@
+//! The wire protocol of PROTOCOL.md, Parts 1 and 2, exercised through real UDP on loopback, as
+//! peers would: every message and rule, each test against its own relay process.
+//!
+//! Where the relay and PROTOCOL.md disagree, these tests follow PROTOCOL.md.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, UdpSocket};
+use std::thread;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use serde_json::json;
+
+type Value = serde_json::Value;
+
+/// The error codes Part 2 allows.
+const CODES: &[&str] = &[
+    "bad_request",
+    "invalid_name",
+    "name_in_use",
+    "not_registered",
+    "unknown_target",
+    "too_large",
+    "rate_limited",
+    "auth_required",
+    "bad_signature",
+];
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// Registers `name` from `p` and echoes the session token (proving the address, Part 2).
+/// Other names already at `p`'s address may be told of the join; that is consumed too.
+fn prove(p: &Peer, name: &str) -> Value {
+    let (ack, _) = p.register(name);
+    let session = ack["session"]
+        .as_str()
+        .expect("register_ack carries a session");
+    p.send(json!({"type": "keepalive", "name": name, "session": session}));
+    loop {
+        let v = p.recv();
+        match v["type"].as_str() {
+            Some("keepalive_ack") => return ack,
+            Some("peer_joined") if v["peer_name"] == name => {}
+            _ => panic!("expected keepalive_ack, got {v}"),
+        }
+    }
+}
+
+/// A new peer on 127.0.0.1 holding `name` at a proven address.
+fn join(r: &Relay, name: &str) -> Peer {
+    let p = Peer::new(r);
+    prove(&p, name);
+    p
+}
+
+/// Like [`join`], also returning the `register_ack`.
+fn join_ack(r: &Relay, name: &str) -> (Peer, Value) {
+    let p = Peer::new(r);
+    let ack = prove(&p, name);
+    (p, ack)
+}
+
+/// Pads a message with an unknown field so that an error reply fits within its size.
+fn pad(mut v: Value) -> Value {
+    v["pad"] = json!("x".repeat(200));
+    v
+}
+
+/// Receives one datagram, raw and parsed.
+fn recv2(p: &Peer) -> (Vec<u8>, Value) {
+    let d = p.recv_raw();
+    let v = serde_json::from_slice(&d)
+        .unwrap_or_else(|e| panic!("relay sent non-JSON ({e}): {}", String::from_utf8_lossy(&d)));
+    (d, v)
+}
+
+/// Like [`Peer::drain`], keeping the raw datagrams.
+fn drain_raw(p: &Peer) -> Vec<Vec<u8>> {
+    p.send(json!({"type": "ping"}));
+    let mut before = Vec::new();
+    loop {
+        let (d, v) = recv2(p);
+        if v["type"] == "pong" {
+            return before;
+        }
+        before.push(d);
+    }
+}
+
+/// Expects an `error` with `code`, no larger than the `request_len` bytes that caused it.
+fn expect_error(p: &Peer, request_len: usize, code: &str) -> Value {
+    let (d, v) = recv2(p);
+    assert_eq!(v["type"], "error", "expected error {code}, got {v}");
+    assert_eq!(v["code"], code, "{v}");
+    assert!(v["message"].is_string(), "error without message: {v}");
+    assert!(
+        d.len() <= request_len,
+        "error of {} bytes for a request of {request_len}: {v}",
+        d.len()
+    );
+    v
+}
+
+/// Sends `v` (padded) and expects an `error` with `code` in reply.
+fn send_expect_error(p: &Peer, v: Value, code: &str) -> Value {
+    let d = pad(v).to_string();
+    p.send_raw(d.as_bytes());
+    expect_error(p, d.len(), code)
+}
+
+/// Asks whether `name` is online (`lookup` → `peer_info`).
+fn lookup(p: &Peer, name: &str) -> bool {
+    p.send(json!({"type": "lookup", "name": name}));
+    let v = p.expect("peer_info");
+    assert_eq!(v["name"], name, "{v}");
+    v["online"]
+        .as_bool()
+        .unwrap_or_else(|| panic!("online is not a bool: {v}"))
+}
+
+/// Like [`lookup`], skipping whatever else arrives first (for peers the reaper keeps busy).
+fn lookup_skip(p: &Peer, name: &str) -> bool {
+    p.send(json!({"type": "lookup", "name": name}));
+    loop {
+        let v = p.recv();
+        if v["type"] == "peer_info" {
+            assert_eq!(v["name"], name, "{v}");
+            return v["online"].as_bool().unwrap();
+        }
+    }
+}
+
+/// The names of a `peers` (or `online`) array.
+fn names(v: &Value) -> BTreeSet<String> {
+    let a = v.as_array().unwrap_or_else(|| panic!("not an array: {v}"));
+    let set: BTreeSet<String> = a.iter().map(|n| n.as_str().unwrap().to_owned()).collect();
+    assert_eq!(set.len(), a.len(), "duplicate names in {v}");
+    set
+}
+
+fn set(ns: &[&str]) -> BTreeSet<String> {
+    ns.iter().map(|s| s.to_string()).collect()
+}
+
+/// Checks `server_time`: a JSON number with a fraction, seconds since the Unix epoch.
+fn check_server_time(raw: &[u8], v: &Value) {
+    let t = v["server_time"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("server_time is not a number: {v}"));
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((t - now).abs() < 60.0, "server_time {t} is not now ({now})");
+    let s = std::str::from_utf8(raw).unwrap();
+    let at = s.find("\"server_time\":").expect("server_time field") + "\"server_time\":".len();
+    let token: String = s[at..]
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-'))
+        .collect();
+    assert!(token.contains('.'), "server_time {token:?} has no fraction");
+}
+
+/// Whether `hay` holds `needle` as a contiguous run of bytes.
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A `relay` datagram with the given raw `payload` text.
+fn relay_msg(source: &str, target: &str, payload: &str) -> String {
+    format!(
+        r#"{{"type":"relay","target":{},"source":{},"payload":{payload}}}"#,
+        json!(target),
+        json!(source)
+    )
+}
+
+/// Checks that `d` is a `relayed_packet` from `from` carrying `payload` byte for byte.
+fn check_relayed(d: &[u8], from: &str, payload: &str) {
+    let v: Value = serde_json::from_slice(d)
+        .unwrap_or_else(|e| panic!("relayed_packet is not JSON ({e}): {d:?}"));
+    assert_eq!(v["type"], "relayed_packet", "{v}");
+    assert_eq!(v["from_peer"], from, "{v}");
+    assert_eq!(v["via_relay"], json!(true), "{v}");
+    let expected: Value = serde_json::from_str(payload).unwrap();
+    assert_eq!(v["payload"], expected);
+    assert!(
+        contains(d, payload.as_bytes()),
+        "payload not forwarded byte for byte: sent {payload}, got {}",
+        String::from_utf8_lossy(d)
+    );
+}
+
+/// Runs `p` on a thread until it hears `peer_left` for `gone`, answering each
+/// `server_keepalive` with `answer`. Returns the peer and every `peer_left` it heard.
+fn live_until_left(
+    p: Peer,
+    gone: &'static str,
+    answer: impl Fn(&Peer) + Send + 'static,
+) -> thread::JoinHandle<(Peer, Vec<Value>)> {
+    thread::spawn(move || {
+        let mut left = Vec::new();
+        loop {
+            let v = p.recv();
+            match v["type"].as_str() {
+                Some("server_keepalive") => answer(&p),
+                Some("peer_left") => {
+                    let done = v["peer_name"] == gone;
+                    left.push(v);
+                    if done {
+                        return (p, left);
+                    }
+                }
+                _ => {}
+            }
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Part 1: register, keepalive, ping, relay
+
+#[test]
+fn register_acks_lists_and_announces() {
+    let r = Relay::start(&[]);
+    let bob = join(&r, "Bob");
+    // An old peer: plain register, unknown fields ignored.
+    let alice = Peer::new(&r);
+    alice.send(json!({"type": "register", "name": "Alice", "version": 3, "x": {"y": [1]}}));
+    let (raw, ack) = recv2(&alice);
+    assert_eq!(ack["type"], "register_ack", "{ack}");
+    assert_eq!(ack["status"], "success");
+    assert_eq!(ack["your_address"], alice.addr().to_string());
+    assert_eq!(ack["peer_name"], "Alice");
+    check_server_time(&raw, &ack);
+    let session = ack["session"].as_str().expect("session is a string");
+    assert!(!session.is_empty());
+    let list = alice.expect("peer_list");
+    assert_eq!(names(&list["peers"]), set(&["Bob", "Alice"]));
+    assert_eq!(list["count"], json!(2));
+    assert!(list.get("truncated").is_none(), "{list}");
+    let joined = bob.expect("peer_joined");
+    assert_eq!(joined["peer_name"], "Alice");
+    assert_eq!(names(&joined["peers"]), set(&["Bob", "Alice"]));
+    alice.expect_nothing();
+    bob.expect_nothing();
+    assert_eq!(r.metric("udp_relay_peers"), 2);
+}
+
+#[test]
+fn reregister_from_same_address_refreshes() {
+    let r = Relay::start(&[]);
+    let bob = join(&r, "Bob");
+    let (alice, first) = join_ack(&r, "Alice");
+    bob.drain();
+    let (ack, list) = alice.register("Alice");
+    assert_eq!(ack["status"], "success");
+    assert_eq!(ack["your_address"], alice.addr().to_string());
+    assert_eq!(ack["peer_name"], "Alice");
+    assert!(ack["session"].is_string());
+    assert_eq!(first["your_address"], ack["your_address"]);
+    assert_eq!(list["count"], json!(2));
+    assert_eq!(names(&list["peers"]), set(&["Bob", "Alice"]));
+    assert_eq!(r.metric("udp_relay_peers"), 2);
+    bob.drain();
+    assert!(lookup(&bob, "Alice"));
+}
+
+/// Part 1, `register`: "Tells the other peers `peer_joined`" (on every `register`).
+#[test]
+fn reregister_tells_others_peer_joined() {
+    let r = Relay::start(&[]);
+    let bob = join(&r, "Bob");
+    let alice = join(&r, "Alice");
+    assert_eq!(bob.expect("peer_joined")["peer_name"], "Alice");
+    alice.register("Alice");
+    let got = bob.drain();
+    assert!(
+        got.iter()
+            .any(|v| v["type"] == "peer_joined" && v["peer_name"] == "Alice"),
+        "Bob was not told peer_joined on Alice's second register: {got:?}"
+    );
+}
+
+#[test]
+fn keepalive_acks_and_registers_unknown_names() {
+    let r = Relay::start(&[]);
+    let bob = join(&r, "Bob");
+    bob.send(json!({"type": "keepalive", "name": "Bob"}));
+    let (raw, ack) = recv2(&bob);
+    assert_eq!(ack["type"], "keepalive_ack", "{ack}");
+    assert_eq!(ack["peer_name"], "Bob");
+    check_server_time(&raw, &ack);
+
+    // A keepalive for an unknown name registers it (peers rely on it after a relay restart).
+    let kim = Peer::new(&r);
+    kim.send(json!({"type": "keepalive", "name": "Kim"}));
+    let ack = kim.expect("keepalive_ack");
+    assert_eq!(ack["peer_name"], "Kim");
+    let joined = bob.expect("peer_joined");
+    assert_eq!(joined["peer_name"], "Kim");
+    assert_eq!(names(&joined["peers"]), set(&["Bob", "Kim"]));
+    assert!(lookup(&bob, "Kim"));
+    bob.send_raw(relay_msg("Bob", "Kim", r#""hi""#).as_bytes());
+    check_relayed(&kim.recv_raw(), "Bob", r#""hi""#);
+    assert_eq!(r.metric("udp_relay_peers"), 2);
+}
+
+#[test]
+fn ping_pongs_with_address_and_time() {
+    let r = Relay::start(&[]);
+    // Anyone may ping, registered or not, with or without a name.
+    let p = Peer::new(&r);
+    for msg in [
+        json!({"type": "ping"}),
+        json!({"type": "ping", "name": "Nobody"}),
+    ] {
+        p.send(msg);
+        let (raw, pong) = recv2(&p);
+        assert_eq!(pong["type"], "pong", "{pong}");
+        assert_eq!(pong["your_address"], p.addr().to_string());
+        check_server_time(&raw, &pong);
+    }
+    let a = join(&r, "A");
+    a.send(json!({"type": "ping", "name": "A"}));
+    assert_eq!(a.expect("pong")["your_address"], a.addr().to_string());
+    // Leading JSON whitespace is still a JSON datagram.
+    a.send_raw(b" \r\n\t{\"type\":\"ping\"}");
+    a.expect("pong");
+}
+
+#[test]
+fn relay_forwards_the_payload_byte_for_byte() {
+    let r = Relay::start(&[]);
+    let alice = join(&r, "Alice");
+    let bob = join(&r, "Bob");
+    alice.drain();
+    let payloads = [
+        // What the old peers send: a JSON document inside a string.
+        r#""{\"type\": \"handshake\", \"key\": \"q+/=\", \"note\": \"caf\u00e9 \/ \ud83d\ude00\"}""#,
+        r#"{ "k" : [1, 2.50, -0.0e+10, "caf\u00e9", "\ud83d\ude00", "\/"],  "n":null }"#,
+        r#"[]"#,
+        r#"-1.50E+02"#,
+        r#"true"#,
+        r#"null"#,
+        "\"raw UTF-8 zoë 🙂 \\t\"",
+    ];
+    for p in payloads {
+        alice.send_raw(relay_msg("Alice", "Bob", p).as_bytes());
+        check_relayed(&bob.recv_raw(), "Alice", p);
+    }
+    // Field order and whitespace are free; unknown fields are ignored.
+    let p = r#"{"z": 1 , "a" : [ true ,false ] }"#;
+    let d = format!(
+        " \n{{ \"payload\" : {p} ,\n \"extra\": {{\"target\": 5}}, \"source\":\"Alice\",\"target\" :\"Bob\", \"type\": \"relay\" }}\r\n"
+    );
+    alice.send_raw(d.as_bytes());
+    check_relayed(&bob.recv_raw(), "Alice", p);
+    // Escaped routing fields name the same peers; from_peer comes from the registry.
+    alice.send_raw(
+        br#"{"type":"rel\u0061y","target":"\u0042ob","source":"Alic\u0065","payload":7}"#,
+    );
+    check_relayed(&bob.recv_raw(), "Alice", "7");
+    // A large payload.
+    let big = format!("\"{}\"", "abc\\\"".repeat(6000));
+    alice.send_raw(relay_msg("Alice", "Bob", &big).as_bytes());
+    check_relayed(&bob.recv_raw(), "Alice", &big);
+    // Bob can answer.
+    bob.send_raw(relay_msg("Bob", "Alice", r#""ack""#).as_bytes());
+    check_relayed(&alice.recv_raw(), "Bob", r#""ack""#);
+    alice.expect_nothing();
+    bob.expect_nothing();
+    assert_eq!(r.metric("udp_relay_forwarded_total"), 11);
+}
+
+#[test]
+fn relay_believes_the_registry_not_the_source_field() {
+    let r = Relay::start(&[]);
+    let alice = join(&r, "Alice");
+    let bob = join(&r, "Bob");
+    let carol = join(&r, "Carol");
+    for p in [&alice, &bob, &carol] {
+        p.drain();
+    }
+    // Bob forges Alice's name: refused, and Bob (registered) is told.
+    let forged =
+        pad(json!({"type": "relay", "source": "Alice", "target": "Carol", "payload": "x"}));
+    let d = forged.to_string();
+    bob.send_raw(d.as_bytes());
+    expect_error(&bob, d.len(), "not_registered");
+    // From an address that holds nothing: refused silently.
+    let mallory = Peer::new(&r);
+    mallory.send_raw(d.as_bytes());
+    mallory.expect_nothing();
+    carol.expect_nothing();
+    alice.expect_nothing();
+    assert_eq!(r.refused("not_registered"), 2);
+    assert_eq!(r.metric("udp_relay_forwarded_total"), 0);
+
+    // Several names may share one address; each speaks for itself.
+    prove(&alice, "Alice2");
+    bob.drain();
+    carol.drain();
+    alice.send_raw(relay_msg("Alice2", "Carol", "2").as_bytes());
+    check_relayed(&carol.recv_raw(), "Alice2", "2");
+    alice.send_raw(relay_msg("Alice", "Carol", "1").as_bytes());
+    check_relayed(&carol.recv_raw(), "Alice", "1");
+}
+
+#[test]
+fn relay_to_unknown_target_forwards_nothing() {
+    let r = Relay::start(&[]);
+    let alice = join(&r, "Alice");
+    let bob = join(&r, "Bob");
+    alice.drain();
+    send_expect_error(
+        &alice,
+        json!({"type": "relay", "source": "Alice", "target": "Nobody", "payload": "x"}),
+        "unknown_target",
+    );
+    assert_eq!(r.refused("unknown_target"), 1);
+    assert_eq!(r.metric("udp_relay_forwarded_total"), 0);
+    bob.expect_nothing();
+    // Relaying refreshed Alice's liveness and she is still served.
+    assert!(lookup(&bob, "Alice"));
+}
+
+#[test]
+fn relay_refuses_malformed_datagrams() {
+    let r = Relay::start(&["--error-rate", "1000"]);
+    let alice = join(&r, "Alice");
+    let bob = join(&r, "Bob");
+    alice.drain();
+    let pad = format!(r#","pad":"{}""#, "x".repeat(150));
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "missing_field",
+            format!(r#"{{"type":"relay","source":"Alice","payload":1{pad}}}"#).into(),
+        ),
+        (
+            "missing_field",
+            format!(r#"{{"type":"relay","target":"Bob","payload":1{pad}}}"#).into(),
+        ),
+        (
+            "missing_field",
+            format!(r#"{{"type":"relay","target":"Bob","source":"Alice"{pad}}}"#).into(),
+        ),
+        (
+            "duplicate_field",
+            format!(
+                r#"{{"type":"relay","target":"Bob","target":"Bob","source":"Alice","payload":1{pad}}}"#
+            )
+            .into(),
+        ),
+        (
+            "duplicate_field",
+            format!(
+                r#"{{"type":"relay","target":"Bob","source":"Alice","source":"Alice","payload":1{pad}}}"#
+            )
+            .into(),
+        ),
+        (
+            "duplicate_field",
+            format!(
+                r#"{{"type":"relay","type":"relay","target":"Bob","source":"Alice","payload":1{pad}}}"#
+            )
+            .into(),
+        ),
+        (
+            "wrong_field_type",
+            format!(r#"{{"type":"relay","target":5,"source":"Alice","payload":1{pad}}}"#).into(),
+        ),
+        (
+            "wrong_field_type",
+            format!(r#"{{"type":"relay","target":"Bob","source":null,"payload":1{pad}}}"#).into(),
+        ),
+        (
+            "wrong_field_type",
+            format!(r#"{{"type":["relay"],"target":"Bob","source":"Alice","payload":1{pad}}}"#)
+                .into(),
+        ),
+        (
+            "malformed_json",
+            format!(r#"{{"type":"relay","target":"Bob","source":"Alice","payload":{{"a":}}{pad}}}"#)
+                .into(),
+        ),
+        (
+            "malformed_json",
+            format!(r#"{{"type":"relay","target":"Bob","source":"Alice","payload":01{pad}}}"#)
+                .into(),
+        ),
+        (
+            "malformed_json",
+            format!(r#"{{"type":"relay","target":"Bob","source":"Alice","payload":"\x"{pad}}}"#)
+                .into(),
+        ),
+        (
+            "malformed_json",
+            format!(r#"{{"type":"relay","target":"Bob","source":"Alice","payload":'x'{pad}}}"#)
+                .into(),
+        ),
+        (
+            "malformed_json",
+            format!(r#"{{"type":"relay","target":"Bob","source":"Alice","payload":NaN{pad}}}"#)
+                .into(),
+        ),
+        (
+            "malformed_json",
+            format!(r#"{{"type":"relay","target":"Bob","source":"Alice","payload":[1,2{pad}}}"#)
+                .into(),
+        ),
+        (
+            "malformed_json",
+            format!(r#"{{"type":"relay","target":"Bob","source":"Alice","payload":1{pad}}} x"#)
+                .into(),
+        ),
+        ("not_utf8", {
+            let mut d = br#"{"type":"relay","target":"Bob","source":"Alice","payload":"a"#.to_vec();
+            d.extend_from_slice(b"\xff\xfe\"");
+            d.extend_from_slice(format!("{pad}}}").as_bytes());
+            d
+        }),
+    ];
+    for (reason, d) in &cases {
+        alice.send_raw(d);
+        let (raw, e) = recv2(&alice);
+        let what = String::from_utf8_lossy(d);
+        assert_eq!(e["type"], "error", "{reason}: {what} got {e}");
+        assert_eq!(e["code"], "bad_request", "{reason}: {what}");
+        assert!(raw.len() <= d.len(), "{reason}: error larger than request");
+    }
+    bob.expect_nothing();
+    assert_eq!(r.metric("udp_relay_forwarded_total"), 0);
+    for reason in [
+        "missing_field",
+        "duplicate_field",
+        "wrong_field_type",
+        "malformed_json",
+        "not_utf8",
+    ] {
+        let n = cases.iter().filter(|(r, _)| *r == reason).count() as u64;
+        assert_eq!(r.refused(reason), n, "refusals counted as {reason}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Part 2: names and sessions
+
+#[test]
+fn keepalive_with_session_moves_the_registration() {
+    let r = Relay::start(&[]);
+    let bob = join(&r, "Bob");
+    let (home, ack) = join_ack(&r, "Alice");
+    bob.drain();
+    let session = ack["session"].as_str().unwrap().to_owned();
+    // Alice's NAT mapping changes: she speaks from a new address with her token.
+    let moved = Peer::new(&r);
+    moved.send(json!({"type": "keepalive", "name": "Alice", "session": session}));
+    assert_eq!(moved.expect("keepalive_ack")["peer_name"], "Alice");
+    bob.send_raw(relay_msg("Bob", "Alice", r#""where""#).as_bytes());
+    check_relayed(&moved.recv_raw(), "Bob", r#""where""#);
+    home.expect_nothing();
+    // The old address holds the name no more.
+    home.send_raw(relay_msg("Alice", "Bob", "1").as_bytes());
+    home.expect_nothing();
+    bob.expect_nothing();
+    assert_eq!(r.refused("not_registered"), 1);
+    moved.send_raw(relay_msg("Alice", "Bob", "2").as_bytes());
+    check_relayed(&bob.recv_raw(), "Alice", "2");
+    assert_eq!(r.metric("udp_relay_peers"), 2);
+}
+
+#[test]
+fn register_with_session_moves_the_registration() {
+    let r = Relay::start(&[]);
+    let bob = join(&r, "Bob");
+    let (home, ack) = join_ack(&r, "Alice");
+    bob.drain();
+    let moved = Peer::new(&r);
+    moved.send(json!({"type": "register", "name": "Alice", "session": ack["session"]}));
+    let ack2 = moved.expect("register_ack");
+    assert_eq!(ack2["status"], "success");
+    assert_eq!(ack2["your_address"], moved.addr().to_string());
+    assert_eq!(ack2["peer_name"], "Alice");
+    let list = moved.expect("peer_list");
+    assert_eq!(list["count"], json!(2));
+    bob.send_raw(relay_msg("Bob", "Alice", "3").as_bytes());
+    check_relayed(&moved.recv_raw(), "Bob", "3");
+    home.expect_nothing();
+}
+
+#[test]
+fn live_name_is_not_taken_without_session() {
+    let r = Relay::start(&["--error-rate", "1000"]);
+    let (alice, ack) = join_ack(&r, "Alice");
+    let session = ack["session"].as_str().unwrap().to_owned();
+    let thief = Peer::new(&r);
+    // register from another address: refused, and the requester is told.
+    send_expect_error(
+        &thief,
+        json!({"type": "register", "name": "Alice"}),
+        "name_in_use",
+    );
+    // A wrong token does not help.
+    let mut wrong = session.clone().into_bytes();
+    wrong[0] = if wrong[0] == b'0' { b'1' } else { b'0' };
+    let wrong = String::from_utf8(wrong).unwrap();
+    send_expect_error(
+        &thief,
+        json!({"type": "register", "name": "Alice", "session": wrong}),
+        "name_in_use",
+    );
+    // keepalive from an address that holds nothing: refused silently.
+    thief.send(pad(json!({"type": "keepalive", "name": "Alice"})));
+    thief.expect_nothing();
+    // keepalive from an address holding another name: refused with an error.
+    let carol = join(&r, "Carol");
+    alice.drain();
+    send_expect_error(
+        &carol,
+        json!({"type": "keepalive", "name": "Alice"}),
+        "name_in_use",
+    );
+    assert_eq!(r.refused("name_in_use"), 4);
+    // Alice keeps her name.
+    carol.send_raw(relay_msg("Carol", "Alice", "1").as_bytes());
+    check_relayed(&alice.recv_raw(), "Carol", "1");
+    alice.expect_nothing();
+}
+
+#[test]
+fn names_follow_the_rules() {
+    let r = Relay::start(&["--error-rate", "1000"]);
+    let valid = [
+        "A".to_owned(),
+        "x".repeat(64),
+        "é".repeat(32),
+        "🙂".repeat(16),
+        "zoë 🙂 with spaces".to_owned(),
+        r#"q"uote\back/slash"#.to_owned(),
+    ];
+    let multi = join(&r, "Observer");
+    let p = Peer::new(&r);
+    prove(&p, &valid[0]);
+    assert_eq!(multi.expect("peer_joined")["peer_name"], json!(valid[0]));
+    for name in &valid[1..] {
+        let (ack, _) = p.register(name);
+        assert_eq!(ack["peer_name"], json!(name), "{ack}");
+        p.drain();
+        let joined = multi.expect("peer_joined");
+        assert_eq!(joined["peer_name"], json!(name));
+    }
+    // Escapes in the name decode to the same name.
+    p.send_raw(br#"{"type":"register","name":"\u0042eta"}"#);
+    assert_eq!(p.expect("register_ack")["peer_name"], "Beta");
+    p.expect("peer_list");
+    assert_eq!(multi.expect("peer_joined")["peer_name"], "Beta");
+    p.drain();
+    // from_peer carries the registered name, escaped as JSON needs.
+    p.send_raw(relay_msg(&valid[5], "Observer", "0").as_bytes());
+    check_relayed(&multi.recv_raw(), &valid[5], "0");
+
+    let invalid = [
+        String::new(),
+        "x".repeat(65),
+        format!("{}é", "x".repeat(63)),
+        "🙂".repeat(17),
+        "a\nb".to_owned(),
+        "tab\there".to_owned(),
+        "nul\u{0}".to_owned(),
+        "del\u{7f}".to_owned(),
+        "c1\u{85}".to_owned(),
+        "esc\u{1b}".to_owned(),
+    ];
+    let stranger = Peer::new(&r);
+    for name in &invalid {
+        send_expect_error(
+            &stranger,
+            json!({"type": "register", "name": name}),
+            "invalid_name",
+        );
+        // keepalive: the same rule; an address holding nothing is not answered.
+        stranger.send(pad(json!({"type": "keepalive", "name": name})));
+        stranger.expect_nothing();
+        // ... an address holding a name is.
+        send_expect_error(
+            &p,
+            json!({"type": "keepalive", "name": name}),
+            "invalid_name",
+        );
+    }
+    assert_eq!(r.refused("invalid_name"), 3 * invalid.len() as u64);
+    send_expect_error(
+        &stranger,
+        json!({"type": "register", "name": 5}),
+        "bad_request",
+    );
+    send_expect_error(&stranger, json!({"type": "register"}), "bad_request");
+    multi.expect_nothing();
+    assert_eq!(r.metric("udp_relay_peers"), 2 + valid.len() as u64);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Part 1 liveness, with short timeouts
+
+#[test]
+fn server_keepalive_is_sent_every_interval() {
+    let r = Relay::start(&["--peer-timeout", "5s", "--keepalive-interval", "200ms"]);
+    let a = Peer::new(&r);
+    a.register("A");
+    for _ in 0..2 {
+        let (raw, v) = recv2(&a);
+        assert_eq!(v["type"], "server_keepalive", "{v}");
+        assert_eq!(v["peer_name"], "A");
+        check_server_time(&raw, &v);
+        // The peer answers, as old peers do; the relay keeps sending every interval.
+        a.send(json!({"type": "keepalive", "name": "A"}));
+        a.expect("keepalive_ack");
+    }
+}
+
+#[test]
+fn reaper_removes_silent_peers_and_keeps_active_ones() {
+    let r = Relay::start(&["--peer-timeout", "1s", "--keepalive-interval", "300ms"]);
+    // B answers keepalives, C pings, D relays to B: any datagram keeps a peer live.
+    let b = join(&r, "B");
+    let c = join(&r, "C");
+    let d = join(&r, "D");
+    // A registers last and then falls silent: anyone not refreshed is reaped with it or before.
+    let a = Peer::new(&r);
+    a.register("A");
+    for p in [&b, &c, &d] {
+        p.drain();
+    }
+    let tb = live_until_left(b, "A", |p| {
+        p.send(json!({"type": "keepalive", "name": "B"}))
+    });
+    let tc = live_until_left(c, "A", |p| p.send(json!({"type": "ping", "name": "C"})));
+    let td = live_until_left(d, "A", |p| {
+        p.send_raw(relay_msg("D", "B", r#""tick""#).as_bytes())
+    });
+    let mut alive = Vec::new();
+    for t in [tb, tc, td] {
+        let (p, left) = t.join().expect("peer thread");
+        assert_eq!(left.len(), 1, "only A left: {left:?}");
+        let v = &left[0];
+        assert_eq!(v["peer_name"], "A");
+        assert_eq!(names(&v["peers"]), set(&["B", "C", "D"]));
+        alive.push(p);
+    }
+    for n in ["B", "C", "D"] {
+        assert!(lookup_skip(&alive[0], n), "{n} was active yet reaped");
+    }
+    assert!(!lookup_skip(&alive[0], "A"));
+    assert_eq!(r.metric("udp_relay_peers"), 3);
+    // Once stale, anyone may register the name (an old peer whose NAT mapping changed).
+    let again = Peer::new(&r);
+    let (ack, list) = again.register("A");
+    assert_eq!(ack["your_address"], again.addr().to_string());
+    assert_eq!(list["count"], json!(4));
+    drop(a);
+}
+
+/// Liveness: "A peer is live while the relay has heard any datagram from it"; one address may
+/// hold several names.
+#[test]
+fn keepalive_for_one_name_keeps_its_address_live() {
+    let r = Relay::start(&["--peer-timeout", "1s", "--keepalive-interval", "300ms"]);
+    let s = join(&r, "S1");
+    prove(&s, "S2");
+    let t = join(&r, "T1");
+    prove(&t, "T2");
+    let m = Peer::new(&r);
+    m.register("M");
+    s.drain();
+    t.drain();
+    // S answers every server_keepalive with a keepalive for S1 only; T relays as T1 only.
+    let ts = live_until_left(s, "M", |p| {
+        p.send(json!({"type": "keepalive", "name": "S1"}))
+    });
+    let tt = live_until_left(t, "M", |p| {
+        p.send_raw(relay_msg("T1", "S1", "0").as_bytes())
+    });
+    let (s, s_left) = ts.join().expect("S thread");
+    let (_t, t_left) = tt.join().expect("T thread");
+    for v in s_left.iter().chain(&t_left) {
+        assert_eq!(
+            v["peer_name"], "M",
+            "a name at an address the relay kept hearing from was reaped: {v}"
+        );
+    }
+    let (s2, t2) = (lookup_skip(&s, "S2"), lookup_skip(&s, "T2"));
+    assert!(
+        s2 && t2,
+        "names at addresses the relay kept hearing from were reaped: S2 online {s2} (its \
+         address sent keepalive for S1), T2 online {t2} (its address relayed as T1)"
+    );
+}
+
+#[test]
+fn watchers_hear_of_reaped_peers_beyond_announce_max() {
+    let r = Relay::start(&[
+        "--peer-timeout",
+        "1s",
+        "--keepalive-interval",
+        "300ms",
+        "--announce-max",
+        "1",
+    ]);
+    let w = join(&r, "W");
+    w.send(json!({"type": "watch", "names": ["X"]}));
+    assert_eq!(names(&w.expect("watch_ack")["online"]), set(&[]));
+    let x = Peer::new(&r);
+    x.register("X");
+    let joined = w.expect("peer_joined");
+    assert_eq!(joined["peer_name"], "X");
+    let tw = live_until_left(w, "X", |p| {
+        p.send(json!({"type": "keepalive", "name": "W"}))
+    });
+    let (w, left) = tw.join().expect("W thread");
+    assert_eq!(left.len(), 1);
+    assert!(left[0]["peers"].is_array());
+    assert!(!lookup_skip(&w, "X"));
+    drop(x);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Part 2: errors
+
+#[test]
+fn errors_go_to_registered_or_requesting_peers_and_fit_the_request() {
+    let r = Relay::start(&["--max-datagram", "512"]);
+    let a = join(&r, "A");
+    let stranger = Peer::new(&r);
+    // Unknown type: an address holding nothing is not answered; a registered one is.
+    stranger.send(pad(json!({"type": "bogus"})));
+    stranger.expect_nothing();
+    send_expect_error(&a, json!({"type": "bogus"}), "bad_request");
+    assert_eq!(r.refused("unknown_type"), 2);
+    // A reply that cannot fit within the request is not sent at all.
+    let small = br#"{"type":"bogus"}"#;
+    a.send_raw(small);
+    for d in drain_raw(&a) {
+        assert!(d.len() <= small.len(), "{}", String::from_utf8_lossy(&d));
+    }
+    // Fields that do not parse.
+    send_expect_error(&a, json!({"type": "lookup"}), "bad_request");
+    send_expect_error(&a, json!({"type": "watch", "names": "A"}), "bad_request");
+    send_expect_error(&a, json!({"type": "lookup", "name": ""}), "invalid_name");
+    // Longer than --max-datagram.
+    let big = json!({"type": "ping", "pad": "y".repeat(600)}).to_string();
+    a.send_raw(big.as_bytes());
+    expect_error(&a, big.len(), "too_large");
+    assert_eq!(r.refused("too_large"), 1);
+    // Anything not JSON, STUN or a channel frame is dropped and counted.
+    a.send_raw(b"hello relay");
+    a.send_raw(b"[\"type\",\"ping\"]");
+    a.expect_nothing();
+    assert_eq!(r.refused("unknown_family"), 2);
+}
+
+#[test]
+fn error_replies_are_rate_limited_per_source() {
+    let r = Relay::start(&["--error-rate", "1"]);
+    let a = join(&r, "A");
+    let b = Peer::bind(r.addr, "127.0.0.2:0");
+    prove(&b, "B");
+    a.drain();
+    let bad = pad(json!({"type": "bogus"})).to_string();
+    let t = Instant::now();
+    for _ in 0..30 {
+        a.send_raw(bad.as_bytes());
+    }
+    let got = drain_raw(&a);
+    let secs = t.elapsed().as_secs_f64();
+    for d in &got {
+        assert!(d.len() <= bad.len());
+    }
+    // Bursts of twice the rate, refilled at the rate.
+    let most = 2 + secs.ceil() as usize;
+    assert!(
+        !got.is_empty() && got.len() <= most,
+        "{} error replies to 30 bad datagrams in {secs:.3}s at --error-rate 1",
+        got.len()
+    );
+    assert_eq!(r.refused("unknown_type"), 30, "refusals are always counted");
+    assert_eq!(
+        r.metric("udp_relay_errors_suppressed_total"),
+        30 - got.len() as u64
+    );
+    // Another source has its own allowance.
+    b.send_raw(bad.as_bytes());
+    expect_error(&b, bad.len(), "bad_request");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Part 2: presence at scale
+
+#[test]
+fn presence_beyond_announce_max() {
+    let r = Relay::start(&["--announce-max", "3", "--reply-budget", "256"]);
+    let w = join(&r, "W");
+    w.send(json!({"type": "watch", "names": ["X", "Y"]}));
+    assert_eq!(names(&w.expect("watch_ack")["online"]), set(&[]));
+    // While small (at most 3), everyone hears of everyone.
+    let p1 = join(&r, "P1");
+    assert_eq!(w.expect("peer_joined")["peer_name"], "P1");
+    let p2 = join(&r, "P2");
+    assert_eq!(w.expect("peer_joined")["peer_name"], "P2");
+    assert_eq!(p1.expect("peer_joined")["peer_name"], "P2");
+    // Beyond it, only watchers hear; nobody watches P3.
+    let p3 = join(&r, "P3");
+    for p in [&w, &p1, &p2] {
+        p.expect_nothing();
+    }
+    let x = join(&r, "X");
+    let joined = w.expect("peer_joined");
+    assert_eq!(joined["peer_name"], "X");
+    assert!(joined["peers"].is_array());
+    for p in [&w, &p1, &p2, &p3] {
+        p.expect_nothing();
+    }
+    assert!(lookup(&p1, "X"));
+    assert!(!lookup(&p1, "Nobody"));
+    // Many names: peer_list is cut to the budget, count is the true total.
+    let q = join(&r, "q00");
+    let mut last = None;
+    for i in 1..40 {
+        q.send(json!({"type": "register", "name": format!("q{i:02}")}));
+        q.expect("register_ack");
+        last = Some(q.recv_raw());
+    }
+    let raw = last.unwrap();
+    let list: Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(list["type"], "peer_list");
+    assert!(raw.len() <= 256, "peer_list of {} bytes", raw.len());
+    assert_eq!(list["count"], json!(5 + 40));
+    assert_eq!(list["truncated"], json!(true));
+    let listed = names(&list["peers"]);
+    assert!(!listed.is_empty() && listed.len() < 45);
+    for p in [&w, &p1, &p2, &p3, &x] {
+        p.expect_nothing();
+    }
+    // unregister: watchers hear peer_left, others nothing.
+    x.send(json!({"type": "unregister", "name": "X"}));
+    let left = w.expect("peer_left");
+    assert_eq!(left["peer_name"], "X");
+    assert!(left["peers"].is_array());
+    for p in [&p1, &p2, &p3, &q] {
+        p.expect_nothing();
+    }
+    assert!(!lookup(&p1, "X"));
+    let _y = join(&r, "Y");
+    assert_eq!(w.expect("peer_joined")["peer_name"], "Y");
+    p1.expect_nothing();
+    w.send(json!({"type": "watch", "names": ["Y", "P1", "Nobody"]}));
+    assert_eq!(names(&w.expect("watch_ack")["online"]), set(&["Y", "P1"]));
+}
+
+/// Part 2: "`peer_list` holds as many names as fit the reply budget".
+#[test]
+fn truncated_peer_list_holds_as_many_names_as_fit() {
+    let r = Relay::start(&["--announce-max", "1", "--reply-budget", "256"]);
+    let q = join(&r, "n00");
+    let mut raw = Vec::new();
+    for i in 1..40 {
+        q.send(json!({"type": "register", "name": format!("n{i:02}")}));
+        q.expect("register_ack");
+        raw = q.recv_raw();
+    }
+    let list: Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(list["truncated"], json!(true));
+    assert_eq!(list["count"], json!(40));
+    assert!(raw.len() <= 256);
+    // Every name takes 6 bytes in the list (`"nNN",`): one more would still have fitted?
+    assert!(
+        raw.len() + 6 > 256,
+        "peer_list of {} bytes holds {} of 40 names; another would fit in 256: {}",
+        raw.len(),
+        names(&list["peers"]).len(),
+        String::from_utf8_lossy(&raw)
+    );
+}
+
+#[test]
+fn watch_is_bounded_by_max_watch() {
+    let r = Relay::start(&["--max-watch", "2"]);
+    let w = join(&r, "W");
+    let _a = join(&r, "a");
+    w.drain();
+    let d = pad(json!({"type": "watch", "names": ["a", "b", "c"]})).to_string();
+    w.send_raw(d.as_bytes());
+    let got = drain_raw(&w);
+    let parsed: Vec<Value> = got
+        .iter()
+        .map(|d| serde_json::from_slice(d).unwrap())
+        .collect();
+    let ack = parsed
+        .iter()
+        .find(|v| v["type"] == "watch_ack")
+        .unwrap_or_else(|| panic!("no watch_ack: {parsed:?}"));
+    assert_eq!(names(&ack["online"]), set(&["a"]));
+    let err = parsed
+        .iter()
+        .find(|v| v["type"] == "error")
+        .unwrap_or_else(|| panic!("no error: {parsed:?}"));
+    assert!(CODES.contains(&err["code"].as_str().unwrap()), "{err}");
+    assert_eq!(r.refused("watch_limit"), 1);
+}
+
+#[test]
+fn unregister_follows_the_rules_of_taking_a_name() {
+    let r = Relay::start(&["--error-rate", "1000"]);
+    let (a, _) = join_ack(&r, "A");
+    let b = join(&r, "B");
+    let c = join(&r, "C");
+    a.drain();
+    b.drain();
+    // Another address without the token cannot remove A.
+    c.send(pad(json!({"type": "unregister", "name": "A"})));
+    let got = c.drain();
+    assert!(got.iter().all(|v| v["type"] == "error"), "{got:?}");
+    assert!(lookup(&b, "A"));
+    a.expect_nothing();
+    b.expect_nothing();
+    // A removes itself: everyone hears peer_left (small registry).
+    a.send(json!({"type": "unregister", "name": "A"}));
+    for p in [&b, &c] {
+        let v = p.expect("peer_left");
+        assert_eq!(v["peer_name"], "A");
+        assert_eq!(names(&v["peers"]), set(&["B", "C"]));
+    }
+    assert!(!lookup(&b, "A"));
+    a.send_raw(relay_msg("A", "B", "1").as_bytes());
+    a.expect_nothing();
+    b.expect_nothing();
+    assert_eq!(r.metric("udp_relay_peers"), 2);
+    // With the token, from another address.
+    let (d, dack) = join_ack(&r, "D");
+    b.drain();
+    c.drain();
+    let other = Peer::new(&r);
+    other.send(json!({"type": "unregister", "name": "D", "session": dack["session"]}));
+    assert_eq!(b.expect("peer_left")["peer_name"], "D");
+    assert_eq!(c.expect("peer_left")["peer_name"], "D");
+    assert!(!lookup(&b, "D"));
+    drop(d);
+}
+
+#[test]
+fn max_peers_refuses_new_names() {
+    let r = Relay::start(&["--max-peers", "2"]);
+    let a = join(&r, "A");
+    let b = join(&r, "B");
+    a.drain();
+    let c = Peer::new(&r);
+    let d = pad(json!({"type": "register", "name": "C"})).to_string();
+    c.send_raw(d.as_bytes());
+    let (raw, e) = recv2(&c);
+    assert_eq!(e["type"], "error", "{e}");
+    assert!(CODES.contains(&e["code"].as_str().unwrap()), "{e}");
+    assert!(raw.len() <= d.len());
+    c.expect_nothing();
+    assert_eq!(r.refused("registry_full"), 1);
+    assert!(!lookup(&a, "C"));
+    a.expect_nothing();
+    b.expect_nothing();
+    // Names already held are still served (and, being registered again, announced).
+    a.register("A");
+    assert_eq!(b.expect("peer_joined")["peer_name"], "A");
+    // Once one leaves, the new name fits.
+    a.send(json!({"type": "unregister", "name": "A"}));
+    assert_eq!(b.expect("peer_left")["peer_name"], "A");
+    let (ack, list) = c.register("C");
+    assert_eq!(ack["peer_name"], "C");
+    assert_eq!(list["count"], json!(2));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Part 2: introductions
+
+#[test]
+fn connect_introduces_both_peers() {
+    let r = Relay::start(&["--error-rate", "1000"]);
+    let alice = join(&r, "Alice");
+    let bob = join(&r, "Bob");
+    alice.drain();
+    alice.send(json!({"type": "connect", "target": "Bob"}));
+    let to_alice = alice.expect("introduce");
+    let to_bob = bob.expect("introduce");
+    assert_eq!(to_alice["peer_name"], "Bob");
+    assert_eq!(to_alice["address"], bob.addr().to_string());
+    assert_eq!(to_bob["peer_name"], "Alice");
+    assert_eq!(to_bob["address"], alice.addr().to_string());
+    // With several names at one address, `name` says which one asks.
+    prove(&alice, "Alice2");
+    bob.drain();
+    alice.send(json!({"type": "connect", "target": "Bob", "name": "Alice2"}));
+    assert_eq!(alice.expect("introduce")["peer_name"], "Bob");
+    assert_eq!(bob.expect("introduce")["peer_name"], "Alice2");
+    // Unknown target.
+    send_expect_error(
+        &alice,
+        json!({"type": "connect", "target": "Nobody"}),
+        "unknown_target",
+    );
+    // From an address that holds nothing: nobody is introduced.
+    let stranger = Peer::new(&r);
+    stranger.send(pad(json!({"type": "connect", "target": "Bob"})));
+    stranger.expect_nothing();
+    bob.expect_nothing();
+    alice.expect_nothing();
+    assert_eq!(r.refused("not_registered"), 1);
+}
+
+#[test]
+fn no_introductions_refuses_connect() {
+    let r = Relay::start(&["--no-introductions"]);
+    let alice = join(&r, "Alice");
+    let bob = join(&r, "Bob");
+    alice.drain();
+    let d = pad(json!({"type": "connect", "target": "Bob"})).to_string();
+    alice.send_raw(d.as_bytes());
+    let (raw, e) = recv2(&alice);
+    assert_eq!(e["type"], "error", "{e}");
+    assert!(CODES.contains(&e["code"].as_str().unwrap()), "{e}");
+    assert!(raw.len() <= d.len());
+    alice.expect_nothing();
+    bob.expect_nothing();
+    assert_eq!(r.refused("disabled"), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// IPv4 and IPv6
+
+#[test]
+fn dual_stack_serves_ipv4_and_ipv6_peers() {
+    if UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("skipped: ::1 is not available");
+        return;
+    }
+    let r = Relay::start_with(&[], &[("RUST_LOG", "debug")], "::");
+    let v4 = Peer::bind(
+        SocketAddr::new([127, 0, 0, 1].into(), r.addr.port()),
+        "127.0.0.1:0",
+    );
+    let v6 = Peer::bind(
+        SocketAddr::new("::1".parse().unwrap(), r.addr.port()),
+        "[::1]:0",
+    );
+    let ack4 = prove(&v4, "Four");
+    assert_eq!(
+        ack4["your_address"],
+        format!("127.0.0.1:{}", v4.addr().port())
+    );
+    let ack6 = prove(&v6, "Six");
+    assert_eq!(ack6["your_address"], format!("[::1]:{}", v6.addr().port()));
+    assert_eq!(v4.expect("peer_joined")["peer_name"], "Six");
+    v4.send(json!({"type": "ping"}));
+    assert_eq!(v4.expect("pong")["your_address"], ack4["your_address"]);
+    v6.send(json!({"type": "ping"}));
+    assert_eq!(v6.expect("pong")["your_address"], ack6["your_address"]);
+    let p = r#"{"hello": "v6"}"#;
+    v4.send_raw(relay_msg("Four", "Six", p).as_bytes());
+    check_relayed(&v6.recv_raw(), "Four", p);
+    v6.send_raw(relay_msg("Six", "Four", "4").as_bytes());
+    check_relayed(&v4.recv_raw(), "Six", "4");
+    v6.send(json!({"type": "connect", "target": "Four"}));
+    assert_eq!(v6.expect("introduce")["address"], ack4["your_address"]);
+    assert_eq!(v4.expect("introduce")["address"], ack6["your_address"]);
+    v4.expect_nothing();
+    v6.expect_nothing();
+}
