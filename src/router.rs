@@ -78,8 +78,8 @@ impl Router {
         }
         match classify(d) {
             Family::Json => self.json(d, from, now, out),
-            Family::Stun | Family::Channel => self.refuse(Reason::Unsupported, from, d.len()),
-            Family::Unknown => self.refuse(Reason::UnknownFamily, from, d.len()),
+            Family::Stun | Family::Channel => self.refuse(Reason::Unsupported, from, d.len(), now),
+            Family::Unknown => self.refuse(Reason::UnknownFamily, from, d.len(), now),
         }
     }
 
@@ -91,7 +91,7 @@ impl Router {
     }
 
     fn too_large(&mut self, len: usize, from: SocketAddr, now: Now, out: &mut Out) {
-        self.refuse(Reason::TooLarge, from, len);
+        self.refuse(Reason::TooLarge, from, len, now);
         self.error(
             out,
             from,
@@ -103,9 +103,12 @@ impl Router {
         );
     }
 
-    fn refuse(&self, r: Reason, from: SocketAddr, len: usize) {
+    fn refuse(&self, r: Reason, from: SocketAddr, len: usize, now: Now) {
         self.counters.refuse(r);
         debug!(%from, len, reason = r.as_str(), "refused");
+        // A refused datagram still shows that whoever sent it is there (spec: liveness counts
+        // any datagram).
+        self.shared.registry.touch_addr(from, now.ms);
     }
 
     /// Refuses and answers with an error where the protocol allows it.
@@ -121,7 +124,7 @@ impl Router {
         request_len: usize,
         who: Answer,
     ) {
-        self.refuse(r, from, request_len);
+        self.refuse(r, from, request_len, now);
         self.error(out, from, now, code, message, request_len, who);
     }
 
