@@ -165,7 +165,10 @@ impl Drop for Relay {
 
 fn after<'a>(line: &'a str, marker: &str) -> &'a str {
     let rest = &line[line.find(marker).unwrap() + marker.len()..];
-    rest.split_whitespace().next().unwrap()
+    // Up to a space, or the closing quote of a JSON log line (`--log-format json`).
+    rest.split(|c: char| c.is_whitespace() || c == '"')
+        .next()
+        .unwrap()
 }
 
 /// A peer: one UDP socket talking to the relay.
