@@ -285,24 +285,24 @@ impl Router {
     }
 
     /// Parses a control message from a scratch copy (simd-json parses in place).
-    fn parse<T: for<'de> serde::Deserialize<'de>>(&mut self, d: &[u8]) -> Option<T> {
+    fn parse<T: for<'de> serde::Deserialize<'de>>(&mut self, d: &[u8]) -> Result<T, Reason> {
         self.scratch.clear();
         self.scratch.extend_from_slice(d);
         control::parse(&mut self.scratch)
     }
 
-    fn bad_request(&mut self, d: &[u8], from: SocketAddr, now: Now, out: &mut Out, who: Answer) {
-        let msg = "missing or mistyped field";
-        self.fail(
-            out,
-            Reason::BadRequest,
-            from,
-            now,
-            ErrorCode::BadRequest,
-            msg,
-            d.len(),
-            who,
-        );
+    #[allow(clippy::too_many_arguments)]
+    fn bad_request(
+        &mut self,
+        r: Reason,
+        d: &[u8],
+        from: SocketAddr,
+        now: Now,
+        out: &mut Out,
+        who: Answer,
+    ) {
+        let msg = "missing, repeated or mistyped field";
+        self.fail(out, r, from, now, ErrorCode::BadRequest, msg, d.len(), who);
     }
 
     /// `register` (`explicit`) or `keepalive`: both claim the name; they differ in the reply.
@@ -312,8 +312,9 @@ impl Router {
         } else {
             Answer::Registered
         };
-        let Some(r) = self.parse::<control::Register>(d) else {
-            return self.bad_request(d, from, now, out, who);
+        let r = match self.parse::<control::Register>(d) {
+            Ok(v) => v,
+            Err(e) => return self.bad_request(e, d, from, now, out, who),
         };
         if !valid_name(&r.name) {
             let msg = "names are 1-64 bytes of UTF-8 without control characters";
@@ -385,8 +386,8 @@ impl Router {
     }
 
     fn ping(&mut self, d: &[u8], from: SocketAddr, now: Now, out: &mut Out) {
-        if self.parse::<control::Ping>(d).is_none() {
-            return self.bad_request(d, from, now, out, Answer::Registered);
+        if let Err(e) = self.parse::<control::Ping>(d) {
+            return self.bad_request(e, d, from, now, out, Answer::Registered);
         }
         let start = out.buf.len();
         reply::pong(&mut out.buf, now.unix, from);
@@ -403,8 +404,9 @@ impl Router {
     }
 
     fn watch(&mut self, d: &[u8], from: SocketAddr, now: Now, out: &mut Out) {
-        let Some(w) = self.parse::<control::Watch>(d) else {
-            return self.bad_request(d, from, now, out, Answer::Registered);
+        let w = match self.parse::<control::Watch>(d) {
+            Ok(v) => v,
+            Err(e) => return self.bad_request(e, d, from, now, out, Answer::Registered),
         };
         let Some(watcher) = self.speaker(w.name.as_deref(), from, now) else {
             return self.fail(
@@ -470,8 +472,9 @@ impl Router {
     }
 
     fn lookup(&mut self, d: &[u8], from: SocketAddr, now: Now, out: &mut Out) {
-        let Some(l) = self.parse::<control::Lookup>(d) else {
-            return self.bad_request(d, from, now, out, Answer::Registered);
+        let l = match self.parse::<control::Lookup>(d) {
+            Ok(v) => v,
+            Err(e) => return self.bad_request(e, d, from, now, out, Answer::Registered),
         };
         if !valid_name(&l.name) {
             return self.fail(
@@ -492,8 +495,9 @@ impl Router {
     }
 
     fn unregister(&mut self, d: &[u8], from: SocketAddr, now: Now, out: &mut Out) {
-        let Some(u) = self.parse::<control::Unregister>(d) else {
-            return self.bad_request(d, from, now, out, Answer::Registered);
+        let u = match self.parse::<control::Unregister>(d) {
+            Ok(v) => v,
+            Err(e) => return self.bad_request(e, d, from, now, out, Answer::Registered),
         };
         let token = u.session.as_deref().and_then(Session::parse);
         let Some(gone) = self
@@ -529,8 +533,9 @@ impl Router {
                 Answer::Registered,
             );
         }
-        let Some(c) = self.parse::<control::Connect>(d) else {
-            return self.bad_request(d, from, now, out, Answer::Registered);
+        let c = match self.parse::<control::Connect>(d) {
+            Ok(v) => v,
+            Err(e) => return self.bad_request(e, d, from, now, out, Answer::Registered),
         };
         let Some(me) = self.speaker(c.name.as_deref(), from, now) else {
             return self.fail(

@@ -506,55 +506,55 @@ fn wrong_types_missing_and_duplicate_fields() {
         case(
             "register name a number",
             p(r#"{"type":"register","name":5,PAD}"#),
-            "bad_request",
+            "wrong_field_type",
         )
         .anyone("bad_request"),
         case(
             "register name null",
             p(r#"{"type":"register","name":null,PAD}"#),
-            "bad_request",
+            "wrong_field_type",
         )
         .anyone("bad_request"),
         case(
             "register name an array",
             p(r#"{"type":"register","name":["a"],PAD}"#),
-            "bad_request",
+            "wrong_field_type",
         )
         .anyone("bad_request"),
         case(
             "register session a number",
             p(r#"{"type":"register","name":"x","session":5,PAD}"#),
-            "bad_request",
+            "wrong_field_type",
         )
         .anyone("bad_request"),
         case(
             "keepalive name a number",
             p(r#"{"type":"keepalive","name":5,PAD}"#),
-            "bad_request",
+            "wrong_field_type",
         )
         .member("bad_request"),
         case(
             "ping name a number",
             p(r#"{"type":"ping","name":5,PAD}"#),
-            "bad_request",
+            "wrong_field_type",
         )
         .member("bad_request"),
         case(
             "watch names a string",
             p(r#"{"type":"watch","names":"member",PAD}"#),
-            "bad_request",
+            "wrong_field_type",
         )
         .member("bad_request"),
         case(
             "watch names holding a number",
             p(r#"{"type":"watch","names":["member",1],PAD}"#),
-            "bad_request",
+            "wrong_field_type",
         )
         .member("bad_request"),
         case(
             "lookup name an object",
             p(r#"{"type":"lookup","name":{},PAD}"#),
-            "bad_request",
+            "wrong_field_type",
         )
         .member("bad_request"),
         case(
@@ -590,18 +590,17 @@ fn wrong_types_missing_and_duplicate_fields() {
             "missing_field",
         )
         .member("bad_request"),
-        // A control message without its required field is counted as `bad_request`, not
-        // `missing_field` (that one is for the scanner's routing fields).
+        // A control message without its required field is counted like a routing field's.
         case(
             "register without name",
             p(r#"{"type":"register",PAD}"#),
-            "bad_request",
+            "missing_field",
         )
         .anyone("bad_request"),
         case(
             "lookup without name",
             p(r#"{"type":"lookup",PAD}"#),
-            "bad_request",
+            "missing_field",
         )
         .member("bad_request"),
         // Repeated fields.
@@ -644,7 +643,7 @@ fn wrong_types_missing_and_duplicate_fields() {
         case(
             "register name twice",
             p(r#"{"type":"register","name":"n1","name":"n2",PAD}"#),
-            "bad_request",
+            "duplicate_field",
         )
         .anyone("bad_request"),
     ];
@@ -1091,10 +1090,9 @@ fn a_burst_of_every_kind_from_many_sources_leaves_the_relay_serving() {
         ("not_utf8", 1),
         ("too_deep", 1),
         ("duplicate_field", 1),
-        ("wrong_field_type", 1),
+        ("wrong_field_type", 2),
         ("missing_field", 1),
         ("unknown_type", 1),
-        ("bad_request", 1),
         ("invalid_name", 1),
         ("too_large", 1),
     ];

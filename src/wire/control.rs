@@ -3,6 +3,9 @@
 //! Each struct ignores unknown fields, `type` included: the scanner has already read it.
 
 use serde::Deserialize;
+use simd_json::ErrorType;
+
+use crate::metrics::Reason;
 
 /// `register`: claim a name at the source address.
 #[derive(Debug, Deserialize)]
@@ -57,9 +60,31 @@ pub struct Connect {
     pub name: Option<String>,
 }
 
-/// Parses a control message from a scratch copy of the datagram (simd-json parses in place).
-pub fn parse<'de, T: Deserialize<'de>>(scratch: &'de mut [u8]) -> Option<T> {
-    simd_json::serde::from_slice(scratch).ok()
+/// Parses a control message from a scratch copy of the datagram (simd-json parses in place);
+/// a refusal says why, so that it is counted under the right reason.
+pub fn parse<'de, T: Deserialize<'de>>(scratch: &'de mut [u8]) -> Result<T, Reason> {
+    simd_json::serde::from_slice(scratch).map_err(|e| reason(e.error()))
+}
+
+/// The refusal reason of a parse error. serde reports missing and duplicate fields as messages,
+/// whose wording is stable across serde releases (the tests below pin it).
+fn reason(e: &ErrorType) -> Reason {
+    match e {
+        ErrorType::Serde(m) if m.starts_with("missing field") => Reason::MissingField,
+        ErrorType::Serde(m) if m.starts_with("duplicate field") => Reason::Duplicate,
+        ErrorType::Serde(m) if m.starts_with("invalid type") => Reason::WrongType,
+        ErrorType::ExpectedString
+        | ErrorType::ExpectedArray
+        | ErrorType::ExpectedMap
+        | ErrorType::ExpectedBoolean
+        | ErrorType::ExpectedNull
+        | ErrorType::ExpectedSigned
+        | ErrorType::ExpectedUnsigned
+        | ErrorType::ExpectedFloat
+        | ErrorType::ExpectedInteger
+        | ErrorType::ExpectedNumber => Reason::WrongType,
+        _ => Reason::BadRequest,
+    }
 }
 
 #[cfg(test)]
@@ -74,13 +99,24 @@ mod tests {
         assert!(r.session.is_none());
     }
 
+    fn refusal<'de, T: Deserialize<'de> + std::fmt::Debug>(d: &'de mut [u8]) -> Reason {
+        parse::<T>(d).unwrap_err()
+    }
+
     #[test]
-    fn refuses_wrong_types_and_duplicates() {
-        let mut d = br#"{"type":"register","name":5}"#.to_vec();
-        assert!(parse::<Register>(&mut d).is_none());
-        let mut d = br#"{"type":"register","name":"a","name":"b"}"#.to_vec();
-        assert!(parse::<Register>(&mut d).is_none());
+    fn refusals_name_their_reason() {
+        let r = |d: &[u8]| refusal::<Register>(&mut d.to_vec());
+        assert_eq!(r(br#"{"type":"register","name":5}"#), Reason::WrongType);
+        assert_eq!(
+            r(br#"{"type":"register","name":"a","session":[]}"#),
+            Reason::WrongType
+        );
+        assert_eq!(
+            r(br#"{"type":"register","name":"a","name":"b"}"#),
+            Reason::Duplicate
+        );
+        assert_eq!(r(br#"{"type":"register"}"#), Reason::MissingField);
         let mut d = br#"{"type":"watch","names":["a",1]}"#.to_vec();
-        assert!(parse::<Watch>(&mut d).is_none());
+        assert_eq!(refusal::<Watch>(&mut d), Reason::WrongType);
     }
 }
