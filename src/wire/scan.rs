@@ -132,7 +132,7 @@ impl Scanner<'_> {
         loop {
             self.skip_ws();
             let key = self.string()?;
-            let field = self.field_of(key)?;
+            let field = self.field_of(key);
             self.skip_ws();
             self.expect(b':')?;
             self.skip_ws();
@@ -197,25 +197,26 @@ impl Scanner<'_> {
         }
     }
 
-    fn field_of(&self, key: RawStr) -> Result<Field, ScanError> {
+    fn field_of(&self, key: RawStr) -> Field {
         let raw = key.span.of(self.buf);
         let mut tmp = [0u8; 8];
         let name: &[u8] = if key.escaped {
-            check_decodes(raw)?;
+            // A key that does not decode (a lone surrogate) is well-formed JSON but cannot be a
+            // routing field's name: an unknown field, like any other.
             match unescape_into(raw, &mut tmp) {
                 Some(s) => s.as_bytes(),
-                None => return Ok(Field::Other),
+                None => return Field::Other,
             }
         } else {
             raw
         };
-        Ok(match name {
+        match name {
             b"type" => Field::Type,
             b"target" => Field::Target,
             b"source" => Field::Source,
             b"payload" => Field::Payload,
             _ => Field::Other,
-        })
+        }
     }
 
     /// Scans a string starting at the opening quote; returns its contents.
@@ -376,10 +377,7 @@ impl Scanner<'_> {
     /// Inside a nested object: a key and its colon.
     fn member_key(&mut self) -> Result<(), ScanError> {
         self.skip_ws();
-        let key = self.string()?;
-        if key.escaped {
-            check_decodes(key.span.of(self.buf))?;
-        }
+        self.string()?;
         self.skip_ws();
         self.expect(b':')
     }
