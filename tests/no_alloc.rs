@@ -1,0 +1,204 @@
+//! The relay hot path allocates nothing: once warmed up, `Router::handle` forwards `relay`
+//! datagrams without touching the heap.
+//!
+//! A counting global allocator wraps the system one. Counts are per thread, so the test
+//! harness's other threads (and the other test in this binary) cannot disturb a measurement.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use udp_relay::clock::Now;
+use udp_relay::config::Settings;
+use udp_relay::out::Out;
+use udp_relay::router::{Router, Shared};
+
+struct Counting;
+
+thread_local! {
+    /// Allocations (alloc, alloc_zeroed, realloc) made by this thread.
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+    /// Deallocations made by this thread.
+    static FREES: Cell<u64> = const { Cell::new(0) };
+}
+
+fn bump(c: &'static std::thread::LocalKey<Cell<u64>>) {
+    // `try_with`: never panic inside the allocator, even while a thread is being torn down.
+    let _ = c.try_with(|c| c.set(c.get() + 1));
+}
+
+// SAFETY: every call is forwarded unchanged to `System`; counting has no effect on memory.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        bump(&ALLOCS);
+        // SAFETY: the caller's contract is `System`'s contract.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        bump(&ALLOCS);
+        // SAFETY: as above.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        bump(&ALLOCS);
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        bump(&FREES);
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Heap calls made by this thread while `f` ran: (allocations, deallocations).
+fn heap_calls<R>(f: impl FnOnce() -> R) -> (R, u64, u64) {
+    let (a0, f0) = (ALLOCS.with(Cell::get), FREES.with(Cell::get));
+    let r = f();
+    let (a1, f1) = (ALLOCS.with(Cell::get), FREES.with(Cell::get));
+    (r, a1 - a0, f1 - f0)
+}
+
+fn addr(i: u16) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, 1], 1000 + i))
+}
+
+fn at(ms: u64) -> Now {
+    Now {
+        ms,
+        unix: 1_795_574_001.25 + ms as f64 / 1000.0,
+    }
+}
+
+/// A router with "Alice" at `addr(1)` and "Bob" at `addr(2)`, and its `Out`.
+fn two_peers() -> (std::sync::Arc<Shared>, Router, Out) {
+    let shared = Shared::new(Settings::default(), 1);
+    let mut router = Router::new(shared.clone(), 0);
+    let mut out = Out::default();
+    for (name, from) in [("Alice", addr(1)), ("Bob", addr(2))] {
+        out.clear();
+        let reg = format!(r#"{{"type":"register","name":"{name}"}}"#);
+        router.handle(reg.as_bytes(), from, at(0), &mut out);
+        assert!(!out.sends.is_empty(), "{name} registered");
+    }
+    (shared, router, out)
+}
+
+/// Relay datagrams of varied shape and size, alternating Alice → Bob and Bob → Alice.
+/// Returns (datagram, sender, receiver, expected relayed_packet).
+fn datagrams(n: usize) -> Vec<(Vec<u8>, SocketAddr, SocketAddr, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            let (src, tgt, from, to) = if i % 2 == 0 {
+                ("Alice", "Bob", addr(1), addr(2))
+            } else {
+                ("Bob", "Alice", addr(2), addr(1))
+            };
+            let payload = match i % 5 {
+                0 => format!(r#""{{\"type\": \"message\", \"n\": {i}}}""#),
+                1 => format!(r#"{{"seq":{i},"data":"{}"}}"#, "x".repeat(i % 700)),
+                2 => format!(r#"[{i}, -1.5e3, true, null, "caf\u00e9 ☕"]"#),
+                3 => format!(r#""{}""#, "A".repeat(1000 + i % 300)),
+                _ => i.to_string(),
+            };
+            let d = match i % 3 {
+                0 => format!(r#"{{"type":"relay","source":"{src}","target":"{tgt}","payload":{payload}}}"#),
+                1 => format!(r#"{{ "payload" : {payload}, "target":"{tgt}", "source":"{src}", "type":"relay", "v":2 }}"#),
+                _ => format!(r#"{{"\u0074ype":"rel\u0061y","payload":{payload},"source":"{src}","target":"{tgt}"}}"#),
+            };
+            let want = format!(
+                r#"{{"type":"relayed_packet","from_peer":"{src}","via_relay":true,"payload":{payload}}}"#
+            );
+            (d.into_bytes(), from, to, want.into_bytes())
+        })
+        .collect()
+}
+
+/// Runs `batch` through the router as the I/O loop does (clearing `out` before each datagram);
+/// returns how many were not forwarded exactly as expected. Allocates nothing itself.
+fn run(
+    router: &mut Router,
+    out: &mut Out,
+    batch: &[(Vec<u8>, SocketAddr, SocketAddr, Vec<u8>)],
+    ms: u64,
+) -> usize {
+    let mut wrong = 0;
+    for (i, (d, from, to, want)) in batch.iter().enumerate() {
+        out.clear();
+        router.handle(d, *from, at(ms + i as u64 / 100), out);
+        let ok = match out.sends.as_slice() {
+            [s] => {
+                s.to == *to
+                    && out
+                        .segments(s, d)
+                        .iter()
+                        .flat_map(|seg| seg.iter())
+                        .eq(want.iter())
+            }
+            _ => false,
+        };
+        wrong += usize::from(!ok);
+    }
+    wrong
+}
+
+#[test]
+fn relaying_allocates_nothing_once_warm() {
+    let (shared, mut router, mut out) = two_peers();
+    let batch = datagrams(10_000);
+
+    // Warm up: the reusable buffers reach their working size.
+    assert_eq!(run(&mut router, &mut out, &batch[..200], 1), 0);
+
+    let (wrong, allocs, frees) = heap_calls(|| run(&mut router, &mut out, &batch, 100));
+    assert_eq!(wrong, 0, "every datagram forwarded byte for byte");
+    assert_eq!(allocs, 0, "allocations while relaying 10,000 datagrams");
+    assert_eq!(frees, 0, "deallocations while relaying 10,000 datagrams");
+
+    let forwarded = shared.metrics.block(0).forwarded.load(Ordering::Relaxed);
+    assert_eq!(forwarded, 10_200);
+}
+
+/// The negative control: the counter sees allocations, both in the test's own code and inside
+/// the router, so the zero above is a measurement and not a blind spot.
+#[test]
+fn the_counter_sees_allocations() {
+    let (v, allocs, _) = heap_calls(|| black_box(Box::new(black_box(7u64))));
+    assert!(allocs >= 1, "a Box allocates");
+    let ((), _, frees) = heap_calls(|| drop(v));
+    assert!(frees >= 1, "dropping a Box frees");
+
+    let (v, allocs, _) = heap_calls(|| {
+        let mut v = Vec::<u8>::with_capacity(1);
+        v.extend_from_slice(black_box(&[0u8; 100]));
+        v
+    });
+    assert!(allocs >= 2, "allocation and growth are both counted");
+    drop(v);
+
+    // Inside the library: a new registration stores the name (and more) on the heap.
+    let (_shared, mut router, mut out) = two_peers();
+    out.clear();
+    let reg = br#"{"type":"register","name":"Carol"}"#;
+    let ((), allocs, _) = heap_calls(|| router.handle(reg, addr(3), at(1), &mut out));
+    assert!(!out.sends.is_empty());
+    assert!(
+        allocs > 0,
+        "registering a new peer allocates inside the router"
+    );
+
+    // The measured path itself: relaying into a fresh `Out` (no capacity yet) grows its buffers.
+    let batch = datagrams(1);
+    let mut fresh = Out::default();
+    let (wrong, allocs, _) = heap_calls(|| run(&mut router, &mut fresh, &batch, 2));
+    assert_eq!(wrong, 0);
+    assert!(allocs > 0, "relaying into an empty Out allocates");
+}
