@@ -205,12 +205,12 @@ fn exercise(format: &str, m: &str) -> Run {
         (
             &a,
             format!(r#"{{"type":"register","name":{{"{m}":1}}}}"#).into_bytes(),
-            "bad_request",
+            "wrong_field_type",
         ),
         (
             &a,
             format!(r#"{{"type":"lookup","name":"x","name":"{m}"}}"#).into_bytes(),
-            "bad_request",
+            "duplicate_field",
         ),
     ];
     for (from, d, reason) in &refused {
