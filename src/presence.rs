@@ -4,6 +4,7 @@
 //! the old relay; beyond it lists are cut to the reply budget and only watchers are told.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use crate::clock::Now;
 use crate::out::Out;
@@ -14,53 +15,106 @@ use crate::wire::reply::{self, Presence};
 /// The shortest a name can take in a list (`"x",`), bounding how many fit a budget.
 const MIN_LISTED_NAME: usize = 4;
 
+/// How long a sample of live peers serves the lists of a large registry before it is rebuilt.
+pub const SAMPLE_MS: u64 = 1000;
+
+/// A registry at most this large is cheap to walk, so a sample short of the budget is rebuilt
+/// as soon as the registry changes rather than after [`SAMPLE_MS`].
+const EAGER_REBUILD: usize = 16_384;
+
+/// A recent sample of live peers, listed in every `peer_list` and announcement beyond
+/// `announce_max`. Building one walks the registry until enough live peers are found, which at a
+/// million peers (most of them stale, after an outage) must not happen per registration or per
+/// reaped peer; so a large registry's sample is rebuilt at most once every [`SAMPLE_MS`].
+#[derive(Default)]
+pub struct Sample(Mutex<Option<Built>>);
+
+struct Built {
+    at_ms: u64,
+    registry_len: usize,
+    peers: Arc<[Live]>,
+}
+
+impl Sample {
+    fn get(&self, shared: &Shared, now: Now) -> Arc<[Live]> {
+        let fit = shared.settings.reply_budget / MIN_LISTED_NAME;
+        let len = shared.registry.len();
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = &*slot {
+            let fresh = now.ms.saturating_sub(b.at_ms) < SAMPLE_MS;
+            // A short sample would leave room in the budget unused once peers have joined.
+            let short = b.peers.len() < fit && len != b.registry_len && len <= EAGER_REBUILD;
+            if fresh && !short {
+                return b.peers.clone();
+            }
+        }
+        let peers: Arc<[Live]> = shared.registry.live_peers(now.ms, fit).into();
+        *slot = Some(Built {
+            at_ms: now.ms,
+            registry_len: len,
+            peers: peers.clone(),
+        });
+        peers
+    }
+}
+
 /// Whether the registry is small enough for everyone to hear of everyone.
 fn small(shared: &Shared) -> bool {
     shared.registry.len() <= shared.settings.announce_max
 }
 
-/// The live peers to list: all of them in join order when small, else as many as may fit.
-fn listed(shared: &Shared, now: Now) -> (Vec<Live>, Option<usize>) {
-    let s = &shared.settings;
-    if small(shared) {
-        let mut all = shared.registry.live_peers(now.ms, usize::MAX);
-        all.sort_unstable_by_key(|p| p.seq);
-        (all, None)
-    } else {
-        let fit = s.reply_budget / MIN_LISTED_NAME;
-        (
-            shared.registry.live_peers(now.ms, fit),
-            Some(s.reply_budget),
-        )
-    }
+/// Every live peer, in join order (for a small registry).
+fn everyone(shared: &Shared, now: Now) -> Vec<Live> {
+    let mut all = shared.registry.live_peers(now.ms, usize::MAX);
+    all.sort_unstable_by_key(|p| p.seq);
+    all
 }
 
 /// Appends a `peer_list` for `to`.
 pub fn peer_list(shared: &Shared, out: &mut Out, to: SocketAddr, now: Now) {
-    let (peers, budget) = listed(shared, now);
-    let count = if budget.is_none() {
-        peers.len()
-    } else {
-        shared.registry.len()
-    };
     let start = out.buf.len();
-    reply::peer_list(&mut out.buf, peers.iter().map(|p| &*p.name), count, budget);
+    if small(shared) {
+        let peers = everyone(shared, now);
+        let names = peers.iter().map(|p| &*p.name);
+        reply::peer_list(&mut out.buf, names, peers.len(), None);
+    } else {
+        let peers = shared.sample.get(shared, now);
+        let names = peers.iter().map(|p| &*p.name);
+        let (count, budget) = (shared.registry.len(), shared.settings.reply_budget);
+        reply::peer_list(&mut out.buf, names, count, Some(budget));
+    }
     out.reply(to, start);
 }
 
 /// Tells those who should hear it that `name` joined or left.
 pub fn announce(shared: &Shared, out: &mut Out, kind: Presence, name: &str, now: Now) {
-    let (peers, budget) = listed(shared, now);
-    let recipients: Vec<SocketAddr> = if budget.is_none() {
-        peers
-            .iter()
-            .filter(|p| &*p.name != name)
-            .map(|p| p.addr)
-            .collect()
+    if small(shared) {
+        let peers = everyone(shared, now);
+        let to = peers.iter().filter(|p| &*p.name != name).map(|p| p.addr);
+        send_presence(out, kind, name, &peers, None, to);
     } else {
-        shared.registry.watchers_of(name, now.ms)
-    };
-    if recipients.is_empty() {
+        // Beyond announce_max only watchers hear; most names have none, so ask that first.
+        let watchers = shared.registry.watchers_of(name, now.ms);
+        if watchers.is_empty() {
+            return;
+        }
+        let peers = shared.sample.get(shared, now);
+        let budget = Some(shared.settings.reply_budget);
+        send_presence(out, kind, name, &peers, budget, watchers.into_iter());
+    }
+}
+
+/// Writes one `peer_joined`/`peer_left` and sends it to each of `to`.
+fn send_presence(
+    out: &mut Out,
+    kind: Presence,
+    name: &str,
+    peers: &[Live],
+    budget: Option<usize>,
+    to: impl Iterator<Item = SocketAddr>,
+) {
+    let mut to = to.peekable();
+    if to.peek().is_none() {
         return;
     }
     let start = out.buf.len();
@@ -72,7 +126,7 @@ pub fn announce(shared: &Shared, out: &mut Out, kind: Presence, name: &str, now:
         budget,
     );
     let end = out.buf.len();
-    for to in recipients {
+    for to in to {
         out.send_range(to, start..end);
     }
 }

@@ -27,6 +27,8 @@ pub struct Shared {
     pub settings: Settings,
     /// The counters.
     pub metrics: Metrics,
+    /// The live peers listed while the registry is beyond `announce_max`.
+    pub sample: presence::Sample,
 }
 
 impl Shared {
@@ -35,6 +37,7 @@ impl Shared {
         Arc::new(Shared {
             registry: Registry::new(settings.peer_timeout_ms),
             metrics: Metrics::new(workers),
+            sample: presence::Sample::default(),
             settings,
         })
     }
