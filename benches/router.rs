@@ -1,0 +1,77 @@
+//! The router's whole decision for one datagram (`Router::handle`), as a worker runs it between
+//! `recvmmsg` and `sendmmsg`: a relay between two registered peers, a ping and a keepalive, with
+//! 100k other peers registered so that registry lookups miss the caches as they would in service.
+//!
+//! This is the per-datagram CPU cost of the relay, I/O excluded: its inverse is the most datagrams
+//! per second one worker can decide. `Out` is cleared between datagrams as the I/O loop does.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use udp_relay::config::Settings;
+use udp_relay::out::Out;
+use udp_relay::registry::Claim;
+use udp_relay::router::{Router, Shared};
+
+mod common;
+
+/// Peers registered besides the two that talk.
+const OTHERS: usize = 100_000;
+
+fn bench(c: &mut Criterion) {
+    let shared = Shared::new(Settings::default(), 1);
+    let now = common::at(1_000);
+    common::fill(&shared.registry, 0..OTHERS, 0);
+    let (alice, bob) = (common::addr(OTHERS), common::addr(OTHERS + 1));
+    let Claim::Joined(session) =
+        shared
+            .registry
+            .claim("alice", alice, None, 0, shared.settings.max_peers)
+    else {
+        panic!("alice registers");
+    };
+    shared
+        .registry
+        .claim("bob", bob, None, 0, shared.settings.max_peers);
+    let mut router = Router::new(Arc::clone(&shared), 0);
+    let mut out = Out::default();
+
+    let mut g = c.benchmark_group("router");
+    // Sub-microsecond operations: 3 s gives criterion millions of iterations per bench.
+    g.measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
+    let mut run = |g: &mut criterion::BenchmarkGroup<_>, id: String, d: Vec<u8>, sends: usize| {
+        out.clear();
+        router.handle(&d, alice, now, &mut out);
+        assert_eq!(out.sends.len(), sends, "{id}: {:?}", out.sends);
+        g.throughput(Throughput::Bytes(d.len() as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(id), &d, |b, d| {
+            b.iter(|| {
+                out.clear();
+                router.handle(black_box(d), alice, now, &mut out);
+                black_box(out.sends.len())
+            })
+        });
+    };
+    for n in [64, 1024, 8192] {
+        let d = common::relay_b64("alice", "bob", n);
+        run(&mut g, format!("relay/b64/{n}"), d, 1);
+    }
+    run(
+        &mut g,
+        "ping".into(),
+        br#"{"type":"ping","name":"alice"}"#.to_vec(),
+        1,
+    );
+    let keepalive = format!(
+        r#"{{"type":"keepalive","name":"alice","session":"{}"}}"#,
+        session.to_hex()
+    );
+    run(&mut g, "keepalive".into(), keepalive.into_bytes(), 1);
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
