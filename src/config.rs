@@ -17,6 +17,17 @@ pub enum LogFormat {
     Json,
 }
 
+/// Which I/O backend the workers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IoChoice {
+    /// io_uring where the kernel allows it, else recvmmsg/sendmmsg (the choice is logged).
+    Auto,
+    /// io_uring, or fail at start-up.
+    Uring,
+    /// recvmmsg/sendmmsg batches (any Linux).
+    Mmsg,
+}
+
 /// The relay's command line.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -70,6 +81,12 @@ pub struct Args {
         default_value_t = 256
     )]
     pub max_watch: usize,
+    /// I/O backend of the workers.
+    #[arg(long, env = "UDP_RELAY_IO", value_enum, default_value = "auto")]
+    pub io: IoChoice,
+    /// Pin worker i to CPU i (modulo the CPUs this process may use).
+    #[arg(long, env = "UDP_RELAY_PIN_WORKERS")]
+    pub pin_workers: bool,
     /// Error replies allowed per source address per second (bursts of twice that).
     #[arg(long, allow_negative_numbers = true, env = "UDP_RELAY_ERROR_RATE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub error_rate: u32,

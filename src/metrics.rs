@@ -68,6 +68,8 @@ pub struct Counters {
     pub send_errors: AtomicU64,
     /// Error replies withheld by the per-source error rate limit.
     pub errors_suppressed: AtomicU64,
+    /// Times the io_uring receive found no free buffer (`ENOBUFS`) and had to be re-armed.
+    pub recv_no_buffers: AtomicU64,
     refused: [AtomicU64; Reason::ALL.len()],
 }
 
@@ -153,6 +155,11 @@ impl Metrics {
             "errors_suppressed_total",
             "Error replies withheld by the per-source limit.",
             self.sum(|c| &c.errors_suppressed),
+        );
+        counter(
+            "recv_no_buffers_total",
+            "io_uring receives that found every buffer in use (ENOBUFS).",
+            self.sum(|c| &c.recv_no_buffers),
         );
         let _ = writeln!(
             s,

@@ -2,7 +2,7 @@
 //! metrics endpoint, and stops them all.
 
 use std::io::{self, BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
@@ -12,7 +12,7 @@ use tracing::{error, info, warn};
 
 use crate::clock::Clock;
 use crate::config::Args;
-use crate::io::{self as relay_io, Backend, Sender, Worker, mmsg::Mmsg};
+use crate::io::{self as relay_io, Egress, Worker};
 use crate::out::Out;
 use crate::reaper;
 use crate::router::{Router, Shared};
@@ -35,7 +35,10 @@ pub fn start(args: &Args) -> io::Result<Relay> {
     let shared = Shared::new(settings, n);
     let clock = Clock::default();
     let stop = Arc::new(AtomicBool::new(false));
-    let backend: Arc<dyn Backend> = Arc::new(Mmsg);
+    let (backend, fallback) = relay_io::select(args.io)?;
+    if let Some(why) = &fallback {
+        warn!(reason = %why, "io_uring unavailable, using the mmsg backend (recvmmsg/sendmmsg)");
+    }
 
     let mut addr = args.listen();
     relay_io::check_port_free(addr)
@@ -48,12 +51,10 @@ pub fn start(args: &Args) -> io::Result<Relay> {
         addr = s.local_addr()?;
         sockets.push(s);
     }
-    // Replies the reaper originates leave from the relay's own port, like every other reply.
-    let egress = sockets[0].try_clone()?;
-
-    let mut workers = Vec::with_capacity(n);
-    for (index, socket) in sockets.into_iter().enumerate() {
-        let w = Worker {
+    let mut ready: Vec<Worker> = sockets
+        .into_iter()
+        .enumerate()
+        .map(|(index, socket)| Worker {
             index,
             socket,
             router: Router::new(shared.clone(), index),
@@ -61,12 +62,27 @@ pub fn start(args: &Args) -> io::Result<Relay> {
             stop: stop.clone(),
             counters: shared.metrics.block(index),
             max_datagram: shared.settings.max_datagram,
-        };
+            inbox: None,
+            cpu: args.pin_workers.then_some(index),
+        })
+        .collect();
+    // Replies the reaper originates leave from the relay's own port, like every other reply.
+    let egress = backend.egress(&mut ready)?;
+
+    let mut workers = Vec::with_capacity(n);
+    for w in ready {
         let backend = backend.clone();
+        let index = w.index;
         workers.push(
             thread::Builder::new()
                 .name(format!("worker-{index}"))
                 .spawn(move || {
+                    if let Some(cpu) = w.cpu {
+                        match relay_io::pin_to_cpu(cpu) {
+                            Ok(c) => info!(worker = index, cpu = c, "pinned"),
+                            Err(e) => warn!(worker = index, error = %e, "cannot pin worker"),
+                        }
+                    }
                     if let Err(e) = backend.run(w) {
                         error!(worker = index, error = %e, "worker stopped");
                     }
@@ -78,7 +94,7 @@ pub fn start(args: &Args) -> io::Result<Relay> {
         let stop = stop.clone();
         thread::Builder::new()
             .name("reaper".into())
-            .spawn(move || run_reaper(&shared, clock, &stop, &egress))?
+            .spawn(move || run_reaper(&shared, clock, &stop, egress))?
     };
     if let Some(m) = args.metrics_listen {
         serve_metrics(m, shared.clone())?;
@@ -119,23 +135,15 @@ fn reaper_tick(shared: &Shared) -> Duration {
     Duration::from_millis(ms.clamp(10, 1000))
 }
 
-fn run_reaper(shared: &Shared, clock: Clock, stop: &AtomicBool, egress: &UdpSocket) {
+fn run_reaper(shared: &Shared, clock: Clock, stop: &AtomicBool, mut egress: Box<dyn Egress>) {
     let tick = reaper_tick(shared);
-    let counters = shared.metrics.background();
     let mut out = Out::default();
-    let mut sender = match Sender::new(egress) {
-        Ok(s) => s,
-        Err(e) => return error!(error = %e, "reaper cannot send"),
-    };
     while !stop.load(Ordering::Relaxed) {
         thread::park_timeout(tick);
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        let done = reaper::sweep(shared, clock.now(), &mut out, |out| {
-            sender.send(egress, out, |_| &[], &counters);
-            out.clear();
-        });
+        let done = reaper::sweep(shared, clock.now(), &mut out, |out| egress.send(out));
         if done.reaped > 0 {
             info!(
                 reaped = done.reaped,

@@ -5,7 +5,11 @@ use std::mem::zeroed;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 
-use super::{Backend, Sender, Worker, from_sockaddr};
+use std::net::UdpSocket;
+use std::sync::Arc;
+
+use super::{Backend, Egress, Sender, Worker, from_sockaddr};
+use crate::metrics::Counters;
 use crate::out::Out;
 
 /// Datagrams received (and decided) per system call at most.
@@ -17,6 +21,18 @@ pub struct Mmsg;
 impl Backend for Mmsg {
     fn name(&self) -> &'static str {
         "mmsg"
+    }
+
+    fn egress(&self, workers: &mut [Worker]) -> io::Result<Box<dyn Egress>> {
+        let first = workers
+            .first()
+            .ok_or_else(|| io::Error::other("no workers"))?;
+        let socket = first.socket.try_clone()?;
+        Ok(Box::new(SocketEgress {
+            sender: Sender::new(&socket)?,
+            socket,
+            counters: first.counters.clone(),
+        }))
     }
 
     fn run(&self, mut w: Worker) -> io::Result<()> {
@@ -92,5 +108,20 @@ impl Backend for Mmsg {
             out.clear();
         }
         Ok(())
+    }
+}
+
+/// The reaper sends with sendmmsg on a clone of worker 0's socket: from the relay's port, and
+/// without involving the worker (a blocking socket may be shared between threads).
+struct SocketEgress {
+    socket: UdpSocket,
+    sender: Sender,
+    counters: Arc<Counters>,
+}
+
+impl Egress for SocketEgress {
+    fn send(&mut self, out: &mut Out) {
+        self.sender.send(&self.socket, out, |_| &[], &self.counters);
+        out.clear();
     }
 }

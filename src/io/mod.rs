@@ -2,9 +2,10 @@
 //!
 //! A backend runs one worker's receive loop on its own `SO_REUSEPORT` socket and sends what the
 //! router decides; nothing protocol-specific lives here. [`mmsg`] (recvmmsg/sendmmsg) is the
-//! portable backend; an io_uring backend is a second implementation of [`Backend`].
+//! portable backend; [`uring`] (io_uring) is the fast one, chosen at start-up by [`select`].
 
 pub mod mmsg;
+pub mod uring;
 
 use std::io;
 use std::mem::{size_of, zeroed};
@@ -12,10 +13,12 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSock
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::mpsc;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::clock::Clock;
+use crate::config::IoChoice;
 use crate::metrics::Counters;
 use crate::out::Out;
 use crate::router::Router;
@@ -36,6 +39,26 @@ pub struct Worker {
     pub counters: Arc<Counters>,
     /// Largest datagram accepted.
     pub max_datagram: usize,
+    /// Sends decided by other threads (the reaper), for backends that take them on the worker.
+    pub inbox: Option<Inbox>,
+    /// The CPU to pin the worker's thread to.
+    pub cpu: Option<usize>,
+}
+
+/// Sends decided elsewhere, handed to a worker: batches on a channel, and an eventfd the
+/// worker's event loop watches so that it looks at the channel only when something is there.
+pub struct Inbox {
+    /// The batches.
+    pub batches: mpsc::Receiver<Out>,
+    /// Readable when batches are waiting (an eventfd).
+    pub wake: Arc<std::os::fd::OwnedFd>,
+}
+
+/// Sends what threads other than the workers decide (the reaper's `peer_left` and
+/// `server_keepalive`), from the relay's own port.
+pub trait Egress: Send {
+    /// Sends every datagram of `out` (which holds no `Seg::Input`) and leaves `out` empty.
+    fn send(&mut self, out: &mut Out);
 }
 
 /// How long a worker may block before it looks at the stop flag.
@@ -47,6 +70,51 @@ pub trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
     /// Runs the worker's loop on the calling thread.
     fn run(&self, worker: Worker) -> io::Result<()>;
+    /// Where the reaper's sends go, set up before the workers start (it may give a worker an
+    /// [`Inbox`]).
+    fn egress(&self, workers: &mut [Worker]) -> io::Result<Box<dyn Egress>>;
+}
+
+/// The backend `choice` asks for: `auto` takes io_uring if the kernel allows it here and says
+/// why not otherwise (the reason is returned for the log); `uring` fails if it cannot run.
+pub fn select(choice: IoChoice) -> io::Result<(Arc<dyn Backend>, Option<String>)> {
+    match choice {
+        IoChoice::Mmsg => Ok((Arc::new(mmsg::Mmsg), None)),
+        IoChoice::Uring => match uring::probe() {
+            Ok(()) => Ok((Arc::new(uring::Uring), None)),
+            Err(e) => Err(io::Error::new(
+                e.kind(),
+                format!("--io uring: io_uring is not available here: {e}"),
+            )),
+        },
+        IoChoice::Auto => match uring::probe() {
+            Ok(()) => Ok((Arc::new(uring::Uring), None)),
+            Err(e) => Ok((Arc::new(mmsg::Mmsg), Some(e.to_string()))),
+        },
+    }
+}
+
+/// Pins the calling thread to `cpu`, modulo the CPUs this process may run on.
+pub fn pin_to_cpu(cpu: usize) -> io::Result<usize> {
+    // SAFETY: cpu_set_t is plain data; the calls only read and write the local set.
+    unsafe {
+        let mut allowed: libc::cpu_set_t = zeroed();
+        if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut allowed) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &allowed))
+            .collect();
+        let Some(&target) = cpus.get(cpu % cpus.len().max(1)) else {
+            return Err(io::Error::other("no CPU allowed"));
+        };
+        let mut set: libc::cpu_set_t = zeroed();
+        libc::CPU_SET(target, &mut set);
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(target)
+    }
 }
 
 /// Binds one worker socket on `addr` with `SO_REUSEPORT`; `::` also takes IPv4.
