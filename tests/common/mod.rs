@@ -35,6 +35,11 @@ impl Relay {
 
     /// Starts the relay on `host` with `args` and environment `env`.
     pub fn start_with(args: &[&str], env: &[(&str, &str)], host: &str) -> Relay {
+        Relay::spawn(Relay::command(args, env, host))
+    }
+
+    /// The command [`Relay::start_with`] runs, for a caller to adjust before [`Relay::spawn`].
+    pub fn command(args: &[&str], env: &[(&str, &str)], host: &str) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_udp-relay"));
         cmd.args([
             "--host",
@@ -50,6 +55,11 @@ impl Relay {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Runs `cmd` (from [`Relay::command`]) and waits until the relay listens.
+    pub fn spawn(mut cmd: Command) -> Relay {
         let mut child = cmd.spawn().expect("start udp-relay");
         let logs = Arc::new(Mutex::new(String::new()));
         let (tx, lines) = channel();

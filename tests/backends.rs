@@ -1,0 +1,197 @@
+//! The I/O backends: each forced one serves peers (replies, forwards and the reaper's messages,
+//! which reach io_uring workers through their inbox), and `--io auto` falls back to mmsg, saying
+//! why, when the kernel refuses io_uring — here because a seccomp filter makes `io_uring_setup`
+//! fail with `EPERM`, as a container runtime's default profile does.
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+use common::*;
+use serde_json::json;
+
+/// Registers two peers, relays both ways, and waits for the reaper's `server_keepalive` and
+/// `peer_left`, so that every path out of the relay is exercised.
+fn serves_everything(r: &Relay) {
+    let a = Peer::new(r);
+    let b = Peer::new(r);
+    a.register("A");
+    b.register("B");
+    a.expect("peer_joined");
+    for (from, to, src, dst) in [(&a, &b, "A", "B"), (&b, &a, "B", "A")] {
+        from.send(
+            json!({"type": "relay", "source": src, "target": dst, "payload": {"k": [1, "é"]}}),
+        );
+        let got = to.expect("relayed_packet");
+        assert_eq!(got["from_peer"], src);
+        assert_eq!(got["payload"], json!({"k": [1, "é"]}));
+    }
+    // B stays silent and is reaped; A answers keepalives and hears of it.
+    assert_eq!(a.expect("server_keepalive")["peer_name"], "A");
+    a.send(json!({"type": "keepalive", "name": "A"}));
+    loop {
+        let m = a.recv();
+        if m["type"] == "peer_left" {
+            assert_eq!(m["peer_name"], "B");
+            break;
+        }
+        if m["type"] == "server_keepalive" {
+            a.send(json!({"type": "keepalive", "name": "A"}));
+        }
+    }
+}
+
+const TIMERS: [&str; 4] = ["--peer-timeout", "1s", "--keepalive-interval", "200ms"];
+
+fn backend_of(r: &Relay) -> String {
+    let line = r
+        .logs()
+        .lines()
+        .find(|l| l.contains("listening on"))
+        .map(str::to_owned)
+        .unwrap();
+    let at = line.find("backend=").expect("backend logged") + "backend=".len();
+    line[at..]
+        .trim_start_matches('"')
+        .split(['"', ' '])
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn forced_uring_serves_peers_and_the_reaper() {
+    let mut args = vec!["--io", "uring", "--workers", "2"];
+    args.extend(TIMERS);
+    let r = Relay::start(&args);
+    assert_eq!(backend_of(&r), "uring");
+    serves_everything(&r);
+    assert!(r.metric("udp_relay_sent_total") >= 6);
+}
+
+#[test]
+fn forced_mmsg_serves_peers_and_the_reaper() {
+    let mut args = vec!["--io", "mmsg", "--workers", "2"];
+    args.extend(TIMERS);
+    let r = Relay::start(&args);
+    assert_eq!(backend_of(&r), "mmsg");
+    serves_everything(&r);
+}
+
+#[test]
+fn pinned_workers_are_logged_and_serve() {
+    let mut r = Relay::start(&["--workers", "2", "--pin-workers"]);
+    // Workers log their pinning themselves, before or after the relay says it listens.
+    while r.logs().matches("pinned").count() < 2 {
+        r.wait_log("pinned");
+    }
+    let a = Peer::new(&r);
+    a.register("A");
+    a.send(json!({"type": "ping"}));
+    a.expect("pong");
+}
+
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH: u32 = 0xC000_003E;
+#[cfg(target_arch = "aarch64")]
+const AUDIT_ARCH: u32 = 0xC000_00B7;
+
+/// Installs (in the child, before exec) a seccomp filter under which `io_uring_setup` fails
+/// with `EPERM` and every other system call is allowed.
+fn deny_io_uring(cmd: &mut Command) {
+    fn stmt(code: u32, k: u32) -> libc::sock_filter {
+        libc::sock_filter {
+            code: code as u16,
+            jt: 0,
+            jf: 0,
+            k,
+        }
+    }
+    fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+        libc::sock_filter {
+            code: code as u16,
+            jt,
+            jf,
+            k,
+        }
+    }
+    let filter = [
+        // seccomp_data: nr at offset 0, arch at offset 4.
+        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 4),
+        jump(
+            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+            AUDIT_ARCH,
+            0,
+            3,
+        ),
+        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
+        jump(
+            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+            libc::SYS_io_uring_setup as u32,
+            0,
+            1,
+        ),
+        stmt(
+            libc::BPF_RET | libc::BPF_K,
+            libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        ),
+        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
+    ];
+    // SAFETY: between fork and exec the closure only makes two prctl calls on memory it owns
+    // (the filter is moved into it), which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut _,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &prog as *const libc::sock_fprog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn auto_falls_back_to_mmsg_when_io_uring_is_refused() {
+    let mut args = vec!["--io", "auto"];
+    args.extend(TIMERS);
+    let mut cmd = Relay::command(&args, &[("RUST_LOG", "info")], "127.0.0.1");
+    deny_io_uring(&mut cmd);
+    let r = Relay::spawn(cmd);
+    let logs = r.logs();
+    let why = logs
+        .lines()
+        .find(|l| l.contains("io_uring unavailable"))
+        .unwrap_or_else(|| panic!("no fallback line in:\n{logs}"));
+    assert!(
+        why.contains("io_uring_setup") && why.contains("Operation not permitted"),
+        "{why}"
+    );
+    assert_eq!(backend_of(&r), "mmsg");
+    serves_everything(&r);
+}
+
+#[test]
+fn forced_uring_refused_stops_start_up_naming_the_flag() {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_udp-relay"));
+    cmd.args(["--host", "127.0.0.1", "--port", "0", "--io", "uring"])
+        .stdin(Stdio::null());
+    deny_io_uring(&mut cmd);
+    let out = cmd.output().expect("run udp-relay");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--io uring") && err.contains("Operation not permitted"),
+        "{err}"
+    );
+    assert!(!err.contains("listening on"), "{err}");
+}
