@@ -2,19 +2,102 @@
 //!
 //! Shared by all workers and the reaper. Sharded (dashmap) so that workers rarely meet on a lock;
 //! liveness timestamps are atomics, so the hot path (a relay's sender check and target lookup)
-//! takes only shared read locks. Lock discipline: no guard of `peers` is held while another map
-//! (or another key of `peers`) is locked, so no two threads can wait on each other.
+//! takes only shared read locks.
+//!
+//! Liveness is kept per name and per address: a datagram from an address refreshes the address
+//! (one lookup, however many names share it), and a name is live while either its own time or
+//! its address's is recent.
+//!
+//! Lock discipline: maps are locked in the order `peers`, then `by_addr`, `watchers` or
+//! `watching`; a guard of one of the latter is never held while `peers` (or another key of the
+//! same map) is locked, so no two threads can wait on each other.
+//!
+//! Size matters at a million peers: an entry is 48 bytes beside its name, addresses are packed
+//! into 18 bytes, and what only watchers need lives in maps of its own.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
 
-/// A registered name, shared between the registry's maps.
-pub type Name = Arc<str>;
+/// A registered name. Names of up to [`INLINE_NAME`] bytes (nearly all) are stored inline, so
+/// that a lookup compares the key in the table's own memory and a registration allocates
+/// nothing for it; longer ones are shared on the heap.
+#[derive(Clone)]
+pub struct Name(Repr);
+
+/// The longest name stored inline.
+pub const INLINE_NAME: usize = 22;
+
+#[derive(Clone)]
+enum Repr {
+    Inline { len: u8, bytes: [u8; INLINE_NAME] },
+    Heap(Arc<str>),
+}
+
+impl From<&str> for Name {
+    fn from(s: &str) -> Name {
+        if s.len() <= INLINE_NAME {
+            let mut bytes = [0; INLINE_NAME];
+            bytes[..s.len()].copy_from_slice(s.as_bytes());
+            Name(Repr::Inline {
+                len: s.len() as u8,
+                bytes,
+            })
+        } else {
+            Name(Repr::Heap(Arc::from(s)))
+        }
+    }
+}
+
+impl std::ops::Deref for Name {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match &self.0 {
+            // SAFETY: inline bytes are only ever copied from a `&str`, up to `len`.
+            Repr::Inline { len, bytes } => unsafe {
+                std::str::from_utf8_unchecked(&bytes[..usize::from(*len)])
+            },
+            Repr::Heap(s) => s,
+        }
+    }
+}
+
+impl std::borrow::Borrow<str> for Name {
+    fn borrow(&self) -> &str {
+        self
+    }
+}
+
+impl PartialEq for Name {
+    fn eq(&self, other: &Name) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Name {}
+
+/// Hashes as the `str` does, so that maps keyed by `Name` are looked up by `&str`.
+impl std::hash::Hash for Name {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        (**self).hash(h);
+    }
+}
+
+impl std::fmt::Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
+}
+
+impl std::fmt::Debug for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
 
 /// The opaque token a registration is given, proving later that a moved peer is the same one.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -28,15 +111,6 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    /// A fresh unguessable token.
-    pub fn random() -> Session {
-        let mut b = [0u8; 16];
-        // The OS random source does not fail on Linux once booted; a zero token would still be
-        // unique per peer only by luck, so treat failure as fatal.
-        getrandom::fill(&mut b).expect("OS random source");
-        Session(b)
-    }
-
     /// Parses the wire form (32 lowercase or uppercase hex digits).
     pub fn parse(s: &str) -> Option<Session> {
         let s = s.as_bytes();
@@ -61,41 +135,88 @@ impl Session {
     }
 }
 
-/// One registration.
+/// A socket address in 18 bytes (IPv4 as IPv4-mapped IPv6). IPv6 flow labels and scope ids are
+/// not kept: peers reach the relay at global addresses, where the relay sets neither.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Packed {
+    ip: [u8; 16],
+    port: [u8; 2],
+}
+
+impl From<SocketAddr> for Packed {
+    fn from(a: SocketAddr) -> Packed {
+        let ip = match a.ip() {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            IpAddr::V6(v6) => v6,
+        };
+        Packed {
+            ip: ip.octets(),
+            port: a.port().to_be_bytes(),
+        }
+    }
+}
+
+impl Packed {
+    fn get(self) -> SocketAddr {
+        let ip = Ipv6Addr::from(self.ip);
+        let ip = ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4);
+        SocketAddr::new(ip, u16::from_be_bytes(self.port))
+    }
+}
+
+/// One registration (its name is the key it is stored under).
 #[derive(Debug)]
-pub struct Entry {
-    /// The public address the name is registered at.
-    pub addr: SocketAddr,
-    /// The registration's token.
-    pub session: Session,
-    /// Registration order, so that lists read in join order as the old relay's did.
-    pub seq: u64,
+struct Entry {
     last_heard: AtomicU64,
     last_keepalive: AtomicU64,
-    /// Names this peer watches.
-    pub watching: Vec<Name>,
+    /// Registration number: lists read in join order, as the old relay's did, and the session
+    /// token derives from it.
+    seq: u64,
+    addr: Packed,
 }
 
 impl Entry {
     fn new(addr: SocketAddr, now_ms: u64, seq: u64) -> Entry {
         Entry {
-            addr,
-            session: Session::random(),
-            seq,
             last_heard: AtomicU64::new(now_ms),
             last_keepalive: AtomicU64::new(now_ms),
-            watching: Vec::new(),
+            seq,
+            addr: addr.into(),
         }
     }
 
-    /// When the relay last heard from this peer (monotonic ms).
-    pub fn last_heard(&self) -> u64 {
+    fn last_heard(&self) -> u64 {
         self.last_heard.load(Relaxed)
     }
 
     fn touch(&self, now_ms: u64) {
         self.last_heard.fetch_max(now_ms, Relaxed);
     }
+}
+
+/// Issues and checks session tokens. The token of registration number `seq` is the ChaCha20
+/// keystream under a key drawn at start-up, with `seq` as the stream: unguessable without the
+/// key, unique per registration (`seq` never repeats), and nothing to store in an entry.
+struct Tokens {
+    key: [u8; 32],
+}
+
+impl Tokens {
+    fn of(&self, seq: u64) -> Session {
+        use rand::{RngCore, SeedableRng};
+        let mut c = rand_chacha::ChaCha20Rng::from_seed(self.key);
+        c.set_stream(seq);
+        let mut b = [0; 16];
+        c.fill_bytes(&mut b);
+        Session(b)
+    }
+}
+
+/// The names at one address, and when the address was last heard from.
+#[derive(Debug, Default)]
+struct AtAddr {
+    names: Vec<Name>,
+    heard: AtomicU64,
 }
 
 /// What became of a claim on a name (`register` or `keepalive`).
@@ -136,10 +257,14 @@ pub struct Live {
 /// The registry.
 pub struct Registry {
     peers: DashMap<Name, Entry>,
-    by_addr: DashMap<SocketAddr, Vec<Name>>,
+    by_addr: DashMap<Packed, AtAddr>,
+    /// Watched name → the names watching it.
     watchers: DashMap<Name, Vec<Name>>,
+    /// Watching name → the names it watches.
+    watching: DashMap<Name, Vec<Name>>,
     count: AtomicUsize,
     next_seq: AtomicU64,
+    tokens: Tokens,
     timeout_ms: u64,
 }
 
@@ -154,8 +279,12 @@ impl Registry {
             peers: DashMap::with_shard_amount(SHARDS),
             by_addr: DashMap::with_shard_amount(SHARDS),
             watchers: DashMap::with_shard_amount(SHARDS),
+            watching: DashMap::with_shard_amount(SHARDS),
             count: AtomicUsize::new(0),
             next_seq: AtomicU64::new(0),
+            tokens: Tokens {
+                key: rand::random(),
+            },
             timeout_ms,
         }
     }
@@ -170,8 +299,25 @@ impl Registry {
         self.len() == 0
     }
 
+    fn fresh(&self, t: u64, now_ms: u64) -> bool {
+        now_ms.saturating_sub(t) <= self.timeout_ms
+    }
+
+    /// Whether `e` is live: heard itself, or its address heard, within the timeout. The address
+    /// is looked up only when the name's own time is old (see the lock discipline above).
     fn live(&self, e: &Entry, now_ms: u64) -> bool {
-        now_ms.saturating_sub(e.last_heard()) <= self.timeout_ms
+        self.fresh(e.last_heard(), now_ms) || self.fresh(self.addr_heard(e), now_ms)
+    }
+
+    /// The later of `e`'s own time and its address's, copied into `e` so that the address need
+    /// not be looked up again until that time is old too.
+    fn addr_heard(&self, e: &Entry) -> u64 {
+        let t = self
+            .by_addr
+            .get(&e.addr)
+            .map_or(0, |r| r.heard.load(Relaxed));
+        e.touch(t);
+        e.last_heard()
     }
 
     /// Claims `name` for `addr`, following the rules of Part 2 (live names stay with their address
@@ -187,24 +333,25 @@ impl Registry {
         let mut replaced = None;
         let mut moved_from = None;
         let key: Name;
-        let claim = match self.peers.entry(Arc::from(name)) {
+        let claim = match self.peers.entry(Name::from(name)) {
             MapEntry::Occupied(mut o) => {
                 key = o.key().clone();
                 let live = self.live(o.get(), now_ms);
                 let e = o.get_mut();
-                if live && e.addr == addr {
+                if live && e.addr == Packed::from(addr) {
                     e.touch(now_ms);
-                    return Claim::Refreshed(e.session);
-                } else if live && token == Some(e.session) {
+                    return Claim::Refreshed(self.tokens.of(e.seq));
+                } else if live && token == Some(self.tokens.of(e.seq)) {
                     moved_from = Some(e.addr);
-                    e.addr = addr;
+                    e.addr = addr.into();
                     e.touch(now_ms);
-                    Claim::Moved(e.session)
+                    Claim::Moved(self.tokens.of(e.seq))
                 } else if live {
                     return Claim::InUse;
                 } else {
-                    let fresh = Entry::new(addr, now_ms, self.next_seq.fetch_add(1, Relaxed));
-                    let session = fresh.session;
+                    let seq = self.next_seq.fetch_add(1, Relaxed);
+                    let fresh = Entry::new(addr, now_ms, seq);
+                    let session = self.tokens.of(seq);
                     replaced = Some(std::mem::replace(e, fresh));
                     Claim::Joined(session)
                 }
@@ -214,8 +361,9 @@ impl Registry {
                     return Claim::Full;
                 }
                 key = v.key().clone();
-                let fresh = Entry::new(addr, now_ms, self.next_seq.fetch_add(1, Relaxed));
-                let session = fresh.session;
+                let seq = self.next_seq.fetch_add(1, Relaxed);
+                let fresh = Entry::new(addr, now_ms, seq);
+                let session = self.tokens.of(seq);
                 v.insert(fresh);
                 self.count.fetch_add(1, Relaxed);
                 Claim::Joined(session)
@@ -227,14 +375,19 @@ impl Registry {
         if let Some(old_addr) = moved_from {
             self.unlink_addr(&key, old_addr);
         }
-        self.by_addr.entry(addr).or_default().push(key);
+        let at = self.by_addr.entry(addr.into()).or_default();
+        at.heard.fetch_max(now_ms, Relaxed);
+        at.map(|a| &mut a.names).push(key);
         claim
     }
 
     /// Drops the secondary-map links of a registration that is gone from `peers`.
     fn unlink(&self, name: &Name, old: Entry) {
         self.unlink_addr(name, old.addr);
-        for watched in old.watching {
+        let Some((_, watched)) = self.watching.remove(name) else {
+            return;
+        };
+        for watched in watched {
             if let MapEntry::Occupied(mut o) = self.watchers.entry(watched) {
                 o.get_mut().retain(|w| w != name);
                 if o.get().is_empty() {
@@ -244,10 +397,10 @@ impl Registry {
         }
     }
 
-    fn unlink_addr(&self, name: &Name, addr: SocketAddr) {
+    fn unlink_addr(&self, name: &Name, addr: Packed) {
         if let MapEntry::Occupied(mut o) = self.by_addr.entry(addr) {
-            o.get_mut().retain(|n| n != name);
-            if o.get().is_empty() {
+            o.get_mut().names.retain(|n| n != name);
+            if o.get().names.is_empty() {
                 o.remove();
             }
         }
@@ -256,13 +409,12 @@ impl Registry {
     /// The sender check of a relay: true (and every name at `addr` refreshed) if `name` is live
     /// at `addr`.
     pub fn touch_sender(&self, name: &str, addr: SocketAddr, now_ms: u64) -> bool {
+        let packed = Packed::from(addr);
         match self.peers.get(name) {
-            Some(e) if e.addr == addr && self.live(&e, now_ms) => {
+            Some(e) if e.addr == packed && self.live(&e, now_ms) => {
                 e.touch(now_ms);
                 drop(e);
-                if self.shared_addr(addr) {
-                    self.touch_addr(addr, now_ms);
-                }
+                self.touch_packed(packed, now_ms);
                 true
             }
             _ => false,
@@ -274,71 +426,53 @@ impl Registry {
         self.peers
             .get(name)
             .filter(|e| self.live(e, now_ms))
-            .map(|e| e.addr)
+            .map(|e| e.addr.get())
     }
 
     /// Whether any name is registered at `addr`.
     pub fn has_addr(&self, addr: SocketAddr) -> bool {
-        self.by_addr.contains_key(&addr)
+        self.by_addr.contains_key(&addr.into())
     }
 
     /// The names registered at `addr`, oldest first.
     pub fn names_at(&self, addr: SocketAddr) -> Vec<Name> {
         self.by_addr
-            .get(&addr)
-            .map(|v| v.clone())
+            .get(&addr.into())
+            .map(|r| r.names.clone())
             .unwrap_or_default()
     }
 
     /// The oldest name registered at `addr`.
     pub fn first_name_at(&self, addr: SocketAddr) -> Option<Name> {
-        self.by_addr.get(&addr).and_then(|v| v.first().cloned())
+        self.by_addr
+            .get(&addr.into())
+            .and_then(|r| r.names.first().cloned())
     }
 
     /// Marks every name at `addr` live: any datagram from a peer proves it is there.
     pub fn touch_addr(&self, addr: SocketAddr, now_ms: u64) {
-        // Names are copied out (cheap `Arc` clones, on the stack for the usual few) so that no
-        // `by_addr` lock is held while a `peers` shard is locked: `claim` takes them the other
-        // way round.
-        const INLINE: usize = 8;
-        let mut inline: [Option<Name>; INLINE] = Default::default();
-        let mut spill = Vec::new();
-        match self.by_addr.get(&addr) {
-            Some(v) if v.len() <= INLINE => {
-                for (slot, n) in inline.iter_mut().zip(v.iter()) {
-                    *slot = Some(n.clone());
-                }
-            }
-            Some(v) => spill = v.clone(),
-            None => return,
-        }
-        for name in inline.iter().flatten().chain(spill.iter()) {
-            if let Some(e) = self.peers.get(name) {
-                if e.addr == addr {
-                    e.touch(now_ms);
-                }
-            }
-        }
+        self.touch_packed(addr.into(), now_ms);
     }
 
-    /// Whether another name than the one just heard shares `addr`, so needs touching too.
-    pub fn shared_addr(&self, addr: SocketAddr) -> bool {
-        self.by_addr.get(&addr).is_some_and(|v| v.len() > 1)
+    fn touch_packed(&self, addr: Packed, now_ms: u64) {
+        if let Some(r) = self.by_addr.get(&addr) {
+            r.heard.fetch_max(now_ms, Relaxed);
+        }
     }
 
     /// The session of `name` if it is live at `addr`.
     pub fn session_at(&self, name: &str, addr: SocketAddr, now_ms: u64) -> Option<Session> {
         self.peers
             .get(name)
-            .filter(|e| e.addr == addr && self.live(e, now_ms))
-            .map(|e| e.session)
+            .filter(|e| e.addr == Packed::from(addr) && self.live(e, now_ms))
+            .map(|e| self.tokens.of(e.seq))
     }
 
     /// Removes `name` if `may(entry)` allows it.
-    pub fn remove_if(&self, name: &str, may: impl FnOnce(&Entry) -> bool) -> Option<Removed> {
+    fn remove_if(&self, name: &str, may: impl FnOnce(&Entry) -> bool) -> Option<Removed> {
         let (key, old) = self.peers.remove_if(name, |_, e| may(e))?;
         self.count.fetch_sub(1, Relaxed);
-        let addr = old.addr;
+        let addr = old.addr.get();
         self.unlink(&key, old);
         Some(Removed { name: key, addr })
     }
@@ -352,7 +486,8 @@ impl Registry {
         now_ms: u64,
     ) -> Option<Removed> {
         self.remove_if(name, |e| {
-            self.live(e, now_ms) && (e.addr == addr || token == Some(e.session))
+            self.live(e, now_ms)
+                && (e.addr == Packed::from(addr) || token == Some(self.tokens.of(e.seq)))
         })
     }
 
@@ -364,25 +499,23 @@ impl Registry {
     /// Adds `names` to what `watcher` watches, up to `max` in all. Returns how many of `names`
     /// did not fit, or `None` if `watcher` is not registered.
     pub fn watch(&self, watcher: &str, names: &[Name], max: usize) -> Option<usize> {
-        let (key, added) = {
-            let mut e = self.peers.get_mut(watcher)?;
-            let mut added = Vec::new();
-            let mut left_out = 0;
+        let key = self.peers.get(watcher)?.key().clone();
+        let mut added = Vec::new();
+        let mut left_out = 0;
+        {
+            let mut watching = self.watching.entry(key.clone()).or_default();
             for n in names {
-                if e.watching.contains(n) {
+                if watching.contains(n) {
                     continue;
                 }
-                if e.watching.len() >= max {
+                if watching.len() >= max {
                     left_out += 1;
                 } else {
-                    e.watching.push(n.clone());
+                    watching.push(n.clone());
                     added.push(n.clone());
                 }
             }
-            let key: Name = Arc::from(watcher);
-            (key, (added, left_out))
-        };
-        let (added, left_out) = added;
+        }
         for n in added {
             self.watchers.entry(n).or_default().push(key.clone());
         }
@@ -407,33 +540,54 @@ impl Registry {
             .take(limit)
             .map(|r| Live {
                 name: r.key().clone(),
-                addr: r.value().addr,
+                addr: r.value().addr.get(),
                 seq: r.value().seq,
             })
             .collect()
     }
 
-    /// One pass over every shard in turn: the names gone stale, and the live peers not heard
-    /// from nor sent a keepalive within `keepalive_ms` (those are marked as sent one now).
-    pub fn scan(&self, now_ms: u64, keepalive_ms: u64) -> (Vec<Name>, Vec<Live>) {
-        let mut stale = Vec::new();
-        let mut due = Vec::new();
-        for r in self.peers.iter() {
-            let e = r.value();
-            if !self.live(e, now_ms) {
-                stale.push(r.key().clone());
-            } else if now_ms.saturating_sub(e.last_heard()) >= keepalive_ms
-                && now_ms.saturating_sub(e.last_keepalive.load(Relaxed)) >= keepalive_ms
+    /// One pass over the registry, shard by shard: for each shard, `visit` is given the names
+    /// gone stale and the live peers not heard from nor sent a keepalive within `keepalive_ms`
+    /// (those are marked as sent one now). `visit` runs with no lock held, and what it is given
+    /// is one shard's worth, so a sweep of a million peers holds neither a lock nor memory for
+    /// long.
+    pub fn scan(
+        &self,
+        now_ms: u64,
+        keepalive_ms: u64,
+        mut visit: impl FnMut(&mut Vec<Name>, &mut Vec<Live>),
+    ) {
+        let (mut stale, mut due) = (Vec::new(), Vec::new());
+        let quiet = |t: u64| now_ms.saturating_sub(t) >= keepalive_ms;
+        for shard in self.peers.shards() {
             {
-                e.last_keepalive.store(now_ms, Relaxed);
-                due.push(Live {
-                    name: r.key().clone(),
-                    addr: e.addr,
-                    seq: e.seq,
-                });
+                let table = shard.read();
+                // SAFETY: the buckets are only read, while the shard's read lock is held.
+                for bucket in unsafe { table.iter() } {
+                    // SAFETY: as above; the bucket is full and outlives this iteration.
+                    let (name, value) = unsafe { bucket.as_ref() };
+                    let e = value.get();
+                    if !self.live(e, now_ms) {
+                        stale.push(name.clone());
+                    } else if quiet(e.last_keepalive.load(Relaxed))
+                        && quiet(e.last_heard())
+                        && quiet(self.addr_heard(e))
+                    {
+                        e.last_keepalive.store(now_ms, Relaxed);
+                        due.push(Live {
+                            name: name.clone(),
+                            addr: e.addr.get(),
+                            seq: e.seq,
+                        });
+                    }
+                }
+            }
+            if !stale.is_empty() || !due.is_empty() {
+                visit(&mut stale, &mut due);
+                stale.clear();
+                due.clear();
             }
         }
-        (stale, due)
     }
 }
 
@@ -443,6 +597,16 @@ mod tests {
 
     fn a(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    /// Every shard's findings of one scan, together.
+    fn scan_all(r: &Registry, now_ms: u64, keepalive_ms: u64) -> (Vec<Name>, Vec<Live>) {
+        let (mut stale, mut due) = (Vec::new(), Vec::new());
+        r.scan(now_ms, keepalive_ms, |s, d| {
+            stale.append(s);
+            due.append(d);
+        });
+        (stale, due)
     }
 
     #[test]
@@ -522,17 +686,56 @@ mod tests {
         r.claim("old", a("1.1.1.1:1"), None, 0, 10);
         r.claim("quiet", a("1.1.1.1:2"), None, 600, 10);
         r.claim("fresh", a("1.1.1.1:3"), None, 1400, 10);
-        let (stale, due) = r.scan(1500, 500);
+        let (stale, due) = scan_all(&r, 1500, 500);
         assert_eq!(stale, vec![Name::from("old")]);
         assert_eq!(due.len(), 1);
         assert_eq!(&*due[0].name, "quiet");
         // Just sent: not due again until another interval passes.
-        assert!(r.scan(1600, 500).1.is_empty());
+        assert!(scan_all(&r, 1600, 500).1.is_empty());
+    }
+
+    #[test]
+    fn a_datagram_from_an_address_keeps_every_name_there_live() {
+        let r = Registry::new(1000);
+        r.claim("s1", a("1.1.1.1:1"), None, 0, 10);
+        r.claim("s2", a("1.1.1.1:1"), None, 0, 10);
+        r.claim("other", a("1.1.1.1:2"), None, 0, 10);
+        // Only s1 speaks, and only by name; s2 is kept by its address.
+        assert!(r.touch_sender("s1", a("1.1.1.1:1"), 900));
+        r.touch_addr(a("1.1.1.1:1"), 1800);
+        assert_eq!(r.addr_of("s2", 2500), Some(a("1.1.1.1:1")));
+        let (stale, due) = scan_all(&r, 2100, 500);
+        assert_eq!(stale, vec![Name::from("other")]);
+        assert!(due.is_empty(), "the address was heard within the interval");
+        assert_eq!(
+            scan_all(&r, 2300, 500).1.len(),
+            2,
+            "now both are owed a keepalive"
+        );
+        assert!(r.reap("s2", 2500).is_none());
+        assert!(r.reap("s2", 2801).is_some());
+    }
+
+    #[test]
+    fn packed_addresses_round_trip() {
+        for s in ["1.2.3.4:5", "[2001:db8::1]:65535", "[::1]:80", "0.0.0.0:0"] {
+            assert_eq!(Packed::from(a(s)).get(), a(s));
+        }
+        assert_eq!(size_of::<Packed>(), 18);
+        assert_eq!(size_of::<Name>(), 24);
+        let long = "x".repeat(INLINE_NAME + 1);
+        for n in ["", "Alice", "é🙂", &long[1..], &long] {
+            assert_eq!(&*Name::from(n), n);
+        }
+        assert!(size_of::<Entry>() <= 48);
     }
 
     #[test]
     fn session_round_trips() {
-        let s = Session::random();
+        let t = Tokens { key: [7; 32] };
+        assert_ne!(t.of(1), t.of(2));
+        assert_ne!(t.of(1), Tokens { key: [8; 32] }.of(1));
+        let s = t.of(1);
         assert_eq!(Session::parse(&s.to_hex()), Some(s));
         assert_eq!(Session::parse("xyz"), None);
     }

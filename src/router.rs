@@ -369,9 +369,7 @@ impl Router {
         };
         debug!(%from, name = %r.name, ?claim, explicit, "claim");
         // The other names at this address are live too: any datagram proves the peer is there.
-        if self.shared.registry.shared_addr(from) {
-            self.shared.registry.touch_addr(from, now.ms);
-        }
+        self.shared.registry.touch_addr(from, now.ms);
         let start = out.buf.len();
         if explicit {
             reply::register_ack(&mut out.buf, from, now.unix, &r.name, &session.to_hex());

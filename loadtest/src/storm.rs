@@ -82,6 +82,9 @@ const RESEND_AFTER: Duration = Duration::from_millis(500);
 
 /// Runs the storm.
 pub fn run(cfg: &StormConfig) -> Result<StormReport, String> {
+    if cfg.peers > 9_999_999 {
+        return Err(format!("--peers {} is more than 9,999,999", cfg.peers));
+    }
     if cfg.peers == 0 || cfg.window == 0 {
         return Err("--peers and --window must be at least 1".into());
     }
@@ -112,8 +115,9 @@ pub fn run(cfg: &StormConfig) -> Result<StormReport, String> {
     let epoll = Epoll::new(&socks).map_err(|e| format!("epoll: {e}"))?;
     let rss = |pid: Option<u32>| pid.and_then(|p| sys::process_rss(p).ok());
     let rss_before = rss(cfg.target_pid);
-    let id = run_id();
-    let name = |k: usize| format!("{id}-{k:08}");
+    // 14-byte names ("3fa9c1-0000042"), the length of a typical chat handle; unique per run.
+    let id = format!("{:06x}", fnv(run_id().as_bytes()) & 0xff_ffff);
+    let name = |k: usize| format!("{id}-{k:07}");
 
     let bar = if cfg.progress {
         ProgressBar::with_draw_target(Some(cfg.peers as u64), ProgressDrawTarget::stderr())
@@ -215,6 +219,13 @@ fn unreachable(target: SocketAddr, e: std::io::Error) -> String {
     }
 }
 
+/// FNV-1a, to fold the run id into a few hex digits.
+fn fnv(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325, |h, &x| {
+        (h ^ u64::from(x)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
 /// The peer index in a `register_ack` for one of this run's names.
 fn acked_index(d: &[u8], id: &str) -> Option<usize> {
     const ACK: &[u8] = br#"{"type":"register_ack""#;
@@ -223,7 +234,7 @@ fn acked_index(d: &[u8], id: &str) -> Option<usize> {
     }
     let key = format!(r#""peer_name":"{id}-"#);
     let at = d.windows(key.len()).position(|w| w == key.as_bytes())? + key.len();
-    let digits = d.get(at..at + 8)?;
+    let digits = d.get(at..at + 7)?;
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
@@ -283,7 +294,7 @@ mod tests {
 
     #[test]
     fn reads_the_peer_index_of_an_ack() {
-        let d = br#"{"type":"register_ack","status":"success","your_address":"127.0.0.1:1","server_time":1.0,"peer_name":"ltab-00000042","session":"x"}"#;
+        let d = br#"{"type":"register_ack","status":"success","your_address":"127.0.0.1:1","server_time":1.0,"peer_name":"ltab-0000042","session":"x"}"#;
         assert_eq!(acked_index(d, "ltab"), Some(42));
         assert_eq!(acked_index(d, "ltcd"), None);
         assert_eq!(acked_index(br#"{"type":"peer_list"}"#, "ltab"), None);
