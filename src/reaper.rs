@@ -7,8 +7,9 @@ use crate::presence;
 use crate::router::Shared;
 use crate::wire::reply::{self, Presence};
 
-/// Sends are handed to the caller in batches of about this many, to bound memory.
-pub const FLUSH_EVERY: usize = 1024;
+/// Sends are handed to the caller in batches of about this many, to bound memory and, where a
+/// worker sends them, the time it spends on one batch (about half a millisecond).
+pub const FLUSH_EVERY: usize = 256;
 
 /// What one sweep did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

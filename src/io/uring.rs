@@ -33,6 +33,10 @@ const GROUP: u16 = 0;
 const NAME_LEN: usize = size_of::<libc::sockaddr_storage>();
 /// Bytes the kernel writes before the name in a multishot `recvmsg` buffer.
 const RECVMSG_OUT: usize = 16;
+/// Under load, how often worker 0 sends a slice of the reaper's sends between received batches.
+const EXTRA_EVERY_MS: u64 = 1;
+/// Reaper sends per slice: about a tenth of a millisecond of sending.
+const EXTRA_SLICE: usize = 64;
 /// Reaper batches that may wait for worker 0 before the reaper blocks.
 const INBOX_DEPTH: usize = 64;
 
@@ -217,9 +221,15 @@ impl Sends {
         self.iov_ends.clear();
     }
 
-    /// Adds the datagrams of `out`, whose `Seg::Input` ranges refer to `input(i)`.
-    fn add<'a>(&mut self, out: &'a Out, v6: bool, input: impl Fn(usize) -> &'a [u8]) {
-        for s in &out.sends {
+    /// Adds datagrams `which` of `out`, whose `Seg::Input` ranges refer to `input(i)`.
+    fn add<'a>(
+        &mut self,
+        out: &'a Out,
+        which: std::ops::Range<usize>,
+        v6: bool,
+        input: impl Fn(usize) -> &'a [u8],
+    ) {
+        for s in &out.sends[which] {
             // SAFETY: all-zero is a valid sockaddr_storage.
             let mut name: libc::sockaddr_storage = unsafe { zeroed() };
             let len = to_sockaddr(s.to, v6, &mut name);
@@ -330,14 +340,23 @@ impl Backend for Uring {
         }
 
         let timeout = Timespec::new().nsec(POLL_MS as u32 * 1_000_000);
+        let no_wait = Timespec::new();
         let mut out = Out::default();
         let mut inputs: Vec<Input> = Vec::new();
-        let mut extra: Vec<Out> = Vec::new();
+        // The reaper's batches wait here and go out one per turn of the loop, between batches of
+        // received datagrams, so that a million keepalives never hold up forwarding for long.
+        let mut queued: std::collections::VecDeque<Out> = Default::default();
+        let (mut extra_at, mut extra_done) = (0, 0);
         let mut sends = Sends::default();
         let mut ready: Vec<(u64, i32, u32)> = Vec::new();
         while !w.stop.load(Ordering::Relaxed) {
             if ready.is_empty() {
-                let args = SubmitArgs::new().timespec(&timeout);
+                let wait = if queued.is_empty() {
+                    &timeout
+                } else {
+                    &no_wait
+                };
+                let args = SubmitArgs::new().timespec(wait);
                 match ring.submitter().submit_with_args(1, &args) {
                     Ok(_) => {}
                     Err(e) if benign(&e) => {}
@@ -401,7 +420,7 @@ impl Backend for Uring {
                             unsafe {
                                 libc::read(i.wake.as_raw_fd(), (&mut n as *mut u64).cast(), 8)
                             };
-                            extra.extend(i.batches.try_iter());
+                            queued.extend(i.batches.try_iter());
                         }
                     }
                     // A send completion of an earlier batch cannot be left over: every batch
@@ -411,12 +430,20 @@ impl Backend for Uring {
             }
 
             sends.clear();
-            sends.add(&out, v6, |i| {
+            sends.add(&out, 0..out.sends.len(), v6, |i| {
                 let x = inputs[i];
                 &bufs.get(x.bid, x.start + x.len)[x.start..]
             });
-            for o in &extra {
-                sends.add(o, v6, |_| &[]);
+            // A slice of the reaper's oldest batch, when no datagram waits or every
+            // EXTRA_EVERY_MS under load: forwarding first. The batch stays queued (its bytes in
+            // place) until its last slice has been sent.
+            let mut slice = 0..0;
+            if let Some(o) = queued.front() {
+                if inputs.is_empty() || now.ms >= extra_at + EXTRA_EVERY_MS {
+                    extra_at = now.ms;
+                    slice = extra_done..(extra_done + EXTRA_SLICE).min(o.sends.len());
+                    sends.add(o, slice.clone(), v6, |_| &[]);
+                }
             }
             sends.fix();
             for (i, h) in sends.hdrs.iter().enumerate() {
@@ -443,6 +470,13 @@ impl Backend for Uring {
             for x in inputs.drain(..) {
                 bufs.provide(x.bid);
             }
+            if !slice.is_empty() {
+                extra_done = slice.end;
+                if queued.front().is_some_and(|o| extra_done >= o.sends.len()) {
+                    queued.pop_front();
+                    extra_done = 0;
+                }
+            }
             bufs.publish();
             // Re-armed only now that buffers are back, or it would stop again at once.
             if rearm_recv {
@@ -452,7 +486,6 @@ impl Backend for Uring {
                 push(&mut ring, e)?;
             }
             out.clear();
-            extra.clear();
         }
         Ok(())
     }
