@@ -81,6 +81,26 @@ pub struct Args {
         default_value_t = 256
     )]
     pub max_watch: usize,
+    /// Datagrams per second one source address may send (bursts of two seconds' worth; 0: no
+    /// limit).
+    #[arg(long, env = "UDP_RELAY_SOURCE_RATE", default_value_t = 5_000)]
+    pub source_rate: u64,
+    /// Bytes per second one source address may send (0: no limit).
+    #[arg(long, env = "UDP_RELAY_SOURCE_BYTES", default_value_t = 8_000_000)]
+    pub source_bytes: u64,
+    /// Datagrams per second one /24 (IPv4) or /56 (IPv6) may send (0: no limit).
+    #[arg(long, env = "UDP_RELAY_PREFIX_RATE", default_value_t = 50_000)]
+    pub prefix_rate: u64,
+    /// Bytes per second one /24 or /56 may send (0: no limit).
+    #[arg(long, env = "UDP_RELAY_PREFIX_BYTES", default_value_t = 80_000_000)]
+    pub prefix_bytes: u64,
+    /// Datagrams per second the whole relay accepts, shared evenly by the workers (0: no limit).
+    #[arg(long, env = "UDP_RELAY_GLOBAL_RATE", default_value_t = 2_000_000)]
+    pub global_rate: u64,
+    /// New names per second one source address may register (bursts of ten seconds' worth;
+    /// 0: no limit).
+    #[arg(long, env = "UDP_RELAY_REGISTRATION_RATE", default_value_t = 20)]
+    pub registration_rate: u64,
     /// I/O backend of the workers.
     #[arg(long, env = "UDP_RELAY_IO", value_enum, default_value = "auto")]
     pub io: IoChoice,
@@ -145,8 +165,21 @@ pub struct Settings {
     pub error_rate: u32,
     /// Whether `connect` is served.
     pub introductions: bool,
+    /// See [`Args::source_rate`].
+    pub source_rate: u64,
+    /// See [`Args::source_bytes`].
+    pub source_bytes: u64,
+    /// See [`Args::prefix_rate`].
+    pub prefix_rate: u64,
+    /// See [`Args::prefix_bytes`].
+    pub prefix_bytes: u64,
+    /// See [`Args::global_rate`].
+    pub global_rate: u64,
+    /// See [`Args::registration_rate`].
+    pub registration_rate: u64,
 }
 
+/// The protocol's defaults, without rate limits (the command line sets those).
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -159,6 +192,12 @@ impl Default for Settings {
             max_watch: 256,
             error_rate: 10,
             introductions: true,
+            source_rate: 0,
+            source_bytes: 0,
+            prefix_rate: 0,
+            prefix_bytes: 0,
+            global_rate: 0,
+            registration_rate: 0,
         }
     }
 }
@@ -211,6 +250,12 @@ impl Args {
             max_watch: self.max_watch,
             error_rate: self.error_rate,
             introductions: !self.no_introductions,
+            source_rate: self.source_rate,
+            source_bytes: self.source_bytes,
+            prefix_rate: self.prefix_rate,
+            prefix_bytes: self.prefix_bytes,
+            global_rate: self.global_rate,
+            registration_rate: self.registration_rate,
         }
     }
 }

@@ -48,6 +48,10 @@ reasons! {
     RegistryFull => "registry_full", "A new name beyond `--max-peers`.";
     Disabled => "disabled", "A request for a feature the operator switched off.";
     WatchLimit => "watch_limit", "A watch beyond the per-peer limit.";
+    SourceLimited => "rate_limited_source", "Over the per-source datagram or byte rate.";
+    PrefixLimited => "rate_limited_prefix", "Over the per-prefix (/24, /56) datagram or byte rate.";
+    GlobalLimited => "rate_limited_global", "Over the relay-wide datagram rate (per worker share).";
+    RegistrationLimited => "rate_limited_registrations", "New names from one source too fast.";
 }
 
 /// One worker's counters.

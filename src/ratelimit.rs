@@ -1,39 +1,48 @@
-//! A bounded-memory per-source token bucket, for replies the relay volunteers (errors).
+//! Bounded-memory token buckets: what each source, each network prefix and the relay as a whole
+//! may send in (datagrams and bytes), how fast one source may register new names, and how many
+//! error replies the relay volunteers.
 //!
-//! Sources hash into a fixed table of buckets, so a flood from many addresses cannot grow
-//! memory; two sources sharing a bucket only share its allowance. Each worker owns one table:
-//! `SO_REUSEPORT` steers a source to one worker, so no locking is needed.
+//! Keys hash into fixed tables of buckets, so a flood from many addresses cannot grow memory;
+//! keys sharing a bucket only share its allowance. Each worker owns its tables: `SO_REUSEPORT`
+//! steers a source to one worker, so no locking is needed (a prefix spread over several workers
+//! gets each worker's allowance; the relay-wide cap is shared out evenly).
 
 use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
-use std::net::IpAddr;
+use std::hash::{BuildHasher, Hash};
+use std::net::{IpAddr, SocketAddr};
+
+use crate::config::Settings;
+use crate::metrics::Reason;
 
 const SLOTS: usize = 4096;
+/// Prefix tables are smaller: there are fewer prefixes than sources.
+const PREFIX_SLOTS: usize = 1024;
 
 #[derive(Clone, Copy, Default)]
 struct Bucket {
-    tokens: f32,
+    tokens: f64,
     at_ms: u64,
 }
 
-/// Per-source token buckets: `rate` per second, up to `burst`.
-pub struct SourceLimiter {
+/// A table of token buckets: `rate` tokens a second per key, up to `burst`; a rate of 0 admits
+/// everything.
+pub struct Buckets {
     slots: Box<[Bucket]>,
     hasher: RandomState,
-    rate: f32,
-    burst: f32,
+    rate: f64,
+    burst: f64,
 }
 
-impl SourceLimiter {
-    /// A limiter allowing `rate` events a second per source, with bursts of `burst`.
-    pub fn new(rate: f32, burst: f32) -> SourceLimiter {
-        SourceLimiter {
+impl Buckets {
+    /// A table of `slots` buckets.
+    pub fn new(slots: usize, rate: f64, burst: f64) -> Buckets {
+        Buckets {
             slots: vec![
                 Bucket {
                     tokens: burst,
                     at_ms: 0
                 };
-                SLOTS
+                if rate > 0.0 { slots } else { 0 }
             ]
             .into_boxed_slice(),
             hasher: RandomState::new(),
@@ -42,15 +51,27 @@ impl SourceLimiter {
         }
     }
 
-    /// Takes one token for `ip` at `now_ms`; false when its bucket is empty.
-    pub fn allow(&mut self, ip: IpAddr, now_ms: u64) -> bool {
-        let i = self.hasher.hash_one(ip) as usize % SLOTS;
-        let b = &mut self.slots[i];
-        let elapsed = now_ms.saturating_sub(b.at_ms) as f32 / 1000.0;
+    /// Takes `cost` tokens for `key` at `now_ms`; false (taking nothing) when there are fewer.
+    pub fn take(&mut self, key: impl Hash, cost: f64, now_ms: u64) -> bool {
+        if self.slots.is_empty() {
+            return true;
+        }
+        let h = self.hasher.hash_one(key) as usize;
+        self.take_at(h, cost, now_ms)
+    }
+
+    /// Takes `cost` tokens from the bucket of hash `h`, if the table limits anything.
+    fn take_at(&mut self, h: usize, cost: f64, now_ms: u64) -> bool {
+        if self.slots.is_empty() {
+            return true;
+        }
+        let n = self.slots.len();
+        let b = &mut self.slots[h % n];
+        let elapsed = now_ms.saturating_sub(b.at_ms) as f64 / 1000.0;
         b.tokens = (b.tokens + elapsed * self.rate).min(self.burst);
         b.at_ms = now_ms.max(b.at_ms);
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
+        if b.tokens >= cost {
+            b.tokens -= cost;
             true
         } else {
             false
@@ -58,9 +79,161 @@ impl SourceLimiter {
     }
 }
 
+/// Per-source token buckets for replies the relay volunteers (errors).
+pub struct SourceLimiter(Buckets);
+
+impl SourceLimiter {
+    /// A limiter allowing `rate` events a second per source, with bursts of `burst`.
+    pub fn new(rate: f32, burst: f32) -> SourceLimiter {
+        SourceLimiter(Buckets::new(SLOTS, f64::from(rate), f64::from(burst)))
+    }
+
+    /// Takes one token for `ip` at `now_ms`; false when its bucket is empty.
+    pub fn allow(&mut self, ip: IpAddr, now_ms: u64) -> bool {
+        self.0.take(ip, 1.0, now_ms)
+    }
+}
+
+/// The network a source belongs to for rate limiting: its /24 (IPv4) or /56 (IPv6).
+pub fn prefix(ip: IpAddr) -> [u8; 8] {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            [4, o[0], o[1], o[2], 0, 0, 0, 0]
+        }
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            [6, o[0], o[1], o[2], o[3], o[4], o[5], o[6]]
+        }
+    }
+}
+
+/// Two buckets per key, datagrams and bytes, found with one hash.
+struct Pair {
+    datagrams: Buckets,
+    bytes: Buckets,
+    hasher: RandomState,
+}
+
+impl Pair {
+    fn new(slots: usize, datagrams: u64, bytes: u64) -> Pair {
+        Pair {
+            datagrams: table(slots, datagrams),
+            bytes: table(slots, bytes),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn take(&mut self, key: impl Hash, len: f64, now_ms: u64) -> bool {
+        if self.datagrams.slots.is_empty() && self.bytes.slots.is_empty() {
+            return true;
+        }
+        let h = self.hasher.hash_one(key) as usize;
+        self.datagrams.take_at(h, 1.0, now_ms) && self.bytes.take_at(h, len, now_ms)
+    }
+}
+
+/// Admission of incoming datagrams, before any parsing: per source address and per prefix,
+/// datagrams and bytes, and this worker's share of the relay-wide datagram rate.
+pub struct Ingress {
+    source: Pair,
+    prefix: Pair,
+    global: Buckets,
+    registrations: Buckets,
+}
+
+/// Bursts allow this many seconds' worth of a rate.
+const BURST_SECONDS: f64 = 2.0;
+
+fn table(slots: usize, rate: u64) -> Buckets {
+    let rate = rate as f64;
+    Buckets::new(slots, rate, (rate * BURST_SECONDS).max(1.0))
+}
+
+impl Ingress {
+    /// The limits of `s`, for one of `workers` workers.
+    pub fn new(s: &Settings, workers: usize) -> Ingress {
+        let share = s.global_rate.div_ceil(workers.max(1) as u64);
+        Ingress {
+            source: Pair::new(SLOTS, s.source_rate, s.source_bytes),
+            prefix: Pair::new(PREFIX_SLOTS, s.prefix_rate, s.prefix_bytes),
+            global: table(1, share),
+            registrations: Buckets::new(
+                SLOTS,
+                s.registration_rate as f64,
+                (s.registration_rate as f64 * 10.0).max(1.0),
+            ),
+        }
+    }
+
+    /// Whether a datagram of `len` bytes from `from` is admitted at `now_ms`, or why not.
+    pub fn admit(&mut self, from: SocketAddr, len: usize, now_ms: u64) -> Result<(), Reason> {
+        let len = len as f64;
+        if !self.source.take(from, len, now_ms) {
+            return Err(Reason::SourceLimited);
+        }
+        if !self.prefix.take(prefix(from.ip()), len, now_ms) {
+            return Err(Reason::PrefixLimited);
+        }
+        if !self.global.take((), 1.0, now_ms) {
+            return Err(Reason::GlobalLimited);
+        }
+        Ok(())
+    }
+
+    /// Whether `ip` may register one more new name at `now_ms` (bursts of ten seconds' worth).
+    pub fn register(&mut self, ip: IpAddr, now_ms: u64) -> bool {
+        self.registrations.take(ip, 1.0, now_ms)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_rate_admits_everything() {
+        let mut b = Buckets::new(16, 0.0, 0.0);
+        assert!((0..1000).all(|_| b.take(1, 1e9, 0)));
+    }
+
+    #[test]
+    fn ingress_limits_sources_then_prefixes() {
+        let s = Settings {
+            source_rate: 10,
+            source_bytes: 1_000_000,
+            prefix_rate: 30,
+            prefix_bytes: 1_000_000,
+            global_rate: 0,
+            ..Settings::default()
+        };
+        let mut i = Ingress::new(&s, 1);
+        let a: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        // A burst of two seconds' worth, then nothing until tokens refill.
+        assert!((0..20).all(|_| i.admit(a, 10, 0).is_ok()));
+        assert_eq!(i.admit(a, 10, 0), Err(Reason::SourceLimited));
+        assert!(i.admit(a, 10, 100).is_ok());
+        // Other sources of the same /24 share the prefix's 60 (+3 refilled by 100 ms) with it.
+        let others = (2..=5).map(|n| format!("10.0.0.{n}:1").parse::<SocketAddr>().unwrap());
+        let admitted: usize = others
+            .map(|o| (0..20).filter(|_| i.admit(o, 10, 100).is_ok()).count())
+            .sum();
+        assert_eq!(admitted, 60 + 3 - 21);
+        let elsewhere: SocketAddr = "10.0.1.1:1".parse().unwrap();
+        assert!(i.admit(elsewhere, 10, 100).is_ok());
+        // Bytes count too.
+        let big: SocketAddr = "10.9.9.9:1".parse().unwrap();
+        assert_eq!(i.admit(big, 3_000_000, 100), Err(Reason::SourceLimited));
+    }
+
+    #[test]
+    fn prefixes_are_24_and_56_bits() {
+        let p = |s: &str| prefix(s.parse().unwrap());
+        assert_eq!(p("192.0.2.1"), p("192.0.2.200"));
+        assert_ne!(p("192.0.2.1"), p("192.0.3.1"));
+        assert_eq!(p("2001:db8:0:1::1"), p("2001:db8:0:ff::2"));
+        assert_ne!(p("2001:db8:0:100::1"), p("2001:db8:0:1::1"));
+    }
 
     #[test]
     fn bursts_then_refills() {

@@ -13,7 +13,7 @@ use crate::config::{MAX_UDP_PAYLOAD, Settings};
 use crate::metrics::{Counters, Metrics, Reason};
 use crate::out::Out;
 use crate::presence;
-use crate::ratelimit::SourceLimiter;
+use crate::ratelimit::{Ingress, SourceLimiter};
 use crate::registry::{Claim, Name, Registry, Session};
 use crate::wire::reply::{self, ErrorCode, Presence, RELAYED_SUFFIX};
 use crate::wire::scan::{self, Header, ScanError};
@@ -29,6 +29,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// The live peers listed while the registry is beyond `announce_max`.
     pub sample: presence::Sample,
+    /// How many workers share the relay-wide limits.
+    pub workers: usize,
 }
 
 impl Shared {
@@ -38,6 +40,7 @@ impl Shared {
             registry: Registry::new(settings.peer_timeout_ms),
             metrics: Metrics::new(workers),
             sample: presence::Sample::default(),
+            workers,
             settings,
         })
     }
@@ -57,6 +60,7 @@ pub struct Router {
     shared: Arc<Shared>,
     counters: Arc<Counters>,
     errors: SourceLimiter,
+    ingress: Ingress,
     scratch: Vec<u8>,
 }
 
@@ -67,6 +71,7 @@ impl Router {
         Router {
             counters: shared.metrics.block(worker),
             errors: SourceLimiter::new(rate, 2.0 * rate),
+            ingress: Ingress::new(&shared.settings, shared.workers),
             shared,
             scratch: Vec::new(),
         }
@@ -76,6 +81,12 @@ impl Router {
     pub fn handle(&mut self, d: &[u8], from: SocketAddr, now: Now, out: &mut Out) {
         Counters::add(&self.counters.received, 1);
         Counters::add(&self.counters.received_bytes, d.len() as u64);
+        // Admission comes before any parsing, so a flood costs a hash and a few additions.
+        if let Err(r) = self.ingress.admit(from, d.len(), now.ms) {
+            let msg = "slow down";
+            let who = Answer::Registered;
+            return self.fail(out, r, from, now, ErrorCode::RateLimited, msg, d.len(), who);
+        }
         if d.len() > self.shared.settings.max_datagram {
             return self.too_large(d.len(), from, now, out);
         }
@@ -333,6 +344,23 @@ impl Router {
             );
         }
         let token = r.session.as_deref().and_then(Session::parse);
+        let reg = &self.shared.registry;
+        // Only a name new to this address costs a registration token: refreshes are free.
+        if reg.session_at(&r.name, from, now.ms).is_none()
+            && !self.ingress.register(from.ip(), now.ms)
+        {
+            let msg = "registering new names too fast";
+            return self.fail(
+                out,
+                Reason::RegistrationLimited,
+                from,
+                now,
+                ErrorCode::RateLimited,
+                msg,
+                d.len(),
+                who,
+            );
+        }
         let s = &self.shared.settings;
         let claim = self
             .shared

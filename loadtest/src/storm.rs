@@ -133,7 +133,9 @@ pub fn run(cfg: &StormConfig) -> Result<StormReport, String> {
     while done < cfg.peers {
         if start.elapsed() > cfg.timeout {
             return Err(format!(
-                "only {done} of {} registrations were acknowledged within {:?}",
+                "only {done} of {} registrations were acknowledged within {:?}: a udp-relay \
+                 limits new names per source (start it with --registration-rate 0, and \
+                 --max-peers above --peers, for a storm)",
                 cfg.peers, cfg.timeout
             ));
         }

@@ -23,6 +23,18 @@ fn relay() -> server::Relay {
         "0",
         "--workers",
         "1",
+        // One host drives every virtual peer: the per-source and per-prefix limits would
+        // measure themselves.
+        "--source-rate",
+        "0",
+        "--source-bytes",
+        "0",
+        "--prefix-rate",
+        "0",
+        "--prefix-bytes",
+        "0",
+        "--registration-rate",
+        "0",
     ]);
     server::start(&args).expect("start relay")
 }

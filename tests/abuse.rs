@@ -1,0 +1,115 @@
+//! Rate limits under abuse, over loopback: a flooding source does not crowd out well-behaved
+//! peers and its excess is counted, and one source cannot register names without bound.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+/// Relays `n` numbered payloads from `from` to `to`, one every `gap`; returns how many arrived.
+fn relay_paced(from: &Peer, src: &str, to: &Peer, dst: &str, n: usize, gap: Duration) -> usize {
+    // The receiver reads as they come (a socket buffer holds only a few hundred datagrams) until
+    // the end marker, which `from`'s worker forwards after everything `from` sent before it.
+    let rx = to.sock.try_clone().unwrap();
+    let counter = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        let mut got = 0;
+        loop {
+            let len = rx.recv(&mut buf).expect("the end marker arrives");
+            let m: serde_json::Value = serde_json::from_slice(&buf[..len]).unwrap();
+            if m["type"] != "relayed_packet" {
+                continue;
+            }
+            if m["payload"] == "end" {
+                return got;
+            }
+            got += 1;
+        }
+    });
+    let start = Instant::now();
+    for i in 0..n {
+        from.send(json!({"type": "relay", "source": src, "target": dst, "payload": i}));
+        // Paced to a rate, not waiting for anything: the deadline of datagram i.
+        let due = start + gap * (i as u32 + 1);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    from.send(json!({"type": "relay", "source": src, "target": dst, "payload": "end"}));
+    counter.join().unwrap()
+}
+
+#[test]
+fn a_flood_from_one_source_leaves_other_peers_served() {
+    // One worker, so that the flood and the well-behaved peers meet on the same core.
+    let r = Relay::start(&["--workers", "1", "--source-rate", "200"]);
+    // Well-behaved peers in another /24 than the flooder, so that only the flood is limited.
+    let a = Peer::bind(r.addr, "127.0.1.1:0");
+    let b = Peer::bind(r.addr, "127.0.1.2:0");
+    a.register("A");
+    b.register("B");
+    a.expect("peer_joined");
+    // 100 datagrams/s each, half their allowance.
+    let (n, gap) = (100, Duration::from_millis(10));
+    let quiet = relay_paced(&a, "A", &b, "B", n, gap);
+    assert_eq!(quiet, n, "without a flood everything arrives");
+
+    // The flooder sends ten times its allowance (2,000/s against 200/s) for as long.
+    let flooder = UdpSocket::bind("127.0.0.2:0").unwrap();
+    let junk = br#"{"type":"ping","pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#;
+    let target = r.addr;
+    let flood = std::thread::spawn(move || {
+        let start = Instant::now();
+        let mut sent = 0u64;
+        while start.elapsed() < Duration::from_millis(1000) {
+            // Bounded: 2 datagrams per millisecond for a second.
+            let due = (start.elapsed().as_micros() / 500) as u64;
+            while sent < due.min(2_000) {
+                flooder.send_to(junk, target).unwrap();
+                sent += 1;
+            }
+            std::thread::yield_now();
+        }
+        sent
+    });
+    let flooded = relay_paced(&a, "A", &b, "B", n, gap);
+    let sent = flood.join().unwrap();
+    assert!(
+        flooded * 10 >= quiet * 9,
+        "well-behaved delivery fell from {quiet} to {flooded} under a flood of {sent}"
+    );
+    // The flooder got its burst (two seconds' worth) and its refill, and no more.
+    let limited = r.refused("rate_limited_source");
+    assert!(
+        limited >= sent.saturating_sub(400 + 250),
+        "{limited} of {sent} refused"
+    );
+    assert_eq!(r.refused("rate_limited_prefix"), 0);
+}
+
+#[test]
+fn new_names_from_one_source_are_limited_but_refreshes_are_not() {
+    // Beyond --announce-max nobody is told of joins, so replies come in order.
+    let r = Relay::start(&["--registration-rate", "5", "--announce-max", "1"]);
+    let p = Peer::new(&r);
+    // A burst of ten seconds' worth (50) is allowed at once.
+    for i in 0..50 {
+        p.register(&format!("n{i}"));
+    }
+    // Padded, so that the error reply fits within the request.
+    let pad = "x".repeat(100);
+    p.send(json!({"type": "register", "name": "one-too-many", "pad": pad}));
+    let e = p.expect("error");
+    assert_eq!(e["code"], "rate_limited");
+    assert_eq!(r.refused("rate_limited_registrations"), 1);
+    // Names already held are refreshed without cost.
+    let (ack, _) = p.register("n7");
+    assert_eq!(ack["peer_name"], "n7");
+    // Another source address has its own allowance (the limit is per IP: ports are free).
+    let q = Peer::bind(r.addr, "127.0.0.3:0");
+    q.register("fresh");
+    assert_eq!(r.refused("rate_limited_registrations"), 1);
+}
