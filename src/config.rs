@@ -101,6 +101,17 @@ pub struct Args {
     /// 0: no limit).
     #[arg(long, env = "UDP_RELAY_REGISTRATION_RATE", default_value_t = 20)]
     pub registration_rate: u64,
+    /// Bytes the relay may send unasked to an address that has not proven it receives (refilling
+    /// by a 25th of it a second; 0: no limit).
+    #[arg(long, env = "UDP_RELAY_UNPROVEN_CREDIT", default_value_t = 1_600)]
+    pub unproven_credit: u64,
+    /// The same per /24 (IPv4) or /56 (IPv6), refilling by an eighth a second (0: no limit).
+    #[arg(
+        long,
+        env = "UDP_RELAY_UNPROVEN_PREFIX_CREDIT",
+        default_value_t = 65_536
+    )]
+    pub unproven_prefix_credit: u64,
     /// I/O backend of the workers.
     #[arg(long, env = "UDP_RELAY_IO", value_enum, default_value = "auto")]
     pub io: IoChoice,
@@ -177,9 +188,13 @@ pub struct Settings {
     pub global_rate: u64,
     /// See [`Args::registration_rate`].
     pub registration_rate: u64,
+    /// See [`Args::unproven_credit`].
+    pub unproven_credit: u64,
+    /// See [`Args::unproven_prefix_credit`].
+    pub unproven_prefix_credit: u64,
 }
 
-/// The protocol's defaults, without rate limits (the command line sets those).
+/// The protocol's defaults, without rate limits or credits (the command line sets those).
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -198,6 +213,8 @@ impl Default for Settings {
             prefix_bytes: 0,
             global_rate: 0,
             registration_rate: 0,
+            unproven_credit: 0,
+            unproven_prefix_credit: 0,
         }
     }
 }
@@ -256,6 +273,8 @@ impl Args {
             prefix_bytes: self.prefix_bytes,
             global_rate: self.global_rate,
             registration_rate: self.registration_rate,
+            unproven_credit: self.unproven_credit,
+            unproven_prefix_credit: self.unproven_prefix_credit,
         }
     }
 }

@@ -74,6 +74,8 @@ pub struct Counters {
     pub errors_suppressed: AtomicU64,
     /// Times the io_uring receive found no free buffer (`ENOBUFS`) and had to be re-armed.
     pub recv_no_buffers: AtomicU64,
+    /// Replies and announcements withheld from unproven addresses beyond their credit.
+    pub unproven_withheld: AtomicU64,
     refused: [AtomicU64; Reason::ALL.len()],
 }
 
@@ -159,6 +161,11 @@ impl Metrics {
             "errors_suppressed_total",
             "Error replies withheld by the per-source limit.",
             self.sum(|c| &c.errors_suppressed),
+        );
+        counter(
+            "unproven_withheld_total",
+            "Replies withheld from addresses that have not proven they receive, beyond their credit.",
+            self.sum(|c| &c.unproven_withheld),
         );
         counter(
             "recv_no_buffers_total",

@@ -18,7 +18,7 @@
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
@@ -212,11 +212,13 @@ impl Tokens {
     }
 }
 
-/// The names at one address, and when the address was last heard from.
+/// The names at one address, when the address was last heard from, and whether it has proven
+/// that it receives (by echoing a session token the relay sent it).
 #[derive(Debug, Default)]
 struct AtAddr {
     names: Vec<Name>,
     heard: AtomicU64,
+    proven: AtomicBool,
 }
 
 /// What became of a claim on a name (`register` or `keepalive`).
@@ -340,7 +342,14 @@ impl Registry {
                 let e = o.get_mut();
                 if live && e.addr == Packed::from(addr) {
                     e.touch(now_ms);
-                    return Claim::Refreshed(self.tokens.of(e.seq));
+                    let session = self.tokens.of(e.seq);
+                    // The token was sent to this address: echoing it proves the address receives.
+                    if token == Some(session) {
+                        if let Some(r) = self.by_addr.get(&e.addr) {
+                            r.proven.store(true, Relaxed);
+                        }
+                    }
+                    return Claim::Refreshed(session);
                 } else if live && token == Some(self.tokens.of(e.seq)) {
                     moved_from = Some(e.addr);
                     e.addr = addr.into();
@@ -427,6 +436,13 @@ impl Registry {
             .get(name)
             .filter(|e| self.live(e, now_ms))
             .map(|e| e.addr.get())
+    }
+
+    /// Whether `addr` has proven that it receives what the relay sends it.
+    pub fn proven(&self, addr: SocketAddr) -> bool {
+        self.by_addr
+            .get(&addr.into())
+            .is_some_and(|r| r.proven.load(Relaxed))
     }
 
     /// Whether any name is registered at `addr`.
@@ -714,6 +730,31 @@ mod tests {
         );
         assert!(r.reap("s2", 2500).is_none());
         assert!(r.reap("s2", 2801).is_some());
+    }
+
+    #[test]
+    fn an_address_is_proven_by_echoing_its_token_there() {
+        let r = Registry::new(1000);
+        let Claim::Joined(s) = r.claim("a", a("1.1.1.1:1"), None, 0, 10) else {
+            panic!()
+        };
+        assert!(!r.proven(a("1.1.1.1:1")));
+        r.claim("a", a("1.1.1.1:1"), None, 1, 10);
+        assert!(
+            !r.proven(a("1.1.1.1:1")),
+            "a refresh without the token proves nothing"
+        );
+        // Shown from elsewhere, the token moves the name but proves nothing of the new address.
+        assert_eq!(
+            r.claim("a", a("2.2.2.2:2"), Some(s), 2, 10),
+            Claim::Moved(s)
+        );
+        assert!(!r.proven(a("2.2.2.2:2")));
+        assert_eq!(
+            r.claim("a", a("2.2.2.2:2"), Some(s), 3, 10),
+            Claim::Refreshed(s)
+        );
+        assert!(r.proven(a("2.2.2.2:2")));
     }
 
     #[test]

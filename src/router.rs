@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tracing::debug;
 
+use crate::amplification::Guard;
 use crate::clock::Now;
 use crate::config::{MAX_UDP_PAYLOAD, Settings};
 use crate::metrics::{Counters, Metrics, Reason};
@@ -61,6 +62,7 @@ pub struct Router {
     counters: Arc<Counters>,
     errors: SourceLimiter,
     ingress: Ingress,
+    guard: Guard,
     scratch: Vec<u8>,
 }
 
@@ -72,6 +74,10 @@ impl Router {
             counters: shared.metrics.block(worker),
             errors: SourceLimiter::new(rate, 2.0 * rate),
             ingress: Ingress::new(&shared.settings, shared.workers),
+            guard: Guard::new(
+                shared.settings.unproven_credit,
+                shared.settings.unproven_prefix_credit,
+            ),
             shared,
             scratch: Vec::new(),
         }
@@ -79,6 +85,13 @@ impl Router {
 
     /// Decides what to do with datagram `d` from `from`, appending sends to `out`.
     pub fn handle(&mut self, d: &[u8], from: SocketAddr, now: Now, out: &mut Out) {
+        let start = out.sends.len();
+        self.decide(d, from, now, out);
+        self.guard
+            .filter(&self.shared.registry, out, start, now.ms, &self.counters);
+    }
+
+    fn decide(&mut self, d: &[u8], from: SocketAddr, now: Now, out: &mut Out) {
         Counters::add(&self.counters.received, 1);
         Counters::add(&self.counters.received_bytes, d.len() as u64);
         // Admission comes before any parsing, so a flood costs a hash and a few additions.
@@ -101,7 +114,10 @@ impl Router {
     pub fn truncated(&mut self, len: usize, from: SocketAddr, now: Now, out: &mut Out) {
         Counters::add(&self.counters.received, 1);
         Counters::add(&self.counters.received_bytes, len as u64);
+        let start = out.sends.len();
         self.too_large(len, from, now, out);
+        self.guard
+            .filter(&self.shared.registry, out, start, now.ms, &self.counters);
     }
 
     fn too_large(&mut self, len: usize, from: SocketAddr, now: Now, out: &mut Out) {

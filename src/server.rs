@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tracing::{error, info, warn};
 
+use crate::amplification::Guard;
 use crate::clock::Clock;
 use crate::config::Args;
 use crate::io::{self as relay_io, Egress, Worker};
@@ -145,12 +146,20 @@ fn run_reaper(shared: &Shared, clock: Clock, stop: &AtomicBool, mut egress: Box<
     }
     let tick = reaper_tick(shared);
     let mut out = Out::default();
+    // Keepalives and announcements to unproven addresses draw on their credit here too.
+    let s = &shared.settings;
+    let mut guard = Guard::new(s.unproven_credit, s.unproven_prefix_credit);
+    let counters = shared.metrics.background();
     while !stop.load(Ordering::Relaxed) {
         thread::park_timeout(tick);
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        let done = reaper::sweep(shared, clock.now(), &mut out, |out| egress.send(out));
+        let now = clock.now();
+        let done = reaper::sweep(shared, now, &mut out, |out| {
+            guard.filter(&shared.registry, out, 0, now.ms, &counters);
+            egress.send(out)
+        });
         if done.reaped > 0 {
             info!(
                 reaped = done.reaped,

@@ -93,7 +93,15 @@ fn a_flood_from_one_source_leaves_other_peers_served() {
 #[test]
 fn new_names_from_one_source_are_limited_but_refreshes_are_not() {
     // Beyond --announce-max nobody is told of joins, so replies come in order.
-    let r = Relay::start(&["--registration-rate", "5", "--announce-max", "1"]);
+    // Fifty registrations' replies to one address exceed an unproven address's credit.
+    let r = Relay::start(&[
+        "--registration-rate",
+        "5",
+        "--announce-max",
+        "1",
+        "--unproven-credit",
+        "0",
+    ]);
     let p = Peer::new(&r);
     // A burst of ten seconds' worth (50) is allowed at once.
     for i in 0..50 {

@@ -13,7 +13,16 @@ use serde_json::json;
 
 /// Error replies are rate limited per source IP, and every test peer is 127.0.0.1: tests that
 /// check each error reply lift the limit (one test checks the limit itself).
-const NO_ERROR_LIMIT: &[&str] = &["--error-rate", "1000000"];
+/// Every refusal answered where the protocol allows: no error-rate limit, and no credit limit on
+/// what strangers (addresses that never proved they receive) are sent.
+const NO_ERROR_LIMIT: &[&str] = &[
+    "--error-rate",
+    "1000000",
+    "--unproven-credit",
+    "0",
+    "--unproven-prefix-credit",
+    "0",
+];
 
 /// Every refusal counter, by reason.
 fn refusals(r: &Relay) -> BTreeMap<String, u64> {
@@ -817,7 +826,14 @@ fn deep_nesting() {
 
 #[test]
 fn oversized_datagrams() {
-    let r = Relay::start(&["--max-datagram", "512", "--error-rate", "1000000"]);
+    let r = Relay::start(&[
+        "--max-datagram",
+        "512",
+        "--error-rate",
+        "1000000",
+        "--unproven-credit",
+        "0",
+    ]);
     let a = Peer::new(&r);
     let b = Peer::new(&r);
     a.register("big-a");
@@ -1066,7 +1082,8 @@ fn error_replies_are_rate_limited_per_source() {
 #[test]
 fn a_burst_of_every_kind_from_many_sources_leaves_the_relay_serving() {
     // Every kind of bad datagram, from several sockets at once; then count them all.
-    let r = Relay::start(&["--max-datagram", "2048"]);
+    // The pong barriers to these strangers would outrun their credit: no credit limit here.
+    let r = Relay::start(&["--max-datagram", "2048", "--unproven-credit", "0"]);
     let kinds: Vec<Vec<u8>> = vec![
         b"".to_vec(),
         garbage(0xAB, 700),
