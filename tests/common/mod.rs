@@ -95,6 +95,22 @@ impl Relay {
         relay
     }
 
+    /// The relay's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("relay running").id()
+    }
+
+    /// The relay's resident memory, in bytes.
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("VmRSS in /proc status");
+        kb * 1024
+    }
+
     /// Waits for a log line containing `needle` and returns it.
     pub fn wait_log(&mut self, needle: &str) -> String {
         let deadline = Instant::now() + TIMEOUT;
