@@ -193,7 +193,7 @@ fn malformed_input_at_volume_leaves_the_relay_serving_within_a_memory_bound() {
     ]);
     let before = r.rss();
     let senders: Vec<Peer> = (0..4).map(|_| Peer::new(&r)).collect();
-    let mut rng = Rng(0x5eed_0f_a11_d47a);
+    let mut rng = Rng(0x0005_eed0_fa11_d47a);
     let total = 201_000;
     // Chunks small enough for a socket buffer (about 200 datagrams at the default size).
     for chunk in 0..total / 150 {
