@@ -24,18 +24,6 @@ const NO_ERROR_LIMIT: &[&str] = &[
     "0",
 ];
 
-/// Every refusal counter, by reason.
-fn refusals(r: &Relay) -> BTreeMap<String, u64> {
-    r.metrics_text()
-        .lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix("udp_relay_refused_total{reason=\"")?;
-            let (reason, v) = rest.split_once("\"} ")?;
-            Some((reason.to_string(), v.trim().parse().unwrap()))
-        })
-        .collect()
-}
-
 /// The counters that moved since `before`.
 fn moved(before: &BTreeMap<String, u64>, now: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
     now.iter()
@@ -57,7 +45,7 @@ fn expect_refused(r: &Relay, before: &BTreeMap<String, u64>, want: &[(&str, u64)
     let total: u64 = want.values().sum();
     let deadline = Instant::now() + TIMEOUT;
     loop {
-        let got = moved(before, &refusals(r));
+        let got = moved(before, &r.refusals());
         if got == want {
             return;
         }
@@ -170,7 +158,7 @@ const PAD: &str = r#""pad":"....................................................
 /// Sends `c` from `from`, and checks the refusal and the reply (`want`).
 fn check(r: &Relay, from: &Peer, c: &Case, want: Option<&str>, who: &str) {
     let what = format!("{} (from a {who})", c.what);
-    let before = refusals(r);
+    let before = r.refusals();
     from.send_raw(&c.data);
     let got = drain_raw(from);
     expect_refused(r, &before, &[(c.reason, 1)], &what);
@@ -887,7 +875,7 @@ fn relayed_packet_beyond_the_udp_maximum_is_refused() {
     // relayed_packet adds 16 bytes for these names: 65491 in makes 65507 out.
     a.send_raw(of(65_491).as_bytes());
     assert_eq!(b.recv_raw().len(), 65_507);
-    let before = refusals(&r);
+    let before = r.refusals();
     let d = of(65_492);
     a.send_raw(d.as_bytes());
     let got = drain_raw(&a);
@@ -1056,7 +1044,7 @@ fn error_replies_are_rate_limited_per_source() {
     let member = Peer::new(&r);
     member.register("limited");
     let d = format!(r#"{{"type":"nope",{PAD}}}"#);
-    let before = refusals(&r);
+    let before = r.refusals();
     let start = Instant::now();
     let n = 30;
     for _ in 0..n {
@@ -1117,7 +1105,7 @@ fn a_burst_of_every_kind_from_many_sources_leaves_the_relay_serving() {
     assert_eq!(want.iter().map(|w| w.1).sum::<u64>(), kinds.len() as u64);
     let peers: Vec<Peer> = (0..6).map(|_| Peer::new(&r)).collect();
     let rounds = 20u64;
-    let before = refusals(&r);
+    let before = r.refusals();
     std::thread::scope(|s| {
         for p in &peers {
             let kinds = &kinds;

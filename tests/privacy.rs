@@ -19,25 +19,13 @@ fn marker() -> String {
     format!("Zmark{a:016x}{b:016x}Q")
 }
 
-/// Every refusal counter, by reason.
-fn refusals(r: &Relay) -> BTreeMap<String, u64> {
-    r.metrics_text()
-        .lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix("udp_relay_refused_total{reason=\"")?;
-            let (reason, v) = rest.split_once("\"} ")?;
-            Some((reason.to_string(), v.trim().parse().unwrap()))
-        })
-        .collect()
-}
-
 /// Waits (with a timeout) until `reason` was refused `n` more times than in `before`, and no
 /// other reason moved.
 fn expect_refused(r: &Relay, before: &BTreeMap<String, u64>, reason: &str, n: u64) {
     assert!(before.contains_key(reason), "no counter for {reason}");
     let deadline = Instant::now() + TIMEOUT;
     loop {
-        let now = refusals(r);
+        let now = r.refusals();
         let moved: BTreeMap<&String, u64> = now
             .iter()
             .map(|(k, &v)| (k, v - before[k]))
@@ -214,7 +202,7 @@ fn exercise(format: &str, m: &str) -> Run {
         ),
     ];
     for (from, d, reason) in &refused {
-        let before = refusals(&r);
+        let before = r.refusals();
         from.send_raw(d);
         expect_refused(&r, &before, reason, 1);
     }

@@ -95,6 +95,18 @@ impl Relay {
         relay
     }
 
+    /// Every refusal counter, by reason.
+    pub fn refusals(&self) -> std::collections::BTreeMap<String, u64> {
+        self.metrics_text()
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("udp_relay_refused_total{reason=\"")?;
+                let (reason, v) = rest.split_once("\"} ")?;
+                Some((reason.to_string(), v.trim().parse().unwrap()))
+            })
+            .collect()
+    }
+
     /// The relay's process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("relay running").id()
