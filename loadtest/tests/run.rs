@@ -35,6 +35,10 @@ fn relay() -> server::Relay {
         "0",
         "--registration-rate",
         "0",
+        "--unproven-credit",
+        "0",
+        "--unproven-prefix-credit",
+        "0",
     ]);
     server::start(&args).expect("start relay")
 }
