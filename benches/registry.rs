@@ -9,7 +9,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use udp_relay::registry::Registry;
+use udp_relay::registry::{Proof, Registry};
 
 mod common;
 
@@ -19,7 +19,7 @@ fn bench(c: &mut Criterion) {
     let reg = Registry::new(60_000);
     let names: Vec<String> = (0..PEERS).map(common::name).collect();
     for (i, n) in names.iter().enumerate() {
-        reg.claim(n, common::addr(i), None, 0, usize::MAX);
+        reg.claim(n, common::addr(i), Proof::Token(None), 0, usize::MAX);
     }
     assert_eq!(reg.len(), PEERS);
     let now = 1_000;
@@ -39,7 +39,7 @@ fn bench(c: &mut Criterion) {
             next += iters as usize;
             let start = Instant::now();
             for (n, a) in &fresh {
-                black_box(reg.claim(n, *a, None, now, usize::MAX));
+                black_box(reg.claim(n, *a, Proof::Token(None), now, usize::MAX));
             }
             let took = start.elapsed();
             for (n, _) in &fresh {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use udp_relay::config::Settings;
 use udp_relay::out::Out;
-use udp_relay::registry::Claim;
+use udp_relay::registry::{Claim, Proof};
 use udp_relay::router::{Router, Shared};
 
 mod common;
@@ -25,16 +25,18 @@ fn bench(c: &mut Criterion) {
     let now = common::at(1_000);
     common::fill(&shared.registry, 0..OTHERS, 0);
     let (alice, bob) = (common::addr(OTHERS), common::addr(OTHERS + 1));
-    let Claim::Joined(session) =
-        shared
-            .registry
-            .claim("alice", alice, None, 0, shared.settings.max_peers)
-    else {
+    let Claim::Joined(session) = shared.registry.claim(
+        "alice",
+        alice,
+        Proof::Token(None),
+        0,
+        shared.settings.max_peers,
+    ) else {
         panic!("alice registers");
     };
     shared
         .registry
-        .claim("bob", bob, None, 0, shared.settings.max_peers);
+        .claim("bob", bob, Proof::Token(None), 0, shared.settings.max_peers);
     let mut router = Router::new(Arc::clone(&shared), 0);
     let mut out = Out::default();
 

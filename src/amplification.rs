@@ -141,10 +141,12 @@ mod tests {
 
         // Proven: register, then echo the token from the same address.
         let peer: SocketAddr = "198.51.100.1:9".parse().unwrap();
-        let crate::registry::Claim::Joined(s) = reg.claim("p", peer, None, 0, 10) else {
+        let crate::registry::Claim::Joined(s) =
+            reg.claim("p", peer, crate::registry::Proof::Token(None), 0, 10)
+        else {
             panic!()
         };
-        reg.claim("p", peer, Some(s), 0, 10);
+        reg.claim("p", peer, crate::registry::Proof::Token(Some(s)), 0, 10);
         out.clear();
         for _ in 0..100 {
             reply(&mut out, peer, 100);

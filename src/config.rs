@@ -17,6 +17,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// Whether registration must be signed (Part 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Auth {
+    /// Unsigned registration allowed (the old peers'); a signed peer still gets its protection.
+    Open,
+    /// Every new registration or move must be signed.
+    Signed,
+}
+
 /// Which I/O backend the workers run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum IoChoice {
@@ -121,6 +130,9 @@ pub struct Args {
     /// Error replies allowed per source address per second (bursts of twice that).
     #[arg(long, allow_negative_numbers = true, env = "UDP_RELAY_ERROR_RATE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub error_rate: u32,
+    /// Registration: `open` serves the old unsigned peers; `signed` requires Ed25519 signatures.
+    #[arg(long, env = "UDP_RELAY_AUTH", value_enum, default_value = "open")]
+    pub auth: Auth,
     /// Refuse `connect` (no introductions for hole punching).
     #[arg(long, env = "UDP_RELAY_NO_INTRODUCTIONS")]
     pub no_introductions: bool,
@@ -176,6 +188,8 @@ pub struct Settings {
     pub error_rate: u32,
     /// Whether `connect` is served.
     pub introductions: bool,
+    /// See [`Args::auth`].
+    pub auth: Auth,
     /// See [`Args::source_rate`].
     pub source_rate: u64,
     /// See [`Args::source_bytes`].
@@ -207,6 +221,7 @@ impl Default for Settings {
             max_watch: 256,
             error_rate: 10,
             introductions: true,
+            auth: Auth::Open,
             source_rate: 0,
             source_bytes: 0,
             prefix_rate: 0,
@@ -267,6 +282,7 @@ impl Args {
             max_watch: self.max_watch,
             error_rate: self.error_rate,
             introductions: !self.no_introductions,
+            auth: self.auth,
             source_rate: self.source_rate,
             source_bytes: self.source_bytes,
             prefix_rate: self.prefix_rate,

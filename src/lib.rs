@@ -5,6 +5,7 @@
 //! [`io`] feed it datagrams and send what it decides. `ARCHITECTURE.md` maps the modules.
 
 pub mod amplification;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod io;

@@ -52,6 +52,9 @@ reasons! {
     PrefixLimited => "rate_limited_prefix", "Over the per-prefix (/24, /56) datagram or byte rate.";
     GlobalLimited => "rate_limited_global", "Over the relay-wide datagram rate (per worker share).";
     RegistrationLimited => "rate_limited_registrations", "New names from one source too fast.";
+    AuthRequired => "auth_required", "An unsigned claim where signed registration is required.";
+    BadSignature => "bad_signature", "A signed registration whose cookie or signature fails.";
+    UnprovenTarget => "unproven_target", "A forward (signed mode) to an address that never proved it receives.";
 }
 
 /// One worker's counters.

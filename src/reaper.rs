@@ -109,9 +109,13 @@ mod tests {
         };
         let h = Harness::new(s);
         for i in 0..3000u16 {
-            h.shared
-                .registry
-                .claim(&format!("p{i}"), addr(i), None, 0, usize::MAX);
+            h.shared.registry.claim(
+                &format!("p{i}"),
+                addr(i),
+                crate::registry::Proof::Token(None),
+                0,
+                usize::MAX,
+            );
         }
         let mut out = Out::default();
         let mut batches = Vec::new();

@@ -21,6 +21,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use dashmap::DashMap;
+
+use crate::auth::Key;
 use dashmap::mapref::entry::Entry as MapEntry;
 
 /// A registered name. Names of up to [`INLINE_NAME`] bytes (nearly all) are stored inline, so
@@ -221,6 +223,23 @@ struct AtAddr {
     proven: AtomicBool,
 }
 
+/// What a claim on a name shows: a session token (or none), or a verified signature by a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proof {
+    /// Unsigned: the session token of the registration, if the peer sent one.
+    Token(Option<Session>),
+    /// Signed (Part 5): the key whose signature over a fresh cookie was verified.
+    Key(Key),
+}
+
+/// What `claim` does with a live or stale entry.
+enum Decision {
+    Refresh { proven: bool },
+    Move,
+    Replace,
+    Refuse,
+}
+
 /// What became of a claim on a name (`register` or `keepalive`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
@@ -264,6 +283,8 @@ pub struct Registry {
     watchers: DashMap<Name, Vec<Name>>,
     /// Watching name → the names it watches.
     watching: DashMap<Name, Vec<Name>>,
+    /// Name → the key it is bound to, for signed registrations.
+    keys: DashMap<Name, Key>,
     count: AtomicUsize,
     next_seq: AtomicU64,
     tokens: Tokens,
@@ -282,6 +303,7 @@ impl Registry {
             by_addr: DashMap::with_shard_amount(SHARDS),
             watchers: DashMap::with_shard_amount(SHARDS),
             watching: DashMap::with_shard_amount(SHARDS),
+            keys: DashMap::with_shard_amount(SHARDS),
             count: AtomicUsize::new(0),
             next_seq: AtomicU64::new(0),
             tokens: Tokens {
@@ -328,41 +350,70 @@ impl Registry {
         &self,
         name: &str,
         addr: SocketAddr,
-        token: Option<Session>,
+        proof: Proof,
         now_ms: u64,
         max_peers: usize,
     ) -> Claim {
         let mut replaced = None;
         let mut moved_from = None;
         let key: Name;
+        let here = Packed::from(addr);
         let claim = match self.peers.entry(Name::from(name)) {
             MapEntry::Occupied(mut o) => {
                 key = o.key().clone();
                 let live = self.live(o.get(), now_ms);
+                let bound = self.keys.get(&key).map(|k| *k);
                 let e = o.get_mut();
-                if live && e.addr == Packed::from(addr) {
-                    e.touch(now_ms);
-                    let session = self.tokens.of(e.seq);
-                    // The token was sent to this address: echoing it proves the address receives.
-                    if token == Some(session) {
-                        if let Some(r) = self.by_addr.get(&e.addr) {
-                            r.proven.store(true, Relaxed);
-                        }
-                    }
-                    return Claim::Refreshed(session);
-                } else if live && token == Some(self.tokens.of(e.seq)) {
-                    moved_from = Some(e.addr);
-                    e.addr = addr.into();
-                    e.touch(now_ms);
-                    Claim::Moved(self.tokens.of(e.seq))
-                } else if live {
-                    return Claim::InUse;
+                let session = self.tokens.of(e.seq);
+                let decision = if !live {
+                    Decision::Replace
                 } else {
-                    let seq = self.next_seq.fetch_add(1, Relaxed);
-                    let fresh = Entry::new(addr, now_ms, seq);
-                    let session = self.tokens.of(seq);
-                    replaced = Some(std::mem::replace(e, fresh));
-                    Claim::Joined(session)
+                    match (proof, bound) {
+                        // A refresh from the name's own address needs no proof.
+                        (Proof::Token(t), _) if e.addr == here => Decision::Refresh {
+                            proven: t == Some(session),
+                        },
+                        (Proof::Token(t), None) if t == Some(session) => Decision::Move,
+                        (Proof::Key(k), Some(b)) if k == b && e.addr == here => {
+                            Decision::Refresh { proven: true }
+                        }
+                        (Proof::Key(k), Some(b)) if k == b => Decision::Move,
+                        // A live unsigned name is bound to the key that signs for it there.
+                        (Proof::Key(_), None) if e.addr == here => {
+                            Decision::Refresh { proven: true }
+                        }
+                        _ => Decision::Refuse,
+                    }
+                };
+                match decision {
+                    Decision::Refuse => return Claim::InUse,
+                    Decision::Refresh { proven } => {
+                        e.touch(now_ms);
+                        drop(o);
+                        // The token or cookie was sent to this very address: echoing it proves
+                        // the address receives.
+                        if proven {
+                            if let Some(r) = self.by_addr.get(&here) {
+                                r.proven.store(true, Relaxed);
+                            }
+                        }
+                        if let Proof::Key(k) = proof {
+                            self.keys.insert(key, k);
+                        }
+                        return Claim::Refreshed(session);
+                    }
+                    Decision::Move => {
+                        moved_from = Some(e.addr);
+                        e.addr = here;
+                        e.touch(now_ms);
+                        Claim::Moved(session)
+                    }
+                    Decision::Replace => {
+                        let seq = self.next_seq.fetch_add(1, Relaxed);
+                        let fresh = Entry::new(addr, now_ms, seq);
+                        replaced = Some(std::mem::replace(e, fresh));
+                        Claim::Joined(self.tokens.of(seq))
+                    }
                 }
             }
             MapEntry::Vacant(v) => {
@@ -384,8 +435,15 @@ impl Registry {
         if let Some(old_addr) = moved_from {
             self.unlink_addr(&key, old_addr);
         }
-        let at = self.by_addr.entry(addr.into()).or_default();
+        if let Proof::Key(k) = proof {
+            self.keys.insert(key.clone(), k);
+        }
+        let at = self.by_addr.entry(here).or_default();
         at.heard.fetch_max(now_ms, Relaxed);
+        // A signed claim echoed a cookie sent to this address.
+        if matches!(proof, Proof::Key(_)) {
+            at.proven.store(true, Relaxed);
+        }
         at.map(|a| &mut a.names).push(key);
         claim
     }
@@ -393,6 +451,7 @@ impl Registry {
     /// Drops the secondary-map links of a registration that is gone from `peers`.
     fn unlink(&self, name: &Name, old: Entry) {
         self.unlink_addr(name, old.addr);
+        self.keys.remove(name);
         let Some((_, watched)) = self.watching.remove(name) else {
             return;
         };
@@ -628,23 +687,26 @@ mod tests {
     #[test]
     fn claim_rules() {
         let r = Registry::new(1000);
-        let Claim::Joined(s) = r.claim("alice", a("1.1.1.1:1"), None, 0, 10) else {
+        let Claim::Joined(s) = r.claim("alice", a("1.1.1.1:1"), Proof::Token(None), 0, 10) else {
             panic!()
         };
         assert_eq!(
-            r.claim("alice", a("1.1.1.1:1"), None, 10, 10),
+            r.claim("alice", a("1.1.1.1:1"), Proof::Token(None), 10, 10),
             Claim::Refreshed(s)
         );
-        assert_eq!(r.claim("alice", a("2.2.2.2:2"), None, 20, 10), Claim::InUse);
         assert_eq!(
-            r.claim("alice", a("2.2.2.2:2"), Some(s), 30, 10),
+            r.claim("alice", a("2.2.2.2:2"), Proof::Token(None), 20, 10),
+            Claim::InUse
+        );
+        assert_eq!(
+            r.claim("alice", a("2.2.2.2:2"), Proof::Token(Some(s)), 30, 10),
             Claim::Moved(s)
         );
         assert_eq!(r.addr_of("alice", 30), Some(a("2.2.2.2:2")));
         assert!(!r.has_addr(a("1.1.1.1:1")));
         assert_eq!(r.names_at(a("2.2.2.2:2")).len(), 1);
         // Stale: anyone may take it, with a new session.
-        match r.claim("alice", a("3.3.3.3:3"), None, 2000, 10) {
+        match r.claim("alice", a("3.3.3.3:3"), Proof::Token(None), 2000, 10) {
             Claim::Joined(s2) => assert_ne!(s2, s),
             c => panic!("{c:?}"),
         }
@@ -656,12 +718,15 @@ mod tests {
     fn full_registry_refuses_new_names_only() {
         let r = Registry::new(1000);
         assert!(matches!(
-            r.claim("a", a("1.1.1.1:1"), None, 0, 1),
+            r.claim("a", a("1.1.1.1:1"), Proof::Token(None), 0, 1),
             Claim::Joined(_)
         ));
-        assert_eq!(r.claim("b", a("1.1.1.1:1"), None, 0, 1), Claim::Full);
+        assert_eq!(
+            r.claim("b", a("1.1.1.1:1"), Proof::Token(None), 0, 1),
+            Claim::Full
+        );
         assert!(matches!(
-            r.claim("a", a("1.1.1.1:1"), None, 0, 1),
+            r.claim("a", a("1.1.1.1:1"), Proof::Token(None), 0, 1),
             Claim::Refreshed(_)
         ));
     }
@@ -669,7 +734,7 @@ mod tests {
     #[test]
     fn sender_check_and_liveness() {
         let r = Registry::new(1000);
-        r.claim("a", a("1.1.1.1:1"), None, 0, 10);
+        r.claim("a", a("1.1.1.1:1"), Proof::Token(None), 0, 10);
         assert!(r.touch_sender("a", a("1.1.1.1:1"), 900));
         assert!(!r.touch_sender("a", a("1.1.1.1:2"), 900));
         assert!(r.addr_of("a", 1900).is_some());
@@ -684,7 +749,7 @@ mod tests {
     #[test]
     fn watchers_follow_registrations() {
         let r = Registry::new(1000);
-        r.claim("w", a("1.1.1.1:1"), None, 0, 10);
+        r.claim("w", a("1.1.1.1:1"), Proof::Token(None), 0, 10);
         let names: Vec<Name> = vec!["x".into(), "y".into(), "z".into()];
         assert_eq!(r.watch("w", &names, 2), Some(1));
         assert_eq!(r.watch("w", &names[..1], 2), Some(0));
@@ -699,9 +764,9 @@ mod tests {
     #[test]
     fn scan_finds_stale_and_keepalive_due() {
         let r = Registry::new(1000);
-        r.claim("old", a("1.1.1.1:1"), None, 0, 10);
-        r.claim("quiet", a("1.1.1.1:2"), None, 600, 10);
-        r.claim("fresh", a("1.1.1.1:3"), None, 1400, 10);
+        r.claim("old", a("1.1.1.1:1"), Proof::Token(None), 0, 10);
+        r.claim("quiet", a("1.1.1.1:2"), Proof::Token(None), 600, 10);
+        r.claim("fresh", a("1.1.1.1:3"), Proof::Token(None), 1400, 10);
         let (stale, due) = scan_all(&r, 1500, 500);
         assert_eq!(stale, vec![Name::from("old")]);
         assert_eq!(due.len(), 1);
@@ -713,9 +778,9 @@ mod tests {
     #[test]
     fn a_datagram_from_an_address_keeps_every_name_there_live() {
         let r = Registry::new(1000);
-        r.claim("s1", a("1.1.1.1:1"), None, 0, 10);
-        r.claim("s2", a("1.1.1.1:1"), None, 0, 10);
-        r.claim("other", a("1.1.1.1:2"), None, 0, 10);
+        r.claim("s1", a("1.1.1.1:1"), Proof::Token(None), 0, 10);
+        r.claim("s2", a("1.1.1.1:1"), Proof::Token(None), 0, 10);
+        r.claim("other", a("1.1.1.1:2"), Proof::Token(None), 0, 10);
         // Only s1 speaks, and only by name; s2 is kept by its address.
         assert!(r.touch_sender("s1", a("1.1.1.1:1"), 900));
         r.touch_addr(a("1.1.1.1:1"), 1800);
@@ -735,26 +800,61 @@ mod tests {
     #[test]
     fn an_address_is_proven_by_echoing_its_token_there() {
         let r = Registry::new(1000);
-        let Claim::Joined(s) = r.claim("a", a("1.1.1.1:1"), None, 0, 10) else {
+        let Claim::Joined(s) = r.claim("a", a("1.1.1.1:1"), Proof::Token(None), 0, 10) else {
             panic!()
         };
         assert!(!r.proven(a("1.1.1.1:1")));
-        r.claim("a", a("1.1.1.1:1"), None, 1, 10);
+        r.claim("a", a("1.1.1.1:1"), Proof::Token(None), 1, 10);
         assert!(
             !r.proven(a("1.1.1.1:1")),
             "a refresh without the token proves nothing"
         );
         // Shown from elsewhere, the token moves the name but proves nothing of the new address.
         assert_eq!(
-            r.claim("a", a("2.2.2.2:2"), Some(s), 2, 10),
+            r.claim("a", a("2.2.2.2:2"), Proof::Token(Some(s)), 2, 10),
             Claim::Moved(s)
         );
         assert!(!r.proven(a("2.2.2.2:2")));
         assert_eq!(
-            r.claim("a", a("2.2.2.2:2"), Some(s), 3, 10),
+            r.claim("a", a("2.2.2.2:2"), Proof::Token(Some(s)), 3, 10),
             Claim::Refreshed(s)
         );
         assert!(r.proven(a("2.2.2.2:2")));
+    }
+
+    #[test]
+    fn a_signed_name_is_bound_to_its_key_while_live() {
+        let r = Registry::new(1000);
+        let (k1, k2) = ([1u8; 32], [2u8; 32]);
+        let here = a("1.1.1.1:1");
+        assert!(matches!(
+            r.claim("s", here, Proof::Key(k1), 0, 10),
+            Claim::Joined(_)
+        ));
+        assert!(r.proven(here), "a signed claim echoed a cookie sent here");
+        // Another key, or an unsigned claim elsewhere even with the token, cannot take it.
+        let there = a("2.2.2.2:2");
+        assert_eq!(r.claim("s", there, Proof::Key(k2), 1, 10), Claim::InUse);
+        let token = r.session_at("s", here, 1);
+        assert_eq!(
+            r.claim("s", there, Proof::Token(token), 1, 10),
+            Claim::InUse
+        );
+        // The same key moves it; an unsigned refresh where it lives keeps it live.
+        assert!(matches!(
+            r.claim("s", there, Proof::Key(k1), 2, 10),
+            Claim::Moved(_)
+        ));
+        assert!(matches!(
+            r.claim("s", there, Proof::Token(None), 3, 10),
+            Claim::Refreshed(_)
+        ));
+        // Once stale, the binding goes with it.
+        assert!(matches!(
+            r.claim("s", here, Proof::Key(k2), 2000, 10),
+            Claim::Joined(_)
+        ));
+        assert!(r.keys.get("s").is_some_and(|k| *k == k2));
     }
 
     #[test]

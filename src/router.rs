@@ -9,13 +9,15 @@ use std::sync::Arc;
 use tracing::debug;
 
 use crate::amplification::Guard;
+use crate::auth::{self, AuthError, Cookies};
 use crate::clock::Now;
+use crate::config::Auth;
 use crate::config::{MAX_UDP_PAYLOAD, Settings};
 use crate::metrics::{Counters, Metrics, Reason};
 use crate::out::Out;
 use crate::presence;
 use crate::ratelimit::{Ingress, SourceLimiter};
-use crate::registry::{Claim, Name, Registry, Session};
+use crate::registry::{Claim, Name, Proof, Registry, Session};
 use crate::wire::reply::{self, ErrorCode, Presence, RELAYED_SUFFIX};
 use crate::wire::scan::{self, Header, ScanError};
 use crate::wire::{Family, MAX_NAME, classify, control, valid_name};
@@ -32,6 +34,8 @@ pub struct Shared {
     pub sample: presence::Sample,
     /// How many workers share the relay-wide limits.
     pub workers: usize,
+    /// The key of registration cookies, shared by all workers.
+    pub cookies: Cookies,
 }
 
 impl Shared {
@@ -42,6 +46,7 @@ impl Shared {
             metrics: Metrics::new(workers),
             sample: presence::Sample::default(),
             workers,
+            cookies: Cookies::default(),
             settings,
         })
     }
@@ -293,6 +298,11 @@ impl Router {
                 Answer::Registered,
             );
         };
+        // Where registration is signed, every peer has proven it receives: an unproven target
+        // can only be a name forged for someone else.
+        if self.shared.settings.auth == Auth::Signed && !reg.proven(to) {
+            return self.refuse(Reason::UnprovenTarget, from, d.len(), now);
+        }
         let start = out.buf.len();
         reply::relayed_prefix(&mut out.buf, source);
         let size = out.buf.len() - start + payload.len() + RELAYED_SUFFIX.len();
@@ -361,10 +371,9 @@ impl Router {
         }
         let token = r.session.as_deref().and_then(Session::parse);
         let reg = &self.shared.registry;
+        let held_here = reg.session_at(&r.name, from, now.ms).is_some();
         // Only a name new to this address costs a registration token: refreshes are free.
-        if reg.session_at(&r.name, from, now.ms).is_none()
-            && !self.ingress.register(from.ip(), now.ms)
-        {
+        if !held_here && !self.ingress.register(from.ip(), now.ms) {
             let msg = "registering new names too fast";
             return self.fail(
                 out,
@@ -377,11 +386,33 @@ impl Router {
                 who,
             );
         }
+        let proof = match &r.pubkey {
+            Some(key) => match self.signed(&r, key, d, from, now, out) {
+                Some(k) => Proof::Key(k),
+                None => return,
+            },
+            // Where registration must be signed, an unsigned claim may only keep a name live
+            // at the address that holds it.
+            None if self.shared.settings.auth == Auth::Signed && !held_here => {
+                let msg = "this relay requires signed registration";
+                return self.fail(
+                    out,
+                    Reason::AuthRequired,
+                    from,
+                    now,
+                    ErrorCode::AuthRequired,
+                    msg,
+                    d.len(),
+                    who,
+                );
+            }
+            None => Proof::Token(token),
+        };
         let s = &self.shared.settings;
         let claim = self
             .shared
             .registry
-            .claim(&r.name, from, token, now.ms, s.max_peers);
+            .claim(&r.name, from, proof, now.ms, s.max_peers);
         let session = match claim {
             Claim::Joined(s) | Claim::Refreshed(s) | Claim::Moved(s) => s,
             Claim::InUse => {
@@ -427,6 +458,63 @@ impl Router {
         // peers may use `peer_joined` to learn that a partner restarted.
         if explicit || matches!(claim, Claim::Joined(_)) {
             presence::announce(&self.shared, out, Presence::Joined, &r.name, now);
+        }
+    }
+
+    /// The signed half of a claim: a `challenge` when the cookie is missing (then `None`), the
+    /// verified key when cookie and signature check, else an error and `None`.
+    #[allow(clippy::too_many_arguments)]
+    fn signed(
+        &mut self,
+        r: &control::Register,
+        key: &str,
+        d: &[u8],
+        from: SocketAddr,
+        now: Now,
+        out: &mut Out,
+    ) -> Option<auth::Key> {
+        let secs = now.unix as u64;
+        let checked = auth::key(key).and_then(|k| match (&r.cookie, &r.sig) {
+            (None, _) => {
+                let cookie = self.shared.cookies.issue(secs, from, &r.name, &k);
+                let start = out.buf.len();
+                reply::challenge(&mut out.buf, &cookie);
+                // Never larger than the request: no amplification by challenges.
+                if out.buf.len() - start <= d.len() {
+                    out.reply(from, start);
+                } else {
+                    out.buf.truncate(start);
+                }
+                Ok(None)
+            }
+            (Some(c), Some(sig)) => {
+                let cookies = &self.shared.cookies;
+                cookies.check(c, secs, from, &r.name, &k)?;
+                auth::verify(&k, &r.name, c, sig)?;
+                Ok(Some(k))
+            }
+            (Some(_), None) => Err(AuthError::Malformed),
+        });
+        match checked {
+            Ok(k) => k,
+            Err(AuthError::Malformed) => {
+                self.bad_request(Reason::BadRequest, d, from, now, out, Answer::Requester);
+                None
+            }
+            Err(AuthError::BadCookie | AuthError::BadSignature) => {
+                let msg = "cookie or signature does not check";
+                self.fail(
+                    out,
+                    Reason::BadSignature,
+                    from,
+                    now,
+                    ErrorCode::BadSignature,
+                    msg,
+                    d.len(),
+                    Answer::Requester,
+                );
+                None
+            }
         }
     }
 

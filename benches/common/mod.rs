@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 
 use udp_relay::clock::Now;
-use udp_relay::registry::Registry;
+use udp_relay::registry::{Proof, Registry};
 
 /// A deterministic xorshift64* generator, so every run benches the same bytes and keys.
 pub struct Rng(u64);
@@ -109,6 +109,6 @@ pub fn at(ms: u64) -> Now {
 /// Registers peers `range` (name [`name`], address [`addr`]) at `ms`.
 pub fn fill(reg: &Registry, range: std::ops::Range<usize>, ms: u64) {
     for i in range {
-        reg.claim(&name(i), addr(i), None, ms, usize::MAX);
+        reg.claim(&name(i), addr(i), Proof::Token(None), ms, usize::MAX);
     }
 }

@@ -14,6 +14,12 @@ pub struct Register {
     pub name: String,
     /// The token of an earlier registration, proving a moved peer is the same one.
     pub session: Option<String>,
+    /// Signed registration (Part 5): the peer's Ed25519 public key, base64.
+    pub pubkey: Option<String>,
+    /// The relay's challenge cookie, echoed.
+    pub cookie: Option<String>,
+    /// The signature over the name and cookie, base64.
+    pub sig: Option<String>,
 }
 
 /// `keepalive`: mark a name live (registering it if unknown).

@@ -25,6 +25,10 @@ pub enum ErrorCode {
     TooLarge,
     /// A limit was reached.
     RateLimited,
+    /// The relay requires signed registration.
+    AuthRequired,
+    /// A signed registration's cookie or signature does not check.
+    BadSignature,
 }
 
 impl ErrorCode {
@@ -38,6 +42,8 @@ impl ErrorCode {
             ErrorCode::UnknownTarget => "unknown_target",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::AuthRequired => "auth_required",
+            ErrorCode::BadSignature => "bad_signature",
         }
     }
 }
@@ -89,6 +95,13 @@ pub fn register_ack(buf: &mut Vec<u8>, addr: SocketAddr, unix: f64, name: &str, 
     json_str(buf, name);
     buf.extend_from_slice(br#","session":"#);
     json_str(buf, session);
+    buf.push(b'}');
+}
+
+/// `challenge` with a registration cookie.
+pub fn challenge(buf: &mut Vec<u8>, cookie: &str) {
+    buf.extend_from_slice(br#"{"type":"challenge","cookie":"#);
+    json_str(buf, cookie);
     buf.push(b'}');
 }
 
