@@ -25,7 +25,8 @@ use crate::registry::Registry;
 const ADDRESS_REFILL: f64 = 1.0 / 25.0;
 /// A prefix's credit refills by this fraction of itself each second.
 const PREFIX_REFILL: f64 = 1.0 / 8.0;
-const SLOTS: usize = 4096;
+/// Buckets per table (16 bytes each): few addresses share one even at a million peers.
+const SLOTS: usize = 1 << 16;
 
 /// The credits of unproven addresses, one set per thread that sends (workers, the reaper).
 pub struct Guard {
@@ -100,9 +101,20 @@ impl Guard {
                 p
             }
         };
-        proven
-            || (self.prefix.take(prefix(to.ip()), bytes, now_ms)
-                && self.address.take(to, bytes, now_ms))
+        if proven {
+            return true;
+        }
+        // Both credits are checked before either is charged: an address out of credit must not
+        // drain its prefix's, which its neighbours share.
+        let (a, p) = (self.address.hash(to), self.prefix.hash(prefix(to.ip())));
+        if self.address.available_at(a, now_ms) < bytes
+            || self.prefix.available_at(p, now_ms) < bytes
+        {
+            return false;
+        }
+        self.address.spend_at(a, bytes);
+        self.prefix.spend_at(p, bytes);
+        true
     }
 }
 

@@ -14,15 +14,14 @@ use std::net::{IpAddr, SocketAddr};
 use crate::config::Settings;
 use crate::metrics::Reason;
 
-const SLOTS: usize = 4096;
+/// Buckets per table: at a million peers, a few dozen sources share one (32 bytes each).
+const SLOTS: usize = 1 << 16;
 /// Prefix tables are smaller: there are fewer prefixes than sources.
-const PREFIX_SLOTS: usize = 1024;
+const PREFIX_SLOTS: usize = 1 << 14;
 
-#[derive(Clone, Copy, Default)]
-struct Bucket {
-    tokens: f64,
-    at_ms: u64,
-}
+/// A bucket as two words: the tokens used (an `f64`'s bits) and when it was last refilled. All
+/// zero is a full bucket, so a table is zeroed memory that becomes resident only where used.
+type Bucket = [u64; 2];
 
 /// A table of token buckets: `rate` tokens a second per key, up to `burst`; a rate of 0 admits
 /// everything.
@@ -37,14 +36,7 @@ impl Buckets {
     /// A table of `slots` buckets.
     pub fn new(slots: usize, rate: f64, burst: f64) -> Buckets {
         Buckets {
-            slots: vec![
-                Bucket {
-                    tokens: burst,
-                    at_ms: 0
-                };
-                if rate > 0.0 { slots } else { 0 }
-            ]
-            .into_boxed_slice(),
+            slots: vec![[0u64; 2]; if rate > 0.0 { slots } else { 0 }].into_boxed_slice(),
             hasher: RandomState::new(),
             rate,
             burst,
@@ -62,20 +54,39 @@ impl Buckets {
 
     /// Takes `cost` tokens from the bucket of hash `h`, if the table limits anything.
     fn take_at(&mut self, h: usize, cost: f64, now_ms: u64) -> bool {
-        if self.slots.is_empty() {
-            return true;
-        }
-        let n = self.slots.len();
-        let b = &mut self.slots[h % n];
-        let elapsed = now_ms.saturating_sub(b.at_ms) as f64 / 1000.0;
-        b.tokens = (b.tokens + elapsed * self.rate).min(self.burst);
-        b.at_ms = now_ms.max(b.at_ms);
-        if b.tokens >= cost {
-            b.tokens -= cost;
+        if self.available_at(h, now_ms) >= cost {
+            self.spend_at(h, cost);
             true
         } else {
             false
         }
+    }
+
+    /// The tokens in the bucket of hash `h` at `now_ms` (infinite where nothing is limited).
+    pub fn available_at(&mut self, h: usize, now_ms: u64) -> f64 {
+        if self.slots.is_empty() {
+            return f64::INFINITY;
+        }
+        let n = self.slots.len();
+        let [used, at_ms] = &mut self.slots[h % n];
+        let elapsed = now_ms.saturating_sub(*at_ms) as f64 / 1000.0;
+        let left = (f64::from_bits(*used) - elapsed * self.rate).max(0.0);
+        *used = left.to_bits();
+        *at_ms = now_ms.max(*at_ms);
+        self.burst - left
+    }
+
+    /// Takes `cost` tokens from the bucket of hash `h` (after [`Buckets::available_at`]).
+    pub fn spend_at(&mut self, h: usize, cost: f64) {
+        let n = self.slots.len();
+        if let Some([used, _]) = self.slots.get_mut(h % n.max(1)) {
+            *used = (f64::from_bits(*used) + cost).to_bits();
+        }
+    }
+
+    /// The hash of `key` in this table.
+    pub fn hash(&self, key: impl Hash) -> usize {
+        self.hasher.hash_one(key) as usize
     }
 }
 

@@ -310,8 +310,19 @@ impl Backend for Uring {
 
     fn run(&self, mut w: Worker) -> io::Result<()> {
         let buf_len = RECVMSG_OUT + NAME_LEN + w.max_datagram + 1;
-        // Declared before the ring, so dropped after it: the kernel may write buffers until then.
+        // Everything a request in flight points at is declared before the ring, so dropped after
+        // it (the kernel may read or write them until the ring is gone, even on an error return):
+        // the receive buffers and header, and the batch's outputs and send headers.
         let mut bufs = BufRing::new(BUFFERS, buf_len)?;
+        // SAFETY: all-zero is a valid msghdr; the kernel reads only the name and control sizes.
+        let mut recv_hdr: Box<libc::msghdr> = Box::new(unsafe { zeroed() });
+        recv_hdr.msg_namelen = NAME_LEN as u32;
+        let mut out = Out::default();
+        // The reaper's batch being sent, a slice per turn of the loop between batches of
+        // received datagrams, so that a million keepalives never hold up forwarding for long;
+        // the next is taken from the channel only when it is done, so the reaper waits.
+        let mut current: Option<Out> = None;
+        let mut sends = Sends::default();
         let mut ring = builder().build(SQ_ENTRIES)?;
         bufs.register(&ring)?;
         for bid in 0..BUFFERS {
@@ -321,9 +332,6 @@ impl Backend for Uring {
 
         let sock = Fd(w.socket.as_raw_fd());
         let v6 = w.socket.local_addr()?.is_ipv6();
-        // SAFETY: all-zero is a valid msghdr; the kernel reads only the name and control sizes.
-        let mut recv_hdr: Box<libc::msghdr> = Box::new(unsafe { zeroed() });
-        recv_hdr.msg_namelen = NAME_LEN as u32;
         let recv = opcode::RecvMsgMulti::new(sock, &*recv_hdr, GROUP)
             .build()
             .user_data(RECV);
@@ -341,17 +349,15 @@ impl Backend for Uring {
 
         let timeout = Timespec::new().nsec(POLL_MS as u32 * 1_000_000);
         let no_wait = Timespec::new();
-        let mut out = Out::default();
         let mut inputs: Vec<Input> = Vec::new();
-        // The reaper's batches wait here and go out one per turn of the loop, between batches of
-        // received datagrams, so that a million keepalives never hold up forwarding for long.
-        let mut queued: std::collections::VecDeque<Out> = Default::default();
         let (mut extra_at, mut extra_done) = (0, 0);
-        let mut sends = Sends::default();
         let mut ready: Vec<(u64, i32, u32)> = Vec::new();
         while !w.stop.load(Ordering::Relaxed) {
             if ready.is_empty() {
-                let wait = if queued.is_empty() {
+                if current.is_none() {
+                    current = inbox.as_ref().and_then(|i| i.batches.try_recv().ok());
+                }
+                let wait = if current.is_none() {
                     &timeout
                 } else {
                     &no_wait
@@ -420,7 +426,9 @@ impl Backend for Uring {
                             unsafe {
                                 libc::read(i.wake.as_raw_fd(), (&mut n as *mut u64).cast(), 8)
                             };
-                            queued.extend(i.batches.try_iter());
+                            if current.is_none() {
+                                current = i.batches.try_recv().ok();
+                            }
                         }
                     }
                     // A send completion of an earlier batch cannot be left over: every batch
@@ -438,7 +446,7 @@ impl Backend for Uring {
             // EXTRA_EVERY_MS under load: forwarding first. The batch stays queued (its bytes in
             // place) until its last slice has been sent.
             let mut slice = 0..0;
-            if let Some(o) = queued.front() {
+            if let Some(o) = &current {
                 if inputs.is_empty() || now.ms >= extra_at + EXTRA_EVERY_MS {
                     extra_at = now.ms;
                     slice = extra_done..(extra_done + EXTRA_SLICE).min(o.sends.len());
@@ -472,8 +480,11 @@ impl Backend for Uring {
             }
             if !slice.is_empty() {
                 extra_done = slice.end;
-                if queued.front().is_some_and(|o| extra_done >= o.sends.len()) {
-                    queued.pop_front();
+                if current
+                    .as_ref()
+                    .is_some_and(|o| extra_done >= o.sends.len())
+                {
+                    current = None;
                     extra_done = 0;
                 }
             }
