@@ -8,9 +8,10 @@
 //! (one lookup, however many names share it), and a name is live while either its own time or
 //! its address's is recent.
 //!
-//! Lock discipline: maps are locked in the order `peers`, then `by_addr`, `watchers` or
-//! `watching`; a guard of one of the latter is never held while `peers` (or another key of the
-//! same map) is locked, so no two threads can wait on each other.
+//! Lock discipline: maps are locked in the order `peers`, then `by_addr`, `keys`, `watchers` or
+//! `watching`; a guard of one of the latter is never held while `peers` (or another of them) is
+//! locked, so no two threads can wait on each other. A claim or removal updates the latter while
+//! it holds the name's `peers` entry, so that claims and reaps of one name never interleave.
 //!
 //! Size matters at a million peers: an entry is 48 bytes beside its name, addresses are packed
 //! into 18 bytes, and what only watchers need lives in maps of its own.
@@ -354,13 +355,12 @@ impl Registry {
         now_ms: u64,
         max_peers: usize,
     ) -> Claim {
-        let mut replaced = None;
-        let mut moved_from = None;
-        let key: Name;
         let here = Packed::from(addr);
-        let claim = match self.peers.entry(Name::from(name)) {
+        // The secondary maps are updated while the name's entry is held (lock order: `peers`
+        // first), so a concurrent reap or claim of the same name cannot interleave with them.
+        match self.peers.entry(Name::from(name)) {
             MapEntry::Occupied(mut o) => {
-                key = o.key().clone();
+                let key = o.key().clone();
                 let live = self.live(o.get(), now_ms);
                 let bound = self.keys.get(&key).map(|k| *k);
                 let e = o.get_mut();
@@ -385,11 +385,10 @@ impl Registry {
                         _ => Decision::Refuse,
                     }
                 };
-                match decision {
+                let claim = match decision {
                     Decision::Refuse => return Claim::InUse,
                     Decision::Refresh { proven } => {
                         e.touch(now_ms);
-                        drop(o);
                         // The token or cookie was sent to this very address: echoing it proves
                         // the address receives.
                         if proven {
@@ -403,38 +402,38 @@ impl Registry {
                         return Claim::Refreshed(session);
                     }
                     Decision::Move => {
-                        moved_from = Some(e.addr);
+                        let old = e.addr;
                         e.addr = here;
                         e.touch(now_ms);
+                        self.unlink_addr(&key, old);
                         Claim::Moved(session)
                     }
                     Decision::Replace => {
                         let seq = self.next_seq.fetch_add(1, Relaxed);
-                        let fresh = Entry::new(addr, now_ms, seq);
-                        replaced = Some(std::mem::replace(e, fresh));
+                        let old = std::mem::replace(e, Entry::new(addr, now_ms, seq));
+                        self.unlink(&key, &old);
                         Claim::Joined(self.tokens.of(seq))
                     }
-                }
+                };
+                self.link(key, here, proof, now_ms);
+                claim
             }
             MapEntry::Vacant(v) => {
                 if self.count.load(Relaxed) >= max_peers {
                     return Claim::Full;
                 }
-                key = v.key().clone();
+                let key = v.key().clone();
                 let seq = self.next_seq.fetch_add(1, Relaxed);
-                let fresh = Entry::new(addr, now_ms, seq);
-                let session = self.tokens.of(seq);
-                v.insert(fresh);
+                let _held = v.insert(Entry::new(addr, now_ms, seq));
                 self.count.fetch_add(1, Relaxed);
-                Claim::Joined(session)
+                self.link(key, here, proof, now_ms);
+                Claim::Joined(self.tokens.of(seq))
             }
-        };
-        if let Some(old) = replaced {
-            self.unlink(&key, old);
         }
-        if let Some(old_addr) = moved_from {
-            self.unlink_addr(&key, old_addr);
-        }
+    }
+
+    /// Links a name just claimed at `here` into the secondary maps.
+    fn link(&self, key: Name, here: Packed, proof: Proof, now_ms: u64) {
         if let Proof::Key(k) = proof {
             self.keys.insert(key.clone(), k);
         }
@@ -445,11 +444,10 @@ impl Registry {
             at.proven.store(true, Relaxed);
         }
         at.map(|a| &mut a.names).push(key);
-        claim
     }
 
     /// Drops the secondary-map links of a registration that is gone from `peers`.
-    fn unlink(&self, name: &Name, old: Entry) {
+    fn unlink(&self, name: &Name, old: &Entry) {
         self.unlink_addr(name, old.addr);
         self.keys.remove(name);
         let Some((_, watched)) = self.watching.remove(name) else {
@@ -545,11 +543,21 @@ impl Registry {
 
     /// Removes `name` if `may(entry)` allows it.
     fn remove_if(&self, name: &str, may: impl FnOnce(&Entry) -> bool) -> Option<Removed> {
-        let (key, old) = self.peers.remove_if(name, |_, e| may(e))?;
+        let MapEntry::Occupied(o) = self.peers.entry(Name::from(name)) else {
+            return None;
+        };
+        if !may(o.get()) {
+            return None;
+        }
+        // Unlinked while the entry is held, as in `claim`.
+        let key = o.key().clone();
+        self.unlink(&key, o.get());
+        let (_, old) = o.remove_entry();
         self.count.fetch_sub(1, Relaxed);
-        let addr = old.addr.get();
-        self.unlink(&key, old);
-        Some(Removed { name: key, addr })
+        Some(Removed {
+            name: key,
+            addr: old.addr.get(),
+        })
     }
 
     /// Removes `name` if it is live at `addr`, or its session token is shown.
