@@ -560,7 +560,9 @@ impl Registry {
         })
     }
 
-    /// Removes `name` if it is live at `addr`, or its session token is shown.
+    /// Removes `name` if it is live at `addr`, or its session token is shown. A name bound to a
+    /// key needs both: its address alone can be forged, and a signed name must not be freed for
+    /// another key by anyone but its holder.
     pub fn unregister(
         &self,
         name: &str,
@@ -569,8 +571,10 @@ impl Registry {
         now_ms: u64,
     ) -> Option<Removed> {
         self.remove_if(name, |e| {
-            self.live(e, now_ms)
-                && (e.addr == Packed::from(addr) || token == Some(self.tokens.of(e.seq)))
+            let here = e.addr == Packed::from(addr);
+            let shown = token == Some(self.tokens.of(e.seq));
+            let signed = self.keys.contains_key(name);
+            self.live(e, now_ms) && if signed { here && shown } else { here || shown }
         })
     }
 
@@ -856,6 +860,15 @@ mod tests {
         assert!(matches!(
             r.claim("s", there, Proof::Token(None), 3, 10),
             Claim::Refreshed(_)
+        ));
+        // Unregistering it takes its address and its token, not either.
+        let token = r.session_at("s", there, 3);
+        assert!(r.unregister("s", there, None, 3).is_none());
+        assert!(r.unregister("s", here, token, 3).is_none());
+        assert!(r.unregister("s", there, token, 3).is_some());
+        assert!(matches!(
+            r.claim("s", there, Proof::Key(k1), 4, 10),
+            Claim::Joined(_)
         ));
         // Once stale, the binding goes with it.
         assert!(matches!(

@@ -372,8 +372,13 @@ impl Router {
         let token = r.session.as_deref().and_then(Session::parse);
         let reg = &self.shared.registry;
         let held_here = reg.session_at(&r.name, from, now.ms).is_some();
-        // Only a name new to this address costs a registration token: refreshes are free.
-        if !held_here && !self.ingress.register(from.ip(), now.ms) {
+        // A registration token is spent on a name new to this address (refreshes are free) and
+        // on every signature to check (a challenge costs little, a signature check much more).
+        let costs = match (&r.pubkey, &r.cookie) {
+            (Some(_), cookie) => cookie.is_some(),
+            (None, _) => !held_here,
+        };
+        if costs && !self.ingress.register(from.ip(), now.ms) {
             let msg = "registering new names too fast";
             return self.fail(
                 out,
