@@ -176,6 +176,9 @@ struct Entry {
     /// token derives from it.
     seq: u64,
     addr: Packed,
+    /// Moves so far: each move issues a new session token, sent only to the new address, so
+    /// that echoing a token proves an address only where that token was sent.
+    epoch: u16,
 }
 
 impl Entry {
@@ -185,7 +188,12 @@ impl Entry {
             last_keepalive: AtomicU64::new(now_ms),
             seq,
             addr: addr.into(),
+            epoch: 0,
         }
+    }
+
+    fn session(&self, tokens: &Tokens) -> Session {
+        tokens.of(self.seq, self.epoch)
     }
 
     fn last_heard(&self) -> u64 {
@@ -205,10 +213,12 @@ struct Tokens {
 }
 
 impl Tokens {
-    fn of(&self, seq: u64) -> Session {
+    fn of(&self, seq: u64, epoch: u16) -> Session {
         use rand::{RngCore, SeedableRng};
         let mut c = rand_chacha::ChaCha20Rng::from_seed(self.key);
         c.set_stream(seq);
+        // One 16-word ChaCha block per epoch.
+        c.set_word_pos(u128::from(epoch) * 16);
         let mut b = [0; 16];
         c.fill_bytes(&mut b);
         Session(b)
@@ -364,7 +374,7 @@ impl Registry {
                 let live = self.live(o.get(), now_ms);
                 let bound = self.keys.get(&key).map(|k| *k);
                 let e = o.get_mut();
-                let session = self.tokens.of(e.seq);
+                let session = e.session(&self.tokens);
                 let decision = if !live {
                     Decision::Replace
                 } else {
@@ -404,15 +414,16 @@ impl Registry {
                     Decision::Move => {
                         let old = e.addr;
                         e.addr = here;
+                        e.epoch = e.epoch.wrapping_add(1);
                         e.touch(now_ms);
                         self.unlink_addr(&key, old);
-                        Claim::Moved(session)
+                        Claim::Moved(e.session(&self.tokens))
                     }
                     Decision::Replace => {
                         let seq = self.next_seq.fetch_add(1, Relaxed);
                         let old = std::mem::replace(e, Entry::new(addr, now_ms, seq));
                         self.unlink(&key, &old);
-                        Claim::Joined(self.tokens.of(seq))
+                        Claim::Joined(self.tokens.of(seq, 0))
                     }
                 };
                 self.link(key, here, proof, now_ms);
@@ -427,7 +438,7 @@ impl Registry {
                 let _held = v.insert(Entry::new(addr, now_ms, seq));
                 self.count.fetch_add(1, Relaxed);
                 self.link(key, here, proof, now_ms);
-                Claim::Joined(self.tokens.of(seq))
+                Claim::Joined(self.tokens.of(seq, 0))
             }
         }
     }
@@ -538,7 +549,7 @@ impl Registry {
         self.peers
             .get(name)
             .filter(|e| e.addr == Packed::from(addr) && self.live(e, now_ms))
-            .map(|e| self.tokens.of(e.seq))
+            .map(|e| e.session(&self.tokens))
     }
 
     /// Removes `name` if `may(entry)` allows it.
@@ -572,7 +583,7 @@ impl Registry {
     ) -> Option<Removed> {
         self.remove_if(name, |e| {
             let here = e.addr == Packed::from(addr);
-            let shown = token == Some(self.tokens.of(e.seq));
+            let shown = token == Some(e.session(&self.tokens));
             let signed = self.keys.contains_key(name);
             self.live(e, now_ms) && if signed { here && shown } else { here || shown }
         })
@@ -710,10 +721,12 @@ mod tests {
             r.claim("alice", a("2.2.2.2:2"), Proof::Token(None), 20, 10),
             Claim::InUse
         );
-        assert_eq!(
-            r.claim("alice", a("2.2.2.2:2"), Proof::Token(Some(s)), 30, 10),
-            Claim::Moved(s)
-        );
+        // A move issues a new token.
+        let Claim::Moved(moved) = r.claim("alice", a("2.2.2.2:2"), Proof::Token(Some(s)), 30, 10)
+        else {
+            panic!()
+        };
+        assert_ne!(moved, s);
         assert_eq!(r.addr_of("alice", 30), Some(a("2.2.2.2:2")));
         assert!(!r.has_addr(a("1.1.1.1:1")));
         assert_eq!(r.names_at(a("2.2.2.2:2")).len(), 1);
@@ -821,16 +834,25 @@ mod tests {
             !r.proven(a("1.1.1.1:1")),
             "a refresh without the token proves nothing"
         );
-        // Shown from elsewhere, the token moves the name but proves nothing of the new address.
-        assert_eq!(
-            r.claim("a", a("2.2.2.2:2"), Proof::Token(Some(s)), 2, 10),
-            Claim::Moved(s)
-        );
+        // Shown from elsewhere, the token moves the name (issuing a new one, sent there) but
+        // proves nothing of the new address; nor does echoing the old one from there, which a
+        // forger holding it could do.
+        let Claim::Moved(s2) = r.claim("a", a("2.2.2.2:2"), Proof::Token(Some(s)), 2, 10) else {
+            panic!()
+        };
+        assert_ne!(s2, s);
+        assert!(!r.proven(a("2.2.2.2:2")));
+        assert!(matches!(
+            r.claim("a", a("2.2.2.2:2"), Proof::Token(Some(s)), 3, 10),
+            Claim::Refreshed(_)
+        ));
         assert!(!r.proven(a("2.2.2.2:2")));
         assert_eq!(
-            r.claim("a", a("2.2.2.2:2"), Proof::Token(Some(s)), 3, 10),
-            Claim::Refreshed(s)
+            r.claim("a", a("1.1.1.1:1"), Proof::Token(Some(s)), 3, 10),
+            Claim::InUse,
+            "the old token moves nothing any more"
         );
+        r.claim("a", a("2.2.2.2:2"), Proof::Token(Some(s2)), 4, 10);
         assert!(r.proven(a("2.2.2.2:2")));
     }
 
@@ -895,9 +917,10 @@ mod tests {
     #[test]
     fn session_round_trips() {
         let t = Tokens { key: [7; 32] };
-        assert_ne!(t.of(1), t.of(2));
-        assert_ne!(t.of(1), Tokens { key: [8; 32] }.of(1));
-        let s = t.of(1);
+        assert_ne!(t.of(1, 0), t.of(2, 0));
+        assert_ne!(t.of(1, 0), t.of(1, 1));
+        assert_ne!(t.of(1, 0), Tokens { key: [8; 32] }.of(1, 0));
+        let s = t.of(1, 0);
         assert_eq!(Session::parse(&s.to_hex()), Some(s));
         assert_eq!(Session::parse("xyz"), None);
     }

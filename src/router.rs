@@ -456,7 +456,7 @@ impl Router {
             out.reply(from, start);
             presence::peer_list(&self.shared, out, from, now);
         } else {
-            reply::keepalive_ack(&mut out.buf, &r.name, now.unix);
+            reply::keepalive_ack(&mut out.buf, &r.name, now.unix, &session.to_hex());
             out.reply(from, start);
         }
         // A `register` is announced even when it only refreshes: the old relay did, and its

@@ -340,7 +340,8 @@ fn keepalive_ack(d: &[u8], name: &str) -> Value {
         d,
         "keepalive_ack",
         &[("peer_name", Kind::Str), ("server_time", Kind::Time)],
-        &[],
+        // Part 2: the current session token (it changes when the registration moves).
+        &[("session", Kind::Str)],
     );
     assert_eq!(v["peer_name"], name, "{v}");
     v

@@ -121,7 +121,8 @@ fn a_flood_forged_in_a_victims_name_gets_it_no_more_than_was_sent() {
         got <= sent,
         "the victim got {got} bytes for {sent} forged in its name"
     );
-    assert!(got <= 1_600, "beyond the credit: {got} bytes");
+    // The credit, plus its refill (64 B/s) over the test's fraction of a second.
+    assert!(got <= 1_600 + 64, "beyond the credit: {got} bytes");
     assert!(r.metric("udp_relay_unproven_withheld_total") > 0);
 }
 

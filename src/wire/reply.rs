@@ -105,12 +105,14 @@ pub fn challenge(buf: &mut Vec<u8>, cookie: &str) {
     buf.push(b'}');
 }
 
-/// `keepalive_ack`.
-pub fn keepalive_ack(buf: &mut Vec<u8>, name: &str, unix: f64) {
+/// `keepalive_ack`, with the registration's current session token (it changes on a move).
+pub fn keepalive_ack(buf: &mut Vec<u8>, name: &str, unix: f64, session: &str) {
     buf.extend_from_slice(br#"{"type":"keepalive_ack","peer_name":"#);
     json_str(buf, name);
     buf.extend_from_slice(br#","server_time":"#);
     time(buf, unix);
+    buf.extend_from_slice(br#","session":"#);
+    json_str(buf, session);
     buf.push(b'}');
 }
 
