@@ -19,7 +19,7 @@
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use dashmap::DashMap;
 
@@ -179,6 +179,9 @@ struct Entry {
     /// Moves so far: each move issues a new session token, sent only to the new address, so
     /// that echoing a token proves an address only where that token was sent.
     epoch: u16,
+    /// When a refreshing `register` of this name was last announced (seconds; `u32::MAX`:
+    /// never), so that repeating `register` cannot make the relay broadcast at will.
+    announced_s: AtomicU32,
 }
 
 impl Entry {
@@ -189,6 +192,7 @@ impl Entry {
             seq,
             addr: addr.into(),
             epoch: 0,
+            announced_s: AtomicU32::new(u32::MAX),
         }
     }
 
@@ -504,6 +508,21 @@ impl Registry {
             .get(name)
             .filter(|e| self.live(e, now_ms))
             .map(|e| e.addr.get())
+    }
+
+    /// Whether a refreshing `register` of `name` may be announced now: the first may, then one
+    /// per `every_ms`.
+    pub fn announce_refresh(&self, name: &str, now_ms: u64, every_ms: u64) -> bool {
+        let Some(e) = self.peers.get(name) else {
+            return false;
+        };
+        let now_s = (now_ms / 1000) as u32;
+        let every_s = every_ms.div_ceil(1000) as u32;
+        e.announced_s
+            .fetch_update(Relaxed, Relaxed, |last| {
+                (last == u32::MAX || now_s.saturating_sub(last) >= every_s).then_some(now_s)
+            })
+            .is_ok()
     }
 
     /// Whether `addr` has proven that it receives what the relay sends it.
@@ -912,6 +931,12 @@ mod tests {
             assert_eq!(&*Name::from(n), n);
         }
         assert!(size_of::<Entry>() <= 48);
+        let r = Registry::new(60_000);
+        r.claim("n", a("1.1.1.1:1"), Proof::Token(None), 0, 10);
+        assert!(r.announce_refresh("n", 0, 10_000));
+        assert!(!r.announce_refresh("n", 9_000, 10_000));
+        assert!(r.announce_refresh("n", 10_000, 10_000));
+        assert!(!r.announce_refresh("nobody", 0, 10_000));
     }
 
     #[test]

@@ -460,8 +460,20 @@ impl Router {
             out.reply(from, start);
         }
         // A `register` is announced even when it only refreshes: the old relay did, and its
-        // peers may use `peer_joined` to learn that a partner restarted.
-        if explicit || matches!(claim, Claim::Joined(_)) {
+        // peers may use `peer_joined` to learn that a partner restarted. Refreshes are announced
+        // at most once per keepalive interval, or repeating `register` would make the relay
+        // broadcast at the sender's will.
+        let announce = match claim {
+            Claim::Joined(_) => true,
+            Claim::Refreshed(_) if explicit => {
+                let every = self.shared.settings.keepalive_ms;
+                self.shared
+                    .registry
+                    .announce_refresh(&r.name, now.ms, every)
+            }
+            _ => explicit,
+        };
+        if announce {
             presence::announce(&self.shared, out, Presence::Joined, &r.name, now);
         }
     }

@@ -218,3 +218,25 @@ fn malformed_input_at_volume_leaves_the_relay_serving_within_a_memory_bound() {
     let grown = r.rss().saturating_sub(before);
     assert!(grown < 16 << 20, "resident memory grew by {grown} bytes");
 }
+
+#[test]
+fn repeating_register_does_not_make_the_relay_broadcast_at_will() {
+    // One worker: A's datagrams and B's barrier are served in arrival order.
+    let r = Relay::start(&["--workers", "1"]);
+    let b = Peer::new(&r);
+    b.register("B");
+    let a = Peer::new(&r);
+    a.register("A");
+    assert_eq!(b.expect("peer_joined")["peer_name"], "A");
+    for _ in 0..20 {
+        a.register("A");
+    }
+    // The first refresh is announced (as the old relay did); the others, within the keepalive
+    // interval, are not.
+    let joined = b
+        .drain()
+        .iter()
+        .filter(|m| m["type"] == "peer_joined")
+        .count();
+    assert_eq!(joined, 1);
+}
