@@ -221,8 +221,9 @@ fn malformed_input_at_volume_leaves_the_relay_serving_within_a_memory_bound() {
 
 #[test]
 fn repeating_register_does_not_make_the_relay_broadcast_at_will() {
-    // One worker: A's datagrams and B's barrier are served in arrival order.
-    let r = Relay::start(&["--workers", "1"]);
+    // One worker: A's datagrams and B's barrier are served in arrival order. A never echoes its
+    // token, so its own replies would soon outrun its credit: no credit limit here.
+    let r = Relay::start(&["--workers", "1", "--unproven-credit", "0"]);
     let b = Peer::new(&r);
     b.register("B");
     let a = Peer::new(&r);
