@@ -66,7 +66,7 @@ impl Cookies {
         B64.encode(raw)
     }
 
-    /// Checks `cookie` for `name`, `key` and `from` at `now_secs`.
+    /// Checks `cookie` for `name`, `key` and `from` at `now_secs`; returns when it was issued.
     pub fn check(
         &self,
         cookie: &str,
@@ -74,7 +74,7 @@ impl Cookies {
         from: SocketAddr,
         name: &str,
         key: &Key,
-    ) -> Result<(), AuthError> {
+    ) -> Result<u64, AuthError> {
         let raw = B64.decode(cookie).map_err(|_| AuthError::Malformed)?;
         let raw: [u8; 24] = raw.try_into().map_err(|_| AuthError::Malformed)?;
         let secs = u64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
@@ -84,6 +84,7 @@ impl Cookies {
         // Constant-time comparison of the truncated tag.
         self.mac(secs, from, name, key)
             .verify_truncated_left(&raw[8..])
+            .map(|()| secs)
             .map_err(|_| AuthError::BadCookie)
     }
 }
@@ -127,7 +128,7 @@ mod tests {
         let from: SocketAddr = "192.0.2.1:5000".parse().unwrap();
         let k = [7u8; 32];
         let cookie = c.issue(1000, from, "alice", &k);
-        assert_eq!(c.check(&cookie, 1010, from, "alice", &k), Ok(()));
+        assert_eq!(c.check(&cookie, 1010, from, "alice", &k), Ok(1000));
         let other: SocketAddr = "192.0.2.2:5000".parse().unwrap();
         assert_eq!(
             c.check(&cookie, 1010, other, "alice", &k),

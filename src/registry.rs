@@ -117,7 +117,8 @@ impl Session {
     /// Parses the wire form (32 lowercase or uppercase hex digits).
     pub fn parse(s: &str) -> Option<Session> {
         let s = s.as_bytes();
-        if s.len() != 32 {
+        // Hex digits only (`from_str_radix` alone would take a sign), so each token has one form.
+        if s.len() != 32 || !s.iter().all(u8::is_ascii_hexdigit) {
             return None;
         }
         let mut b = [0u8; 16];
@@ -243,8 +244,9 @@ struct AtAddr {
 pub enum Proof {
     /// Unsigned: the session token of the registration, if the peer sent one.
     Token(Option<Session>),
-    /// Signed (Part 5): the key whose signature over a fresh cookie was verified.
-    Key(Key),
+    /// Signed (Part 5): the key whose signature over a fresh cookie was verified, and when that
+    /// cookie was issued (Unix seconds).
+    Key(Key, u64),
 }
 
 /// What `claim` does with a live or stale entry.
@@ -298,8 +300,9 @@ pub struct Registry {
     watchers: DashMap<Name, Vec<Name>>,
     /// Watching name → the names it watches.
     watching: DashMap<Name, Vec<Name>>,
-    /// Name → the key it is bound to, for signed registrations.
-    keys: DashMap<Name, Key>,
+    /// Name → the key it is bound to, for signed registrations, and the issue time of the
+    /// latest cookie it signed (an older one is a replay).
+    keys: DashMap<Name, (Key, u64)>,
     count: AtomicUsize,
     next_seq: AtomicU64,
     tokens: Tokens,
@@ -376,7 +379,7 @@ impl Registry {
             MapEntry::Occupied(mut o) => {
                 let key = o.key().clone();
                 let live = self.live(o.get(), now_ms);
-                let bound = self.keys.get(&key).map(|k| *k);
+                let bound = self.keys.get(&key).map(|b| *b);
                 let e = o.get_mut();
                 let session = e.session(&self.tokens);
                 let decision = if !live {
@@ -388,12 +391,15 @@ impl Registry {
                             proven: t == Some(session),
                         },
                         (Proof::Token(t), None) if t == Some(session) => Decision::Move,
-                        (Proof::Key(k), Some(b)) if k == b && e.addr == here => {
+                        // A signature over a cookie older than the last one is a replay (of a
+                        // move back to an address the peer has left, say).
+                        (Proof::Key(k, t), Some((b, bt))) if k == b && t < bt => Decision::Refuse,
+                        (Proof::Key(k, _), Some((b, _))) if k == b && e.addr == here => {
                             Decision::Refresh { proven: true }
                         }
-                        (Proof::Key(k), Some(b)) if k == b => Decision::Move,
+                        (Proof::Key(k, _), Some((b, _))) if k == b => Decision::Move,
                         // A live unsigned name is bound to the key that signs for it there.
-                        (Proof::Key(_), None) if e.addr == here => {
+                        (Proof::Key(..), None) if e.addr == here => {
                             Decision::Refresh { proven: true }
                         }
                         _ => Decision::Refuse,
@@ -410,8 +416,8 @@ impl Registry {
                                 r.proven.store(true, Relaxed);
                             }
                         }
-                        if let Proof::Key(k) = proof {
-                            self.keys.insert(key, k);
+                        if let Proof::Key(k, t) = proof {
+                            self.keys.insert(key, (k, t));
                         }
                         return Claim::Refreshed(session);
                     }
@@ -449,13 +455,13 @@ impl Registry {
 
     /// Links a name just claimed at `here` into the secondary maps.
     fn link(&self, key: Name, here: Packed, proof: Proof, now_ms: u64) {
-        if let Proof::Key(k) = proof {
-            self.keys.insert(key.clone(), k);
+        if let Proof::Key(k, t) = proof {
+            self.keys.insert(key.clone(), (k, t));
         }
         let at = self.by_addr.entry(here).or_default();
         at.heard.fetch_max(now_ms, Relaxed);
         // A signed claim echoed a cookie sent to this address.
-        if matches!(proof, Proof::Key(_)) {
+        if matches!(proof, Proof::Key(..)) {
             at.proven.store(true, Relaxed);
         }
         at.map(|a| &mut a.names).push(key);
@@ -881,13 +887,13 @@ mod tests {
         let (k1, k2) = ([1u8; 32], [2u8; 32]);
         let here = a("1.1.1.1:1");
         assert!(matches!(
-            r.claim("s", here, Proof::Key(k1), 0, 10),
+            r.claim("s", here, Proof::Key(k1, 0), 0, 10),
             Claim::Joined(_)
         ));
         assert!(r.proven(here), "a signed claim echoed a cookie sent here");
         // Another key, or an unsigned claim elsewhere even with the token, cannot take it.
         let there = a("2.2.2.2:2");
-        assert_eq!(r.claim("s", there, Proof::Key(k2), 1, 10), Claim::InUse);
+        assert_eq!(r.claim("s", there, Proof::Key(k2, 0), 1, 10), Claim::InUse);
         let token = r.session_at("s", here, 1);
         assert_eq!(
             r.claim("s", there, Proof::Token(token), 1, 10),
@@ -895,7 +901,7 @@ mod tests {
         );
         // The same key moves it; an unsigned refresh where it lives keeps it live.
         assert!(matches!(
-            r.claim("s", there, Proof::Key(k1), 2, 10),
+            r.claim("s", there, Proof::Key(k1, 0), 2, 10),
             Claim::Moved(_)
         ));
         assert!(matches!(
@@ -908,15 +914,25 @@ mod tests {
         assert!(r.unregister("s", here, token, 3).is_none());
         assert!(r.unregister("s", there, token, 3).is_some());
         assert!(matches!(
-            r.claim("s", there, Proof::Key(k1), 4, 10),
+            r.claim("s", there, Proof::Key(k1, 0), 4, 10),
             Claim::Joined(_)
         ));
         // Once stale, the binding goes with it.
         assert!(matches!(
-            r.claim("s", here, Proof::Key(k2), 2000, 10),
+            r.claim("s", here, Proof::Key(k2, 0), 2000, 10),
             Claim::Joined(_)
         ));
-        assert!(r.keys.get("s").is_some_and(|k| *k == k2));
+        assert!(r.keys.get("s").is_some_and(|b| b.0 == k2));
+        // A signature over an older cookie than the last is a replay, even by the right key.
+        let elsewhere = a("3.3.3.3:3");
+        assert!(matches!(
+            r.claim("s", here, Proof::Key(k2, 100), 2001, 10),
+            Claim::Refreshed(_)
+        ));
+        assert_eq!(
+            r.claim("s", elsewhere, Proof::Key(k2, 99), 2002, 10),
+            Claim::InUse
+        );
     }
 
     #[test]
@@ -948,5 +964,7 @@ mod tests {
         let s = t.of(1, 0);
         assert_eq!(Session::parse(&s.to_hex()), Some(s));
         assert_eq!(Session::parse("xyz"), None);
+        let signed = format!("+{}", &s.to_hex()[1..]);
+        assert_eq!(Session::parse(&signed), None);
     }
 }

@@ -393,7 +393,7 @@ impl Router {
         }
         let proof = match &r.pubkey {
             Some(key) => match self.signed(&r, key, d, from, now, out) {
-                Some(k) => Proof::Key(k),
+                Some((k, issued)) => Proof::Key(k, issued),
                 None => return,
             },
             // Where registration must be signed, an unsigned claim may only keep a name live
@@ -479,7 +479,7 @@ impl Router {
     }
 
     /// The signed half of a claim: a `challenge` when the cookie is missing (then `None`), the
-    /// verified key when cookie and signature check, else an error and `None`.
+    /// verified key and its cookie's issue time when both check, else an error and `None`.
     #[allow(clippy::too_many_arguments)]
     fn signed(
         &mut self,
@@ -489,7 +489,7 @@ impl Router {
         from: SocketAddr,
         now: Now,
         out: &mut Out,
-    ) -> Option<auth::Key> {
+    ) -> Option<(auth::Key, u64)> {
         let secs = now.unix as u64;
         let checked = auth::key(key).and_then(|k| match (&r.cookie, &r.sig) {
             (None, _) => {
@@ -506,9 +506,9 @@ impl Router {
             }
             (Some(c), Some(sig)) => {
                 let cookies = &self.shared.cookies;
-                cookies.check(c, secs, from, &r.name, &k)?;
+                let issued = cookies.check(c, secs, from, &r.name, &k)?;
                 auth::verify(&k, &r.name, c, sig)?;
-                Ok(Some(k))
+                Ok(Some((k, issued)))
             }
             (Some(_), None) => Err(AuthError::Malformed),
         });
