@@ -30,8 +30,12 @@ const SLOTS: usize = 1 << 16;
 
 /// The credits of unproven addresses, one set per thread that sends (workers, the reaper).
 pub struct Guard {
+    /// Credits of addresses where no name is registered (those of registered addresses live
+    /// in the registry, one per address).
     address: Buckets,
     prefix: Buckets,
+    burst: u64,
+    rate: u64,
     /// The last recipient looked up, and whether it was proven: replies come in runs.
     last: Option<(SocketAddr, bool)>,
 }
@@ -43,6 +47,8 @@ impl Guard {
         Guard {
             address: Buckets::new(SLOTS, a * ADDRESS_REFILL, a),
             prefix: Buckets::new(SLOTS / 4, p * PREFIX_REFILL, p),
+            burst: address,
+            rate: (a * ADDRESS_REFILL) as u64,
             last: None,
         }
     }
@@ -104,17 +110,28 @@ impl Guard {
         if proven {
             return true;
         }
-        // Both credits are checked before either is charged: an address out of credit must not
-        // drain its prefix's, which its neighbours share.
-        let (a, p) = (self.address.hash(to), self.prefix.hash(prefix(to.ip())));
-        if self.address.available_at(a, now_ms) < bytes
-            || self.prefix.available_at(p, now_ms) < bytes
-        {
+        // The prefix's credit is charged only once the address's has been: an address out of
+        // credit must not drain its prefix's, which its neighbours share.
+        let p = self.prefix.hash(prefix(to.ip()));
+        if self.prefix.available_at(p, now_ms) < bytes {
             return false;
         }
-        self.address.spend_at(a, bytes);
-        self.prefix.spend_at(p, bytes);
-        true
+        let address_ok = if self.burst == 0 {
+            true
+        } else if let Some(ok) = reg.spend_credit(to, bytes as u64, now_ms, self.burst, self.rate) {
+            ok
+        } else {
+            let a = self.address.hash(to);
+            let ok = self.address.available_at(a, now_ms) >= bytes;
+            if ok {
+                self.address.spend_at(a, bytes);
+            }
+            ok
+        };
+        if address_ok {
+            self.prefix.spend_at(p, bytes);
+        }
+        address_ok
     }
 }
 
@@ -150,6 +167,17 @@ mod tests {
         reply(&mut out, victim, 100);
         g.filter(&reg, &mut out, 0, 1000, &c);
         assert!(out.sends.is_empty());
+
+        // A registered but unproven address (an old peer) has a credit of its own, kept in the
+        // registry: spending the victim's above did not touch it.
+        let old_peer: SocketAddr = "203.0.113.1:9".parse().unwrap();
+        reg.claim("old", old_peer, crate::registry::Proof::Token(None), 0, 10);
+        out.clear();
+        for _ in 0..20 {
+            reply(&mut out, old_peer, 100);
+        }
+        g.filter(&reg, &mut out, 0, 0, &c);
+        assert_eq!(out.sends.len(), 16);
 
         // Proven: register, then echo the token from the same address.
         let peer: SocketAddr = "198.51.100.1:9".parse().unwrap();

@@ -237,6 +237,10 @@ struct AtAddr {
     names: Vec<Name>,
     heard: AtomicU64,
     proven: AtomicBool,
+    /// Bytes of credit used (high half) and when it last refilled (low half, tenths of a
+    /// second), for replies to the address while it is unproven: kept here rather than in a
+    /// hashed table so that a million registered addresses never share one.
+    credit: AtomicU64,
 }
 
 /// What a claim on a name shows: a session token (or none), or a verified signature by a key.
@@ -529,6 +533,30 @@ impl Registry {
                 (last == u32::MAX || now_s.saturating_sub(last) >= every_s).then_some(now_s)
             })
             .is_ok()
+    }
+
+    /// Spends `bytes` of the reply credit of registered address `addr` (`burst` bytes, refilling
+    /// `rate` bytes a second) if it has them; `None` if no name is registered there.
+    pub fn spend_credit(
+        &self,
+        addr: SocketAddr,
+        bytes: u64,
+        now_ms: u64,
+        burst: u64,
+        rate: u64,
+    ) -> Option<bool> {
+        let r = self.by_addr.get(&addr.into())?;
+        let now_ds = (now_ms / 100) as u32;
+        let ok = r
+            .credit
+            .fetch_update(Relaxed, Relaxed, |state| {
+                let (used, at) = ((state >> 32) as u32, state as u32);
+                let refill = u64::from(now_ds.saturating_sub(at)) * rate / 10;
+                let used = u64::from(used).saturating_sub(refill);
+                (used + bytes <= burst).then(|| ((used + bytes) << 32) | u64::from(now_ds.max(at)))
+            })
+            .is_ok();
+        Some(ok)
     }
 
     /// Whether `addr` has proven that it receives what the relay sends it.
