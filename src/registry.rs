@@ -103,8 +103,18 @@ impl std::fmt::Debug for Name {
 }
 
 /// The opaque token a registration is given, proving later that a moved peer is the same one.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub struct Session([u8; 16]);
+
+/// Compared in constant time: how long a comparison takes tells nothing of a token.
+impl PartialEq for Session {
+    fn eq(&self, other: &Session) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl Eq for Session {}
 
 /// A credential: kept out of logs.
 impl std::fmt::Debug for Session {
