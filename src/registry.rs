@@ -660,7 +660,10 @@ impl Registry {
     /// Adds `names` to what `watcher` watches, up to `max` in all. Returns how many of `names`
     /// did not fit, or `None` if `watcher` is not registered.
     pub fn watch(&self, watcher: &str, names: &[Name], max: usize) -> Option<usize> {
-        let key = self.peers.get(watcher)?.key().clone();
+        // The watcher's entry is held while its watch lists change (lock order: `peers` first),
+        // so that a reap cannot remove it in between and leave the lists to a later owner.
+        let held = self.peers.get(watcher)?;
+        let key = held.key().clone();
         let mut added = Vec::new();
         let mut left_out = 0;
         {
@@ -680,6 +683,7 @@ impl Registry {
         for n in added {
             self.watchers.entry(n).or_default().push(key.clone());
         }
+        drop(held);
         Some(left_out)
     }
 
