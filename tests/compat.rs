@@ -370,18 +370,6 @@ fn pong(d: &[u8], addr: SocketAddr) -> Value {
     )
 }
 
-const ERROR_CODES: &[&str] = &[
-    "bad_request",
-    "invalid_name",
-    "name_in_use",
-    "not_registered",
-    "unknown_target",
-    "too_large",
-    "rate_limited",
-    "auth_required",
-    "bad_signature",
-];
-
 /// An `error` reply with `code`, caused by a datagram of `request_len` bytes.
 fn error(d: &[u8], code: &str, request_len: usize) -> Value {
     let v = check(

@@ -4,13 +4,15 @@
 //! A counting global allocator wraps the system one. Counts are per thread, so the test
 //! harness's other threads (and the other test in this binary) cannot disturb a measurement.
 
+mod common;
+
+use common::{addr, at};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
-use udp_relay::clock::Now;
 use udp_relay::config::Settings;
 use udp_relay::out::Out;
 use udp_relay::router::{Router, Shared};
@@ -65,17 +67,6 @@ fn heap_calls<R>(f: impl FnOnce() -> R) -> (R, u64, u64) {
     let r = f();
     let (a1, f1) = (ALLOCS.with(Cell::get), FREES.with(Cell::get));
     (r, a1 - a0, f1 - f0)
-}
-
-fn addr(i: u16) -> SocketAddr {
-    SocketAddr::from(([10, 0, 0, 1], 1000 + i))
-}
-
-fn at(ms: u64) -> Now {
-    Now {
-        ms,
-        unix: 1_795_574_001.25 + ms as f64 / 1000.0,
-    }
 }
 
 /// A router with "Alice" at `addr(1)` and "Bob" at `addr(2)`, and its `Out`.

@@ -15,19 +15,6 @@ use serde_json::json;
 
 type Value = serde_json::Value;
 
-/// The error codes Part 2 allows.
-const CODES: &[&str] = &[
-    "bad_request",
-    "invalid_name",
-    "name_in_use",
-    "not_registered",
-    "unknown_target",
-    "too_large",
-    "rate_limited",
-    "auth_required",
-    "bad_signature",
-];
-
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
@@ -1009,7 +996,10 @@ fn watch_is_bounded_by_max_watch() {
         .iter()
         .find(|v| v["type"] == "error")
         .unwrap_or_else(|| panic!("no error: {parsed:?}"));
-    assert!(CODES.contains(&err["code"].as_str().unwrap()), "{err}");
+    assert!(
+        ERROR_CODES.contains(&err["code"].as_str().unwrap()),
+        "{err}"
+    );
     assert_eq!(r.refused("watch_limit"), 1);
 }
 
@@ -1063,7 +1053,7 @@ fn max_peers_refuses_new_names() {
     c.send_raw(d.as_bytes());
     let (raw, e) = recv2(&c);
     assert_eq!(e["type"], "error", "{e}");
-    assert!(CODES.contains(&e["code"].as_str().unwrap()), "{e}");
+    assert!(ERROR_CODES.contains(&e["code"].as_str().unwrap()), "{e}");
     assert!(raw.len() <= d.len());
     c.expect_nothing();
     assert_eq!(r.refused("registry_full"), 1);
@@ -1128,7 +1118,7 @@ fn no_introductions_refuses_connect() {
     alice.send_raw(d.as_bytes());
     let (raw, e) = recv2(&alice);
     assert_eq!(e["type"], "error", "{e}");
-    assert!(CODES.contains(&e["code"].as_str().unwrap()), "{e}");
+    assert!(ERROR_CODES.contains(&e["code"].as_str().unwrap()), "{e}");
     assert!(raw.len() <= d.len());
     alice.expect_nothing();
     bob.expect_nothing();

@@ -7,6 +7,9 @@
 //!   independent reference (serde_json plus the protocol's rules) accepts.
 //! - Nesting far beyond [`MAX_DEPTH`] is refused without exhausting the stack.
 
+mod common;
+
+use common::{addr, at};
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -17,7 +20,6 @@ use proptest::sample::Index;
 use proptest::test_runner::RngSeed;
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
-use udp_relay::clock::Now;
 use udp_relay::config::Settings;
 use udp_relay::metrics::Reason;
 use udp_relay::out::Out;
@@ -32,17 +34,6 @@ const SEED: u64 = 0x5eed_2026;
 
 // ---------------------------------------------------------------------------------------------
 // A router with two registered peers, driven the way the I/O loop drives it.
-
-fn addr(i: u16) -> SocketAddr {
-    SocketAddr::from(([10, 0, 0, 1], 1000 + i))
-}
-
-fn at(ms: u64) -> Now {
-    Now {
-        ms,
-        unix: 1_795_574_001.25 + ms as f64 / 1000.0,
-    }
-}
 
 struct Relay {
     shared: Arc<Shared>,

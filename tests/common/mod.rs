@@ -13,6 +13,32 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+/// Address `i` of the sans-IO tests' peers (no socket behind it).
+pub fn addr(i: u16) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, 1], 1000 + i))
+}
+
+/// The relay's time `ms` into a run, for the sans-IO tests.
+pub fn at(ms: u64) -> udp_relay::clock::Now {
+    udp_relay::clock::Now {
+        ms,
+        unix: 1_795_574_001.25 + ms as f64 / 1000.0,
+    }
+}
+
+/// The error codes Part 2 allows.
+pub const ERROR_CODES: &[&str] = &[
+    "bad_request",
+    "invalid_name",
+    "name_in_use",
+    "not_registered",
+    "unknown_target",
+    "too_large",
+    "rate_limited",
+    "auth_required",
+    "bad_signature",
+];
+
 /// How long any single expected event may take before the test fails.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
