@@ -581,14 +581,6 @@ impl Registry {
         self.by_addr.contains_key(&addr.into())
     }
 
-    /// The names registered at `addr`, oldest first.
-    pub fn names_at(&self, addr: SocketAddr) -> Vec<Name> {
-        self.by_addr
-            .get(&addr.into())
-            .map(|r| r.names.clone())
-            .unwrap_or_default()
-    }
-
     /// The oldest name registered at `addr`.
     pub fn first_name_at(&self, addr: SocketAddr) -> Option<Name> {
         self.by_addr
@@ -764,6 +756,14 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// The names registered at `addr`, oldest first.
+    fn names_at(r: &Registry, addr: SocketAddr) -> Vec<Name> {
+        r.by_addr
+            .get(&addr.into())
+            .map(|at| at.names.clone())
+            .unwrap_or_default()
+    }
+
     /// Every shard's findings of one scan, together.
     fn scan_all(r: &Registry, now_ms: u64, keepalive_ms: u64) -> (Vec<Name>, Vec<Live>) {
         let (mut stale, mut due) = (Vec::new(), Vec::new());
@@ -796,7 +796,7 @@ mod tests {
         assert_ne!(moved, s);
         assert_eq!(r.addr_of("alice", 30), Some(a("2.2.2.2:2")));
         assert!(!r.has_addr(a("1.1.1.1:1")));
-        assert_eq!(r.names_at(a("2.2.2.2:2")).len(), 1);
+        assert_eq!(names_at(&r, a("2.2.2.2:2")).len(), 1);
         // Stale: anyone may take it, with a new session.
         match r.claim("alice", a("3.3.3.3:3"), Proof::Token(None), 2000, 10) {
             Claim::Joined(s2) => assert_ne!(s2, s),
