@@ -15,7 +15,7 @@ use criterion::{
 use udp_relay::config::Settings;
 use udp_relay::out::Out;
 use udp_relay::reaper;
-use udp_relay::router::Shared;
+use udp_relay::shared::Shared;
 
 mod common;
 
@@ -49,7 +49,8 @@ fn case(c: &mut Criterion, id: &str, n: usize, ms: u64, check: impl Fn(reaper::S
         b.iter_batched(
             || (registry(n), Out::default()),
             |(shared, mut out)| {
-                let done = reaper::sweep(&shared, common::at(ms), &mut out, Out::clear);
+                let c = shared.metrics.background();
+                let done = reaper::sweep(&shared, common::at(ms), &mut out, &c, Out::clear);
                 assert!(check(done), "{id}: {done:?}");
                 (shared, out)
             },

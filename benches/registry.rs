@@ -16,7 +16,7 @@ mod common;
 const PEERS: usize = 1_000_000;
 
 fn bench(c: &mut Criterion) {
-    let reg = Registry::new(60_000);
+    let reg = Registry::new(&udp_relay::config::Settings::default());
     let names: Vec<String> = (0..PEERS).map(common::name).collect();
     for (i, n) in names.iter().enumerate() {
         reg.claim(n, common::addr(i), Proof::Token(None), 0, usize::MAX);

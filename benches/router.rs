@@ -13,7 +13,8 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use udp_relay::config::Settings;
 use udp_relay::out::Out;
 use udp_relay::registry::{Claim, Proof};
-use udp_relay::router::{Router, Shared};
+use udp_relay::router::Router;
+use udp_relay::shared::Shared;
 
 mod common;
 

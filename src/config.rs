@@ -110,17 +110,31 @@ pub struct Args {
     /// 0: no limit).
     #[arg(long, env = "UDP_RELAY_REGISTRATION_RATE", default_value_t = 20)]
     pub registration_rate: u64,
-    /// Bytes the relay may send unasked to an address that has not proven it receives (refilling
-    /// by a 25th of it a second; 0: no limit).
-    #[arg(long, env = "UDP_RELAY_UNPROVEN_CREDIT", default_value_t = 1_600)]
-    pub unproven_credit: u64,
-    /// The same per /24 (IPv4) or /56 (IPv6), refilling by an eighth a second (0: no limit).
-    #[arg(
-        long,
-        env = "UDP_RELAY_UNPROVEN_PREFIX_CREDIT",
-        default_value_t = 65_536
-    )]
-    pub unproven_prefix_credit: u64,
+    /// Bytes of replies a host (IP address) may be sent for requests that do not authenticate,
+    /// beyond what it has sent itself (0: no limit); see SECURITY.md.
+    #[arg(long, env = "UDP_RELAY_REPLY_CREDIT", default_value_t = 2_048)]
+    pub reply_credit: u64,
+    /// The same per /24 (IPv4) or /56 (IPv6): the most a forger can make the relay send a
+    /// victim network beyond what was sent in its name (0: no limit).
+    #[arg(long, env = "UDP_RELAY_REPLY_PREFIX_CREDIT", default_value_t = 4_096)]
+    pub reply_prefix_credit: u64,
+    /// The same for the whole relay (0: no limit).
+    #[arg(long, env = "UDP_RELAY_REPLY_GLOBAL_CREDIT", default_value_t = 1 << 20)]
+    pub reply_global_credit: u64,
+    /// Bytes of announcements one host's datagrams may cause beyond twice what it sent
+    /// (0: no limit).
+    #[arg(long, env = "UDP_RELAY_FANOUT_ALLOWANCE", default_value_t = 65_536)]
+    pub fanout_allowance: u64,
+    /// Bytes of announcements per second one recipient address may be sent (bursts of four
+    /// seconds' worth; beyond, it gets a `peer_list` later; 0: no limit).
+    #[arg(long, env = "UDP_RELAY_PRESENCE_RATE", default_value_t = 4_096)]
+    pub presence_rate: u64,
+    /// Watch entries held in all, over every peer (each costs about 300 bytes).
+    #[arg(long, env = "UDP_RELAY_MAX_WATCH_TOTAL", default_value_t = 262_144)]
+    pub max_watch_total: usize,
+    /// Watch entries held by the peers of one host (IPv4 address, IPv6 /64).
+    #[arg(long, env = "UDP_RELAY_MAX_WATCH_PER_HOST", default_value_t = 4_096)]
+    pub max_watch_per_host: usize,
     /// I/O backend of the workers.
     #[arg(long, env = "UDP_RELAY_IO", value_enum, default_value = "auto")]
     pub io: IoChoice,
@@ -202,13 +216,24 @@ pub struct Settings {
     pub global_rate: u64,
     /// See [`Args::registration_rate`].
     pub registration_rate: u64,
-    /// See [`Args::unproven_credit`].
-    pub unproven_credit: u64,
-    /// See [`Args::unproven_prefix_credit`].
-    pub unproven_prefix_credit: u64,
+    /// See [`Args::reply_credit`].
+    pub reply_credit: u64,
+    /// See [`Args::reply_prefix_credit`].
+    pub reply_prefix_credit: u64,
+    /// See [`Args::reply_global_credit`].
+    pub reply_global_credit: u64,
+    /// See [`Args::fanout_allowance`].
+    pub fanout_allowance: u64,
+    /// See [`Args::presence_rate`].
+    pub presence_rate: u64,
+    /// See [`Args::max_watch_total`].
+    pub max_watch_total: usize,
+    /// See [`Args::max_watch_per_host`].
+    pub max_watch_per_host: usize,
 }
 
-/// The protocol's defaults, without rate limits or credits (the command line sets those).
+/// The protocol's defaults, without rate limits, budgets or watch bounds (the command line sets
+/// those).
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -228,8 +253,13 @@ impl Default for Settings {
             prefix_bytes: 0,
             global_rate: 0,
             registration_rate: 0,
-            unproven_credit: 0,
-            unproven_prefix_credit: 0,
+            reply_credit: 0,
+            reply_prefix_credit: 0,
+            reply_global_credit: 0,
+            fanout_allowance: 0,
+            presence_rate: 0,
+            max_watch_total: usize::MAX,
+            max_watch_per_host: usize::MAX,
         }
     }
 }
@@ -289,8 +319,13 @@ impl Args {
             prefix_bytes: self.prefix_bytes,
             global_rate: self.global_rate,
             registration_rate: self.registration_rate,
-            unproven_credit: self.unproven_credit,
-            unproven_prefix_credit: self.unproven_prefix_credit,
+            reply_credit: self.reply_credit,
+            reply_prefix_credit: self.reply_prefix_credit,
+            reply_global_credit: self.reply_global_credit,
+            fanout_allowance: self.fanout_allowance,
+            presence_rate: self.presence_rate,
+            max_watch_total: self.max_watch_total,
+            max_watch_per_host: self.max_watch_per_host,
         }
     }
 }

@@ -4,8 +4,8 @@
 //! The protocol logic ([`router`], [`presence`], [`reaper`]) is sans-IO; the I/O shells in
 //! [`io`] feed it datagrams and send what it decides. `ARCHITECTURE.md` maps the modules.
 
-pub mod amplification;
 pub mod auth;
+pub mod budget;
 pub mod clock;
 pub mod config;
 pub mod io;
@@ -14,7 +14,9 @@ pub mod out;
 pub mod presence;
 pub mod ratelimit;
 pub mod reaper;
+pub mod refusal;
 pub mod registry;
 pub mod router;
 pub mod server;
+pub mod shared;
 pub mod wire;

@@ -7,55 +7,7 @@ use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-macro_rules! reasons {
-    ($($variant:ident => $label:literal, $doc:literal;)*) => {
-        /// Why a datagram was refused (dropped without being served).
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        pub enum Reason {
-            $(#[doc = $doc] $variant,)*
-        }
-
-        impl Reason {
-            /// Every reason, in counter order.
-            pub const ALL: &'static [Reason] = &[$(Reason::$variant,)*];
-
-            /// The reason's label in metrics and logs.
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $(Reason::$variant => $label,)*
-                }
-            }
-        }
-    };
-}
-
-reasons! {
-    UnknownFamily => "unknown_family", "First bytes match no datagram family.";
-    Unsupported => "unsupported_family", "A STUN or channel datagram, not served yet.";
-    TooLarge => "too_large", "Longer than `--max-datagram`.";
-    NotUtf8 => "not_utf8", "A JSON datagram that is not valid UTF-8.";
-    Syntax => "malformed_json", "Not well-formed JSON, or not an object.";
-    TooDeep => "too_deep", "Nested deeper than the scanner allows.";
-    Duplicate => "duplicate_field", "A routing field given twice.";
-    WrongType => "wrong_field_type", "A routing field of the wrong JSON type.";
-    MissingField => "missing_field", "A required field is absent.";
-    UnknownType => "unknown_type", "A `type` this relay does not serve.";
-    BadRequest => "bad_request", "A control message whose fields do not parse.";
-    InvalidName => "invalid_name", "A name that breaks the naming rules.";
-    NameInUse => "name_in_use", "A live name claimed from another address.";
-    NotRegistered => "not_registered", "A sender without the registration it needs.";
-    UnknownTarget => "unknown_target", "A relay or connect to a name that is not live.";
-    RegistryFull => "registry_full", "A new name beyond `--max-peers`.";
-    Disabled => "disabled", "A request for a feature the operator switched off.";
-    WatchLimit => "watch_limit", "A watch beyond the per-peer limit.";
-    SourceLimited => "rate_limited_source", "Over the per-source datagram or byte rate.";
-    PrefixLimited => "rate_limited_prefix", "Over the per-prefix (/24, /56) datagram or byte rate.";
-    GlobalLimited => "rate_limited_global", "Over the relay-wide datagram rate (per worker share).";
-    RegistrationLimited => "rate_limited_registrations", "New names from one source too fast.";
-    AuthRequired => "auth_required", "An unsigned claim where signed registration is required.";
-    BadSignature => "bad_signature", "A signed registration whose cookie or signature fails.";
-    UnprovenTarget => "unproven_target", "A forward (signed mode) to an address that never proved it receives.";
-}
+use crate::refusal::Reason;
 
 /// One worker's counters.
 #[derive(Default)]
@@ -77,8 +29,14 @@ pub struct Counters {
     pub errors_suppressed: AtomicU64,
     /// Times the io_uring receive found no free buffer (`ENOBUFS`) and had to be re-armed.
     pub recv_no_buffers: AtomicU64,
-    /// Replies and announcements withheld from unproven addresses beyond their credit.
-    pub unproven_withheld: AtomicU64,
+    /// Replies (and errors) withheld because their recipient's budgets could not pay them.
+    pub withheld_replies: AtomicU64,
+    /// Announcements withheld by their payer's fan-out or their recipient's presence budget.
+    pub withheld_announcements: AtomicU64,
+    /// `server_keepalive`s withheld from untrusted registrations whose budgets could not pay.
+    pub withheld_keepalives: AtomicU64,
+    /// `peer_list`s sent in place of withheld announcements.
+    pub coalesced_lists: AtomicU64,
     refused: [AtomicU64; Reason::ALL.len()],
 }
 
@@ -127,7 +85,7 @@ impl Metrics {
     }
 
     /// Renders all counters in the Prometheus text format.
-    pub fn prometheus(&self, peers: usize) -> String {
+    pub fn prometheus(&self, peers: usize, watch_entries: usize) -> String {
         let mut s = String::new();
         let mut counter = |name: &str, help: &str, v: u64| {
             let _ = writeln!(s, "# HELP udp_relay_{name} {help}");
@@ -166,9 +124,9 @@ impl Metrics {
             self.sum(|c| &c.errors_suppressed),
         );
         counter(
-            "unproven_withheld_total",
-            "Replies withheld from addresses that have not proven they receive, beyond their credit.",
-            self.sum(|c| &c.unproven_withheld),
+            "coalesced_lists_total",
+            "Peer lists sent in place of withheld announcements.",
+            self.sum(|c| &c.coalesced_lists),
         );
         counter(
             "recv_no_buffers_total",
@@ -188,6 +146,21 @@ impl Metrics {
                 self.refused(r)
             );
         }
+        let _ = writeln!(
+            s,
+            "# HELP udp_relay_withheld_total Sends withheld because their payer could not pay, by kind."
+        );
+        let _ = writeln!(s, "# TYPE udp_relay_withheld_total counter");
+        for (kind, v) in [
+            ("reply", self.sum(|c| &c.withheld_replies)),
+            ("announcement", self.sum(|c| &c.withheld_announcements)),
+            ("keepalive", self.sum(|c| &c.withheld_keepalives)),
+        ] {
+            let _ = writeln!(s, "udp_relay_withheld_total{{kind=\"{kind}\"}} {v}");
+        }
+        let _ = writeln!(s, "# HELP udp_relay_watch_entries Watch entries held.");
+        let _ = writeln!(s, "# TYPE udp_relay_watch_entries gauge");
+        let _ = writeln!(s, "udp_relay_watch_entries {watch_entries}");
         let _ = writeln!(s, "# HELP udp_relay_peers Registered peers.");
         let _ = writeln!(s, "# TYPE udp_relay_peers gauge");
         let _ = writeln!(s, "udp_relay_peers {peers}");

@@ -18,11 +18,32 @@ pub enum Seg {
     Static(&'static [u8]),
 }
 
+/// What a send is, which decides who pays for it (see [`crate::budget`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// An answer to a request, sent to its source.
+    Reply,
+    /// An answer the peer can do without (a `keepalive_ack`): never drawn from the reserve that
+    /// keeps a later `register_ack` possible.
+    Courtesy,
+    /// `peer_joined`, `peer_left`, `peer_list` or `introduce` to someone other than the source.
+    Announce,
+    /// A relay-originated `server_keepalive` (or the coalesced `peer_list` that takes its place).
+    Keepalive,
+    /// `relayed_packet`: paid by its sender's admission limits.
+    Forward,
+}
+
 /// One datagram to send.
 #[derive(Debug, Clone)]
 pub struct Send {
     /// Where to.
     pub to: SocketAddr,
+    /// What it is.
+    pub kind: Kind,
+    /// Whether the recipient has shown, from `to`, the session the relay sent there (for a
+    /// reply: whether the request was authenticated). Untrusted recipients pay from budgets.
+    pub trusted: bool,
     /// Which received datagram of the batch `Seg::Input` refers to.
     pub input: usize,
     /// The segments, concatenated on the wire.
@@ -45,16 +66,18 @@ pub struct Out {
 const NONE: Seg = Seg::Static(b"");
 
 impl Out {
-    /// Sends `buf[start..]` (the reply just written) to `to`.
-    pub fn reply(&mut self, to: SocketAddr, start: usize) {
+    /// Sends `buf[start..]` (the message just written) to `to`.
+    pub fn reply(&mut self, to: SocketAddr, start: usize, kind: Kind, trusted: bool) {
         let end = self.buf.len();
-        self.send_range(to, start..end);
+        self.send_range(to, start..end, kind, trusted);
     }
 
     /// Sends `buf[range]` to `to` (one written message sent to several peers).
-    pub fn send_range(&mut self, to: SocketAddr, range: Range<usize>) {
+    pub fn send_range(&mut self, to: SocketAddr, range: Range<usize>, kind: Kind, trusted: bool) {
         self.sends.push(Send {
             to,
+            kind,
+            trusted,
             input: self.input,
             segs: [Seg::Buf(range), NONE, NONE],
             nsegs: 1,
@@ -71,6 +94,8 @@ impl Out {
     ) {
         self.sends.push(Send {
             to,
+            kind: Kind::Forward,
+            trusted: false,
             input: self.input,
             segs: [Seg::Buf(head), Seg::Input(span), Seg::Static(tail)],
             nsegs: 3,
@@ -87,6 +112,17 @@ impl Out {
             }
         };
         [seg(&send.segs[0]), seg(&send.segs[1]), seg(&send.segs[2])]
+    }
+
+    /// The length of `send` on the wire.
+    pub fn len(&self, send: &Send) -> usize {
+        send.segs[..send.nsegs]
+            .iter()
+            .map(|g| match g {
+                Seg::Buf(r) | Seg::Input(r) => r.len(),
+                Seg::Static(b) => b.len(),
+            })
+            .sum()
     }
 
     /// Forgets everything decided, keeping the capacity.

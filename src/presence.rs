@@ -1,15 +1,19 @@
 //! Presence: who is told of joins and leaves, and what a `peer_list` holds.
 //!
 //! While the registry is small (at most `announce_max` names) everyone hears of everyone, as with
-//! the old relay; beyond it lists are cut to the reply budget and only watchers are told.
+//! the old relay; beyond it only watchers are told. Lists are always cut to the reply budget,
+//! and each address hears of an event once, however many names it holds. The names listed in
+//! one event's announcements are cut further so that all its copies together fit the fan-out
+//! allowance: a legitimate join is told to everyone even by a host that has sent nothing else.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use crate::clock::Now;
-use crate::out::Out;
+use crate::out::{Kind, Out};
 use crate::registry::Live;
-use crate::router::Shared;
+use crate::shared::Shared;
 use crate::wire::reply::{self, Presence};
 
 /// The shortest a name can take in a list (`"x",`), bounding how many fit a budget.
@@ -70,63 +74,63 @@ fn everyone(shared: &Shared, now: Now) -> Vec<Live> {
     all
 }
 
-/// Appends a `peer_list` for `to`.
-pub fn peer_list(shared: &Shared, out: &mut Out, to: SocketAddr, now: Now) {
+/// Appends a `peer_list` for `to`, sent as `kind` (a reply, or a coalesced announcement).
+pub fn peer_list(
+    shared: &Shared,
+    out: &mut Out,
+    to: SocketAddr,
+    now: Now,
+    kind: Kind,
+    trusted: bool,
+) {
     let start = out.buf.len();
+    let budget = Some(shared.settings.reply_budget);
     if small(shared) {
         let peers = everyone(shared, now);
         let names = peers.iter().map(|p| &*p.name);
-        reply::peer_list(&mut out.buf, names, peers.len(), None);
+        reply::peer_list(&mut out.buf, names, peers.len(), budget);
     } else {
         let peers = shared.sample.get(shared, now);
         let names = peers.iter().map(|p| &*p.name);
-        let (count, budget) = (shared.registry.len(), shared.settings.reply_budget);
-        reply::peer_list(&mut out.buf, names, count, Some(budget));
+        reply::peer_list(&mut out.buf, names, shared.registry.len(), budget);
     }
-    out.reply(to, start);
+    out.reply(to, start, kind, trusted);
 }
+
+/// The smallest list budget of an announcement, however many hear of it.
+const MIN_ANNOUNCEMENT: usize = 128;
 
 /// Tells those who should hear it that `name` joined or left.
 pub fn announce(shared: &Shared, out: &mut Out, kind: Presence, name: &str, now: Now) {
-    if small(shared) {
+    let (recipients, peers) = if small(shared) {
         let peers = everyone(shared, now);
-        let to = peers.iter().filter(|p| &*p.name != name).map(|p| p.addr);
-        send_presence(out, kind, name, &peers, None, to);
+        (peers.clone(), peers)
     } else {
         // Beyond announce_max only watchers hear; most names have none, so ask that first.
         let watchers = shared.registry.watchers_of(name, now.ms);
         if watchers.is_empty() {
             return;
         }
-        let peers = shared.sample.get(shared, now);
-        let budget = Some(shared.settings.reply_budget);
-        send_presence(out, kind, name, &peers, budget, watchers.into_iter());
-    }
-}
-
-/// Writes one `peer_joined`/`peer_left` and sends it to each of `to`.
-fn send_presence(
-    out: &mut Out,
-    kind: Presence,
-    name: &str,
-    peers: &[Live],
-    budget: Option<usize>,
-    to: impl Iterator<Item = SocketAddr>,
-) {
-    let mut to = to.peekable();
-    if to.peek().is_none() {
+        (watchers, shared.sample.get(shared, now).to_vec())
+    };
+    let mut seen = HashSet::new();
+    let to: Vec<&Live> = recipients
+        .iter()
+        .filter(|p| &*p.name != name && seen.insert(p.addr))
+        .collect();
+    if to.is_empty() {
         return;
     }
+    let s = &shared.settings;
+    let budget = match s.fanout_allowance {
+        0 => s.reply_budget,
+        a => (a as usize / to.len()).clamp(MIN_ANNOUNCEMENT, s.reply_budget),
+    };
     let start = out.buf.len();
-    reply::presence(
-        &mut out.buf,
-        kind,
-        name,
-        peers.iter().map(|p| &*p.name),
-        budget,
-    );
+    let names = peers.iter().map(|p| &*p.name);
+    reply::presence(&mut out.buf, kind, name, names, Some(budget));
     let end = out.buf.len();
-    for to in to {
-        out.send_range(to, start..end);
+    for p in to {
+        out.send_range(p.addr, start..end, Kind::Announce, p.trusted);
     }
 }

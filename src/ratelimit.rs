@@ -1,6 +1,5 @@
 //! Bounded-memory token buckets: what each source, each network prefix and the relay as a whole
-//! may send in (datagrams and bytes), how fast one source may register new names, and how many
-//! error replies the relay volunteers.
+//! may send in (datagrams and bytes), and how many error replies the relay volunteers.
 //!
 //! Keys hash into fixed tables of buckets, so a flood from many addresses cannot grow memory;
 //! keys sharing a bucket only share its allowance. Each worker owns its tables: `SO_REUSEPORT`
@@ -12,7 +11,7 @@ use std::hash::{BuildHasher, Hash};
 use std::net::{IpAddr, SocketAddr};
 
 use crate::config::Settings;
-use crate::metrics::Reason;
+use crate::refusal::Reason;
 
 /// Buckets per table: at a million peers, a few dozen sources share one (32 bytes each).
 const SLOTS: usize = 1 << 16;
@@ -142,6 +141,15 @@ impl Pair {
         let h = self.hasher.hash_one(key) as usize;
         self.datagrams.take_at(h, 1.0, now_ms) && self.bytes.take_at(h, len, now_ms)
     }
+
+    /// Takes `n` datagrams' worth from `key`'s datagram bucket alone.
+    fn charge(&mut self, key: impl Hash, n: f64, now_ms: u64) -> bool {
+        if self.datagrams.slots.is_empty() {
+            return true;
+        }
+        let h = self.hasher.hash_one(key) as usize;
+        self.datagrams.take_at(h, n, now_ms)
+    }
 }
 
 /// Admission of incoming datagrams, before any parsing: per source address and per prefix,
@@ -150,7 +158,6 @@ pub struct Ingress {
     source: Pair,
     prefix: Pair,
     global: Buckets,
-    registrations: Buckets,
 }
 
 /// Bursts allow this many seconds' worth of a rate.
@@ -169,11 +176,6 @@ impl Ingress {
             source: Pair::new(SLOTS, s.source_rate, s.source_bytes),
             prefix: Pair::new(PREFIX_SLOTS, s.prefix_rate, s.prefix_bytes),
             global: table(1, share),
-            registrations: Buckets::new(
-                SLOTS,
-                s.registration_rate as f64,
-                (s.registration_rate as f64 * 10.0).max(1.0),
-            ),
         }
     }
 
@@ -192,9 +194,14 @@ impl Ingress {
         Ok(())
     }
 
-    /// Whether `ip` may register one more new name at `now_ms` (bursts of ten seconds' worth).
-    pub fn register(&mut self, ip: IpAddr, now_ms: u64) -> bool {
-        self.registrations.take(ip, 1.0, now_ms)
+    /// Charges `from` for `n` more datagrams' worth of work (a `watch` of many names), or says
+    /// it has not that much left.
+    pub fn charge(&mut self, from: SocketAddr, n: usize, now_ms: u64) -> Result<(), Reason> {
+        if n == 0 || self.source.charge(from, n as f64, now_ms) {
+            Ok(())
+        } else {
+            Err(Reason::SourceLimited)
+        }
     }
 }
 

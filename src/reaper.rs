@@ -1,10 +1,13 @@
-//! The reaper's logic: one sweep removes stale peers (announcing them) and picks the live ones
-//! owed a `server_keepalive`. Sans-IO: the caller sends what lands in the [`Out`].
+//! The reaper's logic: one sweep removes stale peers (announcing them), picks the live ones
+//! owed a `server_keepalive`, and sends the coalesced `peer_list`s owed to peers whose
+//! announcements were withheld. Sans-IO: the caller sends what lands in the [`Out`], already
+//! settled with the budgets.
 
 use crate::clock::Now;
-use crate::out::Out;
+use crate::metrics::Counters;
+use crate::out::{Kind, Out};
 use crate::presence;
-use crate::router::Shared;
+use crate::shared::Shared;
 use crate::wire::reply::{self, Presence};
 
 /// Sends are handed to the caller in batches of about this many, to bound memory and, where a
@@ -16,33 +19,63 @@ pub const FLUSH_EVERY: usize = 256;
 pub struct Sweep {
     /// Peers removed.
     pub reaped: usize,
-    /// `server_keepalive`s sent.
+    /// `server_keepalive`s decided (some may have been withheld by the budgets).
     pub keepalives: usize,
+    /// Coalesced `peer_list`s sent.
+    pub lists: usize,
 }
 
 /// Sweeps the registry at `now`, calling `flush` whenever `out` holds a batch (and at the end).
-pub fn sweep(shared: &Shared, now: Now, out: &mut Out, mut flush: impl FnMut(&mut Out)) -> Sweep {
-    let reg = &shared.registry;
+pub fn sweep(
+    shared: &Shared,
+    now: Now,
+    out: &mut Out,
+    c: &Counters,
+    mut flush: impl FnMut(&mut Out),
+) -> Sweep {
+    let (reg, budgets) = (&shared.registry, &shared.budgets);
+    let every = shared.settings.keepalive_ms;
     let mut done = Sweep::default();
-    reg.scan(now.ms, shared.settings.keepalive_ms, |stale, due| {
+    let mut check = |out: &mut Out| {
+        if out.sends.len() >= FLUSH_EVERY {
+            flush(out);
+        }
+    };
+    // A recipient owed a list gets it in place of its next keepalive: at most one per interval.
+    let mut later = Vec::new();
+    for to in budgets.take_owed() {
+        match reg.list_due(to, now.ms, every) {
+            Some(true) => {
+                presence::peer_list(shared, out, to, now, Kind::Keepalive, true);
+                done.lists += 1;
+                check(out);
+            }
+            Some(false) => later.push(to),
+            None => {}
+        }
+    }
+    budgets.keep_owed(later);
+    Counters::add(&c.coalesced_lists, done.lists as u64);
+    reg.scan(now.ms, every, |stale, due| {
         for name in stale.iter() {
             if let Some(gone) = reg.reap(name, now.ms) {
                 tracing::debug!(name = %gone.name, addr = %gone.addr, "reaped");
                 done.reaped += 1;
+                // Paid by the host that held the name, as its datagrams caused the join.
+                let start = out.sends.len();
                 presence::announce(shared, out, Presence::Left, &gone.name, now);
-                if out.sends.len() >= FLUSH_EVERY {
-                    flush(out);
-                }
+                budgets.settle(out, start, Some(gone.addr.ip()), now.ms, c);
+                check(out);
             }
         }
         for p in due.iter() {
             let start = out.buf.len();
             reply::server_keepalive(&mut out.buf, now.unix, &p.name);
-            out.reply(p.addr, start);
+            let first = out.sends.len();
+            out.reply(p.addr, start, Kind::Keepalive, p.trusted);
+            budgets.settle(out, first, None, now.ms, c);
             done.keepalives += 1;
-            if out.sends.len() >= FLUSH_EVERY {
-                flush(out);
-            }
+            check(out);
         }
     });
     if !out.sends.is_empty() {
@@ -70,7 +103,8 @@ mod tests {
         h.json(json!({"type": "register", "name": "B"}), addr(2), 800);
         let mut sent = Vec::new();
         let mut out = Out::default();
-        let done = sweep(&h.shared, at(1100), &mut out, |o| {
+        let c = Counters::default();
+        let done = sweep(&h.shared, at(1100), &mut out, &c, |o| {
             sent.extend(parse(collect(o, &[])));
             o.clear();
         });
@@ -78,7 +112,8 @@ mod tests {
             done,
             Sweep {
                 reaped: 1,
-                keepalives: 1
+                keepalives: 1,
+                lists: 0
             }
         );
         // Shards are swept in turn, so the order across names is the shards'.
@@ -119,7 +154,8 @@ mod tests {
         }
         let mut out = Out::default();
         let mut batches = Vec::new();
-        let done = sweep(&h.shared, at(200), &mut out, |o| {
+        let c = Counters::default();
+        let done = sweep(&h.shared, at(200), &mut out, &c, |o| {
             batches.push(o.sends.len());
             o.clear();
         });

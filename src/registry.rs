@@ -4,9 +4,13 @@
 //! liveness timestamps are atomics, so the hot path (a relay's sender check and target lookup)
 //! takes only shared read locks.
 //!
-//! Liveness is kept per name and per address: a datagram from an address refreshes the address
-//! (one lookup, however many names share it), and a name is live while either its own time or
-//! its address's is recent.
+//! Liveness is kept per name: only a well-formed message that names the name (or an
+//! authenticated one) refreshes it, never a refused datagram or garbage from its address.
+//!
+//! Trust is kept per registration, not per address: a registration is *trusted* once a request
+//! from its address has carried the session token the relay sent there (or a signed claim echoed
+//! a cookie there). Tokens never repeat: each one is derived from a fresh 64-bit number, drawn
+//! anew at every join and every move.
 //!
 //! Lock discipline: maps are locked in the order `peers`, then `by_addr`, `keys`, `watchers` or
 //! `watching`; a guard of one of the latter is never held while `peers` (or another of them) is
@@ -16,7 +20,9 @@
 //! Size matters at a million peers: an entry is 48 bytes beside its name, addresses are packed
 //! into 18 bytes, and what only watchers need lives in maps of its own.
 
+use std::collections::hash_map::RandomState;
 use std::fmt::Write as _;
+use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -24,6 +30,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering:
 use dashmap::DashMap;
 
 use crate::auth::Key;
+use crate::budget::host_key;
+use crate::config::Settings;
 use dashmap::mapref::entry::Entry as MapEntry;
 
 /// A registered name. Names of up to [`INLINE_NAME`] bytes (nearly all) are stored inline, so
@@ -183,32 +191,37 @@ impl Packed {
 struct Entry {
     last_heard: AtomicU64,
     last_keepalive: AtomicU64,
-    /// Registration number: lists read in join order, as the old relay's did, and the session
-    /// token derives from it.
+    /// Registration number, drawn anew at every join and move: lists read in join order, as the
+    /// old relay's did, and the session token derives from it, so a move issues a new token
+    /// (sent only to the new address) and no token ever repeats.
     seq: u64,
     addr: Packed,
-    /// Moves so far: each move issues a new session token, sent only to the new address, so
-    /// that echoing a token proves an address only where that token was sent.
-    epoch: u16,
+    /// Whether a request from `addr` has carried this registration's token (or a signed claim
+    /// echoed a cookie there): someone at `addr` receives what the relay sends it.
+    trusted: AtomicBool,
     /// When a refreshing `register` of this name was last announced (seconds; `u32::MAX`:
     /// never), so that repeating `register` cannot make the relay broadcast at will.
     announced_s: AtomicU32,
 }
 
 impl Entry {
-    fn new(addr: SocketAddr, now_ms: u64, seq: u64) -> Entry {
+    fn new(addr: Packed, now_ms: u64, seq: u64, trusted: bool) -> Entry {
         Entry {
             last_heard: AtomicU64::new(now_ms),
             last_keepalive: AtomicU64::new(now_ms),
             seq,
-            addr: addr.into(),
-            epoch: 0,
+            addr,
+            trusted: AtomicBool::new(trusted),
             announced_s: AtomicU32::new(u32::MAX),
         }
     }
 
     fn session(&self, tokens: &Tokens) -> Session {
-        tokens.of(self.seq, self.epoch)
+        tokens.of(self.seq)
+    }
+
+    fn trusted(&self) -> bool {
+        self.trusted.load(Relaxed)
     }
 
     fn last_heard(&self) -> u64 {
@@ -228,29 +241,21 @@ struct Tokens {
 }
 
 impl Tokens {
-    fn of(&self, seq: u64, epoch: u16) -> Session {
+    fn of(&self, seq: u64) -> Session {
         use rand::{RngCore, SeedableRng};
         let mut c = rand_chacha::ChaCha20Rng::from_seed(self.key);
         c.set_stream(seq);
-        // One 16-word ChaCha block per epoch.
-        c.set_word_pos(u128::from(epoch) * 16);
         let mut b = [0; 16];
         c.fill_bytes(&mut b);
         Session(b)
     }
 }
 
-/// The names at one address, when the address was last heard from, and whether it has proven
-/// that it receives (by echoing a session token the relay sent it).
+/// What one registration watches, and the host slot its watch entries were counted under.
 #[derive(Debug, Default)]
-struct AtAddr {
+struct Watching {
     names: Vec<Name>,
-    heard: AtomicU64,
-    proven: AtomicBool,
-    /// Bytes of credit used (high half) and when it last refilled (low half, tenths of a
-    /// second), for replies to the address while it is unproven: kept here rather than in a
-    /// hashed table so that a million registered addresses never share one.
-    credit: AtomicU64,
+    host: usize,
 }
 
 /// What a claim on a name shows: a session token (or none), or a verified signature by a key.
@@ -265,8 +270,8 @@ pub enum Proof {
 
 /// What `claim` does with a live or stale entry.
 enum Decision {
-    Refresh { proven: bool },
-    Move,
+    Refresh { trusted: bool },
+    Move { trusted: bool },
     Replace,
     Refuse,
 }
@@ -304,16 +309,25 @@ pub struct Live {
     pub addr: SocketAddr,
     /// Its registration order.
     pub seq: u64,
+    /// Whether it has shown, from `addr`, the token sent there.
+    pub trusted: bool,
 }
 
 /// The registry.
 pub struct Registry {
     peers: DashMap<Name, Entry>,
-    by_addr: DashMap<Packed, AtAddr>,
+    /// Address → the names registered there, oldest first.
+    by_addr: DashMap<Packed, Vec<Name>>,
     /// Watched name → the names watching it.
     watchers: DashMap<Name, Vec<Name>>,
     /// Watching name → the names it watches.
-    watching: DashMap<Name, Vec<Name>>,
+    watching: DashMap<Name, Watching>,
+    /// Watch entries in all, and per host slot (IPv4 address, IPv6 /64, hashed): both bounded.
+    watch_total: AtomicUsize,
+    watch_hosts: Box<[AtomicU32]>,
+    watch_hasher: RandomState,
+    max_watch_total: usize,
+    max_watch_per_host: u32,
     /// Name → the key it is bound to, for signed registrations, and the issue time of the
     /// latest cookie it signed (an older one is a replay).
     keys: DashMap<Name, (Key, u64)>,
@@ -326,22 +340,30 @@ pub struct Registry {
 /// Shards per map: enough that a sweep holds any one shard only for a few thousand entries even
 /// with a million peers.
 const SHARDS: usize = 256;
+/// Slots of the per-host watch counts (4 bytes each).
+const WATCH_HOST_SLOTS: usize = 1 << 16;
 
 impl Registry {
-    /// An empty registry whose peers go stale after `timeout_ms` of silence.
-    pub fn new(timeout_ms: u64) -> Registry {
+    /// An empty registry whose peers go stale after `s.peer_timeout_ms` of silence, with the
+    /// watch limits of `s`.
+    pub fn new(s: &Settings) -> Registry {
         Registry {
             peers: DashMap::with_shard_amount(SHARDS),
             by_addr: DashMap::with_shard_amount(SHARDS),
             watchers: DashMap::with_shard_amount(SHARDS),
             watching: DashMap::with_shard_amount(SHARDS),
+            watch_total: AtomicUsize::new(0),
+            watch_hosts: (0..WATCH_HOST_SLOTS).map(|_| AtomicU32::new(0)).collect(),
+            watch_hasher: RandomState::new(),
+            max_watch_total: s.max_watch_total,
+            max_watch_per_host: u32::try_from(s.max_watch_per_host).unwrap_or(u32::MAX),
             keys: DashMap::with_shard_amount(SHARDS),
             count: AtomicUsize::new(0),
             next_seq: AtomicU64::new(0),
             tokens: Tokens {
                 key: rand::random(),
             },
-            timeout_ms,
+            timeout_ms: s.peer_timeout_ms,
         }
     }
 
@@ -359,21 +381,9 @@ impl Registry {
         now_ms.saturating_sub(t) <= self.timeout_ms
     }
 
-    /// Whether `e` is live: heard itself, or its address heard, within the timeout. The address
-    /// is looked up only when the name's own time is old (see the lock discipline above).
+    /// Whether `e` is live: named by a well-formed message within the timeout.
     fn live(&self, e: &Entry, now_ms: u64) -> bool {
-        self.fresh(e.last_heard(), now_ms) || self.fresh(self.addr_heard(e), now_ms)
-    }
-
-    /// The later of `e`'s own time and its address's, copied into `e` so that the address need
-    /// not be looked up again until that time is old too.
-    fn addr_heard(&self, e: &Entry) -> u64 {
-        let t = self
-            .by_addr
-            .get(&e.addr)
-            .map_or(0, |r| r.heard.load(Relaxed));
-        e.touch(t);
-        e.last_heard()
+        self.fresh(e.last_heard(), now_ms)
     }
 
     /// Claims `name` for `addr`, following the rules of Part 2 (live names stay with their address
@@ -387,6 +397,7 @@ impl Registry {
         max_peers: usize,
     ) -> Claim {
         let here = Packed::from(addr);
+        let signed = matches!(proof, Proof::Key(..));
         // The secondary maps are updated while the name's entry is held (lock order: `peers`
         // first), so a concurrent reap or claim of the same name cannot interleave with them.
         match self.peers.entry(Name::from(name)) {
@@ -400,57 +411,59 @@ impl Registry {
                     Decision::Replace
                 } else {
                     match (proof, bound) {
-                        // A refresh from the name's own address needs no proof.
+                        // A refresh from the name's own address needs no proof; one that carries
+                        // the token sent there is authenticated.
                         (Proof::Token(t), _) if e.addr == here => Decision::Refresh {
-                            proven: t == Some(session),
+                            trusted: t == Some(session),
                         },
-                        (Proof::Token(t), None) if t == Some(session) => Decision::Move,
+                        (Proof::Token(t), None) if t == Some(session) => {
+                            Decision::Move { trusted: false }
+                        }
                         // A signature over a cookie older than the last one is a replay (of a
                         // move back to an address the peer has left, say).
                         (Proof::Key(k, t), Some((b, bt))) if k == b && t < bt => Decision::Refuse,
                         (Proof::Key(k, _), Some((b, _))) if k == b && e.addr == here => {
-                            Decision::Refresh { proven: true }
+                            Decision::Refresh { trusted: true }
                         }
-                        (Proof::Key(k, _), Some((b, _))) if k == b => Decision::Move,
+                        (Proof::Key(k, _), Some((b, _))) if k == b => {
+                            Decision::Move { trusted: true }
+                        }
                         // A live unsigned name is bound to the key that signs for it there.
                         (Proof::Key(..), None) if e.addr == here => {
-                            Decision::Refresh { proven: true }
+                            Decision::Refresh { trusted: true }
                         }
                         _ => Decision::Refuse,
                     }
                 };
                 let claim = match decision {
                     Decision::Refuse => return Claim::InUse,
-                    Decision::Refresh { proven } => {
+                    Decision::Refresh { trusted } => {
                         e.touch(now_ms);
-                        // The token or cookie was sent to this very address: echoing it proves
-                        // the address receives.
-                        if proven {
-                            if let Some(r) = self.by_addr.get(&here) {
-                                r.proven.store(true, Relaxed);
-                            }
+                        if trusted {
+                            e.trusted.store(true, Relaxed);
                         }
                         if let Proof::Key(k, t) = proof {
                             self.keys.insert(key, (k, t));
                         }
                         return Claim::Refreshed(session);
                     }
-                    Decision::Move => {
+                    Decision::Move { trusted } => {
                         let old = e.addr;
-                        e.addr = here;
-                        e.epoch = e.epoch.wrapping_add(1);
-                        e.touch(now_ms);
+                        // A new number, so a new token, sent only to the new address; the new
+                        // address is trusted only once it shows that token (or a cookie).
+                        let seq = self.next_seq.fetch_add(1, Relaxed);
+                        *e = Entry::new(here, now_ms, seq, trusted);
                         self.unlink_addr(&key, old);
                         Claim::Moved(e.session(&self.tokens))
                     }
                     Decision::Replace => {
                         let seq = self.next_seq.fetch_add(1, Relaxed);
-                        let old = std::mem::replace(e, Entry::new(addr, now_ms, seq));
+                        let old = std::mem::replace(e, Entry::new(here, now_ms, seq, signed));
                         self.unlink(&key, &old);
-                        Claim::Joined(self.tokens.of(seq, 0))
+                        Claim::Joined(self.tokens.of(seq))
                     }
                 };
-                self.link(key, here, proof, now_ms);
+                self.link(key, here, proof);
                 claim
             }
             MapEntry::Vacant(v) => {
@@ -459,26 +472,20 @@ impl Registry {
                 }
                 let key = v.key().clone();
                 let seq = self.next_seq.fetch_add(1, Relaxed);
-                let _held = v.insert(Entry::new(addr, now_ms, seq));
+                let _held = v.insert(Entry::new(here, now_ms, seq, signed));
                 self.count.fetch_add(1, Relaxed);
-                self.link(key, here, proof, now_ms);
-                Claim::Joined(self.tokens.of(seq, 0))
+                self.link(key, here, proof);
+                Claim::Joined(self.tokens.of(seq))
             }
         }
     }
 
     /// Links a name just claimed at `here` into the secondary maps.
-    fn link(&self, key: Name, here: Packed, proof: Proof, now_ms: u64) {
+    fn link(&self, key: Name, here: Packed, proof: Proof) {
         if let Proof::Key(k, t) = proof {
             self.keys.insert(key.clone(), (k, t));
         }
-        let at = self.by_addr.entry(here).or_default();
-        at.heard.fetch_max(now_ms, Relaxed);
-        // A signed claim echoed a cookie sent to this address.
-        if matches!(proof, Proof::Key(..)) {
-            at.proven.store(true, Relaxed);
-        }
-        at.map(|a| &mut a.names).push(key);
+        self.by_addr.entry(here).or_default().push(key);
     }
 
     /// Drops the secondary-map links of a registration that is gone from `peers`.
@@ -488,34 +495,66 @@ impl Registry {
         let Some((_, watched)) = self.watching.remove(name) else {
             return;
         };
-        for watched in watched {
-            if let MapEntry::Occupied(mut o) = self.watchers.entry(watched) {
-                o.get_mut().retain(|w| w != name);
-                if o.get().is_empty() {
-                    o.remove();
-                }
-            }
+        self.uncount_watches(watched.host, watched.names.len());
+        for watched in watched.names {
+            self.drop_watcher(watched, name);
         }
     }
 
-    fn unlink_addr(&self, name: &Name, addr: Packed) {
-        if let MapEntry::Occupied(mut o) = self.by_addr.entry(addr) {
-            o.get_mut().names.retain(|n| n != name);
-            if o.get().names.is_empty() {
+    fn drop_watcher(&self, watched: Name, watcher: &Name) {
+        if let MapEntry::Occupied(mut o) = self.watchers.entry(watched) {
+            o.get_mut().retain(|w| w != watcher);
+            if o.get().is_empty() {
                 o.remove();
             }
         }
     }
 
-    /// The sender check of a relay: true (and every name at `addr` refreshed) if `name` is live
-    /// at `addr`.
+    fn uncount_watches(&self, host: usize, n: usize) {
+        self.watch_total.fetch_sub(n, Relaxed);
+        self.watch_hosts[host].fetch_sub(n as u32, Relaxed);
+    }
+
+    fn unlink_addr(&self, name: &Name, addr: Packed) {
+        if let MapEntry::Occupied(mut o) = self.by_addr.entry(addr) {
+            o.get_mut().retain(|n| n != name);
+            if o.get().is_empty() {
+                o.remove();
+            }
+        }
+    }
+
+    /// The sender check of a relay: true (and the name refreshed) if `name` is live at `addr`.
     pub fn touch_sender(&self, name: &str, addr: SocketAddr, now_ms: u64) -> bool {
         let packed = Packed::from(addr);
         match self.peers.get(name) {
             Some(e) if e.addr == packed && self.live(&e, now_ms) => {
                 e.touch(now_ms);
-                drop(e);
-                self.touch_packed(packed, now_ms);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether a request for `name` from `addr` carrying `token` is authenticated: the name is
+    /// live there and `token` is its current session. If so the name is refreshed and its
+    /// registration trusted from now on.
+    pub fn authenticate(
+        &self,
+        name: &str,
+        addr: SocketAddr,
+        token: Option<Session>,
+        now_ms: u64,
+    ) -> bool {
+        let Some(token) = token else { return false };
+        match self.peers.get(name) {
+            Some(e)
+                if e.addr == Packed::from(addr)
+                    && self.live(&e, now_ms)
+                    && e.session(&self.tokens) == token =>
+            {
+                e.touch(now_ms);
+                e.trusted.store(true, Relaxed);
                 true
             }
             _ => false,
@@ -524,10 +563,15 @@ impl Registry {
 
     /// The address of `name` if it is live.
     pub fn addr_of(&self, name: &str, now_ms: u64) -> Option<SocketAddr> {
+        self.target_of(name, now_ms).map(|(a, _)| a)
+    }
+
+    /// The address of `name` if it is live, and whether its registration is trusted there.
+    pub fn target_of(&self, name: &str, now_ms: u64) -> Option<(SocketAddr, bool)> {
         self.peers
             .get(name)
             .filter(|e| self.live(e, now_ms))
-            .map(|e| e.addr.get())
+            .map(|e| (e.addr.get(), e.trusted()))
     }
 
     /// Whether a refreshing `register` of `name` may be announced now: the first may, then one
@@ -545,37 +589,6 @@ impl Registry {
             .is_ok()
     }
 
-    /// Spends `bytes` of the reply credit of registered address `addr` (`burst` bytes, refilling
-    /// `rate` bytes a second) if it has them; `None` if no name is registered there.
-    pub fn spend_credit(
-        &self,
-        addr: SocketAddr,
-        bytes: u64,
-        now_ms: u64,
-        burst: u64,
-        rate: u64,
-    ) -> Option<bool> {
-        let r = self.by_addr.get(&addr.into())?;
-        let now_ds = (now_ms / 100) as u32;
-        let ok = r
-            .credit
-            .fetch_update(Relaxed, Relaxed, |state| {
-                let (used, at) = ((state >> 32) as u32, state as u32);
-                let refill = u64::from(now_ds.saturating_sub(at)) * rate / 10;
-                let used = u64::from(used).saturating_sub(refill);
-                (used + bytes <= burst).then(|| ((used + bytes) << 32) | u64::from(now_ds.max(at)))
-            })
-            .is_ok();
-        Some(ok)
-    }
-
-    /// Whether `addr` has proven that it receives what the relay sends it.
-    pub fn proven(&self, addr: SocketAddr) -> bool {
-        self.by_addr
-            .get(&addr.into())
-            .is_some_and(|r| r.proven.load(Relaxed))
-    }
-
     /// Whether any name is registered at `addr`.
     pub fn has_addr(&self, addr: SocketAddr) -> bool {
         self.by_addr.contains_key(&addr.into())
@@ -585,18 +598,30 @@ impl Registry {
     pub fn first_name_at(&self, addr: SocketAddr) -> Option<Name> {
         self.by_addr
             .get(&addr.into())
-            .and_then(|r| r.names.first().cloned())
+            .and_then(|r| r.first().cloned())
     }
 
-    /// Marks every name at `addr` live: any datagram from a peer proves it is there.
-    pub fn touch_addr(&self, addr: SocketAddr, now_ms: u64) {
-        self.touch_packed(addr.into(), now_ms);
-    }
-
-    fn touch_packed(&self, addr: Packed, now_ms: u64) {
-        if let Some(r) = self.by_addr.get(&addr) {
-            r.heard.fetch_max(now_ms, Relaxed);
+    /// For a recipient owed a coalesced `peer_list`: `None` if `addr` holds no live trusted
+    /// registration (it is owed nothing), else whether its list is due now (no keepalive or list
+    /// sent it within `every_ms`; if so, it is marked as sent one now).
+    pub fn list_due(&self, addr: SocketAddr, now_ms: u64, every_ms: u64) -> Option<bool> {
+        let names = self.by_addr.get(&addr.into())?.clone();
+        let mut owed = None;
+        for n in names {
+            let Some(e) = self.peers.get(&n) else {
+                continue;
+            };
+            if !self.live(&e, now_ms) || !e.trusted() {
+                continue;
+            }
+            let last = e.last_keepalive.load(Relaxed);
+            if now_ms.saturating_sub(last) >= every_ms {
+                e.last_keepalive.store(now_ms, Relaxed);
+                return Some(true);
+            }
+            owed = Some(false);
         }
+        owed
     }
 
     /// The session of `name` if it is live at `addr`.
@@ -626,9 +651,8 @@ impl Registry {
         })
     }
 
-    /// Removes `name` if it is live at `addr`, or its session token is shown. A name bound to a
-    /// key needs both: its address alone can be forged, and a signed name must not be freed for
-    /// another key by anyone but its holder.
+    /// Removes `name` if it is live at `addr` and `token` is its session: an address alone can
+    /// be forged, and a token alone may have been seen on the path.
     pub fn unregister(
         &self,
         name: &str,
@@ -637,10 +661,9 @@ impl Registry {
         now_ms: u64,
     ) -> Option<Removed> {
         self.remove_if(name, |e| {
-            let here = e.addr == Packed::from(addr);
-            let shown = token == Some(e.session(&self.tokens));
-            let signed = self.keys.contains_key(name);
-            self.live(e, now_ms) && if signed { here && shown } else { here || shown }
+            e.addr == Packed::from(addr)
+                && token == Some(e.session(&self.tokens))
+                && self.live(e, now_ms)
         })
     }
 
@@ -649,25 +672,39 @@ impl Registry {
         self.remove_if(name, |e| !self.live(e, now_ms))
     }
 
-    /// Adds `names` to what `watcher` watches, up to `max` in all. Returns how many of `names`
-    /// did not fit, or `None` if `watcher` is not registered.
-    pub fn watch(&self, watcher: &str, names: &[Name], max: usize) -> Option<usize> {
+    /// Adds `names` to what `watcher` (registered at `addr`) watches, within `max` per watcher
+    /// and the per-host and relay-wide bounds. Returns how many of `names` did not fit, or
+    /// `None` if `watcher` is not registered.
+    pub fn watch(
+        &self,
+        watcher: &str,
+        addr: SocketAddr,
+        names: &[Name],
+        max: usize,
+    ) -> Option<usize> {
         // The watcher's entry is held while its watch lists change (lock order: `peers` first),
         // so that a reap cannot remove it in between and leave the lists to a later owner.
         let held = self.peers.get(watcher)?;
         let key = held.key().clone();
+        let host = self.watch_hasher.hash_one(host_key(addr.ip())) as usize % WATCH_HOST_SLOTS;
         let mut added = Vec::new();
         let mut left_out = 0;
         {
-            let mut watching = self.watching.entry(key.clone()).or_default();
+            let mut watching = self
+                .watching
+                .entry(key.clone())
+                .or_insert_with(|| Watching {
+                    names: Vec::new(),
+                    host,
+                });
             for n in names {
-                if watching.contains(n) {
+                if watching.names.contains(n) {
                     continue;
                 }
-                if watching.len() >= max {
+                if watching.names.len() >= max || !self.count_watch(watching.host) {
                     left_out += 1;
                 } else {
-                    watching.push(n.clone());
+                    watching.names.push(n.clone());
                     added.push(n.clone());
                 }
             }
@@ -679,14 +716,75 @@ impl Registry {
         Some(left_out)
     }
 
-    /// Addresses of the live peers that watch `name`.
-    pub fn watchers_of(&self, name: &str, now_ms: u64) -> Vec<SocketAddr> {
+    /// Counts one more watch entry under `host`, if the bounds allow it.
+    fn count_watch(&self, host: usize) -> bool {
+        let total = self.watch_total.fetch_update(Relaxed, Relaxed, |t| {
+            (t < self.max_watch_total).then_some(t + 1)
+        });
+        if total.is_err() {
+            return false;
+        }
+        let max = self.max_watch_per_host;
+        let per_host =
+            self.watch_hosts[host].fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1));
+        if per_host.is_err() {
+            self.watch_total.fetch_sub(1, Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Removes `names` from what `watcher` watches; returns what it still watches, or `None`
+    /// if `watcher` is not registered.
+    pub fn unwatch(&self, watcher: &str, names: &[Name]) -> Option<Vec<Name>> {
+        let held = self.peers.get(watcher)?;
+        let key = held.key().clone();
+        let mut removed = Vec::new();
+        let left = match self.watching.get_mut(&key) {
+            Some(mut w) => {
+                let host = w.host;
+                w.names.retain(|n| {
+                    let gone = names.contains(n);
+                    if gone {
+                        removed.push(n.clone());
+                    }
+                    !gone
+                });
+                self.uncount_watches(host, removed.len());
+                w.names.clone()
+            }
+            None => Vec::new(),
+        };
+        for n in removed {
+            self.drop_watcher(n, &key);
+        }
+        drop(held);
+        Some(left)
+    }
+
+    /// Watch entries held in all.
+    pub fn watch_entries(&self) -> usize {
+        self.watch_total.load(Relaxed)
+    }
+
+    /// The live peers that watch `name` (beyond `announce_max`, the only ones told of it).
+    pub fn watchers_of(&self, name: &str, now_ms: u64) -> Vec<Live> {
         let ws = self
             .watchers
             .get(name)
             .map(|v| v.clone())
             .unwrap_or_default();
-        ws.iter().filter_map(|w| self.addr_of(w, now_ms)).collect()
+        ws.iter()
+            .filter_map(|w| {
+                let e = self.peers.get(w)?;
+                self.live(&e, now_ms).then(|| Live {
+                    name: w.clone(),
+                    addr: e.addr.get(),
+                    seq: e.seq,
+                    trusted: e.trusted(),
+                })
+            })
+            .collect()
     }
 
     /// Up to `limit` live peers, in no particular order.
@@ -699,6 +797,7 @@ impl Registry {
                 name: r.key().clone(),
                 addr: r.value().addr.get(),
                 seq: r.value().seq,
+                trusted: r.value().trusted(),
             })
             .collect()
     }
@@ -726,15 +825,13 @@ impl Registry {
                     let e = value.get();
                     if !self.live(e, now_ms) {
                         stale.push(name.clone());
-                    } else if quiet(e.last_keepalive.load(Relaxed))
-                        && quiet(e.last_heard())
-                        && quiet(self.addr_heard(e))
-                    {
+                    } else if quiet(e.last_keepalive.load(Relaxed)) && quiet(e.last_heard()) {
                         e.last_keepalive.store(now_ms, Relaxed);
                         due.push(Live {
                             name: name.clone(),
                             addr: e.addr.get(),
                             seq: e.seq,
+                            trusted: e.trusted(),
                         });
                     }
                 }
@@ -756,11 +853,22 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn registry(timeout_ms: u64) -> Registry {
+        Registry::new(&Settings {
+            peer_timeout_ms: timeout_ms,
+            ..Settings::default()
+        })
+    }
+
+    fn trusted(r: &Registry, name: &str) -> bool {
+        r.peers.get(name).is_some_and(|e| e.trusted())
+    }
+
     /// The names registered at `addr`, oldest first.
     fn names_at(r: &Registry, addr: SocketAddr) -> Vec<Name> {
         r.by_addr
             .get(&addr.into())
-            .map(|at| at.names.clone())
+            .map(|at| at.clone())
             .unwrap_or_default()
     }
 
@@ -776,7 +884,7 @@ mod tests {
 
     #[test]
     fn claim_rules() {
-        let r = Registry::new(1000);
+        let r = registry(1000);
         let Claim::Joined(s) = r.claim("alice", a("1.1.1.1:1"), Proof::Token(None), 0, 10) else {
             panic!()
         };
@@ -808,7 +916,7 @@ mod tests {
 
     #[test]
     fn full_registry_refuses_new_names_only() {
-        let r = Registry::new(1000);
+        let r = registry(1000);
         assert!(matches!(
             r.claim("a", a("1.1.1.1:1"), Proof::Token(None), 0, 1),
             Claim::Joined(_)
@@ -825,7 +933,7 @@ mod tests {
 
     #[test]
     fn sender_check_and_liveness() {
-        let r = Registry::new(1000);
+        let r = registry(1000);
         r.claim("a", a("1.1.1.1:1"), Proof::Token(None), 0, 10);
         assert!(r.touch_sender("a", a("1.1.1.1:1"), 900));
         assert!(!r.touch_sender("a", a("1.1.1.1:2"), 900));
@@ -840,22 +948,57 @@ mod tests {
 
     #[test]
     fn watchers_follow_registrations() {
-        let r = Registry::new(1000);
-        r.claim("w", a("1.1.1.1:1"), Proof::Token(None), 0, 10);
+        let r = registry(1000);
+        let w = a("1.1.1.1:1");
+        r.claim("w", w, Proof::Token(None), 0, 10);
         let names: Vec<Name> = vec!["x".into(), "y".into(), "z".into()];
-        assert_eq!(r.watch("w", &names, 2), Some(1));
-        assert_eq!(r.watch("w", &names[..1], 2), Some(0));
-        assert_eq!(r.watchers_of("x", 0), vec![a("1.1.1.1:1")]);
+        assert_eq!(r.watch("w", w, &names, 2), Some(1));
+        assert_eq!(r.watch("w", w, &names[..1], 2), Some(0));
+        assert_eq!(r.watchers_of("x", 0)[0].addr, w);
         assert!(r.watchers_of("z", 0).is_empty());
-        assert_eq!(r.watch("nobody", &names, 2), None);
-        r.unregister("w", a("1.1.1.1:1"), None, 0).unwrap();
-        assert!(r.watchers_of("x", 0).is_empty());
+        assert_eq!(r.watch("nobody", w, &names, 2), None);
+        assert_eq!(r.watch_entries(), 2);
+        assert_eq!(r.unwatch("w", &names[..1]), Some(vec![Name::from("y")]));
+        assert_eq!(r.watch_entries(), 1);
+        let token = r.session_at("w", w, 0);
+        r.unregister("w", w, token, 0).unwrap();
+        assert!(r.watchers_of("y", 0).is_empty());
         assert!(r.watchers.is_empty());
+        assert_eq!(r.watch_entries(), 0);
+    }
+
+    #[test]
+    fn watch_entries_are_bounded_per_host_and_in_all() {
+        let r = Registry::new(&Settings {
+            peer_timeout_ms: 1000,
+            max_watch_total: 5,
+            max_watch_per_host: 3,
+            ..Settings::default()
+        });
+        let names: Vec<Name> = (0..10)
+            .map(|i| Name::from(format!("n{i}").as_str()))
+            .collect();
+        // Two registrations of one host (ports differ) share its three entries.
+        for (n, p) in [("a", "1.1.1.1:1"), ("b", "1.1.1.1:2"), ("c", "2.2.2.2:1")] {
+            r.claim(n, a(p), Proof::Token(None), 0, 10);
+        }
+        assert_eq!(r.watch("a", a("1.1.1.1:1"), &names[..2], 100), Some(0));
+        assert_eq!(r.watch("b", a("1.1.1.1:2"), &names[..2], 100), Some(1));
+        assert_eq!(
+            r.watch("c", a("2.2.2.2:1"), &names, 100),
+            Some(8),
+            "5 in all"
+        );
+        assert_eq!(r.watch_entries(), 5);
+        // Entries come back when the watcher goes.
+        r.reap("a", 5000).unwrap();
+        assert_eq!(r.watch_entries(), 3);
+        assert_eq!(r.watch("b", a("1.1.1.1:2"), &names[2..4], 100), Some(0));
     }
 
     #[test]
     fn scan_finds_stale_and_keepalive_due() {
-        let r = Registry::new(1000);
+        let r = registry(1000);
         r.claim("old", a("1.1.1.1:1"), Proof::Token(None), 0, 10);
         r.claim("quiet", a("1.1.1.1:2"), Proof::Token(None), 600, 10);
         r.claim("fresh", a("1.1.1.1:3"), Proof::Token(None), 1400, 10);
@@ -868,71 +1011,91 @@ mod tests {
     }
 
     #[test]
-    fn a_datagram_from_an_address_keeps_every_name_there_live() {
-        let r = Registry::new(1000);
+    fn only_a_message_naming_a_name_keeps_it_live() {
+        let r = registry(1000);
         r.claim("s1", a("1.1.1.1:1"), Proof::Token(None), 0, 10);
         r.claim("s2", a("1.1.1.1:1"), Proof::Token(None), 0, 10);
-        r.claim("other", a("1.1.1.1:2"), Proof::Token(None), 0, 10);
-        // Only s1 speaks, and only by name; s2 is kept by its address.
+        // s1 speaks by name; s2 shares its address but is not named, so it goes stale.
         assert!(r.touch_sender("s1", a("1.1.1.1:1"), 900));
-        r.touch_addr(a("1.1.1.1:1"), 1800);
-        assert_eq!(r.addr_of("s2", 2500), Some(a("1.1.1.1:1")));
-        let (stale, due) = scan_all(&r, 2100, 500);
-        assert_eq!(stale, vec![Name::from("other")]);
-        assert!(due.is_empty(), "the address was heard within the interval");
-        assert_eq!(
-            scan_all(&r, 2300, 500).1.len(),
-            2,
-            "now both are owed a keepalive"
-        );
-        assert!(r.reap("s2", 2500).is_none());
-        assert!(r.reap("s2", 2801).is_some());
+        let (stale, _) = scan_all(&r, 1500, 500);
+        assert_eq!(stale, vec![Name::from("s2")]);
+        assert!(r.reap("s2", 1500).is_some());
+        assert!(r.reap("s1", 1500).is_none());
     }
 
     #[test]
-    fn an_address_is_proven_by_echoing_its_token_there() {
-        let r = Registry::new(1000);
-        let Claim::Joined(s) = r.claim("a", a("1.1.1.1:1"), Proof::Token(None), 0, 10) else {
+    fn a_registration_is_trusted_once_its_token_comes_back_from_its_address() {
+        let r = registry(1000);
+        let (here, there) = (a("1.1.1.1:1"), a("2.2.2.2:2"));
+        let Claim::Joined(s) = r.claim("a", here, Proof::Token(None), 0, 10) else {
             panic!()
         };
-        assert!(!r.proven(a("1.1.1.1:1")));
-        r.claim("a", a("1.1.1.1:1"), Proof::Token(None), 1, 10);
+        assert!(!trusted(&r, "a"));
+        r.claim("a", here, Proof::Token(None), 1, 10);
         assert!(
-            !r.proven(a("1.1.1.1:1")),
+            !trusted(&r, "a"),
             "a refresh without the token proves nothing"
         );
-        // Shown from elsewhere, the token moves the name (issuing a new one, sent there) but
-        // proves nothing of the new address; nor does echoing the old one from there, which a
-        // forger holding it could do.
-        let Claim::Moved(s2) = r.claim("a", a("2.2.2.2:2"), Proof::Token(Some(s)), 2, 10) else {
+        assert!(
+            !r.authenticate("a", there, Some(s), 1),
+            "the token from elsewhere"
+        );
+        assert!(r.authenticate("a", here, Some(s), 1));
+        assert!(trusted(&r, "a"));
+        // Shown from elsewhere, the token moves the name, issuing a new token sent there; the
+        // new address is not trusted until it shows that one, and the old token is dead.
+        let Claim::Moved(s2) = r.claim("a", there, Proof::Token(Some(s)), 2, 10) else {
             panic!()
         };
         assert_ne!(s2, s);
-        assert!(!r.proven(a("2.2.2.2:2")));
-        assert!(matches!(
-            r.claim("a", a("2.2.2.2:2"), Proof::Token(Some(s)), 3, 10),
-            Claim::Refreshed(_)
-        ));
-        assert!(!r.proven(a("2.2.2.2:2")));
+        assert!(!trusted(&r, "a"));
+        assert!(!r.authenticate("a", there, Some(s), 3));
+        assert!(!trusted(&r, "a"));
         assert_eq!(
-            r.claim("a", a("1.1.1.1:1"), Proof::Token(Some(s)), 3, 10),
+            r.claim("a", here, Proof::Token(Some(s)), 3, 10),
             Claim::InUse,
             "the old token moves nothing any more"
         );
-        r.claim("a", a("2.2.2.2:2"), Proof::Token(Some(s2)), 4, 10);
-        assert!(r.proven(a("2.2.2.2:2")));
+        assert!(r.authenticate("a", there, Some(s2), 4));
+        assert!(trusted(&r, "a"));
+    }
+
+    #[test]
+    fn tokens_never_repeat_however_often_a_name_moves() {
+        // 16-bit move counters once wrapped after 65,536 moves and revived the first token.
+        let r = registry(1_000_000);
+        let mut seen = std::collections::HashSet::new();
+        let Claim::Joined(mut t) = r.claim("m", a("1.1.1.1:1"), Proof::Token(None), 0, 10) else {
+            panic!()
+        };
+        let first = t;
+        seen.insert(t.0);
+        for i in 0..70_000u32 {
+            let to = SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 2 + (i % 2) as u16));
+            let Claim::Moved(next) = r.claim("m", to, Proof::Token(Some(t)), 1, 10) else {
+                panic!("move {i}")
+            };
+            assert!(seen.insert(next.0), "token repeated at move {i}");
+            t = next;
+        }
+        let at = r.addr_of("m", 1).unwrap();
+        assert!(!r.authenticate("m", at, Some(first), 2));
+        assert_eq!(
+            r.claim("m", a("9.9.9.9:9"), Proof::Token(Some(first)), 2, 10),
+            Claim::InUse
+        );
     }
 
     #[test]
     fn a_signed_name_is_bound_to_its_key_while_live() {
-        let r = Registry::new(1000);
+        let r = registry(1000);
         let (k1, k2) = ([1u8; 32], [2u8; 32]);
         let here = a("1.1.1.1:1");
         assert!(matches!(
             r.claim("s", here, Proof::Key(k1, 0), 0, 10),
             Claim::Joined(_)
         ));
-        assert!(r.proven(here), "a signed claim echoed a cookie sent here");
+        assert!(trusted(&r, "s"), "a signed claim echoed a cookie sent here");
         // Another key, or an unsigned claim elsewhere even with the token, cannot take it.
         let there = a("2.2.2.2:2");
         assert_eq!(r.claim("s", there, Proof::Key(k2, 0), 1, 10), Claim::InUse);
@@ -989,7 +1152,7 @@ mod tests {
             assert_eq!(&*Name::from(n), n);
         }
         assert!(size_of::<Entry>() <= 48);
-        let r = Registry::new(60_000);
+        let r = registry(60_000);
         r.claim("n", a("1.1.1.1:1"), Proof::Token(None), 0, 10);
         assert!(r.announce_refresh("n", 0, 10_000));
         assert!(!r.announce_refresh("n", 9_000, 10_000));
@@ -1000,10 +1163,10 @@ mod tests {
     #[test]
     fn session_round_trips() {
         let t = Tokens { key: [7; 32] };
-        assert_ne!(t.of(1, 0), t.of(2, 0));
-        assert_ne!(t.of(1, 0), t.of(1, 1));
-        assert_ne!(t.of(1, 0), Tokens { key: [8; 32] }.of(1, 0));
-        let s = t.of(1, 0);
+        assert_ne!(t.of(1), t.of(2));
+        assert_ne!(t.of(u64::MAX), t.of(0));
+        assert_ne!(t.of(1), Tokens { key: [8; 32] }.of(1));
+        let s = t.of(1);
         assert_eq!(Session::parse(&s.to_hex()), Some(s));
         assert_eq!(Session::parse("xyz"), None);
         let signed = format!("+{}", &s.to_hex()[1..]);

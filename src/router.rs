@@ -1,56 +1,27 @@
 //! The routing decision: for one datagram, its source and the time, what to send or why to drop.
 //!
-//! Sans-IO: it reads bytes and the registry and appends sends to an [`Out`]; the I/O shells do
-//! the sending. Every protocol rule lives here or in [`crate::presence`].
+//! Sans-IO: it reads bytes and the shared state and appends sends to an [`Out`]; the I/O shells
+//! do the sending. Every protocol rule lives here or in [`crate::presence`]; who pays for each
+//! send is settled by [`crate::budget`] once the datagram is decided.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tracing::debug;
 
-use crate::amplification::Guard;
-use crate::auth::{self, AuthError, Cookies};
+use crate::auth::{self, AuthError};
 use crate::clock::Now;
-use crate::config::Auth;
-use crate::config::{MAX_UDP_PAYLOAD, Settings};
-use crate::metrics::{Counters, Metrics, Reason};
-use crate::out::Out;
+use crate::config::{Auth, MAX_UDP_PAYLOAD};
+use crate::metrics::Counters;
+use crate::out::{Kind, Out};
 use crate::presence;
 use crate::ratelimit::{Ingress, SourceLimiter};
-use crate::registry::{Claim, Name, Proof, Registry, Session};
-use crate::wire::reply::{self, ErrorCode, Presence, RELAYED_SUFFIX};
+use crate::refusal::Reason;
+use crate::registry::{Claim, Name, Proof, Session};
+use crate::shared::Shared;
+use crate::wire::reply::{self, Presence, RELAYED_SUFFIX};
 use crate::wire::scan::{self, Header, ScanError};
 use crate::wire::{Family, MAX_NAME, classify, control, valid_name};
-
-/// State shared by every worker and the reaper.
-pub struct Shared {
-    /// The peer registry.
-    pub registry: Registry,
-    /// The protocol settings.
-    pub settings: Settings,
-    /// The counters.
-    pub metrics: Metrics,
-    /// The live peers listed while the registry is beyond `announce_max`.
-    pub sample: presence::Sample,
-    /// How many workers share the relay-wide limits.
-    pub workers: usize,
-    /// The key of registration cookies, shared by all workers.
-    pub cookies: Cookies,
-}
-
-impl Shared {
-    /// Shared state for `workers` workers.
-    pub fn new(settings: Settings, workers: usize) -> Arc<Shared> {
-        Arc::new(Shared {
-            registry: Registry::new(settings.peer_timeout_ms),
-            metrics: Metrics::new(workers),
-            sample: presence::Sample::default(),
-            workers,
-            cookies: Cookies::default(),
-            settings,
-        })
-    }
-}
 
 /// Who may be sent an error reply.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -61,13 +32,23 @@ enum Answer {
     Requester,
 }
 
+/// The datagram being decided: where it came from, when, its size, and what it has shown.
+#[derive(Clone, Copy)]
+struct Req {
+    from: SocketAddr,
+    now: Now,
+    len: usize,
+    who: Answer,
+    /// Whether it carried the session of the name it speaks for, from that name's address.
+    authed: bool,
+}
+
 /// One worker's router.
 pub struct Router {
     shared: Arc<Shared>,
     counters: Arc<Counters>,
     errors: SourceLimiter,
     ingress: Ingress,
-    guard: Guard,
     scratch: Vec<u8>,
 }
 
@@ -79,10 +60,6 @@ impl Router {
             counters: shared.metrics.block(worker),
             errors: SourceLimiter::new(rate, 2.0 * rate),
             ingress: Ingress::new(&shared.settings, shared.workers),
-            guard: Guard::new(
-                shared.settings.unproven_credit,
-                shared.settings.unproven_prefix_credit,
-            ),
             shared,
             scratch: Vec::new(),
         }
@@ -90,234 +67,153 @@ impl Router {
 
     /// Decides what to do with datagram `d` from `from`, appending sends to `out`.
     pub fn handle(&mut self, d: &[u8], from: SocketAddr, now: Now, out: &mut Out) {
-        let start = out.sends.len();
-        self.decide(d, from, now, out);
-        self.guard
-            .filter(&self.shared.registry, out, start, now.ms, &self.counters);
-    }
-
-    fn decide(&mut self, d: &[u8], from: SocketAddr, now: Now, out: &mut Out) {
-        Counters::add(&self.counters.received, 1);
-        Counters::add(&self.counters.received_bytes, d.len() as u64);
-        // Admission comes before any parsing, so a flood costs a hash and a few additions.
-        if let Err(r) = self.ingress.admit(from, d.len(), now.ms) {
-            let msg = "slow down";
-            let who = Answer::Registered;
-            return self.fail(out, r, from, now, ErrorCode::RateLimited, msg, d.len(), who);
-        }
-        if d.len() > self.shared.settings.max_datagram {
-            return self.too_large(d.len(), from, now, out);
-        }
-        match classify(d) {
-            Family::Json => self.json(d, from, now, out),
-            Family::Stun | Family::Channel => self.refuse(Reason::Unsupported, from, d.len(), now),
-            Family::Unknown => self.refuse(Reason::UnknownFamily, from, d.len(), now),
-        }
+        self.run(d, d.len(), from, now, out);
     }
 
     /// A datagram that did not fit the receive buffer: `len` bytes were received of it.
     pub fn truncated(&mut self, len: usize, from: SocketAddr, now: Now, out: &mut Out) {
+        self.run(&[], len, from, now, out);
+    }
+
+    /// A native IPv6 datagram whose source is an IPv4-mapped address: nobody can be answered
+    /// there (the address names an IPv4 host the datagram did not come from).
+    pub fn mapped_source(&mut self, len: usize) {
         Counters::add(&self.counters.received, 1);
         Counters::add(&self.counters.received_bytes, len as u64);
-        let start = out.sends.len();
-        self.too_large(len, from, now, out);
-        self.guard
-            .filter(&self.shared.registry, out, start, now.ms, &self.counters);
+        self.counters.refuse(Reason::MappedSource);
     }
 
-    fn too_large(&mut self, len: usize, from: SocketAddr, now: Now, out: &mut Out) {
-        self.refuse(Reason::TooLarge, from, len, now);
-        self.error(
-            out,
+    fn run(&mut self, d: &[u8], len: usize, from: SocketAddr, now: Now, out: &mut Out) {
+        Counters::add(&self.counters.received, 1);
+        Counters::add(&self.counters.received_bytes, len as u64);
+        let mut req = Req {
             from,
             now,
-            ErrorCode::TooLarge,
-            "datagram too large",
             len,
-            Answer::Registered,
-        );
+            who: Answer::Registered,
+            authed: false,
+        };
+        let start = out.sends.len();
+        // Admission comes before any parsing, so a flood costs a hash and a few additions.
+        if let Err(r) = self.ingress.admit(from, len, now.ms) {
+            self.fail(out, r, &req);
+        } else {
+            // What a datagram sends in pays for what it gets back, unless it authenticates (its
+            // replies are free then, and must not bank credit a forger could spend).
+            self.shared.budgets.earn(from.ip(), len);
+            if len > d.len() || len > self.shared.settings.max_datagram {
+                self.fail(out, Reason::TooLarge, &req);
+            } else {
+                match classify(d) {
+                    Family::Json => self.json(d, &mut req, out),
+                    Family::Stun | Family::Channel => self.refuse(Reason::Unsupported, &req),
+                    Family::Unknown => self.refuse(Reason::UnknownFamily, &req),
+                }
+            }
+            if req.authed {
+                self.shared.budgets.unearn(from.ip(), len);
+            }
+        }
+        let b = &self.shared.budgets;
+        b.settle(out, start, Some(from.ip()), now.ms, &self.counters);
     }
 
-    fn refuse(&self, r: Reason, from: SocketAddr, len: usize, now: Now) {
+    fn refuse(&self, r: Reason, req: &Req) {
         self.counters.refuse(r);
-        debug!(%from, len, reason = r.as_str(), "refused");
-        // A refused datagram still shows that whoever sent it is there (spec: liveness counts
-        // any datagram).
-        self.shared.registry.touch_addr(from, now.ms);
+        debug!(from = %req.from, len = req.len, reason = r.as_str(), "refused");
     }
 
-    /// Refuses and answers with an error where the protocol allows it.
-    #[allow(clippy::too_many_arguments)]
-    fn fail(
-        &mut self,
-        out: &mut Out,
-        r: Reason,
-        from: SocketAddr,
-        now: Now,
-        code: ErrorCode,
-        message: &str,
-        request_len: usize,
-        who: Answer,
-    ) {
-        self.refuse(r, from, request_len, now);
-        self.error(out, from, now, code, message, request_len, who);
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn error(
-        &mut self,
-        out: &mut Out,
-        to: SocketAddr,
-        now: Now,
-        code: ErrorCode,
-        message: &str,
-        request_len: usize,
-        who: Answer,
-    ) {
-        if who == Answer::Registered && !self.shared.registry.has_addr(to) {
+    /// Refuses, and answers with the reason's `error` where the protocol allows it: to a
+    /// registered address (or whoever sent a `register`), within the per-source error rate; to
+    /// an unauthenticated request in full only if the budgets can pay it, else in short form.
+    fn fail(&mut self, out: &mut Out, r: Reason, req: &Req) {
+        self.refuse(r, req);
+        let Some(code) = r.code() else { return };
+        let to = req.from;
+        if req.who == Answer::Registered && !self.shared.registry.has_addr(to) {
             return;
         }
-        if !self.errors.allow(to.ip(), now.ms) {
+        if !self.errors.allow(to.ip(), req.now.ms) {
             Counters::add(&self.counters.errors_suppressed, 1);
             return;
         }
+        let limit = if req.authed {
+            usize::MAX
+        } else {
+            usize::try_from(self.shared.budgets.reply_available(to.ip())).unwrap_or(0)
+        };
         let start = out.buf.len();
-        if reply::error(&mut out.buf, code, message, request_len) {
-            out.reply(to, start);
+        if reply::error(&mut out.buf, code, r.message(), limit) {
+            out.reply(to, start, Kind::Reply, req.authed);
         }
     }
 
-    fn json(&mut self, d: &[u8], from: SocketAddr, now: Now, out: &mut Out) {
+    fn json(&mut self, d: &[u8], req: &mut Req, out: &mut Out) {
         if std::str::from_utf8(d).is_err() {
-            let msg = "datagram is not UTF-8";
-            return self.fail(
-                out,
-                Reason::NotUtf8,
-                from,
-                now,
-                ErrorCode::BadRequest,
-                msg,
-                d.len(),
-                Answer::Registered,
-            );
+            return self.fail(out, Reason::NotUtf8, req);
         }
         let h = match scan::scan(d) {
             Ok(h) => h,
             Err(e) => {
-                let (r, msg) = match e {
-                    ScanError::Syntax => (Reason::Syntax, "malformed JSON"),
-                    ScanError::TooDeep => (Reason::TooDeep, "nested too deeply"),
-                    ScanError::Duplicate => (Reason::Duplicate, "duplicate field"),
-                    ScanError::WrongType => (Reason::WrongType, "field of the wrong type"),
-                    ScanError::MissingType => (Reason::MissingField, "missing type"),
+                let r = match e {
+                    ScanError::Syntax => Reason::Syntax,
+                    ScanError::TooDeep => Reason::TooDeep,
+                    ScanError::Duplicate => Reason::Duplicate,
+                    ScanError::WrongType => Reason::WrongType,
+                    ScanError::MissingType => Reason::MissingField,
                 };
-                return self.fail(
-                    out,
-                    r,
-                    from,
-                    now,
-                    ErrorCode::BadRequest,
-                    msg,
-                    d.len(),
-                    Answer::Registered,
-                );
+                return self.fail(out, r, req);
             }
         };
         let mut tmp = [0u8; 16];
         let ty = scan::text(d, h.ty, &mut tmp).unwrap_or("");
-        if ty == "relay" {
-            return self.relay(d, &h, from, now, out);
-        }
-        match ty {
-            "register" => return self.register(d, from, now, out, true),
-            "keepalive" => return self.register(d, from, now, out, false),
-            _ => {}
-        }
-        // Any datagram from a registered peer shows that it is still there.
-        self.shared.registry.touch_addr(from, now.ms);
-        match ty {
-            "ping" => self.ping(d, from, now, out),
-            "watch" => self.watch(d, from, now, out),
-            "lookup" => self.lookup(d, from, now, out),
-            "unregister" => self.unregister(d, from, now, out),
-            "connect" => self.connect(d, from, now, out),
-            _ => self.fail(
-                out,
-                Reason::UnknownType,
-                from,
-                now,
-                ErrorCode::BadRequest,
-                "unknown type",
-                d.len(),
-                Answer::Registered,
-            ),
+        let result = match ty {
+            "relay" => return self.relay(d, &h, req, out),
+            "register" => {
+                req.who = Answer::Requester;
+                self.register(d, req, out, true)
+            }
+            "keepalive" => self.register(d, req, out, false),
+            "ping" => self.ping(d, req, out),
+            "watch" => self.watch(d, req, out, true),
+            "unwatch" => self.watch(d, req, out, false),
+            "lookup" => self.lookup(d, req, out),
+            "unregister" => self.unregister(d, req, out),
+            "connect" => self.connect(d, req, out),
+            _ => Err(Reason::UnknownType),
+        };
+        if let Err(r) = result {
+            self.fail(out, r, req);
         }
     }
 
     /// The hot path: forwards the payload span, untouched, behind a header naming the sender.
-    fn relay(&mut self, d: &[u8], h: &Header, from: SocketAddr, now: Now, out: &mut Out) {
+    fn relay(&mut self, d: &[u8], h: &Header, req: &Req, out: &mut Out) {
         let (Some(source), Some(target), Some(payload)) = (h.source, h.target, h.payload) else {
-            let msg = "relay needs target, source and payload";
-            return self.fail(
-                out,
-                Reason::MissingField,
-                from,
-                now,
-                ErrorCode::BadRequest,
-                msg,
-                d.len(),
-                Answer::Registered,
-            );
+            return self.fail(out, Reason::MissingField, req);
         };
         let reg = &self.shared.registry;
         let mut sbuf = [0u8; MAX_NAME];
         let source = scan::text(d, source, &mut sbuf);
-        let Some(source) = source.filter(|s| reg.touch_sender(s, from, now.ms)) else {
-            let msg = "source is not registered at this address";
-            return self.fail(
-                out,
-                Reason::NotRegistered,
-                from,
-                now,
-                ErrorCode::NotRegistered,
-                msg,
-                d.len(),
-                Answer::Registered,
-            );
+        let Some(source) = source.filter(|s| reg.touch_sender(s, req.from, req.now.ms)) else {
+            return self.fail(out, Reason::NotRegistered, req);
         };
         let mut tbuf = [0u8; MAX_NAME];
-        let Some(to) = scan::text(d, target, &mut tbuf).and_then(|t| reg.addr_of(t, now.ms)) else {
-            return self.fail(
-                out,
-                Reason::UnknownTarget,
-                from,
-                now,
-                ErrorCode::UnknownTarget,
-                "target is not online",
-                d.len(),
-                Answer::Registered,
-            );
+        let target = scan::text(d, target, &mut tbuf).and_then(|t| reg.target_of(t, req.now.ms));
+        let Some((to, trusted)) = target else {
+            return self.fail(out, Reason::UnknownTarget, req);
         };
-        // Where registration is signed, every peer has proven it receives: an unproven target
-        // can only be a name forged for someone else.
-        if self.shared.settings.auth == Auth::Signed && !reg.proven(to) {
-            return self.refuse(Reason::UnprovenTarget, from, d.len(), now);
+        // Where registration is signed, every registration echoed a cookie where it lives: one
+        // that did not can only be a name forged for someone else.
+        if self.shared.settings.auth == Auth::Signed && !trusted {
+            return self.refuse(Reason::UnauthenticatedTarget, req);
         }
         let start = out.buf.len();
         reply::relayed_prefix(&mut out.buf, source);
         let size = out.buf.len() - start + payload.len() + RELAYED_SUFFIX.len();
         if size > MAX_UDP_PAYLOAD {
             out.buf.truncate(start);
-            return self.fail(
-                out,
-                Reason::TooLarge,
-                from,
-                now,
-                ErrorCode::TooLarge,
-                "relayed packet would be too large",
-                d.len(),
-                Answer::Registered,
-            );
+            return self.fail(out, Reason::TooLarge, req);
         }
         let end = out.buf.len();
         out.forward(to, start..end, payload.start..payload.end, RELAYED_SUFFIX);
@@ -331,44 +227,43 @@ impl Router {
         control::parse(&mut self.scratch)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn bad_request(
-        &mut self,
-        r: Reason,
-        d: &[u8],
-        from: SocketAddr,
-        now: Now,
-        out: &mut Out,
-        who: Answer,
-    ) {
-        let msg = "missing, repeated or mistyped field";
-        self.fail(out, r, from, now, ErrorCode::BadRequest, msg, d.len(), who);
+    /// The name a request speaks for, if it carries that name's session from its address: the
+    /// one it names, or, when it names none, the oldest at its address. Marks `req` authenticated.
+    fn authenticate(
+        &self,
+        named: Option<&str>,
+        session: Option<&str>,
+        req: &mut Req,
+    ) -> Result<Name, Reason> {
+        let reg = &self.shared.registry;
+        let name = match named {
+            Some(n) => Name::from(n),
+            None => reg.first_name_at(req.from).ok_or(Reason::NotRegistered)?,
+        };
+        let token = session.and_then(Session::parse);
+        if reg.authenticate(&name, req.from, token, req.now.ms) {
+            req.authed = true;
+            Ok(name)
+        } else if reg.session_at(&name, req.from, req.now.ms).is_none() {
+            Err(Reason::NotRegistered)
+        } else {
+            Err(Reason::SessionRequired)
+        }
     }
 
     /// `register` (`explicit`) or `keepalive`: both claim the name; they differ in the reply.
-    fn register(&mut self, d: &[u8], from: SocketAddr, now: Now, out: &mut Out, explicit: bool) {
-        let who = if explicit {
-            Answer::Requester
-        } else {
-            Answer::Registered
-        };
-        let r = match self.parse::<control::Register>(d) {
-            Ok(v) => v,
-            Err(e) => return self.bad_request(e, d, from, now, out, who),
-        };
+    fn register(
+        &mut self,
+        d: &[u8],
+        req: &mut Req,
+        out: &mut Out,
+        explicit: bool,
+    ) -> Result<(), Reason> {
+        let r = self.parse::<control::Register>(d)?;
         if !valid_name(&r.name) {
-            let msg = "names are 1-64 bytes of UTF-8 without control characters";
-            return self.fail(
-                out,
-                Reason::InvalidName,
-                from,
-                now,
-                ErrorCode::InvalidName,
-                msg,
-                d.len(),
-                who,
-            );
+            return Err(Reason::InvalidName);
         }
+        let (from, now) = (req.from, req.now);
         let token = r.session.as_deref().and_then(Session::parse);
         let reg = &self.shared.registry;
         let held_here = reg.session_at(&r.name, from, now.ms).is_some();
@@ -378,38 +273,18 @@ impl Router {
             (Some(_), cookie) => cookie.is_some(),
             (None, _) => !held_here,
         };
-        if costs && !self.ingress.register(from.ip(), now.ms) {
-            let msg = "registering new names too fast";
-            return self.fail(
-                out,
-                Reason::RegistrationLimited,
-                from,
-                now,
-                ErrorCode::RateLimited,
-                msg,
-                d.len(),
-                who,
-            );
+        if costs && !self.shared.budgets.register(from.ip(), now.ms) {
+            return Err(Reason::RegistrationLimited);
         }
         let proof = match &r.pubkey {
-            Some(key) => match self.signed(&r, key, d, from, now, out) {
+            Some(key) => match self.signed(&r, key, d, req, out)? {
                 Some((k, issued)) => Proof::Key(k, issued),
-                None => return,
+                None => return Ok(()),
             },
             // Where registration must be signed, an unsigned claim may only keep a name live
             // at the address that holds it.
             None if self.shared.settings.auth == Auth::Signed && !held_here => {
-                let msg = "this relay requires signed registration";
-                return self.fail(
-                    out,
-                    Reason::AuthRequired,
-                    from,
-                    now,
-                    ErrorCode::AuthRequired,
-                    msg,
-                    d.len(),
-                    who,
-                );
+                return Err(Reason::AuthRequired);
             }
             None => Proof::Token(token),
         };
@@ -420,44 +295,23 @@ impl Router {
             .claim(&r.name, from, proof, now.ms, s.max_peers);
         let session = match claim {
             Claim::Joined(s) | Claim::Refreshed(s) | Claim::Moved(s) => s,
-            Claim::InUse => {
-                let msg = "name is live at another address";
-                return self.fail(
-                    out,
-                    Reason::NameInUse,
-                    from,
-                    now,
-                    ErrorCode::NameInUse,
-                    msg,
-                    d.len(),
-                    who,
-                );
-            }
-            Claim::Full => {
-                let msg = "relay is full";
-                return self.fail(
-                    out,
-                    Reason::RegistryFull,
-                    from,
-                    now,
-                    ErrorCode::RateLimited,
-                    msg,
-                    d.len(),
-                    who,
-                );
-            }
+            Claim::InUse => return Err(Reason::NameInUse),
+            Claim::Full => return Err(Reason::RegistryFull),
         };
+        // Authenticated: a refresh that showed the token sent here, or a verified signature over
+        // a cookie sent here. A move is not: the new address has not shown the new token yet.
+        req.authed = matches!(proof, Proof::Key(..))
+            || (matches!(claim, Claim::Refreshed(_)) && token == Some(session));
         debug!(%from, name = %r.name, ?claim, explicit, "claim");
-        // The other names at this address are live too: any datagram proves the peer is there.
-        self.shared.registry.touch_addr(from, now.ms);
         let start = out.buf.len();
         if explicit {
             reply::register_ack(&mut out.buf, from, now.unix, &r.name, &session.to_hex());
-            out.reply(from, start);
-            presence::peer_list(&self.shared, out, from, now);
+            out.reply(from, start, Kind::Reply, req.authed);
+            presence::peer_list(&self.shared, out, from, now, Kind::Reply, req.authed);
         } else {
             reply::keepalive_ack(&mut out.buf, &r.name, now.unix, &session.to_hex());
-            out.reply(from, start);
+            // The old peers ignore it; a new one authenticates its keepalives.
+            out.reply(from, start, Kind::Courtesy, req.authed);
         }
         // A `register` is announced even when it only refreshes: the old relay did, and its
         // peers may use `peer_joined` to learn that a partner restarted. Refreshes are announced
@@ -476,29 +330,29 @@ impl Router {
         if announce {
             presence::announce(&self.shared, out, Presence::Joined, &r.name, now);
         }
+        Ok(())
     }
 
     /// The signed half of a claim: a `challenge` when the cookie is missing (then `None`), the
-    /// verified key and its cookie's issue time when both check, else an error and `None`.
-    #[allow(clippy::too_many_arguments)]
+    /// verified key and its cookie's issue time when both check, else the refusal.
     fn signed(
         &mut self,
         r: &control::Register,
         key: &str,
         d: &[u8],
-        from: SocketAddr,
-        now: Now,
+        req: &Req,
         out: &mut Out,
-    ) -> Option<(auth::Key, u64)> {
+    ) -> Result<Option<(auth::Key, u64)>, Reason> {
+        let (from, now) = (req.from, req.now);
         let secs = now.unix as u64;
         let checked = auth::key(key).and_then(|k| match (&r.cookie, &r.sig) {
             (None, _) => {
                 let cookie = self.shared.cookies.issue(secs, from, &r.name, &k);
                 let start = out.buf.len();
                 reply::challenge(&mut out.buf, &cookie);
-                // Never larger than the request: no amplification by challenges.
+                // Never larger than the request (and paid from the budgets like any reply).
                 if out.buf.len() - start <= d.len() {
-                    out.reply(from, start);
+                    out.reply(from, start, Kind::Reply, false);
                 } else {
                     out.buf.truncate(start);
                 }
@@ -512,217 +366,117 @@ impl Router {
             }
             (Some(_), None) => Err(AuthError::Malformed),
         });
-        match checked {
-            Ok(k) => k,
-            Err(AuthError::Malformed) => {
-                self.bad_request(Reason::BadRequest, d, from, now, out, Answer::Requester);
-                None
-            }
-            Err(AuthError::BadCookie | AuthError::BadSignature) => {
-                let msg = "cookie or signature does not check";
-                self.fail(
-                    out,
-                    Reason::BadSignature,
-                    from,
-                    now,
-                    ErrorCode::BadSignature,
-                    msg,
-                    d.len(),
-                    Answer::Requester,
-                );
-                None
-            }
-        }
+        checked.map_err(|e| match e {
+            AuthError::Malformed => Reason::BadRequest,
+            AuthError::BadCookie | AuthError::BadSignature => Reason::BadSignature,
+        })
     }
 
-    fn ping(&mut self, d: &[u8], from: SocketAddr, now: Now, out: &mut Out) {
-        if let Err(e) = self.parse::<control::Ping>(d) {
-            return self.bad_request(e, d, from, now, out, Answer::Registered);
+    fn ping(&mut self, d: &[u8], req: &mut Req, out: &mut Out) -> Result<(), Reason> {
+        let p = self.parse::<control::Ping>(d)?;
+        if let Some(name) = &p.name {
+            // A ping naming a name keeps it live; with its session it is authenticated.
+            if self
+                .authenticate(Some(name), p.session.as_deref(), req)
+                .is_err()
+            {
+                let reg = &self.shared.registry;
+                reg.touch_sender(name, req.from, req.now.ms);
+            }
         }
         let start = out.buf.len();
-        reply::pong(&mut out.buf, now.unix, from);
-        out.reply(from, start);
+        reply::pong(&mut out.buf, req.now.unix, req.from);
+        out.reply(req.from, start, Kind::Reply, req.authed);
+        Ok(())
     }
 
-    /// Which registered name at `from` speaks: the one it names, or its oldest.
-    fn speaker(&self, named: Option<&str>, from: SocketAddr, now: Now) -> Option<Name> {
-        let reg = &self.shared.registry;
-        match named {
-            Some(n) => reg.session_at(n, from, now.ms).map(|_| Name::from(n)),
-            None => reg.first_name_at(from),
-        }
-    }
-
-    fn watch(&mut self, d: &[u8], from: SocketAddr, now: Now, out: &mut Out) {
-        let w = match self.parse::<control::Watch>(d) {
-            Ok(v) => v,
-            Err(e) => return self.bad_request(e, d, from, now, out, Answer::Registered),
-        };
-        let Some(watcher) = self.speaker(w.name.as_deref(), from, now) else {
-            return self.fail(
-                out,
-                Reason::NotRegistered,
-                from,
-                now,
-                ErrorCode::NotRegistered,
-                "register before watching",
-                d.len(),
-                Answer::Registered,
-            );
-        };
-        if !w.names.iter().all(|n| valid_name(n)) {
-            return self.fail(
-                out,
-                Reason::InvalidName,
-                from,
-                now,
-                ErrorCode::InvalidName,
-                "invalid name in names",
-                d.len(),
-                Answer::Registered,
-            );
-        }
-        let names: Vec<Name> = w.names.iter().map(|n| Name::from(n.as_str())).collect();
+    /// `watch` (`add`) or `unwatch`: both answered with `watch_ack`.
+    fn watch(&mut self, d: &[u8], req: &mut Req, out: &mut Out, add: bool) -> Result<(), Reason> {
+        let w = self.parse::<control::Watch>(d)?;
+        let watcher = self.authenticate(w.name.as_deref(), w.session.as_deref(), req)?;
         let max = self.shared.settings.max_watch;
-        let Some(left_out) = self.shared.registry.watch(&watcher, &names, max) else {
-            return self.fail(
-                out,
-                Reason::NotRegistered,
-                from,
-                now,
-                ErrorCode::NotRegistered,
-                "register before watching",
-                d.len(),
-                Answer::Registered,
-            );
-        };
-        if left_out > 0 {
-            // Still acknowledge what was taken; the error says the rest was not.
-            self.fail(
-                out,
-                Reason::WatchLimit,
-                from,
-                now,
-                ErrorCode::RateLimited,
-                "watch limit reached",
-                d.len(),
-                Answer::Registered,
-            );
+        if w.names.len() > max {
+            return Err(Reason::WatchLimit);
         }
+        if !w.names.iter().all(|n| valid_name(n)) {
+            return Err(Reason::InvalidName);
+        }
+        // Work is charged, not only datagrams: a watch of N names costs N.
+        let extra = w.names.len().saturating_sub(1);
+        self.ingress.charge(req.from, extra, req.now.ms)?;
+        let names: Vec<Name> = w.names.iter().map(|n| Name::from(n.as_str())).collect();
         let reg = &self.shared.registry;
-        let online: Vec<&str> = w
-            .names
-            .iter()
-            .filter(|n| reg.addr_of(n, now.ms).is_some())
-            .map(String::as_str)
-            .collect();
+        let (now, budget) = (req.now.ms, self.shared.settings.reply_budget);
         let start = out.buf.len();
-        reply::watch_ack(&mut out.buf, online, self.shared.settings.reply_budget);
-        out.reply(from, start);
+        if add {
+            let left_out = reg
+                .watch(&watcher, req.from, &names, max)
+                .ok_or(Reason::NotRegistered)?;
+            let online = w.names.iter().filter(|n| reg.addr_of(n, now).is_some());
+            reply::watch_ack(&mut out.buf, online.map(String::as_str), budget);
+            out.reply(req.from, start, Kind::Reply, true);
+            if left_out > 0 {
+                // What fitted is acknowledged; the error says the rest did not.
+                self.fail(out, Reason::WatchLimit, req);
+            }
+        } else {
+            let left = reg.unwatch(&watcher, &names).ok_or(Reason::NotRegistered)?;
+            let online = left.iter().filter(|n| reg.addr_of(n, now).is_some());
+            reply::watch_ack(&mut out.buf, online.map(|n| &**n), budget);
+            out.reply(req.from, start, Kind::Reply, true);
+        }
+        Ok(())
     }
 
-    fn lookup(&mut self, d: &[u8], from: SocketAddr, now: Now, out: &mut Out) {
-        let l = match self.parse::<control::Lookup>(d) {
-            Ok(v) => v,
-            Err(e) => return self.bad_request(e, d, from, now, out, Answer::Registered),
-        };
+    fn lookup(&mut self, d: &[u8], req: &Req, out: &mut Out) -> Result<(), Reason> {
+        let l = self.parse::<control::Lookup>(d)?;
         if !valid_name(&l.name) {
-            return self.fail(
-                out,
-                Reason::InvalidName,
-                from,
-                now,
-                ErrorCode::InvalidName,
-                "invalid name",
-                d.len(),
-                Answer::Registered,
-            );
+            return Err(Reason::InvalidName);
         }
-        let online = self.shared.registry.addr_of(&l.name, now.ms).is_some();
+        let online = self.shared.registry.addr_of(&l.name, req.now.ms).is_some();
         let start = out.buf.len();
         reply::peer_info(&mut out.buf, &l.name, online);
-        out.reply(from, start);
+        out.reply(req.from, start, Kind::Reply, req.authed);
+        Ok(())
     }
 
-    fn unregister(&mut self, d: &[u8], from: SocketAddr, now: Now, out: &mut Out) {
-        let u = match self.parse::<control::Unregister>(d) {
-            Ok(v) => v,
-            Err(e) => return self.bad_request(e, d, from, now, out, Answer::Registered),
-        };
+    fn unregister(&mut self, d: &[u8], req: &mut Req, out: &mut Out) -> Result<(), Reason> {
+        let u = self.parse::<control::Unregister>(d)?;
+        let name = self.authenticate(Some(&u.name), u.session.as_deref(), req)?;
         let token = u.session.as_deref().and_then(Session::parse);
-        let Some(gone) = self
-            .shared
-            .registry
-            .unregister(&u.name, from, token, now.ms)
-        else {
-            return self.fail(
-                out,
-                Reason::NotRegistered,
-                from,
-                now,
-                ErrorCode::NotRegistered,
-                "name is not registered at this address",
-                d.len(),
-                Answer::Registered,
-            );
-        };
-        debug!(%from, name = %gone.name, "unregistered");
-        presence::announce(&self.shared, out, Presence::Left, &gone.name, now);
+        let reg = &self.shared.registry;
+        let gone = reg
+            .unregister(&name, req.from, token, req.now.ms)
+            .ok_or(Reason::NotRegistered)?;
+        debug!(from = %req.from, name = %gone.name, "unregistered");
+        presence::announce(&self.shared, out, Presence::Left, &gone.name, req.now);
+        Ok(())
     }
 
-    fn connect(&mut self, d: &[u8], from: SocketAddr, now: Now, out: &mut Out) {
+    fn connect(&mut self, d: &[u8], req: &mut Req, out: &mut Out) -> Result<(), Reason> {
         if !self.shared.settings.introductions {
-            return self.fail(
-                out,
-                Reason::Disabled,
-                from,
-                now,
-                ErrorCode::BadRequest,
-                "introductions are disabled",
-                d.len(),
-                Answer::Registered,
-            );
+            return Err(Reason::Disabled);
         }
-        let c = match self.parse::<control::Connect>(d) {
-            Ok(v) => v,
-            Err(e) => return self.bad_request(e, d, from, now, out, Answer::Registered),
-        };
-        let Some(me) = self.speaker(c.name.as_deref(), from, now) else {
-            return self.fail(
-                out,
-                Reason::NotRegistered,
-                from,
-                now,
-                ErrorCode::NotRegistered,
-                "register before connecting",
-                d.len(),
-                Answer::Registered,
-            );
-        };
-        let Some(peer_addr) = self.shared.registry.addr_of(&c.target, now.ms) else {
-            return self.fail(
-                out,
-                Reason::UnknownTarget,
-                from,
-                now,
-                ErrorCode::UnknownTarget,
-                "target is not online",
-                d.len(),
-                Answer::Registered,
-            );
-        };
+        let c = self.parse::<control::Connect>(d)?;
+        let me = self.authenticate(c.name.as_deref(), c.session.as_deref(), req)?;
+        let reg = &self.shared.registry;
+        let (peer_addr, peer_trusted) = reg
+            .target_of(&c.target, req.now.ms)
+            .ok_or(Reason::UnknownTarget)?;
         let start = out.buf.len();
         reply::introduce(&mut out.buf, &c.target, peer_addr);
-        out.reply(from, start);
+        out.reply(req.from, start, Kind::Reply, true);
         let start = out.buf.len();
-        reply::introduce(&mut out.buf, &me, from);
-        out.reply(peer_addr, start);
+        reply::introduce(&mut out.buf, &me, req.from);
+        out.reply(peer_addr, start, Kind::Announce, peer_trusted);
+        Ok(())
     }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::config::Settings;
     use serde_json::{Value, json};
 
     /// A router over fresh shared state, and a way to run datagrams through it.
@@ -767,6 +521,15 @@ pub(crate) mod tests {
 
         pub fn refused(&self, r: Reason) -> u64 {
             self.shared.metrics.refused(r)
+        }
+
+        /// The session of `name` at `from`, as its `register_ack` gave it.
+        pub fn session(&self, name: &str, from: SocketAddr) -> String {
+            self.shared
+                .registry
+                .session_at(name, from, 0)
+                .expect("registered")
+                .to_hex()
         }
     }
 
@@ -893,14 +656,29 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn error_replies_never_exceed_the_request() {
-        let mut h = Harness::new(Settings::default());
-        register(&mut h, "A", addr(1), 0);
+    fn unauthenticated_errors_are_paid_from_the_budgets() {
+        let s = Settings {
+            reply_credit: 80,
+            reply_prefix_credit: 4096,
+            reply_global_credit: 1 << 20,
+            ..Settings::default()
+        };
+        let mut h = Harness::new(s);
+        let reg = &h.shared.registry;
+        reg.claim("A", addr(1), Proof::Token(None), 0, 10);
+        // 10 bytes sent and 80 of credit pay a 73-byte error, in full.
+        let r = h.run(b"{\"type\":1}", addr(1), 1);
+        let v: Value = serde_json::from_slice(&r[0].1).unwrap();
+        assert_eq!(v["message"], "field of the wrong type");
+        // 17 left and 10 more earned: not even the 50-byte short form fits.
         assert!(h.run(b"{\"type\":1}", addr(1), 1).is_empty());
-        let padded = format!(r#"{{"type":1,"pad":"{}"}}"#, "x".repeat(60));
+        // A longer request pays for a longer answer.
+        let padded = format!(r#"{{"type":1,"pad":"{}"}}"#, "x".repeat(20));
         let r = h.run(padded.as_bytes(), addr(1), 1);
-        assert_eq!(r.len(), 1);
-        assert!(r[0].1.len() <= padded.len());
+        let v: Value = serde_json::from_slice(&r[0].1).unwrap();
+        assert_eq!(v["code"], "bad_request");
+        assert_eq!(v["message"], "");
+        assert_eq!(h.refused(Reason::WrongType), 3);
     }
 
     #[test]
@@ -912,7 +690,12 @@ pub(crate) mod tests {
         let mut h = Harness::new(s);
         register(&mut h, "A", addr(1), 0);
         register(&mut h, "B", addr(2), 0);
-        let r = h.json(json!({"type": "watch", "names": ["D", "B"]}), addr(1), 0);
+        let w = json!({"type": "watch", "names": ["D", "B"]});
+        let r = h.json(w.clone(), addr(1), 0);
+        assert_eq!(r[0].1["code"], "session_required");
+        let mut w = w;
+        w["session"] = h.session("A", addr(1)).into();
+        let r = h.json(w, addr(1), 0);
         assert_eq!(r[0].1, json!({"type": "watch_ack", "online": ["B"]}));
         let r = register(&mut h, "C", addr(3), 0);
         assert_eq!(r.len(), 2, "nobody watches C");
@@ -921,7 +704,12 @@ pub(crate) mod tests {
         assert_eq!(r[2].0, addr(1));
         assert_eq!(r[2].1["type"], "peer_joined");
         assert_eq!(r[2].1["peer_name"], "D");
-        let r = h.json(json!({"type": "unregister", "name": "D"}), addr(4), 1);
+        let session = h.session("D", addr(4));
+        let r = h.json(
+            json!({"type": "unregister", "name": "D", "session": session}),
+            addr(4),
+            1,
+        );
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].1["type"], "peer_left");
     }
@@ -932,6 +720,13 @@ pub(crate) mod tests {
         register(&mut h, "A", addr(1), 0);
         register(&mut h, "B", addr(2), 0);
         let r = h.json(json!({"type": "connect", "target": "B"}), addr(1), 1);
+        assert_eq!(r[0].1["code"], "session_required");
+        let session = h.session("A", addr(1));
+        let r = h.json(
+            json!({"type": "connect", "target": "B", "session": session}),
+            addr(1),
+            1,
+        );
         assert_eq!(
             r,
             vec![

@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use tracing::{error, info, warn};
 
-use crate::amplification::Guard;
 use crate::clock::Clock;
 use crate::config::Args;
 use crate::io::{self as relay_io, Egress, Worker};
 use crate::out::Out;
 use crate::reaper;
-use crate::router::{Router, Shared};
+use crate::router::Router;
+use crate::shared::Shared;
 
 /// A running relay.
 pub struct Relay {
@@ -146,9 +146,6 @@ fn run_reaper(shared: &Shared, clock: Clock, stop: &AtomicBool, mut egress: Box<
     }
     let tick = reaper_tick(shared);
     let mut out = Out::default();
-    // Keepalives and announcements to unproven addresses draw on their credit here too.
-    let s = &shared.settings;
-    let mut guard = Guard::new(s.unproven_credit, s.unproven_prefix_credit);
     let counters = shared.metrics.background();
     while !stop.load(Ordering::Relaxed) {
         thread::park_timeout(tick);
@@ -156,10 +153,7 @@ fn run_reaper(shared: &Shared, clock: Clock, stop: &AtomicBool, mut egress: Box<
             break;
         }
         let now = clock.now();
-        let done = reaper::sweep(shared, now, &mut out, |out| {
-            guard.filter(&shared.registry, out, 0, now.ms, &counters);
-            egress.send(out)
-        });
+        let done = reaper::sweep(shared, now, &mut out, &counters, |out| egress.send(out));
         if done.reaped > 0 {
             info!(
                 reaped = done.reaped,
@@ -187,7 +181,12 @@ fn serve_metrics(addr: SocketAddr, shared: Arc<Shared>) -> io::Result<()> {
                     continue;
                 }
                 let (status, body) = if line.starts_with("GET /metrics ") {
-                    ("200 OK", shared.metrics.prometheus(shared.registry.len()))
+                    (
+                        "200 OK",
+                        shared
+                            .metrics
+                            .prometheus(shared.registry.len(), shared.registry.watch_entries()),
+                    )
                 } else {
                     ("404 Not Found", String::from("try /metrics\n"))
                 };

@@ -15,7 +15,8 @@ use std::sync::atomic::Ordering;
 
 use udp_relay::config::Settings;
 use udp_relay::out::Out;
-use udp_relay::router::{Router, Shared};
+use udp_relay::router::Router;
+use udp_relay::shared::Shared;
 
 struct Counting;
 

@@ -7,7 +7,8 @@ use std::sync::{Mutex, OnceLock};
 use udp_relay::clock::Now;
 use udp_relay::config::Settings;
 use udp_relay::out::Out;
-use udp_relay::router::{Router, Shared};
+use udp_relay::router::Router;
+use udp_relay::shared::Shared;
 
 pub fn addr(i: u8) -> SocketAddr {
     SocketAddr::from(([10, 0, 0, 1 + i % 4], 1000 + u16::from(i % 4)))

@@ -478,15 +478,15 @@ impl Backend for Uring {
             for x in inputs.drain(..) {
                 bufs.provide(x.bid);
             }
-            if !slice.is_empty() {
-                extra_done = slice.end;
-                if current
-                    .as_ref()
-                    .is_some_and(|o| extra_done >= o.sends.len())
-                {
-                    current = None;
-                    extra_done = 0;
-                }
+            // Retired once every send of it has gone, including a batch with none left (the
+            // budgets withheld them all): one kept would make the loop poll without waiting.
+            extra_done = extra_done.max(slice.end);
+            if current
+                .as_ref()
+                .is_some_and(|o| extra_done >= o.sends.len())
+            {
+                current = None;
+                extra_done = 0;
             }
             bufs.publish();
             // Re-armed only now that buffers are back, or it would stop again at once.
@@ -538,6 +538,10 @@ struct RingEgress {
 
 impl Egress for RingEgress {
     fn send(&mut self, out: &mut Out) {
+        if out.sends.is_empty() {
+            out.clear();
+            return;
+        }
         let batch = std::mem::take(out);
         // A closed inbox means the worker has stopped: the relay is shutting down.
         if self.tx.send(batch).is_ok() {

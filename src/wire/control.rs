@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use simd_json::ErrorType;
 
-use crate::metrics::Reason;
+use crate::refusal::Reason;
 
 /// `register`: claim a name at the source address.
 #[derive(Debug, Deserialize)]
@@ -28,17 +28,21 @@ pub type Keepalive = Register;
 /// `ping`: ask for `pong`.
 #[derive(Debug, Deserialize)]
 pub struct Ping {
-    /// The sender's name, if it says.
+    /// The sender's name, if it says (a `ping` naming it keeps it live).
     pub name: Option<String>,
+    /// That name's session, which makes the request authenticated.
+    pub session: Option<String>,
 }
 
-/// `watch`: subscribe to presence of names.
+/// `watch` or `unwatch`: subscribe to, or stop hearing of, the presence of names.
 #[derive(Debug, Deserialize)]
 pub struct Watch {
-    /// Names to watch.
+    /// Names to watch or stop watching.
     pub names: Vec<String>,
     /// Which of the sender's names watches, when several share its address.
     pub name: Option<String>,
+    /// That name's session: required.
+    pub session: Option<String>,
 }
 
 /// `lookup`: is a name online?
@@ -53,7 +57,7 @@ pub struct Lookup {
 pub struct Unregister {
     /// The name to give up.
     pub name: String,
-    /// The registration's token, when sent from another address.
+    /// The registration's session: required.
     pub session: Option<String>,
 }
 
@@ -64,6 +68,8 @@ pub struct Connect {
     pub target: String,
     /// Which of the sender's names asks, when several share its address.
     pub name: Option<String>,
+    /// That name's session: required.
+    pub session: Option<String>,
 }
 
 /// Parses a control message from a scratch copy of the datagram (simd-json parses in place);

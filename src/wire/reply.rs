@@ -29,6 +29,10 @@ pub enum ErrorCode {
     AuthRequired,
     /// A signed registration's cookie or signature does not check.
     BadSignature,
+    /// The request must carry the session of its name, from that name's address.
+    SessionRequired,
+    /// A watch beyond a watch limit.
+    WatchLimit,
 }
 
 impl ErrorCode {
@@ -44,6 +48,8 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::AuthRequired => "auth_required",
             ErrorCode::BadSignature => "bad_signature",
+            ErrorCode::SessionRequired => "session_required",
+            ErrorCode::WatchLimit => "watch_limit",
         }
     }
 }

@@ -1,0 +1,444 @@
+//! Budgets: who pays for each datagram the relay sends. Shared by every worker and the reaper,
+//! so that no limit multiplies with the number of workers.
+//!
+//! Any source address can be forged, so what an unauthenticated request makes the relay send to
+//! its source must be paid by that address's host, its /24 (/56) and the relay as a whole: each
+//! starts with a small credit and earns what it sends in, never anything by the clock. Over any
+//! flood forged in a victim's name, the victim's network gets at most what was sent in its name
+//! beyond the prefix's credit. Announcements are paid by the host whose datagram caused them (it
+//! earns twice what it sends, beyond a fixed allowance) and are capped per recipient by a rate.
+//! Forwards are paid by their sender's own admission limits ([`crate::ratelimit`]).
+//!
+//! Every table is a fixed array of atomics indexed by a keyed hash: memory is bounded whatever
+//! the input, and state is never reset (a name going away changes nothing). Keys that share a
+//! slot share its balance; with a random key per start-up, nobody can choose whom they share with.
+
+use std::collections::HashSet;
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hash};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+use crate::config::Settings;
+use crate::metrics::Counters;
+use crate::out::{Kind, Out, Send};
+use crate::ratelimit::prefix;
+
+/// Bytes of a host's reply budget that relay-volunteered sends (acks nobody needs, keepalives,
+/// announcements) may not use, so that a `register_ack` always finds them.
+pub const RESERVE: i64 = 512;
+/// A reply budget may bank at most this many times its credit from what its owner sent.
+const CAP_CREDITS: i64 = 16;
+/// A host's fan-out budget earns this many bytes per byte it sends.
+const FANOUT_EARN: i64 = 2;
+/// A recipient's presence budget allows bursts of this many seconds' worth of its rate.
+const PRESENCE_BURST_S: u64 = 4;
+/// Registrations allow bursts of this many seconds' worth of their rate.
+const REGISTRATION_BURST_S: u64 = 10;
+/// Most recipients owed a coalesced `peer_list` at once; beyond, they hear at their next change.
+const OWED_MAX: usize = 65_536;
+
+const HOST_SLOTS: usize = 1 << 18;
+const PREFIX_SLOTS: usize = 1 << 16;
+const LIMIT_SLOTS: usize = 1 << 16;
+
+/// The key of limits per host: an IPv4 address, or an IPv6 /64 (one subscriber's network: a
+/// host there picks any of 2^64 addresses).
+pub fn host_key(ip: IpAddr) -> [u8; 9] {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            [4, o[0], o[1], o[2], o[3], 0, 0, 0, 0]
+        }
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            [6, o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7]]
+        }
+    }
+}
+
+/// A fixed array of atomics indexed by a keyed hash.
+struct Table<T> {
+    slots: Box<[T]>,
+    hasher: RandomState,
+}
+
+impl<T: Default> Table<T> {
+    fn new(n: usize) -> Table<T> {
+        Table {
+            slots: (0..n).map(|_| T::default()).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn slot(&self, key: impl Hash) -> &T {
+        let h = self.hasher.hash_one(key) as usize;
+        &self.slots[h % self.slots.len()]
+    }
+}
+
+/// Balances that start at a credit, earn what their owner sends and are spent by what it gets.
+/// A slot holds what was used beyond the credit (zero: a fresh credit).
+struct Earned {
+    table: Table<AtomicI64>,
+    credit: i64,
+    cap: i64,
+}
+
+impl Earned {
+    fn new(slots: usize, credit: u64, cap: i64) -> Earned {
+        let credit = i64::try_from(credit).unwrap_or(i64::MAX / 4);
+        Earned {
+            table: Table::new(if credit > 0 { slots } else { 1 }),
+            credit,
+            cap: cap.max(credit),
+        }
+    }
+
+    fn unlimited(&self) -> bool {
+        self.credit == 0
+    }
+
+    fn earn(&self, key: impl Hash, n: i64) {
+        if self.unlimited() {
+            return;
+        }
+        let floor = self.credit - self.cap;
+        let _ = self
+            .table
+            .slot(key)
+            .fetch_update(Relaxed, Relaxed, |used| Some((used - n).max(floor)));
+    }
+
+    fn available(&self, key: impl Hash) -> i64 {
+        if self.unlimited() {
+            return i64::MAX;
+        }
+        self.credit - self.table.slot(key).load(Relaxed)
+    }
+
+    /// Spends `n` if at least `n + reserve` is available.
+    fn spend(&self, key: impl Hash, n: i64, reserve: i64) -> bool {
+        if self.unlimited() {
+            return true;
+        }
+        let credit = self.credit;
+        self.table
+            .slot(key)
+            .fetch_update(Relaxed, Relaxed, |used| {
+                (credit - used - reserve >= n).then_some(used + n)
+            })
+            .is_ok()
+    }
+
+    /// Gives back `n` just spent (when another budget of the same send refused it); a
+    /// negative `n` takes back what was earned.
+    fn refund(&self, key: impl Hash, n: i64) {
+        if !self.unlimited() {
+            self.table.slot(key).fetch_sub(n, Relaxed);
+        }
+    }
+}
+
+/// Token buckets refilled by the clock: a slot packs the units used (high half) and when it was
+/// last refilled (low half, in tenths of a second).
+struct Clocked {
+    table: Table<AtomicU64>,
+    rate: u64,
+    burst: u64,
+}
+
+impl Clocked {
+    fn new(slots: usize, rate: u64, burst_s: u64) -> Clocked {
+        Clocked {
+            table: Table::new(if rate > 0 { slots } else { 1 }),
+            rate,
+            burst: rate.saturating_mul(burst_s).clamp(1, u64::from(u32::MAX)),
+        }
+    }
+
+    fn take(&self, key: impl Hash, cost: u64, now_ms: u64) -> bool {
+        if self.rate == 0 {
+            return true;
+        }
+        let now_ds = (now_ms / 100) as u32;
+        let (rate, burst) = (self.rate, self.burst);
+        self.table
+            .slot(key)
+            .fetch_update(Relaxed, Relaxed, |state| {
+                let (used, at) = (state >> 32, state as u32);
+                let refill = u64::from(now_ds.saturating_sub(at)) * rate / 10;
+                let used = used.saturating_sub(refill);
+                (used + cost <= burst).then(|| ((used + cost) << 32) | u64::from(now_ds.max(at)))
+            })
+            .is_ok()
+    }
+}
+
+/// Every budget of the relay.
+pub struct Budgets {
+    reply_host: Earned,
+    reply_prefix: Earned,
+    reply_global: Earned,
+    fanout: Earned,
+    presence: Clocked,
+    registrations: Clocked,
+    /// Trusted recipients an announcement was withheld from: each gets one `peer_list` later.
+    owed: Mutex<HashSet<SocketAddr>>,
+}
+
+/// What a settled send cost, for the counters.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Sent,
+    Withheld,
+    /// Withheld, and the recipient is owed a `peer_list` for it.
+    Owed,
+}
+
+impl Budgets {
+    /// The budgets `s` configures.
+    pub fn new(s: &Settings) -> Budgets {
+        Budgets {
+            reply_host: Earned::new(
+                HOST_SLOTS,
+                s.reply_credit,
+                CAP_CREDITS * s.reply_credit as i64,
+            ),
+            reply_prefix: Earned::new(
+                PREFIX_SLOTS,
+                s.reply_prefix_credit,
+                CAP_CREDITS * s.reply_prefix_credit as i64,
+            ),
+            reply_global: Earned::new(
+                1,
+                s.reply_global_credit,
+                CAP_CREDITS * s.reply_global_credit as i64,
+            ),
+            fanout: Earned::new(LIMIT_SLOTS, s.fanout_allowance, s.fanout_allowance as i64),
+            presence: Clocked::new(LIMIT_SLOTS, s.presence_rate, PRESENCE_BURST_S),
+            registrations: Clocked::new(LIMIT_SLOTS, s.registration_rate, REGISTRATION_BURST_S),
+            owed: Mutex::default(),
+        }
+    }
+
+    /// Credits `from`'s host, prefix and the relay with `len` bytes it sent unauthenticated, and
+    /// its fan-out budget with twice that.
+    pub fn earn(&self, from: IpAddr, len: usize) {
+        let n = len as i64;
+        self.reply_host.earn(from, n);
+        self.reply_prefix.earn(prefix(from), n);
+        self.reply_global.earn((), n);
+        self.fanout.earn(host_key(from), FANOUT_EARN * n);
+    }
+
+    /// Takes back the reply credit [`Budgets::earn`] gave for a datagram that turned out to be
+    /// authenticated (its fan-out earnings stay: it did send them).
+    pub fn unearn(&self, from: IpAddr, len: usize) {
+        let n = len as i64;
+        self.reply_host.refund(from, -n);
+        self.reply_prefix.refund(prefix(from), -n);
+        self.reply_global.refund((), -n);
+    }
+
+    /// Whether `from`'s host may register one more new name at `now_ms`.
+    pub fn register(&self, from: IpAddr, now_ms: u64) -> bool {
+        self.registrations.take(host_key(from), 1, now_ms)
+    }
+
+    /// How many bytes of replies `to` could be sent now (for choosing an error's short form).
+    pub fn reply_available(&self, to: IpAddr) -> i64 {
+        let a = self.reply_host.available(to);
+        let p = self.reply_prefix.available(prefix(to));
+        a.min(p).min(self.reply_global.available(()))
+    }
+
+    /// Spends `n` bytes of `to`'s host, prefix and relay reply budgets, keeping `reserve`.
+    fn spend_reply(&self, to: IpAddr, n: i64, reserve: i64) -> bool {
+        if !self.reply_host.spend(to, n, reserve) {
+            return false;
+        }
+        if !self.reply_prefix.spend(prefix(to), n, reserve) {
+            self.reply_host.refund(to, n);
+            return false;
+        }
+        if !self.reply_global.spend((), n, 0) {
+            self.reply_host.refund(to, n);
+            self.reply_prefix.refund(prefix(to), n);
+            return false;
+        }
+        true
+    }
+
+    fn settle_one(&self, s: &Send, len: usize, payer: Option<IpAddr>, now_ms: u64) -> Verdict {
+        let n = len as i64;
+        let to = s.to.ip();
+        let ok = match (s.kind, s.trusted) {
+            (Kind::Forward, _) | (Kind::Reply | Kind::Courtesy | Kind::Keepalive, true) => true,
+            (Kind::Reply, false) => self.spend_reply(to, n, 0),
+            (Kind::Courtesy | Kind::Keepalive, false) => self.spend_reply(to, n, RESERVE),
+            (Kind::Announce, trusted) => {
+                let key = payer.map(host_key);
+                if let Some(k) = key {
+                    if !self.fanout.spend(k, n, 0) {
+                        return if trusted {
+                            Verdict::Owed
+                        } else {
+                            Verdict::Withheld
+                        };
+                    }
+                }
+                let paid = self.presence.take(s.to, len as u64, now_ms)
+                    && (trusted || self.spend_reply(to, n, RESERVE));
+                if !paid {
+                    if let Some(k) = key {
+                        self.fanout.refund(k, n);
+                    }
+                    return if trusted {
+                        Verdict::Owed
+                    } else {
+                        Verdict::Withheld
+                    };
+                }
+                true
+            }
+        };
+        if ok { Verdict::Sent } else { Verdict::Withheld }
+    }
+
+    /// Withholds, among `out.sends[start..]`, what its payers cannot pay, and counts it;
+    /// `payer` is the host whose datagram caused the announcements (`None`: the relay itself).
+    pub fn settle(
+        &self,
+        out: &mut Out,
+        start: usize,
+        payer: Option<IpAddr>,
+        now_ms: u64,
+        c: &Counters,
+    ) {
+        if out.sends[start..].iter().all(|s| s.kind == Kind::Forward) {
+            return;
+        }
+        let mut i = 0;
+        let lens: Vec<usize> = out.sends[start..].iter().map(|s| out.len(s)).collect();
+        let mut owed = Vec::new();
+        out.sends.retain(|s| {
+            i += 1;
+            if i <= start {
+                return true;
+            }
+            let v = self.settle_one(s, lens[i - start - 1], payer, now_ms);
+            if v != Verdict::Sent {
+                let counter = match s.kind {
+                    Kind::Announce => &c.withheld_announcements,
+                    Kind::Keepalive => &c.withheld_keepalives,
+                    _ => &c.withheld_replies,
+                };
+                Counters::add(counter, 1);
+            }
+            if v == Verdict::Owed {
+                owed.push(s.to);
+            }
+            v == Verdict::Sent
+        });
+        if !owed.is_empty() {
+            let mut set = self.owed.lock().unwrap_or_else(|e| e.into_inner());
+            for to in owed {
+                if set.len() < OWED_MAX {
+                    set.insert(to);
+                }
+            }
+        }
+    }
+
+    /// Takes the recipients owed a coalesced `peer_list`.
+    pub fn take_owed(&self) -> HashSet<SocketAddr> {
+        std::mem::take(&mut *self.owed.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Puts back recipients whose list is not due yet.
+    pub fn keep_owed(&self, keep: impl IntoIterator<Item = SocketAddr>) {
+        let mut set = self.owed.lock().unwrap_or_else(|e| e.into_inner());
+        for to in keep {
+            if set.len() < OWED_MAX {
+                set.insert(to);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings {
+            reply_credit: 2048,
+            reply_prefix_credit: 4096,
+            reply_global_credit: 1 << 20,
+            fanout_allowance: 65_536,
+            presence_rate: 4096,
+            ..Settings::default()
+        }
+    }
+
+    #[test]
+    fn replies_beyond_the_credit_are_paid_by_what_the_host_sends() {
+        let b = Budgets::new(&settings());
+        let victim: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(b.spend_reply(victim, 2000, 0));
+        assert!(!b.spend_reply(victim, 100, 0), "the credit is spent");
+        b.earn(victim, 60);
+        assert!(b.spend_reply(victim, 100, 0), "48 left and 60 earned");
+        assert!(!b.spend_reply(victim, 10, 0));
+        // Neighbours have credits of their own but share the /24's 4 KiB.
+        let neighbour: IpAddr = "192.0.2.2".parse().unwrap();
+        assert!(b.spend_reply(neighbour, 2000, 0));
+        let third: IpAddr = "192.0.2.3".parse().unwrap();
+        assert!(!b.spend_reply(third, 100, 0), "the prefix is spent");
+        // A refusal by the prefix leaves the host's balance as it was.
+        assert_eq!(b.reply_host.available(third), 2048);
+        // Courtesies keep the reserve.
+        let other: IpAddr = "198.51.100.1".parse().unwrap();
+        assert!(!b.spend_reply(other, 2048 - 511, RESERVE));
+        assert!(b.spend_reply(other, 2048 - 512, RESERVE));
+    }
+
+    #[test]
+    fn earnings_are_capped() {
+        let b = Budgets::new(&settings());
+        let ip: IpAddr = "203.0.113.9".parse().unwrap();
+        b.earn(ip, 10_000_000);
+        assert_eq!(b.reply_host.available(ip), 16 * 2048);
+        assert_eq!(b.fanout.available(host_key(ip)), 65_536);
+    }
+
+    #[test]
+    fn hosts_of_one_ipv6_64_share_limits() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(host_key(a), host_key(b));
+        assert_ne!(host_key(a), host_key(c));
+        let s = Settings {
+            registration_rate: 1,
+            ..settings()
+        };
+        let budgets = Budgets::new(&s);
+        assert_eq!((0..20).filter(|_| budgets.register(a, 0)).count(), 10);
+        assert!(!budgets.register(b, 0), "the same /64");
+        assert!(budgets.register(c, 0));
+        assert!(budgets.register(a, 1000), "a second later, one more");
+    }
+
+    #[test]
+    fn presence_refills_by_the_clock() {
+        let b = Budgets::new(&settings());
+        let to: SocketAddr = "192.0.2.7:5".parse().unwrap();
+        assert!(b.presence.take(to, 4 * 4096, 0));
+        assert!(!b.presence.take(to, 1, 0));
+        assert!(b.presence.take(to, 409, 100));
+        assert!(!b.presence.take(to, 1, 100));
+    }
+}

@@ -1,0 +1,125 @@
+//! Why a datagram is refused: one table maps each reason to its metric label, the `error` code
+//! it is answered with (if any) and that answer's message, so that a refusal is one value,
+//! counted and answered in one place (`Router::fail`).
+
+use crate::wire::reply::ErrorCode;
+
+macro_rules! reasons {
+    ($($variant:ident => $label:literal, $code:expr, $message:literal, $doc:literal;)*) => {
+        /// Why a datagram was refused (dropped without being served).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Reason {
+            $(#[doc = $doc] $variant,)*
+        }
+
+        impl Reason {
+            /// Every reason, in counter order.
+            pub const ALL: &'static [Reason] = &[$(Reason::$variant,)*];
+
+            /// The reason's label in metrics and logs.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Reason::$variant => $label,)*
+                }
+            }
+
+            /// The `error` code a refusal is answered with, where the protocol answers it.
+            pub fn code(self) -> Option<ErrorCode> {
+                match self {
+                    $(Reason::$variant => $code,)*
+                }
+            }
+
+            /// The `message` of that answer.
+            pub fn message(self) -> &'static str {
+                match self {
+                    $(Reason::$variant => $message,)*
+                }
+            }
+        }
+    };
+}
+
+use ErrorCode::*;
+
+reasons! {
+    UnknownFamily => "unknown_family", None, "",
+        "First bytes match no datagram family.";
+    Unsupported => "unsupported_family", None, "",
+        "A STUN or channel datagram, not served yet.";
+    MappedSource => "v4_mapped_source", None, "",
+        "A native IPv6 datagram whose source is an IPv4-mapped address.";
+    TooLarge => "too_large", Some(TooLarge), "datagram too large",
+        "Longer than `--max-datagram`, or a forward that would exceed a UDP datagram.";
+    NotUtf8 => "not_utf8", Some(BadRequest), "datagram is not UTF-8",
+        "A JSON datagram that is not valid UTF-8.";
+    Syntax => "malformed_json", Some(BadRequest), "malformed JSON",
+        "Not well-formed JSON, or not an object.";
+    TooDeep => "too_deep", Some(BadRequest), "nested too deeply",
+        "Nested deeper than the scanner allows.";
+    Duplicate => "duplicate_field", Some(BadRequest), "duplicate field",
+        "A routing field given twice.";
+    WrongType => "wrong_field_type", Some(BadRequest), "field of the wrong type",
+        "A routing field of the wrong JSON type.";
+    MissingField => "missing_field", Some(BadRequest), "missing field",
+        "A required field is absent.";
+    UnknownType => "unknown_type", Some(BadRequest), "unknown type",
+        "A `type` this relay does not serve.";
+    BadRequest => "bad_request", Some(BadRequest), "missing, repeated or mistyped field",
+        "A control message whose fields do not parse.";
+    InvalidName => "invalid_name", Some(InvalidName),
+        "names are 1-64 bytes of UTF-8 without control characters",
+        "A name that breaks the naming rules.";
+    NameInUse => "name_in_use", Some(NameInUse), "name is live at another address",
+        "A live name claimed from another address.";
+    NotRegistered => "not_registered", Some(NotRegistered),
+        "name is not registered at this address",
+        "A sender without the registration it needs.";
+    SessionRequired => "session_required", Some(SessionRequired),
+        "this request needs the session of its name, from its address",
+        "A request that must be authenticated and is not.";
+    UnknownTarget => "unknown_target", Some(UnknownTarget), "target is not online",
+        "A relay or connect to a name that is not live.";
+    RegistryFull => "registry_full", Some(RateLimited), "relay is full",
+        "A new name beyond `--max-peers`.";
+    Disabled => "disabled", Some(BadRequest), "disabled by the operator",
+        "A request for a feature the operator switched off.";
+    WatchLimit => "watch_limit", Some(WatchLimit), "watch limit reached",
+        "A watch beyond the per-peer, per-host or relay-wide watch limit.";
+    SourceLimited => "rate_limited_source", Some(RateLimited), "slow down",
+        "Over the per-source datagram or byte rate.";
+    PrefixLimited => "rate_limited_prefix", Some(RateLimited), "slow down",
+        "Over the per-prefix (/24, /56) datagram or byte rate.";
+    GlobalLimited => "rate_limited_global", Some(RateLimited), "slow down",
+        "Over the relay-wide datagram rate (per worker share).";
+    RegistrationLimited => "rate_limited_registrations", Some(RateLimited),
+        "registering new names too fast",
+        "New names from one host (IPv4 address, IPv6 /64) too fast.";
+    AuthRequired => "auth_required", Some(AuthRequired), "this relay requires signed registration",
+        "An unsigned claim where signed registration is required.";
+    BadSignature => "bad_signature", Some(BadSignature), "cookie or signature does not check",
+        "A signed registration whose cookie or signature fails.";
+    UnauthenticatedTarget => "unauthenticated_target", None, "",
+        "A forward (signed mode) to a registration that never showed its cookie or session.";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_unique_and_answers_fit_a_short_error() {
+        let mut labels: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), Reason::ALL.len());
+        for r in Reason::ALL {
+            // The relay's own ASCII text: written without escapes, so its length is its size.
+            assert!(
+                r.message().is_ascii() && !r.message().contains('"'),
+                "{r:?}"
+            );
+            assert_eq!(r.code().is_none(), r.message().is_empty(), "{r:?}");
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! The state shared by every worker and the reaper: the registry, the budgets, the counters,
+//! the presence sample and the cookie key. Routing, presence and the reaper read it; none of
+//! them owns it.
+
+use std::sync::Arc;
+
+use crate::auth::Cookies;
+use crate::budget::Budgets;
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::presence::Sample;
+use crate::registry::Registry;
+
+/// State shared by every worker and the reaper.
+pub struct Shared {
+    /// The peer registry.
+    pub registry: Registry,
+    /// The protocol settings.
+    pub settings: Settings,
+    /// The counters.
+    pub metrics: Metrics,
+    /// Who pays for each send, shared so that no limit multiplies with the workers.
+    pub budgets: Budgets,
+    /// The live peers listed while the registry is beyond `announce_max`.
+    pub sample: Sample,
+    /// How many workers share the relay-wide limits.
+    pub workers: usize,
+    /// The key of registration cookies, shared by all workers.
+    pub cookies: Cookies,
+}
+
+impl Shared {
+    /// Shared state for `workers` workers.
+    pub fn new(settings: Settings, workers: usize) -> Arc<Shared> {
+        Arc::new(Shared {
+            registry: Registry::new(&settings),
+            metrics: Metrics::new(workers),
+            budgets: Budgets::new(&settings),
+            sample: Sample::default(),
+            workers,
+            cookies: Cookies::default(),
+            settings,
+        })
+    }
+}
