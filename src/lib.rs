@@ -8,6 +8,7 @@ pub mod auth;
 pub mod budget;
 pub mod clock;
 pub mod config;
+pub mod http;
 pub mod io;
 pub mod metrics;
 pub mod out;

@@ -1,8 +1,8 @@
 //! Start-up and shutdown: binds the workers' sockets, starts the workers, the reaper and the
 //! metrics endpoint, and stops them all.
 
-use std::io::{self, BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
@@ -12,6 +12,7 @@ use tracing::{error, info, warn};
 
 use crate::clock::Clock;
 use crate::config::Args;
+use crate::http;
 use crate::io::{self as relay_io, Egress, Worker};
 use crate::out::Out;
 use crate::reaper;
@@ -98,7 +99,7 @@ pub fn start(args: &Args) -> io::Result<Relay> {
             .spawn(move || run_reaper(&shared, clock, &stop, egress))?
     };
     if let Some(m) = args.metrics_listen {
-        serve_metrics(m, shared.clone())?;
+        http::serve(m, shared.clone())?;
     }
     info!(
         workers = n,
@@ -162,44 +163,4 @@ fn run_reaper(shared: &Shared, clock: Clock, stop: &AtomicBool, mut egress: Box<
             );
         }
     }
-}
-
-/// Serves `GET /metrics` (Prometheus text format) on `addr` from a background thread.
-fn serve_metrics(addr: SocketAddr, shared: Arc<Shared>) -> io::Result<()> {
-    let listener = TcpListener::bind(addr)
-        .map_err(|e| io::Error::new(e.kind(), format!("--metrics-listen {addr}: {e}")))?;
-    let local = listener.local_addr()?;
-    info!("metrics on http://{local}/metrics");
-    thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-                let mut line = String::new();
-                if BufReader::new(&conn).read_line(&mut line).is_err() {
-                    continue;
-                }
-                let (status, body) = if line.starts_with("GET /metrics ") {
-                    (
-                        "200 OK",
-                        shared
-                            .metrics
-                            .prometheus(shared.registry.len(), shared.registry.watch_entries()),
-                    )
-                } else {
-                    ("404 Not Found", String::from("try /metrics\n"))
-                };
-                let r = write!(
-                    conn,
-                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n\
-                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                if let Err(e) = r {
-                    warn!(error = %e, "metrics reply");
-                }
-            }
-        })?;
-    Ok(())
 }
