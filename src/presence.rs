@@ -100,8 +100,16 @@ pub fn peer_list(
 /// The smallest list budget of an announcement, however many hear of it.
 const MIN_ANNOUNCEMENT: usize = 128;
 
-/// Tells those who should hear it that `name` joined or left.
-pub fn announce(shared: &Shared, out: &mut Out, kind: Presence, name: &str, now: Now) {
+/// Tells those who should hear it that `name`, of address `at`, joined or left (the peer at
+/// `at` itself is not told: it knows).
+pub fn announce(
+    shared: &Shared,
+    out: &mut Out,
+    kind: Presence,
+    name: &str,
+    at: SocketAddr,
+    now: Now,
+) {
     let (recipients, peers) = if small(shared) {
         let peers = everyone(shared, now);
         (peers.clone(), peers)
@@ -116,7 +124,7 @@ pub fn announce(shared: &Shared, out: &mut Out, kind: Presence, name: &str, now:
     let mut seen = HashSet::new();
     let to: Vec<&Live> = recipients
         .iter()
-        .filter(|p| &*p.name != name && seen.insert(p.addr))
+        .filter(|p| &*p.name != name && p.addr != at && seen.insert(p.addr))
         .collect();
     if to.is_empty() {
         return;

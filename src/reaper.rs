@@ -63,7 +63,7 @@ pub fn sweep(
                 done.reaped += 1;
                 // Paid by the host that held the name, as its datagrams caused the join.
                 let start = out.sends.len();
-                presence::announce(shared, out, Presence::Left, &gone.name, now);
+                presence::announce(shared, out, Presence::Left, &gone.name, gone.addr, now);
                 budgets.settle(out, start, Some(gone.addr.ip()), now.ms, c);
                 check(out);
             }

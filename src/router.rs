@@ -145,6 +145,8 @@ impl Router {
         let start = out.buf.len();
         if reply::error(&mut out.buf, code, r.message(), limit) {
             out.reply(to, start, Kind::Reply, req.authed);
+        } else {
+            Counters::add(&self.counters.withheld_replies, 1);
         }
     }
 
@@ -328,7 +330,7 @@ impl Router {
             _ => explicit,
         };
         if announce {
-            presence::announce(&self.shared, out, Presence::Joined, &r.name, now);
+            presence::announce(&self.shared, out, Presence::Joined, &r.name, from, now);
         }
         Ok(())
     }
@@ -449,7 +451,14 @@ impl Router {
             .unregister(&name, req.from, token, req.now.ms)
             .ok_or(Reason::NotRegistered)?;
         debug!(from = %req.from, name = %gone.name, "unregistered");
-        presence::announce(&self.shared, out, Presence::Left, &gone.name, req.now);
+        presence::announce(
+            &self.shared,
+            out,
+            Presence::Left,
+            &gone.name,
+            gone.addr,
+            req.now,
+        );
         Ok(())
     }
 

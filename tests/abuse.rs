@@ -99,7 +99,9 @@ fn new_names_from_one_source_are_limited_but_refreshes_are_not() {
         "5",
         "--announce-max",
         "1",
-        "--unproven-credit",
+        "--reply-credit",
+        "0",
+        "--reply-prefix-credit",
         "0",
     ]);
     let p = Peer::new(&r);
@@ -186,9 +188,15 @@ fn malformed_input_at_volume_leaves_the_relay_serving_within_a_memory_bound() {
         "0",
         "--prefix-bytes",
         "0",
-        "--unproven-credit",
+        "--reply-credit",
         "0",
-        "--unproven-prefix-credit",
+        "--reply-prefix-credit",
+        "0",
+        "--reply-global-credit",
+        "0",
+        "--fanout-allowance",
+        "0",
+        "--presence-rate",
         "0",
     ]);
     let before = r.rss();
@@ -223,7 +231,7 @@ fn malformed_input_at_volume_leaves_the_relay_serving_within_a_memory_bound() {
 fn repeating_register_does_not_make_the_relay_broadcast_at_will() {
     // One worker: A's datagrams and B's barrier are served in arrival order. A never echoes its
     // token, so its own replies would soon outrun its credit: no credit limit here.
-    let r = Relay::start(&["--workers", "1", "--unproven-credit", "0"]);
+    let r = Relay::start(&args(&["--workers", "1"], NO_BUDGETS));
     let b = Peer::new(&r);
     b.register("B");
     let a = Peer::new(&r);

@@ -622,7 +622,7 @@ fn live_name_is_not_taken_without_session() {
 #[test]
 fn names_follow_the_rules() {
     // Many replies to one address that never echoes its token: no credit limit here.
-    let r = Relay::start(&["--error-rate", "1000", "--unproven-credit", "0"]);
+    let r = Relay::start(&args(&["--error-rate", "1000"], NO_BUDGETS));
     let valid = [
         "A".to_owned(),
         "x".repeat(64),

@@ -15,7 +15,8 @@ dir=$(mktemp -d)
 taskset -c 0 "$relay" --host 127.0.0.1 --port $port --workers 1 --io "$io" \
     --peer-timeout 15s --keepalive-interval 14s --max-peers 2000000 \
     --source-rate 0 --source-bytes 0 --prefix-rate 0 --prefix-bytes 0 --registration-rate 0 \
-    --unproven-credit 0 --unproven-prefix-credit 0 \
+    --reply-credit 0 --reply-prefix-credit 0 --reply-global-credit 0 \
+    --fanout-allowance 0 --presence-rate 0 \
     >"$dir/relay.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null; rm -rf "$dir"' EXIT

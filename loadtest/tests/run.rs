@@ -35,9 +35,15 @@ fn relay() -> server::Relay {
         "0",
         "--registration-rate",
         "0",
-        "--unproven-credit",
+        "--reply-credit",
         "0",
-        "--unproven-prefix-credit",
+        "--reply-prefix-credit",
+        "0",
+        "--reply-global-credit",
+        "0",
+        "--fanout-allowance",
+        "0",
+        "--presence-rate",
         "0",
     ]);
     server::start(&args).expect("start relay")

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod forge;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -37,7 +39,29 @@ pub const ERROR_CODES: &[&str] = &[
     "rate_limited",
     "auth_required",
     "bad_signature",
+    "session_required",
+    "watch_limit",
 ];
+
+/// Flags that lift every reply, fan-out and presence budget: for tests of something else that
+/// drive many replies to one loopback host.
+pub const NO_BUDGETS: &[&str] = &[
+    "--reply-credit",
+    "0",
+    "--reply-prefix-credit",
+    "0",
+    "--reply-global-credit",
+    "0",
+    "--fanout-allowance",
+    "0",
+    "--presence-rate",
+    "0",
+];
+
+/// `a` then `b`, as one argument list.
+pub fn args<'a>(a: &[&'a str], b: &[&'a str]) -> Vec<&'a str> {
+    [a, b].concat()
+}
 
 /// How long any single expected event may take before the test fails.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
@@ -241,6 +265,10 @@ pub struct Peer {
     pub sock: UdpSocket,
     /// The relay's address.
     pub relay: SocketAddr,
+    /// The name this peer last registered and its session, once [`Peer::register`] ran.
+    ident: Mutex<Option<(String, String)>>,
+    /// Datagrams that arrived while [`Peer::register`] waited for its own answers.
+    pending: Mutex<std::collections::VecDeque<Vec<u8>>>,
 }
 
 impl Peer {
@@ -253,7 +281,12 @@ impl Peer {
     pub fn bind(relay: SocketAddr, local: &str) -> Peer {
         let sock = UdpSocket::bind(local).unwrap();
         sock.set_read_timeout(Some(TIMEOUT)).unwrap();
-        Peer { sock, relay }
+        Peer {
+            sock,
+            relay,
+            ident: Default::default(),
+            pending: Default::default(),
+        }
     }
 
     /// The peer's address as the relay sees it.
@@ -273,6 +306,13 @@ impl Peer {
 
     /// Receives one raw datagram (fails the test after [`TIMEOUT`]).
     pub fn recv_raw(&self) -> Vec<u8> {
+        if let Some(d) = self.pending.lock().unwrap().pop_front() {
+            return d;
+        }
+        self.recv_wire()
+    }
+
+    fn recv_wire(&self) -> Vec<u8> {
         let mut buf = vec![0u8; 70_000];
         let (n, from) = self
             .sock
@@ -301,8 +341,10 @@ impl Peer {
     /// Barrier: sends `ping` and returns every message that arrived before the `pong`. Since
     /// the relay serves one source in order, everything it sent this peer before answering is
     /// in the returned list.
+    /// The ping is authenticated once the peer has registered, so its pong is a reply the relay
+    /// always sends, whatever the budgets of this (shared, loopback) host.
     pub fn drain(&self) -> Vec<Value> {
-        self.send(json!({"type": "ping"}));
+        self.send(self.ping());
         let mut before = Vec::new();
         loop {
             let v = self.recv();
@@ -324,10 +366,59 @@ impl Peer {
     }
 
     /// Registers `name` and returns the `register_ack`, consuming the `peer_list` too.
+    /// Then, as a new peer does, it shows its session back from its address (an authenticated
+    /// `ping`), so that the relay trusts the registration; what else arrives meanwhile is kept
+    /// for the next `recv`.
     pub fn register(&self, name: &str) -> (Value, Value) {
+        let (ack, list) = self.register_old(name);
+        let session = ack["session"].as_str().expect("session").to_string();
+        *self.ident.lock().unwrap() = Some((name.to_string(), session));
+        self.send(self.ping());
+        let mut kept = Vec::new();
+        loop {
+            let d = self.recv_raw();
+            let v: Value = serde_json::from_slice(&d).expect("JSON");
+            if v["type"] == "pong" {
+                break;
+            }
+            kept.push(d);
+        }
+        self.pending.lock().unwrap().extend(kept);
+        (ack, list)
+    }
+
+    /// Registers `name` as an old peer does: no session is ever shown back.
+    pub fn register_old(&self, name: &str) -> (Value, Value) {
         self.send(json!({"type": "register", "name": name}));
         let ack = self.expect("register_ack");
         let list = self.expect("peer_list");
         (ack, list)
+    }
+
+    /// The session of the name this peer registered last.
+    pub fn session(&self) -> String {
+        self.ident
+            .lock()
+            .unwrap()
+            .as_ref()
+            .expect("registered")
+            .1
+            .clone()
+    }
+
+    /// `msg` with the name and session of this peer's registration added: authenticated.
+    pub fn authed(&self, mut msg: Value) -> Value {
+        if let Some((name, session)) = &*self.ident.lock().unwrap() {
+            msg["session"] = json!(session);
+            if msg.get("name").is_none() {
+                msg["name"] = json!(name);
+            }
+        }
+        msg
+    }
+
+    /// A `ping`, authenticated once the peer has registered.
+    pub fn ping(&self) -> Value {
+        self.authed(json!({"type": "ping"}))
     }
 }

@@ -1,0 +1,487 @@
+//! Adversarial tests: the attacks found against the relay, and their variants, over real
+//! sockets on loopback with forged source addresses (raw sockets; CI runs as root, and without
+//! CAP_NET_RAW the forging tests say they are skipped). CI runs this file on both backends.
+//! Each test asserts its bound and prints what it measured.
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use common::forge::{Forger, received};
+use common::*;
+use serde_json::{Value, json};
+
+/// The most the relay may send a victim /24 beyond what was forged in its name.
+const PREFIX_CREDIT: usize = 4096;
+
+fn sock(ip: &str) -> UdpSocket {
+    let s = UdpSocket::bind(format!("{ip}:0")).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s
+}
+
+/// Waits until the relay has received `n` datagrams in all, then lets `barrier`'s ping and pong
+/// pass, so that what the flood caused has been sent.
+fn quiesce(r: &Relay, n: u64, barrier: &Peer) {
+    let deadline = Instant::now() + TIMEOUT;
+    while r.metric("udp_relay_received_total") < n {
+        assert!(
+            Instant::now() < deadline,
+            "the relay never saw {n} datagrams"
+        );
+        std::thread::yield_now();
+    }
+    barrier.drain();
+}
+
+/// A registered, authenticated peer on its own /24, for barriers (in signed mode, where it
+/// could only register by signing, an unregistered one: its few pongs fit its credit).
+fn barrier(r: &Relay, signed: bool) -> Peer {
+    let b = Peer::bind(r.addr, "127.0.1.1:0");
+    if !signed {
+        b.register("barrier");
+    }
+    b
+}
+
+/// One round of every kind of request, forged from `victim`.
+fn forge_round(f: &mut Forger, victim: SocketAddr, relay: SocketAddr, i: usize, held: &str) {
+    let name = format!("forged-name-{i}");
+    for v in [
+        json!({"type": "register", "name": name}),
+        json!({"type": "register", "name": held}),
+        json!({"type": "keepalive", "name": held}),
+        json!({"type": "keepalive", "name": name}),
+        json!({"type": "ping", "name": held}),
+        json!({"type": "lookup", "name": held}),
+        json!({"type": "watch", "names": ["a", "b", "c"], "name": held}),
+        json!({"type": "unwatch", "names": ["a"], "name": held}),
+        json!({"type": "unregister", "name": held, "session": "00000000000000000000000000000000"}),
+        json!({"type": "connect", "target": "barrier", "name": held}),
+        json!({"type": "bogus", "name": held}),
+    ] {
+        f.json(victim, relay, &v);
+    }
+    f.send(victim, relay, b"{");
+    f.send(victim, relay, b"\x00\x01garbage");
+}
+
+/// Floods every request kind in a victim's name; the victim gets at most what was forged beyond
+/// its /24's credit.
+fn flood_in_a_victims_name(test: &str, extra: &[&str], registered: bool) {
+    let Some(mut f) = Forger::new(test) else {
+        return;
+    };
+    let r = Relay::start(&args(&["--registration-rate", "1000"], extra));
+    let b = barrier(&r, extra.contains(&"signed"));
+    let victim = Peer::bind(r.addr, "127.0.2.1:0");
+    let held = "victim";
+    if registered {
+        victim.register(held);
+        victim.drain();
+    }
+    let before = r.metric("udp_relay_received_total");
+    let rounds = 300;
+    for i in 0..rounds {
+        forge_round(&mut f, victim.addr(), r.addr, i, held);
+    }
+    quiesce(&r, before + 13 * rounds as u64, &b);
+    let (got, n) = received(&victim.sock);
+    println!(
+        "{test}: forged {} B in the victim's name, it got {got} B in {n} datagrams ({:.3}x)",
+        f.sent,
+        got as f64 / f.sent as f64
+    );
+    assert!(
+        got <= f.sent + PREFIX_CREDIT,
+        "{got} B for {} B forged",
+        f.sent
+    );
+    if registered {
+        // Its name is still its own.
+        victim.send(victim.authed(json!({"type": "keepalive"})));
+        let ack = victim.expect("keepalive_ack");
+        assert_eq!(ack["peer_name"], held);
+    }
+}
+
+#[test]
+fn flood_in_a_trusted_victims_name_open_mode() {
+    flood_in_a_victims_name("flood_in_a_trusted_victims_name_open_mode", &[], true);
+}
+
+#[test]
+fn flood_in_a_trusted_victims_name_two_workers() {
+    let t = "flood_in_a_trusted_victims_name_two_workers";
+    flood_in_a_victims_name(t, &["--workers", "2"], true);
+}
+
+#[test]
+fn flood_in_an_unregistered_victims_name() {
+    flood_in_a_victims_name("flood_in_an_unregistered_victims_name", &[], false);
+}
+
+#[test]
+fn flood_in_a_victims_name_signed_mode() {
+    let t = "flood_in_a_victims_name_signed_mode";
+    flood_in_a_victims_name(t, &["--auth", "signed"], false);
+}
+
+#[test]
+fn names_forged_at_a_victims_address_then_refreshed() {
+    // The 7,986x attack: many names registered at a trusted victim's address, then forged
+    // refreshes, in a registry inflated with long names.
+    let t = "names_forged_at_a_victims_address_then_refreshed";
+    let Some(mut f) = Forger::new(t) else { return };
+    let r = Relay::start(&["--registration-rate", "1000"]);
+    let b = barrier(&r, false);
+    let others: Vec<Peer> = (0..30)
+        .map(|i| {
+            // Each on a /24 of its own: unauthenticated replies to one /24 share 4 KiB.
+            let p = Peer::bind(r.addr, &format!("127.0.{}.1:0", 30 + i));
+            p.register(&format!("{i:02}-{}", "long-name-".repeat(5)));
+            p
+        })
+        .collect();
+    let victim = Peer::bind(r.addr, "127.0.2.1:0");
+    victim.register("victim");
+    victim.drain();
+    let before = r.metric("udp_relay_received_total");
+    for p in &others {
+        p.drain();
+    }
+    for i in 0..97 {
+        f.json(
+            victim.addr(),
+            r.addr,
+            &json!({"type": "register", "name": format!("f{i}")}),
+        );
+    }
+    for _ in 0..20 {
+        for i in 0..97 {
+            f.json(
+                victim.addr(),
+                r.addr,
+                &json!({"type": "register", "name": format!("f{i}")}),
+            );
+        }
+        f.json(
+            victim.addr(),
+            r.addr,
+            &json!({"type": "register", "name": "victim"}),
+        );
+    }
+    quiesce(&r, before + 97 + 20 * 98, &b);
+    let (got, n) = received(&victim.sock);
+    let to_others: usize = others.iter().map(|p| received(&p.sock).0).sum();
+    println!(
+        "{t}: forged {} B, the victim got {got} B in {n} datagrams ({:.3}x); the 30 other peers \
+         got {to_others} B of announcements",
+        f.sent,
+        got as f64 / f.sent as f64
+    );
+    assert!(
+        got <= f.sent + PREFIX_CREDIT,
+        "{got} B for {} B forged",
+        f.sent
+    );
+    assert!(to_others <= 2 * f.sent + 65_536, "fan-out {to_others} B");
+}
+
+#[test]
+fn many_ports_of_one_host_and_many_hosts_of_one_network() {
+    let t = "many_ports_of_one_host_and_many_hosts_of_one_network";
+    let Some(mut f) = Forger::new(t) else { return };
+    let r = Relay::start(&["--registration-rate", "1000", "--workers", "2"]);
+    let b = barrier(&r, false);
+    let ports: Vec<UdpSocket> = (0..100).map(|_| sock("127.0.5.5")).collect();
+    let hosts: Vec<UdpSocket> = (1..=40).map(|h| sock(&format!("127.0.6.{h}"))).collect();
+    let before = r.metric("udp_relay_received_total");
+    let mut sent = 0;
+    for (group, socks) in [("ports", &ports), ("hosts", &hosts)] {
+        let start = f.sent;
+        for round in 0..5 {
+            for (i, s) in socks.iter().enumerate() {
+                let a = s.local_addr().unwrap();
+                let name = format!("{group}-{i}-{round}");
+                f.json(a, r.addr, &json!({"type": "register", "name": name}));
+                f.json(a, r.addr, &json!({"type": "ping"}));
+                sent += 2;
+            }
+        }
+        let forged = f.sent - start;
+        quiesce(&r, before + sent, &b);
+        let got: usize = socks.iter().map(|s| received(s).0).sum();
+        println!(
+            "{t}: {} {group}: forged {forged} B, the /24 got {got} B ({:.3}x)",
+            socks.len(),
+            got as f64 / forged as f64
+        );
+        assert!(
+            got <= forged + PREFIX_CREDIT,
+            "{group}: {got} B for {forged} B"
+        );
+    }
+}
+
+#[test]
+fn fan_out_of_one_source_is_bounded() {
+    // A peer holding many names joins and refreshes them in a small registry.
+    let r = Relay::start(&["--registration-rate", "0"]);
+    let b = barrier(&r, false);
+    let listeners: Vec<Peer> = (1..=20)
+        .map(|i| {
+            let p = Peer::bind(r.addr, &format!("127.0.{}.1:0", 100 + i));
+            p.register(&format!("listener-{i:02}"));
+            p
+        })
+        .collect();
+    for p in &listeners {
+        p.drain();
+    }
+    let attacker = Peer::bind(r.addr, "127.0.9.1:0");
+    // A legitimate join is told to everyone, even by a host that has sent nothing else.
+    attacker.register("first");
+    for (i, p) in listeners.iter().enumerate() {
+        let got = p.drain();
+        assert!(
+            got.iter()
+                .any(|m| m["type"] == "peer_joined" && m["peer_name"] == "first"),
+            "listener {i}: {got:?}\n{}",
+            r.metrics_text()
+        );
+    }
+    let mut sent = r#"{"type":"register","name":"first"}"#.len();
+    let before = r.metric("udp_relay_received_total");
+    // New names (each announced to all), then refreshes of the first, replies unread.
+    for i in 0..300 {
+        let d = json!({"type": "register", "name": format!("cycle-{i}")}).to_string();
+        sent += d.len();
+        attacker.send_raw(d.as_bytes());
+    }
+    for _ in 0..20 {
+        let d = json!({"type": "register", "name": "first"}).to_string();
+        sent += d.len();
+        attacker.send_raw(d.as_bytes());
+    }
+    quiesce(&r, before + 320, &b);
+    let got: usize = listeners.iter().map(|p| received(&p.sock).0).sum();
+    println!(
+        "fan_out_of_one_source_is_bounded: the source sent {sent} B, the 20 peers got {got} B \
+         ({:.2}x, bound 2x + 64 KiB)",
+        got as f64 / sent as f64
+    );
+    assert!(got <= 2 * sent + 65_536, "{got} B for {sent} B");
+    assert!(r.metric("udp_relay_withheld_total{kind=\"announcement\"}") > 0);
+}
+
+/// CPU time (user + system) of process `pid` so far.
+fn cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // SAFETY: sysconf has no memory preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis((f[11] + f[12]) * 1000 / hz)
+}
+
+#[test]
+fn forged_registrations_wedge_neither_workers_nor_the_reaper() {
+    let t = "forged_registrations_wedge_neither_workers_nor_the_reaper";
+    let Some(mut f) = Forger::new(t) else { return };
+    let r = Relay::start(&[
+        "--workers",
+        "2",
+        "--peer-timeout",
+        "1s",
+        "--keepalive-interval",
+        "300ms",
+    ]);
+    let victim: SocketAddr = "127.0.10.1:9".parse().unwrap();
+    for i in 0..300 {
+        f.json(
+            victim,
+            r.addr,
+            &json!({"type": "register", "name": format!("w{i}")}),
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while r.metric("udp_relay_peers") == 0 {
+        assert!(Instant::now() < deadline, "no forged name registered");
+        std::thread::yield_now();
+    }
+    let registered = Instant::now();
+    // Reaped within twice the timeout, whatever the withheld keepalives.
+    while r.metric("udp_relay_peers") > 0 {
+        assert!(
+            registered.elapsed() < Duration::from_secs(2),
+            "{} names left after 2 s",
+            r.metric("udp_relay_peers")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let reaped_in = registered.elapsed();
+    // Idle now: the relay must not spin.
+    let (c0, t0) = (cpu(r.pid()), Instant::now());
+    std::thread::sleep(Duration::from_millis(500));
+    let used = cpu(r.pid()) - c0;
+    let wall = t0.elapsed();
+    println!("{t}: reaped in {reaped_in:?}; idle CPU {used:?} over {wall:?}");
+    assert!(
+        used < wall / 2,
+        "the relay spins: {used:?} of CPU in {wall:?}"
+    );
+    let p = Peer::new(&r);
+    p.register("after");
+}
+
+#[test]
+fn forged_unregister_cannot_free_a_victims_name() {
+    let t = "forged_unregister_cannot_free_a_victims_name";
+    let Some(mut f) = Forger::new(t) else { return };
+    let r = Relay::start(&[]);
+    let b = barrier(&r, false);
+    let victim = Peer::bind(r.addr, "127.0.11.1:0");
+    victim.register("victim");
+    victim.drain();
+    let before = r.metric("udp_relay_received_total");
+    for session in [json!(null), json!("0123456789abcdef0123456789abcdef")] {
+        let v = json!({"type": "unregister", "name": "victim", "session": session});
+        f.json(victim.addr(), r.addr, &v);
+    }
+    quiesce(&r, before + 2, &b);
+    assert_eq!(r.refused("session_required"), 2);
+    let thief = Peer::bind(r.addr, "127.0.12.1:0");
+    thief.send(json!({"type": "register", "name": "victim"}));
+    assert_eq!(thief.expect("error")["code"], "name_in_use");
+    b.send(json!({"type": "relay", "source": "barrier", "target": "victim", "payload": "hi"}));
+    b.drain();
+    // Before the relayed packet, the victim may have had the forged requests' errors (it is
+    // registered), paid from its budgets.
+    let got = victim.drain();
+    let relayed = got.iter().find(|m| m["type"] == "relayed_packet");
+    assert_eq!(
+        relayed.expect("relayed_packet")["from_peer"],
+        "barrier",
+        "{got:?}"
+    );
+    println!("{t}: 2 forged unregisters refused; the victim still gets its relays");
+}
+
+#[test]
+fn forged_watch_in_a_victims_name_changes_nothing() {
+    let t = "forged_watch_in_a_victims_name_changes_nothing";
+    let Some(mut f) = Forger::new(t) else { return };
+    let r = Relay::start(&["--announce-max", "1"]);
+    let b = barrier(&r, false);
+    let victim = Peer::bind(r.addr, "127.0.14.1:0");
+    victim.register("victim");
+    victim.send(victim.authed(json!({"type": "watch", "names": ["contact"]})));
+    assert_eq!(victim.expect("watch_ack")["online"], json!([]));
+    let before = r.metric("udp_relay_received_total");
+    let names: Vec<String> = (0..256).map(|i| format!("junk-{i}")).collect();
+    for _ in 0..10 {
+        f.json(
+            victim.addr(),
+            r.addr,
+            &json!({"type": "watch", "names": names, "name": "victim"}),
+        );
+        let v = json!({"type": "unwatch", "names": ["contact"], "name": "victim"});
+        f.json(victim.addr(), r.addr, &v);
+    }
+    quiesce(&r, before + 20, &b);
+    assert_eq!(r.metric("udp_relay_watch_entries"), 1);
+    let contact = Peer::bind(r.addr, "127.0.15.9:0");
+    contact.register("contact");
+    let joined: Vec<Value> = victim.drain();
+    assert!(
+        joined
+            .iter()
+            .any(|m| m["type"] == "peer_joined" && m["peer_name"] == "contact"),
+        "{joined:?}"
+    );
+    println!("{t}: 20 forged watch/unwatch refused; the victim heard its contact join");
+}
+
+#[test]
+fn garbage_from_a_departed_peers_address_does_not_keep_its_name() {
+    let t = "garbage_from_a_departed_peers_address_does_not_keep_its_name";
+    let Some(mut f) = Forger::new(t) else { return };
+    let r = Relay::start(&["--peer-timeout", "1s", "--keepalive-interval", "300ms"]);
+    let watcher = Peer::bind(r.addr, "127.0.16.2:0");
+    watcher.register("watcher");
+    let gone = Peer::bind(r.addr, "127.0.16.1:0");
+    gone.register("departed");
+    assert_eq!(watcher.expect("peer_joined")["peer_name"], "departed");
+    let left_at = Instant::now();
+    // The departed peer is silent; someone keeps sending refused datagrams from its address,
+    // while the watcher keeps itself live.
+    let mut left = None;
+    for i in 0..40 {
+        for d in [&b"{"[..], b"\x00junk", br#"{"type":"bogus"}"#] {
+            f.send(gone.addr(), r.addr, d);
+        }
+        watcher.send(watcher.authed(json!({"type": "keepalive"})));
+        let deadline = Instant::now() + Duration::from_millis(100);
+        watcher
+            .sock
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut buf = [0u8; 2048];
+        while Instant::now() < deadline {
+            if let Ok(n) = watcher.sock.recv(&mut buf) {
+                let v: Value = serde_json::from_slice(&buf[..n]).unwrap();
+                if v["type"] == "peer_left" && v["peer_name"] == "departed" {
+                    left = Some(left_at.elapsed());
+                }
+            }
+        }
+        if left.is_some() || i == 39 {
+            break;
+        }
+    }
+    let left = left.expect("peer_left for the departed peer");
+    println!("{t}: reaped {left:?} after its last word, despite garbage from its address");
+    assert!(left < Duration::from_secs(2), "{left:?}");
+}
+
+#[test]
+fn registration_limits_are_shared_by_the_workers() {
+    for host in ["127.0.0.1", "::"] {
+        let r = Relay::start_with(
+            &args(&["--workers", "2", "--registration-rate", "1"], NO_BUDGETS),
+            &[("RUST_LOG", "info")],
+            host,
+        );
+        let local = if host == "::" {
+            "[::1]:0"
+        } else {
+            "127.0.17.1:0"
+        };
+        let relay = if host == "::" {
+            SocketAddr::new("::1".parse().unwrap(), r.addr.port())
+        } else {
+            r.addr
+        };
+        let peers: Vec<Peer> = (0..40).map(|_| Peer::bind(relay, local)).collect();
+        let mut acks = 0;
+        for (i, p) in peers.iter().enumerate() {
+            p.send(json!({"type": "register", "name": format!("reg-{i}")}));
+            let v = p.recv();
+            if v["type"] == "register_ack" {
+                acks += 1;
+            } else {
+                assert_eq!(v["code"], "rate_limited", "{v}");
+            }
+        }
+        println!(
+            "registration_limits_are_shared_by_the_workers ({host}): 40 ports of one host, 2 \
+             workers, 1/s with bursts of 10: {acks} registered"
+        );
+        assert!(acks <= 11, "{acks}: the limit multiplied with the workers");
+    }
+}
