@@ -23,6 +23,11 @@ use crate::wire::reply::{self, Presence, RELAYED_SUFFIX};
 use crate::wire::scan::{self, Header, ScanError};
 use crate::wire::{Family, MAX_NAME, classify, control, valid_name};
 
+/// The largest control message (anything but `relay`) parsed, unless `--max-watch` asks for
+/// more (136 bytes a name: 64 bytes, escaped where needed, quoted): 256 names of 64 bytes and
+/// room for the other fields.
+const MAX_CONTROL: usize = 20 * 1024;
+
 /// Who may be sent an error reply.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Answer {
@@ -73,14 +78,6 @@ impl Router {
     /// A datagram that did not fit the receive buffer: `len` bytes were received of it.
     pub fn truncated(&mut self, len: usize, from: SocketAddr, now: Now, out: &mut Out) {
         self.run(&[], len, from, now, out);
-    }
-
-    /// A native IPv6 datagram whose source is an IPv4-mapped address: nobody can be answered
-    /// there (the address names an IPv4 host the datagram did not come from).
-    pub fn mapped_source(&mut self, len: usize) {
-        Counters::add(&self.counters.received, 1);
-        Counters::add(&self.counters.received_bytes, len as u64);
-        self.counters.refuse(Reason::MappedSource);
     }
 
     fn run(&mut self, d: &[u8], len: usize, from: SocketAddr, now: Now, out: &mut Out) {
@@ -169,8 +166,16 @@ impl Router {
         };
         let mut tmp = [0u8; 16];
         let ty = scan::text(d, h.ty, &mut tmp).unwrap_or("");
+        if ty == "relay" {
+            return self.relay(d, &h, req, out);
+        }
+        // Only a relay carries a payload: a control message that large is refused before the
+        // work of parsing it (a `watch` of `--max-watch` 64-byte names fits).
+        let limit = MAX_CONTROL.max(self.shared.settings.max_watch.saturating_mul(136));
+        if d.len() > limit {
+            return self.fail(out, Reason::TooLarge, req);
+        }
         let result = match ty {
-            "relay" => return self.relay(d, &h, req, out),
             "register" => {
                 req.who = Answer::Requester;
                 self.register(d, req, out, true)

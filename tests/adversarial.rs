@@ -485,3 +485,120 @@ fn registration_limits_are_shared_by_the_workers() {
         assert!(acks <= 11, "{acks}: the limit multiplied with the workers");
     }
 }
+
+#[test]
+fn watch_floods_within_the_limits_hold_memory_to_the_stated_bound() {
+    // 30 hosts, each with 20 names watching 256 fresh names: 153,600 entries asked for, at most
+    // 4,096 per host kept. (Reply budgets lifted: twenty registrations from one host would
+    // spend its credit, and this is about the memory of watches.)
+    let r = Relay::start(&args(&["--registration-rate", "0"], NO_BUDGETS));
+    let before = r.rss();
+    let mut asked = 0;
+    for h in 1..=30 {
+        let p = Peer::bind(r.addr, &format!("127.0.{}.1:0", 150 + h));
+        for n in 0..20 {
+            let name = format!("w{h}-{n}");
+            p.register(&name);
+            let names: Vec<String> = (0..256).map(|i| format!("x{h}-{n}-{i}")).collect();
+            asked += names.len();
+            p.send(p.authed(json!({"type": "watch", "names": names})));
+            let ack = p.expect("watch_ack");
+            assert!(ack["online"].is_array());
+            // Beyond the host's bound the rest is refused with watch_limit.
+            p.drain();
+        }
+    }
+    let entries = r.metric("udp_relay_watch_entries");
+    let grown = r.rss().saturating_sub(before);
+    println!(
+        "watch_floods_within_the_limits_hold_memory_to_the_stated_bound: {asked} entries asked, \
+         {entries} kept, RSS +{} KiB ({} B per entry)",
+        grown / 1024,
+        grown / entries.max(1)
+    );
+    assert_eq!(entries, 30 * 4096);
+    // SECURITY.md: at most 512 bytes per entry (with the registry's own growth), so the
+    // default --max-watch-total of 262,144 bounds watches to 128 MiB.
+    assert!(grown <= entries * 512 + (16 << 20), "RSS grew by {grown} B");
+    assert!(r.refused("watch_limit") > 0);
+}
+
+#[test]
+fn large_watch_datagrams_do_not_hurt_a_well_behaved_pair() {
+    let r = Relay::start(&["--workers", "1"]);
+    let a = Peer::bind(r.addr, "127.0.200.1:0");
+    let b = Peer::bind(r.addr, "127.0.201.1:0");
+    a.register("pair-a");
+    b.register("pair-b");
+    a.drain();
+    b.drain();
+    let flooder = Peer::bind(r.addr, "127.0.202.1:0");
+    flooder.register("flooder");
+    // About 60 KB: larger than any control message needs, so refused before it is parsed.
+    let names: Vec<String> = (0..5000).map(|i| format!("n{i:07}")).collect();
+    let big = flooder
+        .authed(json!({"type": "watch", "names": names}))
+        .to_string();
+    assert!(big.len() > 50_000);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (rtts, lost) = std::thread::scope(|s| {
+        s.spawn(|| {
+            // Within its allowance (8 MB/s): 100 a second, for at most the pair's run.
+            let end = Instant::now() + Duration::from_secs(10);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < end {
+                flooder.send_raw(big.as_bytes());
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        let mut rtts = Vec::new();
+        let mut lost = 0;
+        a.sock
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        b.sock
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        // At least 300 round trips, and for at least a second of the flood.
+        let run = Instant::now();
+        for i in 0..3000 {
+            if i >= 300 && run.elapsed() > Duration::from_secs(1) {
+                break;
+            }
+            let t = Instant::now();
+            let m = json!({"type": "relay", "source": "pair-a", "target": "pair-b", "payload": i});
+            a.send(m);
+            if b.sock.recv(&mut buf).is_err() {
+                lost += 1;
+                continue;
+            }
+            let back =
+                json!({"type": "relay", "source": "pair-b", "target": "pair-a", "payload": i});
+            b.send(back);
+            if a.sock.recv(&mut buf).is_err() {
+                lost += 1;
+                continue;
+            }
+            rtts.push(t.elapsed());
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (rtts, lost)
+    });
+    let mut sorted = rtts.clone();
+    sorted.sort();
+    let p99 = sorted[(sorted.len() * 99 / 100).min(sorted.len() - 1)];
+    let refused = r.refused("too_large");
+    println!(
+        "large_watch_datagrams_do_not_hurt_a_well_behaved_pair: {} of {} round trips, p99 \
+         {p99:?}, {refused} 60 KB watches refused meanwhile; refusals {:?}",
+        rtts.len(),
+        rtts.len() + lost,
+        r.refusals()
+            .into_iter()
+            .filter(|(_, v)| *v > 0)
+            .collect::<Vec<_>>()
+    );
+    assert!(lost * 100 <= rtts.len() + lost, "{lost} round trips lost");
+    assert!(p99 <= Duration::from_millis(50), "p99 {p99:?}");
+    assert!(refused > 0);
+}
