@@ -36,6 +36,9 @@ const FANOUT_EARN: i64 = 2;
 const PRESENCE_BURST_S: u64 = 4;
 /// Registrations allow bursts of this many seconds' worth of their rate.
 const REGISTRATION_BURST_S: u64 = 10;
+/// A relay-originated send to a trusted peer this small (a `server_keepalive`) is free; a larger
+/// one (a coalesced `peer_list`) is held to the recipient's presence rate.
+const KEEPALIVE_FREE: usize = 256;
 /// Most recipients owed a coalesced `peer_list` at once; beyond, they hear at their next change.
 const OWED_MAX: usize = 65_536;
 
@@ -275,26 +278,28 @@ impl Budgets {
         let n = len as i64;
         let to = s.to.ip();
         let ok = match (s.kind, s.trusted) {
-            (Kind::Forward, _) | (Kind::Reply | Kind::Courtesy | Kind::Keepalive, true) => true,
+            (Kind::Forward, _) | (Kind::Reply | Kind::Courtesy, true) => true,
+            // A coalesced list (a keepalive's worth of presence) is held to the presence rate.
+            (Kind::Keepalive, true) => {
+                len <= KEEPALIVE_FREE || self.presence.take(s.to, len as u64, now_ms)
+            }
             (Kind::Reply, false) => self.spend_reply(to, n, 0),
             (Kind::Courtesy | Kind::Keepalive, false) => self.spend_reply(to, n, RESERVE),
             (Kind::Announce, trusted) => {
                 let key = payer.map(host_key);
+                // A payer that cannot pay gets nothing sent, now or later: owing a list for it
+                // would let anyone make the relay send lists at no cost.
                 if let Some(k) = key {
                     if !self.fanout.spend(k, n, 0) {
-                        return if trusted {
-                            Verdict::Owed
-                        } else {
-                            Verdict::Withheld
-                        };
+                        return Verdict::Withheld;
                     }
                 }
-                let paid = self.presence.take(s.to, len as u64, now_ms)
-                    && (trusted || self.spend_reply(to, n, RESERVE));
-                if !paid {
-                    if let Some(k) = key {
-                        self.fanout.refund(k, n);
-                    }
+                if !trusted && !self.spend_reply(to, n, RESERVE) {
+                    return Verdict::Withheld;
+                }
+                if !self.presence.take(s.to, len as u64, now_ms) {
+                    // Paid, but the recipient hears too much: it gets one list later instead,
+                    // itself held to the presence rate.
                     return if trusted {
                         Verdict::Owed
                     } else {

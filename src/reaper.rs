@@ -46,8 +46,10 @@ pub fn sweep(
     for to in budgets.take_owed() {
         match reg.list_due(to, now.ms, every) {
             Some(true) => {
+                let first = out.sends.len();
                 presence::peer_list(shared, out, to, now, Kind::Keepalive, true);
-                done.lists += 1;
+                budgets.settle(out, first, None, now.ms, c);
+                done.lists += out.sends.len() - first;
                 check(out);
             }
             Some(false) => later.push(to),

@@ -25,7 +25,7 @@ use std::fmt::Write as _;
 use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use dashmap::DashMap;
 
@@ -196,9 +196,11 @@ struct Entry {
     /// (sent only to the new address) and no token ever repeats.
     seq: u64,
     addr: Packed,
-    /// Whether a request from `addr` has carried this registration's token (or a signed claim
-    /// echoed a cookie there): someone at `addr` receives what the relay sends it.
-    trusted: AtomicBool,
+    /// When a request from `addr` last carried this registration's token (or a signed claim
+    /// echoed a cookie there), in seconds of the relay's clock plus one (0: never). Someone at
+    /// `addr` received what the relay sent it then; trust lasts one peer timeout from it, so
+    /// that forged refreshes cannot keep a departed peer's address trusted.
+    trusted_s: AtomicU32,
     /// When a refreshing `register` of this name was last announced (seconds; `u32::MAX`:
     /// never), so that repeating `register` cannot make the relay broadcast at will.
     announced_s: AtomicU32,
@@ -206,12 +208,13 @@ struct Entry {
 
 impl Entry {
     fn new(addr: Packed, now_ms: u64, seq: u64, trusted: bool) -> Entry {
+        let trusted_s = if trusted { secs(now_ms) + 1 } else { 0 };
         Entry {
             last_heard: AtomicU64::new(now_ms),
             last_keepalive: AtomicU64::new(now_ms),
             seq,
             addr,
-            trusted: AtomicBool::new(trusted),
+            trusted_s: AtomicU32::new(trusted_s),
             announced_s: AtomicU32::new(u32::MAX),
         }
     }
@@ -220,8 +223,8 @@ impl Entry {
         tokens.of(self.seq)
     }
 
-    fn trusted(&self) -> bool {
-        self.trusted.load(Relaxed)
+    fn trust(&self, now_ms: u64) {
+        self.trusted_s.fetch_max(secs(now_ms) + 1, Relaxed);
     }
 
     fn last_heard(&self) -> u64 {
@@ -231,6 +234,10 @@ impl Entry {
     fn touch(&self, now_ms: u64) {
         self.last_heard.fetch_max(now_ms, Relaxed);
     }
+}
+
+fn secs(ms: u64) -> u32 {
+    u32::try_from(ms / 1000).unwrap_or(u32::MAX - 1)
 }
 
 /// Issues and checks session tokens. The token of registration number `seq` is the ChaCha20
@@ -381,6 +388,12 @@ impl Registry {
         now_ms.saturating_sub(t) <= self.timeout_ms
     }
 
+    /// Whether `e` showed its token from its address within the timeout.
+    fn trusted(&self, e: &Entry, now_ms: u64) -> bool {
+        let t = e.trusted_s.load(Relaxed);
+        t > 0 && u64::from(secs(now_ms)).saturating_sub(u64::from(t - 1)) * 1000 <= self.timeout_ms
+    }
+
     /// Whether `e` is live: named by a well-formed message within the timeout.
     fn live(&self, e: &Entry, now_ms: u64) -> bool {
         self.fresh(e.last_heard(), now_ms)
@@ -440,7 +453,7 @@ impl Registry {
                     Decision::Refresh { trusted } => {
                         e.touch(now_ms);
                         if trusted {
-                            e.trusted.store(true, Relaxed);
+                            e.trust(now_ms);
                         }
                         if let Proof::Key(k, t) = proof {
                             self.keys.insert(key, (k, t));
@@ -554,7 +567,7 @@ impl Registry {
                     && e.session(&self.tokens) == token =>
             {
                 e.touch(now_ms);
-                e.trusted.store(true, Relaxed);
+                e.trust(now_ms);
                 true
             }
             _ => false,
@@ -571,7 +584,7 @@ impl Registry {
         self.peers
             .get(name)
             .filter(|e| self.live(e, now_ms))
-            .map(|e| (e.addr.get(), e.trusted()))
+            .map(|e| (e.addr.get(), self.trusted(&e, now_ms)))
     }
 
     /// Whether a refreshing `register` of `name` may be announced now: the first may, then one
@@ -594,11 +607,15 @@ impl Registry {
         self.by_addr.contains_key(&addr.into())
     }
 
-    /// The oldest name registered at `addr`.
-    pub fn first_name_at(&self, addr: SocketAddr) -> Option<Name> {
-        self.by_addr
-            .get(&addr.into())
-            .and_then(|r| r.first().cloned())
+    /// The live name at `addr` whose session is `token`, if any (a request that names none
+    /// speaks for the one whose session it carries: a name forged at the address cannot stand in).
+    pub fn name_with_session(&self, addr: SocketAddr, token: Session, now_ms: u64) -> Option<Name> {
+        let names = self.by_addr.get(&addr.into())?.clone();
+        names.into_iter().find(|n| {
+            self.peers
+                .get(n)
+                .is_some_and(|e| self.live(&e, now_ms) && e.session(&self.tokens) == token)
+        })
     }
 
     /// For a recipient owed a coalesced `peer_list`: `None` if `addr` holds no live trusted
@@ -611,7 +628,7 @@ impl Registry {
             let Some(e) = self.peers.get(&n) else {
                 continue;
             };
-            if !self.live(&e, now_ms) || !e.trusted() {
+            if !self.live(&e, now_ms) || !self.trusted(&e, now_ms) {
                 continue;
             }
             let last = e.last_keepalive.load(Relaxed);
@@ -781,7 +798,7 @@ impl Registry {
                     name: w.clone(),
                     addr: e.addr.get(),
                     seq: e.seq,
-                    trusted: e.trusted(),
+                    trusted: self.trusted(&e, now_ms),
                 })
             })
             .collect()
@@ -797,7 +814,7 @@ impl Registry {
                 name: r.key().clone(),
                 addr: r.value().addr.get(),
                 seq: r.value().seq,
-                trusted: r.value().trusted(),
+                trusted: self.trusted(r.value(), now_ms),
             })
             .collect()
     }
@@ -831,7 +848,7 @@ impl Registry {
                             name: name.clone(),
                             addr: e.addr.get(),
                             seq: e.seq,
-                            trusted: e.trusted(),
+                            trusted: self.trusted(&e, now_ms),
                         });
                     }
                 }
@@ -861,7 +878,7 @@ mod tests {
     }
 
     fn trusted(r: &Registry, name: &str) -> bool {
-        r.peers.get(name).is_some_and(|e| e.trusted())
+        r.peers.get(name).is_some_and(|e| r.trusted(&e, 10))
     }
 
     /// The names registered at `addr`, oldest first.
@@ -1058,6 +1075,12 @@ mod tests {
         );
         assert!(r.authenticate("a", there, Some(s2), 4));
         assert!(trusted(&r, "a"));
+        // Trust lasts a timeout from the last authenticated request: unauthenticated refreshes
+        // (which anyone can forge from the address) keep the name live but not trusted.
+        r.claim("a", there, Proof::Token(None), 900, 10);
+        let e = r.peers.get("a").unwrap();
+        assert!(r.trusted(&e, 1000));
+        assert!(!r.trusted(&e, 2_500));
     }
 
     #[test]
@@ -1151,7 +1174,7 @@ mod tests {
         for n in ["", "Alice", "é🙂", &long[1..], &long] {
             assert_eq!(&*Name::from(n), n);
         }
-        assert!(size_of::<Entry>() <= 48);
+        assert!(size_of::<Entry>() <= 56);
         let r = registry(60_000);
         r.claim("n", a("1.1.1.1:1"), Proof::Token(None), 0, 10);
         assert!(r.announce_refresh("n", 0, 10_000));

@@ -235,7 +235,8 @@ impl Router {
     }
 
     /// The name a request speaks for, if it carries that name's session from its address: the
-    /// one it names, or, when it names none, the oldest at its address. Marks `req` authenticated.
+    /// one it names, or, when it names none, the one at its address whose session it carries.
+    /// Marks `req` authenticated.
     fn authenticate(
         &self,
         named: Option<&str>,
@@ -243,11 +244,17 @@ impl Router {
         req: &mut Req,
     ) -> Result<Name, Reason> {
         let reg = &self.shared.registry;
-        let name = match named {
-            Some(n) => Name::from(n),
-            None => reg.first_name_at(req.from).ok_or(Reason::NotRegistered)?,
-        };
         let token = session.and_then(Session::parse);
+        let name = match (named, token) {
+            (Some(n), _) => Name::from(n),
+            (None, Some(t)) => match reg.name_with_session(req.from, t, req.now.ms) {
+                Some(n) => n,
+                None if reg.has_addr(req.from) => return Err(Reason::SessionRequired),
+                None => return Err(Reason::NotRegistered),
+            },
+            (None, None) if reg.has_addr(req.from) => return Err(Reason::SessionRequired),
+            (None, None) => return Err(Reason::NotRegistered),
+        };
         if reg.authenticate(&name, req.from, token, req.now.ms) {
             req.authed = true;
             Ok(name)
