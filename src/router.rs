@@ -409,9 +409,6 @@ impl Router {
         let w = self.parse::<control::Watch>(d)?;
         let watcher = self.authenticate(w.name.as_deref(), w.session.as_deref(), req)?;
         let max = self.shared.settings.max_watch;
-        if w.names.len() > max {
-            return Err(Reason::WatchLimit);
-        }
         if !w.names.iter().all(|n| valid_name(n)) {
             return Err(Reason::InvalidName);
         }
