@@ -848,7 +848,7 @@ impl Registry {
                             name: name.clone(),
                             addr: e.addr.get(),
                             seq: e.seq,
-                            trusted: self.trusted(&e, now_ms),
+                            trusted: self.trusted(e, now_ms),
                         });
                     }
                 }

@@ -50,7 +50,9 @@ fn join_ack(r: &Relay, name: &str) -> (Peer, Value) {
     (p, ack)
 }
 
-/// Pads a message with an unknown field so that an error reply fits within its size.
+/// Pads a message with an unknown field. What an unauthenticated request sends in pays for what
+/// it gets back (Part 2): a padded request always pays for its `error`, however little credit the
+/// (shared, loopback) host has left.
 fn pad(mut v: Value) -> Value {
     v["pad"] = json!("x".repeat(200));
     v
@@ -64,9 +66,9 @@ fn recv2(p: &Peer) -> (Vec<u8>, Value) {
     (d, v)
 }
 
-/// Like [`Peer::drain`], keeping the raw datagrams.
+/// Like [`Peer::drain`] (an authenticated ping once `p` registered), keeping the raw datagrams.
 fn drain_raw(p: &Peer) -> Vec<Vec<u8>> {
-    p.send(json!({"type": "ping"}));
+    p.send(p.ping());
     let mut before = Vec::new();
     loop {
         let (d, v) = recv2(p);
@@ -77,25 +79,20 @@ fn drain_raw(p: &Peer) -> Vec<Vec<u8>> {
     }
 }
 
-/// Expects an `error` with `code`, no larger than the `request_len` bytes that caused it.
-fn expect_error(p: &Peer, request_len: usize, code: &str) -> Value {
-    let (d, v) = recv2(p);
+/// Expects an `error` with `code`. (Errors are not cut to the request's size: to an
+/// unauthenticated request they are paid from the budgets, and `pad` pays for them.)
+fn expect_error(p: &Peer, code: &str) -> Value {
+    let v = p.recv();
     assert_eq!(v["type"], "error", "expected error {code}, got {v}");
     assert_eq!(v["code"], code, "{v}");
     assert!(v["message"].is_string(), "error without message: {v}");
-    assert!(
-        d.len() <= request_len,
-        "error of {} bytes for a request of {request_len}: {v}",
-        d.len()
-    );
     v
 }
 
 /// Sends `v` (padded) and expects an `error` with `code` in reply.
 fn send_expect_error(p: &Peer, v: Value, code: &str) -> Value {
-    let d = pad(v).to_string();
-    p.send_raw(d.as_bytes());
-    expect_error(p, d.len(), code)
+    p.send(pad(v));
+    expect_error(p, code)
 }
 
 /// Asks whether `name` is online (`lookup` → `peer_info`).
@@ -182,23 +179,30 @@ fn check_relayed(d: &[u8], from: &str, payload: &str) {
     );
 }
 
-/// Runs `p` on a thread until it hears `peer_left` for `gone`, answering each
+/// Runs `p` on a thread until it has heard `peer_left` for every name of `gone`, answering each
 /// `server_keepalive` with `answer`. Returns the peer and every `peer_left` it heard.
 fn live_until_left(
     p: Peer,
-    gone: &'static str,
+    gone: &'static [&'static str],
     answer: impl Fn(&Peer) + Send + 'static,
 ) -> thread::JoinHandle<(Peer, Vec<Value>)> {
     thread::spawn(move || {
         let mut left = Vec::new();
+        let mut waiting: BTreeSet<&str> = gone.iter().copied().collect();
+        let deadline = Instant::now() + 2 * TIMEOUT;
         loop {
+            assert!(
+                Instant::now() < deadline,
+                "{} never heard peer_left for {waiting:?}; heard {left:?}",
+                p.addr()
+            );
             let v = p.recv();
             match v["type"].as_str() {
                 Some("server_keepalive") => answer(&p),
                 Some("peer_left") => {
-                    let done = v["peer_name"] == gone;
+                    waiting.retain(|n| v["peer_name"] != *n);
                     left.push(v);
-                    if done {
+                    if waiting.is_empty() {
                         return (p, left);
                     }
                 }
@@ -378,7 +382,7 @@ fn relay_believes_the_registry_not_the_source_field() {
         pad(json!({"type": "relay", "source": "Alice", "target": "Carol", "payload": "x"}));
     let d = forged.to_string();
     bob.send_raw(d.as_bytes());
-    expect_error(&bob, d.len(), "not_registered");
+    expect_error(&bob, "not_registered");
     // From an address that holds nothing: refused silently.
     let mallory = Peer::new(&r);
     mallory.send_raw(d.as_bytes());
@@ -514,11 +518,10 @@ fn relay_refuses_malformed_datagrams() {
     ];
     for (reason, d) in &cases {
         alice.send_raw(d);
-        let (raw, e) = recv2(&alice);
+        let e = alice.recv();
         let what = String::from_utf8_lossy(d);
         assert_eq!(e["type"], "error", "{reason}: {what} got {e}");
         assert_eq!(e["code"], "bad_request", "{reason}: {what}");
-        assert!(raw.len() <= d.len(), "{reason}: error larger than request");
     }
     bob.expect_nothing();
     assert_eq!(r.metric("udp_relay_forwarded_total"), 0);
@@ -573,6 +576,9 @@ fn register_with_session_moves_the_registration() {
     assert_eq!(ack2["status"], "success");
     assert_eq!(ack2["your_address"], moved.addr().to_string());
     assert_eq!(ack2["peer_name"], "Alice");
+    // A move issues a new session, sent only to the new address.
+    assert!(ack2["session"].is_string());
+    assert_ne!(ack2["session"], ack["session"]);
     let list = moved.expect("peer_list");
     assert_eq!(list["count"], json!(2));
     bob.send_raw(relay_msg("Bob", "Alice", "3").as_bytes());
@@ -714,7 +720,8 @@ fn server_keepalive_is_sent_every_interval() {
 #[test]
 fn reaper_removes_silent_peers_and_keeps_active_ones() {
     let r = Relay::start(&["--peer-timeout", "1s", "--keepalive-interval", "300ms"]);
-    // B answers keepalives, C pings, D relays to B: any datagram keeps a peer live.
+    // B answers keepalives, C pings naming itself, D relays to B: each a message naming the
+    // peer, which keeps it live.
     let b = join(&r, "B");
     let c = join(&r, "C");
     let d = join(&r, "D");
@@ -724,11 +731,11 @@ fn reaper_removes_silent_peers_and_keeps_active_ones() {
     for p in [&b, &c, &d] {
         p.drain();
     }
-    let tb = live_until_left(b, "A", |p| {
+    let tb = live_until_left(b, &["A"], |p| {
         p.send(json!({"type": "keepalive", "name": "B"}))
     });
-    let tc = live_until_left(c, "A", |p| p.send(json!({"type": "ping", "name": "C"})));
-    let td = live_until_left(d, "A", |p| {
+    let tc = live_until_left(c, &["A"], |p| p.send(json!({"type": "ping", "name": "C"})));
+    let td = live_until_left(d, &["A"], |p| {
         p.send_raw(relay_msg("D", "B", r#""tick""#).as_bytes())
     });
     let mut alive = Vec::new();
@@ -753,11 +760,15 @@ fn reaper_removes_silent_peers_and_keeps_active_ones() {
     drop(a);
 }
 
-/// Liveness: "A peer is live while the relay has heard any datagram from it"; one address may
-/// hold several names.
+/// Liveness: a message keeps live the name it names, not every name at its address (PROTOCOL.md,
+/// Liveness). One address may hold several names; each must be refreshed by name.
 #[test]
-fn keepalive_for_one_name_keeps_its_address_live() {
-    let r = Relay::start(&["--peer-timeout", "1s", "--keepalive-interval", "300ms"]);
+fn keepalive_for_one_name_keeps_only_that_name_live() {
+    // Replies to these unauthenticated refreshes are not what is tested: no budgets.
+    let r = Relay::start(&args(
+        &["--peer-timeout", "1s", "--keepalive-interval", "300ms"],
+        NO_BUDGETS,
+    ));
     let s = join(&r, "S1");
     prove(&s, "S2");
     let t = join(&r, "T1");
@@ -766,27 +777,34 @@ fn keepalive_for_one_name_keeps_its_address_live() {
     m.register("M");
     s.drain();
     t.drain();
-    // S answers every server_keepalive with a keepalive for S1 only; T relays as T1 only.
-    let ts = live_until_left(s, "M", |p| {
+    // S answers every server_keepalive (for either name) with a keepalive for S1 only; T relays
+    // as T1 only. M, silent, registered last: once it is gone, any name not refreshed is too.
+    // (A peer is not told of the names at its own address.)
+    let ts = live_until_left(s, &["T2", "M"], |p| {
         p.send(json!({"type": "keepalive", "name": "S1"}))
     });
-    let tt = live_until_left(t, "M", |p| {
+    let tt = live_until_left(t, &["S2", "M"], |p| {
         p.send_raw(relay_msg("T1", "S1", "0").as_bytes())
     });
     let (s, s_left) = ts.join().expect("S thread");
     let (_t, t_left) = tt.join().expect("T thread");
-    for v in s_left.iter().chain(&t_left) {
-        assert_eq!(
-            v["peer_name"], "M",
-            "a name at an address the relay kept hearing from was reaped: {v}"
-        );
+    for (left, want) in [(&s_left, ["T2", "M"]), (&t_left, ["S2", "M"])] {
+        let heard: BTreeSet<String> = left
+            .iter()
+            .map(|v| v["peer_name"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(heard, set(&want), "{left:?}");
+        assert_eq!(left.len(), want.len(), "{left:?}");
+        for v in left.iter() {
+            assert!(
+                names(&v["peers"]).is_superset(&set(&["S1", "T1"])),
+                "a name refreshed by name was reaped: {v}"
+            );
+        }
     }
-    let (s2, t2) = (lookup_skip(&s, "S2"), lookup_skip(&s, "T2"));
-    assert!(
-        s2 && t2,
-        "names at addresses the relay kept hearing from were reaped: S2 online {s2} (its \
-         address sent keepalive for S1), T2 online {t2} (its address relayed as T1)"
-    );
+    assert!(lookup_skip(&s, "S1") && lookup_skip(&s, "T1"));
+    assert!(!lookup_skip(&s, "S2") && !lookup_skip(&s, "T2"));
+    assert_eq!(r.metric("udp_relay_peers"), 2);
 }
 
 #[test]
@@ -800,13 +818,13 @@ fn watchers_hear_of_reaped_peers_beyond_announce_max() {
         "1",
     ]);
     let w = join(&r, "W");
-    w.send(json!({"type": "watch", "names": ["X"]}));
+    w.send(w.authed(json!({"type": "watch", "names": ["X"]})));
     assert_eq!(names(&w.expect("watch_ack")["online"]), set(&[]));
     let x = Peer::new(&r);
     x.register("X");
     let joined = w.expect("peer_joined");
     assert_eq!(joined["peer_name"], "X");
-    let tw = live_until_left(w, "X", |p| {
+    let tw = live_until_left(w, &["X"], |p| {
         p.send(json!({"type": "keepalive", "name": "W"}))
     });
     let (w, left) = tw.join().expect("W thread");
@@ -820,21 +838,47 @@ fn watchers_hear_of_reaped_peers_beyond_announce_max() {
 // Part 2: errors
 
 #[test]
-fn errors_go_to_registered_or_requesting_peers_and_fit_the_request() {
-    let r = Relay::start(&["--max-datagram", "512"]);
+fn errors_go_to_registered_or_requesting_peers_within_the_budgets() {
+    // Default budgets, and no per-source error limit in the way.
+    let r = Relay::start(&["--max-datagram", "512", "--error-rate", "1000000"]);
     let a = join(&r, "A");
+    // Every datagram from 127.0.0.1 so far was a registration (which cost more than it sent)
+    // or authenticated (which earns nothing and costs nothing): the host has at most its
+    // 2048-byte credit left. A `type` the relay does not serve is never authenticated, so a
+    // flood of tiny ones is answered only as far as that credit and what they send pay.
+    let tiny = br#"{"type":"bogus"}"#;
+    let n = 200;
+    for _ in 0..n {
+        a.send_raw(tiny);
+    }
+    let got = drain_raw(&a);
+    let back: usize = got.iter().map(Vec::len).sum();
+    for d in &got {
+        let v: Value = serde_json::from_slice(d).unwrap();
+        assert_eq!(v["type"], "error", "{v}");
+        assert_eq!(v["code"], "bad_request", "{v}");
+        // In full, or in short form where the full one does not fit what is left.
+        assert!(v["message"] == "unknown type" || v["message"] == "", "{v}");
+    }
+    assert!(!got.is_empty(), "the credit pays for the first errors");
+    assert!(
+        got.len() < n,
+        "every one of {n} tiny datagrams was answered"
+    );
+    assert!(
+        back <= n * tiny.len() + 2048,
+        "{back} bytes of errors for {} bytes sent",
+        n * tiny.len()
+    );
+    assert!(r.metric(r#"udp_relay_withheld_total{kind="reply"}"#) > 0);
+    // A request that pays for its answer gets it in full, credit or not.
+    let e = send_expect_error(&a, json!({"type": "bogus"}), "bad_request");
+    assert_eq!(e["message"], "unknown type");
+    // An address holding nothing is not answered.
     let stranger = Peer::new(&r);
-    // Unknown type: an address holding nothing is not answered; a registered one is.
     stranger.send(pad(json!({"type": "bogus"})));
     stranger.expect_nothing();
-    send_expect_error(&a, json!({"type": "bogus"}), "bad_request");
-    assert_eq!(r.refused("unknown_type"), 2);
-    // A reply that cannot fit within the request is not sent at all.
-    let small = br#"{"type":"bogus"}"#;
-    a.send_raw(small);
-    for d in drain_raw(&a) {
-        assert!(d.len() <= small.len(), "{}", String::from_utf8_lossy(&d));
-    }
+    assert_eq!(r.refused("unknown_type"), n as u64 + 2);
     // Fields that do not parse.
     send_expect_error(&a, json!({"type": "lookup"}), "bad_request");
     send_expect_error(&a, json!({"type": "watch", "names": "A"}), "bad_request");
@@ -842,7 +886,7 @@ fn errors_go_to_registered_or_requesting_peers_and_fit_the_request() {
     // Longer than --max-datagram.
     let big = json!({"type": "ping", "pad": "y".repeat(600)}).to_string();
     a.send_raw(big.as_bytes());
-    expect_error(&a, big.len(), "too_large");
+    expect_error(&a, "too_large");
     assert_eq!(r.refused("too_large"), 1);
     // Anything not JSON, STUN or a channel frame is dropped and counted.
     a.send_raw(b"hello relay");
@@ -866,7 +910,8 @@ fn error_replies_are_rate_limited_per_source() {
     let got = drain_raw(&a);
     let secs = t.elapsed().as_secs_f64();
     for d in &got {
-        assert!(d.len() <= bad.len());
+        let v: Value = serde_json::from_slice(d).unwrap();
+        assert_eq!(v["code"], "bad_request", "{v}");
     }
     // Bursts of twice the rate, refilled at the rate.
     let most = 2 + secs.ceil() as usize;
@@ -882,7 +927,7 @@ fn error_replies_are_rate_limited_per_source() {
     );
     // Another source has its own allowance.
     b.send_raw(bad.as_bytes());
-    expect_error(&b, bad.len(), "bad_request");
+    expect_error(&b, "bad_request");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -890,9 +935,14 @@ fn error_replies_are_rate_limited_per_source() {
 
 #[test]
 fn presence_beyond_announce_max() {
-    let r = Relay::start(&["--announce-max", "3", "--reply-budget", "256"]);
+    // One socket registers 40 names below, each answered with a register_ack and a list: more
+    // than one loopback host's reply credit. Lists are still cut to --reply-budget.
+    let r = Relay::start(&args(
+        &["--announce-max", "3", "--reply-budget", "256"],
+        NO_BUDGETS,
+    ));
     let w = join(&r, "W");
-    w.send(json!({"type": "watch", "names": ["X", "Y"]}));
+    w.send(w.authed(json!({"type": "watch", "names": ["X", "Y"]})));
     assert_eq!(names(&w.expect("watch_ack")["online"]), set(&[]));
     // While small (at most 3), everyone hears of everyone.
     let p1 = join(&r, "P1");
@@ -934,7 +984,7 @@ fn presence_beyond_announce_max() {
         p.expect_nothing();
     }
     // unregister: watchers hear peer_left, others nothing.
-    x.send(json!({"type": "unregister", "name": "X"}));
+    x.send(x.authed(json!({"type": "unregister", "name": "X"})));
     let left = w.expect("peer_left");
     assert_eq!(left["peer_name"], "X");
     assert!(left["peers"].is_array());
@@ -945,14 +995,18 @@ fn presence_beyond_announce_max() {
     let _y = join(&r, "Y");
     assert_eq!(w.expect("peer_joined")["peer_name"], "Y");
     p1.expect_nothing();
-    w.send(json!({"type": "watch", "names": ["Y", "P1", "Nobody"]}));
+    w.send(w.authed(json!({"type": "watch", "names": ["Y", "P1", "Nobody"]})));
     assert_eq!(names(&w.expect("watch_ack")["online"]), set(&["Y", "P1"]));
 }
 
 /// Part 2: "`peer_list` holds as many names as fit the reply budget".
 #[test]
 fn truncated_peer_list_holds_as_many_names_as_fit() {
-    let r = Relay::start(&["--announce-max", "1", "--reply-budget", "256"]);
+    // 40 registrations from one socket: beyond a loopback host's reply credit.
+    let r = Relay::start(&args(
+        &["--announce-max", "1", "--reply-budget", "256"],
+        NO_BUDGETS,
+    ));
     let q = join(&r, "n00");
     let mut raw = Vec::new();
     for i in 1..40 {
@@ -980,8 +1034,7 @@ fn watch_is_bounded_by_max_watch() {
     let w = join(&r, "W");
     let _a = join(&r, "a");
     w.drain();
-    let d = pad(json!({"type": "watch", "names": ["a", "b", "c"]})).to_string();
-    w.send_raw(d.as_bytes());
+    w.send(w.authed(json!({"type": "watch", "names": ["a", "b", "c"]})));
     let got = drain_raw(&w);
     let parsed: Vec<Value> = got
         .iter()
@@ -996,30 +1049,197 @@ fn watch_is_bounded_by_max_watch() {
         .iter()
         .find(|v| v["type"] == "error")
         .unwrap_or_else(|| panic!("no error: {parsed:?}"));
-    assert!(
-        ERROR_CODES.contains(&err["code"].as_str().unwrap()),
-        "{err}"
-    );
+    assert_eq!(err["code"], "watch_limit", "{err}");
     assert_eq!(r.refused("watch_limit"), 1);
+    assert_eq!(r.metric("udp_relay_watch_entries"), 2);
+}
+
+/// Part 2: `unwatch` ends the announcements of the names it lists; its `watch_ack` holds what is
+/// still watched and live.
+#[test]
+fn unwatch_stops_the_announcements_of_a_name() {
+    // Beyond --announce-max only watchers hear of joins and leaves.
+    let r = Relay::start(&["--announce-max", "1"]);
+    let w = join(&r, "W");
+    w.send(w.authed(json!({"type": "watch", "names": ["X", "Y", "Z"]})));
+    assert_eq!(names(&w.expect("watch_ack")["online"]), set(&[]));
+    let x = join(&r, "X");
+    assert_eq!(w.expect("peer_joined")["peer_name"], "X");
+    let y = join(&r, "Y");
+    assert_eq!(w.expect("peer_joined")["peer_name"], "Y");
+    assert_eq!(r.metric("udp_relay_watch_entries"), 3);
+    // Still watched: Y (live) and Z (not live); X is no longer.
+    w.send(w.authed(json!({"type": "unwatch", "names": ["X", "Nobody"]})));
+    assert_eq!(names(&w.expect("watch_ack")["online"]), set(&["Y"]));
+    assert_eq!(r.metric("udp_relay_watch_entries"), 2);
+    // X registers again (a register is announced) and leaves: W hears nothing of it.
+    x.register("X");
+    x.send(x.authed(json!({"type": "unregister", "name": "X"})));
+    x.drain();
+    w.expect_nothing();
+    assert!(!lookup(&w, "X"));
+    // Y, still watched, is announced as before.
+    y.send(y.authed(json!({"type": "unregister", "name": "Y"})));
+    assert_eq!(w.expect("peer_left")["peer_name"], "Y");
+    // Unwatching everything leaves nothing; unwatching again changes nothing.
+    for _ in 0..2 {
+        w.send(w.authed(json!({"type": "unwatch", "names": ["Y", "Z"]})));
+        assert_eq!(names(&w.expect("watch_ack")["online"]), set(&[]));
+    }
+    assert_eq!(r.metric("udp_relay_watch_entries"), 0);
+    let _z = join(&r, "Z");
+    w.expect_nothing();
+}
+
+/// Part 2: `unregister`, `watch`, `unwatch` and `connect` must be authenticated: without the
+/// session of the name they speak for (or with another one) they are refused with
+/// `session_required`; with it, from the name's address, they are served.
+#[test]
+fn session_required_for_unregister_watch_unwatch_and_connect() {
+    let r = Relay::start(&["--error-rate", "1000"]);
+    let a = join(&r, "A");
+    let b = join(&r, "B");
+    a.drain();
+    let requests = [
+        json!({"type": "watch", "names": ["B"]}),
+        json!({"type": "unwatch", "names": ["B"]}),
+        json!({"type": "connect", "target": "B"}),
+        json!({"type": "unregister", "name": "A"}),
+    ];
+    let wrong = [
+        json!(null),
+        json!(b.session()),
+        json!("0123456789abcdef0123456789abcdef"),
+        json!("not a session"),
+    ];
+    for msg in &requests {
+        for session in &wrong {
+            let mut m = msg.clone();
+            if !session.is_null() {
+                m["session"] = session.clone();
+            }
+            let e = send_expect_error(&a, m.clone(), "session_required");
+            assert!(!e["message"].as_str().unwrap().is_empty(), "{m}: {e}");
+            // And naming the name explicitly changes nothing.
+            m["name"] = json!("A");
+            send_expect_error(&a, m, "session_required");
+        }
+    }
+    let refused = (requests.len() * wrong.len() * 2) as u64;
+    assert_eq!(r.refused("session_required"), refused);
+    // Nothing was done: B was introduced to nobody, A is still registered.
+    b.expect_nothing();
+    assert!(lookup(&b, "A"));
+    assert_eq!(r.metric("udp_relay_watch_entries"), 0);
+    // With the session, each is served.
+    a.send(a.authed(requests[0].clone()));
+    assert_eq!(names(&a.expect("watch_ack")["online"]), set(&["B"]));
+    assert_eq!(r.metric("udp_relay_watch_entries"), 1);
+    a.send(a.authed(requests[1].clone()));
+    assert_eq!(names(&a.expect("watch_ack")["online"]), set(&[]));
+    assert_eq!(r.metric("udp_relay_watch_entries"), 0);
+    a.send(a.authed(requests[2].clone()));
+    assert_eq!(a.expect("introduce")["peer_name"], "B");
+    assert_eq!(b.expect("introduce")["peer_name"], "A");
+    a.send(a.authed(requests[3].clone()));
+    assert_eq!(b.expect("peer_left")["peer_name"], "A");
+    assert!(!lookup(&b, "A"));
+    assert_eq!(r.refused("session_required"), refused);
+}
+
+/// Part 2: a move issues a new session, and the old one authenticates nothing any more, from
+/// either address; nor does it move the name back.
+#[test]
+fn a_moved_peers_old_session_no_longer_authenticates() {
+    let r = Relay::start(&["--error-rate", "1000"]);
+    let bob = join(&r, "Bob");
+    let (home, ack) = join_ack(&r, "Alice");
+    bob.drain();
+    let old = ack["session"].as_str().unwrap().to_owned();
+    let moved = Peer::new(&r);
+    moved.send(json!({"type": "keepalive", "name": "Alice", "session": old}));
+    let kack = moved.expect("keepalive_ack");
+    let new = kack["session"]
+        .as_str()
+        .expect("keepalive_ack carries the session")
+        .to_owned();
+    assert_ne!(new, old, "a move issues a new session");
+    // The old session, from the new address: refused, and the new address is told.
+    for msg in [
+        json!({"type": "watch", "names": ["Bob"], "name": "Alice", "session": old}),
+        json!({"type": "connect", "target": "Bob", "name": "Alice", "session": old}),
+        json!({"type": "unregister", "name": "Alice", "session": old}),
+    ] {
+        send_expect_error(&moved, msg, "session_required");
+    }
+    // From the old address, which holds nothing now: refused, and not answered.
+    for msg in [
+        json!({"type": "connect", "target": "Bob", "name": "Alice", "session": old}),
+        json!({"type": "unregister", "name": "Alice", "session": old}),
+        json!({"type": "keepalive", "name": "Alice", "session": old}),
+        json!({"type": "register", "name": "Alice", "session": old}),
+    ] {
+        home.send(pad(msg));
+    }
+    // (Only the register's requester is answered.)
+    let got = home.drain();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["code"], "name_in_use", "{got:?}");
+    bob.expect_nothing();
+    // Alice is still at the new address, and the new session works there.
+    bob.send_raw(relay_msg("Bob", "Alice", r#""here?""#).as_bytes());
+    check_relayed(&moved.recv_raw(), "Bob", r#""here?""#);
+    moved.send(json!({"type": "connect", "target": "Bob", "name": "Alice", "session": new}));
+    assert_eq!(moved.expect("introduce")["address"], bob.addr().to_string());
+    assert_eq!(bob.expect("introduce")["address"], moved.addr().to_string());
+    // Moving once more retires the second session too.
+    let third = Peer::new(&r);
+    third.send(json!({"type": "register", "name": "Alice", "session": new}));
+    let ack3 = third.expect("register_ack");
+    third.expect("peer_list");
+    assert_eq!(bob.expect("peer_joined")["peer_name"], "Alice");
+    assert_ne!(ack3["session"], json!(new));
+    assert_ne!(ack3["session"], json!(old));
+    // The second session, from the address it was sent to (which holds nothing now).
+    moved.send(pad(
+        json!({"type": "unregister", "name": "Alice", "session": new}),
+    ));
+    moved.expect_nothing();
+    assert!(lookup(&bob, "Alice"));
+    home.expect_nothing();
 }
 
 #[test]
 fn unregister_follows_the_rules_of_taking_a_name() {
     let r = Relay::start(&["--error-rate", "1000"]);
-    let (a, _) = join_ack(&r, "A");
+    let a = join(&r, "A");
     let b = join(&r, "B");
     let c = join(&r, "C");
     a.drain();
     b.drain();
-    // Another address without the token cannot remove A.
-    c.send(pad(json!({"type": "unregister", "name": "A"})));
-    let got = c.drain();
-    assert!(got.iter().all(|v| v["type"] == "error"), "{got:?}");
+    // Another address cannot remove A: not without the token, nor with it (a token counts only
+    // from the address it was sent to).
+    send_expect_error(
+        &c,
+        json!({"type": "unregister", "name": "A"}),
+        "not_registered",
+    );
+    send_expect_error(
+        &c,
+        json!({"type": "unregister", "name": "A", "session": a.session()}),
+        "not_registered",
+    );
+    // A itself must show its session.
+    send_expect_error(
+        &a,
+        json!({"type": "unregister", "name": "A"}),
+        "session_required",
+    );
     assert!(lookup(&b, "A"));
     a.expect_nothing();
     b.expect_nothing();
     // A removes itself: everyone hears peer_left (small registry).
-    a.send(json!({"type": "unregister", "name": "A"}));
+    a.send(a.authed(json!({"type": "unregister", "name": "A"})));
     for p in [&b, &c] {
         let v = p.expect("peer_left");
         assert_eq!(v["peer_name"], "A");
@@ -1030,16 +1250,26 @@ fn unregister_follows_the_rules_of_taking_a_name() {
     a.expect_nothing();
     b.expect_nothing();
     assert_eq!(r.metric("udp_relay_peers"), 2);
-    // With the token, from another address.
-    let (d, dack) = join_ack(&r, "D");
+    // D's token from an address that holds nothing: refused, and nobody is answered or told.
+    let d = join(&r, "D");
     b.drain();
     c.drain();
     let other = Peer::new(&r);
-    other.send(json!({"type": "unregister", "name": "D", "session": dack["session"]}));
+    other.send(pad(
+        json!({"type": "unregister", "name": "D", "session": d.session()}),
+    ));
+    other.expect_nothing();
+    b.expect_nothing();
+    c.expect_nothing();
+    assert!(lookup(&b, "D"));
+    // 2 from C, A's relay once unregistered, and this one.
+    assert_eq!(r.refused("not_registered"), 4);
+    assert_eq!(r.refused("session_required"), 1);
+    // From its own address, it does.
+    d.send(d.authed(json!({"type": "unregister", "name": "D"})));
     assert_eq!(b.expect("peer_left")["peer_name"], "D");
     assert_eq!(c.expect("peer_left")["peer_name"], "D");
     assert!(!lookup(&b, "D"));
-    drop(d);
 }
 
 #[test]
@@ -1049,12 +1279,9 @@ fn max_peers_refuses_new_names() {
     let b = join(&r, "B");
     a.drain();
     let c = Peer::new(&r);
-    let d = pad(json!({"type": "register", "name": "C"})).to_string();
-    c.send_raw(d.as_bytes());
-    let (raw, e) = recv2(&c);
-    assert_eq!(e["type"], "error", "{e}");
+    c.send(pad(json!({"type": "register", "name": "C"})));
+    let e = c.expect("error");
     assert!(ERROR_CODES.contains(&e["code"].as_str().unwrap()), "{e}");
-    assert!(raw.len() <= d.len());
     c.expect_nothing();
     assert_eq!(r.refused("registry_full"), 1);
     assert!(!lookup(&a, "C"));
@@ -1064,7 +1291,7 @@ fn max_peers_refuses_new_names() {
     a.register("A");
     assert_eq!(b.expect("peer_joined")["peer_name"], "A");
     // Once one leaves, the new name fits.
-    a.send(json!({"type": "unregister", "name": "A"}));
+    a.send(a.authed(json!({"type": "unregister", "name": "A"})));
     assert_eq!(b.expect("peer_left")["peer_name"], "A");
     let (ack, list) = c.register("C");
     assert_eq!(ack["peer_name"], "C");
@@ -1080,32 +1307,44 @@ fn connect_introduces_both_peers() {
     let alice = join(&r, "Alice");
     let bob = join(&r, "Bob");
     alice.drain();
-    alice.send(json!({"type": "connect", "target": "Bob"}));
+    let session = alice.session();
+    alice.send(alice.authed(json!({"type": "connect", "target": "Bob"})));
     let to_alice = alice.expect("introduce");
     let to_bob = bob.expect("introduce");
     assert_eq!(to_alice["peer_name"], "Bob");
     assert_eq!(to_alice["address"], bob.addr().to_string());
     assert_eq!(to_bob["peer_name"], "Alice");
     assert_eq!(to_bob["address"], alice.addr().to_string());
-    // With several names at one address, `name` says which one asks.
+    // With several names at one address, `name` says which one asks, with its own session.
     prove(&alice, "Alice2");
     bob.drain();
-    alice.send(json!({"type": "connect", "target": "Bob", "name": "Alice2"}));
+    send_expect_error(
+        &alice,
+        json!({"type": "connect", "target": "Bob", "name": "Alice2", "session": session}),
+        "session_required",
+    );
+    bob.expect_nothing();
+    alice.send(alice.authed(json!({"type": "connect", "target": "Bob", "name": "Alice2"})));
     assert_eq!(alice.expect("introduce")["peer_name"], "Bob");
     assert_eq!(bob.expect("introduce")["peer_name"], "Alice2");
+    // Without `name`, the oldest name at the address asks.
+    alice.send(json!({"type": "connect", "target": "Bob", "session": session}));
+    assert_eq!(alice.expect("introduce")["peer_name"], "Bob");
+    assert_eq!(bob.expect("introduce")["peer_name"], "Alice");
     // Unknown target.
     send_expect_error(
         &alice,
-        json!({"type": "connect", "target": "Nobody"}),
+        alice.authed(json!({"type": "connect", "target": "Nobody"})),
         "unknown_target",
     );
-    // From an address that holds nothing: nobody is introduced.
+    // From an address that holds nothing: nobody is introduced, nobody answered.
     let stranger = Peer::new(&r);
     stranger.send(pad(json!({"type": "connect", "target": "Bob"})));
     stranger.expect_nothing();
     bob.expect_nothing();
     alice.expect_nothing();
     assert_eq!(r.refused("not_registered"), 1);
+    assert_eq!(r.refused("session_required"), 1);
 }
 
 #[test]
@@ -1114,12 +1353,9 @@ fn no_introductions_refuses_connect() {
     let alice = join(&r, "Alice");
     let bob = join(&r, "Bob");
     alice.drain();
-    let d = pad(json!({"type": "connect", "target": "Bob"})).to_string();
-    alice.send_raw(d.as_bytes());
-    let (raw, e) = recv2(&alice);
-    assert_eq!(e["type"], "error", "{e}");
+    alice.send(alice.authed(json!({"type": "connect", "target": "Bob"})));
+    let e = alice.expect("error");
     assert!(ERROR_CODES.contains(&e["code"].as_str().unwrap()), "{e}");
-    assert!(raw.len() <= d.len());
     alice.expect_nothing();
     bob.expect_nothing();
     assert_eq!(r.refused("disabled"), 1);
@@ -1160,7 +1396,7 @@ fn dual_stack_serves_ipv4_and_ipv6_peers() {
     check_relayed(&v6.recv_raw(), "Four", p);
     v6.send_raw(relay_msg("Six", "Four", "4").as_bytes());
     check_relayed(&v4.recv_raw(), "Six", "4");
-    v6.send(json!({"type": "connect", "target": "Four"}));
+    v6.send(v6.authed(json!({"type": "connect", "target": "Four"})));
     assert_eq!(v6.expect("introduce")["address"], ack4["your_address"]);
     assert_eq!(v4.expect("introduce")["address"], ack6["your_address"]);
     v4.expect_nothing();
