@@ -108,10 +108,12 @@ impl Earned {
             return;
         }
         let floor = self.credit - self.cap;
-        let _ = self
-            .table
-            .slot(key)
-            .fetch_update(Relaxed, Relaxed, |used| Some((used - n).max(floor)));
+        let slot = self.table.slot(key);
+        // A busy host's balance sits at its cap: reading it costs no cache line's ownership.
+        if slot.load(Relaxed) <= floor {
+            return;
+        }
+        let _ = slot.fetch_update(Relaxed, Relaxed, |used| Some((used - n).max(floor)));
     }
 
     fn available(&self, key: impl Hash) -> i64 {
@@ -135,8 +137,7 @@ impl Earned {
             .is_ok()
     }
 
-    /// Gives back `n` just spent (when another budget of the same send refused it); a
-    /// negative `n` takes back what was earned.
+    /// Gives back `n` just spent (when another budget of the same send refused it).
     fn refund(&self, key: impl Hash, n: i64) {
         if !self.unlimited() {
             self.table.slot(key).fetch_sub(n, Relaxed);
@@ -226,23 +227,17 @@ impl Budgets {
         }
     }
 
-    /// Credits `from`'s host, prefix and the relay with `len` bytes it sent unauthenticated, and
-    /// its fan-out budget with twice that.
-    pub fn earn(&self, from: IpAddr, len: usize) {
+    /// Credits `from`'s fan-out budget with twice the `len` bytes it sent, and, for a datagram
+    /// that did not authenticate, its host's, prefix's and the relay's reply budgets with `len`
+    /// (an authenticated one's replies are free, and must not bank credit a forger could spend).
+    pub fn earn(&self, from: IpAddr, len: usize, authenticated: bool) {
         let n = len as i64;
-        self.reply_host.earn(from, n);
-        self.reply_prefix.earn(prefix(from), n);
-        self.reply_global.earn((), n);
+        if !authenticated {
+            self.reply_host.earn(from, n);
+            self.reply_prefix.earn(prefix(from), n);
+            self.reply_global.earn((), n);
+        }
         self.fanout.earn(host_key(from), FANOUT_EARN * n);
-    }
-
-    /// Takes back the reply credit [`Budgets::earn`] gave for a datagram that turned out to be
-    /// authenticated (its fan-out earnings stay: it did send them).
-    pub fn unearn(&self, from: IpAddr, len: usize) {
-        let n = len as i64;
-        self.reply_host.refund(from, -n);
-        self.reply_prefix.refund(prefix(from), -n);
-        self.reply_global.refund((), -n);
     }
 
     /// Whether `from`'s host may register one more new name at `now_ms`.
@@ -326,14 +321,13 @@ impl Budgets {
             return;
         }
         let mut i = 0;
-        let lens: Vec<usize> = out.sends[start..].iter().map(|s| out.len(s)).collect();
         let mut owed = Vec::new();
         out.sends.retain(|s| {
             i += 1;
             if i <= start {
                 return true;
             }
-            let v = self.settle_one(s, lens[i - start - 1], payer, now_ms);
+            let v = self.settle_one(s, s.len(), payer, now_ms);
             if v != Verdict::Sent {
                 let counter = match s.kind {
                     Kind::Announce => &c.withheld_announcements,
@@ -394,7 +388,7 @@ mod tests {
         let victim: IpAddr = "192.0.2.1".parse().unwrap();
         assert!(b.spend_reply(victim, 2000, 0));
         assert!(!b.spend_reply(victim, 100, 0), "the credit is spent");
-        b.earn(victim, 60);
+        b.earn(victim, 60, false);
         assert!(b.spend_reply(victim, 100, 0), "48 left and 60 earned");
         assert!(!b.spend_reply(victim, 10, 0));
         // Neighbours have credits of their own but share the /24's 4 KiB.
@@ -414,7 +408,7 @@ mod tests {
     fn earnings_are_capped() {
         let b = Budgets::new(&settings());
         let ip: IpAddr = "203.0.113.9".parse().unwrap();
-        b.earn(ip, 10_000_000);
+        b.earn(ip, 10_000_000, false);
         assert_eq!(b.reply_host.available(ip), 16 * 2048);
         assert_eq!(b.fanout.available(host_key(ip)), 65_536);
     }

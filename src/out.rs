@@ -65,6 +65,19 @@ pub struct Out {
 
 const NONE: Seg = Seg::Static(b"");
 
+impl Send {
+    /// The datagram's length on the wire.
+    pub fn len(&self) -> usize {
+        self.segs[..self.nsegs]
+            .iter()
+            .map(|g| match g {
+                Seg::Buf(r) | Seg::Input(r) => r.len(),
+                Seg::Static(b) => b.len(),
+            })
+            .sum()
+    }
+}
+
 impl Out {
     /// Sends `buf[start..]` (the message just written) to `to`.
     pub fn reply(&mut self, to: SocketAddr, start: usize, kind: Kind, trusted: bool) {
@@ -112,17 +125,6 @@ impl Out {
             }
         };
         [seg(&send.segs[0]), seg(&send.segs[1]), seg(&send.segs[2])]
-    }
-
-    /// The length of `send` on the wire.
-    pub fn len(&self, send: &Send) -> usize {
-        send.segs[..send.nsegs]
-            .iter()
-            .map(|g| match g {
-                Seg::Buf(r) | Seg::Input(r) => r.len(),
-                Seg::Static(b) => b.len(),
-            })
-            .sum()
     }
 
     /// Forgets everything decided, keeping the capacity.

@@ -110,16 +110,19 @@ pub fn announce(
     at: SocketAddr,
     now: Now,
 ) {
-    let (recipients, peers) = if small(shared) {
-        let peers = everyone(shared, now);
-        (peers.clone(), peers)
+    // Small: everyone hears, and everyone is listed. Beyond announce_max only watchers hear
+    // (most names have none, so ask that first) and the shared sample is listed.
+    let (watchers, sample);
+    let (recipients, peers): (&[Live], &[Live]) = if small(shared) {
+        watchers = everyone(shared, now);
+        (&watchers, &watchers)
     } else {
-        // Beyond announce_max only watchers hear; most names have none, so ask that first.
-        let watchers = shared.registry.watchers_of(name, now.ms);
+        watchers = shared.registry.watchers_of(name, now.ms);
         if watchers.is_empty() {
             return;
         }
-        (watchers, shared.sample.get(shared, now).to_vec())
+        sample = shared.sample.get(shared, now);
+        (&watchers, &sample)
     };
     let mut seen = HashSet::new();
     let to: Vec<&Live> = recipients

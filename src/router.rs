@@ -55,6 +55,8 @@ pub struct Router {
     errors: SourceLimiter,
     ingress: Ingress,
     scratch: Vec<u8>,
+    /// The largest control message parsed (see [`MAX_CONTROL`]).
+    max_control: usize,
 }
 
 impl Router {
@@ -65,6 +67,7 @@ impl Router {
             counters: shared.metrics.block(worker),
             errors: SourceLimiter::new(rate, 2.0 * rate),
             ingress: Ingress::new(&shared.settings, shared.workers),
+            max_control: MAX_CONTROL.max(shared.settings.max_watch.saturating_mul(136)),
             shared,
             scratch: Vec::new(),
         }
@@ -95,9 +98,6 @@ impl Router {
         if let Err(r) = self.ingress.admit(from, len, now.ms) {
             self.fail(out, r, &req);
         } else {
-            // What a datagram sends in pays for what it gets back, unless it authenticates (its
-            // replies are free then, and must not bank credit a forger could spend).
-            self.shared.budgets.earn(from.ip(), len);
             if len > d.len() || len > self.shared.settings.max_datagram {
                 self.fail(out, Reason::TooLarge, &req);
             } else {
@@ -107,9 +107,8 @@ impl Router {
                     Family::Unknown => self.refuse(Reason::UnknownFamily, &req),
                 }
             }
-            if req.authed {
-                self.shared.budgets.unearn(from.ip(), len);
-            }
+            // What a datagram sends in pays for what it gets back (before it is settled).
+            self.shared.budgets.earn(from.ip(), len, req.authed);
         }
         let b = &self.shared.budgets;
         b.settle(out, start, Some(from.ip()), now.ms, &self.counters);
@@ -134,10 +133,12 @@ impl Router {
             Counters::add(&self.counters.errors_suppressed, 1);
             return;
         }
+        // The request's own bytes are earned before its replies are settled.
         let limit = if req.authed {
             usize::MAX
         } else {
-            usize::try_from(self.shared.budgets.reply_available(to.ip())).unwrap_or(0)
+            let available = self.shared.budgets.reply_available(to.ip());
+            usize::try_from(available.saturating_add(req.len as i64)).unwrap_or(0)
         };
         let start = out.buf.len();
         if reply::error(&mut out.buf, code, r.message(), limit) {
@@ -171,8 +172,7 @@ impl Router {
         }
         // Only a relay carries a payload: a control message that large is refused before the
         // work of parsing it (a `watch` of `--max-watch` 64-byte names fits).
-        let limit = MAX_CONTROL.max(self.shared.settings.max_watch.saturating_mul(136));
-        if d.len() > limit {
+        if d.len() > self.max_control {
             return self.fail(out, Reason::TooLarge, req);
         }
         let result = match ty {
