@@ -327,7 +327,7 @@ impl Budgets {
             if i <= start {
                 return true;
             }
-            let v = self.settle_one(s, s.len(), payer, now_ms);
+            let v = self.settle_one(s, s.wire_len(), payer, now_ms);
             if v != Verdict::Sent {
                 let counter = match s.kind {
                     Kind::Announce => &c.withheld_announcements,

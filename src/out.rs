@@ -67,7 +67,7 @@ const NONE: Seg = Seg::Static(b"");
 
 impl Send {
     /// The datagram's length on the wire.
-    pub fn len(&self) -> usize {
+    pub fn wire_len(&self) -> usize {
         self.segs[..self.nsegs]
             .iter()
             .map(|g| match g {
