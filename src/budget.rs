@@ -25,9 +25,13 @@ use crate::metrics::Counters;
 use crate::out::{Kind, Out, Send};
 use crate::ratelimit::prefix;
 
-/// Bytes of a host's reply budget that relay-volunteered sends (acks nobody needs, keepalives,
-/// announcements) may not use, so that a `register_ack` always finds them.
+/// Bytes of a host's reply budget that announcements to an untrusted registration may not use,
+/// so that a `register_ack` always finds them.
 pub const RESERVE: i64 = 512;
+/// Bytes that acks nobody needs and keepalives to an untrusted registration (an old peer
+/// ignores both) may not use: what the host earns goes to its `register_ack` and its
+/// announcements first.
+pub const COURTESY_RESERVE: i64 = 1536;
 /// A reply budget may bank at most this many times its credit from what its owner sent.
 const CAP_CREDITS: i64 = 16;
 /// A host's fan-out budget earns this many bytes per byte it sends.
@@ -279,7 +283,7 @@ impl Budgets {
                 len <= KEEPALIVE_FREE || self.presence.take(s.to, len as u64, now_ms)
             }
             (Kind::Reply, false) => self.spend_reply(to, n, 0),
-            (Kind::Courtesy | Kind::Keepalive, false) => self.spend_reply(to, n, RESERVE),
+            (Kind::Courtesy | Kind::Keepalive, false) => self.spend_reply(to, n, COURTESY_RESERVE),
             (Kind::Announce, trusted) => {
                 let key = payer.map(host_key);
                 // A payer that cannot pay gets nothing sent, now or later: owing a list for it
@@ -398,10 +402,12 @@ mod tests {
         assert!(!b.spend_reply(third, 100, 0), "the prefix is spent");
         // A refusal by the prefix leaves the host's balance as it was.
         assert_eq!(b.reply_host.available(third), 2048);
-        // Courtesies keep the reserve.
+        // Courtesies and announcements keep their reserves.
         let other: IpAddr = "198.51.100.1".parse().unwrap();
-        assert!(!b.spend_reply(other, 2048 - 511, RESERVE));
-        assert!(b.spend_reply(other, 2048 - 512, RESERVE));
+        assert!(!b.spend_reply(other, 2048 - 1535, COURTESY_RESERVE));
+        assert!(b.spend_reply(other, 2048 - 1536, COURTESY_RESERVE));
+        assert!(!b.spend_reply(other, 1024 + 1, RESERVE));
+        assert!(b.spend_reply(other, 1024, RESERVE));
     }
 
     #[test]

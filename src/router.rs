@@ -324,8 +324,14 @@ impl Router {
             presence::peer_list(&self.shared, out, from, now, Kind::Reply, req.authed);
         } else {
             reply::keepalive_ack(&mut out.buf, &r.name, now.unix, &session.to_hex());
-            // The old peers ignore it; a new one authenticates its keepalives.
-            out.reply(from, start, Kind::Courtesy, req.authed);
+            // The ack of a keepalive that registered or moved the name carries its new session:
+            // a reply. Refreshed, it is one the old peers ignore (a new peer authenticates its
+            // keepalives), sent only from what its host has to spare.
+            let kind = match claim {
+                Claim::Refreshed(_) => Kind::Courtesy,
+                _ => Kind::Reply,
+            };
+            out.reply(from, start, kind, req.authed);
         }
         // A `register` is announced even when it only refreshes: the old relay did, and its
         // peers may use `peer_joined` to learn that a partner restarted. Refreshes are announced
