@@ -93,7 +93,7 @@ fn a_flood_from_one_source_leaves_other_peers_served() {
 #[test]
 fn new_names_from_one_source_are_limited_but_refreshes_are_not() {
     // Beyond --announce-max nobody is told of joins, so replies come in order.
-    // Fifty registrations' replies to one address exceed an unproven address's credit.
+    // Fifty registrations' replies to one address exceed its host's reply credit.
     let r = Relay::start(&[
         "--registration-rate",
         "5",
@@ -177,28 +177,21 @@ fn junk(rng: &mut Rng) -> Vec<u8> {
 #[test]
 fn malformed_input_at_volume_leaves_the_relay_serving_within_a_memory_bound() {
     // Limits lifted so that every datagram reaches the parser.
-    let r = Relay::start(&[
-        "--workers",
-        "1",
-        "--source-rate",
-        "0",
-        "--source-bytes",
-        "0",
-        "--prefix-rate",
-        "0",
-        "--prefix-bytes",
-        "0",
-        "--reply-credit",
-        "0",
-        "--reply-prefix-credit",
-        "0",
-        "--reply-global-credit",
-        "0",
-        "--fanout-allowance",
-        "0",
-        "--presence-rate",
-        "0",
-    ]);
+    let r = Relay::start(&args(
+        &[
+            "--workers",
+            "1",
+            "--source-rate",
+            "0",
+            "--source-bytes",
+            "0",
+            "--prefix-rate",
+            "0",
+            "--prefix-bytes",
+            "0",
+        ],
+        NO_BUDGETS,
+    ));
     let before = r.rss();
     let senders: Vec<Peer> = (0..4).map(|_| Peer::new(&r)).collect();
     let mut rng = Rng(0x0005_eed0_fa11_d47a);
