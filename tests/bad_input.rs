@@ -13,8 +13,8 @@ use serde_json::json;
 
 /// Error replies are rate limited per source IP, and every test peer is 127.0.0.1: tests that
 /// check each error reply lift the limit (one test checks the limit itself).
-/// Every refusal answered where the protocol allows: no error-rate limit, and no credit limit on
-/// what strangers (addresses that never proved they receive) are sent.
+/// Every refusal answered where the protocol allows: no error-rate limit, and no reply budget on
+/// what unauthenticated requests are sent.
 const NO_ERROR_LIMIT: &[&str] = &[
     "--error-rate",
     "1000000",
