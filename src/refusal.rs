@@ -47,6 +47,8 @@ reasons! {
         "First bytes match no datagram family.";
     Unsupported => "unsupported_family", None, "",
         "A STUN or channel datagram, not served yet.";
+    MappedSource => "v4_mapped_source", None, "",
+        "A native IPv6 datagram whose source is an IPv4-mapped address.";
     TooLarge => "too_large", Some(TooLarge), "datagram too large",
         "Longer than `--max-datagram`, or a forward that would exceed a UDP datagram.";
     NotUtf8 => "not_utf8", Some(BadRequest), "datagram is not UTF-8",

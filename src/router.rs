@@ -83,6 +83,14 @@ impl Router {
         self.run(&[], len, from, now, out);
     }
 
+    /// A native IPv6 datagram whose source is an IPv4-mapped address: counted and refused
+    /// before anything else (nobody at that address sent it).
+    pub fn mapped_source(&mut self, len: usize) {
+        Counters::add(&self.counters.received, 1);
+        Counters::add(&self.counters.received_bytes, len as u64);
+        self.counters.refuse(Reason::MappedSource);
+    }
+
     fn run(&mut self, d: &[u8], len: usize, from: SocketAddr, now: Now, out: &mut Out) {
         Counters::add(&self.counters.received, 1);
         Counters::add(&self.counters.received_bytes, len as u64);

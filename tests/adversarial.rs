@@ -602,3 +602,50 @@ fn large_watch_datagrams_do_not_hurt_a_well_behaved_pair() {
     assert!(p99 <= Duration::from_millis(50), "p99 {p99:?}");
     assert!(refused > 0);
 }
+
+#[test]
+fn native_ipv6_from_a_v4_mapped_source_is_refused() {
+    let t = "native_ipv6_from_a_v4_mapped_source_is_refused";
+    let Some(mut f) = Forger::new(t) else { return };
+    let r = Relay::start_with(&[], &[("RUST_LOG", "debug")], "::");
+    let relay6 = std::net::SocketAddrV6::new("::1".parse().unwrap(), r.addr.port(), 0, 0);
+    // The IPv4 host the forged source names, listening there.
+    let victim = sock("127.0.2.9");
+    let v4 = match victim.local_addr().unwrap() {
+        SocketAddr::V4(a) => a,
+        SocketAddr::V6(_) => unreachable!(),
+    };
+    let mapped = std::net::SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0);
+    let n = 50;
+    for i in 0..n {
+        let d = json!({"type": "register", "name": format!("mapped-{i}")}).to_string();
+        f.send6(mapped, relay6, d.as_bytes());
+        f.send6(mapped, relay6, br#"{"type":"ping"}"#);
+    }
+    // A real IPv4 peer on the same dual-stack socket is still served as itself.
+    let peer = Peer::bind(
+        SocketAddr::new("127.0.0.1".parse().unwrap(), r.addr.port()),
+        "127.0.0.1:0",
+    );
+    let (ack, _) = peer.register("real-v4");
+    assert_eq!(ack["your_address"], peer.addr().to_string());
+    let deadline = Instant::now() + TIMEOUT;
+    while r.refused("v4_mapped_source") < 2 * n {
+        assert!(
+            Instant::now() < deadline,
+            "refused {}",
+            r.refused("v4_mapped_source")
+        );
+        std::thread::yield_now();
+    }
+    peer.drain();
+    let (got, _) = received(&victim);
+    println!(
+        "{t}: {} native IPv6 datagrams from {mapped} refused as v4_mapped_source; the IPv4 host \
+         got {got} B; {} names registered",
+        2 * n,
+        r.metric("udp_relay_peers")
+    );
+    assert_eq!(got, 0);
+    assert_eq!(r.metric("udp_relay_peers"), 1, "only the real peer");
+}

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::net::UdpSocket;
 use std::sync::Arc;
 
-use super::{Backend, Egress, Sender, Worker, from_sockaddr};
+use super::{Backend, CONTROL_LEN, Egress, Sender, Source, Worker, source};
 use crate::metrics::Counters;
 use crate::out::Out;
 
@@ -43,6 +43,7 @@ impl Backend for Mmsg {
         let mut names: Vec<libc::sockaddr_storage> = vec![unsafe { zeroed() }; BATCH];
         let mut iovs: Vec<libc::iovec> = vec![unsafe { zeroed() }; BATCH];
         let mut hdrs: Vec<libc::mmsghdr> = vec![unsafe { zeroed() }; BATCH];
+        let mut controls = vec![[0u8; CONTROL_LEN]; BATCH];
         let mut out = Out::default();
         let mut sender = Sender::new(&w.socket)?;
         let fd = w.socket.as_raw_fd();
@@ -57,6 +58,8 @@ impl Backend for Mmsg {
                 h.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
                 h.msg_iov = &mut iovs[i];
                 h.msg_iovlen = 1;
+                h.msg_control = controls[i].as_mut_ptr().cast();
+                h.msg_controllen = CONTROL_LEN;
                 h.msg_flags = 0;
             }
             // SAFETY: the headers point at buffers that outlive the call.
@@ -87,8 +90,14 @@ impl Backend for Mmsg {
             for i in 0..n {
                 let len = hdrs[i].msg_len as usize;
                 lens[i] = len;
-                let Some(from) = from_sockaddr(&names[i]) else {
-                    continue;
+                let control = &controls[i][..hdrs[i].msg_hdr.msg_controllen.min(CONTROL_LEN)];
+                let from = match source(&names[i], control) {
+                    Some(Source::Peer(a)) => a,
+                    Some(Source::Mapped) => {
+                        w.router.mapped_source(len);
+                        continue;
+                    }
+                    None => continue,
                 };
                 out.input = i;
                 if hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || len > w.max_datagram {

@@ -122,6 +122,9 @@ pub fn bind_worker_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
     let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         sock.set_only_v6(false)?;
+        // An IPv4 datagram then carries IP_PKTINFO, which tells it from a native IPv6 one whose
+        // source is an IPv4-mapped address (see `source`).
+        set_ip_pktinfo(&sock)?;
     }
     sock.set_reuse_port(true)?;
     // Best effort: a larger buffer absorbs bursts; the kernel caps it at its own maximum.
@@ -130,6 +133,73 @@ pub fn bind_worker_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
     sock.bind(&addr.into())?;
     sock.set_read_timeout(Some(std::time::Duration::from_millis(POLL_MS)))?;
     Ok(sock.into())
+}
+
+fn set_ip_pktinfo(sock: &Socket) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: a plain setsockopt with a pointer to an int of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_PKTINFO,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Room for the control messages a worker socket receives (an IPv4 datagram's IP_PKTINFO on a
+/// dual-stack socket).
+pub const CONTROL_LEN: usize = 64;
+
+/// Where a received datagram says it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A peer, by its canonical address.
+    Peer(SocketAddr),
+    /// A native IPv6 datagram whose source is an IPv4-mapped address: it names an IPv4 host it
+    /// did not come from, so nothing may be sent there on its account.
+    Mapped,
+}
+
+/// The source of a datagram, from the address and control data the kernel wrote for it.
+pub fn source(name: &libc::sockaddr_storage, control: &[u8]) -> Option<Source> {
+    let from = from_sockaddr(name)?;
+    match from {
+        SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_some() => {
+            if has_ipv4_pktinfo(control) {
+                Some(Source::Peer(canonical(from)))
+            } else {
+                Some(Source::Mapped)
+            }
+        }
+        a => Some(Source::Peer(a)),
+    }
+}
+
+/// Whether `control` (as the kernel wrote it, at any alignment) holds an IP_PKTINFO message.
+fn has_ipv4_pktinfo(control: &[u8]) -> bool {
+    let hdr = size_of::<libc::cmsghdr>();
+    let align = size_of::<usize>();
+    let mut off = 0;
+    while off + hdr <= control.len() {
+        // SAFETY: `hdr` bytes at `off` are inside `control`; read without assuming alignment.
+        let c: libc::cmsghdr = unsafe { std::ptr::read_unaligned(control[off..].as_ptr().cast()) };
+        if c.cmsg_level == libc::IPPROTO_IP && c.cmsg_type == libc::IP_PKTINFO {
+            return true;
+        }
+        let len = c.cmsg_len as usize;
+        if len < hdr {
+            return false;
+        }
+        off += len.div_ceil(align) * align;
+    }
+    false
 }
 
 /// Fails with `AddrInUse` if another socket holds `addr`, even one with `SO_REUSEPORT`, so two
@@ -158,7 +228,7 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
 }
 
 /// Reads a socket address the kernel wrote.
-pub fn from_sockaddr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+fn from_sockaddr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match s.ss_family as i32 {
         libc::AF_INET => {
             // SAFETY: the family says the storage holds a sockaddr_in.
@@ -171,12 +241,12 @@ pub fn from_sockaddr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
         libc::AF_INET6 => {
             // SAFETY: the family says the storage holds a sockaddr_in6.
             let a = unsafe { &*(s as *const _ as *const libc::sockaddr_in6) };
-            Some(canonical(SocketAddr::V6(SocketAddrV6::new(
+            Some(SocketAddr::V6(SocketAddrV6::new(
                 Ipv6Addr::from(a.sin6_addr.s6_addr),
                 u16::from_be(a.sin6_port),
                 a.sin6_flowinfo,
                 a.sin6_scope_id,
-            ))))
+            )))
         }
         _ => None,
     }
@@ -308,5 +378,62 @@ impl Sender {
                 done += sent;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A control message of `level` and `kind` with `data`, as the kernel lays it out, at
+    /// offset `skew` of the returned buffer.
+    fn cmsg(skew: usize, level: i32, kind: i32, data: usize) -> Vec<u8> {
+        let hdr = size_of::<libc::cmsghdr>();
+        // SAFETY: all-zero is a valid cmsghdr.
+        let mut c: libc::cmsghdr = unsafe { zeroed() };
+        c.cmsg_len = (hdr + data) as _;
+        c.cmsg_level = level;
+        c.cmsg_type = kind;
+        let mut b = vec![0u8; skew];
+        // SAFETY: reads the bytes of a plain C struct.
+        b.extend_from_slice(unsafe {
+            std::slice::from_raw_parts((&c as *const libc::cmsghdr).cast::<u8>(), hdr)
+        });
+        b.resize(skew + (hdr + data).div_ceil(8) * 8, 0);
+        b
+    }
+
+    fn mapped() -> libc::sockaddr_storage {
+        // SAFETY: all-zero is a valid sockaddr_storage.
+        let mut s = unsafe { zeroed() };
+        let a: SocketAddr = "[::ffff:192.0.2.1]:9".parse().unwrap();
+        to_sockaddr(a, true, &mut s);
+        s
+    }
+
+    #[test]
+    fn a_mapped_source_is_ipv4_only_with_ip_pktinfo() {
+        let pktinfo = cmsg(0, libc::IPPROTO_IP, libc::IP_PKTINFO, 12);
+        let v4: SocketAddr = "192.0.2.1:9".parse().unwrap();
+        assert_eq!(source(&mapped(), &pktinfo), Some(Source::Peer(v4)));
+        assert_eq!(source(&mapped(), &[]), Some(Source::Mapped));
+        // Another message first, then IP_PKTINFO; and a buffer at an odd offset.
+        let mut two = cmsg(0, libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, 20);
+        two.extend(pktinfo);
+        assert_eq!(source(&mapped(), &two), Some(Source::Peer(v4)));
+        let skewed = cmsg(3, libc::IPPROTO_IP, libc::IP_PKTINFO, 12);
+        assert_eq!(source(&mapped(), &skewed[3..]), Some(Source::Peer(v4)));
+        // A truncated or zero-length header ends the walk.
+        assert_eq!(source(&mapped(), &two[..8]), Some(Source::Mapped));
+        let zero = cmsg(0, libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, 0);
+        let mut stuck = zero.clone();
+        stuck[..size_of::<usize>()].fill(0);
+        assert_eq!(source(&mapped(), &stuck), Some(Source::Mapped));
+        // A native IPv6 source is itself.
+        // SAFETY: all-zero is a valid sockaddr_storage.
+        let mut s = unsafe { zeroed() };
+        let v6: SocketAddr = "[2001:db8::1]:9".parse().unwrap();
+        to_sockaddr(v6, true, &mut s);
+        assert_eq!(source(&s, &[]), Some(Source::Peer(v6)));
     }
 }

@@ -18,7 +18,7 @@ use std::sync::mpsc;
 use io_uring::types::{BufRingEntry, Fd, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{IoUring, Probe, cqueue, opcode, squeue};
 
-use super::{Backend, Egress, Inbox, POLL_MS, Worker, from_sockaddr, to_sockaddr};
+use super::{Backend, CONTROL_LEN, Egress, Inbox, POLL_MS, Source, Worker, source, to_sockaddr};
 use crate::metrics::Counters;
 use crate::out::Out;
 
@@ -309,7 +309,7 @@ impl Backend for Uring {
     }
 
     fn run(&self, mut w: Worker) -> io::Result<()> {
-        let buf_len = RECVMSG_OUT + NAME_LEN + w.max_datagram + 1;
+        let buf_len = RECVMSG_OUT + NAME_LEN + CONTROL_LEN + w.max_datagram + 1;
         // Everything a request in flight points at is declared before the ring, so dropped after
         // it (the kernel may read or write them until the ring is gone, even on an error return):
         // the receive buffers and header, and the batch's outputs and send headers.
@@ -317,6 +317,7 @@ impl Backend for Uring {
         // SAFETY: all-zero is a valid msghdr; the kernel reads only the name and control sizes.
         let mut recv_hdr: Box<libc::msghdr> = Box::new(unsafe { zeroed() });
         recv_hdr.msg_namelen = NAME_LEN as u32;
+        recv_hdr.msg_controllen = CONTROL_LEN;
         let mut out = Out::default();
         // The reaper's batch being sent, a slice per turn of the loop between batches of
         // received datagrams, so that a million keepalives never hold up forwarding for long;
@@ -409,8 +410,13 @@ impl Backend for Uring {
                             start,
                             len: payload.len(),
                         });
-                        let Some(from) = name_of(m.name_data()) else {
-                            continue;
+                        let from = match name_of(m.name_data(), m.control_data()) {
+                            Some(Source::Peer(a)) => a,
+                            Some(Source::Mapped) => {
+                                w.router.mapped_source(payload.len());
+                                continue;
+                            }
+                            None => continue,
                         };
                         if m.is_payload_truncated() || payload.len() > w.max_datagram {
                             w.router.truncated(payload.len(), from, now, &mut out);
@@ -502,8 +508,8 @@ impl Backend for Uring {
     }
 }
 
-/// The source address written at the head of a receive buffer.
-fn name_of(name: &[u8]) -> Option<std::net::SocketAddr> {
+/// The source written at the head of a receive buffer, given its control data.
+fn name_of(name: &[u8], control: &[u8]) -> Option<Source> {
     // SAFETY: all-zero is a valid sockaddr_storage; at most its size is copied into it.
     let mut s: libc::sockaddr_storage = unsafe { zeroed() };
     let n = name.len().min(NAME_LEN);
@@ -515,7 +521,7 @@ fn name_of(name: &[u8]) -> Option<std::net::SocketAddr> {
             n,
         )
     };
-    from_sockaddr(&s)
+    source(&s, control)
 }
 
 /// Counts one send completion.

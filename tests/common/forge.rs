@@ -3,9 +3,10 @@
 
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 
-/// A raw IPv4 socket that sends UDP datagrams with any source address.
+/// Raw IPv4 and IPv6 sockets that send UDP datagrams with any source address.
 pub struct Forger {
     fd: i32,
+    fd6: i32,
     /// Bytes of UDP payload forged so far.
     pub sent: usize,
 }
@@ -22,7 +23,14 @@ impl Forger {
             eprintln!("SKIPPED {test}: forging source addresses needs CAP_NET_RAW ({e})");
             return None;
         }
-        Some(Forger { fd, sent: 0 })
+        // SAFETY: as above.
+        let fd6 = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+        assert!(
+            fd6 >= 0,
+            "raw IPv6 socket: {}",
+            std::io::Error::last_os_error()
+        );
+        Some(Forger { fd, fd6, sent: 0 })
     }
 
     /// Sends `payload` as a UDP datagram from `from` to `to`.
@@ -62,6 +70,68 @@ impl Forger {
         self.sent += payload.len();
     }
 
+    /// Sends `payload` as a native IPv6 UDP datagram from `from` to `to` (any IPv6 source, an
+    /// IPv4-mapped one included).
+    pub fn send6(
+        &mut self,
+        from: std::net::SocketAddrV6,
+        to: std::net::SocketAddrV6,
+        payload: &[u8],
+    ) {
+        let udp_len = 8 + payload.len();
+        let mut udp = Vec::with_capacity(udp_len);
+        udp.extend_from_slice(&from.port().to_be_bytes());
+        udp.extend_from_slice(&to.port().to_be_bytes());
+        udp.extend_from_slice(&(udp_len as u16).to_be_bytes());
+        udp.extend_from_slice(&[0, 0]);
+        udp.extend_from_slice(payload);
+        // The checksum is mandatory over IPv6: one's complement sum over the pseudo-header
+        // (source, destination, length, next header) and the datagram.
+        let mut sum: u32 = 0;
+        let mut add = |b: &[u8]| {
+            for c in b.chunks(2) {
+                sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+            }
+        };
+        add(&from.ip().octets());
+        add(&to.ip().octets());
+        add(&(udp_len as u32).to_be_bytes());
+        add(&[0, 0, 0, 17]);
+        add(&udp);
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        let check = match !(sum as u16) {
+            0 => 0xffff,
+            c => c,
+        };
+        udp[6..8].copy_from_slice(&check.to_be_bytes());
+        // IPv6 header: version, traffic class and flow label, payload length, next header UDP,
+        // hop limit, source, destination.
+        let mut p = vec![0x60, 0, 0, 0];
+        p.extend_from_slice(&(udp_len as u16).to_be_bytes());
+        p.extend_from_slice(&[17, 64]);
+        p.extend_from_slice(&from.ip().octets());
+        p.extend_from_slice(&to.ip().octets());
+        p.extend_from_slice(&udp);
+        // SAFETY: all-zero is a valid sockaddr_in6; the pointers cover the buffers' lengths.
+        let r = unsafe {
+            let mut sa: libc::sockaddr_in6 = std::mem::zeroed();
+            sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sa.sin6_addr.s6_addr = to.ip().octets();
+            libc::sendto(
+                self.fd6,
+                p.as_ptr().cast(),
+                p.len(),
+                0,
+                (&sa as *const libc::sockaddr_in6).cast(),
+                size_of::<libc::sockaddr_in6>() as u32,
+            )
+        };
+        assert_eq!(r, p.len() as isize, "{}", std::io::Error::last_os_error());
+        self.sent += payload.len();
+    }
+
     /// Sends a JSON message from `from` to `to`.
     pub fn json(&mut self, from: SocketAddr, to: SocketAddr, v: &serde_json::Value) {
         self.send(from, to, v.to_string().as_bytes());
@@ -70,8 +140,11 @@ impl Forger {
 
 impl Drop for Forger {
     fn drop(&mut self) {
-        // SAFETY: closes the descriptor this value owns.
-        unsafe { libc::close(self.fd) };
+        // SAFETY: closes the descriptors this value owns.
+        unsafe {
+            libc::close(self.fd);
+            libc::close(self.fd6);
+        }
     }
 }
 
