@@ -190,7 +190,9 @@ impl Packed {
 #[derive(Debug)]
 struct Entry {
     last_heard: AtomicU64,
-    last_keepalive: AtomicU64,
+    /// When a `server_keepalive` (or a list in its place) was last sent, in tenths of a second
+    /// of the relay's clock: four bytes, so that trust fits an entry of 48 bytes.
+    last_keepalive_ds: AtomicU32,
     /// Registration number, drawn anew at every join and move: lists read in join order, as the
     /// old relay's did, and the session token derives from it, so a move issues a new token
     /// (sent only to the new address) and no token ever repeats.
@@ -211,7 +213,7 @@ impl Entry {
         let trusted_s = if trusted { secs(now_ms) + 1 } else { 0 };
         Entry {
             last_heard: AtomicU64::new(now_ms),
-            last_keepalive: AtomicU64::new(now_ms),
+            last_keepalive_ds: AtomicU32::new(tenths(now_ms)),
             seq,
             addr,
             trusted_s: AtomicU32::new(trusted_s),
@@ -238,6 +240,22 @@ impl Entry {
 
 fn secs(ms: u64) -> u32 {
     u32::try_from(ms / 1000).unwrap_or(u32::MAX - 1)
+}
+
+/// Tenths of a second (good for 13 years of uptime; saturating beyond).
+fn tenths(ms: u64) -> u32 {
+    u32::try_from(ms / 100).unwrap_or(u32::MAX)
+}
+
+impl Entry {
+    /// When the last keepalive was sent it, in ms (to a tenth of a second).
+    fn last_keepalive(&self) -> u64 {
+        u64::from(self.last_keepalive_ds.load(Relaxed)) * 100
+    }
+
+    fn keepalive_sent(&self, now_ms: u64) {
+        self.last_keepalive_ds.store(tenths(now_ms), Relaxed);
+    }
 }
 
 /// Issues and checks session tokens. The token of registration number `seq` is the ChaCha20
@@ -631,9 +649,9 @@ impl Registry {
             if !self.live(&e, now_ms) || !self.trusted(&e, now_ms) {
                 continue;
             }
-            let last = e.last_keepalive.load(Relaxed);
+            let last = e.last_keepalive();
             if now_ms.saturating_sub(last) >= every_ms {
-                e.last_keepalive.store(now_ms, Relaxed);
+                e.keepalive_sent(now_ms);
                 return Some(true);
             }
             owed = Some(false);
@@ -842,8 +860,8 @@ impl Registry {
                     let e = value.get();
                     if !self.live(e, now_ms) {
                         stale.push(name.clone());
-                    } else if quiet(e.last_keepalive.load(Relaxed)) && quiet(e.last_heard()) {
-                        e.last_keepalive.store(now_ms, Relaxed);
+                    } else if quiet(e.last_keepalive()) && quiet(e.last_heard()) {
+                        e.keepalive_sent(now_ms);
                         due.push(Live {
                             name: name.clone(),
                             addr: e.addr.get(),
@@ -1174,7 +1192,7 @@ mod tests {
         for n in ["", "Alice", "é🙂", &long[1..], &long] {
             assert_eq!(&*Name::from(n), n);
         }
-        assert!(size_of::<Entry>() <= 56);
+        assert!(size_of::<Entry>() <= 48);
         let r = registry(60_000);
         r.claim("n", a("1.1.1.1:1"), Proof::Token(None), 0, 10);
         assert!(r.announce_refresh("n", 0, 10_000));
