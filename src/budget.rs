@@ -231,17 +231,20 @@ impl Budgets {
         }
     }
 
-    /// Credits `from`'s fan-out budget with twice the `len` bytes it sent, and, for a datagram
-    /// that did not authenticate, its host's, prefix's and the relay's reply budgets with `len`
-    /// (an authenticated one's replies are free, and must not bank credit a forger could spend).
-    pub fn earn(&self, from: IpAddr, len: usize, authenticated: bool) {
+    /// Credits what `from` sent: `len` bytes to its host's, prefix's and the relay's reply
+    /// budgets unless the datagram authenticated (its replies are free, and must not bank credit
+    /// a forger could spend), and twice that to its fan-out budget unless it was forwarded (a
+    /// forward is itself what it pays for).
+    pub fn earn(&self, from: IpAddr, len: usize, authenticated: bool, forwarded: bool) {
         let n = len as i64;
         if !authenticated {
             self.reply_host.earn(from, n);
             self.reply_prefix.earn(prefix(from), n);
             self.reply_global.earn((), n);
         }
-        self.fanout.earn(host_key(from), FANOUT_EARN * n);
+        if !forwarded {
+            self.fanout.earn(host_key(from), FANOUT_EARN * n);
+        }
     }
 
     /// Whether `from`'s host may register one more new name at `now_ms`.
@@ -392,7 +395,7 @@ mod tests {
         let victim: IpAddr = "192.0.2.1".parse().unwrap();
         assert!(b.spend_reply(victim, 2000, 0));
         assert!(!b.spend_reply(victim, 100, 0), "the credit is spent");
-        b.earn(victim, 60, false);
+        b.earn(victim, 60, false, false);
         assert!(b.spend_reply(victim, 100, 0), "48 left and 60 earned");
         assert!(!b.spend_reply(victim, 10, 0));
         // Neighbours have credits of their own but share the /24's 4 KiB.
@@ -414,7 +417,7 @@ mod tests {
     fn earnings_are_capped() {
         let b = Budgets::new(&settings());
         let ip: IpAddr = "203.0.113.9".parse().unwrap();
-        b.earn(ip, 10_000_000, false);
+        b.earn(ip, 10_000_000, false, false);
         assert_eq!(b.reply_host.available(ip), 16 * 2048);
         assert_eq!(b.fanout.available(host_key(ip)), 65_536);
     }

@@ -129,6 +129,10 @@ pub struct Args {
     /// seconds' worth; beyond, it gets a `peer_list` later; 0: no limit).
     #[arg(long, env = "UDP_RELAY_PRESENCE_RATE", default_value_t = 4_096)]
     pub presence_rate: u64,
+    /// Most names registered at one address (what a request naming none, or a reap of the
+    /// address, walks).
+    #[arg(long, env = "UDP_RELAY_MAX_NAMES_PER_ADDRESS", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_names_per_address: u64,
     /// Watch entries held in all, over every peer (each costs about 300 bytes).
     #[arg(long, env = "UDP_RELAY_MAX_WATCH_TOTAL", default_value_t = 262_144)]
     pub max_watch_total: usize,
@@ -226,6 +230,8 @@ pub struct Settings {
     pub fanout_allowance: u64,
     /// See [`Args::presence_rate`].
     pub presence_rate: u64,
+    /// See [`Args::max_names_per_address`].
+    pub max_names_per_address: usize,
     /// See [`Args::max_watch_total`].
     pub max_watch_total: usize,
     /// See [`Args::max_watch_per_host`].
@@ -258,6 +264,7 @@ impl Default for Settings {
             reply_global_credit: 0,
             fanout_allowance: 0,
             presence_rate: 0,
+            max_names_per_address: usize::MAX,
             max_watch_total: usize::MAX,
             max_watch_per_host: usize::MAX,
         }
@@ -324,6 +331,8 @@ impl Args {
             reply_global_credit: self.reply_global_credit,
             fanout_allowance: self.fanout_allowance,
             presence_rate: self.presence_rate,
+            max_names_per_address: usize::try_from(self.max_names_per_address)
+                .unwrap_or(usize::MAX),
             max_watch_total: self.max_watch_total,
             max_watch_per_host: self.max_watch_per_host,
         }

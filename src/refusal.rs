@@ -63,6 +63,8 @@ reasons! {
         "A routing field of the wrong JSON type.";
     MissingField => "missing_field", Some(BadRequest), "missing field",
         "A required field is absent.";
+    RelayMessage => "relay_message", None, "",
+        "A message of a type only a relay sends: never answered, so that two relays cannot be set to answer each other.";
     UnknownType => "unknown_type", Some(BadRequest), "unknown type",
         "A `type` this relay does not serve.";
     BadRequest => "bad_request", Some(BadRequest), "missing, repeated or mistyped field",
@@ -82,6 +84,8 @@ reasons! {
         "A relay or connect to a name that is not live.";
     RegistryFull => "registry_full", Some(RateLimited), "relay is full",
         "A new name beyond `--max-peers`.";
+    AddressFull => "address_full", Some(RateLimited), "too many names at this address",
+        "A new name at an address that holds `--max-names-per-address` names already.";
     Disabled => "disabled", Some(BadRequest), "disabled by the operator",
         "A request for a feature the operator switched off.";
     WatchLimit => "watch_limit", Some(WatchLimit), "watch limit reached",

@@ -314,6 +314,8 @@ pub enum Claim {
     InUse,
     /// The registry holds `max_peers` names.
     Full,
+    /// The address holds `--max-names-per-address` names already.
+    AddressFull,
 }
 
 /// A removed registration, for announcing.
@@ -353,6 +355,7 @@ pub struct Registry {
     watch_hasher: RandomState,
     max_watch_total: usize,
     max_watch_per_host: u32,
+    max_names_per_address: usize,
     /// Name → the key it is bound to, for signed registrations, and the issue time of the
     /// latest cookie it signed (an older one is a replay).
     keys: DashMap<Name, (Key, u64)>,
@@ -365,6 +368,8 @@ pub struct Registry {
 /// Shards per map: enough that a sweep holds any one shard only for a few thousand entries even
 /// with a million peers.
 const SHARDS: usize = 256;
+/// Most watchers of one name.
+pub const MAX_WATCHERS: usize = 1024;
 /// Slots of the per-host watch counts (4 bytes each).
 const WATCH_HOST_SLOTS: usize = 1 << 16;
 
@@ -381,6 +386,7 @@ impl Registry {
             watch_hosts: (0..WATCH_HOST_SLOTS).map(|_| AtomicU32::new(0)).collect(),
             watch_hasher: RandomState::new(),
             max_watch_total: s.max_watch_total,
+            max_names_per_address: s.max_names_per_address,
             max_watch_per_host: u32::try_from(s.max_watch_per_host).unwrap_or(u32::MAX),
             keys: DashMap::with_shard_amount(SHARDS),
             count: AtomicUsize::new(0),
@@ -466,6 +472,10 @@ impl Registry {
                         _ => Decision::Refuse,
                     }
                 };
+                let arrives = matches!(decision, Decision::Move { .. } | Decision::Replace);
+                if arrives && self.address_full(here) {
+                    return Claim::AddressFull;
+                }
                 let claim = match decision {
                     Decision::Refuse => return Claim::InUse,
                     Decision::Refresh { trusted } => {
@@ -501,6 +511,9 @@ impl Registry {
                 if self.count.load(Relaxed) >= max_peers {
                     return Claim::Full;
                 }
+                if self.address_full(here) {
+                    return Claim::AddressFull;
+                }
                 let key = v.key().clone();
                 let seq = self.next_seq.fetch_add(1, Relaxed);
                 let _held = v.insert(Entry::new(here, now_ms, seq, signed));
@@ -509,6 +522,13 @@ impl Registry {
                 Claim::Joined(self.tokens.of(seq))
             }
         }
+    }
+
+    /// Whether `here` holds as many names as an address may.
+    fn address_full(&self, here: Packed) -> bool {
+        self.by_addr
+            .get(&here)
+            .is_some_and(|n| n.len() >= self.max_names_per_address)
     }
 
     /// Links a name just claimed at `here` into the secondary maps.
@@ -723,7 +743,8 @@ impl Registry {
         let key = held.key().clone();
         let host = self.watch_hasher.hash_one(host_key(addr.ip())) as usize % WATCH_HOST_SLOTS;
         let mut added = Vec::new();
-        let mut left_out = 0;
+        // One request looks at no more names than a watcher may hold: its work is bounded.
+        let mut left_out = names.len().saturating_sub(max);
         {
             let mut watching = self
                 .watching
@@ -732,7 +753,7 @@ impl Registry {
                     names: Vec::new(),
                     host,
                 });
-            for n in names {
+            for n in names.iter().take(max) {
                 if watching.names.contains(n) {
                     continue;
                 }
@@ -744,8 +765,24 @@ impl Registry {
                 }
             }
         }
+        // A name has at most MAX_WATCHERS watchers, so that removing one (a reap) and telling
+        // them (an announcement) cost a bounded walk; the rest are refused as beyond a limit.
+        let mut refused = Vec::new();
         for n in added {
-            self.watchers.entry(n).or_default().push(key.clone());
+            let mut ws = self.watchers.entry(n.clone()).or_default();
+            if ws.len() >= MAX_WATCHERS {
+                refused.push(n);
+            } else {
+                ws.push(key.clone());
+            }
+        }
+        if !refused.is_empty() {
+            left_out += refused.len();
+            if let Some(mut w) = self.watching.get_mut(&key) {
+                let host = w.host;
+                w.names.retain(|n| !refused.contains(n));
+                self.uncount_watches(host, refused.len());
+            }
         }
         drop(held);
         Some(left_out)
@@ -1029,6 +1066,54 @@ mod tests {
         r.reap("a", 5000).unwrap();
         assert_eq!(r.watch_entries(), 3);
         assert_eq!(r.watch("b", a("1.1.1.1:2"), &names[2..4], 100), Some(0));
+    }
+
+    #[test]
+    fn watchers_of_a_name_and_names_at_an_address_are_bounded() {
+        let r = Registry::new(&Settings {
+            max_names_per_address: 3,
+            ..Settings::default()
+        });
+        let star = [Name::from("star")];
+        // A thousand and more watchers of one name: the last are refused, and what one reap
+        // walks stays bounded.
+        for i in 0..=MAX_WATCHERS {
+            let at = SocketAddr::from(([10, (i >> 8) as u8, i as u8, 1], 1));
+            r.claim(&format!("w{i}"), at, Proof::Token(None), 0, usize::MAX);
+            let left_out = r.watch(&format!("w{i}"), at, &star, 10).unwrap();
+            assert_eq!(left_out, usize::from(i == MAX_WATCHERS), "watcher {i}");
+        }
+        assert_eq!(r.watchers.get("star").unwrap().len(), MAX_WATCHERS);
+        assert_eq!(r.watch_entries(), MAX_WATCHERS);
+        // One request looks at no more names than a watcher may hold.
+        let many: Vec<Name> = (0..50)
+            .map(|i| Name::from(format!("m{i}").as_str()))
+            .collect();
+        assert_eq!(r.watch("w0", a("10.0.0.1:1"), &many, 10), Some(41));
+        // An address holds at most three names; refreshes there and moves away still work.
+        let here = a("9.9.9.9:9");
+        for n in ["a", "b", "c"] {
+            assert!(matches!(
+                r.claim(n, here, Proof::Token(None), 0, usize::MAX),
+                Claim::Joined(_)
+            ));
+        }
+        assert_eq!(
+            r.claim("d", here, Proof::Token(None), 0, usize::MAX),
+            Claim::AddressFull
+        );
+        assert!(matches!(
+            r.claim("a", here, Proof::Token(None), 1, usize::MAX),
+            Claim::Refreshed(_)
+        ));
+        let t = r.session_at("e", a("8.8.8.8:8"), 0);
+        assert!(t.is_none());
+        r.claim("e", a("8.8.8.8:8"), Proof::Token(None), 0, usize::MAX);
+        let t = r.session_at("e", a("8.8.8.8:8"), 0);
+        assert_eq!(
+            r.claim("e", here, Proof::Token(t), 2, usize::MAX),
+            Claim::AddressFull
+        );
     }
 
     #[test]

@@ -23,10 +23,28 @@ use crate::wire::reply::{self, Presence, RELAYED_SUFFIX};
 use crate::wire::scan::{self, Header, ScanError};
 use crate::wire::{Family, MAX_NAME, classify, control, valid_name};
 
-/// The largest control message (anything but `relay`) parsed, unless `--max-watch` asks for
-/// more (136 bytes a name: 64 bytes, escaped where needed, quoted): 256 names of 64 bytes and
-/// room for the other fields.
+/// The largest control message (anything but `relay`) parsed is this or 136 bytes per name of
+/// `--max-watch` (64 bytes, escaped where needed, quoted), whichever is larger: 34,816 bytes at
+/// the default of 256.
 const MAX_CONTROL: usize = 20 * 1024;
+
+/// The types a relay sends: arriving here, they are another relay's (or forged from one), and
+/// answering them would let a forger set two relays answering each other without end.
+const RELAY_TYPES: &[&str] = &[
+    "error",
+    "register_ack",
+    "keepalive_ack",
+    "peer_list",
+    "peer_joined",
+    "peer_left",
+    "pong",
+    "relayed_packet",
+    "server_keepalive",
+    "watch_ack",
+    "peer_info",
+    "introduce",
+    "challenge",
+];
 
 /// Who may be sent an error reply.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -116,7 +134,10 @@ impl Router {
                 }
             }
             // What a datagram sends in pays for what it gets back (before it is settled).
-            self.shared.budgets.earn(from.ip(), len, req.authed);
+            let forwarded = out.sends[start..].iter().any(|s| s.kind == Kind::Forward);
+            self.shared
+                .budgets
+                .earn(from.ip(), len, req.authed, forwarded);
         }
         let b = &self.shared.budgets;
         b.settle(out, start, Some(from.ip()), now.ms, &self.counters);
@@ -195,6 +216,7 @@ impl Router {
             "lookup" => self.lookup(d, req, out),
             "unregister" => self.unregister(d, req, out),
             "connect" => self.connect(d, req, out),
+            t if RELAY_TYPES.contains(&t) => return self.refuse(Reason::RelayMessage, req),
             _ => Err(Reason::UnknownType),
         };
         if let Err(r) = result {
@@ -319,6 +341,7 @@ impl Router {
             Claim::Joined(s) | Claim::Refreshed(s) | Claim::Moved(s) => s,
             Claim::InUse => return Err(Reason::NameInUse),
             Claim::Full => return Err(Reason::RegistryFull),
+            Claim::AddressFull => return Err(Reason::AddressFull),
         };
         // Authenticated: a refresh that showed the token sent here, or a verified signature over
         // a cookie sent here. A move is not: the new address has not shown the new token yet.

@@ -738,12 +738,17 @@ fn bad_names_and_unknown_types() {
             "unknown_type",
         )
         .member("bad_request"),
+        // Never answered: a forger could otherwise set two relays answering each other.
         case(
             "a relay's own message type sent back",
             format!(r#"{{"type":"relayed_packet","from_peer":"member","payload":1,{PAD}}}"#),
-            "unknown_type",
-        )
-        .member("bad_request"),
+            "relay_message",
+        ),
+        case(
+            "an error sent back",
+            format!(r#"{{"type":"error","code":"bad_request","message":"",{PAD}}}"#),
+            "relay_message",
+        ),
         case(
             "bind (Part 4, not served)",
             format!(r#"{{"type":"bind","target":"member",{PAD}}}"#),
