@@ -645,15 +645,14 @@ impl Registry {
         self.by_addr.contains_key(&addr.into())
     }
 
-    /// The live name at `addr` whose session is `token`, if any (a request that names none
-    /// speaks for the one whose session it carries: a name forged at the address cannot stand in).
-    pub fn name_with_session(&self, addr: SocketAddr, token: Session, now_ms: u64) -> Option<Name> {
-        let names = self.by_addr.get(&addr.into())?.clone();
-        names.into_iter().find(|n| {
-            self.peers
-                .get(n)
-                .is_some_and(|e| self.live(&e, now_ms) && e.session(&self.tokens) == token)
-        })
+    /// The name registered at `addr` when it holds exactly one (a request that names none
+    /// speaks for it); `Err(n)` with how many it holds otherwise.
+    pub fn only_name_at(&self, addr: SocketAddr) -> Result<Name, usize> {
+        match self.by_addr.get(&addr.into()) {
+            Some(names) if names.len() == 1 => Ok(names[0].clone()),
+            Some(names) => Err(names.len()),
+            None => Err(0),
+        }
     }
 
     /// For a recipient owed a coalesced `peer_list`: `None` if `addr` holds no live trusted

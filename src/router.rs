@@ -265,8 +265,8 @@ impl Router {
     }
 
     /// The name a request speaks for, if it carries that name's session from its address: the
-    /// one it names, or, when it names none, the one at its address whose session it carries.
-    /// Marks `req` authenticated.
+    /// one it names, or, when it names none, the only one at its address. Marks `req`
+    /// authenticated.
     fn authenticate(
         &self,
         named: Option<&str>,
@@ -275,15 +275,15 @@ impl Router {
     ) -> Result<Name, Reason> {
         let reg = &self.shared.registry;
         let token = session.and_then(Session::parse);
-        let name = match (named, token) {
-            (Some(n), _) => Name::from(n),
-            (None, Some(t)) => match reg.name_with_session(req.from, t, req.now.ms) {
-                Some(n) => n,
-                None if reg.has_addr(req.from) => return Err(Reason::SessionRequired),
-                None => return Err(Reason::NotRegistered),
+        // Leaving the name out is for an address that holds one: checking the session against
+        // every name there would cost a token derivation each.
+        let name = match named {
+            Some(n) => Name::from(n),
+            None => match reg.only_name_at(req.from) {
+                Ok(n) => n,
+                Err(0) => return Err(Reason::NotRegistered),
+                Err(_) => return Err(Reason::MissingField),
             },
-            (None, None) if reg.has_addr(req.from) => return Err(Reason::SessionRequired),
-            (None, None) => return Err(Reason::NotRegistered),
         };
         if reg.authenticate(&name, req.from, token, req.now.ms) {
             req.authed = true;

@@ -453,7 +453,17 @@ fn garbage_from_a_departed_peers_address_does_not_keep_its_name() {
 fn registration_limits_are_shared_by_the_workers() {
     for host in ["127.0.0.1", "::"] {
         let r = Relay::start_with(
-            &args(&["--workers", "2", "--registration-rate", "1"], NO_BUDGETS),
+            &args(
+                &[
+                    "--workers",
+                    "2",
+                    "--registration-rate",
+                    "1",
+                    "--error-rate",
+                    "1000",
+                ],
+                NO_BUDGETS,
+            ),
             &[("RUST_LOG", "info")],
             host,
         );
