@@ -137,6 +137,50 @@ mod tests {
     }
 
     #[test]
+    fn withheld_announcements_become_one_peer_list_later() {
+        let s = Settings {
+            peer_timeout_ms: 60_000,
+            keepalive_ms: 100,
+            presence_rate: 100,
+            ..Settings::default()
+        };
+        let mut h = Harness::new(s);
+        h.json(json!({"type": "register", "name": "A"}), addr(1), 0);
+        let session = h.session("A", addr(1));
+        let ping = json!({"type": "ping", "name": "A", "session": session});
+        h.json(ping, addr(1), 0);
+        // A's presence budget (400 bytes) takes a few joins, then the rest are withheld.
+        let mut told = 0;
+        for i in 2..20u16 {
+            let r = h.json(
+                json!({"type": "register", "name": format!("N{i}")}),
+                addr(i),
+                0,
+            );
+            told += r.iter().filter(|(to, _)| *to == addr(1)).count();
+        }
+        assert!(told > 0 && told < 18, "{told}");
+        let c = Counters::default();
+        let mut sent = Vec::new();
+        let mut out = Out::default();
+        let done = sweep(&h.shared, at(5000), &mut out, &c, |o| {
+            sent.extend(parse(collect(o, &[])));
+            o.clear();
+        });
+        assert_eq!(done.lists, 1);
+        let lists: Vec<_> = sent
+            .iter()
+            .filter(|(_, m)| m["type"] == "peer_list")
+            .collect();
+        assert_eq!(lists.len(), 1);
+        assert_eq!(lists[0].0, addr(1));
+        assert_eq!(lists[0].1["count"], 19);
+        // Owed once: the next sweep sends no other list.
+        let again = sweep(&h.shared, at(10_000), &mut out, &c, |o| o.clear());
+        assert_eq!(again.lists, 0);
+    }
+
+    #[test]
     fn sweep_flushes_in_bounded_batches() {
         let s = Settings {
             peer_timeout_ms: 10_000,
