@@ -6,8 +6,10 @@
 //! starts with a small credit and earns what it sends in, never anything by the clock. Over any
 //! flood forged in a victim's name, the victim's network gets at most what was sent in its name
 //! beyond the prefix's credit. Announcements are paid by the host whose datagram caused them (it
-//! earns twice what it sends, beyond a fixed allowance) and are capped per recipient by a rate.
-//! Forwards are paid by their sender's own admission limits ([`crate::ratelimit`]).
+//! earns twice what it sends, beyond a fixed allowance) and are capped per recipient by a rate;
+//! those an unauthenticated datagram causes to its own /24 (/56) are paid by that prefix's reply
+//! budget as well, since whoever forges a neighbour's address forges in the victim network's
+//! name. Forwards are paid by their sender's own admission limits ([`crate::ratelimit`]).
 //!
 //! Every table is a fixed array of atomics indexed by a keyed hash: memory is bounded whatever
 //! the input, and state is never reset (a name going away changes nothing). Keys that share a
@@ -18,7 +20,7 @@ use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 
 use crate::config::Settings;
 use crate::metrics::Counters;
@@ -184,6 +186,26 @@ impl Clocked {
     }
 }
 
+/// Whose datagram caused a batch of sends, which decides who pays for its announcements.
+#[derive(Clone, Copy, Debug)]
+pub enum Cause {
+    /// The relay itself (keepalives, coalesced lists).
+    Relay,
+    /// A datagram from this host that carried its session.
+    Authenticated(IpAddr),
+    /// A datagram from this host that proved nothing (or a reaped registration it made).
+    Unauthenticated(IpAddr),
+}
+
+impl Cause {
+    fn host(self) -> Option<IpAddr> {
+        match self {
+            Cause::Relay => None,
+            Cause::Authenticated(ip) | Cause::Unauthenticated(ip) => Some(ip),
+        }
+    }
+}
+
 /// Every budget of the relay.
 pub struct Budgets {
     reply_host: Earned,
@@ -194,6 +216,11 @@ pub struct Budgets {
     registrations: Clocked,
     /// Trusted recipients an announcement was withheld from: each gets one `peer_list` later.
     owed: Mutex<HashSet<SocketAddr>>,
+    /// Trusted recipients an announcement from their own prefix was withheld from, which it could
+    /// not pay: each gets one `peer_list` in answer to its next authenticated request, which pays.
+    asked: Mutex<HashSet<SocketAddr>>,
+    /// Whether `asked` may hold anyone (so that most requests skip its lock).
+    any_asked: AtomicBool,
 }
 
 /// What a settled send cost, for the counters.
@@ -203,6 +230,8 @@ enum Verdict {
     Withheld,
     /// Withheld, and the recipient is owed a `peer_list` for it.
     Owed,
+    /// Withheld, and the recipient gets a `peer_list` when it next asks.
+    Asked,
 }
 
 impl Budgets {
@@ -228,6 +257,8 @@ impl Budgets {
             presence: Clocked::new(LIMIT_SLOTS, s.presence_rate, PRESENCE_BURST_S),
             registrations: Clocked::new(LIMIT_SLOTS, s.registration_rate, REGISTRATION_BURST_S),
             owed: Mutex::default(),
+            asked: Mutex::default(),
+            any_asked: AtomicBool::new(false),
         }
     }
 
@@ -276,7 +307,7 @@ impl Budgets {
         true
     }
 
-    fn settle_one(&self, s: &Send, len: usize, payer: Option<IpAddr>, now_ms: u64) -> Verdict {
+    fn settle_one(&self, s: &Send, len: usize, cause: Cause, now_ms: u64) -> Verdict {
         let n = len as i64;
         let to = s.to.ip();
         let ok = match (s.kind, s.trusted) {
@@ -288,7 +319,7 @@ impl Budgets {
             (Kind::Reply, false) => self.spend_reply(to, n, 0),
             (Kind::Courtesy | Kind::Keepalive, false) => self.spend_reply(to, n, COURTESY_RESERVE),
             (Kind::Announce, trusted) => {
-                let key = payer.map(host_key);
+                let key = cause.host().map(host_key);
                 // A payer that cannot pay gets nothing sent, now or later: owing a list for it
                 // would let anyone make the relay send lists at no cost.
                 if let Some(k) = key {
@@ -296,8 +327,18 @@ impl Budgets {
                         return Verdict::Withheld;
                     }
                 }
-                if !trusted && !self.spend_reply(to, n, RESERVE) {
-                    return Verdict::Withheld;
+                let local = matches!(cause, Cause::Unauthenticated(ip) if prefix(ip) == prefix(to));
+                if (local || !trusted) && !self.spend_reply(to, n, RESERVE) {
+                    if let Some(k) = key {
+                        self.fanout.refund(k, n);
+                    }
+                    // A genuine neighbour's news is not lost, only delayed until the recipient
+                    // asks: its own authenticated request then pays for one list.
+                    return if trusted && local {
+                        Verdict::Asked
+                    } else {
+                        Verdict::Withheld
+                    };
                 }
                 if !self.presence.take(s.to, len as u64, now_ms) {
                     // Paid, but the recipient hears too much: it gets one list later instead,
@@ -315,26 +356,19 @@ impl Budgets {
     }
 
     /// Withholds, among `out.sends[start..]`, what its payers cannot pay, and counts it;
-    /// `payer` is the host whose datagram caused the announcements (`None`: the relay itself).
-    pub fn settle(
-        &self,
-        out: &mut Out,
-        start: usize,
-        payer: Option<IpAddr>,
-        now_ms: u64,
-        c: &Counters,
-    ) {
+    /// `cause` is whose datagram caused them.
+    pub fn settle(&self, out: &mut Out, start: usize, cause: Cause, now_ms: u64, c: &Counters) {
         if out.sends[start..].iter().all(|s| s.kind == Kind::Forward) {
             return;
         }
         let mut i = 0;
-        let mut owed = Vec::new();
+        let (mut owed, mut asked) = (Vec::new(), Vec::new());
         out.sends.retain(|s| {
             i += 1;
             if i <= start {
                 return true;
             }
-            let v = self.settle_one(s, s.wire_len(), payer, now_ms);
+            let v = self.settle_one(s, s.wire_len(), cause, now_ms);
             if v != Verdict::Sent {
                 let counter = match s.kind {
                     Kind::Announce => &c.withheld_announcements,
@@ -343,19 +377,34 @@ impl Budgets {
                 };
                 Counters::add(counter, 1);
             }
-            if v == Verdict::Owed {
-                owed.push(s.to);
+            match v {
+                Verdict::Owed => owed.push(s.to),
+                Verdict::Asked => asked.push(s.to),
+                Verdict::Sent | Verdict::Withheld => {}
             }
             v == Verdict::Sent
         });
         if !owed.is_empty() {
-            let mut set = self.owed.lock().unwrap_or_else(|e| e.into_inner());
-            for to in owed {
-                if set.len() < OWED_MAX {
-                    set.insert(to);
-                }
-            }
+            self.keep_owed(owed);
         }
+        if !asked.is_empty() {
+            insert_bounded(&self.asked, asked);
+            self.any_asked.store(true, Relaxed);
+        }
+    }
+
+    /// Whether `to`, whose authenticated request is being answered, is owed a `peer_list` for
+    /// news from its own prefix that could not be paid (and if so, it no longer is).
+    pub fn take_asked(&self, to: SocketAddr) -> bool {
+        if !self.any_asked.load(Relaxed) {
+            return false;
+        }
+        let mut set = self.asked.lock().unwrap_or_else(|e| e.into_inner());
+        let was = set.remove(&to);
+        if set.is_empty() {
+            self.any_asked.store(false, Relaxed);
+        }
+        was
     }
 
     /// Takes the recipients owed a coalesced `peer_list`.
@@ -365,11 +414,17 @@ impl Budgets {
 
     /// Puts back recipients whose list is not due yet.
     pub fn keep_owed(&self, keep: impl IntoIterator<Item = SocketAddr>) {
-        let mut set = self.owed.lock().unwrap_or_else(|e| e.into_inner());
-        for to in keep {
-            if set.len() < OWED_MAX {
-                set.insert(to);
-            }
+        insert_bounded(&self.owed, keep);
+    }
+}
+
+/// Adds recipients to a set of those owed a list, up to [`OWED_MAX`]; beyond, they hear at
+/// their next change.
+fn insert_bounded(set: &Mutex<HashSet<SocketAddr>>, add: impl IntoIterator<Item = SocketAddr>) {
+    let mut set = set.lock().unwrap_or_else(|e| e.into_inner());
+    for to in add {
+        if set.len() < OWED_MAX {
+            set.insert(to);
         }
     }
 }
@@ -411,6 +466,55 @@ mod tests {
         assert!(b.spend_reply(other, 2048 - 1536, COURTESY_RESERVE));
         assert!(!b.spend_reply(other, 1024 + 1, RESERVE));
         assert!(b.spend_reply(other, 1024, RESERVE));
+    }
+
+    /// Settles one 100-byte announcement to `to` caused by `cause`; whether it was sent.
+    fn announce(b: &Budgets, to: SocketAddr, cause: Cause, c: &Counters) -> bool {
+        let mut out = Out::default();
+        out.buf.extend_from_slice(&[b'x'; 100]);
+        out.send_range(to, 0..100, Kind::Announce, true);
+        b.settle(&mut out, 0, cause, 0, c);
+        out.sends.len() == 1
+    }
+
+    #[test]
+    fn news_an_unauthenticated_neighbour_causes_is_paid_by_the_prefix() {
+        let s = Settings {
+            presence_rate: 0,
+            ..settings()
+        };
+        let b = Budgets::new(&s);
+        let c = Counters::default();
+        let victim: SocketAddr = "192.0.2.1:5".parse().unwrap();
+        let neighbour: IpAddr = "192.0.2.2".parse().unwrap();
+        let same_host: IpAddr = "192.0.2.1".parse().unwrap();
+        let elsewhere: IpAddr = "198.51.100.1".parse().unwrap();
+        // The victim host's 2 KiB less the reserve pays 15 of them, whichever neighbour forged.
+        let paid = (0..40)
+            .filter(|i| {
+                let from = if i % 2 == 0 { neighbour } else { same_host };
+                announce(&b, victim, Cause::Unauthenticated(from), &c)
+            })
+            .count();
+        assert_eq!(paid, 15);
+        assert!(b.take_asked(victim), "it hears when it next asks");
+        assert!(!b.take_asked(victim), "once");
+        // Only what is sent from the victim's own host (forged or not) pays for more.
+        b.earn(neighbour, 100, false, false);
+        assert!(!announce(&b, victim, Cause::Unauthenticated(neighbour), &c));
+        b.earn(same_host, 100, false, false);
+        assert!(announce(&b, victim, Cause::Unauthenticated(neighbour), &c));
+        assert!(!announce(&b, victim, Cause::Unauthenticated(neighbour), &c));
+        // A neighbour that proved itself, or a host of another network, pays by its fan-out.
+        assert!(announce(&b, victim, Cause::Authenticated(neighbour), &c));
+        assert!(announce(&b, victim, Cause::Unauthenticated(elsewhere), &c));
+        // A withheld announcement leaves its payer's fan-out as it was: the neighbour paid for
+        // the ten sent (it earned twice the 100 bytes it sent).
+        assert_eq!(b.fanout.available(host_key(elsewhere)), 65_536 - 100);
+        assert_eq!(
+            b.fanout.available(host_key(neighbour)),
+            65_536 - 10 * 100 + 200
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! announcements were withheld. Sans-IO: the caller sends what lands in the [`Out`], already
 //! settled with the budgets.
 
+use crate::budget::Cause;
 use crate::clock::Now;
 use crate::metrics::Counters;
 use crate::out::{Kind, Out};
@@ -48,7 +49,7 @@ pub fn sweep(
             Some(true) => {
                 let first = out.sends.len();
                 presence::peer_list(shared, out, to, now, Kind::Keepalive, true);
-                budgets.settle(out, first, None, now.ms, c);
+                budgets.settle(out, first, Cause::Relay, now.ms, c);
                 done.lists += out.sends.len() - first;
                 check(out);
             }
@@ -63,10 +64,17 @@ pub fn sweep(
             if let Some(gone) = reg.reap(name, now.ms) {
                 tracing::debug!(name = %gone.name, addr = %gone.addr, "reaped");
                 done.reaped += 1;
-                // Paid by the host that held the name, as its datagrams caused the join.
+                // Paid by the host that held the name, as its datagrams caused the join (forged ones,
+                // for all the relay knows).
                 let start = out.sends.len();
                 presence::announce(shared, out, Presence::Left, &gone.name, gone.addr, now);
-                budgets.settle(out, start, Some(gone.addr.ip()), now.ms, c);
+                budgets.settle(
+                    out,
+                    start,
+                    Cause::Unauthenticated(gone.addr.ip()),
+                    now.ms,
+                    c,
+                );
                 check(out);
             }
         }
@@ -75,7 +83,7 @@ pub fn sweep(
             reply::server_keepalive(&mut out.buf, now.unix, &p.name);
             let first = out.sends.len();
             out.reply(p.addr, start, Kind::Keepalive, p.trusted);
-            budgets.settle(out, first, None, now.ms, c);
+            budgets.settle(out, first, Cause::Relay, now.ms, c);
             done.keepalives += 1;
             check(out);
         }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tracing::debug;
 
 use crate::auth::{self, AuthError};
+use crate::budget::Cause;
 use crate::clock::Now;
 use crate::config::{Auth, MAX_UDP_PAYLOAD};
 use crate::metrics::Counters;
@@ -133,6 +134,12 @@ impl Router {
                     Family::Unknown => self.refuse(Reason::UnknownFamily, &req),
                 }
             }
+            // News from its own prefix it could not pay for is given when it next proves itself,
+            // ahead of the answer (so that the answer is a barrier for what came before).
+            if req.authed && self.shared.budgets.take_asked(from) {
+                presence::peer_list(&self.shared, out, from, now, Kind::Reply, true);
+                out.sends[start..].rotate_right(1);
+            }
             // What a datagram sends in pays for what it gets back (before it is settled).
             let forwarded = out.sends[start..].iter().any(|s| s.kind == Kind::Forward);
             self.shared
@@ -140,7 +147,12 @@ impl Router {
                 .earn(from.ip(), len, req.authed, forwarded);
         }
         let b = &self.shared.budgets;
-        b.settle(out, start, Some(from.ip()), now.ms, &self.counters);
+        let cause = if req.authed {
+            Cause::Authenticated(from.ip())
+        } else {
+            Cause::Unauthenticated(from.ip())
+        };
+        b.settle(out, start, cause, now.ms, &self.counters);
     }
 
     fn refuse(&self, r: Reason, req: &Req) {

@@ -38,7 +38,9 @@ fn quiesce(r: &Relay, n: u64, barrier: &Peer) {
 /// A registered, authenticated peer on its own /24, for barriers (in signed mode, where it
 /// could only register by signing, an unregistered one: its few pongs fit its credit).
 fn barrier(r: &Relay, signed: bool) -> Peer {
-    let b = Peer::bind(r.addr, "127.0.1.1:0");
+    // Over IPv4 whatever the relay's host (a dual-stack socket serves it too).
+    let relay = SocketAddr::new("127.0.0.1".parse().unwrap(), r.addr.port());
+    let b = Peer::bind(relay, "127.0.1.1:0");
     if !signed {
         b.register("barrier");
     }
@@ -223,6 +225,87 @@ fn many_ports_of_one_host_and_many_hosts_of_one_network() {
             "{group}: {got} B for {forged} B"
         );
     }
+}
+
+/// The forger poses as other ports of a trusted victim's host and (over IPv4) other hosts of
+/// its /24, so that what it causes is news to the victim (joins, refreshes, refused leaves), in a
+/// small registry where everyone hears of everyone; the /24 (/56) as a whole may get no more
+/// than was forged.
+fn forged_from_a_trusted_victims_own_network(t: &str, v6: bool) {
+    let Some(mut f) = Forger::new(t) else { return };
+    let host = if v6 { "::" } else { "127.0.0.1" };
+    let extra = ["--registration-rate", "1000", "--workers", "2"];
+    let r = Relay::start_with(&args(&extra, &[]), &[], host);
+    let relay = if v6 {
+        SocketAddr::new("::1".parse().unwrap(), r.addr.port())
+    } else {
+        r.addr
+    };
+    let b = barrier(&r, false);
+    let home = if v6 { "::1" } else { "127.0.8.1" };
+    let victim = Peer::bind(
+        relay,
+        &SocketAddr::new(home.parse().unwrap(), 0).to_string(),
+    );
+    victim.register("victim");
+    victim.drain();
+    let mut socks: Vec<UdpSocket> = (0..30).map(|_| sock(home)).collect();
+    if !v6 {
+        socks.extend((2..=31).map(|h| sock(&format!("127.0.8.{h}"))));
+    }
+    let before = r.metric("udp_relay_received_total");
+    let mut sent = 0;
+    for round in 0..4 {
+        for (i, s) in socks.iter().enumerate() {
+            let a = s.local_addr().unwrap();
+            let name = format!("n{i}-{round}");
+            for m in [
+                json!({"type": "register", "name": name}),
+                json!({"type": "register", "name": name}),
+                json!({"type": "unregister", "name": name}),
+            ] {
+                match (a, relay) {
+                    (SocketAddr::V6(a), SocketAddr::V6(to)) => {
+                        f.send6(a, to, m.to_string().as_bytes())
+                    }
+                    _ => f.json(a, relay, &m),
+                }
+                sent += 1;
+            }
+        }
+    }
+    quiesce(&r, before + sent, &b);
+    let (to_victim, n) = received(&victim.sock);
+    let to_others: usize = socks.iter().map(|s| received(s).0).sum();
+    let got = to_victim + to_others;
+    println!(
+        "{t}: forged {} B from {} addresses of the victim's network; the victim got {to_victim} \
+         B in {n} datagrams, the network {got} B in all ({:.3}x)",
+        f.sent,
+        socks.len(),
+        got as f64 / f.sent as f64
+    );
+    assert!(got <= f.sent + PREFIX_CREDIT, "{got} B for {} B", f.sent);
+    assert!(r.metric("udp_relay_withheld_total{kind=\"announcement\"}") > 0);
+    // What it was not told, it hears when it next proves itself: one list of the registry.
+    victim.send(victim.authed(json!({"type": "keepalive"})));
+    let list = victim.expect("peer_list");
+    assert!(list["count"].as_u64().unwrap() > 2, "{list}");
+    victim.expect("keepalive_ack");
+    victim.send(victim.authed(json!({"type": "keepalive"})));
+    victim.expect("keepalive_ack");
+    victim.expect_nothing();
+}
+
+#[test]
+fn forged_from_a_trusted_victims_own_network_ipv4() {
+    let t = "forged_from_a_trusted_victims_own_network_ipv4";
+    forged_from_a_trusted_victims_own_network(t, false);
+}
+
+#[test]
+fn forged_from_a_trusted_victims_own_host_ipv6() {
+    forged_from_a_trusted_victims_own_network("forged_from_a_trusted_victims_own_host_ipv6", true);
 }
 
 #[test]

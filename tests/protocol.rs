@@ -243,6 +243,37 @@ fn register_acks_lists_and_announces() {
 }
 
 #[test]
+fn peers_behind_one_address_hear_of_every_join() {
+    // A household behind one NAT address: each join is news to the others, paid by their
+    // address's budget (Part 2) while it lasts; beyond it, each hears in the `peer_list` that
+    // answers its next authenticated request. Either way, nobody misses a join.
+    let r = Relay::start(&[]);
+    let names_: Vec<String> = (0..6).map(|i| format!("device-{i}")).collect();
+    let peers: Vec<Peer> = names_.iter().map(|n| join(&r, n)).collect();
+    let mut late = 0;
+    for (i, p) in peers.iter().enumerate() {
+        // `drain`'s ping is authenticated: what was not paid for arrives ahead of its pong.
+        let mut heard = BTreeSet::new();
+        for v in p.drain() {
+            match v["type"].as_str() {
+                Some("peer_joined") => heard.insert(v["peer_name"].as_str().unwrap().to_owned()),
+                Some("peer_list") => {
+                    late += 1;
+                    heard.extend(names(&v["peers"]));
+                    true
+                }
+                _ => panic!("{v}"),
+            };
+        }
+        for n in &names_[i + 1..] {
+            assert!(heard.contains(n), "{} never heard of {n}", names_[i]);
+        }
+    }
+    println!("peers_behind_one_address_hear_of_every_join: {late} of 6 heard by a later list");
+    assert!(late > 0, "the budget never ran out: the test shows nothing");
+}
+
+#[test]
 fn reregister_from_same_address_refreshes() {
     let r = Relay::start(&[]);
     let bob = join(&r, "Bob");
