@@ -1,0 +1,145 @@
+//! Claims: `register` and `keepalive` (a name at an address, with its session or signature),
+//! and the signed half of a claim (Part 5).
+
+use tracing::debug;
+
+use crate::auth::{self, AuthError};
+use crate::config::Auth;
+use crate::out::{Kind, Out};
+use crate::presence;
+use crate::refusal::Reason;
+use crate::registry::{Claim, Proof, Session};
+use crate::wire::reply::{self, Presence};
+use crate::wire::{control, valid_name};
+
+use super::{Req, Router};
+
+impl Router {
+    /// `register` (`explicit`) or `keepalive`: both claim the name; they differ in the reply.
+    pub(super) fn register(
+        &mut self,
+        d: &[u8],
+        req: &mut Req,
+        out: &mut Out,
+        explicit: bool,
+    ) -> Result<(), Reason> {
+        let r = self.parse::<control::Register>(d)?;
+        if !valid_name(&r.name) {
+            return Err(Reason::InvalidName);
+        }
+        let (from, now) = (req.from, req.now);
+        let token = r.session.as_deref().and_then(Session::parse);
+        let reg = &self.shared.registry;
+        let held_here = reg.session_at(&r.name, from, now.ms).is_some();
+        // A registration token is spent on a name new to this address (refreshes are free) and
+        // on every signature to check (a challenge costs little, a signature check much more).
+        let costs = match (&r.pubkey, &r.cookie) {
+            (Some(_), cookie) => cookie.is_some(),
+            (None, _) => !held_here,
+        };
+        if costs && !self.shared.budgets.register(from.ip(), now.ms) {
+            return Err(Reason::RegistrationLimited);
+        }
+        let proof = match &r.pubkey {
+            Some(key) => match self.signed(&r, key, d, req, out)? {
+                Some((k, issued)) => Proof::Key(k, issued),
+                None => return Ok(()),
+            },
+            // Where registration must be signed, an unsigned claim may only keep a name live
+            // at the address that holds it.
+            None if self.shared.settings.auth == Auth::Signed && !held_here => {
+                return Err(Reason::AuthRequired);
+            }
+            None => Proof::Token(token),
+        };
+        let s = &self.shared.settings;
+        let claim = self
+            .shared
+            .registry
+            .claim(&r.name, from, proof, now.ms, s.max_peers);
+        let session = match claim {
+            Claim::Joined(s) | Claim::Refreshed(s) | Claim::Moved(s) => s,
+            Claim::InUse => return Err(Reason::NameInUse),
+            Claim::Full => return Err(Reason::RegistryFull),
+            Claim::AddressFull => return Err(Reason::AddressFull),
+        };
+        // Authenticated: a refresh that showed the token sent here, or a verified signature over
+        // a cookie sent here. A move is not: the new address has not shown the new token yet.
+        req.authed = matches!(proof, Proof::Key(..))
+            || (matches!(claim, Claim::Refreshed(_)) && token == Some(session));
+        debug!(%from, name = %r.name, ?claim, explicit, "claim");
+        let start = out.buf.len();
+        if explicit {
+            reply::register_ack(&mut out.buf, from, now.unix, &r.name, &session.to_hex());
+            out.reply(from, start, Kind::Reply, req.authed);
+            presence::peer_list(&self.shared, out, from, now, Kind::Reply, req.authed);
+        } else {
+            reply::keepalive_ack(&mut out.buf, &r.name, now.unix, &session.to_hex());
+            // The ack of a keepalive that registered or moved the name carries its new session:
+            // a reply. Refreshed, it is one the old peers ignore (a new peer authenticates its
+            // keepalives), sent only from what its host has to spare.
+            let kind = match claim {
+                Claim::Refreshed(_) => Kind::Courtesy,
+                _ => Kind::Reply,
+            };
+            out.reply(from, start, kind, req.authed);
+        }
+        // A `register` is announced even when it only refreshes: the old relay did, and its
+        // peers may use `peer_joined` to learn that a partner restarted. Refreshes are announced
+        // at most once per keepalive interval, or repeating `register` would make the relay
+        // broadcast at the sender's will.
+        let announce = match claim {
+            Claim::Joined(_) => true,
+            Claim::Refreshed(_) if explicit => {
+                let every = self.shared.settings.keepalive_ms;
+                self.shared
+                    .registry
+                    .announce_refresh(&r.name, now.ms, every)
+            }
+            _ => explicit,
+        };
+        if announce {
+            presence::announce(&self.shared, out, Presence::Joined, &r.name, from, now);
+        }
+        Ok(())
+    }
+
+    /// The signed half of a claim: a `challenge` when the cookie is missing (then `None`), the
+    /// verified key and its cookie's issue time when both check, else the refusal.
+    pub(super) fn signed(
+        &mut self,
+        r: &control::Register,
+        key: &str,
+        d: &[u8],
+        req: &Req,
+        out: &mut Out,
+    ) -> Result<Option<(auth::Key, u64)>, Reason> {
+        let (from, now) = (req.from, req.now);
+        let secs = now.unix as u64;
+        let checked = auth::key(key).and_then(|k| match (&r.cookie, &r.sig) {
+            (None, _) => {
+                let cookie = self.shared.cookies.issue(secs, from, &r.name, &k);
+                let start = out.buf.len();
+                reply::challenge(&mut out.buf, &cookie);
+                // Never larger than the request (and paid from the budgets like any reply).
+                if out.buf.len() - start <= d.len() {
+                    out.reply(from, start, Kind::Reply, false);
+                } else {
+                    out.buf.truncate(start);
+                }
+                Ok(None)
+            }
+            (Some(c), Some(sig)) => {
+                let cookies = &self.shared.cookies;
+                let issued = cookies.check(c, secs, from, &r.name, &k)?;
+                auth::verify(&k, &r.name, c, sig)?;
+                Ok(Some((k, issued)))
+            }
+            (Some(_), None) => Err(AuthError::Malformed),
+        });
+        checked.map_err(|e| match e {
+            AuthError::Malformed => Reason::BadRequest,
+            AuthError::BadCookie | AuthError::BadSignature => Reason::BadSignature,
+        })
+    }
+}

@@ -1,0 +1,285 @@
+//! The routing decision: for one datagram, its source and the time, what to send or why to drop.
+//!
+//! Sans-IO: it reads bytes and the shared state and appends sends to an [`Out`]; the I/O shells
+//! do the sending. Every protocol rule lives here or in [`crate::presence`]; who pays for each
+//! send is settled by [`crate::budget`] once the datagram is decided.
+//!
+//! This file admits a datagram, tells its family, dispatches it by message group and answers
+//! refusals; each group is a file of its own: [`relay`] (the JSON hot path), [`claims`]
+//! (`register`, `keepalive`, signed), [`queries`] (`ping`, `watch`, `lookup`, `unregister`,
+//! `connect`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tracing::debug;
+
+use crate::budget::Cause;
+use crate::clock::Now;
+use crate::metrics::Counters;
+use crate::out::{Kind, Out};
+use crate::presence;
+use crate::ratelimit::{Ingress, SourceLimiter};
+use crate::refusal::Reason;
+use crate::registry::{Name, Session};
+use crate::shared::Shared;
+use crate::wire::reply;
+use crate::wire::scan::{self, ScanError};
+use crate::wire::{Family, classify, control};
+
+mod claims;
+mod queries;
+mod relay;
+#[cfg(test)]
+pub(crate) mod tests;
+
+/// The largest control message (anything but `relay`) parsed is this or 136 bytes per name of
+/// `--max-watch` (64 bytes, escaped where needed, quoted), whichever is larger: 34,816 bytes at
+/// the default of 256.
+const MAX_CONTROL: usize = 20 * 1024;
+
+/// The types a relay sends: arriving here, they are another relay's (or forged from one), and
+/// answering them would let a forger set two relays answering each other without end.
+const RELAY_TYPES: &[&str] = &[
+    "error",
+    "register_ack",
+    "keepalive_ack",
+    "peer_list",
+    "peer_joined",
+    "peer_left",
+    "pong",
+    "relayed_packet",
+    "server_keepalive",
+    "watch_ack",
+    "peer_info",
+    "introduce",
+    "challenge",
+];
+
+/// Who may be sent an error reply.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// Only an address that holds a registration.
+    Registered,
+    /// Whoever asked (a `register`).
+    Requester,
+}
+
+/// The datagram being decided: where it came from, when, its size, and what it has shown.
+#[derive(Clone, Copy)]
+struct Req {
+    from: SocketAddr,
+    now: Now,
+    len: usize,
+    who: Answer,
+    /// Whether it carried the session of the name it speaks for, from that name's address.
+    authed: bool,
+}
+
+/// One worker's router.
+pub struct Router {
+    shared: Arc<Shared>,
+    counters: Arc<Counters>,
+    errors: SourceLimiter,
+    ingress: Ingress,
+    scratch: Vec<u8>,
+    /// The largest control message parsed (see [`MAX_CONTROL`]).
+    max_control: usize,
+}
+
+impl Router {
+    /// A router for worker `worker`.
+    pub fn new(shared: Arc<Shared>, worker: usize) -> Router {
+        let rate = shared.settings.error_rate as f32;
+        Router {
+            counters: shared.metrics.block(worker),
+            errors: SourceLimiter::new(rate, 2.0 * rate),
+            ingress: Ingress::new(&shared.settings, shared.workers),
+            max_control: MAX_CONTROL.max(shared.settings.max_watch.saturating_mul(136)),
+            shared,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Decides what to do with datagram `d` from `from`, appending sends to `out`.
+    pub fn handle(&mut self, d: &[u8], from: SocketAddr, now: Now, out: &mut Out) {
+        self.run(d, d.len(), from, now, out);
+    }
+
+    /// A datagram that did not fit the receive buffer: `len` bytes were received of it.
+    pub fn truncated(&mut self, len: usize, from: SocketAddr, now: Now, out: &mut Out) {
+        self.run(&[], len, from, now, out);
+    }
+
+    /// A native IPv6 datagram whose source is an IPv4-mapped address: counted and refused
+    /// before anything else (nobody at that address sent it).
+    pub fn mapped_source(&mut self, len: usize) {
+        Counters::add(&self.counters.received, 1);
+        Counters::add(&self.counters.received_bytes, len as u64);
+        self.counters.refuse(Reason::MappedSource);
+    }
+
+    fn run(&mut self, d: &[u8], len: usize, from: SocketAddr, now: Now, out: &mut Out) {
+        Counters::add(&self.counters.received, 1);
+        Counters::add(&self.counters.received_bytes, len as u64);
+        let mut req = Req {
+            from,
+            now,
+            len,
+            who: Answer::Registered,
+            authed: false,
+        };
+        let start = out.sends.len();
+        // Admission comes before any parsing, so a flood costs a hash and a few additions.
+        if let Err(r) = self.ingress.admit(from, len, now.ms) {
+            self.fail(out, r, &req);
+        } else {
+            if len > d.len() || len > self.shared.settings.max_datagram {
+                self.fail(out, Reason::TooLarge, &req);
+            } else {
+                match classify(d) {
+                    Family::Json => self.json(d, &mut req, out),
+                    Family::Stun | Family::Channel => self.refuse(Reason::Unsupported, &req),
+                    Family::Unknown => self.refuse(Reason::UnknownFamily, &req),
+                }
+            }
+            // News from its own prefix it could not pay for is given when it next proves itself,
+            // ahead of the answer (so that the answer is a barrier for what came before).
+            if req.authed && self.shared.budgets.take_asked(from) {
+                presence::peer_list(&self.shared, out, from, now, Kind::Reply, true);
+                out.sends[start..].rotate_right(1);
+            }
+            // What a datagram sends in pays for what it gets back (before it is settled).
+            let forwarded = out.sends[start..].iter().any(|s| s.kind == Kind::Forward);
+            self.shared
+                .budgets
+                .earn(from.ip(), len, req.authed, forwarded);
+        }
+        let b = &self.shared.budgets;
+        let cause = if req.authed {
+            Cause::Authenticated(from.ip())
+        } else {
+            Cause::Unauthenticated(from.ip())
+        };
+        b.settle(out, start, cause, now.ms, &self.counters);
+    }
+
+    fn refuse(&self, r: Reason, req: &Req) {
+        self.counters.refuse(r);
+        debug!(from = %req.from, len = req.len, reason = r.as_str(), "refused");
+    }
+
+    /// Refuses, and answers with the reason's `error` where the protocol allows it: to a
+    /// registered address (or whoever sent a `register`), within the per-source error rate; to
+    /// an unauthenticated request in full only if the budgets can pay it, else in short form.
+    fn fail(&mut self, out: &mut Out, r: Reason, req: &Req) {
+        self.refuse(r, req);
+        let Some(code) = r.code() else { return };
+        let to = req.from;
+        if req.who == Answer::Registered && !self.shared.registry.has_addr(to) {
+            return;
+        }
+        if !self.errors.allow(to.ip(), req.now.ms) {
+            Counters::add(&self.counters.errors_suppressed, 1);
+            return;
+        }
+        // The request's own bytes are earned before its replies are settled.
+        let limit = if req.authed {
+            usize::MAX
+        } else {
+            let available = self.shared.budgets.reply_available(to.ip());
+            usize::try_from(available.saturating_add(req.len as i64)).unwrap_or(0)
+        };
+        let start = out.buf.len();
+        if reply::error(&mut out.buf, code, r.message(), limit) {
+            out.reply(to, start, Kind::Reply, req.authed);
+        } else {
+            Counters::add(&self.counters.withheld_replies, 1);
+        }
+    }
+
+    fn json(&mut self, d: &[u8], req: &mut Req, out: &mut Out) {
+        if std::str::from_utf8(d).is_err() {
+            return self.fail(out, Reason::NotUtf8, req);
+        }
+        let h = match scan::scan(d) {
+            Ok(h) => h,
+            Err(e) => {
+                let r = match e {
+                    ScanError::Syntax => Reason::Syntax,
+                    ScanError::TooDeep => Reason::TooDeep,
+                    ScanError::Duplicate => Reason::Duplicate,
+                    ScanError::WrongType => Reason::WrongType,
+                    ScanError::MissingType => Reason::MissingField,
+                };
+                return self.fail(out, r, req);
+            }
+        };
+        let mut tmp = [0u8; 16];
+        let ty = scan::text(d, h.ty, &mut tmp).unwrap_or("");
+        if ty == "relay" {
+            return self.relay(d, &h, req, out);
+        }
+        // Only a relay carries a payload: a control message that large is refused before the
+        // work of parsing it (a `watch` of `--max-watch` 64-byte names fits).
+        if d.len() > self.max_control {
+            return self.fail(out, Reason::TooLarge, req);
+        }
+        let result = match ty {
+            "register" => {
+                req.who = Answer::Requester;
+                self.register(d, req, out, true)
+            }
+            "keepalive" => self.register(d, req, out, false),
+            "ping" => self.ping(d, req, out),
+            "watch" => self.watch(d, req, out, true),
+            "unwatch" => self.watch(d, req, out, false),
+            "lookup" => self.lookup(d, req, out),
+            "unregister" => self.unregister(d, req, out),
+            "connect" => self.connect(d, req, out),
+            t if RELAY_TYPES.contains(&t) => return self.refuse(Reason::RelayMessage, req),
+            _ => Err(Reason::UnknownType),
+        };
+        if let Err(r) = result {
+            self.fail(out, r, req);
+        }
+    }
+
+    /// Parses a control message from a scratch copy (simd-json parses in place).
+    fn parse<T: for<'de> serde::Deserialize<'de>>(&mut self, d: &[u8]) -> Result<T, Reason> {
+        self.scratch.clear();
+        self.scratch.extend_from_slice(d);
+        control::parse(&mut self.scratch)
+    }
+
+    /// The name a request speaks for, if it carries that name's session from its address: the
+    /// one it names, or, when it names none, the only one at its address. Marks `req`
+    /// authenticated.
+    fn authenticate(
+        &self,
+        named: Option<&str>,
+        session: Option<&str>,
+        req: &mut Req,
+    ) -> Result<Name, Reason> {
+        let reg = &self.shared.registry;
+        let token = session.and_then(Session::parse);
+        // Leaving the name out is for an address that holds one: checking the session against
+        // every name there would cost a token derivation each.
+        let name = match named {
+            Some(n) => Name::from(n),
+            None => match reg.only_name_at(req.from) {
+                Ok(n) => n,
+                Err(0) => return Err(Reason::NotRegistered),
+                Err(_) => return Err(Reason::MissingField),
+            },
+        };
+        if reg.authenticate(&name, req.from, token, req.now.ms) {
+            req.authed = true;
+            Ok(name)
+        } else if reg.session_at(&name, req.from, req.now.ms).is_none() {
+            Err(Reason::NotRegistered)
+        } else {
+            Err(Reason::SessionRequired)
+        }
+    }
+}

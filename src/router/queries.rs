@@ -1,0 +1,130 @@
+//! Queries and requests about others: `ping`, `watch`/`unwatch`, `lookup`, `unregister` and
+//! `connect`.
+
+use tracing::debug;
+
+use crate::out::{Kind, Out};
+use crate::presence;
+use crate::refusal::Reason;
+use crate::registry::{Name, Session};
+use crate::wire::reply::{self, Presence};
+use crate::wire::{control, valid_name};
+
+use super::{Req, Router};
+
+impl Router {
+    pub(super) fn ping(&mut self, d: &[u8], req: &mut Req, out: &mut Out) -> Result<(), Reason> {
+        let p = self.parse::<control::Ping>(d)?;
+        if let Some(name) = &p.name {
+            // A ping naming a name keeps it live; with its session it is authenticated.
+            if self
+                .authenticate(Some(name), p.session.as_deref(), req)
+                .is_err()
+            {
+                let reg = &self.shared.registry;
+                reg.touch_sender(name, req.from, req.now.ms);
+            }
+        }
+        let start = out.buf.len();
+        reply::pong(&mut out.buf, req.now.unix, req.from);
+        out.reply(req.from, start, Kind::Reply, req.authed);
+        Ok(())
+    }
+
+    /// `watch` (`add`) or `unwatch`: both answered with `watch_ack`.
+    pub(super) fn watch(
+        &mut self,
+        d: &[u8],
+        req: &mut Req,
+        out: &mut Out,
+        add: bool,
+    ) -> Result<(), Reason> {
+        let w = self.parse::<control::Watch>(d)?;
+        let watcher = self.authenticate(w.name.as_deref(), w.session.as_deref(), req)?;
+        let max = self.shared.settings.max_watch;
+        if !w.names.iter().all(|n| valid_name(n)) {
+            return Err(Reason::InvalidName);
+        }
+        // Work is charged, not only datagrams: a watch of N names costs N.
+        let extra = w.names.len().saturating_sub(1);
+        self.ingress.charge(req.from, extra, req.now.ms)?;
+        let names: Vec<Name> = w.names.iter().map(|n| Name::from(n.as_str())).collect();
+        let reg = &self.shared.registry;
+        let (now, budget) = (req.now.ms, self.shared.settings.reply_budget);
+        let start = out.buf.len();
+        if add {
+            let left_out = reg
+                .watch(&watcher, req.from, &names, max)
+                .ok_or(Reason::NotRegistered)?;
+            let online = w.names.iter().filter(|n| reg.addr_of(n, now).is_some());
+            reply::watch_ack(&mut out.buf, online.map(String::as_str), budget);
+            out.reply(req.from, start, Kind::Reply, true);
+            if left_out > 0 {
+                // What fitted is acknowledged; the error says the rest did not.
+                self.fail(out, Reason::WatchLimit, req);
+            }
+        } else {
+            let left = reg.unwatch(&watcher, &names).ok_or(Reason::NotRegistered)?;
+            let online = left.iter().filter(|n| reg.addr_of(n, now).is_some());
+            reply::watch_ack(&mut out.buf, online.map(|n| &**n), budget);
+            out.reply(req.from, start, Kind::Reply, true);
+        }
+        Ok(())
+    }
+
+    pub(super) fn lookup(&mut self, d: &[u8], req: &Req, out: &mut Out) -> Result<(), Reason> {
+        let l = self.parse::<control::Lookup>(d)?;
+        if !valid_name(&l.name) {
+            return Err(Reason::InvalidName);
+        }
+        let online = self.shared.registry.addr_of(&l.name, req.now.ms).is_some();
+        let start = out.buf.len();
+        reply::peer_info(&mut out.buf, &l.name, online);
+        out.reply(req.from, start, Kind::Reply, req.authed);
+        Ok(())
+    }
+
+    pub(super) fn unregister(
+        &mut self,
+        d: &[u8],
+        req: &mut Req,
+        out: &mut Out,
+    ) -> Result<(), Reason> {
+        let u = self.parse::<control::Unregister>(d)?;
+        let name = self.authenticate(Some(&u.name), u.session.as_deref(), req)?;
+        let token = u.session.as_deref().and_then(Session::parse);
+        let reg = &self.shared.registry;
+        let gone = reg
+            .unregister(&name, req.from, token, req.now.ms)
+            .ok_or(Reason::NotRegistered)?;
+        debug!(from = %req.from, name = %gone.name, "unregistered");
+        presence::announce(
+            &self.shared,
+            out,
+            Presence::Left,
+            &gone.name,
+            gone.addr,
+            req.now,
+        );
+        Ok(())
+    }
+
+    pub(super) fn connect(&mut self, d: &[u8], req: &mut Req, out: &mut Out) -> Result<(), Reason> {
+        if !self.shared.settings.introductions {
+            return Err(Reason::Disabled);
+        }
+        let c = self.parse::<control::Connect>(d)?;
+        let me = self.authenticate(c.name.as_deref(), c.session.as_deref(), req)?;
+        let reg = &self.shared.registry;
+        let (peer_addr, peer_trusted) = reg
+            .target_of(&c.target, req.now.ms)
+            .ok_or(Reason::UnknownTarget)?;
+        let start = out.buf.len();
+        reply::introduce(&mut out.buf, &c.target, peer_addr);
+        out.reply(req.from, start, Kind::Reply, true);
+        let start = out.buf.len();
+        reply::introduce(&mut out.buf, &me, req.from);
+        out.reply(peer_addr, start, Kind::Announce, peer_trusted);
+        Ok(())
+    }
+}

@@ -1,0 +1,47 @@
+//! The JSON relay hot path: a `relay` is forwarded as its payload span, untouched, behind a
+//! header naming the sender.
+
+use crate::config::{Auth, MAX_UDP_PAYLOAD};
+use crate::metrics::Counters;
+use crate::out::Out;
+use crate::refusal::Reason;
+use crate::wire::MAX_NAME;
+use crate::wire::reply::{self, RELAYED_SUFFIX};
+use crate::wire::scan::{self, Header};
+
+use super::{Req, Router};
+
+impl Router {
+    /// The hot path: forwards the payload span, untouched, behind a header naming the sender.
+    pub(super) fn relay(&mut self, d: &[u8], h: &Header, req: &Req, out: &mut Out) {
+        let (Some(source), Some(target), Some(payload)) = (h.source, h.target, h.payload) else {
+            return self.fail(out, Reason::MissingField, req);
+        };
+        let reg = &self.shared.registry;
+        let mut sbuf = [0u8; MAX_NAME];
+        let source = scan::text(d, source, &mut sbuf);
+        let Some(source) = source.filter(|s| reg.touch_sender(s, req.from, req.now.ms)) else {
+            return self.fail(out, Reason::NotRegistered, req);
+        };
+        let mut tbuf = [0u8; MAX_NAME];
+        let target = scan::text(d, target, &mut tbuf).and_then(|t| reg.target_of(t, req.now.ms));
+        let Some((to, trusted)) = target else {
+            return self.fail(out, Reason::UnknownTarget, req);
+        };
+        // Where registration is signed, every registration echoed a cookie where it lives: one
+        // that did not can only be a name forged for someone else.
+        if self.shared.settings.auth == Auth::Signed && !trusted {
+            return self.refuse(Reason::UnauthenticatedTarget, req);
+        }
+        let start = out.buf.len();
+        reply::relayed_prefix(&mut out.buf, source);
+        let size = out.buf.len() - start + payload.len() + RELAYED_SUFFIX.len();
+        if size > MAX_UDP_PAYLOAD {
+            out.buf.truncate(start);
+            return self.fail(out, Reason::TooLarge, req);
+        }
+        let end = out.buf.len();
+        out.forward(to, start..end, payload.start..payload.end, RELAYED_SUFFIX);
+        Counters::add(&self.counters.forwarded, 1);
+    }
+}

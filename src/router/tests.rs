@@ -1,0 +1,273 @@
+//! The router's unit tests, and the sans-IO harness they share with the reaper's.
+
+use super::*;
+use crate::config::Settings;
+use crate::registry::Proof;
+use serde_json::{Value, json};
+
+/// A router over fresh shared state, and a way to run datagrams through it.
+pub(crate) struct Harness {
+    pub shared: Arc<Shared>,
+    pub router: Router,
+    pub out: Out,
+}
+
+pub(crate) fn addr(i: u16) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, 1], 1000 + i))
+}
+
+pub(crate) fn at(ms: u64) -> Now {
+    Now {
+        ms,
+        unix: 1_795_574_001.25 + ms as f64 / 1000.0,
+    }
+}
+
+impl Harness {
+    pub fn new(settings: Settings) -> Harness {
+        let shared = Shared::new(settings, 1);
+        Harness {
+            router: Router::new(shared.clone(), 0),
+            shared,
+            out: Out::default(),
+        }
+    }
+
+    /// Handles `d` from `from` at `ms`; returns the sends as (to, bytes).
+    pub fn run(&mut self, d: &[u8], from: SocketAddr, ms: u64) -> Vec<(SocketAddr, Vec<u8>)> {
+        self.out.clear();
+        self.router.handle(d, from, at(ms), &mut self.out);
+        collect(&self.out, d)
+    }
+
+    /// Like [`Harness::run`] with JSON parsed.
+    pub fn json(&mut self, v: Value, from: SocketAddr, ms: u64) -> Vec<(SocketAddr, Value)> {
+        parse(self.run(v.to_string().as_bytes(), from, ms))
+    }
+
+    pub fn refused(&self, r: Reason) -> u64 {
+        self.shared.metrics.refused(r)
+    }
+
+    /// The session of `name` at `from`, as its `register_ack` gave it.
+    pub fn session(&self, name: &str, from: SocketAddr) -> String {
+        self.shared
+            .registry
+            .session_at(name, from, 0)
+            .expect("registered")
+            .to_hex()
+    }
+}
+
+pub(crate) fn collect(out: &Out, input: &[u8]) -> Vec<(SocketAddr, Vec<u8>)> {
+    out.sends
+        .iter()
+        .map(|s| (s.to, out.segments(s, input).concat()))
+        .collect()
+}
+
+pub(crate) fn parse(sends: Vec<(SocketAddr, Vec<u8>)>) -> Vec<(SocketAddr, Value)> {
+    sends
+        .into_iter()
+        .map(|(to, b)| (to, serde_json::from_slice(&b).expect("valid JSON")))
+        .collect()
+}
+
+fn register(h: &mut Harness, name: &str, from: SocketAddr, ms: u64) -> Vec<(SocketAddr, Value)> {
+    h.json(json!({"type": "register", "name": name}), from, ms)
+}
+
+#[test]
+fn register_acks_lists_and_announces() {
+    let mut h = Harness::new(Settings::default());
+    let r = register(&mut h, "Bob", addr(2), 0);
+    assert_eq!(r.len(), 2);
+    let r = register(&mut h, "Alice", addr(1), 5);
+    assert_eq!(r[0].0, addr(1));
+    assert_eq!(r[0].1["type"], "register_ack");
+    assert_eq!(r[0].1["your_address"], "10.0.0.1:1001");
+    assert_eq!(r[0].1["peer_name"], "Alice");
+    assert_eq!(
+        r[1].1,
+        json!({"type": "peer_list", "peers": ["Bob", "Alice"], "count": 2})
+    );
+    assert_eq!(r[2].0, addr(2));
+    assert_eq!(
+        r[2].1,
+        json!({"type": "peer_joined", "peer_name": "Alice", "peers": ["Bob", "Alice"]})
+    );
+    // Registering again from the same address refreshes, and is announced all the same.
+    let r = register(&mut h, "Alice", addr(1), 10);
+    assert_eq!(r.len(), 3);
+    assert_eq!(r[2].0, addr(2));
+    assert_eq!(r[2].1["type"], "peer_joined");
+}
+
+#[test]
+fn relay_forwards_the_payload_span_byte_for_byte() {
+    let mut h = Harness::new(Settings::default());
+    register(&mut h, "A", addr(1), 0);
+    register(&mut h, "B", addr(2), 0);
+    let d =
+        br#"{ "payload" : "{\"k\": \"caf\u00e9\"}" , "source":"A","target":"B","type":"relay"}"#;
+    let r = h.run(d, addr(1), 1);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].0, addr(2));
+    assert_eq!(
+        r[0].1,
+        br#"{"type":"relayed_packet","from_peer":"A","via_relay":true,"payload":"{\"k\": \"caf\u00e9\"}"}"#
+    );
+}
+
+#[test]
+fn relay_believes_the_registry_not_the_source_field() {
+    let mut h = Harness::new(Settings::default());
+    register(&mut h, "A", addr(1), 0);
+    register(&mut h, "B", addr(2), 0);
+    let spoof = json!({"type": "relay", "source": "A", "target": "B", "payload": "x".repeat(80)});
+    let r = h.json(spoof.clone(), addr(3), 1);
+    assert!(r.is_empty(), "unregistered address gets nothing");
+    let r = h.json(spoof, addr(2), 1);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].0, addr(2));
+    assert_eq!(r[0].1["code"], "not_registered");
+    assert_eq!(h.refused(Reason::NotRegistered), 2);
+}
+
+#[test]
+fn relay_to_unknown_or_stale_target_is_refused() {
+    let s = Settings {
+        peer_timeout_ms: 1000,
+        keepalive_ms: 100,
+        ..Settings::default()
+    };
+    let mut h = Harness::new(s);
+    register(&mut h, "A", addr(1), 0);
+    register(&mut h, "B", addr(2), 0);
+    let msg = json!({"type": "relay", "source": "A", "target": "B", "payload": "x".repeat(60)});
+    // A keeps itself live by relaying; B falls silent.
+    assert_eq!(h.json(msg.clone(), addr(1), 900)[0].0, addr(2));
+    let r = h.json(msg, addr(1), 1500);
+    assert_eq!(r[0].0, addr(1));
+    assert_eq!(r[0].1["code"], "unknown_target");
+}
+
+#[test]
+fn keepalive_registers_moves_only_with_session() {
+    let mut h = Harness::new(Settings::default());
+    let r = h.json(json!({"type": "keepalive", "name": "A"}), addr(1), 0);
+    assert_eq!(r[0].1["type"], "keepalive_ack");
+    assert!(h.shared.registry.addr_of("A", 0).is_some());
+    let r = h.json(json!({"type": "keepalive", "name": "A"}), addr(2), 1);
+    assert!(r.is_empty(), "unregistered address: no error reply");
+    assert_eq!(h.refused(Reason::NameInUse), 1);
+    let session = h
+        .shared
+        .registry
+        .session_at("A", addr(1), 1)
+        .unwrap()
+        .to_hex();
+    let r = h.json(
+        json!({"type": "keepalive", "name": "A", "session": session}),
+        addr(2),
+        2,
+    );
+    assert_eq!(r[0].1["type"], "keepalive_ack");
+    assert_eq!(h.shared.registry.addr_of("A", 2), Some(addr(2)));
+}
+
+#[test]
+fn unauthenticated_errors_are_paid_from_the_budgets() {
+    let s = Settings {
+        reply_credit: 80,
+        reply_prefix_credit: 4096,
+        reply_global_credit: 1 << 20,
+        ..Settings::default()
+    };
+    let mut h = Harness::new(s);
+    let reg = &h.shared.registry;
+    reg.claim("A", addr(1), Proof::Token(None), 0, 10);
+    // 10 bytes sent and 80 of credit pay a 73-byte error, in full.
+    let r = h.run(b"{\"type\":1}", addr(1), 1);
+    let v: Value = serde_json::from_slice(&r[0].1).unwrap();
+    assert_eq!(v["message"], "field of the wrong type");
+    // 17 left and 10 more earned: not even the 50-byte short form fits.
+    assert!(h.run(b"{\"type\":1}", addr(1), 1).is_empty());
+    // A longer request pays for a longer answer.
+    let padded = format!(r#"{{"type":1,"pad":"{}"}}"#, "x".repeat(20));
+    let r = h.run(padded.as_bytes(), addr(1), 1);
+    let v: Value = serde_json::from_slice(&r[0].1).unwrap();
+    assert_eq!(v["code"], "bad_request");
+    assert_eq!(v["message"], "");
+    assert_eq!(h.refused(Reason::WrongType), 3);
+}
+
+#[test]
+fn beyond_announce_max_only_watchers_hear() {
+    let s = Settings {
+        announce_max: 2,
+        ..Settings::default()
+    };
+    let mut h = Harness::new(s);
+    register(&mut h, "A", addr(1), 0);
+    register(&mut h, "B", addr(2), 0);
+    let w = json!({"type": "watch", "names": ["D", "B"]});
+    let r = h.json(w.clone(), addr(1), 0);
+    assert_eq!(r[0].1["code"], "session_required");
+    let mut w = w;
+    w["session"] = h.session("A", addr(1)).into();
+    let r = h.json(w, addr(1), 0);
+    assert_eq!(r[0].1, json!({"type": "watch_ack", "online": ["B"]}));
+    let r = register(&mut h, "C", addr(3), 0);
+    assert_eq!(r.len(), 2, "nobody watches C");
+    let r = register(&mut h, "D", addr(4), 0);
+    assert_eq!(r.len(), 3);
+    assert_eq!(r[2].0, addr(1));
+    assert_eq!(r[2].1["type"], "peer_joined");
+    assert_eq!(r[2].1["peer_name"], "D");
+    let session = h.session("D", addr(4));
+    let r = h.json(
+        json!({"type": "unregister", "name": "D", "session": session}),
+        addr(4),
+        1,
+    );
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].1["type"], "peer_left");
+}
+
+#[test]
+fn connect_introduces_both_sides() {
+    let mut h = Harness::new(Settings::default());
+    register(&mut h, "A", addr(1), 0);
+    register(&mut h, "B", addr(2), 0);
+    let r = h.json(json!({"type": "connect", "target": "B"}), addr(1), 1);
+    assert_eq!(r[0].1["code"], "session_required");
+    let session = h.session("A", addr(1));
+    let r = h.json(
+        json!({"type": "connect", "target": "B", "session": session}),
+        addr(1),
+        1,
+    );
+    assert_eq!(
+        r,
+        vec![
+            (
+                addr(1),
+                json!({"type": "introduce", "peer_name": "B", "address": "10.0.0.1:1002"})
+            ),
+            (
+                addr(2),
+                json!({"type": "introduce", "peer_name": "A", "address": "10.0.0.1:1001"})
+            ),
+        ]
+    );
+}
+
+#[test]
+fn families_other_than_json_are_counted() {
+    let mut h = Harness::new(Settings::default());
+    assert!(h.run(b"", addr(1), 0).is_empty());
+    assert!(h.run(&[0xD1, 0, 0, 0, 0, 1, 9], addr(1), 0).is_empty());
+    assert_eq!(h.refused(Reason::UnknownFamily), 1);
+    assert_eq!(h.refused(Reason::Unsupported), 1);
+}
