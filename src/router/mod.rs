@@ -5,8 +5,8 @@
 //! send is settled by [`crate::budget`] once the datagram is decided.
 //!
 //! This file admits a datagram, tells its family, dispatches it by message group and answers
-//! refusals; each group is a file of its own: [`relay`] (the JSON hot path), [`claims`]
-//! (`register`, `keepalive`, signed), [`queries`] (`ping`, `watch`, `lookup`, `unregister`,
+//! refusals; each group is a file of its own: `relay` (the JSON hot path), `claims`
+//! (`register`, `keepalive`, signed), `queries` (`ping`, `watch`, `lookup`, `unregister`,
 //! `connect`).
 
 use std::net::SocketAddr;
