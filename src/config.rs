@@ -139,6 +139,15 @@ pub struct Args {
     /// Watch entries held by the peers of one host (IPv4 address, IPv6 /64).
     #[arg(long, env = "UDP_RELAY_MAX_WATCH_PER_HOST", default_value_t = 4_096)]
     pub max_watch_per_host: usize,
+    /// Channels (Part 4) one peer may hold.
+    #[arg(long, env = "UDP_RELAY_MAX_CHANNELS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_channels: u32,
+    /// Channels held by the peers of one host (IPv4 address, IPv6 /64).
+    #[arg(long, env = "UDP_RELAY_MAX_CHANNELS_PER_HOST", default_value_t = 4_096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_channels_per_host: u32,
+    /// Channels held in all (each pair costs about 300 bytes).
+    #[arg(long, env = "UDP_RELAY_MAX_CHANNELS_TOTAL", default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_channels_total: u32,
     /// I/O backend of the workers.
     #[arg(long, env = "UDP_RELAY_IO", value_enum, default_value = "auto")]
     pub io: IoChoice,
@@ -236,6 +245,12 @@ pub struct Settings {
     pub max_watch_total: usize,
     /// See [`Args::max_watch_per_host`].
     pub max_watch_per_host: usize,
+    /// See [`Args::max_channels`].
+    pub max_channels: usize,
+    /// See [`Args::max_channels_per_host`].
+    pub max_channels_per_host: usize,
+    /// See [`Args::max_channels_total`].
+    pub max_channels_total: usize,
 }
 
 /// The protocol's defaults, without rate limits, budgets or watch bounds (the command line sets
@@ -267,6 +282,9 @@ impl Default for Settings {
             max_names_per_address: usize::MAX,
             max_watch_total: usize::MAX,
             max_watch_per_host: usize::MAX,
+            max_channels: 64,
+            max_channels_per_host: usize::MAX,
+            max_channels_total: usize::MAX,
         }
     }
 }
@@ -335,6 +353,9 @@ impl Args {
                 .unwrap_or(usize::MAX),
             max_watch_total: self.max_watch_total,
             max_watch_per_host: self.max_watch_per_host,
+            max_channels: self.max_channels as usize,
+            max_channels_per_host: self.max_channels_per_host as usize,
+            max_channels_total: self.max_channels_total as usize,
         }
     }
 }

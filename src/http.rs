@@ -147,11 +147,7 @@ fn route(method: &Method, path: &str, shared: &Shared) -> (StatusCode, &'static 
         (&Method::GET, "/metrics") => (
             StatusCode::OK,
             PROMETHEUS_TEXT,
-            Bytes::from(
-                shared
-                    .metrics
-                    .prometheus(shared.registry.len(), shared.registry.watch_entries()),
-            ),
+            Bytes::from(shared.prometheus()),
         ),
         // The thread that answers is alive, and so is the process: that is all it claims.
         (&Method::GET, "/healthz") => (StatusCode::OK, PLAIN_TEXT, Bytes::from_static(b"ok\n")),
@@ -174,12 +170,7 @@ mod tests {
         let (status, content_type, body) = route(&Method::GET, "/metrics", &shared);
         assert_eq!(status, StatusCode::OK);
         assert_eq!(content_type, "text/plain; version=0.0.4");
-        assert_eq!(
-            body,
-            shared
-                .metrics
-                .prometheus(shared.registry.len(), shared.registry.watch_entries())
-        );
+        assert_eq!(body, shared.prometheus());
     }
 
     #[test]

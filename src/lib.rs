@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod budget;
+pub mod channels;
 pub mod clock;
 pub mod config;
 pub mod http;

@@ -19,6 +19,10 @@ pub struct Counters {
     pub received_bytes: AtomicU64,
     /// `relayed_packet`s sent.
     pub forwarded: AtomicU64,
+    /// Channel frames forwarded.
+    pub frames: AtomicU64,
+    /// Bytes of channel frames forwarded.
+    pub frame_bytes: AtomicU64,
     /// Datagrams sent (forwards, replies, announcements).
     pub sent: AtomicU64,
     /// Bytes sent.
@@ -37,13 +41,22 @@ pub struct Counters {
     pub withheld_keepalives: AtomicU64,
     /// `peer_list`s sent in place of withheld announcements.
     pub coalesced_lists: AtomicU64,
-    refused: [AtomicU64; Reason::ALL.len()],
+    refused: Refused,
+}
+
+/// One counter per refusal reason (more than `Default` derives for an array).
+struct Refused([AtomicU64; Reason::ALL.len()]);
+
+impl Default for Refused {
+    fn default() -> Refused {
+        Refused(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
 }
 
 impl Counters {
     /// Counts one refusal.
     pub fn refuse(&self, r: Reason) {
-        self.refused[r as usize].fetch_add(1, Relaxed);
+        self.refused.0[r as usize].fetch_add(1, Relaxed);
     }
 
     /// Adds `n` to a counter.
@@ -81,11 +94,11 @@ impl Metrics {
 
     /// Refusals for `r` across all workers.
     pub fn refused(&self, r: Reason) -> u64 {
-        self.sum(|c| &c.refused[r as usize])
+        self.sum(|c| &c.refused.0[r as usize])
     }
 
     /// Renders all counters in the Prometheus text format.
-    pub fn prometheus(&self, peers: usize, watch_entries: usize) -> String {
+    pub fn prometheus(&self, peers: usize, watch_entries: usize, channels: usize) -> String {
         let mut s = String::new();
         let mut counter = |name: &str, help: &str, v: u64| {
             let _ = writeln!(s, "# HELP udp_relay_{name} {help}");
@@ -106,6 +119,16 @@ impl Metrics {
             "forwarded_total",
             "Relayed packets forwarded.",
             self.sum(|c| &c.forwarded),
+        );
+        counter(
+            "frames_forwarded_total",
+            "Channel frames forwarded.",
+            self.sum(|c| &c.frames),
+        );
+        counter(
+            "frame_bytes_forwarded_total",
+            "Bytes of channel frames forwarded.",
+            self.sum(|c| &c.frame_bytes),
         );
         counter("sent_total", "Datagrams sent.", self.sum(|c| &c.sent));
         counter(
@@ -164,6 +187,9 @@ impl Metrics {
         let _ = writeln!(s, "# HELP udp_relay_peers Registered peers.");
         let _ = writeln!(s, "# TYPE udp_relay_peers gauge");
         let _ = writeln!(s, "udp_relay_peers {peers}");
+        let _ = writeln!(s, "# HELP udp_relay_channels Channels bound (pairs).");
+        let _ = writeln!(s, "# TYPE udp_relay_channels gauge");
+        let _ = writeln!(s, "udp_relay_channels {channels}");
         s
     }
 }

@@ -30,7 +30,7 @@ pub enum Kind {
     Announce,
     /// A relay-originated `server_keepalive` (or the coalesced `peer_list` that takes its place).
     Keepalive,
-    /// `relayed_packet`: paid by its sender's admission limits.
+    /// `relayed_packet` or a channel frame: paid by its sender's admission limits.
     Forward,
 }
 
@@ -112,6 +112,19 @@ impl Out {
             input: self.input,
             segs: [Seg::Buf(head), Seg::Input(span), Seg::Static(tail)],
             nsegs: 3,
+        });
+    }
+
+    /// Sends `span` of the received datagram, as it now is, to `to`: one segment straight from
+    /// the receive buffer (a channel frame rewritten in place).
+    pub fn forward_input(&mut self, to: SocketAddr, span: Range<usize>) {
+        self.sends.push(Send {
+            to,
+            kind: Kind::Forward,
+            trusted: false,
+            input: self.input,
+            segs: [Seg::Input(span), NONE, NONE],
+            nsegs: 1,
         });
     }
 

@@ -8,6 +8,7 @@ use crate::clock::Now;
 use crate::metrics::Counters;
 use crate::out::{Kind, Out};
 use crate::presence;
+use crate::router::channels;
 use crate::shared::Shared;
 use crate::wire::reply::{self, Presence};
 
@@ -68,6 +69,7 @@ pub fn sweep(
                 // for all the relay knows).
                 let start = out.sends.len();
                 presence::announce(shared, out, Presence::Left, &gone.name, gone.addr, now);
+                channels::react(shared, gone.event(), now, out);
                 budgets.settle(
                     out,
                     start,

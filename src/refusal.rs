@@ -105,6 +105,21 @@ reasons! {
         "A signed registration whose cookie or signature fails.";
     UnauthenticatedTarget => "unauthenticated_target", None, "",
         "A forward (signed mode) to a registration that never showed its cookie or session.";
+    UntrustedPeer => "untrusted_peer", Some(UnknownTarget),
+        "target has not shown its session from its address",
+        "A `bind` to a registration that has not shown its session (or cookie) where it is.";
+    ChannelLimit => "channel_limit", Some(RateLimited), "channel limit reached",
+        "A `bind` beyond the per-peer, per-host or relay-wide channel limit.";
+    UnknownChannel => "unknown_channel", Some(BadRequest), "no such channel of yours",
+        "An `unbind` of a channel the sender does not hold.";
+    FrameShort => "frame_short", None, "",
+        "A channel frame shorter than its 6-byte header.";
+    FrameFlags => "frame_flags", None, "",
+        "A channel frame with flags other than zero.";
+    ChannelGone => "channel_gone", None, "",
+        "A channel frame under a number no channel has.";
+    ChannelWrongSource => "channel_wrong_source", None, "",
+        "A channel frame from an address other than its channel's owner's.";
 }
 
 #[cfg(test)]

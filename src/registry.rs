@@ -304,8 +304,10 @@ enum Decision {
 /// What became of a claim on a name (`register` or `keepalive`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
-    /// The name was free (or stale) and is now registered here.
+    /// The name was free and is now registered here.
     Joined(Session),
+    /// The name was held by a stale registration, which a new one here replaces.
+    Replaced(Session),
     /// The name was already registered at this address; it is refreshed.
     Refreshed(Session),
     /// The name moved here from another address, proven by its session token.
@@ -325,6 +327,39 @@ pub struct Removed {
     pub name: Name,
     /// Its last address.
     pub addr: SocketAddr,
+}
+
+/// What a change to the registry did to a name, reported to what keeps state per name
+/// elsewhere (channels), so that the registry calls into none of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// The name was free and is now held.
+    Joined(&'a str),
+    /// A stale holder of the name was replaced by a new registration.
+    Replaced(&'a str),
+    /// The name moved, with its session or signature, to this address.
+    Moved(&'a str, SocketAddr),
+    /// The registration is gone (unregistered or reaped).
+    Removed(&'a str),
+}
+
+impl Claim {
+    /// What this claim of `name` at `addr` did, if it changed who holds the name or where.
+    pub fn event<'a>(&self, name: &'a str, addr: SocketAddr) -> Option<Event<'a>> {
+        match self {
+            Claim::Joined(_) => Some(Event::Joined(name)),
+            Claim::Replaced(_) => Some(Event::Replaced(name)),
+            Claim::Moved(_) => Some(Event::Moved(name, addr)),
+            _ => None,
+        }
+    }
+}
+
+impl Removed {
+    /// The event of this removal.
+    pub fn event(&self) -> Event<'_> {
+        Event::Removed(&self.name)
+    }
 }
 
 /// A live peer as seen by a scan.
@@ -501,7 +536,7 @@ impl Registry {
                         let seq = self.next_seq.fetch_add(1, Relaxed);
                         let old = std::mem::replace(e, Entry::new(here, now_ms, seq, signed));
                         self.unlink(&key, &old);
-                        Claim::Joined(self.tokens.of(seq))
+                        Claim::Replaced(self.tokens.of(seq))
                     }
                 };
                 self.link(key, here, proof);
@@ -978,7 +1013,7 @@ mod tests {
         assert_eq!(names_at(&r, a("2.2.2.2:2")).len(), 1);
         // Stale: anyone may take it, with a new session.
         match r.claim("alice", a("3.3.3.3:3"), Proof::Token(None), 2000, 10) {
-            Claim::Joined(s2) => assert_ne!(s2, s),
+            Claim::Replaced(s2) => assert_ne!(s2, s),
             c => panic!("{c:?}"),
         }
         assert!(!r.has_addr(a("2.2.2.2:2")));
@@ -1250,7 +1285,7 @@ mod tests {
         // Once stale, the binding goes with it.
         assert!(matches!(
             r.claim("s", here, Proof::Key(k2, 0), 2000, 10),
-            Claim::Joined(_)
+            Claim::Replaced(_)
         ));
         assert!(r.keys.get("s").is_some_and(|b| b.0 == k2));
         // A signature over an older cookie than the last is a replay, even by the right key.

@@ -1,11 +1,12 @@
 //! The state shared by every worker and the reaper: the registry, the budgets, the counters,
-//! the presence sample and the cookie key. Routing, presence and the reaper read it; none of
+//! the presence sample, the cookie key and the channels. Routing, presence and the reaper read it; none of
 //! them owns it.
 
 use std::sync::Arc;
 
 use crate::auth::Cookies;
 use crate::budget::Budgets;
+use crate::channels::Channels;
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::presence::Sample;
@@ -27,6 +28,8 @@ pub struct Shared {
     pub workers: usize,
     /// The key of registration cookies, shared by all workers.
     pub cookies: Cookies,
+    /// The bound channels (Part 4).
+    pub channels: Channels,
 }
 
 impl Shared {
@@ -39,7 +42,14 @@ impl Shared {
             sample: Sample::default(),
             workers,
             cookies: Cookies::default(),
+            channels: Channels::new(&settings),
             settings,
         })
+    }
+
+    /// Every counter and gauge in the Prometheus text format.
+    pub fn prometheus(&self) -> String {
+        let (r, c) = (&self.registry, &self.channels);
+        self.metrics.prometheus(r.len(), r.watch_entries(), c.len())
     }
 }

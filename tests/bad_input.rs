@@ -322,12 +322,23 @@ fn other_families_and_non_json_first_bytes() {
         case(
             "channel frame for a channel nobody bound",
             vec![0xD1, 0x00, 0x12, 0x34, 0x56, 0x78, b'h', b'i'],
-            "unsupported_family",
+            "channel_gone",
         ),
         case(
-            "channel frame header only",
-            vec![0xD1],
-            "unsupported_family",
+            "channel frame for channel zero",
+            vec![0xD1, 0x00, 0, 0, 0, 0, b'h', b'i'],
+            "channel_gone",
+        ),
+        case("channel frame header only", vec![0xD1], "frame_short"),
+        case(
+            "channel frame cut inside its number",
+            vec![0xD1, 0, 0x12, 0x34, 0x56],
+            "frame_short",
+        ),
+        case(
+            "channel frame with flags",
+            vec![0xD1, 0x80, 0x12, 0x34, 0x56, 0x78],
+            "frame_flags",
         ),
     ];
     run_cases(&r, &cases);
@@ -750,11 +761,15 @@ fn bad_names_and_unknown_types() {
             "relay_message",
         ),
         case(
-            "bind (Part 4, not served)",
-            format!(r#"{{"type":"bind","target":"member",{PAD}}}"#),
-            "unknown_type",
-        )
-        .member("bad_request"),
+            "bind_ack sent back",
+            format!(r#"{{"type":"bind_ack","target":"x","channel":1,{PAD}}}"#),
+            "relay_message",
+        ),
+        case(
+            "channel_closed sent back",
+            format!(r#"{{"type":"channel_closed","channel":1,{PAD}}}"#),
+            "relay_message",
+        ),
     ];
     run_cases(&r, &cases);
     stop_cleanly(r);
@@ -1003,6 +1018,24 @@ fn routing_refusals_answer_only_registered_senders() {
         )
         .member("session_required"),
         case(
+            "bind without a session",
+            format!(r#"{{"type":"bind","target":"nobody",{PAD}}}"#),
+            "session_required",
+        )
+        .member("session_required"),
+        case(
+            "unbind without a session",
+            format!(r#"{{"type":"unbind","channel":1,{PAD}}}"#),
+            "session_required",
+        )
+        .member("session_required"),
+        case(
+            "unbind of a channel number that is not a u32",
+            format!(r#"{{"type":"unbind","channel":-1,{PAD}}}"#),
+            "wrong_field_type",
+        )
+        .member("bad_request"),
+        case(
             "watch without a session",
             format!(
                 r#"{{"type":"watch","names":["ok","{}"],{PAD}}}"#,
@@ -1149,7 +1182,8 @@ fn a_burst_of_every_kind_from_many_sources_leaves_the_relay_serving() {
     ];
     let want = [
         ("unknown_family", 2),
-        ("unsupported_family", 2),
+        ("unsupported_family", 1),
+        ("channel_gone", 1),
         ("malformed_json", 2),
         ("not_utf8", 1),
         ("too_deep", 1),

@@ -78,7 +78,7 @@ fn two_peers() -> (std::sync::Arc<Shared>, Router, Out) {
     for (name, from) in [("Alice", addr(1)), ("Bob", addr(2))] {
         out.clear();
         let reg = format!(r#"{{"type":"register","name":"{name}"}}"#);
-        router.handle(reg.as_bytes(), from, at(0), &mut out);
+        router.handle(&mut reg.into_bytes(), from, at(0), &mut out);
         assert!(!out.sends.is_empty(), "{name} registered");
     }
     (shared, router, out)
@@ -119,11 +119,11 @@ fn datagrams(n: usize) -> Vec<(Vec<u8>, SocketAddr, SocketAddr, Vec<u8>)> {
 fn run(
     router: &mut Router,
     out: &mut Out,
-    batch: &[(Vec<u8>, SocketAddr, SocketAddr, Vec<u8>)],
+    batch: &mut [(Vec<u8>, SocketAddr, SocketAddr, Vec<u8>)],
     ms: u64,
 ) -> usize {
     let mut wrong = 0;
-    for (i, (d, from, to, want)) in batch.iter().enumerate() {
+    for (i, (d, from, to, want)) in batch.iter_mut().enumerate() {
         out.clear();
         router.handle(d, *from, at(ms + i as u64 / 100), out);
         let ok = match out.sends.as_slice() {
@@ -145,12 +145,12 @@ fn run(
 #[test]
 fn relaying_allocates_nothing_once_warm() {
     let (shared, mut router, mut out) = two_peers();
-    let batch = datagrams(10_000);
+    let mut batch = datagrams(10_000);
 
     // Warm up: the reusable buffers reach their working size.
-    assert_eq!(run(&mut router, &mut out, &batch[..200], 1), 0);
+    assert_eq!(run(&mut router, &mut out, &mut batch[..200], 1), 0);
 
-    let (wrong, allocs, frees) = heap_calls(|| run(&mut router, &mut out, &batch, 100));
+    let (wrong, allocs, frees) = heap_calls(|| run(&mut router, &mut out, &mut batch, 100));
     assert_eq!(wrong, 0, "every datagram forwarded byte for byte");
     assert_eq!(allocs, 0, "allocations while relaying 10,000 datagrams");
     assert_eq!(frees, 0, "deallocations while relaying 10,000 datagrams");
@@ -179,8 +179,8 @@ fn the_counter_sees_allocations() {
     // Inside the library: a new registration stores the name (and more) on the heap.
     let (_shared, mut router, mut out) = two_peers();
     out.clear();
-    let reg = br#"{"type":"register","name":"Carol"}"#;
-    let ((), allocs, _) = heap_calls(|| router.handle(reg, addr(3), at(1), &mut out));
+    let mut reg = br#"{"type":"register","name":"Carol"}"#.to_vec();
+    let ((), allocs, _) = heap_calls(|| router.handle(&mut reg, addr(3), at(1), &mut out));
     assert!(!out.sends.is_empty());
     assert!(
         allocs > 0,
@@ -188,9 +188,9 @@ fn the_counter_sees_allocations() {
     );
 
     // The measured path itself: relaying into a fresh `Out` (no capacity yet) grows its buffers.
-    let batch = datagrams(1);
+    let mut batch = datagrams(1);
     let mut fresh = Out::default();
-    let (wrong, allocs, _) = heap_calls(|| run(&mut router, &mut fresh, &batch, 2));
+    let (wrong, allocs, _) = heap_calls(|| run(&mut router, &mut fresh, &mut batch, 2));
     assert_eq!(wrong, 0);
     assert!(allocs > 0, "relaying into an empty Out allocates");
 }

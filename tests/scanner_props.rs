@@ -67,11 +67,12 @@ impl Relay {
     /// Handles one datagram; returns the sends as (to, bytes).
     fn run(&mut self, d: &[u8], from: SocketAddr, ms: u64) -> Vec<(SocketAddr, Vec<u8>)> {
         self.out.clear();
-        self.router.handle(d, from, at(ms), &mut self.out);
+        let mut d = d.to_vec();
+        self.router.handle(&mut d, from, at(ms), &mut self.out);
         self.out
             .sends
             .iter()
-            .map(|s| (s.to, self.out.segments(s, d).concat()))
+            .map(|s| (s.to, self.out.segments(s, &d).concat()))
             .collect()
     }
 }

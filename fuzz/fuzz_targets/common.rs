@@ -29,7 +29,7 @@ pub fn router() -> &'static Mutex<(Router, Out)> {
         let mut out = Out::default();
         for (i, name) in ["a", "b"].iter().enumerate() {
             let d = format!(r#"{{"type":"register","name":"{name}"}}"#);
-            r.handle(d.as_bytes(), addr(i as u8), at(0), &mut out);
+            r.handle(&mut d.into_bytes(), addr(i as u8), at(0), &mut out);
         }
         out.clear();
         Mutex::new((r, out))

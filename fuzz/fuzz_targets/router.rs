@@ -14,7 +14,8 @@ fuzz_target!(|d: &[u8]| {
         let Some((&head, rest)) = line.split_first() else { continue };
         ms += u64::from(head >> 2) * 50;
         out.clear();
-        router.handle(rest, common::addr(head), common::at(ms), out);
-        common::check(out, rest);
+        let mut rest = rest.to_vec();
+        router.handle(&mut rest, common::addr(head), common::at(ms), out);
+        common::check(out, &rest);
     }
 });

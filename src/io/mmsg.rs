@@ -103,7 +103,7 @@ impl Backend for Mmsg {
                 if hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || len > w.max_datagram {
                     w.router.truncated(len, from, now, &mut out);
                 } else {
-                    let d = &bufs[i * stride..i * stride + len];
+                    let d = &mut bufs[i * stride..i * stride + len];
                     w.router.handle(d, from, now, &mut out);
                 }
             }

@@ -172,6 +172,15 @@ impl BufRing {
     }
 
     /// The first `len` bytes of buffer `bid`.
+    /// The first `len` bytes of buffer `bid`, for writing in place (a channel frame's field).
+    fn get_mut(&mut self, bid: u16, len: usize) -> &mut [u8] {
+        let bid = usize::from(bid % self.entries);
+        // SAFETY: as in `get`; `&mut self` makes this the only view of the buffers meanwhile.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.bufs.add(bid * self.buf_len), len.min(self.buf_len))
+        }
+    }
+
     fn get(&self, bid: u16, len: usize) -> &[u8] {
         let bid = usize::from(bid % self.entries);
         // SAFETY: within the buffers mapping; the kernel wrote `len` bytes there and will not
@@ -421,7 +430,9 @@ impl Backend for Uring {
                         if m.is_payload_truncated() || payload.len() > w.max_datagram {
                             w.router.truncated(payload.len(), from, now, &mut out);
                         } else {
-                            w.router.handle(payload, from, now, &mut out);
+                            let len = payload.len();
+                            let d = &mut bufs.get_mut(bid, start + len)[start..];
+                            w.router.handle(d, from, now, &mut out);
                         }
                     }
                     WAKE => {

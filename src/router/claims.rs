@@ -12,7 +12,7 @@ use crate::registry::{Claim, Proof, Session};
 use crate::wire::reply::{self, Presence};
 use crate::wire::{control, valid_name};
 
-use super::{Req, Router};
+use super::{Req, Router, channels};
 
 impl Router {
     /// `register` (`explicit`) or `keepalive`: both claim the name; they differ in the reply.
@@ -58,7 +58,7 @@ impl Router {
             .registry
             .claim(&r.name, from, proof, now.ms, s.max_peers);
         let session = match claim {
-            Claim::Joined(s) | Claim::Refreshed(s) | Claim::Moved(s) => s,
+            Claim::Joined(s) | Claim::Replaced(s) | Claim::Refreshed(s) | Claim::Moved(s) => s,
             Claim::InUse => return Err(Reason::NameInUse),
             Claim::Full => return Err(Reason::RegistryFull),
             Claim::AddressFull => return Err(Reason::AddressFull),
@@ -68,6 +68,9 @@ impl Router {
         req.authed = matches!(proof, Proof::Key(..))
             || (matches!(claim, Claim::Refreshed(_)) && token == Some(session));
         debug!(%from, name = %r.name, ?claim, explicit, "claim");
+        if let Some(ev) = claim.event(&r.name, from) {
+            channels::react(&self.shared, ev, now, out);
+        }
         let start = out.buf.len();
         if explicit {
             reply::register_ack(&mut out.buf, from, now.unix, &r.name, &session.to_hex());
@@ -89,7 +92,7 @@ impl Router {
         // at most once per keepalive interval, or repeating `register` would make the relay
         // broadcast at the sender's will.
         let announce = match claim {
-            Claim::Joined(_) => true,
+            Claim::Joined(_) | Claim::Replaced(_) => true,
             Claim::Refreshed(_) if explicit => {
                 let every = self.shared.settings.keepalive_ms;
                 self.shared

@@ -7,7 +7,7 @@
 //! This file admits a datagram, tells its family, dispatches it by message group and answers
 //! refusals; each group is a file of its own: `relay` (the JSON hot path), `claims`
 //! (`register`, `keepalive`, signed), `queries` (`ping`, `watch`, `lookup`, `unregister`,
-//! `connect`).
+//! `connect`), `channels` (`bind`, `unbind` and the frames).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +27,7 @@ use crate::wire::reply;
 use crate::wire::scan::{self, ScanError};
 use crate::wire::{Family, classify, control};
 
+pub(crate) mod channels;
 mod claims;
 mod queries;
 mod relay;
@@ -54,6 +55,9 @@ const RELAY_TYPES: &[&str] = &[
     "peer_info",
     "introduce",
     "challenge",
+    "bind_ack",
+    "channel_bound",
+    "channel_closed",
 ];
 
 /// Who may be sent an error reply.
@@ -102,13 +106,14 @@ impl Router {
     }
 
     /// Decides what to do with datagram `d` from `from`, appending sends to `out`.
-    pub fn handle(&mut self, d: &[u8], from: SocketAddr, now: Now, out: &mut Out) {
+    /// A channel frame is rewritten in place and sent on from `d` itself.
+    pub fn handle(&mut self, d: &mut [u8], from: SocketAddr, now: Now, out: &mut Out) {
         self.run(d, d.len(), from, now, out);
     }
 
     /// A datagram that did not fit the receive buffer: `len` bytes were received of it.
     pub fn truncated(&mut self, len: usize, from: SocketAddr, now: Now, out: &mut Out) {
-        self.run(&[], len, from, now, out);
+        self.run(&mut [], len, from, now, out);
     }
 
     /// A native IPv6 datagram whose source is an IPv4-mapped address: counted and refused
@@ -119,7 +124,7 @@ impl Router {
         self.counters.refuse(Reason::MappedSource);
     }
 
-    fn run(&mut self, d: &[u8], len: usize, from: SocketAddr, now: Now, out: &mut Out) {
+    fn run(&mut self, d: &mut [u8], len: usize, from: SocketAddr, now: Now, out: &mut Out) {
         Counters::add(&self.counters.received, 1);
         Counters::add(&self.counters.received_bytes, len as u64);
         let mut req = Req {
@@ -139,7 +144,8 @@ impl Router {
             } else {
                 match classify(d) {
                     Family::Json => self.json(d, &mut req, out),
-                    Family::Stun | Family::Channel => self.refuse(Reason::Unsupported, &req),
+                    Family::Channel => self.frame(d, &req, out),
+                    Family::Stun => self.refuse(Reason::Unsupported, &req),
                     Family::Unknown => self.refuse(Reason::UnknownFamily, &req),
                 }
             }
@@ -237,6 +243,8 @@ impl Router {
             "lookup" => self.lookup(d, req, out),
             "unregister" => self.unregister(d, req, out),
             "connect" => self.connect(d, req, out),
+            "bind" => self.bind(d, req, out),
+            "unbind" => self.unbind(d, req, out),
             t if RELAY_TYPES.contains(&t) => return self.refuse(Reason::RelayMessage, req),
             _ => Err(Reason::UnknownType),
         };

@@ -10,7 +10,7 @@ use crate::registry::{Name, Session};
 use crate::wire::reply::{self, Presence};
 use crate::wire::{control, valid_name};
 
-use super::{Req, Router};
+use super::{Req, Router, channels};
 
 impl Router {
     pub(super) fn ping(&mut self, d: &[u8], req: &mut Req, out: &mut Out) -> Result<(), Reason> {
@@ -98,6 +98,7 @@ impl Router {
             .unregister(&name, req.from, token, req.now.ms)
             .ok_or(Reason::NotRegistered)?;
         debug!(from = %req.from, name = %gone.name, "unregistered");
+        channels::react(&self.shared, gone.event(), req.now, out);
         presence::announce(
             &self.shared,
             out,

@@ -36,8 +36,9 @@ impl Harness {
     /// Handles `d` from `from` at `ms`; returns the sends as (to, bytes).
     pub fn run(&mut self, d: &[u8], from: SocketAddr, ms: u64) -> Vec<(SocketAddr, Vec<u8>)> {
         self.out.clear();
-        self.router.handle(d, from, at(ms), &mut self.out);
-        collect(&self.out, d)
+        let mut d = d.to_vec();
+        self.router.handle(&mut d, from, at(ms), &mut self.out);
+        collect(&self.out, &d)
     }
 
     /// Like [`Harness::run`] with JSON parsed.
@@ -268,6 +269,89 @@ fn families_other_than_json_are_counted() {
     let mut h = Harness::new(Settings::default());
     assert!(h.run(b"", addr(1), 0).is_empty());
     assert!(h.run(&[0xD1, 0, 0, 0, 0, 1, 9], addr(1), 0).is_empty());
+    assert!(h.run(&[0xD1, 0, 0], addr(1), 0).is_empty());
+    assert!(h.run(&[0xD1, 1, 0, 0, 0, 1, 9], addr(1), 0).is_empty());
     assert_eq!(h.refused(Reason::UnknownFamily), 1);
-    assert_eq!(h.refused(Reason::Unsupported), 1);
+    assert_eq!(h.refused(Reason::ChannelGone), 1);
+    assert_eq!(h.refused(Reason::FrameShort), 1);
+    assert_eq!(h.refused(Reason::FrameFlags), 1);
+}
+
+/// Registers `name` at `from` and shows its session back, so that the registration is trusted.
+fn prove(h: &mut Harness, name: &str, from: SocketAddr, ms: u64) -> String {
+    register(h, name, from, ms);
+    let session = h.session(name, from);
+    h.json(
+        json!({"type": "ping", "name": name, "session": session}),
+        from,
+        ms,
+    );
+    session
+}
+
+#[test]
+fn channel_frames_are_rewritten_in_place_and_sent_from_the_input() {
+    let mut h = Harness::new(Settings::default());
+    let (a, b) = (addr(1), addr(2));
+    let sa = prove(&mut h, "A", a, 0);
+    prove(&mut h, "B", b, 0);
+    let r = h.json(json!({"type": "bind", "target": "B", "session": sa}), a, 1);
+    assert_eq!(r.len(), 2, "{r:?}");
+    assert_eq!((r[0].0, &r[0].1["type"]), (a, &json!("bind_ack")));
+    assert_eq!((r[1].0, &r[1].1["type"]), (b, &json!("channel_bound")));
+    assert_eq!(r[1].1["peer_name"], "A");
+    let (ca, cb) = (
+        r[0].1["channel"].as_u64().unwrap() as u32,
+        r[1].1["channel"].as_u64().unwrap() as u32,
+    );
+    let mut f = Vec::new();
+    crate::wire::frame::write(&mut f, ca, b"\x00secret\xff");
+    h.out.clear();
+    let mut d = f.clone();
+    h.router.handle(&mut d, a, at(2), &mut h.out);
+    let [s] = h.out.sends.as_slice() else {
+        panic!("{:?}", h.out.sends)
+    };
+    // One segment: the whole received buffer, its channel field now B's number.
+    assert!(matches!(s.segs[0], crate::out::Seg::Input(ref r) if *r == (0..f.len())));
+    assert_eq!((s.nsegs, s.to), (1, b));
+    let mut want = f.clone();
+    want[2..6].copy_from_slice(&cb.to_be_bytes());
+    assert_eq!(d, want);
+    // From anywhere else, under the other side's number, or gone: dropped.
+    assert!(h.run(&f, addr(3), 3).is_empty());
+    assert_eq!(h.refused(Reason::ChannelWrongSource), 1);
+    let r = h.run(&want, b, 3);
+    assert_eq!(
+        r,
+        vec![(a, f.clone())],
+        "B's frames come to A under A's number"
+    );
+    let r = h.json(
+        json!({"type": "unbind", "channel": ca, "session": sa}),
+        a,
+        4,
+    );
+    assert_eq!(r[0], (a, json!({"type": "channel_closed", "channel": ca})));
+    assert_eq!(r[1], (b, json!({"type": "channel_closed", "channel": cb})));
+    assert!(h.run(&f, a, 5).is_empty());
+    assert_eq!(h.refused(Reason::ChannelGone), 1);
+}
+
+#[test]
+fn bind_is_authenticated_and_to_a_trusted_peer() {
+    let mut h = Harness::new(Settings::default());
+    let (a, b) = (addr(1), addr(2));
+    let sa = prove(&mut h, "A", a, 0);
+    register(&mut h, "B", b, 0);
+    let r = h.json(json!({"type": "bind", "target": "B"}), a, 1);
+    assert_eq!(r[0].1["code"], "session_required");
+    let r = h.json(json!({"type": "bind", "target": "B", "session": sa}), a, 1);
+    assert_eq!(
+        r[0].1["code"], "unknown_target",
+        "B never showed its session"
+    );
+    assert_eq!(h.refused(Reason::UntrustedPeer), 1);
+    let r = h.json(json!({"type": "bind", "target": "A", "session": sa}), a, 1);
+    assert_eq!(r[0].1["code"], "bad_request", "not to itself");
 }

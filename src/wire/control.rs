@@ -72,6 +72,28 @@ pub struct Connect {
     pub session: Option<String>,
 }
 
+/// `bind`: ask for a channel to `target` (Part 4).
+#[derive(Debug, Deserialize)]
+pub struct Bind {
+    /// The peer at the other end.
+    pub target: String,
+    /// Which of the sender's names binds, when several share its address.
+    pub name: Option<String>,
+    /// That name's session: required.
+    pub session: Option<String>,
+}
+
+/// `unbind`: end a channel (Part 4).
+#[derive(Debug, Deserialize)]
+pub struct Unbind {
+    /// The sender's number of the channel.
+    pub channel: u32,
+    /// Which of the sender's names holds it, when several share its address.
+    pub name: Option<String>,
+    /// That name's session: required.
+    pub session: Option<String>,
+}
+
 /// Parses a control message from a scratch copy of the datagram (simd-json parses in place);
 /// a refusal says why, so that it is counted under the right reason.
 pub fn parse<'de, T: Deserialize<'de>>(scratch: &'de mut [u8]) -> Result<T, Reason> {

@@ -1,6 +1,7 @@
 //! The wire format: datagram families, the JSON header scanner, control messages and replies.
 
 pub mod control;
+pub mod frame;
 pub mod reply;
 pub mod scan;
 
@@ -27,7 +28,7 @@ const STUN_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
 pub fn classify(d: &[u8]) -> Family {
     match d.first() {
         Some(0x00 | 0x01) if d.len() >= 20 && d[4..8] == STUN_COOKIE => Family::Stun,
-        Some(0xD1) => Family::Channel,
+        Some(&frame::MARK) => Family::Channel,
         Some(_) => {
             let first = d
                 .iter()

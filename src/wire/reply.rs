@@ -264,6 +264,25 @@ pub fn introduce(buf: &mut Vec<u8>, name: &str, addr: SocketAddr) {
     buf.push(b'}');
 }
 
+/// `bind_ack`: the channel number the binder sends its frames to `target` under.
+pub fn bind_ack(buf: &mut Vec<u8>, target: &str, channel: u32) {
+    buf.extend_from_slice(br#"{"type":"bind_ack","target":"#);
+    json_str(buf, target);
+    let _ = write!(buf, r#","channel":{channel}}}"#);
+}
+
+/// `channel_bound`: `peer` bound a channel to the recipient, who uses `channel` for it.
+pub fn channel_bound(buf: &mut Vec<u8>, peer: &str, channel: u32) {
+    buf.extend_from_slice(br#"{"type":"channel_bound","peer_name":"#);
+    json_str(buf, peer);
+    let _ = write!(buf, r#","channel":{channel}}}"#);
+}
+
+/// `channel_closed`: the recipient's channel `channel` is gone.
+pub fn channel_closed(buf: &mut Vec<u8>, channel: u32) {
+    let _ = write!(buf, r#"{{"type":"channel_closed","channel":{channel}}}"#);
+}
+
 /// `error`, never longer than `limit` bytes: the message text is dropped if it does not fit,
 /// and nothing is written (false returned) if even that does not fit.
 pub fn error(buf: &mut Vec<u8>, code: ErrorCode, message: &str, limit: usize) -> bool {

@@ -1,0 +1,398 @@
+//! The channel table (Part 4), shared by every worker: each bound pair is two halves, one per
+//! direction, found by the number their owner sends frames under.
+//!
+//! A frame is routed by its number alone, without the name registry: the half holds its owner's
+//! address (the only one its frames are accepted from), where the frame goes and the number the
+//! other side knows the channel by. Every change (bind, unbind, a registry event) is made under
+//! one lock, so the halves of a pair and the per-name index never disagree; frames only read.
+//! Numbers are random, non-zero and never reused while bound. Pairs are bounded per peer, per
+//! host and in all.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+
+use dashmap::DashMap;
+
+use crate::budget::host_key;
+use crate::config::Settings;
+use crate::registry::{Event, Name};
+
+/// A frame refreshes its sender's registration at most this often (tenths of a second), so that
+/// the hot path touches the name registry about once a second per channel.
+const TOUCH_EVERY_DS: u32 = 10;
+
+/// One direction of a bound pair.
+struct Half {
+    /// The owner's name and the only address its frames are accepted from.
+    owner: Name,
+    from: SocketAddr,
+    /// The other side's name, where the frames go, and its number for the channel.
+    peer: Name,
+    to: SocketAddr,
+    peer_number: u32,
+    /// When a frame last refreshed the owner (tenths of a second since start).
+    touched_ds: AtomicU32,
+}
+
+/// Where a frame goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The recipient's address.
+    pub to: SocketAddr,
+    /// The number the recipient knows the channel by (written into the frame).
+    pub number: u32,
+    /// The sender's name, when this frame should keep it live in the registry.
+    pub touch: Option<Name>,
+}
+
+/// Why a frame is not routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    /// No channel has that number.
+    Gone,
+    /// The channel is not this address's.
+    WrongSource,
+}
+
+/// Why a `bind` is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// One of the two peers, or its host, holds as many channels as it may; or the relay does.
+    Limit,
+}
+
+/// A pair bound: the binder's number and the other side's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound {
+    /// The number the binder sends under.
+    pub mine: u32,
+    /// The number the other side sends under.
+    pub theirs: u32,
+    /// Whether the pair is new (the other side has not been told yet).
+    pub new: bool,
+}
+
+/// A channel end to tell that it is closed: its owner's name and address, and its number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closed {
+    /// The name that held this end.
+    pub name: Name,
+    /// Its address.
+    pub to: SocketAddr,
+    /// Its number for the channel.
+    pub number: u32,
+}
+
+#[derive(Default)]
+struct Index {
+    /// The numbers each name sends under.
+    by_name: HashMap<Name, Vec<u32>>,
+    /// Channel ends held per host.
+    per_host: HashMap<[u8; 9], usize>,
+    /// Pairs bound.
+    pairs: usize,
+}
+
+/// Every bound channel.
+pub struct Channels {
+    halves: DashMap<u32, Half>,
+    index: Mutex<Index>,
+    max_per_peer: usize,
+    max_per_host: usize,
+    max_total: usize,
+}
+
+impl Channels {
+    /// An empty table with the bounds `s` configures.
+    pub fn new(s: &Settings) -> Channels {
+        Channels {
+            halves: DashMap::new(),
+            index: Mutex::default(),
+            max_per_peer: s.max_channels,
+            max_per_host: s.max_channels_per_host,
+            max_total: s.max_channels_total,
+        }
+    }
+
+    /// Pairs bound now.
+    pub fn len(&self) -> usize {
+        self.lock().pairs
+    }
+
+    /// Whether no pair is bound.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Routes a frame sent under `number` from `from` at `now_ms`: the hot path.
+    pub fn route(&self, number: u32, from: SocketAddr, now_ms: u64) -> Result<Route, Miss> {
+        let h = self.halves.get(&number).ok_or(Miss::Gone)?;
+        if h.from != from {
+            return Err(Miss::WrongSource);
+        }
+        let now_ds = (now_ms / 100) as u32;
+        let last = h.touched_ds.load(Relaxed);
+        let touch = (now_ds.wrapping_sub(last) >= TOUCH_EVERY_DS).then(|| {
+            h.touched_ds.store(now_ds, Relaxed);
+            h.owner.clone()
+        });
+        Ok(Route {
+            to: h.to,
+            number: h.peer_number,
+            touch,
+        })
+    }
+
+    /// Binds `me` (at `my_addr`) to `peer` (at `peer_addr`), or returns the pair's numbers if
+    /// they are bound already.
+    pub fn bind(
+        &self,
+        me: &Name,
+        my_addr: SocketAddr,
+        peer: &Name,
+        peer_addr: SocketAddr,
+    ) -> Result<Bound, Full> {
+        let mut ix = self.lock();
+        if let Some(&mine) = ix.by_name.get(me).and_then(|ns| {
+            ns.iter()
+                .find(|n| self.halves.get(n).is_some_and(|h| h.peer == *peer))
+        }) {
+            let theirs = self.halves.get(&mine).map_or(0, |h| h.peer_number);
+            return Ok(Bound {
+                mine,
+                theirs,
+                new: false,
+            });
+        }
+        let held = |ix: &Index, n: &Name| ix.by_name.get(n).map_or(0, Vec::len);
+        let on_host =
+            |ix: &Index, a: SocketAddr| ix.per_host.get(&host_key(a.ip())).copied().unwrap_or(0);
+        let same_host = host_key(my_addr.ip()) == host_key(peer_addr.ip());
+        let host_need = if same_host { 2 } else { 1 };
+        if ix.pairs >= self.max_total
+            || held(&ix, me) >= self.max_per_peer
+            || held(&ix, peer) >= self.max_per_peer
+            || on_host(&ix, my_addr) + host_need > self.max_per_host
+            || on_host(&ix, peer_addr) + host_need > self.max_per_host
+        {
+            return Err(Full::Limit);
+        }
+        let mine = self.fresh_number();
+        let theirs = loop {
+            let n = self.fresh_number();
+            if n != mine {
+                break n;
+            }
+        };
+        let half = |owner: &Name, from, peer: &Name, to, peer_number| Half {
+            owner: owner.clone(),
+            from,
+            peer: peer.clone(),
+            to,
+            peer_number,
+            touched_ds: AtomicU32::new(0),
+        };
+        self.halves
+            .insert(mine, half(me, my_addr, peer, peer_addr, theirs));
+        self.halves
+            .insert(theirs, half(peer, peer_addr, me, my_addr, mine));
+        ix.by_name.entry(me.clone()).or_default().push(mine);
+        ix.by_name.entry(peer.clone()).or_default().push(theirs);
+        *ix.per_host.entry(host_key(my_addr.ip())).or_default() += 1;
+        *ix.per_host.entry(host_key(peer_addr.ip())).or_default() += 1;
+        ix.pairs += 1;
+        Ok(Bound {
+            mine,
+            theirs,
+            new: true,
+        })
+    }
+
+    /// A random non-zero number no bound half has. Called under the index lock, which every
+    /// insertion holds, so the number stays free until it is inserted.
+    fn fresh_number(&self) -> u32 {
+        loop {
+            let n: u32 = rand::random();
+            if n != 0 && !self.halves.contains_key(&n) {
+                return n;
+            }
+        }
+    }
+
+    /// Ends the channel `me` sends under `number`; the other end, to be told, if it was `me`'s.
+    pub fn unbind(&self, me: &str, number: u32) -> Option<Closed> {
+        let mut ix = self.lock();
+        if self.halves.get(&number).is_none_or(|h| &*h.owner != me) {
+            return None;
+        }
+        self.remove_pair(&mut ix, number)
+    }
+
+    /// Removes the pair of half `number`, returning the other end.
+    fn remove_pair(&self, ix: &mut Index, number: u32) -> Option<Closed> {
+        let (_, mine) = self.halves.remove(&number)?;
+        let other = self.halves.remove(&mine.peer_number).map(|(_, h)| h);
+        let mut forget = |name: &Name, n: u32, addr: SocketAddr| {
+            if let Some(ns) = ix.by_name.get_mut(name) {
+                ns.retain(|&x| x != n);
+                if ns.is_empty() {
+                    ix.by_name.remove(name);
+                }
+            }
+            let key = host_key(addr.ip());
+            if let Some(c) = ix.per_host.get_mut(&key) {
+                *c -= 1;
+                if *c == 0 {
+                    ix.per_host.remove(&key);
+                }
+            }
+        };
+        forget(&mine.owner, number, mine.from);
+        let other = other.map(|o| {
+            forget(&o.owner, mine.peer_number, o.from);
+            Closed {
+                name: o.owner,
+                to: o.from,
+                number: mine.peer_number,
+            }
+        });
+        ix.pairs -= 1;
+        other
+    }
+
+    /// Applies what the registry did: a name gone or taken by someone else ends its channels
+    /// (their other ends returned, to be told); a moved name takes its channels along.
+    pub fn on_event(&self, ev: Event<'_>) -> Vec<Closed> {
+        let mut ix = self.lock();
+        let (name, moved_to) = match ev {
+            Event::Joined(_) => return Vec::new(),
+            Event::Replaced(n) | Event::Removed(n) => (n, None),
+            Event::Moved(n, to) => (n, Some(to)),
+        };
+        let Some(numbers) = ix.by_name.get(name).cloned() else {
+            return Vec::new();
+        };
+        let Some(to) = moved_to else {
+            return numbers
+                .into_iter()
+                .filter_map(|n| self.remove_pair(&mut ix, n))
+                .collect();
+        };
+        for n in numbers {
+            let Some(mut h) = self.halves.get_mut(&n) else {
+                continue;
+            };
+            let (old, peer) = (h.from, h.peer_number);
+            h.from = to;
+            drop(h);
+            if let Some(mut p) = self.halves.get_mut(&peer) {
+                p.to = to;
+            }
+            for (addr, delta) in [(old, -1isize), (to, 1)] {
+                let c = ix.per_host.entry(host_key(addr.ip())).or_default();
+                *c = c.saturating_add_signed(delta);
+            }
+        }
+        ix.per_host.retain(|_, c| *c > 0);
+        Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(max: usize) -> Channels {
+        Channels::new(&Settings {
+            max_channels: max,
+            max_channels_per_host: 5,
+            max_channels_total: 4,
+            ..Settings::default()
+        })
+    }
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_pair_routes_both_ways_from_its_owners_only() {
+        let t = table(8);
+        let (alice, bob) = (Name::from("alice"), Name::from("bob"));
+        let (aa, ba) = (a("192.0.2.1:1"), a("198.51.100.2:2"));
+        let b = t.bind(&alice, aa, &bob, ba).unwrap();
+        assert!(b.new && b.mine != 0 && b.theirs != 0 && b.mine != b.theirs);
+        let again = t.bind(&bob, ba, &alice, aa).unwrap();
+        assert_eq!(
+            (again.mine, again.theirs, again.new),
+            (b.theirs, b.mine, false)
+        );
+        let r = t.route(b.mine, aa, 5000).unwrap();
+        assert_eq!((r.to, r.number), (ba, b.theirs));
+        assert_eq!(r.touch.as_deref(), Some("alice"));
+        assert_eq!(
+            t.route(b.mine, aa, 5050).unwrap().touch,
+            None,
+            "a second apart"
+        );
+        assert_eq!(t.route(b.theirs, ba, 0).unwrap().to, aa);
+        assert_eq!(t.route(b.mine, ba, 0), Err(Miss::WrongSource));
+        assert_eq!(t.route(b.mine ^ 1, aa, 0), Err(Miss::Gone));
+        // Bob moves: his channel follows, both ways.
+        let moved = a("203.0.113.9:9");
+        assert!(t.on_event(Event::Moved("bob", moved)).is_empty());
+        assert_eq!(t.route(b.mine, aa, 0).unwrap().to, moved);
+        assert_eq!(t.route(b.theirs, ba, 0), Err(Miss::WrongSource));
+        assert_eq!(t.route(b.theirs, moved, 0).unwrap().to, aa);
+        // Only the owner unbinds; the other end is told.
+        assert_eq!(t.unbind("bob", b.mine), None);
+        let closed = t.unbind("alice", b.mine).unwrap();
+        assert_eq!((closed.to, closed.number), (moved, b.theirs));
+        assert_eq!(t.route(b.theirs, moved, 0), Err(Miss::Gone));
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn channels_end_with_either_peer_and_are_bounded() {
+        let t = table(2);
+        let n = |s: &str| Name::from(s);
+        let host = |i: u8| a(&format!("192.0.2.{i}:1"));
+        t.bind(&n("a"), host(1), &n("b"), host(2)).unwrap();
+        t.bind(&n("a"), host(1), &n("c"), host(3)).unwrap();
+        assert_eq!(
+            t.bind(&n("a"), host(1), &n("d"), host(4)),
+            Err(Full::Limit),
+            "two per peer"
+        );
+        t.bind(&n("b"), host(2), &n("c"), host(3)).unwrap();
+        let closed = t.on_event(Event::Removed("a"));
+        let mut told: Vec<&str> = closed.iter().map(|c| &*c.name).collect();
+        told.sort_unstable();
+        assert_eq!(told, ["b", "c"]);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.on_event(Event::Replaced("c")).len(), 1);
+        assert!(t.is_empty());
+        // Per host: five ends on one host.
+        let same = |p: u16| a(&format!("192.0.2.9:{p}"));
+        t.bind(&n("p1"), same(1), &n("p2"), same(2)).unwrap();
+        t.bind(&n("p3"), same(3), &n("p4"), same(4)).unwrap();
+        assert_eq!(
+            t.bind(&n("p5"), same(5), &n("p6"), same(6)),
+            Err(Full::Limit)
+        );
+        // In all: four pairs.
+        t.bind(&n("x1"), host(11), &n("x2"), host(12)).unwrap();
+        t.bind(&n("x3"), host(13), &n("x4"), host(14)).unwrap();
+        assert_eq!(
+            t.bind(&n("x5"), host(15), &n("x6"), host(16)),
+            Err(Full::Limit)
+        );
+        assert_eq!(t.len(), 4);
+    }
+}
