@@ -6,10 +6,11 @@
 //! starts with a small credit and earns what it sends in, never anything by the clock. Over any
 //! flood forged in a victim's name, the victim's network gets at most what was sent in its name
 //! beyond the prefix's credit. Announcements are paid by the host whose datagram caused them (it
-//! earns twice what it sends, beyond a fixed allowance) and are capped per recipient by a rate;
-//! those an unauthenticated datagram causes to its own /24 (/56) are paid by that prefix's reply
-//! budget as well, since whoever forges a neighbour's address forges in the victim network's
-//! name. Forwards are paid by their sender's own admission limits ([`crate::ratelimit`]).
+//! earns twice what it sends, beyond a fixed allowance) and are capped per recipient by a rate.
+//! News an unauthenticated datagram causes is not told to trusted peers of its own /24 (/56) at
+//! all: whoever forges a neighbour's address forges in that network's name. It is told when the
+//! registration proves itself (see [`crate::presence::announce_to_neighbours`]). Forwards are
+//! paid by their sender's own admission limits ([`crate::ratelimit`]).
 //!
 //! Every table is a fixed array of atomics indexed by a keyed hash: memory is bounded whatever
 //! the input, and state is never reset (a name going away changes nothing). Keys that share a
@@ -20,7 +21,7 @@ use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 use crate::config::Settings;
 use crate::metrics::Counters;
@@ -216,11 +217,6 @@ pub struct Budgets {
     registrations: Clocked,
     /// Trusted recipients an announcement was withheld from: each gets one `peer_list` later.
     owed: Mutex<HashSet<SocketAddr>>,
-    /// Trusted recipients an announcement from their own prefix was withheld from, which it could
-    /// not pay: each gets one `peer_list` in answer to its next authenticated request, which pays.
-    asked: Mutex<HashSet<SocketAddr>>,
-    /// Whether `asked` may hold anyone (so that most requests skip its lock).
-    any_asked: AtomicBool,
 }
 
 /// What a settled send cost, for the counters.
@@ -230,8 +226,6 @@ enum Verdict {
     Withheld,
     /// Withheld, and the recipient is owed a `peer_list` for it.
     Owed,
-    /// Withheld, and the recipient gets a `peer_list` when it next asks.
-    Asked,
 }
 
 impl Budgets {
@@ -257,8 +251,6 @@ impl Budgets {
             presence: Clocked::new(LIMIT_SLOTS, s.presence_rate, PRESENCE_BURST_S),
             registrations: Clocked::new(LIMIT_SLOTS, s.registration_rate, REGISTRATION_BURST_S),
             owed: Mutex::default(),
-            asked: Mutex::default(),
-            any_asked: AtomicBool::new(false),
         }
     }
 
@@ -319,6 +311,12 @@ impl Budgets {
             (Kind::Reply, false) => self.spend_reply(to, n, 0),
             (Kind::Courtesy | Kind::Keepalive, false) => self.spend_reply(to, n, COURTESY_RESERVE),
             (Kind::Announce, trusted) => {
+                // Unproven news of a neighbour waits for its proof (it may be forged).
+                if trusted
+                    && matches!(cause, Cause::Unauthenticated(ip) if prefix(ip) == prefix(to))
+                {
+                    return Verdict::Withheld;
+                }
                 let key = cause.host().map(host_key);
                 // A payer that cannot pay gets nothing sent, now or later: owing a list for it
                 // would let anyone make the relay send lists at no cost.
@@ -327,18 +325,11 @@ impl Budgets {
                         return Verdict::Withheld;
                     }
                 }
-                let local = matches!(cause, Cause::Unauthenticated(ip) if prefix(ip) == prefix(to));
-                if (local || !trusted) && !self.spend_reply(to, n, RESERVE) {
+                if !trusted && !self.spend_reply(to, n, RESERVE) {
                     if let Some(k) = key {
                         self.fanout.refund(k, n);
                     }
-                    // A genuine neighbour's news is not lost, only delayed until the recipient
-                    // asks: its own authenticated request then pays for one list.
-                    return if trusted && local {
-                        Verdict::Asked
-                    } else {
-                        Verdict::Withheld
-                    };
+                    return Verdict::Withheld;
                 }
                 if !self.presence.take(s.to, len as u64, now_ms) {
                     // Paid, but the recipient hears too much: it gets one list later instead,
@@ -362,13 +353,23 @@ impl Budgets {
             return;
         }
         let mut i = 0;
-        let (mut owed, mut asked) = (Vec::new(), Vec::new());
+        let mut owed = Vec::new();
+        // A reply withheld makes the replies after it to the same address pointless (a
+        // `peer_list` without its `register_ack`): they are withheld too.
+        let mut cut = None;
         out.sends.retain(|s| {
             i += 1;
             if i <= start {
                 return true;
             }
-            let v = self.settle_one(s, s.wire_len(), cause, now_ms);
+            let v = if s.kind == Kind::Reply && cut == Some(s.to) {
+                Verdict::Withheld
+            } else {
+                self.settle_one(s, s.wire_len(), cause, now_ms)
+            };
+            if v != Verdict::Sent && s.kind == Kind::Reply {
+                cut = Some(s.to);
+            }
             if v != Verdict::Sent {
                 let counter = match s.kind {
                     Kind::Announce => &c.withheld_announcements,
@@ -377,34 +378,14 @@ impl Budgets {
                 };
                 Counters::add(counter, 1);
             }
-            match v {
-                Verdict::Owed => owed.push(s.to),
-                Verdict::Asked => asked.push(s.to),
-                Verdict::Sent | Verdict::Withheld => {}
+            if v == Verdict::Owed {
+                owed.push(s.to);
             }
             v == Verdict::Sent
         });
         if !owed.is_empty() {
             self.keep_owed(owed);
         }
-        if !asked.is_empty() {
-            insert_bounded(&self.asked, asked);
-            self.any_asked.store(true, Relaxed);
-        }
-    }
-
-    /// Whether `to`, whose authenticated request is being answered, is owed a `peer_list` for
-    /// news from its own prefix that could not be paid (and if so, it no longer is).
-    pub fn take_asked(&self, to: SocketAddr) -> bool {
-        if !self.any_asked.load(Relaxed) {
-            return false;
-        }
-        let mut set = self.asked.lock().unwrap_or_else(|e| e.into_inner());
-        let was = set.remove(&to);
-        if set.is_empty() {
-            self.any_asked.store(false, Relaxed);
-        }
-        was
     }
 
     /// Takes the recipients owed a coalesced `peer_list`.
@@ -414,17 +395,11 @@ impl Budgets {
 
     /// Puts back recipients whose list is not due yet.
     pub fn keep_owed(&self, keep: impl IntoIterator<Item = SocketAddr>) {
-        insert_bounded(&self.owed, keep);
-    }
-}
-
-/// Adds recipients to a set of those owed a list, up to [`OWED_MAX`]; beyond, they hear at
-/// their next change.
-fn insert_bounded(set: &Mutex<HashSet<SocketAddr>>, add: impl IntoIterator<Item = SocketAddr>) {
-    let mut set = set.lock().unwrap_or_else(|e| e.into_inner());
-    for to in add {
-        if set.len() < OWED_MAX {
-            set.insert(to);
+        let mut set = self.owed.lock().unwrap_or_else(|e| e.into_inner());
+        for to in keep {
+            if set.len() < OWED_MAX {
+                set.insert(to);
+            }
         }
     }
 }
@@ -478,42 +453,40 @@ mod tests {
     }
 
     #[test]
-    fn news_an_unauthenticated_neighbour_causes_is_paid_by_the_prefix() {
-        let s = Settings {
-            presence_rate: 0,
-            ..settings()
-        };
-        let b = Budgets::new(&s);
+    fn unproven_news_of_a_neighbour_waits_for_its_proof() {
+        let b = Budgets::new(&settings());
         let c = Counters::default();
         let victim: SocketAddr = "192.0.2.1:5".parse().unwrap();
         let neighbour: IpAddr = "192.0.2.2".parse().unwrap();
         let same_host: IpAddr = "192.0.2.1".parse().unwrap();
         let elsewhere: IpAddr = "198.51.100.1".parse().unwrap();
-        // The victim host's 2 KiB less the reserve pays 15 of them, whichever neighbour forged.
-        let paid = (0..40)
-            .filter(|i| {
-                let from = if i % 2 == 0 { neighbour } else { same_host };
-                announce(&b, victim, Cause::Unauthenticated(from), &c)
-            })
-            .count();
-        assert_eq!(paid, 15);
-        assert!(b.take_asked(victim), "it hears when it next asks");
-        assert!(!b.take_asked(victim), "once");
-        // Only what is sent from the victim's own host (forged or not) pays for more.
-        b.earn(neighbour, 100, false, false);
-        assert!(!announce(&b, victim, Cause::Unauthenticated(neighbour), &c));
-        b.earn(same_host, 100, false, false);
-        assert!(announce(&b, victim, Cause::Unauthenticated(neighbour), &c));
-        assert!(!announce(&b, victim, Cause::Unauthenticated(neighbour), &c));
-        // A neighbour that proved itself, or a host of another network, pays by its fan-out.
-        assert!(announce(&b, victim, Cause::Authenticated(neighbour), &c));
-        assert!(announce(&b, victim, Cause::Unauthenticated(elsewhere), &c));
-        // A withheld announcement leaves its payer's fan-out as it was: the neighbour paid for
-        // the ten sent (it earned twice the 100 bytes it sent).
-        assert_eq!(b.fanout.available(host_key(elsewhere)), 65_536 - 100);
+        for from in [neighbour, same_host] {
+            assert!(!announce(&b, victim, Cause::Unauthenticated(from), &c));
+        }
         assert_eq!(
             b.fanout.available(host_key(neighbour)),
-            65_536 - 10 * 100 + 200
+            65_536,
+            "nothing spent"
+        );
+        // Proven, or from another network, it is paid by the causing host's fan-out.
+        assert!(announce(&b, victim, Cause::Authenticated(neighbour), &c));
+        assert!(announce(&b, victim, Cause::Unauthenticated(elsewhere), &c));
+        assert_eq!(b.fanout.available(host_key(elsewhere)), 65_536 - 100);
+        // To an untrusted neighbour it is paid from the recipient's reply budget, as ever; a
+        // withheld one leaves the payer's fan-out as it was.
+        let mut paid = 0;
+        let mut out = Out::default();
+        out.buf.extend_from_slice(&[b'x'; 100]);
+        for _ in 0..40 {
+            out.sends.clear();
+            out.send_range(victim, 0..100, Kind::Announce, false);
+            b.settle(&mut out, 0, Cause::Unauthenticated(neighbour), 0, &c);
+            paid += out.sends.len();
+        }
+        assert_eq!(paid, 15, "2 KiB less the reserve");
+        assert_eq!(
+            b.fanout.available(host_key(neighbour)),
+            65_536 - 100 - 15 * 100
         );
     }
 

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::clock::Now;
 use crate::out::{Kind, Out};
+use crate::ratelimit::prefix;
 use crate::registry::Live;
 use crate::shared::Shared;
 use crate::wire::reply::{self, Presence};
@@ -110,6 +111,33 @@ pub fn announce(
     at: SocketAddr,
     now: Now,
 ) {
+    announce_if(shared, out, kind, name, at, now, |_| true);
+}
+
+/// Tells the trusted peers of `at`'s own /24 (/56) who should hear it that `name` joined: news
+/// that waited until the registration proved itself, since until then it may have been forged
+/// by a neighbour (see [`crate::budget`]).
+pub fn announce_to_neighbours(
+    shared: &Shared,
+    out: &mut Out,
+    name: &str,
+    at: SocketAddr,
+    now: Now,
+) {
+    let home = prefix(at.ip());
+    let near = |p: &Live| p.trusted && prefix(p.addr.ip()) == home;
+    announce_if(shared, out, Presence::Joined, name, at, now, near);
+}
+
+fn announce_if(
+    shared: &Shared,
+    out: &mut Out,
+    kind: Presence,
+    name: &str,
+    at: SocketAddr,
+    now: Now,
+    keep: impl Fn(&Live) -> bool,
+) {
     // Small: everyone hears, and everyone is listed. Beyond announce_max only watchers hear
     // (most names have none, so ask that first) and the shared sample is listed.
     let (watchers, sample);
@@ -127,7 +155,7 @@ pub fn announce(
     let mut seen = HashSet::new();
     let to: Vec<&Live> = recipients
         .iter()
-        .filter(|p| &*p.name != name && p.addr != at && seen.insert(p.addr))
+        .filter(|p| &*p.name != name && p.addr != at && keep(p) && seen.insert(p.addr))
         .collect();
     if to.is_empty() {
         return;

@@ -65,18 +65,18 @@ pub fn sweep(
             if let Some(gone) = reg.reap(name, now.ms) {
                 tracing::debug!(name = %gone.name, addr = %gone.addr, "reaped");
                 done.reaped += 1;
-                // Paid by the host that held the name, as its datagrams caused the join (forged ones,
-                // for all the relay knows).
+                // Paid by the host that held the name, as its datagrams caused the join; news to
+                // its own network only if it ever proved itself there (else it may be forged).
                 let start = out.sends.len();
                 presence::announce(shared, out, Presence::Left, &gone.name, gone.addr, now);
                 channels::react(shared, gone.event(), now, out);
-                budgets.settle(
-                    out,
-                    start,
-                    Cause::Unauthenticated(gone.addr.ip()),
-                    now.ms,
-                    c,
-                );
+                let ip = gone.addr.ip();
+                let cause = if gone.proven {
+                    Cause::Authenticated(ip)
+                } else {
+                    Cause::Unauthenticated(ip)
+                };
+                budgets.settle(out, start, cause, now.ms, c);
                 check(out);
             }
         }

@@ -229,6 +229,11 @@ impl Entry {
         self.trusted_s.fetch_max(secs(now_ms) + 1, Relaxed);
     }
 
+    /// Whether the registration has ever shown its token (or a cookie) from its address.
+    fn proven(&self) -> bool {
+        self.trusted_s.load(Relaxed) != 0
+    }
+
     fn last_heard(&self) -> u64 {
         self.last_heard.load(Relaxed)
     }
@@ -327,6 +332,8 @@ pub struct Removed {
     pub name: Name,
     /// Its last address.
     pub addr: SocketAddr,
+    /// Whether it had ever proven itself there (so that its leaving is not forged news).
+    pub proven: bool,
 }
 
 /// What a change to the registry did to a name, reported to what keeps state per name
@@ -713,6 +720,13 @@ impl Registry {
         owed
     }
 
+    /// Whether `name` is registered at `addr` and has ever proven itself there.
+    pub fn proven_at(&self, name: &str, addr: SocketAddr) -> bool {
+        self.peers
+            .get(name)
+            .is_some_and(|e| e.addr == Packed::from(addr) && e.proven())
+    }
+
     /// The session of `name` if it is live at `addr`.
     pub fn session_at(&self, name: &str, addr: SocketAddr, now_ms: u64) -> Option<Session> {
         self.peers
@@ -737,6 +751,7 @@ impl Registry {
         Some(Removed {
             name: key,
             addr: old.addr.get(),
+            proven: old.proven(),
         })
     }
 

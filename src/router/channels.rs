@@ -45,7 +45,7 @@ impl Router {
     /// ever go to an address that asked for them.
     pub(super) fn bind(&mut self, d: &[u8], req: &mut Req, out: &mut Out) -> Result<(), Reason> {
         let b = self.parse::<control::Bind>(d)?;
-        let me = self.authenticate(b.name.as_deref(), b.session.as_deref(), req)?;
+        let me = self.authenticate(b.name.as_deref(), b.session.as_deref(), req, out)?;
         if !valid_name(&b.target) {
             return Err(Reason::InvalidName);
         }
@@ -79,7 +79,7 @@ impl Router {
     /// `unbind`: the sender's end is answered `channel_closed` too, as its acknowledgement.
     pub(super) fn unbind(&mut self, d: &[u8], req: &mut Req, out: &mut Out) -> Result<(), Reason> {
         let u = self.parse::<control::Unbind>(d)?;
-        let me = self.authenticate(u.name.as_deref(), u.session.as_deref(), req)?;
+        let me = self.authenticate(u.name.as_deref(), u.session.as_deref(), req, out)?;
         let other = self
             .shared
             .channels

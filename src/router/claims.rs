@@ -31,6 +31,7 @@ impl Router {
         let token = r.session.as_deref().and_then(Session::parse);
         let reg = &self.shared.registry;
         let held_here = reg.session_at(&r.name, from, now.ms).is_some();
+        let proven_before = reg.proven_at(&r.name, from);
         // A registration token is spent on a name new to this address (refreshes are free) and
         // on every signature to check (a challenge costs little, a signature check much more).
         let costs = match (&r.pubkey, &r.cookie) {
@@ -68,6 +69,9 @@ impl Router {
         req.authed = matches!(proof, Proof::Key(..))
             || (matches!(claim, Claim::Refreshed(_)) && token == Some(session));
         debug!(%from, name = %r.name, ?claim, explicit, "claim");
+        if req.authed && matches!(claim, Claim::Refreshed(_)) && !proven_before {
+            self.proven(&r.name, req, out);
+        }
         if let Some(ev) = claim.event(&r.name, from) {
             channels::react(&self.shared, ev, now, out);
         }

@@ -149,12 +149,6 @@ impl Router {
                     Family::Unknown => self.refuse(Reason::UnknownFamily, &req),
                 }
             }
-            // News from its own prefix it could not pay for is given when it next proves itself,
-            // ahead of the answer (so that the answer is a barrier for what came before).
-            if req.authed && self.shared.budgets.take_asked(from) {
-                presence::peer_list(&self.shared, out, from, now, Kind::Reply, true);
-                out.sends[start..].rotate_right(1);
-            }
             // What a datagram sends in pays for what it gets back (before it is settled).
             let forwarded = out.sends[start..].iter().any(|s| s.kind == Kind::Forward);
             self.shared
@@ -168,6 +162,12 @@ impl Router {
             Cause::Unauthenticated(from.ip())
         };
         b.settle(out, start, cause, now.ms, &self.counters);
+    }
+
+    /// A registration proved itself for the first time where it is: its join, unproven news
+    /// until now, is told to the trusted peers of its own network.
+    fn proven(&self, name: &str, req: &Req, out: &mut Out) {
+        presence::announce_to_neighbours(&self.shared, out, name, req.from, req.now);
     }
 
     fn refuse(&self, r: Reason, req: &Req) {
@@ -268,6 +268,7 @@ impl Router {
         named: Option<&str>,
         session: Option<&str>,
         req: &mut Req,
+        out: &mut Out,
     ) -> Result<Name, Reason> {
         let reg = &self.shared.registry;
         let token = session.and_then(Session::parse);
@@ -281,8 +282,12 @@ impl Router {
                 Err(_) => return Err(Reason::MissingField),
             },
         };
+        let first = !reg.proven_at(&name, req.from);
         if reg.authenticate(&name, req.from, token, req.now.ms) {
             req.authed = true;
+            if first {
+                self.proven(&name, req, out);
+            }
             Ok(name)
         } else if reg.session_at(&name, req.from, req.now.ms).is_none() {
             Err(Reason::NotRegistered)

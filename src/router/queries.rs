@@ -18,7 +18,7 @@ impl Router {
         if let Some(name) = &p.name {
             // A ping naming a name keeps it live; with its session it is authenticated.
             if self
-                .authenticate(Some(name), p.session.as_deref(), req)
+                .authenticate(Some(name), p.session.as_deref(), req, out)
                 .is_err()
             {
                 let reg = &self.shared.registry;
@@ -40,7 +40,7 @@ impl Router {
         add: bool,
     ) -> Result<(), Reason> {
         let w = self.parse::<control::Watch>(d)?;
-        let watcher = self.authenticate(w.name.as_deref(), w.session.as_deref(), req)?;
+        let watcher = self.authenticate(w.name.as_deref(), w.session.as_deref(), req, out)?;
         let max = self.shared.settings.max_watch;
         if !w.names.iter().all(|n| valid_name(n)) {
             return Err(Reason::InvalidName);
@@ -91,7 +91,7 @@ impl Router {
         out: &mut Out,
     ) -> Result<(), Reason> {
         let u = self.parse::<control::Unregister>(d)?;
-        let name = self.authenticate(Some(&u.name), u.session.as_deref(), req)?;
+        let name = self.authenticate(Some(&u.name), u.session.as_deref(), req, out)?;
         let token = u.session.as_deref().and_then(Session::parse);
         let reg = &self.shared.registry;
         let gone = reg
@@ -115,7 +115,7 @@ impl Router {
             return Err(Reason::Disabled);
         }
         let c = self.parse::<control::Connect>(d)?;
-        let me = self.authenticate(c.name.as_deref(), c.session.as_deref(), req)?;
+        let me = self.authenticate(c.name.as_deref(), c.session.as_deref(), req, out)?;
         let reg = &self.shared.registry;
         let (peer_addr, peer_trusted) = reg
             .target_of(&c.target, req.now.ms)

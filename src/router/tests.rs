@@ -12,8 +12,11 @@ pub(crate) struct Harness {
     pub out: Out,
 }
 
+/// Peer `i`'s address, each on a network of its own (as most peers are: neighbours' news waits
+/// for proof, see `crate::budget`).
 pub(crate) fn addr(i: u16) -> SocketAddr {
-    SocketAddr::from(([10, 0, 0, 1], 1000 + i))
+    let [hi, lo] = i.to_be_bytes();
+    SocketAddr::from(([10, hi, lo, 1], 1000 + i))
 }
 
 pub(crate) fn at(ms: u64) -> Now {
@@ -86,7 +89,7 @@ fn register_acks_lists_and_announces() {
     let r = register(&mut h, "Alice", addr(1), 5);
     assert_eq!(r[0].0, addr(1));
     assert_eq!(r[0].1["type"], "register_ack");
-    assert_eq!(r[0].1["your_address"], "10.0.0.1:1001");
+    assert_eq!(r[0].1["your_address"], "10.0.1.1:1001");
     assert_eq!(r[0].1["peer_name"], "Alice");
     assert_eq!(
         r[1].1,
@@ -254,11 +257,11 @@ fn connect_introduces_both_sides() {
         vec![
             (
                 addr(1),
-                json!({"type": "introduce", "peer_name": "B", "address": "10.0.0.1:1002"})
+                json!({"type": "introduce", "peer_name": "B", "address": "10.0.2.1:1002"})
             ),
             (
                 addr(2),
-                json!({"type": "introduce", "peer_name": "A", "address": "10.0.0.1:1001"})
+                json!({"type": "introduce", "peer_name": "A", "address": "10.0.1.1:1001"})
             ),
         ]
     );
@@ -354,4 +357,28 @@ fn bind_is_authenticated_and_to_a_trusted_peer() {
     assert_eq!(h.refused(Reason::UntrustedPeer), 1);
     let r = h.json(json!({"type": "bind", "target": "A", "session": sa}), a, 1);
     assert_eq!(r[0].1["code"], "bad_request", "not to itself");
+}
+
+#[test]
+fn news_of_a_neighbour_waits_until_it_proves_itself() {
+    let mut h = Harness::new(Settings::default());
+    let a: SocketAddr = "10.0.9.1:1".parse().unwrap();
+    let b: SocketAddr = "10.0.9.2:2".parse().unwrap();
+    let far = addr(3);
+    prove(&mut h, "A", a, 0);
+    prove(&mut h, "Far", far, 0);
+    // B's join, unproven, reaches the peer elsewhere but not its neighbour A (it may be forged).
+    let r = register(&mut h, "B", b, 1);
+    let told: Vec<SocketAddr> = r.iter().map(|(to, _)| *to).filter(|to| *to != b).collect();
+    assert_eq!(told, vec![far]);
+    // Its first proof tells A, and only A; later proofs tell nobody.
+    let session = h.session("B", b);
+    let ping = json!({"type": "ping", "name": "B", "session": session});
+    let r = h.json(ping.clone(), b, 2);
+    assert_eq!(r.len(), 2, "{r:?}");
+    assert_eq!(r[0].0, a);
+    assert_eq!(r[0].1["type"], "peer_joined");
+    assert_eq!(r[0].1["peer_name"], "B");
+    assert_eq!(r[1].1["type"], "pong");
+    assert_eq!(h.json(ping, b, 3).len(), 1);
 }

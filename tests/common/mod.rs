@@ -272,9 +272,14 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// A peer on 127.0.0.1 with a fresh port.
+    /// A peer on a loopback network of its own (127.16.0.0/12, one /24 each), as peers on the
+    /// internet are: peers of one network hear of each other's joins only once proven (Part 2),
+    /// which the tests of that case set up themselves with [`Peer::bind`].
     pub fn new(relay: &Relay) -> Peer {
-        Peer::bind(relay.addr, "127.0.0.1:0")
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (b, c) = (16 + (n >> 8) % 16, n % 256);
+        Peer::bind(relay.addr, &format!("127.{b}.{c}.1:0"))
     }
 
     /// A peer bound to `local`, talking to `relay`.
