@@ -370,10 +370,9 @@ fn one_forged_neighbour_a_round(t: &str, v6: bool) {
     let rounds = 20;
     let mut got = 0;
     for round in 0..rounds {
-        let neighbour = if v6 {
-            SocketAddr::new(format!("0:0:0:{:x}::1", round + 1).parse().unwrap(), 4000)
-        } else {
-            n_socks[round].local_addr().unwrap()
+        let neighbour = match n_socks.get(round) {
+            Some(s) => s.local_addr().unwrap(),
+            None => SocketAddr::new(format!("0:0:0:{:x}::1", round + 1).parse().unwrap(), 4000),
         };
         let before = r.metric("udp_relay_received_total");
         let m = json!({"type": "register", "name": format!("x{round}")});
