@@ -47,9 +47,9 @@ fn number(v: &Value) -> u32 {
 /// `a` binds a channel to `b` (both registered and proven): (a's number, b's number).
 fn bind(a: &Peer, b: &Peer, target: &str) -> (u32, u32) {
     a.send(a.authed(json!({"type": "bind", "target": target})));
-    let ack = expect(&a, "bind_ack");
+    let ack = expect(a, "bind_ack");
     assert_eq!(ack["target"], target);
-    let bound = expect(&b, "channel_bound");
+    let bound = expect(b, "channel_bound");
     assert_eq!(bound["peer_name"], a.authed(json!({}))["name"]);
     (number(&ack), number(&bound))
 }
