@@ -23,6 +23,10 @@ pub struct Counters {
     pub frames: AtomicU64,
     /// Bytes of channel frames forwarded.
     pub frame_bytes: AtomicU64,
+    /// STUN Binding requests answered with a success.
+    pub stun_answered: AtomicU64,
+    /// STUN Binding requests answered with a 420 (unknown attributes).
+    pub stun_unknown: AtomicU64,
     /// Datagrams sent (forwards, replies, announcements).
     pub sent: AtomicU64,
     /// Bytes sent.
@@ -129,6 +133,16 @@ impl Metrics {
             "frame_bytes_forwarded_total",
             "Bytes of channel frames forwarded.",
             self.sum(|c| &c.frame_bytes),
+        );
+        counter(
+            "stun_answered_total",
+            "STUN Binding requests answered (success).",
+            self.sum(|c| &c.stun_answered),
+        );
+        counter(
+            "stun_unknown_attributes_total",
+            "STUN Binding requests answered 420 (unknown comprehension-required attributes).",
+            self.sum(|c| &c.stun_unknown),
         );
         counter("sent_total", "Datagrams sent.", self.sum(|c| &c.sent));
         counter(

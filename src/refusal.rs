@@ -45,8 +45,6 @@ use ErrorCode::*;
 reasons! {
     UnknownFamily => "unknown_family", None, "",
         "First bytes match no datagram family.";
-    Unsupported => "unsupported_family", None, "",
-        "A STUN or channel datagram, not served yet.";
     MappedSource => "v4_mapped_source", None, "",
         "A native IPv6 datagram whose source is an IPv4-mapped address.";
     TooLarge => "too_large", Some(TooLarge), "datagram too large",
@@ -120,6 +118,12 @@ reasons! {
         "A channel frame under a number no channel has.";
     ChannelWrongSource => "channel_wrong_source", None, "",
         "A channel frame from an address other than its channel's owner's.";
+    StunMalformed => "stun_malformed", None, "",
+        "A STUN message whose lengths disagree, whose attributes overrun it, or whose FINGERPRINT is not last.";
+    StunFingerprint => "stun_bad_fingerprint", None, "",
+        "A STUN message whose FINGERPRINT does not match it.";
+    StunNotRequest => "stun_not_binding_request", None, "",
+        "A STUN indication, response, or method other than Binding.";
 }
 
 #[cfg(test)]

@@ -237,17 +237,31 @@ fn stun_binding_request() -> Vec<u8> {
     d
 }
 
+/// A STUN Binding success response: what a relay sends, never answered.
+fn stun_response() -> Vec<u8> {
+    let mut d = stun_binding_request();
+    d[0..2].copy_from_slice(&[0x01, 0x01]);
+    d
+}
+
 #[test]
 fn other_families_and_non_json_first_bytes() {
     let r = Relay::start(NO_ERROR_LIMIT);
     let stun = stun_binding_request();
     let mut no_cookie = stun.clone();
     no_cookie[4] = 0x22;
-    let mut stun_response = stun.clone();
-    stun_response[0..2].copy_from_slice(&[0x01, 0x01]);
+    let stun_response = stun_response();
     let mut stun_with_attr = stun.clone();
     stun_with_attr[2..4].copy_from_slice(&[0x00, 0x08]);
     stun_with_attr.extend_from_slice(&[0x80, 0x28, 0x00, 0x04, 0xde, 0xad, 0xbe, 0xef]);
+    let mut stun_indication = stun.clone();
+    stun_indication[0..2].copy_from_slice(&[0x00, 0x11]);
+    let mut stun_odd_length = stun.clone();
+    stun_odd_length[2..4].copy_from_slice(&[0x00, 0x02]);
+    stun_odd_length.extend_from_slice(&[0, 0]);
+    let mut stun_overrun = stun.clone();
+    stun_overrun[2..4].copy_from_slice(&[0x00, 0x08]);
+    stun_overrun.extend_from_slice(&[0x80, 0x22, 0x00, 0x10]);
     let mut bom = vec![0xEF, 0xBB, 0xBF];
     bom.extend_from_slice(br#"{"type":"ping"}"#);
     let mut tls = vec![0x16, 0xFE, 0xFD, 0x00, 0x00];
@@ -306,18 +320,31 @@ fn other_families_and_non_json_first_bytes() {
             no_cookie,
             "unknown_family",
         ),
-        // Part 3 says a Binding request is answered; this relay does not serve STUN yet (see
-        // `stun_binding_request_is_answered`), so it is refused as an unsupported family.
-        case("STUN Binding request", stun, "unsupported_family"),
+        // A well-formed Binding request is answered (tests/stun.rs); these are not.
         case(
-            "STUN Binding request with an attribute",
+            "STUN Binding request with a wrong FINGERPRINT",
             stun_with_attr,
-            "unsupported_family",
+            "stun_bad_fingerprint",
         ),
         case(
             "STUN Binding success response",
             stun_response,
-            "unsupported_family",
+            "stun_not_binding_request",
+        ),
+        case(
+            "STUN Binding indication",
+            stun_indication,
+            "stun_not_binding_request",
+        ),
+        case(
+            "STUN length not a multiple of four",
+            stun_odd_length,
+            "stun_malformed",
+        ),
+        case(
+            "STUN length beyond the datagram",
+            stun_overrun,
+            "stun_malformed",
         ),
         case(
             "channel frame for a channel nobody bound",
@@ -1166,7 +1193,7 @@ fn a_burst_of_every_kind_from_many_sources_leaves_the_relay_serving() {
     let kinds: Vec<Vec<u8>> = vec![
         b"".to_vec(),
         garbage(0xAB, 700),
-        stun_binding_request(),
+        stun_response(),
         vec![0xD1, 0, 0, 0, 0, 1, 2, 3],
         b"{".to_vec(),
         vec![b'{'; 2048],
@@ -1182,7 +1209,7 @@ fn a_burst_of_every_kind_from_many_sources_leaves_the_relay_serving() {
     ];
     let want = [
         ("unknown_family", 2),
-        ("unsupported_family", 1),
+        ("stun_not_binding_request", 1),
         ("channel_gone", 1),
         ("malformed_json", 2),
         ("not_utf8", 1),

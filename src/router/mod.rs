@@ -7,7 +7,7 @@
 //! This file admits a datagram, tells its family, dispatches it by message group and answers
 //! refusals; each group is a file of its own: `relay` (the JSON hot path), `claims`
 //! (`register`, `keepalive`, signed), `queries` (`ping`, `watch`, `lookup`, `unregister`,
-//! `connect`), `channels` (`bind`, `unbind` and the frames).
+//! `connect`), `channels` (`bind`, `unbind` and the frames), `stun` (Binding).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +31,7 @@ pub(crate) mod channels;
 mod claims;
 mod queries;
 mod relay;
+mod stun;
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -145,7 +146,7 @@ impl Router {
                 match classify(d) {
                     Family::Json => self.json(d, &mut req, out),
                     Family::Channel => self.frame(d, &req, out),
-                    Family::Stun => self.refuse(Reason::Unsupported, &req),
+                    Family::Stun => self.stun(d, &req, out),
                     Family::Unknown => self.refuse(Reason::UnknownFamily, &req),
                 }
             }

@@ -4,6 +4,7 @@ pub mod control;
 pub mod frame;
 pub mod reply;
 pub mod scan;
+pub mod stun;
 
 /// Longest name, in bytes of UTF-8.
 pub const MAX_NAME: usize = 64;
@@ -22,7 +23,7 @@ pub enum Family {
 }
 
 /// The STUN magic cookie, at bytes 4..8 of every RFC 5389/8489 message.
-const STUN_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
+const STUN_COOKIE: [u8; 4] = stun::COOKIE.to_be_bytes();
 
 /// Tells the datagram families apart without reading past the first bytes (the demultiplexer).
 pub fn classify(d: &[u8]) -> Family {
