@@ -5,8 +5,10 @@
 //! address (the only one its frames are accepted from), where the frame goes and the number the
 //! other side knows the channel by. Every change (bind, unbind, a registry event) is made under
 //! one lock, so the halves of a pair and the per-name index never disagree; frames only read.
-//! Numbers are random, non-zero and never reused while bound. Pairs are bounded per peer, per
-//! host and in all.
+//! Numbers are random, non-zero and never reused while bound. A peer may bind `--max-channels`
+//! pairs and be bound by four times as many; its host may bind `--max-channels-per-host`; the
+//! relay holds `--max-channels-total`. Binding counts against the binder only, so that nobody can
+//! spend another peer's quota of channels it binds itself.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,9 +34,14 @@ struct Half {
     peer: Name,
     to: SocketAddr,
     peer_number: u32,
+    /// The binder's host when it bound the pair (on the binder's half only), whose count it is.
+    binder_host: Option<[u8; 9]>,
     /// When a frame last refreshed the owner (tenths of a second since start).
     touched_ds: AtomicU32,
 }
+
+/// How many channels bound to a peer by others it may hold, per channel it may bind itself.
+const INCOMING_PER_OWN: usize = 4;
 
 /// Where a frame goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,7 +96,9 @@ pub struct Closed {
 struct Index {
     /// The numbers each name sends under.
     by_name: HashMap<Name, Vec<u32>>,
-    /// Channel ends held per host.
+    /// Pairs each name bound itself.
+    bound_by: HashMap<Name, usize>,
+    /// Pairs bound from each host.
     per_host: HashMap<[u8; 9], usize>,
     /// Pairs bound.
     pairs: usize,
@@ -170,16 +179,15 @@ impl Channels {
                 new: false,
             });
         }
-        let held = |ix: &Index, n: &Name| ix.by_name.get(n).map_or(0, Vec::len);
-        let on_host =
-            |ix: &Index, a: SocketAddr| ix.per_host.get(&host_key(a.ip())).copied().unwrap_or(0);
-        let same_host = host_key(my_addr.ip()) == host_key(peer_addr.ip());
-        let host_need = if same_host { 2 } else { 1 };
+        let own = |ix: &Index, n: &Name| ix.bound_by.get(n).copied().unwrap_or(0);
+        let all = |ix: &Index, n: &Name| ix.by_name.get(n).map_or(0, Vec::len);
+        let host = host_key(my_addr.ip());
+        let from_host = ix.per_host.get(&host).copied().unwrap_or(0);
+        let incoming = all(&ix, peer) - own(&ix, peer);
         if ix.pairs >= self.max_total
-            || held(&ix, me) >= self.max_per_peer
-            || held(&ix, peer) >= self.max_per_peer
-            || on_host(&ix, my_addr) + host_need > self.max_per_host
-            || on_host(&ix, peer_addr) + host_need > self.max_per_host
+            || own(&ix, me) >= self.max_per_peer
+            || from_host >= self.max_per_host
+            || incoming >= INCOMING_PER_OWN * self.max_per_peer
         {
             return Err(Full::Limit);
         }
@@ -190,22 +198,23 @@ impl Channels {
                 break n;
             }
         };
-        let half = |owner: &Name, from, peer: &Name, to, peer_number| Half {
+        let half = |owner: &Name, from, peer: &Name, to, peer_number, binder_host| Half {
             owner: owner.clone(),
             from,
             peer: peer.clone(),
             to,
             peer_number,
+            binder_host,
             touched_ds: AtomicU32::new(0),
         };
         self.halves
-            .insert(mine, half(me, my_addr, peer, peer_addr, theirs));
+            .insert(mine, half(me, my_addr, peer, peer_addr, theirs, Some(host)));
         self.halves
-            .insert(theirs, half(peer, peer_addr, me, my_addr, mine));
+            .insert(theirs, half(peer, peer_addr, me, my_addr, mine, None));
         ix.by_name.entry(me.clone()).or_default().push(mine);
         ix.by_name.entry(peer.clone()).or_default().push(theirs);
-        *ix.per_host.entry(host_key(my_addr.ip())).or_default() += 1;
-        *ix.per_host.entry(host_key(peer_addr.ip())).or_default() += 1;
+        *ix.bound_by.entry(me.clone()).or_default() += 1;
+        *ix.per_host.entry(host).or_default() += 1;
         ix.pairs += 1;
         Ok(Bound {
             mine,
@@ -238,24 +247,20 @@ impl Channels {
     fn remove_pair(&self, ix: &mut Index, number: u32) -> Option<Closed> {
         let (_, mine) = self.halves.remove(&number)?;
         let other = self.halves.remove(&mine.peer_number).map(|(_, h)| h);
-        let mut forget = |name: &Name, n: u32, addr: SocketAddr| {
-            if let Some(ns) = ix.by_name.get_mut(name) {
+        let forget = |ix: &mut Index, h: &Half, n: u32| {
+            if let Some(ns) = ix.by_name.get_mut(&h.owner) {
                 ns.retain(|&x| x != n);
                 if ns.is_empty() {
-                    ix.by_name.remove(name);
+                    ix.by_name.remove(&h.owner);
                 }
             }
-            let key = host_key(addr.ip());
-            if let Some(c) = ix.per_host.get_mut(&key) {
-                *c -= 1;
-                if *c == 0 {
-                    ix.per_host.remove(&key);
-                }
-            }
+            let Some(key) = h.binder_host else { return };
+            decrement(&mut ix.per_host, &key);
+            decrement(&mut ix.bound_by, &h.owner);
         };
-        forget(&mine.owner, number, mine.from);
+        forget(ix, &mine, number);
         let other = other.map(|o| {
-            forget(&o.owner, mine.peer_number, o.from);
+            forget(ix, &o, mine.peer_number);
             Closed {
                 name: o.owner,
                 to: o.from,
@@ -288,19 +293,24 @@ impl Channels {
             let Some(mut h) = self.halves.get_mut(&n) else {
                 continue;
             };
-            let (old, peer) = (h.from, h.peer_number);
             h.from = to;
+            let peer = h.peer_number;
             drop(h);
             if let Some(mut p) = self.halves.get_mut(&peer) {
                 p.to = to;
             }
-            for (addr, delta) in [(old, -1isize), (to, 1)] {
-                let c = ix.per_host.entry(host_key(addr.ip())).or_default();
-                *c = c.saturating_add_signed(delta);
-            }
         }
-        ix.per_host.retain(|_, c| *c > 0);
         Vec::new()
+    }
+}
+
+/// Takes one from `key`'s count, forgetting it at zero.
+fn decrement<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
+    if let Some(c) = counts.get_mut(key) {
+        *c -= 1;
+        if *c == 0 {
+            counts.remove(key);
+        }
     }
 }
 
@@ -368,31 +378,42 @@ mod tests {
         assert_eq!(
             t.bind(&n("a"), host(1), &n("d"), host(4)),
             Err(Full::Limit),
-            "two per peer"
+            "two bound by each peer"
         );
+        // What others bind to `a` counts against them, not `a` (up to four times its own).
+        t.bind(&n("d"), host(4), &n("a"), host(1)).unwrap();
         t.bind(&n("b"), host(2), &n("c"), host(3)).unwrap();
         let closed = t.on_event(Event::Removed("a"));
         let mut told: Vec<&str> = closed.iter().map(|c| &*c.name).collect();
         told.sort_unstable();
-        assert_eq!(told, ["b", "c"]);
+        assert_eq!(told, ["b", "c", "d"]);
         assert_eq!(t.len(), 1);
         assert_eq!(t.on_event(Event::Replaced("c")).len(), 1);
         assert!(t.is_empty());
-        // Per host: five ends on one host.
-        let same = |p: u16| a(&format!("192.0.2.9:{p}"));
-        t.bind(&n("p1"), same(1), &n("p2"), same(2)).unwrap();
-        t.bind(&n("p3"), same(3), &n("p4"), same(4)).unwrap();
-        assert_eq!(
-            t.bind(&n("p5"), same(5), &n("p6"), same(6)),
-            Err(Full::Limit)
-        );
+        // `a`'s quota came back with its channels.
+        t.bind(&n("a"), host(1), &n("b"), host(2)).unwrap();
+        t.bind(&n("a"), host(1), &n("c"), host(3)).unwrap();
+        assert!(t.on_event(Event::Removed("a")).len() == 2 && t.is_empty());
         // In all: four pairs.
-        t.bind(&n("x1"), host(11), &n("x2"), host(12)).unwrap();
-        t.bind(&n("x3"), host(13), &n("x4"), host(14)).unwrap();
-        assert_eq!(
-            t.bind(&n("x5"), host(15), &n("x6"), host(16)),
-            Err(Full::Limit)
-        );
+        let same = |p: u16| a(&format!("192.0.2.9:{p}"));
+        for p in 1..=4 {
+            let (x, y) = (format!("h{p}"), format!("far{p}"));
+            t.bind(&n(&x), same(p), &n(&y), host(100 + p as u8))
+                .unwrap();
+        }
         assert_eq!(t.len(), 4);
+        assert_eq!(
+            t.bind(&n("h9"), same(9), &n("far9"), host(109)),
+            Err(Full::Limit),
+            "four in all"
+        );
+        t.on_event(Event::Removed("far1"));
+        t.bind(&n("h5"), same(5), &n("far5"), host(105)).unwrap();
+        let t = table(1);
+        for p in 1..=5u16 {
+            let far = format!("far{p}");
+            t.bind(&n(&far), host(20 + p as u8), &n("x"), host(1)).ok();
+        }
+        assert_eq!(t.len(), 4, "x may be bound by four times its own quota");
     }
 }

@@ -841,3 +841,133 @@ fn native_ipv6_from_a_v4_mapped_source_is_refused() {
     assert_eq!(got, 0);
     assert_eq!(r.metric("udp_relay_peers"), 1, "only the real peer");
 }
+
+/// Registers `name` from `s` and shows its session back (an authenticated ping): its session.
+fn prove_at(s: &UdpSocket, relay: SocketAddr, name: &str) -> String {
+    let d = json!({"type": "register", "name": name}).to_string();
+    s.send_to(d.as_bytes(), relay).unwrap();
+    let ack = recv_json(s, |v| v["type"] == "register_ack");
+    let session = ack["session"].as_str().unwrap().to_string();
+    let ping = json!({"type": "ping", "name": name, "session": session}).to_string();
+    s.send_to(ping.as_bytes(), relay).unwrap();
+    recv_json(s, |v| v["type"] == "pong");
+    session
+}
+
+/// The next JSON message on `s` that `want` accepts (others skipped).
+fn recv_json(s: &UdpSocket, want: impl Fn(&Value) -> bool) -> Value {
+    let mut buf = vec![0u8; 70_000];
+    loop {
+        let n = s.recv(&mut buf).expect("a reply");
+        if let Ok(v) = serde_json::from_slice::<Value>(&buf[..n]) {
+            if want(&v) {
+                return v;
+            }
+        }
+    }
+}
+
+/// `name` (at `s`, with `session`) binds `target`: the `bind_ack` or the `error`.
+fn bind_from(s: &UdpSocket, relay: SocketAddr, name: &str, session: &str, target: &str) -> Value {
+    let m = json!({"type": "bind", "target": target, "name": name, "session": session});
+    s.send_to(m.to_string().as_bytes(), relay).unwrap();
+    recv_json(s, |v| v["type"] == "bind_ack" || v["type"] == "error")
+}
+
+#[test]
+fn a_forged_move_does_not_carry_a_channel_to_the_victim() {
+    // The attacker holds both ends of a channel and bob's session; one keepalive forged from
+    // the victim's address moves bob there. Frames must not follow (they went 23,627x before).
+    let t = "a_forged_move_does_not_carry_a_channel_to_the_victim";
+    let Some(mut f) = Forger::new(t) else { return };
+    let r = Relay::start(&[]);
+    let b = barrier(&r, false);
+    let (alice, bob) = (Peer::new(&r), Peer::new(&r));
+    alice.register("alice");
+    bob.register("bob");
+    alice.send(alice.authed(json!({"type": "bind", "target": "bob"})));
+    let a = recv_json(&alice.sock, |v| v["type"] == "bind_ack")["channel"]
+        .as_u64()
+        .unwrap() as u32;
+    let victim = sock("127.0.2.1");
+    let before = r.metric("udp_relay_received_total");
+    let ka = json!({"type": "keepalive", "name": "bob", "session": bob.session()});
+    f.json(victim.local_addr().unwrap(), r.addr, &ka);
+    quiesce(&r, before + 1, &b);
+    let mut frame = vec![0xD1, 0];
+    frame.extend_from_slice(&a.to_be_bytes());
+    frame.extend_from_slice(&[0x55; 1200]);
+    let n = 200;
+    let before = r.metric("udp_relay_received_total");
+    for _ in 0..n {
+        alice.send_raw(&frame);
+    }
+    quiesce(&r, before + n, &b);
+    let (got, k) = received(&victim);
+    let (to_bob, frames_to_bob) = received(&bob.sock);
+    println!(
+        "{t}: forged {} B; of {n} frames of {} B, the victim got {got} B in {k} datagrams, \
+         bob's proven address {to_bob} B in {frames_to_bob}",
+        f.sent,
+        frame.len()
+    );
+    assert!(
+        got <= f.sent + PREFIX_CREDIT,
+        "{got} B for {} B forged",
+        f.sent
+    );
+}
+
+#[test]
+fn strangers_cannot_spend_a_peers_own_channels_nor_a_hosts_by_forged_moves() {
+    let t = "strangers_cannot_spend_a_peers_own_channels_nor_a_hosts_by_forged_moves";
+    let Some(mut f) = Forger::new(t) else { return };
+    let r = Relay::start(&args(
+        &["--registration-rate", "1000", "--max-channels", "8"],
+        NO_BUDGETS,
+    ));
+    let relay = r.addr;
+    let bob = Peer::new(&r);
+    bob.register("bob");
+    let carol = Peer::new(&r);
+    carol.register("carol");
+    // Eight strangers bind bob, as many as bob may bind himself.
+    let strangers: Vec<(UdpSocket, String, String)> = (0..8)
+        .map(|i| {
+            let s = sock(&format!("127.50.{i}.1"));
+            let name = format!("m{i}");
+            let session = prove_at(&s, relay, &name);
+            assert_eq!(
+                bind_from(&s, relay, &name, &session, "bob")["type"],
+                "bind_ack"
+            );
+            (s, name, session)
+        })
+        .collect();
+    bob.send(bob.authed(json!({"type": "bind", "target": "carol"})));
+    let v = recv_json(&bob.sock, |v| {
+        v["type"] == "bind_ack" || v["type"] == "error"
+    });
+    assert_eq!(v["type"], "bind_ack", "bob could not bind his own: {v}");
+    // Each stranger moves, by a forged keepalive with its own session, to a port of a victim
+    // host: nothing moves there (unproven), and the victim host binds as it may.
+    let victim = Peer::bind(relay, "127.0.9.1:0");
+    victim.register("victim");
+    for (i, (_, name, session)) in strangers.iter().enumerate() {
+        let from: SocketAddr = format!("127.0.9.1:{}", 40_000 + i).parse().unwrap();
+        f.json(
+            from,
+            relay,
+            &json!({"type": "keepalive", "name": name, "session": session}),
+        );
+    }
+    victim.drain();
+    victim.send(victim.authed(json!({"type": "bind", "target": "carol"})));
+    let v = recv_json(&victim.sock, |v| {
+        v["type"] == "bind_ack" || v["type"] == "error"
+    });
+    println!(
+        "{t}: 8 strangers bound bob; bob then binds carol; 8 forged moves to the victim host; the victim binds carol: {v}"
+    );
+    assert_eq!(v["type"], "bind_ack", "{v}");
+}

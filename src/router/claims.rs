@@ -8,7 +8,7 @@ use crate::config::Auth;
 use crate::out::{Kind, Out};
 use crate::presence;
 use crate::refusal::Reason;
-use crate::registry::{Claim, Proof, Session};
+use crate::registry::{Claim, Event, Proof, Session};
 use crate::wire::reply::{self, Presence};
 use crate::wire::{control, valid_name};
 
@@ -72,8 +72,13 @@ impl Router {
         if req.authed && matches!(claim, Claim::Refreshed(_)) && !proven_before {
             self.proven(&r.name, req, out);
         }
-        if let Some(ev) = claim.event(&r.name, from) {
-            channels::react(&self.shared, ev, now, out);
+        // A move carries the channels only once proven where it arrived (a signature proves it
+        // at once; a session token only when the new address shows the new one): frames must
+        // never follow a forged move to an address that did not ask for them.
+        match claim.event(&r.name, from) {
+            Some(Event::Moved(..)) if !req.authed => {}
+            Some(ev) => channels::react(&self.shared, ev, now, out),
+            None => {}
         }
         let start = out.buf.len();
         if explicit {

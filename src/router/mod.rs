@@ -21,7 +21,7 @@ use crate::out::{Kind, Out};
 use crate::presence;
 use crate::ratelimit::{Ingress, SourceLimiter};
 use crate::refusal::Reason;
-use crate::registry::{Name, Session};
+use crate::registry::{Event, Name, Session};
 use crate::shared::Shared;
 use crate::wire::reply;
 use crate::wire::scan::{self, ScanError};
@@ -166,9 +166,11 @@ impl Router {
     }
 
     /// A registration proved itself for the first time where it is: its join, unproven news
-    /// until now, is told to the trusted peers of its own network.
+    /// until now, is told to the trusted peers of its own network, and its channels, if it
+    /// moved here, follow it now.
     fn proven(&self, name: &str, req: &Req, out: &mut Out) {
         presence::announce_to_neighbours(&self.shared, out, name, req.from, req.now);
+        channels::react(&self.shared, Event::Moved(name, req.from), req.now, out);
     }
 
     fn refuse(&self, r: Reason, req: &Req) {
