@@ -75,7 +75,7 @@ pub struct Request {
     pub unknown: Vec<u16>,
 }
 
-/// Parses `d`, which [`crate::wire::classify`] found to be STUN (first two bits zero, the magic
+/// Parses `d`, which [`crate::classify`] found to be STUN (first two bits zero, the magic
 /// cookie in place, at least a header long).
 pub fn parse(d: &[u8]) -> Result<Request, StunError> {
     if d.len() < HEADER || d[4..8] != COOKIE.to_be_bytes() {

@@ -1,0 +1,106 @@
+//! What a peer sends the relay (Parts 1, 2 and 4): each message appended to a buffer, strings
+//! escaped as JSON requires. The relay's own writers are in [`crate::reply`].
+
+use std::io::Write;
+
+use crate::reply::json_str;
+
+/// Appends `,"name":…,"session":…` for whichever of the two is given.
+fn identity(buf: &mut Vec<u8>, name: Option<&str>, session: Option<&str>) {
+    if let Some(n) = name {
+        buf.extend_from_slice(br#","name":"#);
+        json_str(buf, n);
+    }
+    if let Some(s) = session {
+        buf.extend_from_slice(br#","session":"#);
+        json_str(buf, s);
+    }
+}
+
+/// `register` of `name`, with the session of an earlier registration when moving.
+pub fn register(buf: &mut Vec<u8>, name: &str, session: Option<&str>) {
+    buf.extend_from_slice(br#"{"type":"register""#);
+    identity(buf, Some(name), session);
+    buf.push(b'}');
+}
+
+/// `keepalive` of `name`; with its session, an authenticated one.
+pub fn keepalive(buf: &mut Vec<u8>, name: &str, session: Option<&str>) {
+    buf.extend_from_slice(br#"{"type":"keepalive""#);
+    identity(buf, Some(name), session);
+    buf.push(b'}');
+}
+
+/// `ping`; naming a name and its session, it shows the session back (Part 2).
+pub fn ping(buf: &mut Vec<u8>, name: Option<&str>, session: Option<&str>) {
+    buf.extend_from_slice(br#"{"type":"ping""#);
+    identity(buf, name, session);
+    buf.push(b'}');
+}
+
+/// `bind` a channel to `target` (Part 4), authenticated by `name`'s session.
+pub fn bind(buf: &mut Vec<u8>, target: &str, name: &str, session: &str) {
+    buf.extend_from_slice(br#"{"type":"bind","target":"#);
+    json_str(buf, target);
+    identity(buf, Some(name), Some(session));
+    buf.push(b'}');
+}
+
+/// `unbind` channel `channel` (the sender's number), authenticated by `name`'s session.
+pub fn unbind(buf: &mut Vec<u8>, channel: u32, name: &str, session: &str) {
+    let _ = write!(buf, r#"{{"type":"unbind","channel":{channel}"#);
+    identity(buf, Some(name), Some(session));
+    buf.push(b'}');
+}
+
+/// `relay` from `source` to `target`; `payload` is the JSON value to carry, as it is written.
+pub fn relay(buf: &mut Vec<u8>, source: &str, target: &str, payload: &[u8]) {
+    buf.extend_from_slice(br#"{"type":"relay","target":"#);
+    json_str(buf, target);
+    buf.extend_from_slice(br#","source":"#);
+    json_str(buf, source);
+    buf.extend_from_slice(br#","payload":"#);
+    buf.extend_from_slice(payload);
+    buf.push(b'}');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn parsed(f: impl FnOnce(&mut Vec<u8>)) -> Value {
+        let mut b = Vec::new();
+        f(&mut b);
+        serde_json::from_slice(&b).expect("JSON")
+    }
+
+    #[test]
+    fn requests_are_the_json_the_relay_reads() {
+        assert_eq!(
+            parsed(|b| register(b, "zoë \"q\"", None)),
+            json!({"type": "register", "name": "zoë \"q\""})
+        );
+        assert_eq!(
+            parsed(|b| keepalive(b, "a", Some("00ff"))),
+            json!({"type": "keepalive", "name": "a", "session": "00ff"})
+        );
+        assert_eq!(parsed(|b| ping(b, None, None)), json!({"type": "ping"}));
+        assert_eq!(
+            parsed(|b| bind(b, "bob", "alice", "s")),
+            json!({"type": "bind", "target": "bob", "name": "alice", "session": "s"})
+        );
+        assert_eq!(
+            parsed(|b| unbind(b, 7, "alice", "s")),
+            json!({"type": "unbind", "channel": 7, "name": "alice", "session": "s"})
+        );
+        assert_eq!(
+            parsed(|b| relay(b, "a", "b", br#"{"x":[1]}"#)),
+            json!({"type": "relay", "target": "b", "source": "a", "payload": {"x": [1]}})
+        );
+        let mut b = Vec::new();
+        relay(&mut b, "a", "b", b"\"hi\"");
+        let h = crate::scan::scan(&b).expect("the relay's scanner reads it");
+        assert_eq!(h.payload.unwrap().of(&b), b"\"hi\"");
+    }
+}
