@@ -23,15 +23,17 @@ pub struct Target {
     pub addr: SocketAddr,
     /// A reflector (echo mode) rather than a relay.
     pub echo: bool,
+    /// Channel frames (Part 4) rather than JSON relays (to a reflector: frames of that size).
+    pub channels: bool,
     /// Its pid, for CPU time per datagram.
     pub pid: Option<u32>,
 }
 
-/// Parses `NAME=HOST:PORT[,echo][,pid=N]`.
+/// Parses `NAME=HOST:PORT[,echo][,channels][,pid=N]`.
 pub fn parse_target(s: &str) -> Result<Target, String> {
     let (name, rest) = s
         .split_once('=')
-        .ok_or_else(|| format!("`{s}` is not NAME=HOST:PORT[,echo][,pid=N]"))?;
+        .ok_or_else(|| format!("`{s}` is not NAME=HOST:PORT[,echo][,channels][,pid=N]"))?;
     if name.is_empty() {
         return Err(format!("`{s}`: the target needs a name before `=`"));
     }
@@ -41,11 +43,13 @@ pub fn parse_target(s: &str) -> Result<Target, String> {
         name: name.to_string(),
         addr,
         echo: false,
+        channels: false,
         pid: None,
     };
     for p in parts {
         match p.split_once('=') {
             None if p == "echo" => t.echo = true,
+            None if p == "channels" => t.channels = true,
             Some(("pid", v)) => {
                 t.pid = Some(
                     v.parse()
@@ -54,7 +58,7 @@ pub fn parse_target(s: &str) -> Result<Target, String> {
             }
             _ => {
                 return Err(format!(
-                    "`{s}`: unknown option `{p}` (expected `echo` or `pid=N`)"
+                    "`{s}`: unknown option `{p}` (expected `echo`, `channels` or `pid=N`)"
                 ));
             }
         }
@@ -154,6 +158,7 @@ pub fn run(
         let c = LoadConfig {
             target: t.addr,
             echo: t.echo,
+            channels: t.channels,
             shape,
             target_pid: t.pid,
             ..cfg.load.clone()

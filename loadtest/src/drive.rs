@@ -35,6 +35,9 @@ pub struct LoadConfig {
     pub target: SocketAddr,
     /// Drive a reflector: every datagram returns to its sender; no registration.
     pub echo: bool,
+    /// Send channel frames (Part 4) instead of JSON relays: the pairs bind channels first (to
+    /// a reflector, frames of the same size are sent).
+    pub channels: bool,
     /// Pairs of virtual peers; each peer relays to its partner.
     pub pairs: usize,
     /// Payload bytes per datagram.
@@ -66,15 +69,16 @@ struct Flow {
     last_progress: Instant,
 }
 
-/// Registers `names[i]` from `socks[i]`; returns registrations per second.
+/// Registers `names[i]` from `socks[i]`; returns registrations per second and the sessions.
 pub fn register_all(
     target: SocketAddr,
     socks: &[UdpSocket],
     names: &[String],
     timeout: Duration,
-) -> Result<f64, String> {
+) -> Result<(f64, Vec<String>), String> {
     let start = Instant::now();
     let mut acked = vec![false; socks.len()];
+    let mut sessions = vec![String::new(); socks.len()];
     let mut left = socks.len();
     let mut rx = RecvBatch::new(65_536);
     let mut last_send = None::<Instant>;
@@ -101,6 +105,7 @@ pub fn register_all(
                 match proto::reply_kind(rx.get(k)) {
                     Some((ty, _)) if ty == "register_ack" && !acked[i] => {
                         acked[i] = true;
+                        sessions[i] = proto::field(rx.get(k), "session").unwrap_or_default();
                         left -= 1;
                     }
                     Some((ty, _)) if ty == "error" => {
@@ -115,7 +120,75 @@ pub fn register_all(
         }
         std::hint::spin_loop();
     }
-    Ok(socks.len() as f64 / start.elapsed().as_secs_f64())
+    Ok((socks.len() as f64 / start.elapsed().as_secs_f64(), sessions))
+}
+
+/// Each peer shows its session back (Part 2: a channel binds only proven peers), then binds
+/// its partner (`i ^ 1`); binding from both sides gives each its own number. Returns the
+/// numbers, by peer.
+pub fn bind_all(
+    target: SocketAddr,
+    socks: &[UdpSocket],
+    names: &[String],
+    sessions: &[String],
+    timeout: Duration,
+) -> Result<Vec<u32>, String> {
+    let start = Instant::now();
+    let mut proven = vec![false; socks.len()];
+    let mut channel = vec![0u32; socks.len()];
+    let mut rx = RecvBatch::new(65_536);
+    let mut last_send = None::<Instant>;
+    while channel.contains(&0) {
+        if start.elapsed() > timeout {
+            let left = channel.iter().filter(|&&c| c == 0).count();
+            return Err(format!(
+                "the relay at {target} bound no channel for {left} of {} peers after \
+                 {timeout:?}: does it serve Part 4?",
+                socks.len()
+            ));
+        }
+        if last_send.is_none_or(|t| t.elapsed() > Duration::from_millis(500)) {
+            for (i, s) in socks.iter().enumerate() {
+                let mut m = Vec::new();
+                if !proven[i] {
+                    relay_wire::peer::ping(&mut m, Some(&names[i]), Some(&sessions[i]));
+                } else if channel[i] == 0 {
+                    relay_wire::peer::bind(&mut m, &names[i ^ 1], &names[i], &sessions[i]);
+                } else {
+                    continue;
+                }
+                s.send(&m).map_err(|e| unreachable(target, e))?;
+            }
+            last_send = Some(Instant::now());
+        }
+        for (i, s) in socks.iter().enumerate() {
+            let n = rx.recv(s).map_err(|e| unreachable(target, e))?;
+            for k in 0..n {
+                let d = rx.get(k);
+                match proto::reply_kind(d) {
+                    Some((ty, _)) if ty == "pong" && !proven[i] => {
+                        proven[i] = true;
+                        // Bind at once rather than at the next resend.
+                        last_send = None;
+                    }
+                    Some((ty, _)) if ty == "bind_ack" => {
+                        channel[i] = proto::field(d, "channel")
+                            .and_then(|c| c.parse().ok())
+                            .unwrap_or(0);
+                    }
+                    Some((ty, _)) if ty == "error" => {
+                        return Err(format!(
+                            "the relay at {target} refused a channel: {}",
+                            String::from_utf8_lossy(d)
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        std::hint::spin_loop();
+    }
+    Ok(channel)
 }
 
 fn unreachable(target: SocketAddr, e: std::io::Error) -> String {
@@ -156,22 +229,31 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
     let id = run_id();
     // Fixed-width names keep every datagram the same size, so batches slice evenly.
     let names: Vec<String> = (0..n).map(|i| format!("{id}-{i:06}")).collect();
-    let registrations_per_sec = if cfg.echo {
-        None
+    let (registrations_per_sec, channels) = if cfg.echo {
+        (None, vec![0; n])
     } else {
-        Some(register_all(
-            cfg.target,
-            &socks,
-            &names,
-            cfg.register_timeout,
-        )?)
+        let timeout = cfg.register_timeout;
+        let (rate, sessions) = register_all(cfg.target, &socks, &names, timeout)?;
+        let channels = if cfg.channels {
+            bind_all(cfg.target, &socks, &names, &sessions, timeout)?
+        } else {
+            vec![0; n]
+        };
+        (Some(rate), channels)
     };
     // Flow i sends from socket i to its partner (relay) or back to itself (echo).
     let partner = |i: usize| if cfg.echo { i } else { i ^ 1 };
+    let template = |i: usize| {
+        if cfg.channels {
+            Template::frame(channels[i], cfg.payload)
+        } else {
+            Template::new(&names[i], &names[partner(i)], cfg.payload)
+        }
+    };
     let mut flows: Vec<Flow> = (0..n)
         .map(|i| Flow {
             tx: i,
-            tmpl: Template::new(&names[i], &names[partner(i)], cfg.payload),
+            tmpl: template(i),
             seq: 0,
             outstanding: 0,
             last_progress: Instant::now(),
@@ -315,6 +397,7 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
             Shape::Rate { .. } => "rate".into(),
         },
         echo: cfg.echo,
+        channels: cfg.channels,
         pairs: cfg.pairs,
         payload: cfg.payload.max(proto::MIN_PAYLOAD),
         datagram: dlen,

@@ -111,6 +111,10 @@ struct RunArgs {
     /// Drive a reflector instead of a relay (no registration; datagrams come back to the sender).
     #[arg(long)]
     echo: bool,
+    /// Send channel frames (Part 4) instead of JSON relays: each pair binds a channel first
+    /// (with --echo, frames of the same size go to the reflector).
+    #[arg(long)]
+    channels: bool,
     /// Pairs of virtual peers.
     #[arg(long, default_value_t = 8)]
     pairs: usize,
@@ -177,6 +181,7 @@ fn load_config(a: &RunArgs) -> Result<LoadConfig, String> {
     Ok(LoadConfig {
         target: a.relay,
         echo: a.echo,
+        channels: a.channels,
         pairs: a.pairs,
         payload: a.payload,
         warmup: seconds("--warmup", a.warmup)?,
@@ -242,6 +247,7 @@ fn compare(a: CompareArgs) -> Result<(), String> {
         load: LoadConfig {
             target: a.targets[0].addr,
             echo: false,
+            channels: false,
             pairs: a.pairs,
             payload: a.payload,
             warmup: seconds("--warmup", a.warmup)?,

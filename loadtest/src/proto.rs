@@ -1,36 +1,60 @@
-//! The datagrams the virtual peers send and the fields they read back.
+//! The datagrams the virtual peers send and the fields they read back, written with the
+//! relay's own wire crate (`relay-wire`).
 //!
-//! A relay message's payload is a JSON string `lt <seq> <send time> <padding>` with fixed-width
-//! hex numbers, so a template is built once per flow and each send only rewrites 32 digits.
+//! A datagram's payload carries `lt <seq> <send time> <padding>` with fixed-width hex numbers:
+//! inside a JSON string for a `relay`, as the frame's payload for a channel, so a template is
+//! built once per flow and each send only rewrites 32 digits.
 
 use std::net::SocketAddr;
 
+use relay_wire::{frame, peer};
+
 const MARK: &[u8] = b"\"payload\":\"lt ";
-/// Bytes of the payload string before the padding: `lt ` + 16 hex + ` ` + 16 hex + ` `.
+/// Bytes of the payload before the padding: `lt ` + 16 hex + ` ` + 16 hex + ` `.
 pub const MIN_PAYLOAD: usize = 3 + 16 + 1 + 16 + 1;
 
-/// A reusable relay datagram from `source` to `target` whose payload string is `size` bytes.
+/// A reusable datagram of one flow whose payload is `size` bytes.
 pub struct Template {
     /// The datagram.
     pub bytes: Vec<u8>,
     seq_at: usize,
 }
 
+/// The stamped payload: `lt `, two zeroed numbers, padding to `size`.
+fn stamped(size: usize) -> Vec<u8> {
+    let mut p = b"lt ".to_vec();
+    p.extend_from_slice(&[b'0'; 16]);
+    p.push(b' ');
+    p.extend_from_slice(&[b'0'; 16]);
+    p.push(b' ');
+    p.resize(size.max(MIN_PAYLOAD), b'x');
+    p
+}
+
 impl Template {
-    /// Builds the template; `size` is raised to [`MIN_PAYLOAD`] if smaller.
+    /// A `relay` from `source` to `target`; `size` is raised to [`MIN_PAYLOAD`] if smaller.
     pub fn new(source: &str, target: &str, size: usize) -> Template {
-        let size = size.max(MIN_PAYLOAD);
-        let head =
-            format!(r#"{{"type":"relay","target":"{target}","source":"{source}","payload":"lt "#);
-        let seq_at = head.len();
-        let mut bytes = head.into_bytes();
-        bytes.extend_from_slice(&[b'0'; 16]);
-        bytes.push(b' ');
-        bytes.extend_from_slice(&[b'0'; 16]);
-        bytes.push(b' ');
-        bytes.resize(bytes.len() + size - MIN_PAYLOAD, b'x');
-        bytes.extend_from_slice(b"\"}");
+        let mut payload = vec![b'"'];
+        payload.extend_from_slice(&stamped(size));
+        payload.push(b'"');
+        let mut bytes = Vec::new();
+        peer::relay(&mut bytes, source, target, &payload);
+        let seq_at = bytes
+            .windows(MARK.len())
+            .position(|w| w == MARK)
+            .expect("stamp")
+            + MARK.len();
         Template { bytes, seq_at }
+    }
+
+    /// A channel frame under `channel`; `size` is raised to [`MIN_PAYLOAD`] if smaller.
+    pub fn frame(channel: u32, size: usize) -> Template {
+        let mut bytes = Vec::new();
+        frame::write(&mut bytes, channel, &stamped(size));
+        Template {
+            bytes,
+            seq_at: frame::HEADER + 3,
+        }
     }
 
     /// Writes `seq` and the send time `ns` into the datagram.
@@ -52,17 +76,23 @@ fn unhex16(src: &[u8]) -> Option<u64> {
     u64::from_str_radix(s, 16).ok()
 }
 
-/// The sequence number and send time carried by a relayed (or echoed) datagram.
+/// The sequence number and send time carried by a relayed, framed (or echoed) datagram.
 pub fn read_stamp(d: &[u8]) -> Option<(u64, u64)> {
-    let at = d.windows(MARK.len()).position(|w| w == MARK)? + MARK.len();
-    let seq = unhex16(&d[at..])?;
+    let at = if d.first() == Some(&frame::MARK) {
+        frame::HEADER + 3
+    } else {
+        d.windows(MARK.len()).position(|w| w == MARK)? + MARK.len()
+    };
+    let seq = unhex16(d.get(at..)?)?;
     let ns = unhex16(d.get(at + 17..)?)?;
     Some((seq, ns))
 }
 
 /// A `register` message for `name`.
 pub fn register(name: &str) -> Vec<u8> {
-    format!(r#"{{"type":"register","name":"{name}"}}"#).into_bytes()
+    let mut b = Vec::new();
+    peer::register(&mut b, name, None);
+    b
 }
 
 /// The `type` and `peer_name` of a reply, if it is JSON.
@@ -74,6 +104,15 @@ pub fn reply_kind(d: &[u8]) -> Option<(String, Option<String>)> {
         .and_then(|n| n.as_str())
         .map(str::to_owned);
     Some((ty, name))
+}
+
+/// A top-level field of a JSON reply, as text (a string's contents, or a number as written).
+pub fn field(d: &[u8], name: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(d).ok()?;
+    match v.get(name)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
 }
 
 /// Parses `host:port`, naming the option on error.
@@ -101,5 +140,10 @@ mod tests {
             serde_json::to_string(&v["payload"]).unwrap()
         );
         assert_eq!(read_stamp(relayed.as_bytes()), Some((0x1234, 0xdead_beef)));
+        let mut f = Template::frame(7, 100);
+        f.stamp(9, 10);
+        assert_eq!(f.bytes.len(), frame::HEADER + 100);
+        assert_eq!(frame::channel(&f.bytes), Ok(7));
+        assert_eq!(read_stamp(&f.bytes), Some((9, 10)));
     }
 }

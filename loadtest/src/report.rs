@@ -26,6 +26,9 @@ pub struct Report {
     pub shape: String,
     /// Whether the target was a reflector (echo mode).
     pub echo: bool,
+    /// Whether channel frames were sent rather than JSON relays.
+    #[serde(default)]
+    pub channels: bool,
     /// Pairs of virtual peers.
     pub pairs: usize,
     /// Payload bytes per datagram.
@@ -66,7 +69,11 @@ impl Report {
              sent {}  delivered {}  lost {} ({:.3}%)\n\
              delivered/s {:.0}\n\
              latency µs  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}\n",
-            if self.echo { "reflector" } else { "relay" },
+            match (self.echo, self.channels) {
+                (true, _) => "reflector",
+                (false, true) => "relay (channel frames)",
+                (false, false) => "relay",
+            },
             self.target,
             self.pairs,
             self.payload,

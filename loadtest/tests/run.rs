@@ -136,6 +136,32 @@ fn capacity_run_against_the_relay_is_consistent() {
 }
 
 #[test]
+fn channel_run_binds_channels_and_carries_frames() {
+    let relay = relay();
+    let addr = relay.local_addr.to_string();
+    let r = run_json(&[
+        "run",
+        "--relay",
+        &addr,
+        "--channels",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+        "--pairs",
+        "4",
+        "--payload",
+        "100",
+    ]);
+    check_consistent(&r);
+    assert!(r.channels && !r.echo);
+    // A frame is its 6-byte header and the payload: no JSON around it.
+    assert_eq!(r.datagram, 106);
+    assert!(r.delivered > 0, "{r:?}");
+    relay.shutdown();
+}
+
+#[test]
 fn fixed_rate_run_offers_no_more_than_asked() {
     let relay = relay();
     let addr = relay.local_addr.to_string();

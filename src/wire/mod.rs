@@ -2,6 +2,6 @@
 //! and the control messages this relay parses with simd-json (a server-side dependency the
 //! crate does without).
 
-pub use relay_wire::{Family, MAX_NAME, classify, frame, reply, scan, stun, valid_name};
+pub use relay_wire::{Family, MAX_NAME, classify, frame, peer, reply, scan, stun, valid_name};
 
 pub mod control;

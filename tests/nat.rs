@@ -1,0 +1,379 @@
+//! Through real NATs: network namespaces this test creates itself, two NAT routers (nftables
+//! masquerade) in front of two peers, and the relay on the "public" side. Through cone-like
+//! NATs (mappings that keep their port for every destination) the peers learn their public
+//! addresses over STUN, are introduced and punch a direct path; through symmetric NATs (a random
+//! port per destination) punching fails and they bind a channel and talk through the relay.
+//! The test asserts which path carried what. Root only (CI runs it); without root, or without
+//! `ip` and `nft`, it says it skipped.
+//!
+//! ```text
+//!  peer_a 192.168.1.2 ── nat_a ── 10.200.1.2 ─┐                 ┌─ 10.200.2.2 ── nat_b ── 192.168.2.2 peer_b
+//!                                            10.200.1.1  relay  10.200.2.1
+//! ```
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::TIMEOUT;
+use serde_json::Value;
+use udp_relay::wire::{frame, peer, stun};
+
+/// Runs `ip`/`nft` (or anything) and insists it worked.
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn in_ns(ns: &str, args: &[&str]) {
+    let mut full = vec!["ip", "netns", "exec", ns];
+    full.extend_from_slice(args);
+    sh(&full);
+}
+
+/// The namespaces of one topology, deleted (with everything in them) when dropped.
+struct Net {
+    names: Vec<String>,
+    relay: Option<Child>,
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        if let Some(mut r) = self.relay.take() {
+            let _ = r.kill();
+            let _ = r.wait();
+        }
+        for n in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+/// Whether this test can build namespaces here; if not, says why.
+fn can_run(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let tools = ["ip", "nft"].iter().all(|t| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if root && tools {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none() || !root,
+        "{test}: CI runs as root and installs iproute2 and nftables"
+    );
+    println!("SKIPPED {test}: needs root and `ip` and `nft` (iproute2, nftables)");
+    false
+}
+
+/// Builds the topology; `symmetric` NATs give every destination its own random port.
+fn topology(tag: &str, symmetric: bool) -> Net {
+    let id = format!("{}{}", tag, std::process::id() % 100_000);
+    let ns = |n: &str| format!("{n}{id}");
+    let (relay, nat_a, nat_b, peer_a, peer_b) = (ns("rl"), ns("na"), ns("nb"), ns("pa"), ns("pb"));
+    let net = Net {
+        names: vec![
+            relay.clone(),
+            nat_a.clone(),
+            nat_b.clone(),
+            peer_a.clone(),
+            peer_b.clone(),
+        ],
+        relay: None,
+    };
+    for n in &net.names {
+        sh(&["ip", "netns", "add", n]);
+        in_ns(n, &["ip", "link", "set", "lo", "up"]);
+    }
+    let link = |a: &str, an: &str, aip: &str, b: &str, bn: &str, bip: &str| {
+        sh(&[
+            "ip", "link", "add", an, "netns", a, "type", "veth", "peer", "name", bn, "netns", b,
+        ]);
+        in_ns(a, &["ip", "addr", "add", aip, "dev", an]);
+        in_ns(b, &["ip", "addr", "add", bip, "dev", bn]);
+        in_ns(a, &["ip", "link", "set", an, "up"]);
+        in_ns(b, &["ip", "link", "set", bn, "up"]);
+    };
+    link(
+        &relay,
+        "ra",
+        "10.200.1.1/24",
+        &nat_a,
+        "pub",
+        "10.200.1.2/24",
+    );
+    link(
+        &relay,
+        "rb",
+        "10.200.2.1/24",
+        &nat_b,
+        "pub",
+        "10.200.2.2/24",
+    );
+    link(
+        &nat_a,
+        "lan",
+        "192.168.1.1/24",
+        &peer_a,
+        "eth0",
+        "192.168.1.2/24",
+    );
+    link(
+        &nat_b,
+        "lan",
+        "192.168.2.1/24",
+        &peer_b,
+        "eth0",
+        "192.168.2.2/24",
+    );
+    // The "internet" routes between the two public networks.
+    in_ns(&relay, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    for (nat, peer, public_gw, lan_gw) in [
+        (&nat_a, &peer_a, "10.200.1.1", "192.168.1.1"),
+        (&nat_b, &peer_b, "10.200.2.1", "192.168.2.1"),
+    ] {
+        in_ns(nat, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        in_ns(nat, &["ip", "route", "add", "default", "via", public_gw]);
+        in_ns(peer, &["ip", "route", "add", "default", "via", lan_gw]);
+        let masquerade = if symmetric {
+            "masquerade fully-random"
+        } else {
+            "masquerade"
+        };
+        // Unsolicited datagrams to the router itself are dropped before conntrack confirms
+        // them, so that a punch arriving first leaves no entry in the way of the mapping.
+        let rules = format!(
+            "table ip nat {{
+                chain post {{ type nat hook postrouting priority 100; oifname \"pub\" {masquerade}; }}
+            }}
+            table ip filter {{
+                chain input {{ type filter hook input priority 0; iifname \"pub\" udp dport 1-65535 drop; }}
+            }}"
+        );
+        in_ns(nat, &["nft", &rules]);
+    }
+    net
+}
+
+/// A UDP socket created inside network namespace `ns`, bound to `local` (it stays there).
+fn socket_in(ns: &str, local: &str) -> UdpSocket {
+    let (ns, local) = (ns.to_string(), local.to_string());
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
+        // SAFETY: setns on this thread only, with a namespace file we hold open.
+        let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+        let s = UdpSocket::bind(&local).unwrap();
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        s
+    })
+    .join()
+    .unwrap()
+}
+
+/// A peer behind its NAT, talking to the relay at `relay`.
+struct Peer {
+    sock: UdpSocket,
+    relay: SocketAddr,
+    name: String,
+    session: String,
+}
+
+impl Peer {
+    fn send(&self, to: SocketAddr, d: &[u8]) {
+        self.sock.send_to(d, to).unwrap();
+    }
+
+    /// The next datagram from the relay that `want` accepts (others skipped).
+    fn next_from_relay(&self, want: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+        let mut buf = [0u8; 2048];
+        loop {
+            let (n, from) = self.sock.recv_from(&mut buf).expect("the relay answers");
+            if from == self.relay && want(&buf[..n]) {
+                return buf[..n].to_vec();
+            }
+        }
+    }
+
+    fn json_next_from_relay(&self, ty: &str) -> Value {
+        let d = self
+            .next_from_relay(|d| serde_json::from_slice::<Value>(d).is_ok_and(|v| v["type"] == ty));
+        serde_json::from_slice(&d).unwrap()
+    }
+
+    /// Learns its public address over STUN, registers, and shows its session back.
+    fn join(sock: UdpSocket, relay: SocketAddr, name: &str) -> (Peer, SocketAddr) {
+        let mut p = Peer {
+            sock,
+            relay,
+            name: name.into(),
+            session: String::new(),
+        };
+        let mut d = Vec::new();
+        stun::request(&mut d, &[9; 12], true);
+        p.send(relay, &d);
+        let answer = p.next_from_relay(|d| d.first() == Some(&0x01));
+        let public = stun::mapped_address(&answer).expect("XOR-MAPPED-ADDRESS");
+        let mut d = Vec::new();
+        peer::register(&mut d, name, None);
+        p.send(relay, &d);
+        let ack = p.json_next_from_relay("register_ack");
+        assert_eq!(
+            ack["your_address"],
+            public.to_string(),
+            "STUN and the relay agree"
+        );
+        p.session = ack["session"].as_str().unwrap().into();
+        let mut d = Vec::new();
+        peer::ping(&mut d, Some(name), Some(&p.session));
+        p.send(relay, &d);
+        p.json_next_from_relay("pong");
+        (p, public)
+    }
+
+    fn request(&self, v: Value) {
+        let mut v = v;
+        v["name"] = self.name.clone().into();
+        v["session"] = self.session.clone().into();
+        self.send(self.relay, v.to_string().as_bytes());
+    }
+}
+
+/// Both peers punch towards each other's public address, a bounded number of times; returns
+/// what each received directly (not from the relay), with its source.
+fn punch(a: &Peer, a_pub: SocketAddr, b: &Peer, b_pub: SocketAddr) -> [Option<SocketAddr>; 2] {
+    let mut got = [None, None];
+    for _ in 0..20 {
+        for (p, to, msg) in [(a, b_pub, b"punch from a"), (b, a_pub, b"punch from b")] {
+            p.send(to, msg);
+        }
+        for (i, p) in [a, b].into_iter().enumerate() {
+            p.sock
+                .set_read_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = p.sock.recv_from(&mut buf) {
+                if from != p.relay && buf[..n].starts_with(b"punch from") {
+                    got[i] = Some(from);
+                }
+            }
+            p.sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+        }
+        if got.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    got
+}
+
+fn run(test: &str, symmetric: bool) {
+    if !can_run(test) {
+        return;
+    }
+    let tag = if symmetric { "s" } else { "c" };
+    let mut net = topology(tag, symmetric);
+    let relay_ns = net.names[0].clone();
+    let bin = env!("CARGO_BIN_EXE_udp-relay");
+    let child = Command::new("ip")
+        .args(["netns", "exec", &relay_ns, bin])
+        .args(["--host", "0.0.0.0", "--port", "3478"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    net.relay = Some(child);
+    let (pa, pb) = (net.names[3].clone(), net.names[4].clone());
+    let relay_a: SocketAddr = "10.200.1.1:3478".parse().unwrap();
+    let relay_b: SocketAddr = "10.200.2.1:3478".parse().unwrap();
+    // The relay may still be binding: a peer's STUN request is repeated until answered.
+    let wait_for_relay = |ns: &str, relay: SocketAddr| {
+        let s = socket_in(ns, "0.0.0.0:0");
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let deadline = Instant::now() + TIMEOUT;
+        let mut d = Vec::new();
+        stun::request(&mut d, &[1; 12], false);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "the relay never answered in {ns}"
+            );
+            s.send_to(&d, relay).unwrap();
+            if s.recv_from(&mut [0u8; 256]).is_ok() {
+                return;
+            }
+        }
+    };
+    wait_for_relay(&pa, relay_a);
+    let (alice, a_pub) = Peer::join(socket_in(&pa, "0.0.0.0:0"), relay_a, "alice");
+    let (bob, b_pub) = Peer::join(socket_in(&pb, "0.0.0.0:0"), relay_b, "bob");
+    // (1) STUN told each its NAT's public address.
+    assert_eq!(a_pub.ip().to_string(), "10.200.1.2");
+    assert_eq!(b_pub.ip().to_string(), "10.200.2.2");
+    // (2) An introduction gives each the other's public address.
+    alice.request(serde_json::json!({"type": "connect", "target": "bob"}));
+    let to_a = alice.json_next_from_relay("introduce");
+    let to_b = bob.json_next_from_relay("introduce");
+    assert_eq!(to_a["address"], b_pub.to_string());
+    assert_eq!(to_b["address"], a_pub.to_string());
+    let direct = punch(&alice, a_pub, &bob, b_pub);
+    println!("{test}: alice {a_pub}, bob {b_pub}; direct datagrams arrived from {direct:?}");
+    if !symmetric {
+        // (3) Through cone NATs the direct path opens, and carries their messages.
+        assert_eq!(direct, [Some(b_pub), Some(a_pub)], "the direct path opened");
+        alice.send(b_pub, b"hello bob, directly");
+        let mut buf = [0u8; 64];
+        let (n, from) = bob.sock.recv_from(&mut buf).unwrap();
+        assert_eq!((&buf[..n], from), (&b"hello bob, directly"[..], a_pub));
+        return;
+    }
+    // (3) Through symmetric NATs nothing arrives directly; a channel carries the frames.
+    assert_eq!(
+        direct,
+        [None, None],
+        "punching through symmetric NATs must fail"
+    );
+    alice.request(serde_json::json!({"type": "bind", "target": "bob"}));
+    let ca = alice.json_next_from_relay("bind_ack")["channel"]
+        .as_u64()
+        .unwrap() as u32;
+    let cb = bob.json_next_from_relay("channel_bound")["channel"]
+        .as_u64()
+        .unwrap() as u32;
+    for (from, to, mine, theirs, payload) in [
+        (&alice, &bob, ca, cb, &b"frame from alice"[..]),
+        (&bob, &alice, cb, ca, &b"frame from bob"[..]),
+    ] {
+        let mut f = Vec::new();
+        frame::write(&mut f, mine, payload);
+        from.send(from.relay, &f);
+        let got = to.next_from_relay(|d| d.first() == Some(&frame::MARK));
+        let mut want = Vec::new();
+        frame::write(&mut want, theirs, payload);
+        assert_eq!(got, want, "through the relay, the channel field rewritten");
+    }
+}
+
+#[test]
+fn cone_nats_punch_a_direct_path() {
+    run("cone_nats_punch_a_direct_path", false);
+}
+
+#[test]
+fn symmetric_nats_fall_back_to_a_channel_through_the_relay() {
+    run(
+        "symmetric_nats_fall_back_to_a_channel_through_the_relay",
+        true,
+    );
+}
