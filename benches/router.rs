@@ -1,6 +1,7 @@
 //! The router's whole decision for one datagram (`Router::handle`), as a worker runs it between
-//! `recvmmsg` and `sendmmsg`: a relay between two registered peers, a ping and a keepalive, with
-//! 100k other peers registered so that registry lookups miss the caches as they would in service.
+//! `recvmmsg` and `sendmmsg`: a relay between two registered peers, a channel frame between them,
+//! a ping and a keepalive, with 100k other peers registered so that registry lookups miss the
+//! caches as they would in service.
 //!
 //! This is the per-datagram CPU cost of the relay, I/O excluded: its inverse is the most datagrams
 //! per second one worker can decide. `Out` is cleared between datagrams as the I/O loop does.
@@ -12,7 +13,7 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use udp_relay::config::Settings;
 use udp_relay::out::Out;
-use udp_relay::registry::{Claim, Proof};
+use udp_relay::registry::{Claim, Name, Proof};
 use udp_relay::router::Router;
 use udp_relay::shared::Shared;
 
@@ -35,9 +36,29 @@ fn bench(c: &mut Criterion) {
     ) else {
         panic!("alice registers");
     };
-    shared
-        .registry
-        .claim("bob", bob, Proof::Token(None), 0, shared.settings.max_peers);
+    let Claim::Joined(bob_session) =
+        shared
+            .registry
+            .claim("bob", bob, Proof::Token(None), 0, shared.settings.max_peers)
+    else {
+        panic!("bob registers");
+    };
+    // Both show their sessions, as channels need, and bind one.
+    assert!(
+        shared
+            .registry
+            .authenticate("alice", alice, Some(session), 0)
+    );
+    assert!(
+        shared
+            .registry
+            .authenticate("bob", bob, Some(bob_session), 0)
+    );
+    let channel = shared
+        .channels
+        .bind(&Name::from("alice"), alice, &Name::from("bob"), bob)
+        .expect("bound")
+        .mine;
     let mut router = Router::new(Arc::clone(&shared), 0);
     let mut out = Out::default();
 
@@ -45,6 +66,24 @@ fn bench(c: &mut Criterion) {
     // Sub-microsecond operations: 3 s gives criterion millions of iterations per bench.
     g.measurement_time(Duration::from_secs(3))
         .warm_up_time(Duration::from_secs(1));
+    for n in [100, 1200] {
+        let mut d = Vec::new();
+        udp_relay::wire::frame::write(&mut d, channel, &vec![0x5a; n]);
+        out.clear();
+        router.handle(&mut d.clone(), alice, now, &mut out);
+        assert_eq!(out.sends.len(), 1, "frame/{n}");
+        g.throughput(Throughput::Bytes(d.len() as u64));
+        // The decision rewrites the channel field in place: each iteration puts Alice's number
+        // back first (a 4-byte copy).
+        g.bench_function(BenchmarkId::from_parameter(format!("frame/{n}")), |b| {
+            b.iter(|| {
+                out.clear();
+                udp_relay::wire::frame::set_channel(&mut d, channel);
+                router.handle(black_box(&mut d), alice, now, &mut out);
+                black_box(out.sends.len())
+            })
+        });
+    }
     let mut run = |g: &mut criterion::BenchmarkGroup<_>, id: String, d: Vec<u8>, sends: usize| {
         out.clear();
         router.handle(&mut d.clone(), alice, now, &mut out);

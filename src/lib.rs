@@ -21,4 +21,5 @@ pub mod registry;
 pub mod router;
 pub mod server;
 pub mod shared;
+pub mod testing;
 pub mod wire;

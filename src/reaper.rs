@@ -100,7 +100,7 @@ pub fn sweep(
 mod tests {
     use super::*;
     use crate::config::Settings;
-    use crate::router::tests::{Harness, addr, at, collect, parse};
+    use crate::router::tests::{Harness, Json, addr, at, collect, parse};
     use serde_json::json;
 
     #[test]

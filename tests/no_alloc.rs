@@ -17,6 +17,7 @@ use udp_relay::config::Settings;
 use udp_relay::out::Out;
 use udp_relay::router::Router;
 use udp_relay::shared::Shared;
+use udp_relay::testing::Harness;
 
 struct Counting;
 
@@ -72,15 +73,17 @@ fn heap_calls<R>(f: impl FnOnce() -> R) -> (R, u64, u64) {
 
 /// A router with "Alice" at `addr(1)` and "Bob" at `addr(2)`, and its `Out`.
 fn two_peers() -> (std::sync::Arc<Shared>, Router, Out) {
-    let shared = Shared::new(Settings::default(), 1);
-    let mut router = Router::new(shared.clone(), 0);
-    let mut out = Out::default();
+    let mut h = Harness::new(Settings::default());
     for (name, from) in [("Alice", addr(1)), ("Bob", addr(2))] {
-        out.clear();
-        let reg = format!(r#"{{"type":"register","name":"{name}"}}"#);
-        router.handle(&mut reg.into_bytes(), from, at(0), &mut out);
-        assert!(!out.sends.is_empty(), "{name} registered");
+        h.register(name, from, 0);
+        assert!(!h.out.sends.is_empty(), "{name} registered");
     }
+    let Harness {
+        shared,
+        router,
+        mut out,
+    } = h;
+    out.clear();
     (shared, router, out)
 }
 

@@ -9,11 +9,9 @@
 
 mod common;
 
-use common::{addr, at};
+use common::addr;
 use std::fmt;
-use std::net::SocketAddr;
 use std::ops::Range;
-use std::sync::Arc;
 
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -21,10 +19,7 @@ use proptest::test_runner::RngSeed;
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
 use udp_relay::config::Settings;
-use udp_relay::out::Out;
 use udp_relay::refusal::Reason;
-use udp_relay::router::Router;
-use udp_relay::shared::Shared;
 use udp_relay::wire::scan::MAX_DEPTH;
 use udp_relay::wire::scan::{self, ScanError};
 use udp_relay::wire::valid_name;
@@ -36,45 +31,18 @@ const SEED: u64 = 0x5eed_2026;
 // ---------------------------------------------------------------------------------------------
 // A router with two registered peers, driven the way the I/O loop drives it.
 
-struct Relay {
-    shared: Arc<Shared>,
-    router: Router,
-    out: Out,
-}
+use udp_relay::testing::Harness as Relay;
 
-impl Relay {
-    fn new(settings: Settings) -> Relay {
-        let shared = Shared::new(settings, 1);
-        Relay {
-            router: Router::new(shared.clone(), 0),
-            shared,
-            out: Out::default(),
-        }
+/// A relay with `a` registered at `addr(1)` and `b` at `addr(2)`.
+fn with_peers(a: &str, b: &str) -> Relay {
+    let mut r = Relay::new(Settings::default());
+    for (name, from) in [(a, addr(1)), (b, addr(2))] {
+        let reg = serde_json::json!({"type": "register", "name": name}).to_string();
+        let sends = r.run(reg.as_bytes(), from, 0);
+        let ack: Value = serde_json::from_slice(&sends[0].1).expect("register reply is JSON");
+        assert_eq!(ack["type"], "register_ack", "registering {name:?}: {ack}");
     }
-
-    /// A relay with `a` registered at `addr(1)` and `b` at `addr(2)`.
-    fn with_peers(a: &str, b: &str) -> Relay {
-        let mut r = Relay::new(Settings::default());
-        for (name, from) in [(a, addr(1)), (b, addr(2))] {
-            let reg = serde_json::json!({"type": "register", "name": name}).to_string();
-            let sends = r.run(reg.as_bytes(), from, 0);
-            let ack: Value = serde_json::from_slice(&sends[0].1).expect("register reply is JSON");
-            assert_eq!(ack["type"], "register_ack", "registering {name:?}: {ack}");
-        }
-        r
-    }
-
-    /// Handles one datagram; returns the sends as (to, bytes).
-    fn run(&mut self, d: &[u8], from: SocketAddr, ms: u64) -> Vec<(SocketAddr, Vec<u8>)> {
-        self.out.clear();
-        let mut d = d.to_vec();
-        self.router.handle(&mut d, from, at(ms), &mut self.out);
-        self.out
-            .sends
-            .iter()
-            .map(|s| (s.to, self.out.segments(s, &d).concat()))
-            .collect()
-    }
+    r
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -401,7 +369,7 @@ proptest! {
         let h = scan::scan(&d).unwrap_or_else(|e| panic!("{e:?} on {text}"));
         prop_assert_eq!(h.payload.map(|p| p.start..p.end), Some(span.clone()));
 
-        let mut relay = Relay::with_peers(&case.source, &case.target);
+        let mut relay = with_peers(&case.source, &case.target);
         let sends = relay.run(&d, addr(1), 1);
         prop_assert_eq!(sends.len(), 1, "datagram: {}", text);
         let (to, fwd) = &sends[0];
@@ -909,7 +877,7 @@ proptest! {
         prop_assert_eq!(got, want, "datagram: {:?}", String::from_utf8_lossy(&d));
 
         // Whatever the router makes of it, everything it sends is well-formed JSON.
-        let mut relay = Relay::with_peers("A", "B");
+        let mut relay = with_peers("A", "B");
         for (to, bytes) in relay.run(&d, addr(1), 1) {
             prop_assert!(
                 well_formed(&bytes),
@@ -1020,7 +988,7 @@ fn router_refuses_deep_nesting_as_too_deep() {
         assert_eq!(relay.shared.metrics.refused(Reason::TooDeep), 1);
 
         // Within the default datagram size limit too.
-        let mut relay = Relay::with_peers("A", "B");
+        let mut relay = with_peers("A", "B");
         let deep = format!(
             r#"{{"type":"relay","source":"A","target":"B","payload":{}}}"#,
             "[".repeat(60_000)

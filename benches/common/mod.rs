@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 
-use udp_relay::clock::Now;
 use udp_relay::registry::{Proof, Registry};
 
 /// A deterministic xorshift64* generator, so every run benches the same bytes and keys.
@@ -98,13 +97,9 @@ pub fn name(i: usize) -> String {
     format!("user-{i:07}")
 }
 
-/// The moment `ms` milliseconds after the relay's clock started.
-pub fn at(ms: u64) -> Now {
-    Now {
-        ms,
-        unix: 1_795_574_001.25 + ms as f64 / 1000.0,
-    }
-}
+/// The moment `ms` milliseconds after the relay's clock started: the crate's one harness.
+#[allow(unused_imports)] // each bench uses what it needs
+pub use udp_relay::testing::at;
 
 /// Registers peers `range` (name [`name`], address [`addr`]) at `ms`.
 pub fn fill(reg: &Registry, range: std::ops::Range<usize>, ms: u64) {

@@ -7,10 +7,8 @@ use libfuzzer_sys::fuzz_target;
 mod common;
 
 fuzz_target!(|d: &[u8]| {
-    let mut g = common::router().lock().unwrap();
-    let (router, out) = &mut *g;
-    out.clear();
+    let mut h = common::harness().lock().unwrap();
     let mut d = d.to_vec();
-    router.handle(&mut d, common::addr(0), common::at(1), out);
-    common::check(out, &d);
+    h.handle(&mut d, common::addr(0), 1);
+    common::check(&h.out, &d);
 });

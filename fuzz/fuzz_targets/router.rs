@@ -7,15 +7,15 @@ use libfuzzer_sys::fuzz_target;
 mod common;
 
 fuzz_target!(|d: &[u8]| {
-    let mut g = common::router().lock().unwrap();
-    let (router, out) = &mut *g;
+    let mut h = common::harness().lock().unwrap();
     let mut ms = 1;
     for line in d.split(|&b| b == b'\n') {
-        let Some((&head, rest)) = line.split_first() else { continue };
+        let Some((&head, rest)) = line.split_first() else {
+            continue;
+        };
         ms += u64::from(head >> 2) * 50;
-        out.clear();
         let mut rest = rest.to_vec();
-        router.handle(&mut rest, common::addr(head), common::at(ms), out);
-        common::check(out, &rest);
+        h.handle(&mut rest, common::addr(head), ms);
+        common::check(&h.out, &rest);
     }
 });

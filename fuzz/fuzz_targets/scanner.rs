@@ -14,7 +14,10 @@ fuzz_target!(|d: &[u8]| {
     let mut tmp = vec![0u8; d.len()];
     assert!(scan::text(d, h.ty, &mut tmp).is_some(), "type decodes");
     for f in [h.target, h.source].into_iter().flatten() {
-        assert!(scan::text(d, f, &mut tmp).is_some(), "routing field decodes");
+        assert!(
+            scan::text(d, f, &mut tmp).is_some(),
+            "routing field decodes"
+        );
     }
     if let Some(p) = h.payload {
         assert!(p.start <= p.end && p.end <= d.len());

@@ -1,73 +1,22 @@
-//! The router's unit tests, and the sans-IO harness they share with the reaper's.
+//! The router's unit tests, over the crate's one sans-IO harness ([`crate::testing`]).
 
 use super::*;
 use crate::config::Settings;
 use crate::registry::Proof;
 use serde_json::{Value, json};
 
-/// A router over fresh shared state, and a way to run datagrams through it.
-pub(crate) struct Harness {
-    pub shared: Arc<Shared>,
-    pub router: Router,
-    pub out: Out,
+pub(crate) use crate::testing::{Harness, addr, at, collect};
+
+/// The shared harness, with JSON in and out (serde_json is a dev-dependency).
+pub(crate) trait Json {
+    /// Like [`Harness::run`] with JSON written and parsed.
+    fn json(&mut self, v: Value, from: SocketAddr, ms: u64) -> Vec<(SocketAddr, Value)>;
 }
 
-/// Peer `i`'s address, each on a network of its own (as most peers are: neighbours' news waits
-/// for proof, see `crate::budget`).
-pub(crate) fn addr(i: u16) -> SocketAddr {
-    let [hi, lo] = i.to_be_bytes();
-    SocketAddr::from(([10, hi, lo, 1], 1000 + i))
-}
-
-pub(crate) fn at(ms: u64) -> Now {
-    Now {
-        ms,
-        unix: 1_795_574_001.25 + ms as f64 / 1000.0,
-    }
-}
-
-impl Harness {
-    pub fn new(settings: Settings) -> Harness {
-        let shared = Shared::new(settings, 1);
-        Harness {
-            router: Router::new(shared.clone(), 0),
-            shared,
-            out: Out::default(),
-        }
-    }
-
-    /// Handles `d` from `from` at `ms`; returns the sends as (to, bytes).
-    pub fn run(&mut self, d: &[u8], from: SocketAddr, ms: u64) -> Vec<(SocketAddr, Vec<u8>)> {
-        self.out.clear();
-        let mut d = d.to_vec();
-        self.router.handle(&mut d, from, at(ms), &mut self.out);
-        collect(&self.out, &d)
-    }
-
-    /// Like [`Harness::run`] with JSON parsed.
-    pub fn json(&mut self, v: Value, from: SocketAddr, ms: u64) -> Vec<(SocketAddr, Value)> {
+impl Json for Harness {
+    fn json(&mut self, v: Value, from: SocketAddr, ms: u64) -> Vec<(SocketAddr, Value)> {
         parse(self.run(v.to_string().as_bytes(), from, ms))
     }
-
-    pub fn refused(&self, r: Reason) -> u64 {
-        self.shared.metrics.refused(r)
-    }
-
-    /// The session of `name` at `from`, as its `register_ack` gave it.
-    pub fn session(&self, name: &str, from: SocketAddr) -> String {
-        self.shared
-            .registry
-            .session_at(name, from, 0)
-            .expect("registered")
-            .to_hex()
-    }
-}
-
-pub(crate) fn collect(out: &Out, input: &[u8]) -> Vec<(SocketAddr, Vec<u8>)> {
-    out.sends
-        .iter()
-        .map(|s| (s.to, out.segments(s, input).concat()))
-        .collect()
 }
 
 pub(crate) fn parse(sends: Vec<(SocketAddr, Vec<u8>)>) -> Vec<(SocketAddr, Value)> {
@@ -280,24 +229,12 @@ fn families_other_than_json_are_counted() {
     assert_eq!(h.refused(Reason::FrameFlags), 1);
 }
 
-/// Registers `name` at `from` and shows its session back, so that the registration is trusted.
-fn prove(h: &mut Harness, name: &str, from: SocketAddr, ms: u64) -> String {
-    register(h, name, from, ms);
-    let session = h.session(name, from);
-    h.json(
-        json!({"type": "ping", "name": name, "session": session}),
-        from,
-        ms,
-    );
-    session
-}
-
 #[test]
 fn channel_frames_are_rewritten_in_place_and_sent_from_the_input() {
     let mut h = Harness::new(Settings::default());
     let (a, b) = (addr(1), addr(2));
-    let sa = prove(&mut h, "A", a, 0);
-    prove(&mut h, "B", b, 0);
+    let sa = h.prove("A", a, 0);
+    h.prove("B", b, 0);
     let r = h.json(json!({"type": "bind", "target": "B", "session": sa}), a, 1);
     assert_eq!(r.len(), 2, "{r:?}");
     assert_eq!((r[0].0, &r[0].1["type"]), (a, &json!("bind_ack")));
@@ -345,7 +282,7 @@ fn channel_frames_are_rewritten_in_place_and_sent_from_the_input() {
 fn bind_is_authenticated_and_to_a_trusted_peer() {
     let mut h = Harness::new(Settings::default());
     let (a, b) = (addr(1), addr(2));
-    let sa = prove(&mut h, "A", a, 0);
+    let sa = h.prove("A", a, 0);
     register(&mut h, "B", b, 0);
     let r = h.json(json!({"type": "bind", "target": "B"}), a, 1);
     assert_eq!(r[0].1["code"], "session_required");
@@ -365,8 +302,8 @@ fn news_of_a_neighbour_waits_until_it_proves_itself() {
     let a: SocketAddr = "10.0.9.1:1".parse().unwrap();
     let b: SocketAddr = "10.0.9.2:2".parse().unwrap();
     let far = addr(3);
-    prove(&mut h, "A", a, 0);
-    prove(&mut h, "Far", far, 0);
+    h.prove("A", a, 0);
+    h.prove("Far", far, 0);
     // B's join, unproven, reaches the peer elsewhere but not its neighbour A (it may be forged).
     let r = register(&mut h, "B", b, 1);
     let told: Vec<SocketAddr> = r.iter().map(|(to, _)| *to).filter(|to| *to != b).collect();

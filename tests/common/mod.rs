@@ -15,18 +15,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-/// Address `i` of the sans-IO tests' peers (no socket behind it).
-pub fn addr(i: u16) -> SocketAddr {
-    SocketAddr::from(([10, 0, 0, 1], 1000 + i))
-}
-
-/// The relay's time `ms` into a run, for the sans-IO tests.
-pub fn at(ms: u64) -> udp_relay::clock::Now {
-    udp_relay::clock::Now {
-        ms,
-        unix: 1_795_574_001.25 + ms as f64 / 1000.0,
-    }
-}
+/// The sans-IO tests' addresses and times: the crate's one harness.
+#[allow(unused_imports)] // each test file uses what it needs of the harness
+pub use udp_relay::testing::{addr, at};
 
 /// The error codes Part 2 allows.
 pub const ERROR_CODES: &[&str] = &[
