@@ -162,6 +162,53 @@ fn relaying_allocates_nothing_once_warm() {
     assert_eq!(forwarded, 10_200);
 }
 
+#[test]
+fn channel_frames_allocate_nothing_once_warm() {
+    let mut h = Harness::new(Settings::default());
+    let (alice, bob) = (addr(1), addr(2));
+    // A long name lives on the heap: touching it from a frame must not copy it.
+    let long = "a-name-longer-than-the-inline-twenty-two-bytes";
+    let sa = h.prove(long, alice, 0);
+    h.prove("Bob", bob, 0);
+    let bind = format!(r#"{{"type":"bind","target":"Bob","name":"{long}","session":"{sa}"}}"#);
+    h.run(bind.as_bytes(), alice, 1);
+    let ack = String::from_utf8(h.out.segments(&h.out.sends[0], &[]).concat()).unwrap();
+    let n: u32 = ack
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('}')
+        .parse()
+        .unwrap();
+    let mut frames: Vec<Vec<u8>> = (0..10_000)
+        .map(|i| {
+            let mut f = Vec::new();
+            udp_relay::wire::frame::write(&mut f, n, &vec![i as u8; 40 + i % 1200]);
+            f
+        })
+        .collect();
+    // Over ten seconds of relay time, so that frames also refresh the sender's registration.
+    let run = |frames: &mut [Vec<u8>], h: &mut Harness, base: u64| {
+        let mut ok = 0;
+        for (i, f) in frames.iter_mut().enumerate() {
+            h.handle(f, alice, base + i as u64);
+            ok += usize::from(h.out.sends.len() == 1 && h.out.sends[0].to == bob);
+        }
+        ok
+    };
+    assert_eq!(run(&mut frames[..200], &mut h, 10), 200);
+    for f in &mut frames {
+        udp_relay::wire::frame::set_channel(f, n);
+    }
+    let (ok, allocs, frees) = heap_calls(|| run(&mut frames, &mut h, 1_000));
+    assert_eq!(ok, 10_000, "every frame forwarded");
+    assert_eq!(
+        (allocs, frees),
+        (0, 0),
+        "heap calls while forwarding 10,000 frames"
+    );
+}
+
 /// The negative control: the counter sees allocations, both in the test's own code and inside
 /// the router, so the zero above is a measurement and not a blind spot.
 #[test]
