@@ -33,6 +33,9 @@ pub struct Counters {
     pub sent_bytes: AtomicU64,
     /// Sends the kernel refused.
     pub send_errors: AtomicU64,
+    /// Datagrams the kernel dropped at this worker's socket for a full receive queue, as the
+    /// socket last reported (SO_RXQ_OVFL counts from the socket's creation).
+    pub queue_drops: AtomicU64,
     /// Error replies withheld by the per-source error rate limit.
     pub errors_suppressed: AtomicU64,
     /// Times the io_uring receive found no free buffer (`ENOBUFS`) and had to be re-armed.
@@ -170,6 +173,32 @@ impl Metrics {
             "io_uring receives that found every buffer in use (ENOBUFS).",
             self.sum(|c| &c.recv_no_buffers),
         );
+        // Per worker: which worker falls behind is what an operator needs to see.
+        for (name, help, f) in [
+            (
+                "receive_queue_drops_total",
+                "Datagrams the kernel dropped for a full receive queue, by worker socket.",
+                (|c: &Counters| &c.queue_drops) as fn(&Counters) -> &AtomicU64,
+            ),
+            (
+                "send_errors_by_worker_total",
+                "Sends refused by the kernel, by worker (the reaper's as worker=\"reaper\").",
+                |c: &Counters| &c.send_errors,
+            ),
+        ] {
+            let _ = writeln!(s, "# HELP udp_relay_{name} {help}");
+            let _ = writeln!(s, "# TYPE udp_relay_{name} counter");
+            let last = self.blocks.len() - 1;
+            for (i, b) in self.blocks.iter().enumerate() {
+                let worker = if i == last {
+                    "reaper".to_string()
+                } else {
+                    i.to_string()
+                };
+                let v = f(b).load(Relaxed);
+                let _ = writeln!(s, "udp_relay_{name}{{worker=\"{worker}\"}} {v}");
+            }
+        }
         let _ = writeln!(
             s,
             "# HELP udp_relay_refused_total Datagrams refused, by reason."

@@ -798,3 +798,47 @@ fn help_and_version_exit_zero() {
         assert_eq!(p.text.trim(), want);
     }
 }
+
+#[test]
+fn datagrams_the_kernel_drops_for_a_full_queue_are_counted_per_worker() {
+    let r = Relay::start(&["--workers", "1"]);
+    let p = Peer::new(&r);
+    p.register("watcher");
+    let before = r.metric("udp_relay_receive_queue_drops_total{worker=\"0\"}");
+    // A stopped relay reads nothing: its socket's queue fills and the kernel drops the rest.
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(r.pid() as i32, libc::SIGSTOP) };
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for _ in 0..20_000 {
+        let _ = s.send_to(&[b' '; 200], r.addr);
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(r.pid() as i32, libc::SIGCONT) };
+    // The kernel reports its count with each datagram it delivers after the drops.
+    let deadline = Instant::now() + TIMEOUT;
+    p.sock
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let drops = loop {
+        // The first pings may find the queue still full: each is sent again until one is
+        // answered (the answer comes after the queue's datagrams were handled).
+        p.send(p.ping());
+        let mut buf = [0u8; 2048];
+        while let Ok(n) = p.sock.recv(&mut buf) {
+            if buf[..n].windows(6).any(|w| w == b"\"pong\"") {
+                break;
+            }
+        }
+        let n = r.metric("udp_relay_receive_queue_drops_total{worker=\"0\"}");
+        if n > before {
+            break n - before;
+        }
+        assert!(Instant::now() < deadline, "no drop counted");
+    };
+    println!("20,000 datagrams to a stopped relay: {drops} dropped by the kernel, counted");
+    assert!(drops < 20_000);
+    assert!(
+        r.metrics_text()
+            .contains("udp_relay_send_errors_by_worker_total{worker=\"reaper\"}")
+    );
+}

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::net::UdpSocket;
 use std::sync::Arc;
 
-use super::{Backend, CONTROL_LEN, Egress, Sender, Source, Worker, source};
+use super::{Backend, CONTROL_LEN, Egress, Sender, Source, Worker, queue_drops, source};
 use crate::metrics::Counters;
 use crate::out::Out;
 
@@ -91,6 +91,11 @@ impl Backend for Mmsg {
                 let len = hdrs[i].msg_len as usize;
                 lens[i] = len;
                 let control = &controls[i][..hdrs[i].msg_hdr.msg_controllen.min(CONTROL_LEN)];
+                if let Some(n) = queue_drops(control) {
+                    w.counters
+                        .queue_drops
+                        .store(u64::from(n), Ordering::Relaxed);
+                }
                 let from = match source(&names[i], control) {
                     Some(Source::Peer(a)) => a,
                     Some(Source::Mapped) => {

@@ -127,6 +127,8 @@ pub fn bind_worker_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
         set_ip_pktinfo(&sock)?;
     }
     sock.set_reuse_port(true)?;
+    // Every received datagram then carries how many the kernel dropped for a full queue.
+    set_int_option(&sock, libc::SOL_SOCKET, libc::SO_RXQ_OVFL)?;
     // Best effort: a larger buffer absorbs bursts; the kernel caps it at its own maximum.
     let _ = sock.set_recv_buffer_size(4 << 20);
     let _ = sock.set_send_buffer_size(4 << 20);
@@ -136,13 +138,18 @@ pub fn bind_worker_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
 }
 
 fn set_ip_pktinfo(sock: &Socket) -> io::Result<()> {
+    set_int_option(sock, libc::IPPROTO_IP, libc::IP_PKTINFO)
+}
+
+/// Turns on the integer socket option `name` of `level`.
+fn set_int_option(sock: &Socket, level: libc::c_int, name: libc::c_int) -> io::Result<()> {
     let on: libc::c_int = 1;
     // SAFETY: a plain setsockopt with a pointer to an int of the size given.
     let r = unsafe {
         libc::setsockopt(
             sock.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_PKTINFO,
+            level,
+            name,
             (&on as *const libc::c_int).cast(),
             size_of::<libc::c_int>() as libc::socklen_t,
         )
@@ -153,8 +160,8 @@ fn set_ip_pktinfo(sock: &Socket) -> io::Result<()> {
     Ok(())
 }
 
-/// Room for the control messages a worker socket receives (an IPv4 datagram's IP_PKTINFO on a
-/// dual-stack socket).
+/// Room for the control messages a worker socket receives: an IPv4 datagram's IP_PKTINFO on a
+/// dual-stack socket (28 bytes) and SO_RXQ_OVFL's drop count (20).
 pub const CONTROL_LEN: usize = 64;
 
 /// Where a received datagram says it came from.
@@ -184,22 +191,39 @@ pub fn source(name: &libc::sockaddr_storage, control: &[u8]) -> Option<Source> {
 
 /// Whether `control` (as the kernel wrote it, at any alignment) holds an IP_PKTINFO message.
 fn has_ipv4_pktinfo(control: &[u8]) -> bool {
+    control_messages(control)
+        .any(|(level, kind, _)| level == libc::IPPROTO_IP && kind == libc::IP_PKTINFO)
+}
+
+/// How many datagrams the kernel has dropped at this socket for a full receive queue, since the
+/// socket was made, if `control` says (SO_RXQ_OVFL).
+pub fn queue_drops(control: &[u8]) -> Option<u32> {
+    control_messages(control).find_map(|(level, kind, data)| {
+        (level == libc::SOL_SOCKET && kind == libc::SO_RXQ_OVFL)
+            .then(|| Some(u32::from_ne_bytes(data.get(..4)?.try_into().ok()?)))
+            .flatten()
+    })
+}
+
+/// The control messages in `control` as (level, type, data), read at any alignment.
+fn control_messages(control: &[u8]) -> impl Iterator<Item = (i32, i32, &[u8])> {
     let hdr = size_of::<libc::cmsghdr>();
     let align = size_of::<usize>();
     let mut off = 0;
-    while off + hdr <= control.len() {
+    std::iter::from_fn(move || {
+        if off + hdr > control.len() {
+            return None;
+        }
         // SAFETY: `hdr` bytes at `off` are inside `control`; read without assuming alignment.
         let c: libc::cmsghdr = unsafe { std::ptr::read_unaligned(control[off..].as_ptr().cast()) };
-        if c.cmsg_level == libc::IPPROTO_IP && c.cmsg_type == libc::IP_PKTINFO {
-            return true;
-        }
         let len = c.cmsg_len as usize;
         if len < hdr {
-            return false;
+            return None;
         }
+        let data = control.get(off + hdr..(off + len).min(control.len()))?;
         off += len.div_ceil(align) * align;
-    }
-    false
+        Some((c.cmsg_level, c.cmsg_type, data))
+    })
 }
 
 /// Fails with `AddrInUse` if another socket holds `addr`, even one with `SO_REUSEPORT`, so two
@@ -409,6 +433,21 @@ mod tests {
         let a: SocketAddr = "[::ffff:192.0.2.1]:9".parse().unwrap();
         to_sockaddr(a, true, &mut s);
         s
+    }
+
+    #[test]
+    fn the_queue_drop_count_is_read_beside_other_messages() {
+        let hdr = size_of::<libc::cmsghdr>();
+        let mut ovfl = cmsg(0, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 4);
+        ovfl[hdr..hdr + 4].copy_from_slice(&77u32.to_ne_bytes());
+        assert_eq!(queue_drops(&ovfl), Some(77));
+        let mut two = cmsg(0, libc::IPPROTO_IP, libc::IP_PKTINFO, 12);
+        two.extend(&ovfl);
+        assert_eq!(queue_drops(&two), Some(77));
+        assert!(has_ipv4_pktinfo(&two));
+        assert_eq!(queue_drops(&two[..8]), None);
+        // Cut inside its data: not read.
+        assert_eq!(queue_drops(&ovfl[..hdr + 2]), None);
     }
 
     #[test]

@@ -18,7 +18,9 @@ use std::sync::mpsc;
 use io_uring::types::{BufRingEntry, Fd, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{IoUring, Probe, cqueue, opcode, squeue};
 
-use super::{Backend, CONTROL_LEN, Egress, Inbox, POLL_MS, Source, Worker, source, to_sockaddr};
+use super::{
+    Backend, CONTROL_LEN, Egress, Inbox, POLL_MS, Source, Worker, queue_drops, source, to_sockaddr,
+};
 use crate::metrics::Counters;
 use crate::out::Out;
 
@@ -419,6 +421,11 @@ impl Backend for Uring {
                             start,
                             len: payload.len(),
                         });
+                        if let Some(n) = queue_drops(m.control_data()) {
+                            w.counters
+                                .queue_drops
+                                .store(u64::from(n), Ordering::Relaxed);
+                        }
                         let from = match name_of(m.name_data(), m.control_data()) {
                             Some(Source::Peer(a)) => a,
                             Some(Source::Mapped) => {
