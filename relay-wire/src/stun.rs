@@ -147,10 +147,10 @@ pub fn answer(buf: &mut Vec<u8>, req: &Request, from: SocketAddr) {
     if req.unknown.is_empty() {
         xor_mapped_address(buf, from, &req.transaction);
     } else {
-        let reason = b"Unknown Attribute";
-        attribute(buf, ATTR_ERROR_CODE, 4 + reason.len(), |b| {
-            b.extend_from_slice(&[0, 0, 4, 20]);
-            b.extend_from_slice(reason);
+        // No reason phrase (RFC 8489 leaves it to the server): the code says it all, and an
+        // answer to a forged request stays small (36 bytes for one unknown attribute).
+        attribute(buf, ATTR_ERROR_CODE, 4, |b| {
+            b.extend_from_slice(&[0, 0, 4, 20])
         });
         attribute(buf, ATTR_UNKNOWN_ATTRIBUTES, 2 * req.unknown.len(), |b| {
             for t in &req.unknown {
@@ -331,7 +331,12 @@ mod tests {
         let mut b = Vec::new();
         answer(&mut b, &req, "192.0.2.1:1".parse().unwrap());
         assert_eq!(&b[..2], &[0x01, 0x11]);
-        assert_eq!(&b[HEADER..HEADER + 8], &[0x00, 0x09, 0x00, 21, 0, 0, 4, 20]);
+        assert_eq!(&b[HEADER..HEADER + 8], &[0x00, 0x09, 0x00, 4, 0, 0, 4, 20]);
+        assert_eq!(
+            b.len(),
+            36,
+            "one unknown attribute: a 24-byte request, a 36-byte answer"
+        );
         assert!(b.ends_with(&[0x00, 0x0A, 0x00, 0x02, 0x00, 0x03, 0, 0]));
         // Lengths that disagree, attributes overrunning, a wrong or misplaced FINGERPRINT.
         let mut long = d.clone();
