@@ -26,6 +26,15 @@ pub enum Auth {
     Signed,
 }
 
+/// A feature switched on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    /// On.
+    On,
+    /// Off.
+    Off,
+}
+
 /// Which I/O backend the workers run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum IoChoice {
@@ -151,6 +160,10 @@ pub struct Args {
     /// I/O backend of the workers.
     #[arg(long, env = "UDP_RELAY_IO", value_enum, default_value = "auto")]
     pub io: IoChoice,
+    /// UDP segmentation offload on send (`UDP_SEGMENT`): runs of datagrams to one destination
+    /// leave as one send (the mmsg backend; turned off by itself where the kernel refuses it).
+    #[arg(long, env = "UDP_RELAY_GSO", value_enum, default_value = "on")]
+    pub gso: OnOff,
     /// Pin worker i to CPU i (modulo the CPUs this process may use).
     #[arg(long, env = "UDP_RELAY_PIN_WORKERS")]
     pub pin_workers: bool,

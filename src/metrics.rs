@@ -33,6 +33,10 @@ pub struct Counters {
     pub sent_bytes: AtomicU64,
     /// Sends the kernel refused.
     pub send_errors: AtomicU64,
+    /// Sends that carried several datagrams as `UDP_SEGMENT` segments.
+    pub segmented_sends: AtomicU64,
+    /// Times the kernel refused segmentation (which is then off for that sender).
+    pub gso_refused: AtomicU64,
     /// Datagrams the kernel dropped at this worker's socket for a full receive queue, as the
     /// socket last reported (SO_RXQ_OVFL counts from the socket's creation).
     pub queue_drops: AtomicU64,
@@ -152,6 +156,16 @@ impl Metrics {
             "sent_bytes_total",
             "Bytes sent.",
             self.sum(|c| &c.sent_bytes),
+        );
+        counter(
+            "segmented_sends_total",
+            "Sends carrying several datagrams as UDP_SEGMENT segments (GSO).",
+            self.sum(|c| &c.segmented_sends),
+        );
+        counter(
+            "gso_refused_total",
+            "Times the kernel refused UDP segmentation (then off for that sender).",
+            self.sum(|c| &c.gso_refused),
         );
         counter(
             "send_errors_total",

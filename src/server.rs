@@ -11,7 +11,7 @@ use std::time::Duration;
 use tracing::{error, info, warn};
 
 use crate::clock::Clock;
-use crate::config::Args;
+use crate::config::{Args, OnOff};
 use crate::http;
 use crate::io::{self as relay_io, Egress, Worker};
 use crate::out::Out;
@@ -66,6 +66,7 @@ pub fn start(args: &Args) -> io::Result<Relay> {
             max_datagram: shared.settings.max_datagram,
             inbox: None,
             cpu: args.pin_workers.then_some(index),
+            gso: args.gso == OnOff::On,
         })
         .collect();
     // Replies the reaper originates leave from the relay's own port, like every other reply.

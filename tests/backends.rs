@@ -195,3 +195,74 @@ fn forced_uring_refused_stops_start_up_naming_the_flag() {
     );
     assert!(!err.contains("listening on"), "{err}");
 }
+
+/// A batch of datagrams to one peer leaves as one segmented send (`UDP_SEGMENT`, mmsg backend),
+/// and the peer still gets each datagram apart, byte for byte, in order; a shorter one ends a
+/// run, and `--gso off` sends them one by one.
+fn segmented(gso: &str) -> u64 {
+    let r = Relay::start(&["--io", "mmsg", "--workers", "1", "--gso", gso]);
+    let (a, b, c) = (Peer::new(&r), Peer::new(&r), Peer::new(&r));
+    a.register("a");
+    b.register("b");
+    c.register("c");
+    let bind = |p: &Peer, to: &Peer, target: &str| -> (u32, u32) {
+        p.send(p.authed(json!({"type": "bind", "target": target})));
+        let mine = loop {
+            let v = p.recv();
+            if v["type"] == "bind_ack" {
+                break v["channel"].as_u64().unwrap() as u32;
+            }
+        };
+        let theirs = loop {
+            let v = to.recv();
+            if v["type"] == "channel_bound" {
+                break v["channel"].as_u64().unwrap() as u32;
+            }
+        };
+        (mine, theirs)
+    };
+    let (ab, ba) = bind(&a, &b, "b");
+    let (ac, ca) = bind(&a, &c, "c");
+    let frame = |n: u32, i: usize, len: usize| {
+        let mut f = vec![0xD1, 0];
+        f.extend_from_slice(&n.to_be_bytes());
+        f.extend((0..len).map(|k| (i * 7 + k) as u8));
+        f
+    };
+    // Queued while the relay is stopped, the frames reach it in one receive batch: 30 to b of
+    // 300 bytes, one shorter, 5 to c, then 10 more to b.
+    let mut to_b = Vec::new();
+    let mut to_c = Vec::new();
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(r.pid() as i32, libc::SIGSTOP) };
+    for i in 0..30 {
+        a.send_raw(&frame(ab, i, 300));
+        to_b.push(frame(ba, i, 300));
+    }
+    a.send_raw(&frame(ab, 30, 100));
+    to_b.push(frame(ba, 30, 100));
+    for i in 0..5 {
+        a.send_raw(&frame(ac, i, 300));
+        to_c.push(frame(ca, i, 300));
+    }
+    for i in 31..41 {
+        a.send_raw(&frame(ab, i, 300));
+        to_b.push(frame(ba, i, 300));
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(r.pid() as i32, libc::SIGCONT) };
+    for (p, want) in [(&b, &to_b), (&c, &to_c)] {
+        for (i, w) in want.iter().enumerate() {
+            assert_eq!(&p.recv_raw(), w, "datagram {i}");
+        }
+    }
+    r.metric("udp_relay_segmented_sends_total")
+}
+
+#[test]
+fn runs_to_one_peer_leave_as_segmented_sends_and_arrive_apart() {
+    let on = segmented("on");
+    println!("46 frames in one batch: {on} segmented sends");
+    assert!(on >= 1, "no segmented send");
+    assert_eq!(segmented("off"), 0);
+}

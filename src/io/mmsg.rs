@@ -29,7 +29,7 @@ impl Backend for Mmsg {
             .ok_or_else(|| io::Error::other("no workers"))?;
         let socket = first.socket.try_clone()?;
         Ok(Box::new(SocketEgress {
-            sender: Sender::new(&socket)?,
+            sender: Sender::new(&socket, first.gso)?,
             socket,
             counters: first.counters.clone(),
         }))
@@ -45,7 +45,7 @@ impl Backend for Mmsg {
         let mut hdrs: Vec<libc::mmsghdr> = vec![unsafe { zeroed() }; BATCH];
         let mut controls = vec![[0u8; CONTROL_LEN]; BATCH];
         let mut out = Out::default();
-        let mut sender = Sender::new(&w.socket)?;
+        let mut sender = Sender::new(&w.socket, w.gso)?;
         let fd = w.socket.as_raw_fd();
         while !w.stop.load(Ordering::Relaxed) {
             for i in 0..BATCH {

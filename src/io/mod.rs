@@ -43,6 +43,8 @@ pub struct Worker {
     pub inbox: Option<Inbox>,
     /// The CPU to pin the worker's thread to.
     pub cpu: Option<usize>,
+    /// Whether sends may be segmented (`UDP_SEGMENT`), where the backend does it.
+    pub gso: bool,
 }
 
 /// Sends decided elsewhere, handed to a worker: batches on a channel, and an eventfd the
@@ -309,12 +311,28 @@ pub fn to_sockaddr(addr: SocketAddr, v6_socket: bool, s: &mut libc::sockaddr_sto
     }
 }
 
-/// Sends an [`Out`] with sendmmsg, reusing its header arrays between batches.
+/// `UDP_SEGMENT` (linux/udp.h): the segment size of a send the kernel splits into datagrams.
+const UDP_SEGMENT: libc::c_int = 103;
+/// Most datagrams one segmented send carries (the kernel's `UDP_MAX_SEGMENTS` is 64).
+const MAX_SEGMENTS: usize = 64;
+/// Most bytes one segmented send carries: a UDP datagram's largest payload.
+const MAX_SEGMENTED_BYTES: usize = 65_507;
+/// Room for one control message holding a `u16`.
+const SEGMENT_CONTROL: usize = 32;
+
+/// Sends a batch's datagrams with `sendmmsg`. Consecutive datagrams to one destination of one
+/// size (the last of a run may be shorter) leave as one `UDP_SEGMENT` send, which the kernel
+/// splits: one trip down the stack instead of one per datagram. A kernel or device that refuses
+/// segmentation turns it off for this sender, with the reason logged and counted.
 pub struct Sender {
     v6_socket: bool,
+    gso: bool,
     hdrs: Vec<libc::mmsghdr>,
     iovs: Vec<libc::iovec>,
     names: Vec<libc::sockaddr_storage>,
+    controls: Vec<[u8; SEGMENT_CONTROL]>,
+    /// Per header: the first send of `out` it carries, and how many.
+    runs: Vec<(usize, usize)>,
 }
 
 // SAFETY: the raw pointers in the header arrays are only meaningful during `send` and are
@@ -322,14 +340,97 @@ pub struct Sender {
 unsafe impl Send for Sender {}
 
 impl Sender {
-    /// A sender for `sock`, whose family decides how IPv4 destinations are written.
-    pub fn new(sock: &UdpSocket) -> io::Result<Sender> {
+    /// A sender for `sock`, whose family decides how IPv4 destinations are written; `gso`
+    /// allows segmented sends.
+    pub fn new(sock: &UdpSocket, gso: bool) -> io::Result<Sender> {
         Ok(Sender {
             v6_socket: sock.local_addr()?.is_ipv6(),
+            gso,
             hdrs: Vec::new(),
             iovs: Vec::new(),
             names: Vec::new(),
+            controls: Vec::new(),
+            runs: Vec::new(),
         })
+    }
+
+    /// Builds the headers for `out.sends[from..]`.
+    fn build<'a>(&mut self, out: &'a Out, from: usize, input: &impl Fn(usize) -> &'a [u8]) {
+        self.iovs.clear();
+        self.names.clear();
+        self.hdrs.clear();
+        self.controls.clear();
+        self.runs.clear();
+        // The open run: its destination, segment size, bytes so far, and whether a shorter
+        // datagram already ended it.
+        let mut open: Option<(SocketAddr, usize, usize, bool)> = None;
+        for (i, s) in out.sends.iter().enumerate().skip(from) {
+            let len = s.wire_len();
+            let joins = self.gso
+                && len > 0
+                && open.is_some_and(|(to, size, bytes, ended)| {
+                    to == s.to
+                        && !ended
+                        && len <= size
+                        && bytes + len <= MAX_SEGMENTED_BYTES
+                        && self.runs.last().is_some_and(|r| r.1 < MAX_SEGMENTS)
+                });
+            if joins {
+                let run = self.runs.last_mut().expect("an open run");
+                run.1 += 1;
+                if let Some((_, size, bytes, ended)) = &mut open {
+                    *bytes += len;
+                    *ended = len < *size;
+                }
+            } else {
+                // SAFETY: all-zero is a valid sockaddr_storage and mmsghdr.
+                self.names.push(unsafe { zeroed() });
+                let namelen = to_sockaddr(s.to, self.v6_socket, self.names.last_mut().unwrap());
+                // SAFETY: see above.
+                let mut h: libc::mmsghdr = unsafe { zeroed() };
+                h.msg_hdr.msg_namelen = namelen;
+                self.hdrs.push(h);
+                self.runs.push((i, 1));
+                self.controls.push([0; SEGMENT_CONTROL]);
+                open = Some((s.to, len, len, len == 0));
+            }
+            for seg in out.segments(s, input(s.input)) {
+                if !seg.is_empty() {
+                    self.iovs.push(libc::iovec {
+                        iov_base: seg.as_ptr() as *mut _,
+                        iov_len: seg.len(),
+                    });
+                }
+            }
+            // The iovecs' end index for now; turned into a count below.
+            let h = self.hdrs.last_mut().expect("a header");
+            h.msg_hdr.msg_iovlen = self.iovs.len();
+        }
+        // Now that no vector will grow, point the headers at their names, iovecs and controls.
+        let mut iov_start = 0;
+        for (i, h) in self.hdrs.iter_mut().enumerate() {
+            let iov_end = h.msg_hdr.msg_iovlen;
+            h.msg_hdr.msg_name = &mut self.names[i] as *mut _ as *mut _;
+            h.msg_hdr.msg_iov = self.iovs[iov_start..].as_mut_ptr();
+            h.msg_hdr.msg_iovlen = iov_end - iov_start;
+            iov_start = iov_end;
+            let (first, n) = self.runs[i];
+            if n > 1 {
+                let size = out.sends[first].wire_len() as u16;
+                let c = &mut self.controls[i];
+                h.msg_hdr.msg_control = c.as_mut_ptr().cast();
+                // SAFETY: CMSG_SPACE of a u16 fits the control buffer; the macros compute
+                // offsets within the header we point them at.
+                unsafe {
+                    h.msg_hdr.msg_controllen = libc::CMSG_SPACE(2) as usize;
+                    let cm = libc::CMSG_FIRSTHDR(&h.msg_hdr);
+                    (*cm).cmsg_level = libc::IPPROTO_UDP;
+                    (*cm).cmsg_type = UDP_SEGMENT;
+                    (*cm).cmsg_len = libc::CMSG_LEN(2) as usize;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(cm).cast::<u16>(), size);
+                }
+            }
+        }
     }
 
     /// Sends every datagram of `out` on `sock`; `input(i)` is received datagram `i` of the batch.
@@ -340,65 +441,51 @@ impl Sender {
         input: impl Fn(usize) -> &'a [u8],
         counters: &Counters,
     ) {
-        let n = out.sends.len();
-        if n == 0 {
+        if out.sends.is_empty() {
             return;
         }
-        self.iovs.clear();
-        self.names.clear();
-        self.hdrs.clear();
-        // SAFETY: all-zero is a valid sockaddr_storage and mmsghdr.
-        self.names.resize(n, unsafe { zeroed() });
-        for (i, s) in out.sends.iter().enumerate() {
-            let len = to_sockaddr(s.to, self.v6_socket, &mut self.names[i]);
-            for seg in out.segments(s, input(s.input)) {
-                if !seg.is_empty() {
-                    self.iovs.push(libc::iovec {
-                        iov_base: seg.as_ptr() as *mut _,
-                        iov_len: seg.len(),
-                    });
-                }
-            }
-            // SAFETY: see above.
-            let mut h: libc::mmsghdr = unsafe { zeroed() };
-            h.msg_hdr.msg_namelen = len;
-            h.msg_hdr.msg_iovlen = self.iovs.len(); // end index for now; fixed below
-            self.hdrs.push(h);
-        }
-        // Now that no vector will grow, point the headers at their names and iovecs.
-        let mut iov_start = 0;
-        for (i, h) in self.hdrs.iter_mut().enumerate() {
-            let iov_end = h.msg_hdr.msg_iovlen;
-            h.msg_hdr.msg_name = &mut self.names[i] as *mut _ as *mut _;
-            h.msg_hdr.msg_iov = self.iovs[iov_start..].as_mut_ptr();
-            h.msg_hdr.msg_iovlen = iov_end - iov_start;
-            iov_start = iov_end;
-        }
+        self.build(out, 0, &input);
         let fd = sock.as_raw_fd();
         let mut done = 0;
-        while done < n {
+        while done < self.hdrs.len() {
             let rest = &mut self.hdrs[done..];
             // SAFETY: every header points into live buffers (`out`, inputs, our vectors).
             let r = unsafe { libc::sendmmsg(fd, rest.as_mut_ptr(), rest.len() as u32, 0) };
             if r < 0 {
                 let e = io::Error::last_os_error();
+                let (first, n) = self.runs[done];
                 match e.kind() {
                     io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock => continue,
+                    // A kernel or device without UDP segmentation: off for good, and this
+                    // send and the rest go again one datagram each.
+                    _ if n > 1 && matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL)) => {
+                        tracing::warn!(error = %e, "UDP segmentation refused; sending datagrams one by one from now on");
+                        Counters::add(&counters.gso_refused, 1);
+                        self.gso = false;
+                        self.build(out, first, &input);
+                        done = 0;
+                    }
                     _ => {
                         // The first datagram failed (unreachable, too large…): skip it only.
-                        tracing::debug!(error = %e, to = %out.sends[done].to, "send failed");
-                        Counters::add(&counters.send_errors, 1);
+                        tracing::debug!(error = %e, to = %out.sends[first].to, "send failed");
+                        Counters::add(&counters.send_errors, n as u64);
                         done += 1;
                     }
                 }
             } else {
                 let sent = r as usize;
-                let bytes: u64 = self.hdrs[done..done + sent]
-                    .iter()
-                    .map(|h| u64::from(h.msg_len))
-                    .sum();
-                Counters::add(&counters.sent, sent as u64);
+                let hdrs = &self.hdrs[done..done + sent];
+                let bytes: u64 = hdrs.iter().map(|h| u64::from(h.msg_len)).sum();
+                let datagrams: usize = self.runs[done..done + sent].iter().map(|r| r.1).sum();
+                Counters::add(&counters.sent, datagrams as u64);
                 Counters::add(&counters.sent_bytes, bytes);
+                Counters::add(
+                    &counters.segmented_sends,
+                    hdrs.iter()
+                        .zip(&self.runs[done..])
+                        .filter(|(_, r)| r.1 > 1)
+                        .count() as u64,
+                );
                 done += sent;
             }
         }
