@@ -37,9 +37,9 @@ pub fn start(args: &Args) -> io::Result<Relay> {
     let shared = Shared::new(settings, n);
     let clock = Clock::default();
     let stop = Arc::new(AtomicBool::new(false));
-    let (backend, fallback) = relay_io::select(args.io)?;
-    if let Some(why) = &fallback {
-        warn!(reason = %why, "io_uring unavailable, using the mmsg backend (recvmmsg/sendmmsg)");
+    let (backend, why) = relay_io::select(args.io, args.gso == OnOff::On)?;
+    if let Some(why) = &why {
+        info!(backend = backend.name(), reason = %why, "--io auto chose");
     }
 
     let mut addr = args.listen();

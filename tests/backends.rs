@@ -161,8 +161,24 @@ fn deny_io_uring(cmd: &mut Command) {
 }
 
 #[test]
+fn auto_picks_the_segmenting_mmsg_backend_and_says_why() {
+    let mut args = vec!["--io", "auto", "--gso", "on"];
+    args.extend(TIMERS);
+    let r = Relay::start_with(&args, &[("RUST_LOG", "info")], "127.0.0.1");
+    let logs = r.logs();
+    let why = logs
+        .lines()
+        .find(|l| l.contains("--io auto chose"))
+        .unwrap_or_else(|| panic!("no choice logged in:\n{logs}"));
+    assert!(why.contains("UDP_SEGMENT"), "{why}");
+    assert_eq!(backend_of(&r), "mmsg");
+    serves_everything(&r);
+}
+
+#[test]
 fn auto_falls_back_to_mmsg_when_io_uring_is_refused() {
-    let mut args = vec!["--io", "auto"];
+    // Without segmentation, auto prefers io_uring where the kernel allows it.
+    let mut args = vec!["--io", "auto", "--gso", "off"];
     args.extend(TIMERS);
     let mut cmd = Relay::command(&args, &[("RUST_LOG", "info")], "127.0.0.1");
     deny_io_uring(&mut cmd);
