@@ -2,7 +2,8 @@
 //!
 //! A backend runs one worker's receive loop on its own `SO_REUSEPORT` socket and sends what the
 //! router decides; nothing protocol-specific lives here. [`mmsg`] (recvmmsg/sendmmsg) is the
-//! portable backend; [`uring`] (io_uring) is the fast one, chosen at start-up by [`select`].
+//! portable backend, and with `UDP_SEGMENT` the faster; [`uring`] (io_uring) is the other, chosen at
+//! start-up by [`select`].
 
 pub mod mmsg;
 pub mod uring;
