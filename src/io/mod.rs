@@ -350,6 +350,10 @@ const UDP_SEGMENT: libc::c_int = 103;
 const MAX_SEGMENTS: usize = 64;
 /// Most bytes one segmented send carries: a UDP datagram's largest payload.
 const MAX_SEGMENTED_BYTES: usize = 65_507;
+/// Largest datagram a run is segmented for: one that fits a 1,500-byte MTU over IPv6. The
+/// kernel refuses segments larger than the device's MTU (where unsegmented datagrams would be
+/// fragmented instead), and a refusal turns segmentation off for the sender.
+const MAX_SEGMENT_SIZE: usize = 1452;
 /// Room for one control message holding a `u16`.
 const SEGMENT_CONTROL: usize = 32;
 
@@ -401,6 +405,7 @@ impl Sender {
             let len = s.wire_len();
             let joins = self.gso
                 && len > 0
+                && len <= MAX_SEGMENT_SIZE
                 && open.is_some_and(|(to, size, bytes, ended)| {
                     to == s.to
                         && !ended
