@@ -350,12 +350,15 @@ const UDP_SEGMENT: libc::c_int = 103;
 const MAX_SEGMENTS: usize = 64;
 /// Most bytes one segmented send carries: a UDP datagram's largest payload.
 const MAX_SEGMENTED_BYTES: usize = 65_507;
-/// Largest datagram a run is segmented for: one that fits a 1,500-byte MTU over IPv6. The
-/// kernel refuses segments larger than the device's MTU (where unsegmented datagrams would be
-/// fragmented instead), and a refusal turns segmentation off for the sender.
+/// Largest datagram a run is segmented for at first: one that fits a 1,500-byte MTU over IPv6.
+/// The kernel refuses (`EMSGSIZE`) segments larger than the path's MTU, where unsegmented
+/// datagrams would be fragmented instead; a sender that meets the refusal lowers its limit below
+/// that size and sends the run again one datagram at a time.
 const MAX_SEGMENT_SIZE: usize = 1452;
-/// Room for one control message holding a `u16`.
-const SEGMENT_CONTROL: usize = 32;
+/// Room for one control message holding a `u16`, aligned as a `cmsghdr` must be.
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct Control([u8; 32]);
 
 /// Sends a batch's datagrams with `sendmmsg`. Consecutive datagrams to one destination of one
 /// size (the last of a run may be shorter) leave as one `UDP_SEGMENT` send, which the kernel
@@ -367,7 +370,9 @@ pub struct Sender {
     hdrs: Vec<libc::mmsghdr>,
     iovs: Vec<libc::iovec>,
     names: Vec<libc::sockaddr_storage>,
-    controls: Vec<[u8; SEGMENT_CONTROL]>,
+    controls: Vec<Control>,
+    /// Largest datagram this sender segments (lowered where the path refuses larger ones).
+    max_segment: usize,
     /// Per header: the first send of `out` it carries, and how many.
     runs: Vec<(usize, usize)>,
 }
@@ -387,12 +392,19 @@ impl Sender {
             iovs: Vec::new(),
             names: Vec::new(),
             controls: Vec::new(),
+            max_segment: MAX_SEGMENT_SIZE,
             runs: Vec::new(),
         })
     }
 
-    /// Builds the headers for `out.sends[from..]`.
-    fn build<'a>(&mut self, out: &'a Out, from: usize, input: &impl Fn(usize) -> &'a [u8]) {
+    /// Builds the headers for `out.sends[from..]`, segmenting runs if `segment`.
+    fn build<'a>(
+        &mut self,
+        out: &'a Out,
+        from: usize,
+        input: &impl Fn(usize) -> &'a [u8],
+        segment: bool,
+    ) {
         self.iovs.clear();
         self.names.clear();
         self.hdrs.clear();
@@ -403,11 +415,13 @@ impl Sender {
         let mut open: Option<(SocketAddr, usize, usize, bool)> = None;
         for (i, s) in out.sends.iter().enumerate().skip(from) {
             let len = s.wire_len();
-            let joins = self.gso
+            let max_segment = self.max_segment;
+            let joins = segment
+                && self.gso
                 && len > 0
-                && len <= MAX_SEGMENT_SIZE
                 && open.is_some_and(|(to, size, bytes, ended)| {
-                    to == s.to
+                    size <= max_segment
+                        && to == s.to
                         && !ended
                         && len <= size
                         && bytes + len <= MAX_SEGMENTED_BYTES
@@ -429,7 +443,7 @@ impl Sender {
                 h.msg_hdr.msg_namelen = namelen;
                 self.hdrs.push(h);
                 self.runs.push((i, 1));
-                self.controls.push([0; SEGMENT_CONTROL]);
+                self.controls.push(Control([0; 32]));
                 open = Some((s.to, len, len, len == 0));
             }
             for seg in out.segments(s, input(s.input)) {
@@ -456,9 +470,9 @@ impl Sender {
             if n > 1 {
                 let size = out.sends[first].wire_len() as u16;
                 let c = &mut self.controls[i];
-                h.msg_hdr.msg_control = c.as_mut_ptr().cast();
-                // SAFETY: CMSG_SPACE of a u16 fits the control buffer; the macros compute
-                // offsets within the header we point them at.
+                h.msg_hdr.msg_control = c.0.as_mut_ptr().cast();
+                // SAFETY: CMSG_SPACE of a u16 (24) fits the 32-byte buffer, which is aligned for
+                // a cmsghdr; the macros compute offsets within the header we point them at.
                 unsafe {
                     h.msg_hdr.msg_controllen = libc::CMSG_SPACE(2) as usize;
                     let cm = libc::CMSG_FIRSTHDR(&h.msg_hdr);
@@ -482,7 +496,7 @@ impl Sender {
         if out.sends.is_empty() {
             return;
         }
-        self.build(out, 0, &input);
+        self.build(out, 0, &input, true);
         let fd = sock.as_raw_fd();
         let mut done = 0;
         while done < self.hdrs.len() {
@@ -494,13 +508,25 @@ impl Sender {
                 let (first, n) = self.runs[done];
                 match e.kind() {
                     io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock => continue,
-                    // A kernel or device without UDP segmentation: off for good, and this
-                    // send and the rest go again one datagram each.
-                    _ if n > 1 && matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL)) => {
-                        tracing::warn!(error = %e, "UDP segmentation refused; sending datagrams one by one from now on");
-                        Counters::add(&counters.gso_refused, 1);
-                        self.gso = false;
-                        self.build(out, first, &input);
+                    // A segmented send is never dropped whole: its datagrams go again one by
+                    // one (with the rest of the batch), each failing or not on its own. A kernel
+                    // or device without segmentation turns it off for good; a path whose MTU
+                    // the segment size exceeds lowers this sender's limit below it.
+                    _ if n > 1 => {
+                        let size = out.sends[first].wire_len();
+                        match e.raw_os_error() {
+                            Some(libc::EIO | libc::EINVAL) => {
+                                tracing::warn!(error = %e, "UDP segmentation refused; sending datagrams one by one from now on");
+                                Counters::add(&counters.gso_refused, 1);
+                                self.gso = false;
+                            }
+                            Some(libc::EMSGSIZE) => {
+                                tracing::debug!(size, "segments too large for the path");
+                                self.max_segment = self.max_segment.min(size - 1);
+                            }
+                            _ => {}
+                        }
+                        self.build(out, first, &input, false);
                         done = 0;
                     }
                     _ => {
@@ -573,6 +599,79 @@ mod tests {
         assert_eq!(queue_drops(&two[..8]), None);
         // Cut inside its data: not read.
         assert_eq!(queue_drops(&ovfl[..hdr + 2]), None);
+    }
+
+    /// Sets loopback's MTU to `mtu` and brings it up, in the calling thread's network namespace.
+    fn loopback_mtu(mtu: i32) -> io::Result<()> {
+        // Any AF_INET datagram socket serves the interface ioctls.
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, None)?;
+        // SAFETY: ifreq is plain data; the ioctls read and write only it.
+        unsafe {
+            let mut req: libc::ifreq = zeroed();
+            for (d, c) in req.ifr_name.iter_mut().zip(b"lo\0") {
+                *d = *c as libc::c_char;
+            }
+            req.ifr_ifru.ifru_mtu = mtu;
+            if libc::ioctl(s.as_raw_fd(), libc::SIOCSIFMTU, &req) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            if libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &req) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_path_mtu_below_the_segment_size_loses_no_datagram() {
+        // In a network namespace of this thread's own, loopback at MTU 1,400: segments of
+        // 1,452 bytes are refused (EMSGSIZE), and the run must go again datagram by datagram.
+        let got = std::thread::spawn(|| {
+            // SAFETY: unshare affects only this thread, which owns everything it makes here.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return None;
+            }
+            loopback_mtu(1400).expect("loopback in the new namespace");
+            let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+            rx.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                .unwrap();
+            let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let mut out = Out::default();
+            let to = rx.local_addr().unwrap();
+            for i in 0..10u8 {
+                let start = out.buf.len();
+                out.buf.extend(std::iter::repeat_n(i, 1452));
+                out.reply(to, start, crate::out::Kind::Reply, true);
+            }
+            let c = Counters::default();
+            let mut sender = Sender::new(&tx, true).unwrap();
+            // Twice: the second batch already knows the limit.
+            let mut got = Vec::new();
+            for _ in 0..2 {
+                sender.send(&tx, &out, |_| &[], &c);
+                let mut buf = [0u8; 2000];
+                for _ in 0..10 {
+                    let n = rx.recv(&mut buf).expect("every datagram arrives");
+                    got.push((n, buf[0]));
+                }
+            }
+            let sent = c.sent.load(std::sync::atomic::Ordering::Relaxed);
+            Some((got, sent, sender.max_segment, sender.gso))
+        })
+        .join()
+        .unwrap();
+        let Some((got, sent, max_segment, gso)) = got else {
+            println!("SKIPPED a_path_mtu_below_the_segment_size_loses_no_datagram: needs root");
+            return;
+        };
+        let want: Vec<(usize, u8)> = (0..2).flat_map(|_| (0..10).map(|i| (1452, i))).collect();
+        assert_eq!(got, want, "each datagram, whole and in order");
+        assert_eq!(sent, 20);
+        assert!(
+            gso && max_segment < 1452,
+            "the limit lowered, segmentation kept"
+        );
     }
 
     #[test]
