@@ -48,11 +48,13 @@ fn bench(c: &mut Criterion) {
         shared
             .registry
             .authenticate("alice", alice, Some(session), 0)
+            .is_some()
     );
     assert!(
         shared
             .registry
             .authenticate("bob", bob, Some(bob_session), 0)
+            .is_some()
     );
     let channel = shared
         .channels

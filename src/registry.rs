@@ -225,8 +225,9 @@ impl Entry {
         tokens.of(self.seq)
     }
 
-    fn trust(&self, now_ms: u64) {
-        self.trusted_s.fetch_max(secs(now_ms) + 1, Relaxed);
+    /// Marks the registration trusted now; whether it is the first time (its first proof here).
+    fn trust(&self, now_ms: u64) -> bool {
+        self.trusted_s.fetch_max(secs(now_ms) + 1, Relaxed) == 0
     }
 
     /// Whether the registration has ever shown its token (or a cookie) from its address.
@@ -631,15 +632,16 @@ impl Registry {
 
     /// Whether a request for `name` from `addr` carrying `token` is authenticated: the name is
     /// live there and `token` is its current session. If so the name is refreshed and its
-    /// registration trusted from now on.
+    /// registration trusted from now on, and the answer says whether this was its first proof
+    /// there (`Some(true)`).
     pub fn authenticate(
         &self,
         name: &str,
         addr: SocketAddr,
         token: Option<Session>,
         now_ms: u64,
-    ) -> bool {
-        let Some(token) = token else { return false };
+    ) -> Option<bool> {
+        let token = token?;
         match self.peers.get(name) {
             Some(e)
                 if e.addr == Packed::from(addr)
@@ -647,10 +649,9 @@ impl Registry {
                     && e.session(&self.tokens) == token =>
             {
                 e.touch(now_ms);
-                e.trust(now_ms);
-                true
+                Some(e.trust(now_ms))
             }
-            _ => false,
+            _ => None,
         }
     }
 
@@ -1206,10 +1207,15 @@ mod tests {
             "a refresh without the token proves nothing"
         );
         assert!(
-            !r.authenticate("a", there, Some(s), 1),
+            r.authenticate("a", there, Some(s), 1).is_none(),
             "the token from elsewhere"
         );
-        assert!(r.authenticate("a", here, Some(s), 1));
+        assert_eq!(
+            r.authenticate("a", here, Some(s), 1),
+            Some(true),
+            "its first proof"
+        );
+        assert_eq!(r.authenticate("a", here, Some(s), 1), Some(false));
         assert!(trusted(&r, "a"));
         // Shown from elsewhere, the token moves the name, issuing a new token sent there; the
         // new address is not trusted until it shows that one, and the old token is dead.
@@ -1218,14 +1224,14 @@ mod tests {
         };
         assert_ne!(s2, s);
         assert!(!trusted(&r, "a"));
-        assert!(!r.authenticate("a", there, Some(s), 3));
+        assert!(r.authenticate("a", there, Some(s), 3).is_none());
         assert!(!trusted(&r, "a"));
         assert_eq!(
             r.claim("a", here, Proof::Token(Some(s)), 3, 10),
             Claim::InUse,
             "the old token moves nothing any more"
         );
-        assert!(r.authenticate("a", there, Some(s2), 4));
+        assert!(r.authenticate("a", there, Some(s2), 4).is_some());
         assert!(trusted(&r, "a"));
         // Trust lasts a timeout from the last authenticated request: unauthenticated refreshes
         // (which anyone can forge from the address) keep the name live but not trusted.
@@ -1254,7 +1260,7 @@ mod tests {
             t = next;
         }
         let at = r.addr_of("m", 1).unwrap();
-        assert!(!r.authenticate("m", at, Some(first), 2));
+        assert!(r.authenticate("m", at, Some(first), 2).is_none());
         assert_eq!(
             r.claim("m", a("9.9.9.9:9"), Proof::Token(Some(first)), 2, 10),
             Claim::InUse

@@ -285,8 +285,7 @@ impl Router {
                 Err(_) => return Err(Reason::MissingField),
             },
         };
-        let first = !reg.proven_at(&name, req.from);
-        if reg.authenticate(&name, req.from, token, req.now.ms) {
+        if let Some(first) = reg.authenticate(&name, req.from, token, req.now.ms) {
             req.authed = true;
             if first {
                 self.proven(&name, req, out);
