@@ -161,9 +161,13 @@ pub struct Args {
     #[arg(long, env = "UDP_RELAY_IO", value_enum, default_value = "auto")]
     pub io: IoChoice,
     /// UDP segmentation offload on send (`UDP_SEGMENT`): runs of datagrams to one destination
-    /// leave as one send (the mmsg backend; turned off by itself where the kernel refuses it).
+    /// leave as one send (turned off by itself where the kernel refuses it).
     #[arg(long, env = "UDP_RELAY_GSO", value_enum, default_value = "on")]
     pub gso: OnOff,
+    /// UDP receive offload (`UDP_GRO`): a burst from one sender may arrive as one coalesced
+    /// receive, split by its segment size before each datagram is decided alone.
+    #[arg(long, env = "UDP_RELAY_GRO", value_enum, default_value = "on")]
+    pub gro: OnOff,
     /// Pin worker i to CPU i (modulo the CPUs this process may use).
     #[arg(long, env = "UDP_RELAY_PIN_WORKERS")]
     pub pin_workers: bool,

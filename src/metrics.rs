@@ -37,6 +37,8 @@ pub struct Counters {
     pub segmented_sends: AtomicU64,
     /// Times the kernel refused segmentation (which is then off for that sender).
     pub gso_refused: AtomicU64,
+    /// Receives that held several datagrams coalesced by the kernel (`UDP_GRO`).
+    pub coalesced_receives: AtomicU64,
     /// Datagrams the kernel dropped at this worker's socket for a full receive queue, as the
     /// socket last reported (SO_RXQ_OVFL counts from the socket's creation).
     pub queue_drops: AtomicU64,
@@ -161,6 +163,11 @@ impl Metrics {
             "segmented_sends_total",
             "Sends carrying several datagrams as UDP_SEGMENT segments (GSO).",
             self.sum(|c| &c.segmented_sends),
+        );
+        counter(
+            "coalesced_receives_total",
+            "Receives holding several datagrams coalesced by the kernel (UDP_GRO).",
+            self.sum(|c| &c.coalesced_receives),
         );
         counter(
             "gso_refused_total",

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tracing::{error, info, warn};
 
-use crate::clock::Clock;
+use crate::clock::{Clock, Now};
 use crate::config::{Args, OnOff};
 use crate::http;
 use crate::io::{self as relay_io, Egress, Worker};
@@ -51,15 +51,18 @@ pub fn start(args: &Args) -> io::Result<Relay> {
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         // Port 0: the first socket picks the port, the others join it.
         addr = s.local_addr()?;
-        sockets.push(s);
+        let gro = args.gro == OnOff::On && relay_io::enable_gro(&s);
+        sockets.push((s, gro));
     }
+    let gro_on = sockets.iter().all(|(_, gro)| *gro);
     let mut ready: Vec<Worker> = sockets
         .into_iter()
         .enumerate()
-        .map(|(index, socket)| Worker {
+        .map(|(index, (socket, gro))| Worker {
             index,
             socket,
-            router: Router::new(shared.clone(), index),
+            router: Box::new(Router::new(shared.clone(), index)),
+            gro,
             clock,
             stop: stop.clone(),
             counters: shared.metrics.block(index),
@@ -105,6 +108,12 @@ pub fn start(args: &Args) -> io::Result<Relay> {
     info!(
         workers = n,
         backend = backend.name(),
+        gso = if args.gso == OnOff::On { "on" } else { "off" },
+        gro = match (args.gro, gro_on) {
+            (OnOff::Off, _) => "off",
+            (OnOff::On, true) => "on",
+            (OnOff::On, false) => "refused",
+        },
         peer_timeout_ms = shared.settings.peer_timeout_ms,
         keepalive_ms = shared.settings.keepalive_ms,
         "listening on {addr}"
@@ -163,5 +172,21 @@ fn run_reaper(shared: &Shared, clock: Clock, stop: &AtomicBool, mut egress: Box<
                 "reaped silent peers"
             );
         }
+    }
+}
+
+/// The router is what the backends decide with; the impl lives here, where the two meet, so that
+/// neither module knows the other.
+impl relay_io::Decide for Router {
+    fn datagram(&mut self, d: &mut [u8], from: SocketAddr, now: Now, out: &mut Out) {
+        self.handle(d, from, now, out);
+    }
+
+    fn truncated(&mut self, len: usize, from: SocketAddr, now: Now, out: &mut Out) {
+        Router::truncated(self, len, from, now, out);
+    }
+
+    fn mapped_source(&mut self, len: usize) {
+        Router::mapped_source(self, len);
     }
 }

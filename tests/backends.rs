@@ -212,12 +212,10 @@ fn forced_uring_refused_stops_start_up_naming_the_flag() {
     assert!(!err.contains("listening on"), "{err}");
 }
 
-/// A batch of datagrams to one peer leaves as one segmented send (`UDP_SEGMENT`, mmsg backend),
-/// and the peer still gets each datagram apart, byte for byte, in order; a shorter one ends a
-/// run, and `--gso off` sends them one by one.
-fn segmented(gso: &str) -> u64 {
-    let r = Relay::start(&["--io", "mmsg", "--workers", "1", "--gso", gso]);
-    let (a, b, c) = (Peer::new(&r), Peer::new(&r), Peer::new(&r));
+/// Registers a, b and c and binds channels a→b and a→c: (a's number for b, b's number for a,
+/// a's number for c, c's number for a).
+fn three_with_channels(r: &Relay) -> (Peer, Peer, Peer, [u32; 4]) {
+    let (a, b, c) = (Peer::new(r), Peer::new(r), Peer::new(r));
     a.register("a");
     b.register("b");
     c.register("c");
@@ -239,12 +237,23 @@ fn segmented(gso: &str) -> u64 {
     };
     let (ab, ba) = bind(&a, &b, "b");
     let (ac, ca) = bind(&a, &c, "c");
-    let frame = |n: u32, i: usize, len: usize| {
-        let mut f = vec![0xD1, 0];
-        f.extend_from_slice(&n.to_be_bytes());
-        f.extend((0..len).map(|k| (i * 7 + k) as u8));
-        f
-    };
+    (a, b, c, [ab, ba, ac, ca])
+}
+
+/// Channel frame `i` on channel `n`, of `len` payload bytes that say which frame it is.
+fn frame(n: u32, i: usize, len: usize) -> Vec<u8> {
+    let mut f = vec![0xD1, 0];
+    f.extend_from_slice(&n.to_be_bytes());
+    f.extend((0..len).map(|k| (i * 7 + k) as u8));
+    f
+}
+
+/// A batch of datagrams to one peer leaves as one segmented send (`UDP_SEGMENT`), and the peer
+/// still gets each datagram apart, byte for byte, in order; a shorter one ends a run, and
+/// `--gso off` sends them one by one.
+fn segmented(io: &str, gso: &str) -> u64 {
+    let r = Relay::start(&["--io", io, "--workers", "1", "--gso", gso]);
+    let (a, b, c, [ab, ba, ac, ca]) = three_with_channels(&r);
     // Queued while the relay is stopped, the frames reach it in one receive batch: 30 to b of
     // 300 bytes, one shorter, 5 to c, then 10 more to b.
     let mut to_b = Vec::new();
@@ -284,8 +293,53 @@ fn segmented(gso: &str) -> u64 {
 
 #[test]
 fn runs_to_one_peer_leave_as_segmented_sends_and_arrive_apart() {
-    let on = segmented("on");
-    println!("49 frames in one batch: {on} segmented sends");
-    assert!(on >= 1, "no segmented send");
-    assert_eq!(segmented("off"), 0);
+    for io in ["mmsg", "uring"] {
+        let on = segmented(io, "on");
+        println!("{io}: 49 frames in one batch: {on} segmented sends");
+        assert!(on >= 1, "{io}: no segmented send");
+        assert_eq!(segmented(io, "off"), 0, "{io}");
+    }
+}
+
+/// Frames that a sends as one segmented send, so that the relay's socket (with `UDP_GRO`) may
+/// take them as one coalesced receive: 20 of 200 bytes alternating between b and c, and a last
+/// short one to b. Each must be decided alone and reach its peer whole, in order. Returns the
+/// relay's coalesced receives.
+fn coalesced(io: &str, gro: &str) -> u64 {
+    let r = Relay::start(&["--io", io, "--workers", "1", "--gro", gro]);
+    let (a, b, c, [ab, ba, ac, ca]) = three_with_channels(&r);
+    let (mut sent, mut to_b, mut to_c) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..20 {
+        let (mine, theirs, want) = if i % 2 == 0 {
+            (ab, ba, &mut to_b)
+        } else {
+            (ac, ca, &mut to_c)
+        };
+        sent.push(frame(mine, i, 200));
+        want.push(frame(theirs, i, 200));
+    }
+    sent.push(frame(ab, 20, 50));
+    to_b.push(frame(ba, 20, 50));
+    // Twice, so that the second also meets a relay that has already split one.
+    for _ in 0..2 {
+        a.send_segmented(&sent);
+        for (p, want) in [(&b, &to_b), (&c, &to_c)] {
+            for (i, w) in want.iter().enumerate() {
+                assert_eq!(&p.recv_raw(), w, "{io} gro {gro}: datagram {i}");
+            }
+        }
+    }
+    let m = r.metrics_text();
+    assert!(m.contains("udp_relay_frames_forwarded_total 42"), "{m}");
+    r.metric("udp_relay_coalesced_receives_total")
+}
+
+#[test]
+fn a_coalesced_receive_is_split_and_each_datagram_decided_alone() {
+    for io in ["mmsg", "uring"] {
+        let on = coalesced(io, "on");
+        println!("{io}: 2 segmented sends of 21 frames: {on} coalesced receives");
+        assert!(on >= 1, "{io}: no coalesced receive");
+        assert_eq!(coalesced(io, "off"), 0, "{io}");
+    }
 }

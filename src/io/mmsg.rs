@@ -2,13 +2,14 @@
 
 use std::io;
 use std::mem::zeroed;
+use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 
 use std::net::UdpSocket;
 use std::sync::Arc;
 
-use super::{Backend, CONTROL_LEN, Egress, Sender, Source, Worker, queue_drops, source};
+use super::{Backend, CONTROL_LEN, Egress, Received, Sender, Worker, source};
 use crate::metrics::Counters;
 use crate::out::Out;
 
@@ -36,8 +37,7 @@ impl Backend for Mmsg {
     }
 
     fn run(&self, mut w: Worker) -> io::Result<()> {
-        // One spare byte per slot tells a datagram of exactly the limit from a longer one.
-        let stride = w.max_datagram + 1;
+        let stride = super::receive_len(w.max_datagram, w.gro);
         let mut bufs = vec![0u8; stride * BATCH];
         // SAFETY: all-zero is a valid sockaddr_storage, iovec and mmsghdr.
         let mut names: Vec<libc::sockaddr_storage> = vec![unsafe { zeroed() }; BATCH];
@@ -45,6 +45,8 @@ impl Backend for Mmsg {
         let mut hdrs: Vec<libc::mmsghdr> = vec![unsafe { zeroed() }; BATCH];
         let mut controls = vec![[0u8; CONTROL_LEN]; BATCH];
         let mut out = Out::default();
+        // Per decided datagram: its slot and range there (several per slot when coalesced).
+        let mut inputs: Vec<(usize, Range<usize>)> = Vec::new();
         let mut sender = Sender::new(&w.socket, w.gso)?;
         let fd = w.socket.as_raw_fd();
         while !w.stop.load(Ordering::Relaxed) {
@@ -73,53 +75,43 @@ impl Backend for Mmsg {
                 )
             };
             if n < 0 {
+                // Nothing yet, a signal, or an ICMP error from an earlier send surfacing here on
+                // some kernels: it concerns a peer, not this socket.
                 let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => continue,
-                    _ => {
-                        // ICMP errors from earlier sends surface here on some kernels; they
-                        // concern a peer, not this socket.
-                        tracing::debug!(error = %e, "recvmmsg");
-                        continue;
-                    }
+                if !matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) {
+                    tracing::debug!(error = %e, "recvmmsg");
                 }
+                continue;
             }
-            let n = n as usize;
             let now = w.clock.now();
-            let mut lens = [0usize; BATCH];
-            for i in 0..n {
-                let len = hdrs[i].msg_len as usize;
-                lens[i] = len;
+            for i in 0..n as usize {
+                let len = (hdrs[i].msg_len as usize).min(stride);
                 let control = &controls[i][..hdrs[i].msg_hdr.msg_controllen.min(CONTROL_LEN)];
-                if let Some(n) = queue_drops(control) {
-                    w.counters
-                        .queue_drops
-                        .store(u64::from(n), Ordering::Relaxed);
-                }
-                let from = match source(&names[i], control) {
-                    Some(Source::Peer(a)) => a,
-                    Some(Source::Mapped) => {
-                        w.router.mapped_source(len);
-                        continue;
-                    }
-                    None => continue,
+                let rx = Received {
+                    payload: 0..len,
+                    source: source(&names[i], control),
+                    control,
+                    truncated: hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
                 };
-                out.input = i;
-                if hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || len > w.max_datagram {
-                    w.router.truncated(len, from, now, &mut out);
-                } else {
-                    let d = &mut bufs[i * stride..i * stride + len];
-                    w.router.handle(d, from, now, &mut out);
-                }
+                let slot = &mut bufs[i * stride..(i + 1) * stride];
+                w.receive(slot, rx, i, now, &mut out, &mut inputs);
             }
             let bufs = &bufs;
+            let inputs_ref = &inputs;
             sender.send(
                 &w.socket,
                 &out,
-                |i| &bufs[i * stride..i * stride + lens[i]],
+                |k| {
+                    let (slot, r) = &inputs_ref[k];
+                    &bufs[slot * stride..][r.clone()]
+                },
                 &w.counters,
             );
             out.clear();
+            inputs.clear();
         }
         Ok(())
     }

@@ -2,13 +2,16 @@
 //! buffers, and sends straight out of those buffers.
 //!
 //! A batch is what one wait for completions brings: every datagram in it is decided where the
-//! kernel wrote it; every decided send becomes a `sendmsg` whose iovecs point at `Out::buf` (the
-//! header), the receive buffer (the payload span) and static bytes; one `io_uring_enter` submits
-//! them all and waits for their completions; then the batch's buffers go back to the ring.
-//! Nothing is copied in user space and nothing is allocated per datagram.
+//! kernel wrote it; the decided sends become `sendmsg`s through the shared [`Headers`] builder
+//! (a run to one destination as one `UDP_SEGMENT` send), whose iovecs point at `Out::buf` (the
+//! header), the receive buffer (the payload span) and static bytes. The next `io_uring_enter`
+//! submits them and reaps their completions together with the next receives, which are decided
+//! into a second batch meanwhile; a batch's buffers go back to the ring once all its sends have
+//! completed. Nothing is copied in user space and nothing is allocated per datagram.
 
 use std::io;
-use std::mem::{size_of, zeroed};
+use std::mem::{ManuallyDrop, size_of, zeroed};
+use std::ops::Range;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr;
 use std::sync::Arc;
@@ -19,7 +22,7 @@ use io_uring::types::{BufRingEntry, Fd, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{IoUring, Probe, cqueue, opcode, squeue};
 
 use super::{
-    Backend, CONTROL_LEN, Egress, Inbox, POLL_MS, Source, Worker, queue_drops, source, to_sockaddr,
+    Backend, CONTROL_LEN, Egress, Gso, Headers, Inbox, POLL_MS, Received, Source, Worker, source,
 };
 use crate::metrics::Counters;
 use crate::out::Out;
@@ -63,6 +66,8 @@ fn builder() -> io_uring::Builder {
 /// the opcodes, and a provided-buffer ring. The error says which step was refused.
 pub fn probe() -> io::Result<()> {
     let step = |what: &str, e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
+    // The buffers outlive the ring they are registered with.
+    let mut bufs = BufRing::new(8, 64).map_err(|e| step("buffer ring memory", e))?;
     let ring = builder().build(8).map_err(|e| step("io_uring_setup", e))?;
     let mut p = Probe::new();
     ring.submitter()
@@ -80,14 +85,14 @@ pub fn probe() -> io::Result<()> {
             ));
         }
     }
-    let bufs = BufRing::new(8, 64).map_err(|e| step("buffer ring memory", e))?;
     bufs.register(&ring)
         .map_err(|e| step("buffer ring registration", e))?;
     Ok(())
 }
 
 /// A provided-buffer ring: the ring of descriptors the kernel takes buffers from, and the
-/// buffers, both in anonymous mappings that outlive their registration.
+/// buffers, both in anonymous mappings. A buffer the kernel filled is held as a [`Lease`] until
+/// it is provided again, so that no buffer is given back twice or read after it was.
 struct BufRing {
     ring: *mut BufRingEntry,
     ring_bytes: usize,
@@ -97,6 +102,10 @@ struct BufRing {
     buf_len: usize,
     tail: u16,
 }
+
+/// A receive buffer the kernel filled and gave to us; only [`BufRing::provide`] ends it.
+#[must_use]
+struct Lease(u16);
 
 fn map(bytes: usize) -> io::Result<*mut u8> {
     // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
@@ -141,24 +150,41 @@ impl BufRing {
         })
     }
 
-    fn register(&self, ring: &IoUring) -> io::Result<()> {
-        // SAFETY: the mapping stays valid until after the ring is dropped (see `Worker` loop:
-        // the ring is declared after this, so it is dropped first).
+    /// Registers the ring with `ring` and gives the kernel every buffer.
+    fn register(&mut self, ring: &IoUring) -> io::Result<()> {
+        // SAFETY: the mappings live as long as `self`, which the owner of both drops after the
+        // ring (see `Rig`).
         unsafe {
-            ring.submitter()
-                .register_buf_ring_with_flags(self.ring as u64, self.entries, GROUP, 0)
+            ring.submitter().register_buf_ring_with_flags(
+                self.ring as u64,
+                self.entries,
+                GROUP,
+                0,
+            )?;
         }
+        for bid in 0..self.entries {
+            self.provide(Lease(bid));
+        }
+        self.publish();
+        Ok(())
     }
 
-    /// Queues buffer `bid` for the kernel (visible after [`BufRing::publish`]).
-    fn provide(&mut self, bid: u16) {
+    /// The buffer the kernel names in a completion, now ours; `None` for a number it cannot
+    /// have given.
+    fn lease(&self, bid: u16) -> Option<Lease> {
+        (bid < self.entries).then_some(Lease(bid))
+    }
+
+    /// Gives `lease`'s buffer back to the kernel (visible after [`BufRing::publish`]).
+    fn provide(&mut self, lease: Lease) {
         let slot = usize::from(self.tail & (self.entries - 1));
-        // SAFETY: `slot` < entries, inside the ring mapping; `bid` < entries, inside the buffers.
+        // SAFETY: `slot` < entries, inside the ring mapping; the lease's number < entries (see
+        // `lease`), inside the buffers.
         unsafe {
             let e = &mut *self.ring.add(slot);
-            e.set_addr(self.bufs.add(usize::from(bid) * self.buf_len) as u64);
+            e.set_addr(self.bufs.add(usize::from(lease.0) * self.buf_len) as u64);
             e.set_len(self.buf_len as u32);
-            e.set_bid(bid);
+            e.set_bid(lease.0);
         }
         self.tail = self.tail.wrapping_add(1);
     }
@@ -173,22 +199,26 @@ impl BufRing {
         }
     }
 
-    /// The first `len` bytes of buffer `bid`.
-    /// The first `len` bytes of buffer `bid`, for writing in place (a channel frame's field).
-    fn get_mut(&mut self, bid: u16, len: usize) -> &mut [u8] {
-        let bid = usize::from(bid % self.entries);
-        // SAFETY: as in `get`; `&mut self` makes this the only view of the buffers meanwhile.
+    /// The first `len` bytes of a leased buffer, for writing in place (a channel frame's field).
+    fn get_mut(&mut self, lease: &Lease, len: usize) -> &mut [u8] {
+        // SAFETY: within the buffers mapping; the kernel wrote the buffer and will not touch it
+        // until the lease is provided; `&mut self` makes this the only view meanwhile.
         unsafe {
-            std::slice::from_raw_parts_mut(self.bufs.add(bid * self.buf_len), len.min(self.buf_len))
+            std::slice::from_raw_parts_mut(
+                self.bufs.add(usize::from(lease.0) * self.buf_len),
+                len.min(self.buf_len),
+            )
         }
     }
 
-    fn get(&self, bid: u16, len: usize) -> &[u8] {
-        let bid = usize::from(bid % self.entries);
-        // SAFETY: within the buffers mapping; the kernel wrote `len` bytes there and will not
-        // touch the buffer again until it is provided anew.
+    /// The first `len` bytes of a leased buffer.
+    fn get(&self, lease: &Lease, len: usize) -> &[u8] {
+        // SAFETY: as in `get_mut`, read only.
         unsafe {
-            std::slice::from_raw_parts(self.bufs.add(bid * self.buf_len), len.min(self.buf_len))
+            std::slice::from_raw_parts(
+                self.bufs.add(usize::from(lease.0) * self.buf_len),
+                len.min(self.buf_len),
+            )
         }
     }
 }
@@ -203,88 +233,176 @@ impl Drop for BufRing {
     }
 }
 
-/// A received datagram held for the batch: its buffer, and where the payload is in it.
-#[derive(Clone, Copy)]
-struct Input {
-    bid: u16,
-    start: usize,
-    len: usize,
+/// One batch of sends: what was decided for the datagrams it received (or a batch of the
+/// reaper's), its headers, and the buffers those point into, kept together until the kernel has
+/// completed every send of it.
+struct Batch {
+    out: Out,
+    headers: Headers,
+    /// The receive buffers the batch's datagrams are in.
+    leases: Vec<Lease>,
+    /// Per decided datagram: its lease (an index of `leases`) and its range there.
+    inputs: Vec<(usize, Range<usize>)>,
+    /// Sends of `out` not yet submitted (the reaper's are submitted a slice at a time).
+    pending: Range<usize>,
+    /// Segmented runs the kernel refused, to send again one datagram at a time.
+    retry: Vec<(usize, usize)>,
+    /// Submitted sends not yet completed.
+    outstanding: usize,
+    /// Whether it holds a batch (until [`Batch::advance`] releases it).
+    busy: bool,
 }
 
-/// The `sendmsg` headers of a batch, rebuilt each batch in vectors that keep their capacity.
-#[derive(Default)]
-struct Sends {
-    hdrs: Vec<libc::msghdr>,
-    iovs: Vec<libc::iovec>,
-    names: Vec<libc::sockaddr_storage>,
-    /// Where each header's iovecs end in `iovs`, until the pointers are fixed.
-    iov_ends: Vec<usize>,
-}
-
-// SAFETY: the raw pointers are only meaningful within one batch on the worker's thread.
-unsafe impl Send for Sends {}
-
-impl Sends {
-    fn clear(&mut self) {
-        self.hdrs.clear();
-        self.iovs.clear();
-        self.names.clear();
-        self.iov_ends.clear();
+impl Batch {
+    fn new(v6: bool) -> Batch {
+        Batch {
+            out: Out::default(),
+            headers: Headers::new(v6),
+            leases: Vec::new(),
+            inputs: Vec::new(),
+            pending: 0..0,
+            retry: Vec::new(),
+            outstanding: 0,
+            busy: false,
+        }
     }
 
-    /// Adds datagrams `which` of `out`, whose `Seg::Input` ranges refer to `input(i)`.
-    fn add<'a>(
-        &mut self,
-        out: &'a Out,
-        which: std::ops::Range<usize>,
-        v6: bool,
-        input: impl Fn(usize) -> &'a [u8],
-    ) {
-        for s in &out.sends[which] {
-            // SAFETY: all-zero is a valid sockaddr_storage.
-            let mut name: libc::sockaddr_storage = unsafe { zeroed() };
-            let len = to_sockaddr(s.to, v6, &mut name);
-            self.names.push(name);
-            for seg in out.segments(s, input(s.input)) {
-                if !seg.is_empty() {
-                    self.iovs.push(libc::iovec {
-                        iov_base: seg.as_ptr() as *mut _,
-                        iov_len: seg.len(),
-                    });
-                }
+    /// Builds the headers of the next round, once the last has completed: the refused runs one
+    /// by one, else up to `most` pending sends, segmented as `gso` allows. False if none.
+    fn build(&mut self, bufs: &BufRing, gso: Gso, most: usize) -> bool {
+        debug_assert_eq!(self.outstanding, 0);
+        self.headers.clear();
+        let (leases, inputs) = (&self.leases, &self.inputs);
+        // The reaper's batches refer to no input: their sends hold no `Seg::Input`.
+        let input = |k: usize| -> &[u8] {
+            inputs
+                .get(k)
+                .map_or(&[], |(l, r)| &bufs.get(&leases[*l], r.end)[r.clone()])
+        };
+        if self.retry.is_empty() {
+            let end = self.pending.end.min(self.pending.start + most);
+            self.headers
+                .add(&self.out, self.pending.start..end, &input, gso);
+            self.pending.start = end;
+        } else {
+            for (first, n) in self.retry.drain(..) {
+                self.headers
+                    .add(&self.out, first..first + n, &input, Gso::new(false));
             }
-            self.iov_ends.push(self.iovs.len());
-            // SAFETY: all-zero is a valid msghdr.
-            let mut h: libc::msghdr = unsafe { zeroed() };
-            h.msg_namelen = len;
-            self.hdrs.push(h);
+        }
+        self.headers.fix();
+        !self.headers.is_empty()
+    }
+
+    /// Takes one send's completion: header `i`, result `res`.
+    fn completed(&mut self, i: usize, res: i32, gso: &mut Gso, counters: &Counters) {
+        self.outstanding -= 1;
+        let (first, n) = self.headers.run(i);
+        if res >= 0 {
+            super::sent_run(counters, n, res as usize);
+            return;
+        }
+        let e = io::Error::from_raw_os_error(-res);
+        if n > 1 {
+            // Never dropped whole: its datagrams go again one by one.
+            gso.refused(&e, self.out.sends[first].wire_len(), counters);
+            self.retry.push((first, n));
+        } else {
+            tracing::debug!(error = %e, "send failed");
+            Counters::add(&counters.send_errors, 1);
         }
     }
 
-    /// Points every header at its name and iovecs, now that no vector will grow.
-    fn fix(&mut self) {
-        let mut start = 0;
-        for (i, h) in self.hdrs.iter_mut().enumerate() {
-            let end = self.iov_ends[i];
-            h.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
-            h.msg_iov = self.iovs[start..].as_mut_ptr();
-            h.msg_iovlen = end - start;
-            start = end;
+    /// Forgets everything, returning the buffers to `bufs`.
+    fn release(&mut self, bufs: &mut BufRing) {
+        for l in self.leases.drain(..) {
+            bufs.provide(l);
         }
+        self.inputs.clear();
+        self.out.clear();
+        self.headers.clear();
+        self.pending = 0..0;
+        self.busy = false;
+    }
+
+    /// Once its last round has completed: sends the refused runs again, or, with nothing left to
+    /// send, releases it. True if it released the batch.
+    fn advance(
+        &mut self,
+        ring: &mut IoUring,
+        sock: Fd,
+        slot: usize,
+        gso: Gso,
+        bufs: &mut BufRing,
+    ) -> io::Result<bool> {
+        if !self.busy || self.outstanding > 0 {
+            return Ok(false);
+        }
+        if !self.retry.is_empty() && self.build(bufs, gso, 0) {
+            submit(ring, sock, self, slot)?;
+            return Ok(false);
+        }
+        if self.pending.is_empty() {
+            self.release(bufs);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
+/// Batches of received datagrams in flight at once: one being decided while the other's sends
+/// complete, so that a worker never waits for its sends before taking the next receives.
+const SLOTS: usize = 2;
+/// The reaper's batch, in `user_data`.
+const REAPER: usize = SLOTS;
+
+/// `user_data` of send `i` of batch `slot`.
+fn send_data(slot: usize, i: usize) -> u64 {
+    ((slot as u64) << 32) | i as u64
+}
+
+/// Everything the kernel may read or write while a request is in flight, owned together with
+/// the ring so that the ring is torn down first: until it is, the kernel may still write into
+/// the receive buffers and read the headers and the bytes they point at, even after an error.
+struct Rig {
+    ring: ManuallyDrop<IoUring>,
+    bufs: BufRing,
+    recv_hdr: Box<libc::msghdr>,
+    batches: [Batch; SLOTS],
+    /// The reaper's batch being sent, a slice at a time between batches of received datagrams.
+    reaper: Batch,
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        // SAFETY: dropped once, here, before the fields the kernel may still use.
+        unsafe { ManuallyDrop::drop(&mut self.ring) }
     }
 }
 
 /// Pushes `e`, submitting what is queued first if the submission queue is full.
 fn push(ring: &mut IoUring, e: &squeue::Entry) -> io::Result<()> {
     loop {
-        // SAFETY: every entry points at memory that outlives its completion: the batch's
-        // headers, names, iovecs, `Out` buffers and receive buffers are kept until all sends
-        // of the batch completed; the receive header and the eventfd live as long as the ring.
+        // SAFETY: every entry points at memory the `Rig` owns, which outlives the ring: the
+        // receive header and buffers, and a batch's headers, `Out` and leased buffers, kept
+        // until every send of the batch has completed.
         if unsafe { ring.submission().push(e) }.is_ok() {
             return Ok(());
         }
         ring.submit()?;
     }
+}
+
+/// Submits the headers `batch` just built, as sends tagged with `slot`.
+fn submit(ring: &mut IoUring, sock: Fd, batch: &mut Batch, slot: usize) -> io::Result<()> {
+    for i in 0..batch.headers.len() {
+        let e = opcode::SendMsg::new(sock, batch.headers.msghdr(i))
+            .build()
+            .user_data(send_data(slot, i));
+        push(ring, &e)?;
+    }
+    batch.outstanding = batch.headers.len();
+    Ok(())
 }
 
 /// Errors of a wait that only mean "nothing yet".
@@ -320,34 +438,34 @@ impl Backend for Uring {
     }
 
     fn run(&self, mut w: Worker) -> io::Result<()> {
-        let buf_len = RECVMSG_OUT + NAME_LEN + CONTROL_LEN + w.max_datagram + 1;
-        // Everything a request in flight points at is declared before the ring, so dropped after
-        // it (the kernel may read or write them until the ring is gone, even on an error return):
-        // the receive buffers and header, and the batch's outputs and send headers.
-        let mut bufs = BufRing::new(BUFFERS, buf_len)?;
+        let buf_len =
+            RECVMSG_OUT + NAME_LEN + CONTROL_LEN + super::receive_len(w.max_datagram, w.gro);
+        let v6 = w.socket.local_addr()?.is_ipv6();
         // SAFETY: all-zero is a valid msghdr; the kernel reads only the name and control sizes.
         let mut recv_hdr: Box<libc::msghdr> = Box::new(unsafe { zeroed() });
         recv_hdr.msg_namelen = NAME_LEN as u32;
         recv_hdr.msg_controllen = CONTROL_LEN;
-        let mut out = Out::default();
-        // The reaper's batch being sent, a slice per turn of the loop between batches of
-        // received datagrams, so that a million keepalives never hold up forwarding for long;
-        // the next is taken from the channel only when it is done, so the reaper waits.
-        let mut current: Option<Out> = None;
-        let mut sends = Sends::default();
-        let mut ring = builder().build(SQ_ENTRIES)?;
-        bufs.register(&ring)?;
-        for bid in 0..BUFFERS {
-            bufs.provide(bid);
-        }
-        bufs.publish();
+        let mut rig = Rig {
+            ring: ManuallyDrop::new(builder().build(SQ_ENTRIES)?),
+            bufs: BufRing::new(BUFFERS, buf_len)?,
+            recv_hdr,
+            batches: [Batch::new(v6), Batch::new(v6)],
+            reaper: Batch::new(v6),
+        };
+        let Rig {
+            ring,
+            bufs,
+            recv_hdr,
+            batches,
+            reaper,
+        } = &mut rig;
+        bufs.register(ring)?;
 
         let sock = Fd(w.socket.as_raw_fd());
-        let v6 = w.socket.local_addr()?.is_ipv6();
-        let recv = opcode::RecvMsgMulti::new(sock, &*recv_hdr, GROUP)
+        let recv = opcode::RecvMsgMulti::new(sock, &**recv_hdr, GROUP)
             .build()
             .user_data(RECV);
-        push(&mut ring, &recv)?;
+        push(ring, &recv)?;
         let inbox = w.inbox.take();
         let wake = inbox.as_ref().map(|i| {
             opcode::PollAdd::new(Fd(i.wake.as_raw_fd()), libc::POLLIN as u32)
@@ -356,171 +474,159 @@ impl Backend for Uring {
                 .user_data(WAKE)
         });
         if let Some(e) = &wake {
-            push(&mut ring, e)?;
+            push(ring, e)?;
         }
 
         let timeout = Timespec::new().nsec(POLL_MS as u32 * 1_000_000);
         let no_wait = Timespec::new();
-        let mut inputs: Vec<Input> = Vec::new();
-        let (mut extra_at, mut extra_done) = (0, 0);
+        let mut gso = Gso::new(w.gso);
+        // The batch receives are decided into; the other may have sends in flight.
+        let mut filling = 0;
+        let mut extra_at = 0;
+        let (mut recv_stopped, mut wake_stopped) = (false, false);
         let mut ready: Vec<(u64, i32, u32)> = Vec::new();
+        let mut control = [0u8; CONTROL_LEN];
         while !w.stop.load(Ordering::Relaxed) {
-            if ready.is_empty() {
-                if current.is_none() {
-                    current = inbox.as_ref().and_then(|i| i.batches.try_recv().ok());
+            if !reaper.busy {
+                if let Some(o) = inbox.as_ref().and_then(|i| i.batches.try_recv().ok()) {
+                    reaper.pending = 0..o.sends.len();
+                    reaper.out = o;
+                    reaper.busy = true;
                 }
-                let wait = if current.is_none() {
-                    &timeout
-                } else {
-                    &no_wait
-                };
-                let args = SubmitArgs::new().timespec(wait);
-                match ring.submitter().submit_with_args(1, &args) {
-                    Ok(_) => {}
-                    Err(e) if benign(&e) => {}
-                    Err(e) => return Err(e),
-                }
-                ready.extend(
-                    ring.completion()
-                        .map(|c| (c.user_data(), c.result(), c.flags())),
-                );
             }
+            // One enter submits last turn's sends and reaps their completions (UDP sends
+            // complete inline) with the receives that came meanwhile: a worker never waits for
+            // its sends before taking the next receives.
+            let wait = if reaper.busy && reaper.outstanding == 0 {
+                &no_wait
+            } else {
+                &timeout
+            };
+            let args = SubmitArgs::new().timespec(wait);
+            match ring.submitter().submit_with_args(1, &args) {
+                Ok(_) => {}
+                Err(e) if benign(&e) => {}
+                Err(e) => return Err(e),
+            }
+            ready.extend(
+                ring.completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
             let now = w.clock.now();
-            let (mut rearm_recv, mut rearm_wake) = (false, false);
-            for (data, res, flags) in ready.drain(..) {
-                match data {
-                    RECV => {
-                        rearm_recv |= !cqueue::more(flags);
-                        if res < 0 {
-                            if -res == libc::ENOBUFS {
-                                Counters::add(&w.counters.recv_no_buffers, 1);
-                            } else {
-                                let e = io::Error::from_raw_os_error(-res);
-                                tracing::debug!(error = %e, "recvmsg");
-                            }
-                            continue;
-                        }
-                        let Some(bid) = cqueue::buffer_select(flags) else {
-                            continue;
-                        };
-                        let buf = bufs.get(bid, res as usize);
-                        let index = inputs.len();
-                        out.input = index;
-                        let Ok(m) = RecvMsgOut::parse(buf, &recv_hdr) else {
-                            inputs.push(Input {
-                                bid,
-                                start: 0,
-                                len: 0,
-                            });
-                            continue;
-                        };
-                        let payload = m.payload_data();
-                        let start = payload.as_ptr() as usize - buf.as_ptr() as usize;
-                        inputs.push(Input {
-                            bid,
-                            start,
-                            len: payload.len(),
-                        });
-                        if let Some(n) = queue_drops(m.control_data()) {
-                            w.counters
-                                .queue_drops
-                                .store(u64::from(n), Ordering::Relaxed);
-                        }
-                        let from = match name_of(m.name_data(), m.control_data()) {
-                            Some(Source::Peer(a)) => a,
-                            Some(Source::Mapped) => {
-                                w.router.mapped_source(payload.len());
-                                continue;
-                            }
-                            None => continue,
-                        };
-                        if m.is_payload_truncated() || payload.len() > w.max_datagram {
-                            w.router.truncated(payload.len(), from, now, &mut out);
-                        } else {
-                            let len = payload.len();
-                            let d = &mut bufs.get_mut(bid, start + len)[start..];
-                            w.router.handle(d, from, now, &mut out);
-                        }
-                    }
-                    WAKE => {
-                        rearm_wake |= !cqueue::more(flags);
-                        if let Some(i) = &inbox {
-                            let mut n = 0u64;
-                            // SAFETY: reads 8 bytes into `n` from our own eventfd.
-                            unsafe {
-                                libc::read(i.wake.as_raw_fd(), (&mut n as *mut u64).cast(), 8)
-                            };
-                            if current.is_none() {
-                                current = i.batches.try_recv().ok();
-                            }
-                        }
-                    }
-                    // A send completion of an earlier batch cannot be left over: every batch
-                    // waits for all of its own.
-                    _ => {}
+            // Sends' completions first, so that a batch whose sends are done is free again.
+            ready.retain(|&(data, res, _)| {
+                if data >= WAKE {
+                    return true;
                 }
-            }
-
-            sends.clear();
-            sends.add(&out, 0..out.sends.len(), v6, |i| {
-                let x = inputs[i];
-                &bufs.get(x.bid, x.start + x.len)[x.start..]
+                let (slot, i) = ((data >> 32) as usize, (data & 0xffff_ffff) as usize);
+                let b = if slot == REAPER {
+                    &mut *reaper
+                } else {
+                    &mut batches[slot]
+                };
+                b.completed(i, res, &mut gso, &w.counters);
+                false
             });
-            // A slice of the reaper's oldest batch, when no datagram waits or every
-            // EXTRA_EVERY_MS under load: forwarding first. The batch stays queued (its bytes in
-            // place) until its last slice has been sent.
-            let mut slice = 0..0;
-            if let Some(o) = &current {
-                if inputs.is_empty() || now.ms >= extra_at + EXTRA_EVERY_MS {
-                    extra_at = now.ms;
-                    slice = extra_done..(extra_done + EXTRA_SLICE).min(o.sends.len());
-                    sends.add(o, slice.clone(), v6, |_| &[]);
-                }
+            let mut provided = false;
+            for (slot, b) in batches.iter_mut().enumerate() {
+                provided |= b.advance(ring, sock, slot, gso, bufs)?;
             }
-            sends.fix();
-            for (i, h) in sends.hdrs.iter().enumerate() {
-                let e = opcode::SendMsg::new(sock, h).build().user_data(i as u64);
-                push(&mut ring, &e)?;
-            }
-            let mut outstanding = sends.hdrs.len();
-            while outstanding > 0 {
-                match ring.submit_and_wait(1) {
-                    Ok(_) => {}
-                    Err(e) if benign(&e) => {}
-                    Err(e) => return Err(e),
-                }
-                for c in ring.completion() {
-                    if c.user_data() < WAKE {
-                        outstanding -= 1;
-                        sent(&w.counters, c.result());
-                    } else {
-                        ready.push((c.user_data(), c.result(), c.flags()));
+            reaper.advance(ring, sock, REAPER, gso, bufs)?;
+            // Receives, while the batch they go to is free; else they wait in `ready`.
+            let mut decided = 0;
+            let b = &mut batches[filling];
+            ready.retain(|&(data, res, flags)| {
+                if data == WAKE {
+                    wake_stopped |= !cqueue::more(flags);
+                    if let Some(i) = &inbox {
+                        let mut n = 0u64;
+                        // SAFETY: reads 8 bytes into `n` from our own eventfd.
+                        unsafe { libc::read(i.wake.as_raw_fd(), (&mut n as *mut u64).cast(), 8) };
                     }
+                    return false;
                 }
+                if b.busy {
+                    return true;
+                }
+                recv_stopped |= !cqueue::more(flags);
+                if res < 0 {
+                    if -res == libc::ENOBUFS {
+                        Counters::add(&w.counters.recv_no_buffers, 1);
+                    } else {
+                        let e = io::Error::from_raw_os_error(-res);
+                        tracing::debug!(error = %e, "recvmsg");
+                    }
+                    return false;
+                }
+                let Some(lease) = cqueue::buffer_select(flags).and_then(|b| bufs.lease(b)) else {
+                    return false;
+                };
+                let raw = bufs.get(&lease, res as usize);
+                let parsed = RecvMsgOut::parse(raw, recv_hdr).ok().map(|m| {
+                    let c = m.control_data();
+                    let n = c.len().min(CONTROL_LEN);
+                    control[..n].copy_from_slice(&c[..n]);
+                    let payload = m.payload_data();
+                    let start = payload.as_ptr() as usize - raw.as_ptr() as usize;
+                    let source = name_of(m.name_data(), &control[..n]);
+                    (
+                        source,
+                        n,
+                        start..start + payload.len(),
+                        m.is_payload_truncated(),
+                    )
+                });
+                let index = b.leases.len();
+                b.leases.push(lease);
+                decided += 1;
+                if let Some((source, n, payload, truncated)) = parsed {
+                    let raw = bufs.get_mut(&b.leases[index], payload.end);
+                    let rx = Received {
+                        payload,
+                        source,
+                        control: &control[..n],
+                        truncated,
+                    };
+                    w.receive(raw, rx, index, now, &mut b.out, &mut b.inputs);
+                }
+                false
+            });
+            // The decided batch goes out, and the next receives go to the other.
+            if decided > 0 {
+                b.busy = true;
+                b.pending = 0..b.out.sends.len();
+                if b.build(bufs, gso, usize::MAX) {
+                    submit(ring, sock, b, filling)?;
+                } else {
+                    b.release(bufs);
+                    provided = true;
+                }
+                filling = (filling + 1) % SLOTS;
             }
-
-            for x in inputs.drain(..) {
-                bufs.provide(x.bid);
-            }
-            // Retired once every send of it has gone, including a batch with none left (the
-            // budgets withheld them all): one kept would make the loop poll without waiting.
-            extra_done = extra_done.max(slice.end);
-            if current
-                .as_ref()
-                .is_some_and(|o| extra_done >= o.sends.len())
+            // A slice of the reaper's batch, when no datagram came or every EXTRA_EVERY_MS
+            // under load: forwarding first.
+            if reaper.busy
+                && reaper.outstanding == 0
+                && reaper.retry.is_empty()
+                && (decided == 0 || now.ms >= extra_at + EXTRA_EVERY_MS)
             {
-                current = None;
-                extra_done = 0;
+                extra_at = now.ms;
+                if reaper.build(bufs, gso, EXTRA_SLICE) {
+                    submit(ring, sock, reaper, REAPER)?;
+                } else {
+                    reaper.advance(ring, sock, REAPER, gso, bufs)?;
+                }
             }
             bufs.publish();
-            // Re-armed only now that buffers are back, or it would stop again at once.
-            if rearm_recv {
-                push(&mut ring, &recv)?;
+            // Re-armed only once buffers are back, or it would stop again at once.
+            if recv_stopped && (provided || batches.iter().all(|b| !b.busy)) {
+                push(ring, &recv)?;
+                recv_stopped = false;
             }
-            if let (true, Some(e)) = (rearm_wake, &wake) {
-                push(&mut ring, e)?;
+            if let (true, Some(e)) = (wake_stopped, &wake) {
+                push(ring, e)?;
+                wake_stopped = false;
             }
-            out.clear();
         }
         Ok(())
     }
@@ -540,18 +646,6 @@ fn name_of(name: &[u8], control: &[u8]) -> Option<Source> {
         )
     };
     source(&s, control)
-}
-
-/// Counts one send completion.
-fn sent(c: &Counters, res: i32) {
-    if res >= 0 {
-        Counters::add(&c.sent, 1);
-        Counters::add(&c.sent_bytes, res as u64);
-    } else {
-        let e = io::Error::from_raw_os_error(-res);
-        tracing::debug!(error = %e, "send failed");
-        Counters::add(&c.send_errors, 1);
-    }
 }
 
 /// The reaper's sends, handed to worker 0's ring through its inbox.

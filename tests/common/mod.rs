@@ -295,6 +295,44 @@ impl Peer {
         self.sock.send_to(d, self.relay).unwrap();
     }
 
+    /// Sends `datagrams` (all of one size but the last, which may be shorter) as one
+    /// `UDP_SEGMENT` send, which the kernel splits, or hands whole to a receiver with `UDP_GRO`.
+    pub fn send_segmented(&self, datagrams: &[Vec<u8>]) {
+        let to = socket2::SockAddr::from(self.relay);
+        let mut iovs: Vec<libc::iovec> = datagrams
+            .iter()
+            .map(|d| libc::iovec {
+                iov_base: d.as_ptr() as *mut _,
+                iov_len: d.len(),
+            })
+            .collect();
+        #[repr(C, align(8))]
+        struct Control([u8; 32]);
+        let mut control = Control([0; 32]);
+        // SAFETY: the header points at live locals for the call; CMSG_SPACE of a u16 (24) fits
+        // the aligned 32-byte control buffer.
+        let r = unsafe {
+            let mut h: libc::msghdr = std::mem::zeroed();
+            h.msg_name = to.as_ptr() as *mut _;
+            h.msg_namelen = to.len();
+            h.msg_iov = iovs.as_mut_ptr();
+            h.msg_iovlen = iovs.len();
+            h.msg_control = control.0.as_mut_ptr().cast();
+            h.msg_controllen = libc::CMSG_SPACE(2) as usize;
+            let cm = libc::CMSG_FIRSTHDR(&h);
+            (*cm).cmsg_level = libc::IPPROTO_UDP;
+            (*cm).cmsg_type = 103; // UDP_SEGMENT
+            (*cm).cmsg_len = libc::CMSG_LEN(2) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cm).cast::<u16>(), datagrams[0].len() as u16);
+            libc::sendmsg(std::os::fd::AsRawFd::as_raw_fd(&self.sock), &h, 0)
+        };
+        assert!(
+            r >= 0,
+            "segmented send: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
     /// Sends a JSON message.
     pub fn send(&self, v: Value) {
         self.send_raw(v.to_string().as_bytes());
