@@ -119,6 +119,10 @@ pub struct Comparison {
     pub payload: usize,
     /// Pairs of virtual peers.
     pub pairs: usize,
+    /// The capacity phase's window.
+    pub window: usize,
+    /// Whether the flows were interleaved (one datagram per flow per turn).
+    pub interleave: bool,
     /// Per target, in the order given.
     pub targets: Vec<TargetResult>,
 }
@@ -206,6 +210,8 @@ pub fn run(
         rate,
         payload: cfg.load.payload.max(proto::MIN_PAYLOAD),
         pairs: cfg.load.pairs,
+        window: cfg.window,
+        interleave: cfg.load.interleave,
         targets,
     })
 }
@@ -251,10 +257,13 @@ impl Comparison {
             }
         };
         let mut s = format!(
-            "{} pairs, {} B payload; medians of {} rounds; latency at {:.0} datagrams/s\n\
+            "{} pairs{}, {} B payload, window {}; medians of {} rounds; latency at {:.0} \
+             datagrams/s\n\
              {:<14} {:>12} {:>7} {:>9} {:>7} {:>9} {:>9} {:>9} {:>9} {:>8}\n",
             self.pairs,
+            if self.interleave { " interleaved" } else { "" },
             self.payload,
+            self.window,
             self.rounds,
             self.rate,
             "target",

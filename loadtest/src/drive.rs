@@ -48,6 +48,11 @@ pub struct LoadConfig {
     pub duration: Duration,
     /// Closed loop or fixed rate.
     pub shape: Shape,
+    /// Each turn of the loop sends one datagram per flow, round-robin, instead of a burst per
+    /// flow: consecutive datagrams reaching the target come from different peers and go to
+    /// different destinations, so a relay's segmentation (runs to one destination) rarely
+    /// applies. With at least as many flows as the window, bursts are one datagram anyway.
+    pub interleave: bool,
     /// The target's pid, for its CPU time.
     pub target_pid: Option<u32>,
     /// How long to wait for registration acks.
@@ -66,7 +71,11 @@ struct Flow {
     tmpl: Template,
     seq: u64,
     outstanding: usize,
-    last_progress: Instant,
+    /// When the flow last heard back, or sent with nothing outstanding (ns since the start):
+    /// what its loss timeout counts from.
+    last_progress: u64,
+    /// Its datagrams sent in the measured window that arrived.
+    delivered: u64,
 }
 
 /// Registers `names[i]` from `socks[i]`; returns registrations per second and the sessions.
@@ -256,7 +265,8 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
             tmpl: template(i),
             seq: 0,
             outstanding: 0,
-            last_progress: Instant::now(),
+            last_progress: 0,
+            delivered: 0,
         })
         .collect();
     let dlen = flows[0].tmpl.bytes.len();
@@ -273,40 +283,55 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
     let warm_end = cfg.warmup.as_nanos() as u64;
     let end = warm_end + cfg.duration.as_nanos() as u64;
     let measured = |t: u64| t >= warm_end && t < end;
+    let loss_timeout = LOSS_TIMEOUT.as_nanos() as u64;
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
         .map_err(|e| format!("histogram: {e}"))?;
     let (mut sent, mut delivered, mut offered) = (0u64, 0u64, 0u64);
     let mut out = Vec::with_capacity(dlen * BATCH);
     let mut cpu_start = None;
-    let mut rr = 0usize;
+    // The next flow to send: kept across turns, so that when the window (not a flow's share of
+    // it) is what stops a turn, the next one resumes after the last flow served.
+    let mut cursor = 0usize;
     let mut last_bar = 0u64;
+    let mut max_in_flight = 0usize;
+    // Interleaved, a flow sends one datagram per turn; otherwise a burst of up to a batch.
+    let burst = if cfg.interleave { 1 } else { BATCH };
 
-    let mut receive = |flows: &mut [Flow], hist: &mut Histogram<u64>, delivered: &mut u64| {
-        let mut got = 0;
-        for (s, sock) in socks.iter().enumerate() {
-            for _ in 0..4 {
-                let k = rx.recv(sock).unwrap_or_default();
-                if k == 0 {
-                    break;
+    // `all`: read every socket; otherwise only those whose sender has datagrams in flight. A
+    // thousand peers with a window of 256 would otherwise cost a thousand empty reads a turn,
+    // and the generator, not the target, would set the pace. (An epoll set would spare them
+    // too, but its wake-ups are charged to whoever delivers: the target's CPU per datagram.)
+    let mut receive =
+        |flows: &mut [Flow], hist: &mut Histogram<u64>, delivered: &mut u64, all: bool| {
+            let mut got = 0;
+            for s in 0..socks.len() {
+                if !all && flows[partner(s)].outstanding == 0 {
+                    continue;
                 }
-                let now = ns();
-                for j in 0..k {
-                    let Some((_, sent_at)) = proto::read_stamp(rx.get(j)) else {
-                        continue;
-                    };
-                    got += 1;
-                    let f = &mut flows[partner(s)];
-                    f.outstanding = f.outstanding.saturating_sub(1);
-                    f.last_progress = Instant::now();
-                    if measured(sent_at) {
-                        *delivered += 1;
-                        let _ = hist.record(now.saturating_sub(sent_at).max(1));
+                for _ in 0..4 {
+                    let k = rx.recv(&socks[s]).unwrap_or_default();
+                    if k == 0 {
+                        break;
+                    }
+                    let now = ns();
+                    for j in 0..k {
+                        let Some((_, sent_at)) = proto::read_stamp(rx.get(j)) else {
+                            continue;
+                        };
+                        got += 1;
+                        let f = &mut flows[partner(s)];
+                        f.outstanding = f.outstanding.saturating_sub(1);
+                        f.last_progress = now;
+                        if measured(sent_at) {
+                            *delivered += 1;
+                            f.delivered += 1;
+                            let _ = hist.record(now.saturating_sub(sent_at).max(1));
+                        }
                     }
                 }
             }
-        }
-        got
-    };
+            got
+        };
 
     loop {
         let now = ns();
@@ -324,6 +349,10 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
                 out.extend_from_slice(&f.tmpl.bytes);
             }
             let r = send_batch(&socks[f.tx], out, dlen).map_err(|e| unreachable(cfg.target, e))?;
+            if f.outstanding == 0 {
+                // Its loss timeout counts from now, not from its last reply long ago.
+                f.last_progress = t;
+            }
             f.seq += r as u64;
             f.outstanding += r;
             if measured(t) {
@@ -333,24 +362,26 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
         };
         match cfg.shape {
             Shape::Capacity { window } => {
-                let w = (window / n).max(1);
+                let mut in_flight = 0;
                 for f in flows.iter_mut() {
-                    if f.outstanding > 0 && f.last_progress.elapsed() > LOSS_TIMEOUT {
+                    if f.outstanding > 0 && now.saturating_sub(f.last_progress) > loss_timeout {
                         f.outstanding = 0;
                     }
-                    if f.outstanding < w {
-                        let k = (w - f.outstanding).min(BATCH);
-                        send(f, k, &mut out)?;
-                    }
+                    in_flight += f.outstanding;
                 }
+                in_flight +=
+                    capacity_turn(&mut flows, window, burst, in_flight, &mut cursor, |f, k| {
+                        send(f, k, &mut out)
+                    })?;
+                max_in_flight = max_in_flight.max(in_flight);
             }
             Shape::Rate { per_sec } => {
                 let due = (per_sec * now as f64 / 1e9) as u64;
                 let mut owed = due.saturating_sub(offered);
                 while owed > 0 {
-                    let k = owed.min(8) as usize;
-                    let f = &mut flows[rr % n];
-                    rr += 1;
+                    let k = owed.min(8.min(burst) as u64) as usize;
+                    let f = &mut flows[cursor];
+                    cursor = (cursor + 1) % n;
                     let r = send(f, k, &mut out)?;
                     if r == 0 {
                         break;
@@ -358,9 +389,10 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
                     owed -= r as u64;
                     offered += r as u64;
                 }
+                max_in_flight = max_in_flight.max(flows.iter().map(|f| f.outstanding).sum());
             }
         }
-        receive(&mut flows, &mut hist, &mut delivered);
+        receive(&mut flows, &mut hist, &mut delivered, false);
         if now - last_bar > 100_000_000 {
             last_bar = now;
             bar.set_position((now / 1_000_000).min(end / 1_000_000));
@@ -373,7 +405,7 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
     let cpu_end = cpu_sample(cfg.target_pid);
     let drain_until = Instant::now() + DRAIN;
     while delivered < sent && Instant::now() < drain_until {
-        if receive(&mut flows, &mut hist, &mut delivered) == 0 {
+        if receive(&mut flows, &mut hist, &mut delivered, true) == 0 {
             std::thread::yield_now();
         }
     }
@@ -398,6 +430,7 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
         },
         echo: cfg.echo,
         channels: cfg.channels,
+        interleave: cfg.interleave,
         pairs: cfg.pairs,
         payload: cfg.payload.max(proto::MIN_PAYLOAD),
         datagram: dlen,
@@ -405,6 +438,11 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
             Shape::Rate { per_sec } => Some(per_sec),
             Shape::Capacity { .. } => None,
         },
+        window: match cfg.shape {
+            Shape::Capacity { window } => Some(window),
+            Shape::Rate { .. } => None,
+        },
+        max_in_flight,
         seconds,
         sent,
         delivered: sent - lost,
@@ -415,6 +453,10 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
             lost as f64 / sent as f64
         },
         delivered_per_sec: (sent - lost) as f64 / seconds,
+        flows: n,
+        starved_flows: flows.iter().filter(|f| f.delivered == 0).count(),
+        flow_delivered_min: flows.iter().map(|f| f.delivered).min().unwrap_or(0),
+        flow_delivered_max: flows.iter().map(|f| f.delivered).max().unwrap_or(0),
         latency_us: if hist.is_empty() {
             Latency::default()
         } else {
@@ -431,6 +473,43 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
         target_cpu_cores: target_cpu.map(|d| d.as_secs_f64() / seconds),
         generator_cpu_us_per_datagram: per(generator_cpu),
     })
+}
+
+/// One turn of the closed loop: flows from `cursor` on send until `window` datagrams are in
+/// flight or a whole round of flows could send nothing more; returns how many went. Each flow's
+/// share is `window / flows`, at least one: with more flows than the window the window itself
+/// binds, and the cursor, kept across turns, resumes after the last flow served, so every flow
+/// progresses. A flow sends up to `burst` at once (1 interleaves the flows round-robin).
+fn capacity_turn<E>(
+    flows: &mut [Flow],
+    window: usize,
+    burst: usize,
+    mut in_flight: usize,
+    cursor: &mut usize,
+    mut send: impl FnMut(&mut Flow, usize) -> Result<usize, E>,
+) -> Result<usize, E> {
+    let n = flows.len();
+    let share = (window / n).max(1);
+    let (mut went, mut idle) = (0, 0);
+    while in_flight < window && idle < n {
+        let f = &mut flows[*cursor];
+        *cursor = (*cursor + 1) % n;
+        let k = share
+            .saturating_sub(f.outstanding)
+            .min(window - in_flight)
+            .min(burst);
+        // Nothing sent (the flow at its share, or its socket full) counts towards the idle
+        // round that ends the turn.
+        let r = if k == 0 { 0 } else { send(f, k)? };
+        if r == 0 {
+            idle += 1;
+        } else {
+            idle = 0;
+            in_flight += r;
+            went += r;
+        }
+    }
+    Ok(went)
 }
 
 /// The target's and this process's CPU time now.
@@ -450,4 +529,83 @@ fn progress_bar(cfg: &LoadConfig) -> ProgressBar {
         bar.set_style(style);
     }
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flows(n: usize) -> Vec<Flow> {
+        (0..n)
+            .map(|tx| Flow {
+                tx,
+                tmpl: Template::frame(1, 40),
+                seq: 0,
+                outstanding: 0,
+                last_progress: 0,
+                delivered: 0,
+            })
+            .collect()
+    }
+
+    /// Runs a turn whose sends all go; returns (flow, count) in the order sent.
+    fn turn(
+        fs: &mut [Flow],
+        window: usize,
+        burst: usize,
+        cursor: &mut usize,
+    ) -> Vec<(usize, usize)> {
+        let in_flight = fs.iter().map(|f| f.outstanding).sum();
+        let mut log = Vec::new();
+        let went = capacity_turn(fs, window, burst, in_flight, cursor, |f, k| {
+            f.outstanding += k;
+            log.push((f.tx, k));
+            Ok::<_, ()>(k)
+        })
+        .unwrap();
+        assert_eq!(went, log.iter().map(|l| l.1).sum::<usize>());
+        log
+    }
+
+    #[test]
+    fn more_flows_than_the_window_take_turns_within_it() {
+        let mut fs = flows(1024);
+        let mut cursor = 0;
+        for round in 0..4 {
+            let log = turn(&mut fs, 256, 1, &mut cursor);
+            let want: Vec<_> = (round * 256..(round + 1) * 256).map(|i| (i, 1)).collect();
+            assert_eq!(log, want, "one each, resuming after the last served");
+            // Nothing more while the window is full.
+            assert!(turn(&mut fs, 256, 1, &mut cursor).is_empty());
+            for f in &mut fs {
+                f.outstanding = 0;
+            }
+        }
+        assert_eq!(cursor, 0, "every flow had its turn");
+        // Bursts change nothing when each flow's share is one.
+        assert_eq!(turn(&mut fs, 256, BATCH, &mut cursor).len(), 256);
+    }
+
+    #[test]
+    fn interleaved_flows_go_round_robin_and_bursts_do_not() {
+        let mut fs = flows(8);
+        let mut cursor = 0;
+        let log = turn(&mut fs, 64, 1, &mut cursor);
+        let want: Vec<_> = (0..8).flat_map(|_| (0..8).map(|i| (i, 1))).collect();
+        assert_eq!(log, want);
+        let mut fs = flows(8);
+        let log = turn(&mut fs, 64, BATCH, &mut cursor);
+        assert_eq!(log, (0..8).map(|i| (i, 8)).collect::<Vec<_>>());
+        // Replies for flow 3 only: only it sends again, back to its share.
+        fs[3].outstanding = 5;
+        assert_eq!(turn(&mut fs, 64, 1, &mut cursor), vec![(3, 1); 3]);
+    }
+
+    #[test]
+    fn a_full_socket_ends_the_turn() {
+        let mut fs = flows(4);
+        let mut cursor = 0;
+        let went = capacity_turn(&mut fs, 16, 1, 0, &mut cursor, |_, _| Ok::<_, ()>(0));
+        assert_eq!(went, Ok(0));
+    }
 }

@@ -43,6 +43,13 @@ struct CompareArgs {
     /// Pairs of virtual peers.
     #[arg(long, default_value_t = 8)]
     pairs: usize,
+    /// Interleave the flows: each turn sends one datagram per pair member, round-robin, instead
+    /// of a burst per flow, so consecutive datagrams reaching the target go to different
+    /// destinations (a relay's segmentation of runs to one destination rarely applies). With
+    /// at least as many flows (2 x --pairs) as the window, every turn is one datagram per flow
+    /// anyway, and at most the window is in flight, flows taking turns.
+    #[arg(long)]
+    interleave: bool,
     /// Payload bytes per datagram.
     #[arg(long, default_value_t = 100)]
     payload: usize,
@@ -118,6 +125,13 @@ struct RunArgs {
     /// Pairs of virtual peers.
     #[arg(long, default_value_t = 8)]
     pairs: usize,
+    /// Interleave the flows: each turn sends one datagram per pair member, round-robin, instead
+    /// of a burst per flow, so consecutive datagrams reaching the target go to different
+    /// destinations (a relay's segmentation of runs to one destination rarely applies). With
+    /// at least as many flows (2 x --pairs) as the window, every turn is one datagram per flow
+    /// anyway, and at most the window is in flight, flows taking turns.
+    #[arg(long)]
+    interleave: bool,
     /// Payload bytes per datagram (at least 37: sequence number and timestamp).
     #[arg(long, default_value_t = 100)]
     payload: usize,
@@ -187,6 +201,7 @@ fn load_config(a: &RunArgs) -> Result<LoadConfig, String> {
         warmup: seconds("--warmup", a.warmup)?,
         duration: seconds("--duration", a.duration)?,
         shape,
+        interleave: a.interleave,
         target_pid: a.pid,
         register_timeout: seconds("--register-timeout", a.register_timeout)?,
         progress: true,
@@ -253,6 +268,7 @@ fn compare(a: CompareArgs) -> Result<(), String> {
             warmup: seconds("--warmup", a.warmup)?,
             duration: seconds("--duration", a.duration)?,
             shape: Shape::Capacity { window: a.window },
+            interleave: a.interleave,
             target_pid: None,
             register_timeout: seconds("--register-timeout", a.register_timeout)?,
             progress: true,

@@ -29,6 +29,9 @@ pub struct Report {
     /// Whether channel frames were sent rather than JSON relays.
     #[serde(default)]
     pub channels: bool,
+    /// Whether each turn sent one datagram per flow, round-robin, rather than a burst per flow.
+    #[serde(default)]
+    pub interleave: bool,
     /// Pairs of virtual peers.
     pub pairs: usize,
     /// Payload bytes per datagram.
@@ -37,6 +40,12 @@ pub struct Report {
     pub datagram: usize,
     /// The offered rate in fixed-rate runs (datagrams/s).
     pub offered_rate: Option<f64>,
+    /// The closed loop's cap on datagrams in flight (capacity runs).
+    #[serde(default)]
+    pub window: Option<usize>,
+    /// The most datagrams in flight at the end of any turn (never above `window`).
+    #[serde(default)]
+    pub max_in_flight: usize,
     /// Length of the measured window, in seconds.
     pub seconds: f64,
     /// Datagrams sent in the measured window.
@@ -49,6 +58,18 @@ pub struct Report {
     pub loss_ratio: f64,
     /// Delivered datagrams per second.
     pub delivered_per_sec: f64,
+    /// Flows (one per virtual peer, each to its partner or, echoed, to itself).
+    #[serde(default)]
+    pub flows: usize,
+    /// Flows none of whose datagrams sent in the measured window arrived.
+    #[serde(default)]
+    pub starved_flows: usize,
+    /// Fewest datagrams of one flow delivered in the measured window.
+    #[serde(default)]
+    pub flow_delivered_min: u64,
+    /// Most datagrams of one flow delivered in the measured window.
+    #[serde(default)]
+    pub flow_delivered_max: u64,
     /// One-way latency through the relay, from the send timestamp in the payload.
     pub latency_us: Latency,
     /// Registrations acknowledged per second while the peers registered.
@@ -68,6 +89,7 @@ impl Report {
             "{} {} ({} pairs, {} B payload, {} B datagrams, {:.1} s)\n\
              sent {}  delivered {}  lost {} ({:.3}%)\n\
              delivered/s {:.0}\n\
+             flows {}{}: delivered {} to {} each, {} with none\n\
              latency µs  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}\n",
             match (self.echo, self.channels) {
                 (true, _) => "reflector",
@@ -84,6 +106,11 @@ impl Report {
             self.lost,
             self.loss_ratio * 100.0,
             self.delivered_per_sec,
+            self.flows,
+            if self.interleave { " interleaved" } else { "" },
+            self.flow_delivered_min,
+            self.flow_delivered_max,
+            self.starved_flows,
             self.latency_us.p50,
             self.latency_us.p90,
             self.latency_us.p99,
@@ -92,6 +119,9 @@ impl Report {
         );
         if let Some(r) = self.offered_rate {
             s += &format!("offered/s {r:.0}\n");
+        }
+        if let Some(w) = self.window {
+            s += &format!("window {w}, most in flight {}\n", self.max_in_flight);
         }
         if let Some(r) = self.registrations_per_sec {
             s += &format!("registrations/s {r:.0}\n");

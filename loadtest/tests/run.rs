@@ -218,6 +218,102 @@ fn echo_run_against_the_reflector_is_consistent() {
     h.join().unwrap();
 }
 
+/// A run of 512 pairs (1,024 flows, more than the window of 256): every flow sends one datagram
+/// a turn, at most the window is ever in flight, and every flow is heard from.
+fn check_many_pairs(r: &Report) {
+    check_consistent(r);
+    assert_eq!((r.pairs, r.flows), (512, 1024), "{r:?}");
+    assert_eq!(r.window, Some(256));
+    assert!(
+        r.max_in_flight > 0 && r.max_in_flight <= 256,
+        "window exceeded: {r:?}"
+    );
+    assert_eq!(r.starved_flows, 0, "a flow never delivered: {r:?}");
+    assert!(r.flow_delivered_min > 0 && r.flow_delivered_min <= r.flow_delivered_max);
+    assert!(r.datagram >= 1200, "{r:?}");
+}
+
+#[test]
+fn many_pairs_with_big_payloads_against_the_reflector() {
+    let (addr, stop, h) = reflector();
+    let r = run_json(&[
+        "run",
+        "--relay",
+        &addr.to_string(),
+        "--echo",
+        "--pairs",
+        "512",
+        "--payload",
+        "1200",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+    ]);
+    check_many_pairs(&r);
+    assert!(r.echo);
+    stop.store(true, Ordering::Relaxed);
+    h.join().unwrap();
+}
+
+#[test]
+fn many_pairs_with_big_payloads_through_the_relay() {
+    let relay = relay();
+    let addr = relay.local_addr.to_string();
+    for channels in [false, true] {
+        let mut args = vec![
+            "run",
+            "--relay",
+            &addr,
+            "--pairs",
+            "512",
+            "--payload",
+            "1200",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+        ];
+        if channels {
+            args.push("--channels");
+        }
+        let r = run_json(&args);
+        check_many_pairs(&r);
+        assert_eq!(r.channels, channels);
+        if channels {
+            assert_eq!(r.datagram, 1206, "6-byte header and the payload");
+        }
+    }
+    relay.shutdown();
+}
+
+#[test]
+fn interleaved_run_sends_round_robin_within_each_flows_share() {
+    let relay = relay();
+    let addr = relay.local_addr.to_string();
+    let r = run_json(&[
+        "run",
+        "--relay",
+        &addr,
+        "--channels",
+        "--interleave",
+        "--pairs",
+        "4",
+        "--window",
+        "64",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+    ]);
+    check_consistent(&r);
+    assert!(r.interleave && r.channels);
+    assert_eq!(r.flows, 8);
+    assert!(r.max_in_flight <= 64, "{r:?}");
+    assert_eq!(r.starved_flows, 0, "{r:?}");
+    relay.shutdown();
+}
+
 #[test]
 fn compare_runs_every_target_and_draws_the_chart() {
     let relay = relay();
@@ -233,6 +329,7 @@ fn compare_runs_every_target_and_draws_the_chart() {
         &format!("floor={echo},echo"),
         "--rounds",
         "1",
+        "--interleave",
         "--duration",
         "0.5",
         "--warmup",
@@ -249,6 +346,10 @@ fn compare_runs_every_target_and_draws_the_chart() {
         "{table}"
     );
     let c: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(
+        (&c["interleave"], &c["window"]),
+        (&Value::Bool(true), &Value::from(256))
+    );
     let targets = c["targets"].as_array().unwrap();
     assert_eq!(targets.len(), 2);
     for t in targets {
@@ -260,7 +361,9 @@ fn compare_runs_every_target_and_draws_the_chart() {
             .iter()
             .chain(t["rate_runs"].as_array().unwrap())
         {
-            check_consistent(&serde_json::from_value(run.clone()).unwrap());
+            let r: Report = serde_json::from_value(run.clone()).unwrap();
+            check_consistent(&r);
+            assert!(r.interleave, "{r:?}");
         }
     }
     let rate = c["rate"].as_f64().unwrap();
