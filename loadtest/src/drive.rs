@@ -8,7 +8,7 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::net::{BATCH, RecvBatch, peer_socket, send_batch};
-use crate::proto::{self, Template};
+use crate::proto::{self, Received, Template};
 use crate::report::{Latency, Report};
 use crate::sys;
 
@@ -66,6 +66,17 @@ const LOSS_TIMEOUT: Duration = Duration::from_millis(200);
 /// How long after the window stragglers may still arrive.
 const DRAIN: Duration = Duration::from_millis(500);
 
+/// What the receive side counted.
+#[derive(Default)]
+struct Tally {
+    /// Datagrams sent in the measured window that arrived intact.
+    delivered: u64,
+    /// Stamped datagrams whose payload was not what was sent.
+    corrupt: u64,
+    /// Datagrams of a flow at or below its highest sequence number yet: late or twice.
+    out_of_order: u64,
+}
+
 struct Flow {
     tx: usize,
     tmpl: Template,
@@ -76,6 +87,8 @@ struct Flow {
     last_progress: u64,
     /// Its datagrams sent in the measured window that arrived.
     delivered: u64,
+    /// The highest sequence number of its received so far.
+    received: Option<u64>,
 }
 
 /// Registers `names[i]` from `socks[i]`; returns registrations per second and the sessions.
@@ -267,6 +280,7 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
             outstanding: 0,
             last_progress: 0,
             delivered: 0,
+            received: None,
         })
         .collect();
     let dlen = flows[0].tmpl.bytes.len();
@@ -286,7 +300,8 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
     let loss_timeout = LOSS_TIMEOUT.as_nanos() as u64;
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
         .map_err(|e| format!("histogram: {e}"))?;
-    let (mut sent, mut delivered, mut offered) = (0u64, 0u64, 0u64);
+    let (mut sent, mut offered) = (0u64, 0u64);
+    let mut tally = Tally::default();
     let mut out = Vec::with_capacity(dlen * BATCH);
     let mut cpu_start = None;
     // The next flow to send: kept across turns, so that when the window (not a flow's share of
@@ -301,37 +316,52 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
     // thousand peers with a window of 256 would otherwise cost a thousand empty reads a turn,
     // and the generator, not the target, would set the pace. (An epoll set would spare them
     // too, but its wake-ups are charged to whoever delivers: the target's CPU per datagram.)
-    let mut receive =
-        |flows: &mut [Flow], hist: &mut Histogram<u64>, delivered: &mut u64, all: bool| {
-            let mut got = 0;
-            for s in 0..socks.len() {
-                if !all && flows[partner(s)].outstanding == 0 {
-                    continue;
+    let payload = cfg.payload;
+    let mut receive = |flows: &mut [Flow], hist: &mut Histogram<u64>, t: &mut Tally, all: bool| {
+        let mut got = 0;
+        for s in 0..socks.len() {
+            if !all && flows[partner(s)].outstanding == 0 {
+                continue;
+            }
+            for _ in 0..4 {
+                let k = rx.recv(&socks[s]).unwrap_or_default();
+                if k == 0 {
+                    break;
                 }
-                for _ in 0..4 {
-                    let k = rx.recv(&socks[s]).unwrap_or_default();
-                    if k == 0 {
-                        break;
-                    }
-                    let now = ns();
-                    for j in 0..k {
-                        let Some((_, sent_at)) = proto::read_stamp(rx.get(j)) else {
+                let now = ns();
+                for j in 0..k {
+                    let f = &mut flows[partner(s)];
+                    let (seq, sent_at) = match proto::check(rx.get(j), payload) {
+                        Received::Intact { seq, ns } => (seq, ns),
+                        Received::Corrupt => {
+                            // Not trusted, so not delivered; but it was the flow's, and frees
+                            // its place in the window.
+                            f.outstanding = f.outstanding.saturating_sub(1);
+                            t.corrupt += 1;
                             continue;
-                        };
-                        got += 1;
-                        let f = &mut flows[partner(s)];
-                        f.outstanding = f.outstanding.saturating_sub(1);
-                        f.last_progress = now;
-                        if measured(sent_at) {
-                            *delivered += 1;
-                            f.delivered += 1;
-                            let _ = hist.record(now.saturating_sub(sent_at).max(1));
                         }
+                        Received::Other => continue,
+                    };
+                    got += 1;
+                    f.outstanding = f.outstanding.saturating_sub(1);
+                    f.last_progress = now;
+                    // Each flow's numbers leave in order: one at or below the highest seen
+                    // came late or twice.
+                    if f.received.is_some_and(|h| seq <= h) {
+                        t.out_of_order += 1;
+                    } else {
+                        f.received = Some(seq);
+                    }
+                    if measured(sent_at) {
+                        t.delivered += 1;
+                        f.delivered += 1;
+                        let _ = hist.record(now.saturating_sub(sent_at).max(1));
                     }
                 }
             }
-            got
-        };
+        }
+        got
+    };
 
     loop {
         let now = ns();
@@ -392,20 +422,20 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
                 max_in_flight = max_in_flight.max(flows.iter().map(|f| f.outstanding).sum());
             }
         }
-        receive(&mut flows, &mut hist, &mut delivered, false);
+        receive(&mut flows, &mut hist, &mut tally, false);
         if now - last_bar > 100_000_000 {
             last_bar = now;
             bar.set_position((now / 1_000_000).min(end / 1_000_000));
             if now > warm_end {
                 let secs = (now - warm_end) as f64 / 1e9;
-                bar.set_message(format!("{:.0} delivered/s", delivered as f64 / secs));
+                bar.set_message(format!("{:.0} delivered/s", tally.delivered as f64 / secs));
             }
         }
     }
     let cpu_end = cpu_sample(cfg.target_pid);
     let drain_until = Instant::now() + DRAIN;
-    while delivered < sent && Instant::now() < drain_until {
-        if receive(&mut flows, &mut hist, &mut delivered, true) == 0 {
+    while tally.delivered < sent && Instant::now() < drain_until {
+        if receive(&mut flows, &mut hist, &mut tally, true) == 0 {
             std::thread::yield_now();
         }
     }
@@ -419,6 +449,7 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
         ),
         None => (None, Duration::ZERO),
     };
+    let delivered = tally.delivered;
     let per = |d: Duration| d.as_secs_f64() * 1e6 / delivered.max(1) as f64;
     let q = |p: f64| hist.value_at_quantile(p) as f64 / 1000.0;
     let lost = sent.saturating_sub(delivered);
@@ -453,6 +484,8 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
             lost as f64 / sent as f64
         },
         delivered_per_sec: (sent - lost) as f64 / seconds,
+        corrupt: tally.corrupt,
+        out_of_order: tally.out_of_order,
         flows: n,
         starved_flows: flows.iter().filter(|f| f.delivered == 0).count(),
         flow_delivered_min: flows.iter().map(|f| f.delivered).min().unwrap_or(0),
@@ -544,6 +577,7 @@ mod tests {
                 outstanding: 0,
                 last_progress: 0,
                 delivered: 0,
+                received: None,
             })
             .collect()
     }

@@ -172,6 +172,12 @@ struct ReflectorArgs {
     /// Pin the reflector to this CPU.
     #[arg(long)]
     cpu: Option<usize>,
+    /// Segment the returns (UDP GSO): consecutive datagrams of a batch to one sender of one size
+    /// (the last may be shorter, at most 64 and 65,507 bytes, segments of at most 1,452 bytes)
+    /// go back as one UDP_SEGMENT send; the floor of a relay that segments. A kernel that
+    /// refuses it gets them one by one, said on stderr.
+    #[arg(long)]
+    gso: bool,
 }
 
 fn seconds(flag: &str, v: f64) -> Result<Duration, String> {
@@ -309,15 +315,29 @@ fn reflect(a: ReflectorArgs) -> Result<(), String> {
     let addr = std::net::SocketAddr::new(a.host, a.port);
     let sock = reflector::bind(addr).map_err(|e| e.to_string())?;
     eprintln!(
-        "reflecting on {}",
-        sock.local_addr().map_err(|e| e.to_string())?
+        "reflecting on {}{}",
+        sock.local_addr().map_err(|e| e.to_string())?,
+        if a.gso { ", segmenting returns" } else { "" }
     );
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [libc::SIGINT, libc::SIGTERM] {
         signal_flag(sig, &stop)?;
     }
-    let n = reflector::serve(&sock, &stop).map_err(|e| e.to_string())?;
-    eprintln!("reflected {n} datagrams");
+    let r = reflector::serve(&sock, &stop, a.gso).map_err(|e| e.to_string())?;
+    if a.gso {
+        eprintln!(
+            "reflected {} datagrams, {} segmented sends{}",
+            r.datagrams,
+            r.segmented_sends,
+            if r.gso_refused {
+                " (segmentation refused)"
+            } else {
+                ""
+            }
+        );
+    } else {
+        eprintln!("reflected {} datagrams", r.datagrams);
+    }
     Ok(())
 }
 

@@ -78,14 +78,62 @@ fn unhex16(src: &[u8]) -> Option<u64> {
 
 /// The sequence number and send time carried by a relayed, framed (or echoed) datagram.
 pub fn read_stamp(d: &[u8]) -> Option<(u64, u64)> {
-    let at = if d.first() == Some(&frame::MARK) {
-        frame::HEADER + 3
-    } else {
-        d.windows(MARK.len()).position(|w| w == MARK)? + MARK.len()
-    };
+    let at = stamp_at(d)?;
     let seq = unhex16(d.get(at..)?)?;
     let ns = unhex16(d.get(at + 17..)?)?;
     Some((seq, ns))
+}
+
+/// What a received datagram carries, read against the payload size sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// A stamped payload, whole: its sequence number and send time.
+    Intact {
+        /// The flow's sequence number.
+        seq: u64,
+        /// The send time, ns since the run's start.
+        ns: u64,
+    },
+    /// A stamp, but the payload around it is not what was sent (cut, grown or altered).
+    Corrupt,
+    /// No stamp: not load (a peer list, a keepalive).
+    Other,
+}
+
+/// Reads datagram `d` whose stamped payload was sent `payload` bytes long: the stamp, then the
+/// padding, whole, then the datagram's end (a frame) or the JSON string's closing quote.
+pub fn check(d: &[u8], payload: usize) -> Received {
+    let Some(at) = stamp_at(d) else {
+        return Received::Other;
+    };
+    let framed = d.first() == Some(&frame::MARK);
+    let Some((seq, ns)) = read_stamp(d) else {
+        return Received::Corrupt;
+    };
+    let pad_start = at + 2 * 16 + 2;
+    let pad_end = at - 3 + payload.max(MIN_PAYLOAD);
+    let padded = d
+        .get(pad_start..pad_end)
+        .is_some_and(|p| p.iter().all(|&b| b == b'x'));
+    let closed = if framed {
+        d.len() == pad_end
+    } else {
+        d.get(pad_end) == Some(&b'"')
+    };
+    if padded && closed {
+        Received::Intact { seq, ns }
+    } else {
+        Received::Corrupt
+    }
+}
+
+/// Where the stamp's first digit is: after a frame's header and `lt `, or after the JSON mark.
+fn stamp_at(d: &[u8]) -> Option<usize> {
+    if d.first() == Some(&frame::MARK) {
+        (d.get(frame::HEADER..frame::HEADER + 3) == Some(b"lt ")).then_some(frame::HEADER + 3)
+    } else {
+        Some(d.windows(MARK.len()).position(|w| w == MARK)? + MARK.len())
+    }
 }
 
 /// A `register` message for `name`.
@@ -145,5 +193,39 @@ mod tests {
         assert_eq!(f.bytes.len(), frame::HEADER + 100);
         assert_eq!(frame::channel(&f.bytes), Ok(7));
         assert_eq!(read_stamp(&f.bytes), Some((9, 10)));
+    }
+
+    #[test]
+    fn a_payload_cut_grown_or_altered_is_corrupt() {
+        let intact = Received::Intact { seq: 9, ns: 10 };
+        let mut f = Template::frame(7, 100);
+        f.stamp(9, 10);
+        assert_eq!(check(&f.bytes, 100), intact);
+        assert_eq!(check(&f.bytes[..f.bytes.len() - 1], 100), Received::Corrupt);
+        let mut grown = f.bytes.clone();
+        grown.push(b'x');
+        assert_eq!(check(&grown, 100), Received::Corrupt);
+        let mut altered = f.bytes.clone();
+        altered[60] = b'y';
+        assert_eq!(check(&altered, 100), Received::Corrupt);
+        let mut digits = f.bytes.clone();
+        digits[frame::HEADER + 5] = b'g';
+        assert_eq!(check(&digits, 100), Received::Corrupt);
+        let mut j = Template::new("a", "b", 1200);
+        j.stamp(9, 10);
+        assert_eq!(check(&j.bytes, 1200), intact);
+        assert_eq!(check(&j.bytes, 1199), Received::Corrupt);
+        let relayed = format!(
+            r#"{{"type":"relayed_packet","from_peer":"a","payload":"lt {:016x} {:016x} {}"}}"#,
+            9,
+            10,
+            "x".repeat(1200 - MIN_PAYLOAD)
+        );
+        assert_eq!(check(relayed.as_bytes(), 1200), intact);
+        assert_eq!(check(br#"{"type":"peer_list"}"#, 100), Received::Other);
+        assert_eq!(
+            check(&[frame::MARK, 0, 0, 0, 0, 1, b'z'], 100),
+            Received::Other
+        );
     }
 }

@@ -58,6 +58,12 @@ pub struct Report {
     pub loss_ratio: f64,
     /// Delivered datagrams per second.
     pub delivered_per_sec: f64,
+    /// Stamped datagrams that arrived with a payload other than the one sent (not delivered).
+    #[serde(default)]
+    pub corrupt: u64,
+    /// Datagrams that arrived after a later one of their flow, or twice.
+    #[serde(default)]
+    pub out_of_order: u64,
     /// Flows (one per virtual peer, each to its partner or, echoed, to itself).
     #[serde(default)]
     pub flows: usize,
@@ -119,6 +125,12 @@ impl Report {
         );
         if let Some(r) = self.offered_rate {
             s += &format!("offered/s {r:.0}\n");
+        }
+        if self.corrupt > 0 || self.out_of_order > 0 {
+            s += &format!(
+                "corrupt {}  out of order {}\n",
+                self.corrupt, self.out_of_order
+            );
         }
         if let Some(w) = self.window {
             s += &format!("window {w}, most in flight {}\n", self.max_in_flight);

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 
 use clap::Parser;
-use loadtest::reflector;
+use loadtest::reflector::{self, Reflected};
 use loadtest::report::Report;
 use serde_json::Value;
 use udp_relay::config::Args;
@@ -88,6 +88,7 @@ fn tempdir() -> std::path::PathBuf {
 fn check_consistent(r: &Report) {
     assert!(r.sent > 0, "nothing sent: {r:?}");
     assert_eq!(r.delivered + r.lost, r.sent, "{r:?}");
+    assert_eq!(r.corrupt, 0, "payloads altered: {r:?}");
     assert!(r.delivered > 0, "nothing delivered: {r:?}");
     let l = &r.latency_us;
     for v in [l.p50, l.p90, l.p99, l.p999, l.max] {
@@ -187,14 +188,19 @@ fn fixed_rate_run_offers_no_more_than_asked() {
     relay.shutdown();
 }
 
-fn reflector() -> (SocketAddr, Arc<AtomicBool>, thread::JoinHandle<()>) {
+type Reflector = (SocketAddr, Arc<AtomicBool>, thread::JoinHandle<Reflected>);
+
+fn reflector() -> Reflector {
+    reflector_gso(false)
+}
+
+/// A reflector on a thread; with `gso` it segments its returns. Joining says what it did.
+fn reflector_gso(gso: bool) -> Reflector {
     let sock = reflector::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = sock.local_addr().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
-    let h = thread::spawn(move || {
-        reflector::serve(&sock, &s).unwrap();
-    });
+    let h = thread::spawn(move || reflector::serve(&sock, &s, gso).unwrap());
     (addr, stop, h)
 }
 
@@ -216,6 +222,48 @@ fn echo_run_against_the_reflector_is_consistent() {
     assert_eq!(r.registrations_per_sec, None);
     stop.store(true, Ordering::Relaxed);
     h.join().unwrap();
+}
+
+#[test]
+fn the_segmenting_reflector_returns_every_datagram_whole() {
+    let (addr, stop, h) = reflector_gso(true);
+    let addr = addr.to_string();
+    // Two pairs under a window of 64: bursts of 16 from each socket, which the reflector
+    // returns as segmented sends. The window stays within any receive buffer, so that nothing
+    // may be lost (segments too: JSON of 1,295 bytes, frames of 1,206, both below 1,452).
+    for (payload, channels) in [("100", false), ("1200", false), ("1200", true)] {
+        let mut args = vec![
+            "run",
+            "--relay",
+            &addr,
+            "--echo",
+            "--pairs",
+            "2",
+            "--window",
+            "64",
+            "--payload",
+            payload,
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+        ];
+        if channels {
+            args.push("--channels");
+        }
+        let r = run_json(&args);
+        check_consistent(&r);
+        assert_eq!((r.lost, r.corrupt, r.out_of_order), (0, 0, 0), "{r:?}");
+        assert_eq!(r.payload, payload.parse::<usize>().unwrap());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let done = h.join().unwrap();
+    assert!(done.datagrams > 0);
+    if done.gso_refused {
+        println!("the kernel refused UDP_SEGMENT: every datagram came back one by one");
+    } else {
+        assert!(done.segmented_sends > 0, "nothing segmented: {done:?}");
+    }
 }
 
 /// A run of 512 pairs (1,024 flows, more than the window of 256): every flow sends one datagram
