@@ -13,8 +13,9 @@ use serde::Serialize;
 use crate::drive::{self, LoadConfig, Shape};
 use crate::proto;
 use crate::report::{Latency, Report};
+use crate::turn::{self, Credentials};
 
-/// One thing to drive: a relay speaking the JSON protocol, or a reflector.
+/// One thing to drive: a relay speaking the JSON protocol, a reflector, or a TURN server.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Target {
     /// Its label in the table and chart.
@@ -25,15 +26,21 @@ pub struct Target {
     pub echo: bool,
     /// Channel frames (Part 4) rather than JSON relays (to a reflector: frames of that size).
     pub channels: bool,
+    /// A TURN server, driven with these credentials (allocations, channels, ChannelData).
+    pub turn: Option<Credentials>,
     /// Its pid, for CPU time per datagram.
     pub pid: Option<u32>,
 }
 
-/// Parses `NAME=HOST:PORT[,echo][,channels][,pid=N]`.
+/// The syntax of a target, for messages.
+pub const TARGET_SYNTAX: &str = "NAME=HOST:PORT[,echo][,channels][,turn=USER:PASS][,pid=N]";
+
+/// Parses `NAME=HOST:PORT[,echo][,channels][,turn=USER:PASS][,pid=N]` (`turn` alone of the
+/// three).
 pub fn parse_target(s: &str) -> Result<Target, String> {
     let (name, rest) = s
         .split_once('=')
-        .ok_or_else(|| format!("`{s}` is not NAME=HOST:PORT[,echo][,channels][,pid=N]"))?;
+        .ok_or_else(|| format!("`{s}` is not {TARGET_SYNTAX}"))?;
     if name.is_empty() {
         return Err(format!("`{s}`: the target needs a name before `=`"));
     }
@@ -44,12 +51,15 @@ pub fn parse_target(s: &str) -> Result<Target, String> {
         addr,
         echo: false,
         channels: false,
+        turn: None,
         pid: None,
     };
     for p in parts {
         match p.split_once('=') {
             None if p == "echo" => t.echo = true,
             None if p == "channels" => t.channels = true,
+            // The password runs to the next comma: one with a comma cannot be given here.
+            Some(("turn", v)) => t.turn = Some(turn::parse_credentials(v)?),
             Some(("pid", v)) => {
                 t.pid = Some(
                     v.parse()
@@ -58,10 +68,17 @@ pub fn parse_target(s: &str) -> Result<Target, String> {
             }
             _ => {
                 return Err(format!(
-                    "`{s}`: unknown option `{p}` (expected `echo`, `channels` or `pid=N`)"
+                    "`{s}`: unknown option `{p}` (expected `echo`, `channels`, \
+                     `turn=USER:PASS` or `pid=N`)"
                 ));
             }
         }
+    }
+    if t.turn.is_some() && (t.echo || t.channels) {
+        return Err(format!(
+            "`{s}`: a TURN server (`turn=USER:PASS`) is driven with ChannelData: it takes \
+             neither `echo` nor `channels`"
+        ));
     }
     Ok(t)
 }
@@ -92,6 +109,8 @@ pub struct TargetResult {
     pub addr: String,
     /// Whether it was driven as a reflector.
     pub echo: bool,
+    /// Whether it was driven as a TURN server.
+    pub turn: bool,
     /// Median delivered datagrams/s at capacity.
     pub delivered_per_sec: f64,
     /// Lowest and highest delivered/s over the rounds.
@@ -163,6 +182,7 @@ pub fn run(
             target: t.addr,
             echo: t.echo,
             channels: t.channels,
+            turn: t.turn.clone(),
             shape,
             target_pid: t.pid,
             ..cfg.load.clone()
@@ -229,6 +249,7 @@ fn summarise(t: &Target, cap: Vec<Report>, rr: Vec<Report>) -> TargetResult {
         name: t.name.clone(),
         addr: t.addr.to_string(),
         echo: t.echo,
+        turn: t.turn.is_some(),
         delivered_per_sec: median(rates),
         delivered_range: (lo, hi),
         cpu_us_per_datagram: (!cpu.is_empty()).then(|| median(cpu)),
@@ -452,6 +473,21 @@ mod tests {
         assert_eq!(t.addr, "127.0.0.1:8400".parse().unwrap());
         assert_eq!((t.echo, t.pid), (false, Some(42)));
         assert!(parse_target("floor=127.0.0.1:8401,echo").unwrap().echo);
+        let frames = parse_target("floor=127.0.0.1:8401,echo,channels").unwrap();
+        assert!(frames.echo && frames.channels);
+        let t = parse_target("coturn=127.0.0.1:3478,turn=u:p:w,pid=7").unwrap();
+        assert_eq!(t.turn, turn::parse_credentials("u:p:w").ok());
+        assert_eq!((t.echo, t.channels, t.pid), (false, false, Some(7)));
+        assert!(
+            parse_target("x=127.0.0.1:1,turn=u:p,echo")
+                .unwrap_err()
+                .contains("neither")
+        );
+        assert!(
+            parse_target("x=127.0.0.1:1,turn=nopass")
+                .unwrap_err()
+                .contains("USER:PASS")
+        );
         assert!(
             parse_target("127.0.0.1:8400")
                 .unwrap_err()

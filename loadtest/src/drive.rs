@@ -11,6 +11,7 @@ use crate::net::{BATCH, RecvBatch, peer_socket, send_batch};
 use crate::proto::{self, Received, Template};
 use crate::report::{Latency, Report};
 use crate::sys;
+use crate::turn::{self, Credentials, Keeper};
 
 /// How the load is offered.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -38,6 +39,9 @@ pub struct LoadConfig {
     /// Send channel frames (Part 4) instead of JSON relays: the pairs bind channels first (to
     /// a reflector, frames of the same size are sent).
     pub channels: bool,
+    /// Drive a TURN server with these credentials instead of a relay: each peer allocates and
+    /// binds a channel to its partner's relayed address, and sends ChannelData.
+    pub turn: Option<Credentials>,
     /// Pairs of virtual peers; each peer relays to its partner.
     pub pairs: usize,
     /// Payload bytes per datagram.
@@ -234,6 +238,11 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
     if cfg.pairs == 0 {
         return Err("--pairs must be at least 1".into());
     }
+    if cfg.turn.is_some() && (cfg.echo || cfg.channels) {
+        return Err(
+            "a TURN server is driven with ChannelData: not with --echo or --channels".into(),
+        );
+    }
     let n = 2 * cfg.pairs;
     let limit = sys::raise_fd_limit();
     if n as u64 + sys::FD_RESERVE > limit {
@@ -251,7 +260,12 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
     let id = run_id();
     // Fixed-width names keep every datagram the same size, so batches slice evenly.
     let names: Vec<String> = (0..n).map(|i| format!("{id}-{i:06}")).collect();
+    let mut keeper = None;
     let (registrations_per_sec, channels) = if cfg.echo {
+        (None, vec![0; n])
+    } else if let Some(creds) = &cfg.turn {
+        let sessions = turn::setup(cfg.target, &socks, creds, cfg.register_timeout)?;
+        keeper = Some(Keeper::new(cfg.target, sessions));
         (None, vec![0; n])
     } else {
         let timeout = cfg.register_timeout;
@@ -266,7 +280,9 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
     // Flow i sends from socket i to its partner (relay) or back to itself (echo).
     let partner = |i: usize| if cfg.echo { i } else { i ^ 1 };
     let template = |i: usize| {
-        if cfg.channels {
+        if cfg.turn.is_some() {
+            Template::channel_data(turn::CHANNEL, cfg.payload)
+        } else if cfg.channels {
             Template::frame(channels[i], cfg.payload)
         } else {
             Template::new(&names[i], &names[partner(i)], cfg.payload)
@@ -317,10 +333,15 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
     // and the generator, not the target, would set the pace. (An epoll set would spare them
     // too, but its wake-ups are charged to whoever delivers: the target's CPU per datagram.)
     let payload = cfg.payload;
-    let mut receive = |flows: &mut [Flow], hist: &mut Histogram<u64>, t: &mut Tally, all: bool| {
+    let mut receive = |flows: &mut [Flow],
+                       hist: &mut Histogram<u64>,
+                       t: &mut Tally,
+                       keeper: &mut Option<Keeper>,
+                       all: bool| {
         let mut got = 0;
         for s in 0..socks.len() {
-            if !all && flows[partner(s)].outstanding == 0 {
+            let awaits = keeper.as_ref().is_some_and(|k| k.awaits(s));
+            if !all && !awaits && flows[partner(s)].outstanding == 0 {
                 continue;
             }
             for _ in 0..4 {
@@ -340,7 +361,13 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
                             t.corrupt += 1;
                             continue;
                         }
-                        Received::Other => continue,
+                        Received::Other => {
+                            // A TURN server's answers to the refreshes.
+                            if let Some(k) = keeper {
+                                k.on_datagram(s, rx.get(j));
+                            }
+                            continue;
+                        }
                     };
                     got += 1;
                     f.outstanding = f.outstanding.saturating_sub(1);
@@ -370,6 +397,9 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
         }
         if cpu_start.is_none() && now >= warm_end {
             cpu_start = Some(cpu_sample(cfg.target_pid));
+        }
+        if let Some(k) = &mut keeper {
+            k.tick(&socks)?;
         }
         let mut send = |f: &mut Flow, k: usize, out: &mut Vec<u8>| -> Result<usize, String> {
             out.clear();
@@ -422,7 +452,7 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
                 max_in_flight = max_in_flight.max(flows.iter().map(|f| f.outstanding).sum());
             }
         }
-        receive(&mut flows, &mut hist, &mut tally, false);
+        receive(&mut flows, &mut hist, &mut tally, &mut keeper, false);
         if now - last_bar > 100_000_000 {
             last_bar = now;
             bar.set_position((now / 1_000_000).min(end / 1_000_000));
@@ -435,11 +465,20 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
     let cpu_end = cpu_sample(cfg.target_pid);
     let drain_until = Instant::now() + DRAIN;
     while tally.delivered < sent && Instant::now() < drain_until {
-        if receive(&mut flows, &mut hist, &mut tally, true) == 0 {
+        if receive(&mut flows, &mut hist, &mut tally, &mut keeper, true) == 0 {
             std::thread::yield_now();
         }
     }
     bar.finish_and_clear();
+    let (turn_refreshes, turn_refused) = match keeper {
+        Some(k) => {
+            let counts = (k.refreshes, k.refused);
+            // Free the allocations, so that rounds do not pile them up on the server.
+            turn::close(&socks, &k.into_sessions(), Duration::from_millis(500));
+            counts
+        }
+        None => (0, 0),
+    };
 
     let seconds = cfg.duration.as_secs_f64();
     let (target_cpu, generator_cpu) = match cpu_start {
@@ -461,6 +500,9 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
         },
         echo: cfg.echo,
         channels: cfg.channels,
+        turn: cfg.turn.is_some(),
+        turn_refreshes,
+        turn_refused,
         interleave: cfg.interleave,
         pairs: cfg.pairs,
         payload: cfg.payload.max(proto::MIN_PAYLOAD),

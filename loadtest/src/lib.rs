@@ -1,5 +1,6 @@
 //! The load-test harness of udp-relay: virtual peers that register and relay to each other,
-//! a reflector that marks the machine's cost floor, registration storms and comparisons.
+//! a reflector that marks the machine's cost floor, registration storms, comparisons, and TURN
+//! clients to put a TURN server (coturn) beside them.
 
 pub mod compare;
 pub mod drive;
@@ -9,3 +10,4 @@ pub mod reflector;
 pub mod report;
 pub mod storm;
 pub mod sys;
+pub mod turn;

@@ -33,8 +33,12 @@ enum Cmd {
 
 #[derive(Args)]
 struct CompareArgs {
-    /// A target as NAME=HOST:PORT[,echo][,pid=N]; give it once per target (ratios are to the
-    /// first). `echo` marks a reflector; `pid` adds its CPU time per datagram.
+    /// A target as NAME=HOST:PORT[,echo][,channels][,turn=USER:PASS][,pid=N]; give it once per
+    /// target (ratios are to the first). Plain, a relay driven with JSON relays; `channels`, the
+    /// relay with channel frames; `echo`, a reflector (with `channels`, sent frames' sizes);
+    /// `turn=USER:PASS` alone, a TURN server (coturn) driven with long-term credentials, each
+    /// pair two allocations with channels bound to each other's relayed address, sending
+    /// ChannelData (no comma in the password). `pid` adds its CPU time per datagram.
     #[arg(long = "target", required = true, value_parser = compare::parse_target)]
     targets: Vec<compare::Target>,
     /// Runs per target in each phase.
@@ -112,7 +116,7 @@ struct RegisterArgs {
 
 #[derive(Args, Clone)]
 struct RunArgs {
-    /// The relay (or, with --echo, the reflector) as HOST:PORT.
+    /// The relay (or, with --echo, the reflector; with --turn, the TURN server) as HOST:PORT.
     #[arg(long, value_parser = proto::parse_addr)]
     relay: std::net::SocketAddr,
     /// Drive a reflector instead of a relay (no registration; datagrams come back to the sender).
@@ -122,6 +126,11 @@ struct RunArgs {
     /// (with --echo, frames of the same size go to the reflector).
     #[arg(long)]
     channels: bool,
+    /// Drive a TURN server (coturn) with these long-term credentials, USER:PASS: each peer
+    /// allocates, binds a channel to its partner's relayed address and sends ChannelData, which
+    /// the server carries from one allocation to the other; refreshed as runs outlast lifetimes.
+    #[arg(long, value_parser = loadtest::turn::parse_credentials, conflicts_with_all = ["echo", "channels"])]
+    turn: Option<loadtest::turn::Credentials>,
     /// Pairs of virtual peers.
     #[arg(long, default_value_t = 8)]
     pairs: usize,
@@ -202,6 +211,7 @@ fn load_config(a: &RunArgs) -> Result<LoadConfig, String> {
         target: a.relay,
         echo: a.echo,
         channels: a.channels,
+        turn: a.turn.clone(),
         pairs: a.pairs,
         payload: a.payload,
         warmup: seconds("--warmup", a.warmup)?,
@@ -269,6 +279,7 @@ fn compare(a: CompareArgs) -> Result<(), String> {
             target: a.targets[0].addr,
             echo: false,
             channels: false,
+            turn: None,
             pairs: a.pairs,
             payload: a.payload,
             warmup: seconds("--warmup", a.warmup)?,

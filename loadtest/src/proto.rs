@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 
 use relay_wire::{frame, peer};
 
+use crate::turn;
+
 const MARK: &[u8] = b"\"payload\":\"lt ";
 /// Bytes of the payload before the padding: `lt ` + 16 hex + ` ` + 16 hex + ` `.
 pub const MIN_PAYLOAD: usize = 3 + 16 + 1 + 16 + 1;
@@ -57,6 +59,16 @@ impl Template {
         }
     }
 
+    /// A TURN ChannelData message on `channel`; `size` is raised to [`MIN_PAYLOAD`] if smaller.
+    pub fn channel_data(channel: u16, size: usize) -> Template {
+        let mut bytes = Vec::new();
+        turn::channel_data(&mut bytes, channel, &stamped(size));
+        Template {
+            bytes,
+            seq_at: turn::CHANNEL_HEADER + 3,
+        }
+    }
+
     /// Writes `seq` and the send time `ns` into the datagram.
     pub fn stamp(&mut self, seq: u64, ns: u64) {
         hex16(&mut self.bytes[self.seq_at..self.seq_at + 16], seq);
@@ -78,7 +90,7 @@ fn unhex16(src: &[u8]) -> Option<u64> {
 
 /// The sequence number and send time carried by a relayed, framed (or echoed) datagram.
 pub fn read_stamp(d: &[u8]) -> Option<(u64, u64)> {
-    let at = stamp_at(d)?;
+    let (_, at) = stamp_at(d)?;
     let seq = unhex16(d.get(at..)?)?;
     let ns = unhex16(d.get(at + 17..)?)?;
     Some((seq, ns))
@@ -103,10 +115,9 @@ pub enum Received {
 /// Reads datagram `d` whose stamped payload was sent `payload` bytes long: the stamp, then the
 /// padding, whole, then the datagram's end (a frame) or the JSON string's closing quote.
 pub fn check(d: &[u8], payload: usize) -> Received {
-    let Some(at) = stamp_at(d) else {
+    let Some((kind, at)) = stamp_at(d) else {
         return Received::Other;
     };
-    let framed = d.first() == Some(&frame::MARK);
     let Some((seq, ns)) = read_stamp(d) else {
         return Received::Corrupt;
     };
@@ -115,10 +126,15 @@ pub fn check(d: &[u8], payload: usize) -> Received {
     let padded = d
         .get(pad_start..pad_end)
         .is_some_and(|p| p.iter().all(|&b| b == b'x'));
-    let closed = if framed {
-        d.len() == pad_end
-    } else {
-        d.get(pad_end) == Some(&b'"')
+    let closed = match kind {
+        Kind::Frame => d.len() == pad_end,
+        // Its length field says the payload's, and a TURN server may pad the message to four
+        // bytes (RFC 8656 §12.5).
+        Kind::ChannelData => {
+            usize::from(u16::from_be_bytes([d[2], d[3]])) == pad_end - turn::CHANNEL_HEADER
+                && (d.len() == pad_end || d.len() == pad_end.next_multiple_of(4))
+        }
+        Kind::Json => d.get(pad_end) == Some(&b'"'),
     };
     if padded && closed {
         Received::Intact { seq, ns }
@@ -127,12 +143,33 @@ pub fn check(d: &[u8], payload: usize) -> Received {
     }
 }
 
-/// Where the stamp's first digit is: after a frame's header and `lt `, or after the JSON mark.
-fn stamp_at(d: &[u8]) -> Option<usize> {
-    if d.first() == Some(&frame::MARK) {
-        (d.get(frame::HEADER..frame::HEADER + 3) == Some(b"lt ")).then_some(frame::HEADER + 3)
-    } else {
-        Some(d.windows(MARK.len()).position(|w| w == MARK)? + MARK.len())
+/// How a stamped payload is carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A channel frame (Part 4).
+    Frame,
+    /// TURN ChannelData.
+    ChannelData,
+    /// A JSON string.
+    Json,
+}
+
+/// How `d` carries a stamp and where its first digit is: after a frame's or ChannelData's
+/// header and `lt `, or after the JSON mark.
+fn stamp_at(d: &[u8]) -> Option<(Kind, usize)> {
+    let after = |kind, header: usize| {
+        (d.get(header..header + 3) == Some(b"lt ")).then_some((kind, header + 3))
+    };
+    match d.first()? {
+        &frame::MARK => after(Kind::Frame, frame::HEADER),
+        // Channel numbers begin 0x40..=0x7F, as `{` (0x7B) does: JSON has no `lt ` at offset 4.
+        0x40..=0x7F if d.get(4..7) == Some(b"lt ") => {
+            after(Kind::ChannelData, turn::CHANNEL_HEADER)
+        }
+        _ => Some((
+            Kind::Json,
+            d.windows(MARK.len()).position(|w| w == MARK)? + MARK.len(),
+        )),
     }
 }
 
@@ -222,6 +259,26 @@ mod tests {
             "x".repeat(1200 - MIN_PAYLOAD)
         );
         assert_eq!(check(relayed.as_bytes(), 1200), intact);
+        let mut c = Template::channel_data(turn::CHANNEL, 1200);
+        c.stamp(9, 10);
+        assert_eq!(c.bytes.len(), turn::CHANNEL_HEADER + 1200);
+        assert_eq!(check(&c.bytes, 1200), intact);
+        let mut odd = Template::channel_data(turn::CHANNEL, 101);
+        odd.stamp(9, 10);
+        let mut padded = odd.bytes.clone();
+        padded.extend_from_slice(&[0; 3]);
+        assert_eq!(check(&padded, 101), intact, "padded to four bytes");
+        assert_eq!(
+            check(&c.bytes[..c.bytes.len() - 1], 1200),
+            Received::Corrupt
+        );
+        let mut long = c.bytes.clone();
+        long[3] += 1;
+        assert_eq!(
+            check(&long, 1200),
+            Received::Corrupt,
+            "its length field grown"
+        );
         assert_eq!(check(br#"{"type":"peer_list"}"#, 100), Received::Other);
         assert_eq!(
             check(&[frame::MARK, 0, 0, 0, 0, 1, b'z'], 100),

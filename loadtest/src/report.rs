@@ -29,6 +29,15 @@ pub struct Report {
     /// Whether channel frames were sent rather than JSON relays.
     #[serde(default)]
     pub channels: bool,
+    /// Whether a TURN server was driven (ChannelData through two allocations per pair).
+    #[serde(default)]
+    pub turn: bool,
+    /// TURN Refresh and ChannelBind requests sent during the run to keep sessions alive.
+    #[serde(default)]
+    pub turn_refreshes: u64,
+    /// Of those, how many the server refused.
+    #[serde(default)]
+    pub turn_refused: u64,
     /// Whether each turn sent one datagram per flow, round-robin, rather than a burst per flow.
     #[serde(default)]
     pub interleave: bool,
@@ -97,10 +106,11 @@ impl Report {
              delivered/s {:.0}\n\
              flows {}{}: delivered {} to {} each, {} with none\n\
              latency µs  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}\n",
-            match (self.echo, self.channels) {
-                (true, _) => "reflector",
-                (false, true) => "relay (channel frames)",
-                (false, false) => "relay",
+            match (self.echo, self.channels, self.turn) {
+                (true, _, _) => "reflector",
+                (_, _, true) => "TURN server (ChannelData)",
+                (false, true, _) => "relay (channel frames)",
+                (false, false, _) => "relay",
             },
             self.target,
             self.pairs,
@@ -130,6 +140,12 @@ impl Report {
             s += &format!(
                 "corrupt {}  out of order {}\n",
                 self.corrupt, self.out_of_order
+            );
+        }
+        if self.turn_refreshes > 0 {
+            s += &format!(
+                "TURN refreshes {} ({} refused)\n",
+                self.turn_refreshes, self.turn_refused
             );
         }
         if let Some(w) = self.window {

@@ -524,3 +524,234 @@ fn a_registration_storm_counts_every_peer() {
     std::fs::remove_dir_all(&dir).ok();
     relay.shutdown();
 }
+
+/// A coturn `turnserver` on loopback with user `u:p` in realm `test`, stopped on drop.
+struct Coturn {
+    child: std::process::Child,
+    addr: SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Coturn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
+/// Starts coturn (one relay thread, loopback peers allowed, UDP only, `extra` flags) and waits
+/// until it answers a STUN Binding request; `None`, having said so, where it is not installed.
+fn coturn(test: &str, extra: &[&str]) -> Option<Coturn> {
+    if Command::new("turnserver")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("SKIPPED {test}: turnserver not installed");
+        return None;
+    }
+    // A port the kernel just handed out is free; were it taken in between, the next try
+    // takes another.
+    let mut last_log = String::new();
+    for _ in 0..3 {
+        let dir = tempdir();
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = std::fs::File::create(dir.join("turnserver.log")).unwrap();
+        let port_arg = port.to_string();
+        let pidfile = dir.join("turnserver.pid");
+        let db = dir.join("turndb");
+        let child = Command::new("turnserver")
+            .args([
+                "-n",
+                "--listening-ip",
+                "127.0.0.1",
+                "--relay-ip",
+                "127.0.0.1",
+                "--listening-port",
+                &port_arg,
+                // Above the kernel's ephemeral ports, where the peers' sockets are.
+                "--min-port",
+                "61000",
+                "--max-port",
+                "65000",
+                "--lt-cred-mech",
+                "--user",
+                "u:p",
+                "--realm",
+                "test",
+                "--allow-loopback-peers",
+                "--no-cli",
+                "--no-tls",
+                "--no-dtls",
+                "--no-tcp",
+                "--relay-threads",
+                "1",
+                "--log-file",
+                "stdout",
+                "--pidfile",
+                pidfile.to_str().unwrap(),
+                "--userdb",
+                db.to_str().unwrap(),
+            ])
+            .args(extra)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start turnserver");
+        let mut t = Coturn {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            dir,
+        };
+        if stun_answers(&mut t) {
+            return Some(t);
+        }
+        last_log = std::fs::read_to_string(t.dir.join("turnserver.log")).unwrap_or_default();
+    }
+    panic!("turnserver never answered STUN on loopback:\n{last_log}");
+}
+
+/// Sends STUN Binding requests until one is answered, for 10 s at most, or the server exits.
+fn stun_answers(t: &mut Coturn) -> bool {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.connect(t.addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_millis(100)))
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut req = Vec::new();
+    relay_wire::stun::request(&mut req, &[9; 12], false);
+    let mut buf = [0u8; 1500];
+    while std::time::Instant::now() < deadline {
+        if t.child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        let _ = s.send(&req);
+        let answer = s.recv(&mut buf).map(|n| &buf[..n]);
+        if answer.is_ok_and(|a| relay_wire::stun::mapped_address(a).is_some()) {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn coturn_carries_channel_data_from_allocation_to_allocation() {
+    let test = "coturn_carries_channel_data_from_allocation_to_allocation";
+    let Some(mut turn) = coturn(test, &[]) else {
+        return;
+    };
+    let addr = turn.addr.to_string();
+    let pid = turn.child.id().to_string();
+    let r = run_json(&[
+        "run",
+        "--relay",
+        &addr,
+        "--turn",
+        "u:p",
+        "--pairs",
+        "4",
+        "--payload",
+        "1200",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+        "--pid",
+        &pid,
+    ]);
+    check_consistent(&r);
+    assert!(r.turn && !r.channels && !r.echo);
+    // ChannelData: a 4-byte header and the payload.
+    assert_eq!(r.datagram, 1204);
+    assert_eq!(r.starved_flows, 0, "{r:?}");
+    assert!(r.target_cpu_us_per_datagram.is_some_and(|c| c > 0.0));
+    // Wrong credentials are named, not waited out.
+    let o = loadtest(&[
+        "run",
+        "--relay",
+        &addr,
+        "--turn",
+        "u:wrong",
+        "--duration",
+        "0.2",
+        "--register-timeout",
+        "5",
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("401"), "{}", stderr(&o));
+    // And beside the reflector in a comparison.
+    let (echo, stop, h) = reflector();
+    let dir = tempdir();
+    let json = dir.join("compare.json");
+    let o = loadtest(&[
+        "compare",
+        "--target",
+        &format!("coturn={addr},turn=u:p,pid={pid}"),
+        "--target",
+        &format!("floor={echo},echo"),
+        "--rounds",
+        "1",
+        "--pairs",
+        "2",
+        "--duration",
+        "0.3",
+        "--warmup",
+        "0.1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let c: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let t = &c["targets"][0];
+    assert_eq!(
+        (&t["name"], &t["turn"]),
+        (&Value::from("coturn"), &Value::Bool(true))
+    );
+    for run in t["capacity_runs"].as_array().unwrap() {
+        let r: Report = serde_json::from_value(run.clone()).unwrap();
+        check_consistent(&r);
+        assert!(r.turn);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    stop.store(true, Ordering::Relaxed);
+    h.join().unwrap();
+    assert!(turn.child.try_wait().unwrap().is_none(), "turnserver died");
+}
+
+#[test]
+fn coturn_sessions_are_refreshed_past_their_lifetime() {
+    let test = "coturn_sessions_are_refreshed_past_their_lifetime";
+    // Allocations, channels and permissions of 2 s, in a run of 3 s: without refreshes, the
+    // last third would be lost.
+    let short = [
+        "--max-allocate-lifetime=2",
+        "--channel-lifetime=2",
+        "--permission-lifetime=2",
+    ];
+    let Some(turn) = coturn(test, &short) else {
+        return;
+    };
+    let r = run_json(&[
+        "run",
+        "--relay",
+        &turn.addr.to_string(),
+        "--turn",
+        "u:p",
+        "--pairs",
+        "2",
+        "--rate",
+        "2000",
+        "--duration",
+        "3",
+        "--warmup",
+        "0.2",
+    ]);
+    check_consistent(&r);
+    assert!(r.turn_refreshes > 0 && r.turn_refused == 0, "{r:?}");
+    assert!(r.loss_ratio < 0.05, "sessions lapsed: {r:?}");
+}
