@@ -367,15 +367,13 @@ fn io_error(target: SocketAddr, e: std::io::Error) -> String {
 }
 
 /// Allocates for every socket and binds peer `i`'s channel to peer `i ^ 1`'s relayed address;
-/// gives up after `timeout`.
+/// gives up after `timeout`, releasing what it allocated.
 pub fn setup(
     target: SocketAddr,
     socks: &[UdpSocket],
     creds: &Credentials,
     timeout: Duration,
 ) -> Result<Vec<Session>, String> {
-    let start = Instant::now();
-    let mut ids = Ids::new();
     let mut peers: Vec<Session> = (0..socks.len())
         .map(|_| Session {
             auth: None,
@@ -385,11 +383,29 @@ pub fn setup(
             pending: None,
         })
         .collect();
+    match set_up(target, socks, creds, timeout, &mut peers) {
+        Ok(()) => Ok(peers),
+        Err(e) => {
+            close(socks, &peers, Duration::from_millis(300));
+            Err(e)
+        }
+    }
+}
+
+fn set_up(
+    target: SocketAddr,
+    socks: &[UdpSocket],
+    creds: &Credentials,
+    timeout: Duration,
+    peers: &mut [Session],
+) -> Result<(), String> {
+    let start = Instant::now();
+    let mut ids = Ids::new();
     let mut rx = RecvBatch::new(2048);
     loop {
         let done = peers.iter().filter(|p| p.step == Step::Done).count();
         if done == peers.len() {
-            return Ok(peers);
+            return Ok(());
         }
         if start.elapsed() > timeout {
             let allocated = peers.iter().filter(|p| p.relayed.is_some()).count();
@@ -655,7 +671,8 @@ pub fn close(socks: &[UdpSocket], sessions: &[Session], timeout: Duration) -> us
         .enumerate()
         .map(|(i, s)| {
             let id = ids.next(i);
-            s.auth.as_ref().map(|a| (id, refresh(&id, a, 0)))
+            let auth = s.auth.as_ref().filter(|_| s.relayed.is_some());
+            auth.map(|a| (id, refresh(&id, a, 0)))
         })
         .collect();
     let mut released = 0;
