@@ -45,13 +45,17 @@ pub fn start(args: &Args) -> io::Result<Relay> {
     let mut addr = args.listen();
     relay_io::check_port_free(addr)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+    // A coalesced receive needs 64 KiB buffers: with a smaller --max-datagram, which bounds the
+    // receive buffers' memory, GRO stays off.
+    let gro_wanted =
+        args.gro == OnOff::On && shared.settings.max_datagram >= crate::config::MAX_UDP_PAYLOAD;
     let mut sockets = Vec::with_capacity(n);
     for _ in 0..n {
         let s = relay_io::bind_worker_socket(addr)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         // Port 0: the first socket picks the port, the others join it.
         addr = s.local_addr()?;
-        let gro = args.gro == OnOff::On && relay_io::enable_gro(&s);
+        let gro = gro_wanted && relay_io::enable_gro(&s);
         sockets.push((s, gro));
     }
     let gro_on = sockets.iter().all(|(_, gro)| *gro);
@@ -109,10 +113,11 @@ pub fn start(args: &Args) -> io::Result<Relay> {
         workers = n,
         backend = backend.name(),
         gso = if args.gso == OnOff::On { "on" } else { "off" },
-        gro = match (args.gro, gro_on) {
-            (OnOff::Off, _) => "off",
-            (OnOff::On, true) => "on",
-            (OnOff::On, false) => "refused",
+        gro = match (args.gro, gro_wanted, gro_on) {
+            (OnOff::Off, _, _) => "off",
+            (OnOff::On, false, _) => "off (--max-datagram below 65507)",
+            (OnOff::On, true, true) => "on",
+            (OnOff::On, true, false) => "refused",
         },
         peer_timeout_ms = shared.settings.peer_timeout_ms,
         keepalive_ms = shared.settings.keepalive_ms,

@@ -8,6 +8,7 @@
 //! [`Headers::clear`]: the caller keeps the headers, the `Out` and the inputs alive until the
 //! kernel has taken every send.
 
+use std::collections::HashMap;
 use std::io;
 use std::mem::zeroed;
 use std::net::SocketAddr;
@@ -22,31 +23,36 @@ pub const UDP_SEGMENT: libc::c_int = 103;
 const MAX_SEGMENTS: usize = 64;
 /// Most bytes one segmented send carries: a UDP datagram's largest payload.
 const MAX_SEGMENTED_BYTES: usize = 65_507;
-/// Largest datagram a run is segmented for at first: one that fits a 1,500-byte MTU over IPv6.
-/// The kernel refuses (`EMSGSIZE`) segments larger than the path's MTU, where unsegmented
-/// datagrams would be fragmented instead; a sender that meets the refusal lowers its limit below
-/// that size and sends the run again one datagram at a time.
+/// Largest datagram a run is segmented for: one that fits a 1,500-byte MTU over IPv6. The
+/// kernel refuses (`EMSGSIZE`) segments larger than the path's MTU, where unsegmented datagrams
+/// would be fragmented instead; a sender that meets the refusal lowers its limit below that
+/// size for that destination only, and sends the run again one datagram at a time.
 const MAX_SEGMENT_SIZE: usize = 1452;
+/// Destinations with a lowered segment limit a sender remembers at most; when full it forgets
+/// them all (each then costs one more refused send to learn again), so the map stays bounded
+/// whatever paths peers have or claim (a forged ICMP "fragmentation needed" lowers a path).
+const MAX_SMALL_PATHS: usize = 1024;
 
 /// Room for one control message holding a `u16`, aligned as a `cmsghdr` must be.
 #[derive(Clone, Copy)]
 #[repr(C, align(8))]
 struct Control([u8; 32]);
 
-/// Whether, and up to what size, a sender segments its runs; changed only by
+/// Whether, and up to what size per destination, a sender segments its runs; changed only by
 /// [`Gso::refused`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Gso {
     on: bool,
-    max_segment: usize,
+    /// Destinations whose path refused segments of some size: the largest size to try there.
+    small_paths: HashMap<SocketAddr, usize>,
 }
 
 impl Gso {
-    /// Segmentation allowed (`on`) or not, at the first segment limit.
+    /// Segmentation allowed (`on`) or not.
     pub fn new(on: bool) -> Gso {
         Gso {
             on,
-            max_segment: MAX_SEGMENT_SIZE,
+            small_paths: HashMap::new(),
         }
     }
 
@@ -55,16 +61,23 @@ impl Gso {
         self.on
     }
 
-    /// Largest datagram a run is segmented for.
-    pub fn max_segment(&self) -> usize {
-        self.max_segment
+    /// Largest datagram a run to `to` is segmented for.
+    pub fn max_segment(&self, to: SocketAddr) -> usize {
+        if self.small_paths.is_empty() {
+            return MAX_SEGMENT_SIZE;
+        }
+        self.small_paths
+            .get(&to)
+            .copied()
+            .unwrap_or(MAX_SEGMENT_SIZE)
     }
 
-    /// Learns from `e`, the refusal of a segmented send of `size`-byte segments: a kernel or
-    /// device without segmentation turns it off for good (logged and counted); a path whose MTU
-    /// the segment size exceeds lowers the limit below it. The caller sends the run again one
-    /// datagram at a time, whatever the error, so that no run is ever lost whole.
-    pub fn refused(&mut self, e: &io::Error, size: usize, counters: &Counters) {
+    /// Learns from `e`, the refusal of a segmented send of `size`-byte segments to `to`: a
+    /// kernel or device without segmentation turns it off for good (logged and counted); a path
+    /// whose MTU the segment size exceeds lowers that destination's limit below it. The caller
+    /// sends the run again one datagram at a time, whatever the error, so that no run is ever
+    /// lost whole.
+    pub fn refused(&mut self, e: &io::Error, to: SocketAddr, size: usize, counters: &Counters) {
         match e.raw_os_error() {
             Some(libc::EIO | libc::EINVAL) if self.on => {
                 tracing::warn!(error = %e, "UDP segmentation refused; sending datagrams one by one from now on");
@@ -72,8 +85,12 @@ impl Gso {
                 self.on = false;
             }
             Some(libc::EMSGSIZE) => {
-                tracing::debug!(size, "segments too large for the path");
-                self.max_segment = self.max_segment.min(size.saturating_sub(1));
+                tracing::debug!(%to, size, "segments too large for the path");
+                if self.small_paths.len() >= MAX_SMALL_PATHS {
+                    self.small_paths.clear();
+                }
+                let limit = self.max_segment(to).min(size.saturating_sub(1));
+                self.small_paths.insert(to, limit);
             }
             _ => {}
         }
@@ -138,25 +155,24 @@ impl Headers {
 
     /// Adds headers for `out.sends[which]`, whose `Seg::Input` ranges refer to `input(i)`.
     /// Consecutive sends to one destination of one size (the last may be shorter) share one
-    /// segmented header while `gso` allows.
+    /// segmented header while `gso` allows (none: each alone).
     pub fn add<'a>(
         &mut self,
         out: &'a Out,
         which: std::ops::Range<usize>,
         input: &impl Fn(usize) -> &'a [u8],
-        gso: Gso,
+        gso: Option<&Gso>,
     ) {
-        // The open run: its destination, segment size, bytes so far, and whether a shorter
-        // datagram already ended it.
-        let mut open: Option<(SocketAddr, usize, usize, bool)> = None;
+        let gso = gso.filter(|g| g.on);
+        // The open run: its destination, segment size, bytes so far, whether a shorter datagram
+        // already ended it, and whether its size may be segmented on its path.
+        let mut open: Option<(SocketAddr, usize, usize, bool, bool)> = None;
         let first = which.start;
         for (i, s) in out.sends[which].iter().enumerate() {
             let len = s.wire_len();
-            let joins = gso.on
-                && len > 0
-                && open.is_some_and(|(to, size, bytes, ended)| {
-                    size <= gso.max_segment
-                        && to == s.to
+            let joins = len > 0
+                && open.is_some_and(|(to, size, bytes, ended, fits)| {
+                    fits && to == s.to
                         && !ended
                         && len <= size
                         && bytes + len <= MAX_SEGMENTED_BYTES
@@ -165,7 +181,7 @@ impl Headers {
             if joins {
                 let run = self.runs.last_mut().expect("an open run");
                 run.1 += 1;
-                if let Some((_, size, bytes, ended)) = &mut open {
+                if let Some((_, size, bytes, ended, _)) = &mut open {
                     *bytes += len;
                     *ended = len < *size;
                 }
@@ -182,7 +198,8 @@ impl Headers {
                 self.runs.push((first + i, 1));
                 self.controls.push(Control([0; 32]));
                 self.iov_ends.push(0);
-                open = Some((s.to, len, len, len == 0));
+                let fits = gso.is_some_and(|g| len <= g.max_segment(s.to));
+                open = Some((s.to, len, len, len == 0, fits));
             }
             for seg in out.segments(s, input(s.input)) {
                 if !seg.is_empty() {

@@ -104,23 +104,32 @@ impl Worker {
                 .queue_drops
                 .store(u64::from(n), std::sync::atomic::Ordering::Relaxed);
         }
+        // The kernel coalesces at most 64 datagrams (UDP_GRO_CNT_MAX) into one receive, so the
+        // datagrams of a batch, and `inputs`, stay bounded.
+        let size = gro_segment(rx.control).unwrap_or(payload.len()).max(1);
+        if size < payload.len() {
+            Counters::add(&self.counters.coalesced_receives, 1);
+        }
         let from = match rx.source {
             Some(Source::Peer(a)) => a,
             Some(Source::Mapped) => {
-                self.router.mapped_source(payload.len());
+                for start in payload.clone().step_by(size) {
+                    self.router.mapped_source((payload.end - start).min(size));
+                }
+                if payload.is_empty() {
+                    self.router.mapped_source(0);
+                }
                 return;
             }
             None => return,
         };
         if rx.truncated {
+            // Only a datagram longer than the buffer is cut: a coalesced receive is never
+            // larger than the 64 KiB buffers GRO runs with.
             out.input = inputs.len();
             inputs.push((id, payload.clone()));
             self.router.truncated(payload.len(), from, now, out);
             return;
-        }
-        let size = gro_segment(rx.control).unwrap_or(payload.len()).max(1);
-        if size < payload.len() {
-            Counters::add(&self.counters.coalesced_receives, 1);
         }
         let mut start = payload.start;
         while start < payload.end || (start == payload.start && payload.is_empty()) {
@@ -491,9 +500,13 @@ impl Sender {
         input: &impl Fn(usize) -> &'a [u8],
         segment: bool,
     ) {
-        let gso = if segment { self.gso } else { Gso::new(false) };
         self.headers.clear();
-        self.headers.add(out, from..out.sends.len(), input, gso);
+        self.headers.add(
+            out,
+            from..out.sends.len(),
+            input,
+            segment.then_some(&self.gso),
+        );
         self.headers.fix();
     }
 
@@ -523,7 +536,8 @@ impl Sender {
                     // A segmented send is never dropped whole: its datagrams go again one by
                     // one (with the rest of the batch), each failing or not on its own.
                     _ if n > 1 => {
-                        self.gso.refused(&e, out.sends[first].wire_len(), counters);
+                        let s = &out.sends[first];
+                        self.gso.refused(&e, s.to, s.wire_len(), counters);
                         self.build(out, first, &input, false);
                         done = 0;
                     }
@@ -656,7 +670,7 @@ mod tests {
                 }
             }
             let sent = c.sent.load(std::sync::atomic::Ordering::Relaxed);
-            Some((got, sent, sender.gso.max_segment(), sender.gso.on()))
+            Some((got, sent, sender.gso.max_segment(to), sender.gso.on()))
         })
         .join()
         .unwrap();
@@ -809,6 +823,149 @@ mod tests {
             assert_eq!(load(&counters.gso_refused), 1, "{name}");
             assert_eq!(load(&counters.send_errors), 0, "{name}");
         }
+    }
+
+    /// Protocol logic for backend tests: for every datagram, three copies to `to`, one to
+    /// `other`, then one more to `to`, each tagged with its place.
+    struct Interleaved {
+        to: SocketAddr,
+        other: SocketAddr,
+    }
+
+    impl Decide for Interleaved {
+        fn datagram(&mut self, d: &mut [u8], _: SocketAddr, _: Now, out: &mut Out) {
+            let to = [self.to, self.to, self.to, self.other, self.to];
+            for (tag, to) in to.into_iter().enumerate() {
+                let start = out.buf.len();
+                out.buf.push(tag as u8);
+                out.buf.extend_from_slice(d);
+                out.reply(to, start, crate::out::Kind::Reply, true);
+            }
+        }
+        fn truncated(&mut self, _: usize, _: SocketAddr, _: Now, _: &mut Out) {}
+        fn mapped_source(&mut self, _: usize) {}
+    }
+
+    #[test]
+    fn a_refused_run_is_sent_again_and_with_mmsg_in_its_place() {
+        for backend in [&mmsg::Mmsg as &dyn Backend, &uring::Uring] {
+            if backend.name() == "uring" && uring::probe().is_err() {
+                println!("SKIPPED the uring half: io_uring unavailable here");
+                continue;
+            }
+            let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+            rx.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                .unwrap();
+            let other = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let socket = bind_worker_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+            // Segmented sends from this socket are refused (EINVAL); single ones are not.
+            set_int_option(&socket, libc::SOL_SOCKET, libc::SO_NO_CHECK).unwrap();
+            let relay = socket.local_addr().unwrap();
+            let stop = Arc::new(AtomicBool::new(false));
+            let w = Worker {
+                index: 0,
+                socket,
+                router: Box::new(Interleaved {
+                    to: rx.local_addr().unwrap(),
+                    other: other.local_addr().unwrap(),
+                }),
+                clock: Clock::default(),
+                stop: stop.clone(),
+                counters: Arc::new(Counters::default()),
+                max_datagram: 1500,
+                inbox: None,
+                cpu: None,
+                gso: true,
+                gro: false,
+            };
+            let name = backend.name();
+            let (run, tags) = std::thread::scope(|s| {
+                let t = s.spawn(|| backend.run(w));
+                let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+                tx.send_to(&[7; 59], relay).unwrap();
+                let mut buf = [0u8; 100];
+                let tags: Vec<u8> = (0..4)
+                    .map(|_| {
+                        rx.recv(&mut buf).expect("every datagram arrives");
+                        buf[0]
+                    })
+                    .collect();
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                (t.join().unwrap(), tags)
+            });
+            run.unwrap();
+            // io_uring sends a refused run again after the rest of its round (see
+            // `uring::Batch::completed`): once per destination, every datagram still arrives.
+            if name == "mmsg" {
+                assert_eq!(tags, [0, 1, 2, 4], "{name}: in the order decided");
+            } else {
+                let mut sorted = tags.clone();
+                sorted.sort();
+                assert_eq!(sorted, [0, 1, 2, 4], "{name}: {tags:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn one_small_path_mtu_does_not_stop_segmentation_to_every_destination() {
+        let got = std::thread::spawn(|| {
+            // SAFETY: unshare affects only this thread, which owns everything it makes here.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return None;
+            }
+            loopback_mtu(65536).expect("loopback in the new namespace");
+            // ip(8) acts in the namespace of the thread that starts it.
+            let route = std::process::Command::new("ip")
+                .args(["route", "add", "local", "127.0.0.2/32", "dev", "lo"])
+                .args(["mtu", "lock", "1000", "table", "local"])
+                .status();
+            if !route.is_ok_and(|s| s.success()) {
+                return None;
+            }
+            let small = UdpSocket::bind("127.0.0.2:0").unwrap();
+            let normal = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let run = |to: SocketAddr| {
+                let mut out = Out::default();
+                for i in 0..10u8 {
+                    let start = out.buf.len();
+                    out.buf.extend(std::iter::repeat_n(i, 1200));
+                    out.reply(to, start, crate::out::Kind::Reply, true);
+                }
+                out
+            };
+            let c = Counters::default();
+            let mut sender = Sender::new(&tx, true).unwrap();
+            let load =
+                |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+            sender.send(&tx, &run(small.local_addr().unwrap()), |_| &[], &c);
+            let before = load(&c.segmented_sends);
+            sender.send(&tx, &run(normal.local_addr().unwrap()), |_| &[], &c);
+            let mut buf = [0u8; 1300];
+            for s in [&small, &normal] {
+                s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                    .unwrap();
+                for i in 0..10u8 {
+                    let n = s.recv(&mut buf).expect("every datagram arrives");
+                    assert_eq!((n, buf[0]), (1200, i));
+                }
+            }
+            Some((load(&c.sent), load(&c.segmented_sends) - before))
+        })
+        .join()
+        .unwrap();
+        let Some((sent, segmented)) = got else {
+            println!(
+                "SKIPPED one_small_path_mtu_does_not_stop_segmentation_to_every_destination: \
+                 needs root and ip(8)"
+            );
+            return;
+        };
+        assert_eq!(sent, 20);
+        assert_eq!(
+            segmented, 1,
+            "the run to the normal path still leaves segmented"
+        );
     }
 
     #[test]

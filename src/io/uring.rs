@@ -243,9 +243,10 @@ struct Batch {
     leases: Vec<Lease>,
     /// Per decided datagram: its lease (an index of `leases`) and its range there.
     inputs: Vec<(usize, Range<usize>)>,
-    /// Sends of `out` not yet submitted (the reaper's are submitted a slice at a time).
+    /// Sends of `out` not yet submitted, a round of at most [`ROUND`] at a time.
     pending: Range<usize>,
-    /// Segmented runs the kernel refused, to send again one datagram at a time.
+    /// Segmented runs of the round in flight that the kernel refused, to send again one
+    /// datagram at a time.
     retry: Vec<(usize, usize)>,
     /// Submitted sends not yet completed.
     outstanding: usize,
@@ -268,8 +269,9 @@ impl Batch {
     }
 
     /// Builds the headers of the next round, once the last has completed: the refused runs one
-    /// by one, else up to `most` pending sends, segmented as `gso` allows. False if none.
-    fn build(&mut self, bufs: &BufRing, gso: Gso, most: usize) -> bool {
+    /// datagram at a time, else up to `most` pending sends, segmented as `gso` allows. False if
+    /// none.
+    fn build(&mut self, bufs: &BufRing, gso: &Gso, most: usize) -> bool {
         debug_assert_eq!(self.outstanding, 0);
         self.headers.clear();
         let (leases, inputs) = (&self.leases, &self.inputs);
@@ -280,21 +282,25 @@ impl Batch {
                 .map_or(&[], |(l, r)| &bufs.get(&leases[*l], r.end)[r.clone()])
         };
         if self.retry.is_empty() {
-            let end = self.pending.end.min(self.pending.start + most);
+            let end = self.pending.end.min(self.pending.start + most.min(ROUND));
             self.headers
-                .add(&self.out, self.pending.start..end, &input, gso);
+                .add(&self.out, self.pending.start..end, &input, Some(gso));
             self.pending.start = end;
         } else {
             for (first, n) in self.retry.drain(..) {
-                self.headers
-                    .add(&self.out, first..first + n, &input, Gso::new(false));
+                self.headers.add(&self.out, first..first + n, &input, None);
             }
         }
         self.headers.fix();
         !self.headers.is_empty()
     }
 
-    /// Takes one send's completion: header `i`, result `res`.
+    /// Takes one send's completion: header `i`, result `res`. A refused segmented run is sent
+    /// again one datagram at a time in the next round, so its datagrams may arrive after later
+    /// ones of this round to the same destination: once per destination whose path refuses
+    /// its segment size, and once per worker if the kernel refuses segmentation altogether.
+    /// (Linking the round's sends would keep the order, but linked sends are issued one by one
+    /// from task work, and two batches' chains then interleave: it costs more than it keeps.)
     fn completed(&mut self, i: usize, res: i32, gso: &mut Gso, counters: &Counters) {
         self.outstanding -= 1;
         let (first, n) = self.headers.run(i);
@@ -303,12 +309,13 @@ impl Batch {
             return;
         }
         let e = io::Error::from_raw_os_error(-res);
+        let s = &self.out.sends[first];
         if n > 1 {
             // Never dropped whole: its datagrams go again one by one.
-            gso.refused(&e, self.out.sends[first].wire_len(), counters);
+            gso.refused(&e, s.to, s.wire_len(), counters);
             self.retry.push((first, n));
         } else {
-            tracing::debug!(error = %e, "send failed");
+            tracing::debug!(error = %e, to = %s.to, "send failed");
             Counters::add(&counters.send_errors, 1);
         }
     }
@@ -322,27 +329,30 @@ impl Batch {
         self.out.clear();
         self.headers.clear();
         self.pending = 0..0;
+        self.retry.clear();
         self.busy = false;
     }
 
-    /// Once its last round has completed: sends the refused runs again, or, with nothing left to
-    /// send, releases it. True if it released the batch.
+    /// Once its last round has completed: sends the rest of a failed round again, or (but for
+    /// the reaper's, which are paced) the next round, or, with nothing left to send, releases
+    /// it. True if it released the batch.
     fn advance(
         &mut self,
         ring: &mut IoUring,
         sock: Fd,
         slot: usize,
-        gso: Gso,
+        gso: &Gso,
         bufs: &mut BufRing,
     ) -> io::Result<bool> {
         if !self.busy || self.outstanding > 0 {
             return Ok(false);
         }
-        if !self.retry.is_empty() && self.build(bufs, gso, 0) {
+        let more = !self.retry.is_empty() || (slot != REAPER && !self.pending.is_empty());
+        if more && self.build(bufs, gso, ROUND) {
             submit(ring, sock, self, slot)?;
             return Ok(false);
         }
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && self.retry.is_empty() {
             self.release(bufs);
             return Ok(true);
         }
@@ -355,6 +365,10 @@ impl Batch {
 const SLOTS: usize = 2;
 /// The reaper's batch, in `user_data`.
 const REAPER: usize = SLOTS;
+/// Sends per round of a batch at most: the rounds of both batches and a reaper slice fit the
+/// submission queue, and the completions in flight fit the completion queue, whatever a batch
+/// decided (a batch of control messages may fan out to thousands of sends).
+const ROUND: usize = 256;
 
 /// `user_data` of send `i` of batch `slot`.
 fn send_data(slot: usize, i: usize) -> u64 {
@@ -393,7 +407,8 @@ fn push(ring: &mut IoUring, e: &squeue::Entry) -> io::Result<()> {
     }
 }
 
-/// Submits the headers `batch` just built, as sends tagged with `slot`.
+/// Submits the headers `batch` just built, as sends tagged with `slot`; the kernel issues them
+/// in order, inline, at the next enter.
 fn submit(ring: &mut IoUring, sock: Fd, batch: &mut Batch, slot: usize) -> io::Result<()> {
     for i in 0..batch.headers.len() {
         let e = opcode::SendMsg::new(sock, batch.headers.msghdr(i))
@@ -529,9 +544,9 @@ impl Backend for Uring {
             });
             let mut provided = false;
             for (slot, b) in batches.iter_mut().enumerate() {
-                provided |= b.advance(ring, sock, slot, gso, bufs)?;
+                provided |= b.advance(ring, sock, slot, &gso, bufs)?;
             }
-            reaper.advance(ring, sock, REAPER, gso, bufs)?;
+            reaper.advance(ring, sock, REAPER, &gso, bufs)?;
             // Receives, while the batch they go to is free; else they wait in `ready`.
             let mut decided = 0;
             let b = &mut batches[filling];
@@ -595,7 +610,7 @@ impl Backend for Uring {
             if decided > 0 {
                 b.busy = true;
                 b.pending = 0..b.out.sends.len();
-                if b.build(bufs, gso, usize::MAX) {
+                if b.build(bufs, &gso, ROUND) {
                     submit(ring, sock, b, filling)?;
                 } else {
                     b.release(bufs);
@@ -611,10 +626,10 @@ impl Backend for Uring {
                 && (decided == 0 || now.ms >= extra_at + EXTRA_EVERY_MS)
             {
                 extra_at = now.ms;
-                if reaper.build(bufs, gso, EXTRA_SLICE) {
+                if reaper.build(bufs, &gso, EXTRA_SLICE) {
                     submit(ring, sock, reaper, REAPER)?;
                 } else {
-                    reaper.advance(ring, sock, REAPER, gso, bufs)?;
+                    reaper.advance(ring, sock, REAPER, &gso, bufs)?;
                 }
             }
             bufs.publish();
