@@ -43,7 +43,7 @@ start coturn turnserver -n --listening-ip 127.0.0.1 --relay-ip 127.0.0.1 --liste
 for name in uring mmsg; do
     for _ in $(seq 100); do grep -q "listening on" "$dir/$name.log" && break; sleep 0.05; done
 done
-for _ in $(seq 100); do turnutils_stunclient -p 8424 127.0.0.1 >/dev/null 2>&1 && break; sleep 0.05; done
+for _ in $(seq 50); do timeout 1 turnutils_stunclient -p 8424 127.0.0.1 >/dev/null 2>&1 && break; done
 
 for shape in "${shapes[@]}"; do
     case $shape in
