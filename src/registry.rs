@@ -34,32 +34,49 @@ use crate::budget::host_key;
 use crate::config::Settings;
 use dashmap::mapref::entry::Entry as MapEntry;
 
-/// A registered name. Names of up to [`INLINE_NAME`] bytes (nearly all) are stored inline, so
-/// that a lookup compares the key in the table's own memory and a registration allocates
-/// nothing for it; longer ones are shared on the heap.
+/// A registered name, in 16 bytes. Names of up to [`INLINE_NAME`] bytes (nearly all: chat
+/// handles are short) are stored inline, so that a lookup compares the key in the table's own
+/// memory and a registration allocates nothing for it; longer ones are shared on the heap. Every
+/// map of the registry is keyed or filled by names, so their size is most of a peer's cost.
 #[derive(Clone)]
 pub struct Name(Repr);
 
 /// The longest name stored inline.
-pub const INLINE_NAME: usize = 22;
+pub const INLINE_NAME: usize = 15;
 
 #[derive(Clone)]
 enum Repr {
-    Inline { len: u8, bytes: [u8; INLINE_NAME] },
-    Heap(Arc<str>),
+    Inline {
+        len: Len,
+        bytes: [u8; INLINE_NAME],
+    },
+    /// A thin pointer (a `Box<str>` behind the `Arc`), so that the variant fits beside the
+    /// inline one's length byte.
+    Heap(Arc<Box<str>>),
 }
+
+/// An inline name's length. An enum rather than a `u8`, so that the values it cannot take
+/// (16 and up) are free to mark the heap variant: `Name` is 16 bytes, not 24.
+#[derive(Clone, Copy)]
+#[repr(u8)]
+#[rustfmt::skip]
+enum Len { L0, L1, L2, L3, L4, L5, L6, L7, L8, L9, L10, L11, L12, L13, L14, L15 }
+
+#[rustfmt::skip]
+const LENS: [Len; INLINE_NAME + 1] = [
+    Len::L0, Len::L1, Len::L2, Len::L3, Len::L4, Len::L5, Len::L6, Len::L7,
+    Len::L8, Len::L9, Len::L10, Len::L11, Len::L12, Len::L13, Len::L14, Len::L15,
+];
 
 impl From<&str> for Name {
     fn from(s: &str) -> Name {
-        if s.len() <= INLINE_NAME {
-            let mut bytes = [0; INLINE_NAME];
-            bytes[..s.len()].copy_from_slice(s.as_bytes());
-            Name(Repr::Inline {
-                len: s.len() as u8,
-                bytes,
-            })
-        } else {
-            Name(Repr::Heap(Arc::from(s)))
+        match LENS.get(s.len()) {
+            Some(&len) => {
+                let mut bytes = [0; INLINE_NAME];
+                bytes[..s.len()].copy_from_slice(s.as_bytes());
+                Name(Repr::Inline { len, bytes })
+            }
+            None => Name(Repr::Heap(Arc::new(Box::from(s)))),
         }
     }
 }
@@ -70,7 +87,7 @@ impl std::ops::Deref for Name {
         match &self.0 {
             // SAFETY: inline bytes are only ever copied from a `&str`, up to `len`.
             Repr::Inline { len, bytes } => unsafe {
-                std::str::from_utf8_unchecked(&bytes[..usize::from(*len)])
+                std::str::from_utf8_unchecked(&bytes[..*len as usize])
             },
             Repr::Heap(s) => s,
         }
@@ -1327,7 +1344,7 @@ mod tests {
             assert_eq!(Packed::from(a(s)).get(), a(s));
         }
         assert_eq!(size_of::<Packed>(), 18);
-        assert_eq!(size_of::<Name>(), 24);
+        assert_eq!(size_of::<Name>(), 16);
         let long = "x".repeat(INLINE_NAME + 1);
         for n in ["", "Alice", "é🙂", &long[1..], &long] {
             assert_eq!(&*Name::from(n), n);
