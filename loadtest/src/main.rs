@@ -100,6 +100,10 @@ struct RegisterArgs {
     /// Registrations awaiting their ack at most.
     #[arg(long, default_value_t = 512)]
     window: usize,
+    /// Give every peer an address of its own, as real peers have (127.1.0.0 onward, one socket
+    /// each, closed once acknowledged; a relay on IPv4 loopback only).
+    #[arg(long, conflicts_with = "sockets")]
+    distinct_addresses: bool,
     /// The relay's pid, to report its resident memory before and after.
     #[arg(long)]
     pid: Option<u32>,
@@ -251,6 +255,7 @@ fn storm(a: RegisterArgs) -> Result<(), String> {
         target_pid: a.pid,
         timeout: seconds("--timeout", a.timeout)?,
         progress: true,
+        distinct: a.distinct_addresses,
     })?;
     print!("{}", report.summary());
     write_json(a.json.as_deref(), &report)

@@ -32,6 +32,9 @@ pub struct StormConfig {
     pub timeout: Duration,
     /// Draw a progress bar (only where stderr is a terminal).
     pub progress: bool,
+    /// Give every peer an address of its own (see [`loopback_source`]), as real peers have,
+    /// instead of sharing sockets: what the relay keeps per address is then kept per peer.
+    pub distinct: bool,
 }
 
 /// What a storm measured.
@@ -88,6 +91,9 @@ pub fn run(cfg: &StormConfig) -> Result<StormReport, String> {
     if cfg.peers == 0 || cfg.window == 0 {
         return Err("--peers and --window must be at least 1".into());
     }
+    if cfg.distinct {
+        return run_distinct(cfg);
+    }
     let limit = sys::raise_fd_limit();
     let room = limit.saturating_sub(FD_RESERVE) as usize;
     let sockets = match cfg.sockets {
@@ -113,17 +119,10 @@ pub fn run(cfg: &StormConfig) -> Result<StormReport, String> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("cannot open {sockets} sockets: {e}"))?;
     let epoll = Epoll::new(&socks).map_err(|e| format!("epoll: {e}"))?;
-    let rss = |pid: Option<u32>| pid.and_then(|p| sys::process_rss(p).ok());
     let rss_before = rss(cfg.target_pid);
-    // 14-byte names ("3fa9c1-0000042"), the length of a typical chat handle; unique per run.
-    let id = format!("{:06x}", fnv(run_id().as_bytes()) & 0xff_ffff);
-    let name = |k: usize| format!("{id}-{k:07}");
-
-    let bar = if cfg.progress {
-        ProgressBar::with_draw_target(Some(cfg.peers as u64), ProgressDrawTarget::stderr())
-    } else {
-        ProgressBar::hidden()
-    };
+    let id = run_tag();
+    let name = |k: usize| peer_name(&id, k);
+    let bar = progress_bar(cfg);
     let mut acked = vec![false; cfg.peers];
     let mut sent_at: Vec<Option<Instant>> = vec![None; cfg.peers];
     let (mut next, mut done, mut outstanding, mut resent) = (0usize, 0usize, 0usize, 0u64);
@@ -187,10 +186,44 @@ pub fn run(cfg: &StormConfig) -> Result<StormReport, String> {
             bar.set_position(done as u64);
         }
     }
+    Ok(report(cfg, done, sockets, start, resent, rss_before, &bar))
+}
+
+fn rss(pid: Option<u32>) -> Option<u64> {
+    pid.and_then(|p| sys::process_rss(p).ok())
+}
+
+/// A tag unique per run, so that a storm's names are new to a relay that saw earlier ones.
+fn run_tag() -> String {
+    format!("{:06x}", fnv(run_id().as_bytes()) & 0xff_ffff)
+}
+
+/// Peer `k`'s name: 14 bytes ("3fa9c1-0000042"), the length of a typical chat handle.
+fn peer_name(tag: &str, k: usize) -> String {
+    format!("{tag}-{k:07}")
+}
+
+fn progress_bar(cfg: &StormConfig) -> ProgressBar {
+    if cfg.progress {
+        ProgressBar::with_draw_target(Some(cfg.peers as u64), ProgressDrawTarget::stderr())
+    } else {
+        ProgressBar::hidden()
+    }
+}
+
+fn report(
+    cfg: &StormConfig,
+    done: usize,
+    sockets: usize,
+    start: Instant,
+    resent: u64,
+    rss_before: Option<u64>,
+    bar: &ProgressBar,
+) -> StormReport {
     let seconds = start.elapsed().as_secs_f64();
     bar.finish_and_clear();
     let rss_after = rss(cfg.target_pid);
-    Ok(StormReport {
+    StormReport {
         peers: done,
         sockets,
         seconds,
@@ -201,7 +234,123 @@ pub fn run(cfg: &StormConfig) -> Result<StormReport, String> {
         rss_bytes_per_peer: rss_before
             .zip(rss_after)
             .map(|(b, a)| a.saturating_sub(b) as f64 / done as f64),
-    })
+    }
+}
+
+/// Peer `k`'s own source address in the distinct-address storm: 127.1.0.0 onward (all of
+/// 127.0.0.0/8 is loopback on Linux), so up to 9,999,999 peers stay within 127.1.0.0-127.153.x.x.
+pub fn loopback_source(k: usize) -> SocketAddr {
+    let k = k as u32 + (1 << 16);
+    SocketAddr::from(([127, (k >> 16) as u8, (k >> 8) as u8, k as u8], 0))
+}
+
+/// The storm with an address per peer: each peer gets a socket bound to its own loopback
+/// address, closed once its registration is acknowledged, so that at most `window` are open.
+fn run_distinct(cfg: &StormConfig) -> Result<StormReport, String> {
+    if !cfg.target.ip().is_loopback() || !cfg.target.is_ipv4() {
+        return Err("--distinct-addresses needs a relay at an IPv4 loopback address".into());
+    }
+    let limit = sys::raise_fd_limit();
+    let window = cfg
+        .window
+        .min(cfg.peers)
+        .min(limit.saturating_sub(FD_RESERVE) as usize);
+    if window == 0 {
+        return Err(format!(
+            "the file-descriptor limit ({limit}) leaves no room for sockets"
+        ));
+    }
+    let open = |k: usize| -> Result<UdpSocket, String> {
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )
+        .and_then(|s| {
+            s.bind(&loopback_source(k).into())?;
+            s.connect(&cfg.target.into())?;
+            s.set_nonblocking(true)?;
+            Ok(s)
+        })
+        .map_err(|e| format!("a socket at {}: {e}", loopback_source(k)))?;
+        Ok(s.into())
+    };
+    let epoll = Epoll::new(&[]).map_err(|e| format!("epoll: {e}"))?;
+    let rss_before = rss(cfg.target_pid);
+    let id = run_tag();
+    let bar = progress_bar(cfg);
+    // Slot i holds the socket of the peer it registers now, and when that peer last sent.
+    let mut slots: Vec<Option<(usize, UdpSocket, Instant)>> = (0..window).map(|_| None).collect();
+    let (mut next, mut done, mut resent) = (0usize, 0usize, 0u64);
+    let mut rx = RecvBatch::new(4096);
+    let start = Instant::now();
+    let start_peer = |slot: &mut Option<(usize, UdpSocket, Instant)>,
+                      i: usize,
+                      next: &mut usize|
+     -> Result<(), String> {
+        *slot = None;
+        if *next < cfg.peers {
+            let s = open(*next)?;
+            epoll.add(&s, i).map_err(|e| format!("epoll: {e}"))?;
+            send(&s, &peer_name(&id, *next), cfg.target)?;
+            *slot = Some((*next, s, Instant::now()));
+            *next += 1;
+        }
+        Ok(())
+    };
+    for (i, slot) in slots.iter_mut().enumerate() {
+        start_peer(slot, i, &mut next)?;
+    }
+    while done < cfg.peers {
+        if start.elapsed() > cfg.timeout {
+            return Err(format!(
+                "only {done} of {} registrations were acknowledged within {:?}",
+                cfg.peers, cfg.timeout
+            ));
+        }
+        let ready = epoll.wait(10).map_err(|e| format!("epoll: {e}"))?;
+        if ready.is_empty() {
+            let now = Instant::now();
+            for (k, s, at) in slots.iter_mut().flatten() {
+                if now - *at > RESEND_AFTER {
+                    send(s, &peer_name(&id, *k), cfg.target)?;
+                    *at = now;
+                    resent += 1;
+                }
+            }
+        }
+        for i in ready {
+            let Some((k, s, _)) = &slots[i] else { continue };
+            let k = *k;
+            let mut acked = false;
+            loop {
+                let n = rx.recv(s).map_err(|e| unreachable(cfg.target, e))?;
+                if n == 0 {
+                    break;
+                }
+                for j in 0..n {
+                    let d = rx.get(j);
+                    if acked_index(d, &id) == Some(k) {
+                        acked = true;
+                    } else if d.starts_with(br#"{"type":"error""#) {
+                        return Err(format!(
+                            "the relay refused a registration: {}",
+                            String::from_utf8_lossy(d)
+                        ));
+                    }
+                }
+            }
+            if acked {
+                // Closing the socket takes it out of the epoll set.
+                done += 1;
+                start_peer(&mut slots[i], i, &mut next)?;
+                if done % 1024 == 0 {
+                    bar.set_position(done as u64);
+                }
+            }
+        }
+    }
+    Ok(report(cfg, done, window, start, resent, rss_before, &bar))
 }
 
 fn send(sock: &UdpSocket, name: &str, target: SocketAddr) -> Result<(), String> {
@@ -254,16 +403,22 @@ impl Epoll {
         }
         let ep = Epoll { fd };
         for (i, s) in socks.iter().enumerate() {
-            let mut ev = libc::epoll_event {
-                events: libc::EPOLLIN as u32,
-                u64: i as u64,
-            };
-            // SAFETY: as above.
-            if unsafe { libc::epoll_ctl(fd, libc::EPOLL_CTL_ADD, s.as_raw_fd(), &mut ev) } < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            ep.add(s, i)?;
         }
         Ok(ep)
+    }
+
+    /// Watches `s`, reporting it as index `i`.
+    fn add(&self, s: &UdpSocket, i: usize) -> std::io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: i as u64,
+        };
+        // SAFETY: a plain system call on descriptors we own; `ev` outlives it.
+        if unsafe { libc::epoll_ctl(self.fd, libc::EPOLL_CTL_ADD, s.as_raw_fd(), &mut ev) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// Indices of readable sockets, waiting up to `ms`.
@@ -300,5 +455,16 @@ mod tests {
         assert_eq!(acked_index(d, "ltab"), Some(42));
         assert_eq!(acked_index(d, "ltcd"), None);
         assert_eq!(acked_index(br#"{"type":"peer_list"}"#, "ltab"), None);
+    }
+
+    #[test]
+    fn each_peer_of_a_distinct_storm_has_its_own_loopback_address() {
+        assert_eq!(loopback_source(0), "127.1.0.0:0".parse().unwrap());
+        assert_eq!(
+            loopback_source(9_999_999),
+            "127.153.150.127:0".parse().unwrap()
+        );
+        let seen: std::collections::HashSet<_> = (0..70_000).map(loopback_source).collect();
+        assert_eq!(seen.len(), 70_000);
     }
 }
