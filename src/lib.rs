@@ -20,6 +20,7 @@ pub mod refusal;
 pub mod registry;
 pub mod router;
 pub mod server;
+pub mod shards;
 pub mod shared;
 pub mod testing;
 pub mod wire;

@@ -32,6 +32,7 @@ use dashmap::DashMap;
 use crate::auth::Key;
 use crate::budget::host_key;
 use crate::config::Settings;
+use crate::shards::{Entry as Slot, Sharded};
 use dashmap::mapref::entry::Entry as MapEntry;
 
 /// A registered name, in 16 bytes. Names of up to [`INLINE_NAME`] bytes (nearly all: chat
@@ -402,9 +403,11 @@ pub struct Live {
 
 /// The registry.
 pub struct Registry {
-    peers: DashMap<Name, Entry>,
+    /// The maps that grow with the peers are sized for `--max-peers` ([`Sharded`]); those of
+    /// watches, bounded apart, are not.
+    peers: Sharded<Name, Entry>,
     /// Address → the names registered there, oldest first.
-    by_addr: DashMap<Packed, Vec<Name>>,
+    by_addr: Sharded<Packed, Vec<Name>>,
     /// Watched name → the names watching it.
     watchers: DashMap<Name, Vec<Name>>,
     /// Watching name → the names it watches.
@@ -418,15 +421,15 @@ pub struct Registry {
     max_names_per_address: usize,
     /// Name → the key it is bound to, for signed registrations, and the issue time of the
     /// latest cookie it signed (an older one is a replay).
-    keys: DashMap<Name, (Key, u64)>,
+    keys: Sharded<Name, (Key, u64)>,
     count: AtomicUsize,
     next_seq: AtomicU64,
     tokens: Tokens,
     timeout_ms: u64,
 }
 
-/// Shards per map: enough that a sweep holds any one shard only for a few thousand entries even
-/// with a million peers.
+/// Shards of the watch maps: enough that a sweep holds any one shard only for a few thousand
+/// entries even with a million watches.
 const SHARDS: usize = 256;
 /// Most watchers of one name.
 pub const MAX_WATCHERS: usize = 1024;
@@ -438,8 +441,8 @@ impl Registry {
     /// watch limits of `s`.
     pub fn new(s: &Settings) -> Registry {
         Registry {
-            peers: DashMap::with_shard_amount(SHARDS),
-            by_addr: DashMap::with_shard_amount(SHARDS),
+            peers: Sharded::new(s.max_peers),
+            by_addr: Sharded::new(s.max_peers),
             watchers: DashMap::with_shard_amount(SHARDS),
             watching: DashMap::with_shard_amount(SHARDS),
             watch_total: AtomicUsize::new(0),
@@ -448,7 +451,7 @@ impl Registry {
             max_watch_total: s.max_watch_total,
             max_names_per_address: s.max_names_per_address,
             max_watch_per_host: u32::try_from(s.max_watch_per_host).unwrap_or(u32::MAX),
-            keys: DashMap::with_shard_amount(SHARDS),
+            keys: Sharded::new(s.max_peers),
             count: AtomicUsize::new(0),
             next_seq: AtomicU64::new(0),
             tokens: Tokens {
@@ -497,12 +500,12 @@ impl Registry {
         let signed = matches!(proof, Proof::Key(..));
         // The secondary maps are updated while the name's entry is held (lock order: `peers`
         // first), so a concurrent reap or claim of the same name cannot interleave with them.
-        match self.peers.entry(Name::from(name)) {
-            MapEntry::Occupied(mut o) => {
-                let key = o.key().clone();
-                let live = self.live(o.get(), now_ms);
-                let bound = self.keys.get(&key).map(|b| *b);
-                let e = o.get_mut();
+        self.peers.entry(name, |slot| match slot {
+            Slot::Occupied(mut o) => {
+                let key = o.get().0.clone();
+                let live = self.live(&o.get().1, now_ms);
+                let bound = self.keys.get(&key, |_, b| *b);
+                let e = &mut o.get_mut().1;
                 let session = e.session(&self.tokens);
                 let decision = if !live {
                     Decision::Replace
@@ -567,28 +570,28 @@ impl Registry {
                 self.link(key, here, proof);
                 claim
             }
-            MapEntry::Vacant(v) => {
+            Slot::Vacant(v) => {
                 if self.count.load(Relaxed) >= max_peers {
                     return Claim::Full;
                 }
                 if self.address_full(here) {
                     return Claim::AddressFull;
                 }
-                let key = v.key().clone();
+                let key = Name::from(name);
                 let seq = self.next_seq.fetch_add(1, Relaxed);
-                let _held = v.insert(Entry::new(here, now_ms, seq, signed));
+                let _held = v.insert((key.clone(), Entry::new(here, now_ms, seq, signed)));
                 self.count.fetch_add(1, Relaxed);
                 self.link(key, here, proof);
                 Claim::Joined(self.tokens.of(seq))
             }
-        }
+        })
     }
 
     /// Whether `here` holds as many names as an address may.
     fn address_full(&self, here: Packed) -> bool {
         self.by_addr
-            .get(&here)
-            .is_some_and(|n| n.len() >= self.max_names_per_address)
+            .get(&here, |_, n| n.len() >= self.max_names_per_address)
+            .unwrap_or(false)
     }
 
     /// Links a name just claimed at `here` into the secondary maps.
@@ -596,7 +599,12 @@ impl Registry {
         if let Proof::Key(k, t) = proof {
             self.keys.insert(key.clone(), (k, t));
         }
-        self.by_addr.entry(here).or_default().push(key);
+        self.by_addr.entry(&here, |slot| match slot {
+            Slot::Occupied(mut o) => o.get_mut().1.push(key),
+            Slot::Vacant(v) => {
+                v.insert((here, vec![key]));
+            }
+        });
     }
 
     /// Drops the secondary-map links of a registration that is gone from `peers`.
@@ -627,24 +635,28 @@ impl Registry {
     }
 
     fn unlink_addr(&self, name: &Name, addr: Packed) {
-        if let MapEntry::Occupied(mut o) = self.by_addr.entry(addr) {
-            o.get_mut().retain(|n| n != name);
-            if o.get().is_empty() {
-                o.remove();
+        self.by_addr.entry(&addr, |slot| {
+            if let Slot::Occupied(mut o) = slot {
+                o.get_mut().1.retain(|n| n != name);
+                if o.get().1.is_empty() {
+                    o.remove();
+                }
             }
-        }
+        });
     }
 
     /// The sender check of a relay: true (and the name refreshed) if `name` is live at `addr`.
     pub fn touch_sender(&self, name: &str, addr: SocketAddr, now_ms: u64) -> bool {
         let packed = Packed::from(addr);
-        match self.peers.get(name) {
-            Some(e) if e.addr == packed && self.live(&e, now_ms) => {
-                e.touch(now_ms);
-                true
-            }
-            _ => false,
-        }
+        self.peers
+            .get(name, |_, e| {
+                let ok = e.addr == packed && self.live(e, now_ms);
+                if ok {
+                    e.touch(now_ms);
+                }
+                ok
+            })
+            .unwrap_or(false)
     }
 
     /// Whether a request for `name` from `addr` carrying `token` is authenticated: the name is
@@ -659,17 +671,17 @@ impl Registry {
         now_ms: u64,
     ) -> Option<bool> {
         let token = token?;
-        match self.peers.get(name) {
-            Some(e)
-                if e.addr == Packed::from(addr)
-                    && self.live(&e, now_ms)
-                    && e.session(&self.tokens) == token =>
-            {
-                e.touch(now_ms);
-                Some(e.trust(now_ms))
-            }
-            _ => None,
-        }
+        let packed = Packed::from(addr);
+        self.peers
+            .get(name, |_, e| {
+                let ok =
+                    e.addr == packed && self.live(e, now_ms) && e.session(&self.tokens) == token;
+                ok.then(|| {
+                    e.touch(now_ms);
+                    e.trust(now_ms)
+                })
+            })
+            .flatten()
     }
 
     /// The address of `name` if it is live.
@@ -680,37 +692,42 @@ impl Registry {
     /// The address of `name` if it is live, and whether its registration is trusted there.
     pub fn target_of(&self, name: &str, now_ms: u64) -> Option<(SocketAddr, bool)> {
         self.peers
-            .get(name)
-            .filter(|e| self.live(e, now_ms))
-            .map(|e| (e.addr.get(), self.trusted(&e, now_ms)))
+            .get(name, |_, e| {
+                self.live(e, now_ms)
+                    .then(|| (e.addr.get(), self.trusted(e, now_ms)))
+            })
+            .flatten()
     }
 
     /// Whether a refreshing `register` of `name` may be announced now: the first may, then one
     /// per `every_ms`.
     pub fn announce_refresh(&self, name: &str, now_ms: u64, every_ms: u64) -> bool {
-        let Some(e) = self.peers.get(name) else {
-            return false;
-        };
         let now_s = (now_ms / 1000) as u32;
         let every_s = every_ms.div_ceil(1000) as u32;
-        e.announced_s
-            .fetch_update(Relaxed, Relaxed, |last| {
-                (last == u32::MAX || now_s.saturating_sub(last) >= every_s).then_some(now_s)
+        self.peers
+            .get(name, |_, e| {
+                e.announced_s
+                    .fetch_update(Relaxed, Relaxed, |last| {
+                        (last == u32::MAX || now_s.saturating_sub(last) >= every_s).then_some(now_s)
+                    })
+                    .is_ok()
             })
-            .is_ok()
+            .unwrap_or(false)
     }
 
     /// Whether any name is registered at `addr`.
     pub fn has_addr(&self, addr: SocketAddr) -> bool {
-        self.by_addr.contains_key(&addr.into())
+        self.by_addr.contains(&addr.into())
     }
 
     /// The name registered at `addr` when it holds exactly one (a request that names none
     /// speaks for it); `Err(n)` with how many it holds otherwise.
     pub fn only_name_at(&self, addr: SocketAddr) -> Result<Name, usize> {
-        match self.by_addr.get(&addr.into()) {
-            Some(names) if names.len() == 1 => Ok(names[0].clone()),
-            Some(names) => Err(names.len()),
+        match self.by_addr.get(&addr.into(), |_, names| match &names[..] {
+            [only] => Ok(only.clone()),
+            names => Err(names.len()),
+        }) {
+            Some(found) => found,
             None => Err(0),
         }
     }
@@ -719,21 +736,24 @@ impl Registry {
     /// registration (it is owed nothing), else whether its list is due now (no keepalive or list
     /// sent it within `every_ms`; if so, it is marked as sent one now).
     pub fn list_due(&self, addr: SocketAddr, now_ms: u64, every_ms: u64) -> Option<bool> {
-        let names = self.by_addr.get(&addr.into())?.clone();
+        let names = self.by_addr.get(&addr.into(), |_, names| names.clone())?;
         let mut owed = None;
         for n in names {
-            let Some(e) = self.peers.get(&n) else {
-                continue;
-            };
-            if !self.live(&e, now_ms) || !self.trusted(&e, now_ms) {
-                continue;
+            let due = self.peers.get(&n, |_, e| {
+                if !self.live(e, now_ms) || !self.trusted(e, now_ms) {
+                    return None;
+                }
+                let due = now_ms.saturating_sub(e.last_keepalive()) >= every_ms;
+                if due {
+                    e.keepalive_sent(now_ms);
+                }
+                Some(due)
+            });
+            match due.flatten() {
+                Some(true) => return Some(true),
+                Some(false) => owed = Some(false),
+                None => {}
             }
-            let last = e.last_keepalive();
-            if now_ms.saturating_sub(last) >= every_ms {
-                e.keepalive_sent(now_ms);
-                return Some(true);
-            }
-            owed = Some(false);
         }
         owed
     }
@@ -741,35 +761,39 @@ impl Registry {
     /// Whether `name` is registered at `addr` and has ever proven itself there.
     pub fn proven_at(&self, name: &str, addr: SocketAddr) -> bool {
         self.peers
-            .get(name)
-            .is_some_and(|e| e.addr == Packed::from(addr) && e.proven())
+            .get(name, |_, e| e.addr == Packed::from(addr) && e.proven())
+            .unwrap_or(false)
     }
 
     /// The session of `name` if it is live at `addr`.
     pub fn session_at(&self, name: &str, addr: SocketAddr, now_ms: u64) -> Option<Session> {
         self.peers
-            .get(name)
-            .filter(|e| e.addr == Packed::from(addr) && self.live(e, now_ms))
-            .map(|e| e.session(&self.tokens))
+            .get(name, |_, e| {
+                (e.addr == Packed::from(addr) && self.live(e, now_ms))
+                    .then(|| e.session(&self.tokens))
+            })
+            .flatten()
     }
 
     /// Removes `name` if `may(entry)` allows it.
     fn remove_if(&self, name: &str, may: impl FnOnce(&Entry) -> bool) -> Option<Removed> {
-        let MapEntry::Occupied(o) = self.peers.entry(Name::from(name)) else {
-            return None;
-        };
-        if !may(o.get()) {
-            return None;
-        }
-        // Unlinked while the entry is held, as in `claim`.
-        let key = o.key().clone();
-        self.unlink(&key, o.get());
-        let (_, old) = o.remove_entry();
-        self.count.fetch_sub(1, Relaxed);
-        Some(Removed {
-            name: key,
-            addr: old.addr.get(),
-            proven: old.proven(),
+        self.peers.entry(name, |slot| {
+            let Slot::Occupied(o) = slot else {
+                return None;
+            };
+            if !may(&o.get().1) {
+                return None;
+            }
+            // Unlinked while the entry is held, as in `claim`.
+            let (key, old) = o.get();
+            self.unlink(key, old);
+            let ((key, old), _) = o.remove();
+            self.count.fetch_sub(1, Relaxed);
+            Some(Removed {
+                name: key,
+                addr: old.addr.get(),
+                proven: old.proven(),
+            })
         })
     }
 
@@ -806,8 +830,12 @@ impl Registry {
     ) -> Option<usize> {
         // The watcher's entry is held while its watch lists change (lock order: `peers` first),
         // so that a reap cannot remove it in between and leave the lists to a later owner.
-        let held = self.peers.get(watcher)?;
-        let key = held.key().clone();
+        self.peers
+            .get(watcher, |key, _| self.watch_held(key, addr, names, max))
+    }
+
+    /// [`Registry::watch`] while `key`'s entry is held.
+    fn watch_held(&self, key: &Name, addr: SocketAddr, names: &[Name], max: usize) -> usize {
         let host = self.watch_hasher.hash_one(host_key(addr.ip())) as usize % WATCH_HOST_SLOTS;
         let mut added = Vec::new();
         // One request looks at no more names than a watcher may hold: its work is bounded.
@@ -845,14 +873,13 @@ impl Registry {
         }
         if !refused.is_empty() {
             left_out += refused.len();
-            if let Some(mut w) = self.watching.get_mut(&key) {
+            if let Some(mut w) = self.watching.get_mut(key) {
                 let host = w.host;
                 w.names.retain(|n| !refused.contains(n));
                 self.uncount_watches(host, refused.len());
             }
         }
-        drop(held);
-        Some(left_out)
+        left_out
     }
 
     /// Counts one more watch entry under `host`, if the bounds allow it.
@@ -876,10 +903,15 @@ impl Registry {
     /// Removes `names` from what `watcher` watches; returns what it still watches, or `None`
     /// if `watcher` is not registered.
     pub fn unwatch(&self, watcher: &str, names: &[Name]) -> Option<Vec<Name>> {
-        let held = self.peers.get(watcher)?;
-        let key = held.key().clone();
+        // Held as in `watch`.
+        self.peers
+            .get(watcher, |key, _| self.unwatch_held(key, names))
+    }
+
+    /// [`Registry::unwatch`] while `key`'s entry is held.
+    fn unwatch_held(&self, key: &Name, names: &[Name]) -> Vec<Name> {
         let mut removed = Vec::new();
-        let left = match self.watching.get_mut(&key) {
+        let left = match self.watching.get_mut(key) {
             Some(mut w) => {
                 let host = w.host;
                 w.names.retain(|n| {
@@ -895,10 +927,9 @@ impl Registry {
             None => Vec::new(),
         };
         for n in removed {
-            self.drop_watcher(n, &key);
+            self.drop_watcher(n, key);
         }
-        drop(held);
-        Some(left)
+        left
     }
 
     /// Watch entries held in all.
@@ -915,30 +946,39 @@ impl Registry {
             .unwrap_or_default();
         ws.iter()
             .filter_map(|w| {
-                let e = self.peers.get(w)?;
-                self.live(&e, now_ms).then(|| Live {
-                    name: w.clone(),
-                    addr: e.addr.get(),
-                    seq: e.seq,
-                    trusted: self.trusted(&e, now_ms),
-                })
+                self.peers
+                    .get(w, |name, e| {
+                        self.live(e, now_ms).then(|| self.seen(name, e, now_ms))
+                    })
+                    .flatten()
             })
             .collect()
     }
 
+    /// `name`'s registration `e` as a scan sees it.
+    fn seen(&self, name: &Name, e: &Entry, now_ms: u64) -> Live {
+        Live {
+            name: name.clone(),
+            addr: e.addr.get(),
+            seq: e.seq,
+            trusted: self.trusted(e, now_ms),
+        }
+    }
+
     /// Up to `limit` live peers, in no particular order.
     pub fn live_peers(&self, now_ms: u64, limit: usize) -> Vec<Live> {
-        self.peers
-            .iter()
-            .filter(|r| self.live(r.value(), now_ms))
-            .take(limit)
-            .map(|r| Live {
-                name: r.key().clone(),
-                addr: r.value().addr.get(),
-                seq: r.value().seq,
-                trusted: self.trusted(r.value(), now_ms),
-            })
-            .collect()
+        let mut found = Vec::new();
+        for i in 0..self.peers.shard_count() {
+            if found.len() >= limit {
+                break;
+            }
+            self.peers.in_shard(i, |table| {
+                let live = table.iter().filter(|(_, e)| self.live(e, now_ms));
+                let room = limit - found.len();
+                found.extend(live.take(room).map(|(n, e)| self.seen(n, e, now_ms)));
+            });
+        }
+        found
     }
 
     /// One pass over the registry, shard by shard: for each shard, `visit` is given the names
@@ -954,27 +994,17 @@ impl Registry {
     ) {
         let (mut stale, mut due) = (Vec::new(), Vec::new());
         let quiet = |t: u64| now_ms.saturating_sub(t) >= keepalive_ms;
-        for shard in self.peers.shards() {
-            {
-                let table = shard.read();
-                // SAFETY: the buckets are only read, while the shard's read lock is held.
-                for bucket in unsafe { table.iter() } {
-                    // SAFETY: as above; the bucket is full and outlives this iteration.
-                    let (name, value) = unsafe { bucket.as_ref() };
-                    let e = value.get();
+        for i in 0..self.peers.shard_count() {
+            self.peers.in_shard(i, |table| {
+                for (name, e) in table {
                     if !self.live(e, now_ms) {
                         stale.push(name.clone());
                     } else if quiet(e.last_keepalive()) && quiet(e.last_heard()) {
                         e.keepalive_sent(now_ms);
-                        due.push(Live {
-                            name: name.clone(),
-                            addr: e.addr.get(),
-                            seq: e.seq,
-                            trusted: self.trusted(e, now_ms),
-                        });
+                        due.push(self.seen(name, e, now_ms));
                     }
                 }
-            }
+            });
             if !stale.is_empty() || !due.is_empty() {
                 visit(&mut stale, &mut due);
                 stale.clear();
@@ -1000,14 +1030,13 @@ mod tests {
     }
 
     fn trusted(r: &Registry, name: &str) -> bool {
-        r.peers.get(name).is_some_and(|e| r.trusted(&e, 10))
+        r.peers.get(name, |_, e| r.trusted(e, 10)).unwrap_or(false)
     }
 
     /// The names registered at `addr`, oldest first.
     fn names_at(r: &Registry, addr: SocketAddr) -> Vec<Name> {
         r.by_addr
-            .get(&addr.into())
-            .map(|at| at.clone())
+            .get(&addr.into(), |_, at| at.clone())
             .unwrap_or_default()
     }
 
@@ -1253,9 +1282,10 @@ mod tests {
         // Trust lasts a timeout from the last authenticated request: unauthenticated refreshes
         // (which anyone can forge from the address) keep the name live but not trusted.
         r.claim("a", there, Proof::Token(None), 900, 10);
-        let e = r.peers.get("a").unwrap();
-        assert!(r.trusted(&e, 1000));
-        assert!(!r.trusted(&e, 2_500));
+        r.peers.get("a", |_, e| {
+            assert!(r.trusted(e, 1000));
+            assert!(!r.trusted(e, 2_500));
+        });
     }
 
     #[test]
@@ -1325,7 +1355,7 @@ mod tests {
             r.claim("s", here, Proof::Key(k2, 0), 2000, 10),
             Claim::Replaced(_)
         ));
-        assert!(r.keys.get("s").is_some_and(|b| b.0 == k2));
+        assert_eq!(r.keys.get("s", |_, b| b.0), Some(k2));
         // A signature over an older cookie than the last is a replay, even by the right key.
         let elsewhere = a("3.3.3.3:3");
         assert!(matches!(

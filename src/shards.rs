@@ -1,0 +1,253 @@
+//! The registry's hash tables: sharded, and sized for the most entries they are meant to hold.
+//!
+//! A hash table's buckets come in powers of two and it doubles at 7/8 full, so at a million
+//! entries any table, or any power-of-two number of shards of one (as `dashmap` requires), is
+//! less than half full: 2^21 buckets, the next doubling at 1,835,008. These tables take a
+//! number of shards that is not a power of two, chosen so that at the expected size each shard
+//! is about 70% full (a million peers: 345 shards of 4,096 buckets, 1.41 million buckets in
+//! all). The hash is computed once, for both the shard and the bucket.
+//!
+//! Removals leave tombstones, which use up a table's room as entries do. A table out of room
+//! grows when more than half of it is in use, so at 70% a table that only churns (as the
+//! registry does at a steady million) would double within a few thousand removals and never
+//! come back. A shard out of room is rebuilt instead, at the size its entries need, one eighth
+//! more: without tombstones, and at the same size unless it is truly fuller.
+
+use std::borrow::Borrow;
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hash};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use hashbrown::HashTable;
+pub use hashbrown::hash_table::Entry;
+
+/// Fewest shards, whatever the expected size: enough that workers rarely meet on a lock.
+const MIN_SHARDS: usize = 256;
+/// Buckets of a shard at the expected size, when the expected size needs more than
+/// [`MIN_SHARDS`] of them.
+const SHARD_BUCKETS: usize = 4096;
+/// Entries a shard of [`SHARD_BUCKETS`] holds on average at the expected size: 70.8% full, and
+/// 5.3 standard deviations below where a rebuild would double it (3,185: 7/8 of the buckets,
+/// less the eighth a rebuild leaves free).
+const SHARD_ENTRIES: usize = 2900;
+const _: () = assert!(SHARD_ENTRIES + SHARD_ENTRIES / 8 < SHARD_BUCKETS * 7 / 8);
+
+/// One shard, on cache lines of its own so that workers locking neighbours do not contend.
+#[repr(align(128))]
+struct Shard<K, V>(RwLock<HashTable<(K, V)>>);
+
+/// A sharded hash table of `(K, V)` entries.
+pub struct Sharded<K, V> {
+    shards: Box<[Shard<K, V>]>,
+    hasher: RandomState,
+}
+
+impl<K: Hash + Eq, V> Sharded<K, V> {
+    /// A table meant to hold up to `expected` entries.
+    pub fn new(expected: usize) -> Sharded<K, V> {
+        let n = expected.div_ceil(SHARD_ENTRIES).max(MIN_SHARDS);
+        Sharded {
+            shards: (0..n)
+                .map(|_| Shard(RwLock::new(HashTable::new())))
+                .collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn hash<Q: Hash + ?Sized>(&self, q: &Q) -> u64 {
+        self.hasher.hash_one(q)
+    }
+
+    /// The shard of `hash`. Its bits 20 to 51 pick it (by multiplication, as the count is not a
+    /// power of two): the table uses the low bits for the bucket and the top seven as the tag
+    /// that filters comparisons, which must vary within a shard.
+    fn shard(&self, hash: u64) -> &RwLock<HashTable<(K, V)>> {
+        let mid = (hash >> 20) & u64::from(u32::MAX);
+        let i = (mid * self.shards.len() as u64) >> 32;
+        &self.shards[i as usize].0
+    }
+
+    fn read(&self, hash: u64) -> RwLockReadGuard<'_, HashTable<(K, V)>> {
+        self.shard(hash).read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self, hash: u64) -> RwLockWriteGuard<'_, HashTable<(K, V)>> {
+        self.shard(hash).write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What `f` makes of the entry of `q`, if there is one, under the shard's read lock.
+    pub fn get<Q, R>(&self, q: &Q, f: impl FnOnce(&K, &V) -> R) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let h = self.hash(q);
+        let t = self.read(h);
+        t.find(h, |(k, _)| k.borrow() == q).map(|(k, v)| f(k, v))
+    }
+
+    /// Whether `q` has an entry.
+    pub fn contains<Q>(&self, q: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.get(q, |_, _| ()).is_some()
+    }
+
+    /// What `f` makes of the entry of `q`, occupied or vacant, under the shard's write lock. A
+    /// key inserted into the vacant entry must be one `q` borrows from (it hashes alike).
+    pub fn entry<Q, R>(&self, q: &Q, f: impl FnOnce(Entry<'_, (K, V)>) -> R) -> R
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let h = self.hash(q);
+        let mut t = self.write(h);
+        self.make_room(&mut t);
+        // `make_room` left room for one more, so the table does not grow here.
+        f(t.entry(h, |(k, _)| k.borrow() == q, |(k, _)| self.hash(k)))
+    }
+
+    /// Sets `k`'s value to `v`.
+    pub fn insert(&self, k: K, v: V) {
+        let h = self.hash(&k);
+        let mut t = self.write(h);
+        self.make_room(&mut t);
+        match t.entry(h, |(x, _)| *x == k, |(x, _)| self.hash(x)) {
+            Entry::Occupied(mut o) => o.get_mut().1 = v,
+            Entry::Vacant(e) => {
+                e.insert((k, v));
+            }
+        }
+    }
+
+    /// Removes `q`'s entry, returning it.
+    pub fn remove<Q>(&self, q: &Q) -> Option<(K, V)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let h = self.hash(q);
+        let mut t = self.write(h);
+        let found = t.find_entry(h, |(k, _)| k.borrow() == q).ok()?;
+        Some(found.remove().0)
+    }
+
+    /// Shards of the table, for [`Sharded::in_shard`].
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// What `f` makes of shard `i`'s entries, under its read lock.
+    pub fn in_shard<R>(&self, i: usize, f: impl FnOnce(&HashTable<(K, V)>) -> R) -> R {
+        f(&self.shards[i].0.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Entries in all (not a snapshot: shards are counted one after the other).
+    pub fn len(&self) -> usize {
+        (0..self.shard_count())
+            .map(|i| self.in_shard(i, HashTable::len))
+            .sum()
+    }
+
+    /// Whether no shard holds an entry.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Buckets in all, and bytes of table memory (for the size tests).
+    pub fn footprint(&self) -> (usize, usize) {
+        let (mut buckets, mut bytes) = (0, size_of_val(&*self.shards));
+        for i in 0..self.shard_count() {
+            self.in_shard(i, |t| {
+                buckets += t.num_buckets();
+                bytes += t.allocation_size();
+            });
+        }
+        (buckets, bytes)
+    }
+
+    /// Makes room for one more entry in `t`: if its room is used up (by entries or
+    /// tombstones), rebuilds it for its entries and an eighth more, which keeps its size unless
+    /// it is full of entries rather than tombstones.
+    fn make_room(&self, t: &mut HashTable<(K, V)>) {
+        if t.len() < t.capacity() {
+            return;
+        }
+        let mut fresh = HashTable::with_capacity(t.len() + t.len() / 8 + 1);
+        for e in t.drain() {
+            fresh.insert_unique(self.hash(&e.0), e, |(k, _)| self.hash(k));
+        }
+        *t = fresh;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_million_fit_shards_of_4096_buckets() {
+        assert_eq!(Sharded::<u64, ()>::new(1_000_000).shards.len(), 345);
+        assert_eq!(Sharded::<u64, ()>::new(1000).shards.len(), MIN_SHARDS);
+        assert_eq!(size_of::<Shard<u64, u64>>(), 128);
+        // Where a rebuild doubles a shard, 5.3 standard deviations above its expected count.
+        let doubles_at = SHARD_BUCKETS * 7 / 8 * 8 / 9;
+        assert!(SHARD_ENTRIES as f64 + 5.0 * (SHARD_ENTRIES as f64).sqrt() < doubles_at as f64);
+        assert_eq!(
+            HashTable::<u64>::with_capacity(SHARD_ENTRIES + SHARD_ENTRIES / 8 + 1).num_buckets(),
+            SHARD_BUCKETS
+        );
+    }
+
+    #[test]
+    fn churn_at_the_expected_size_does_not_grow_the_tables() {
+        // 256 shards of about 2,900 entries (the size a million makes per shard), churned: a
+        // hashbrown table at 70% doubles within a few thousand removals; rebuilt, these never.
+        let n = MIN_SHARDS * SHARD_ENTRIES;
+        let t = Sharded::<u64, u64>::new(n);
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut keys: Vec<u64> = (0..n).map(|_| next()).collect();
+        for &k in &keys {
+            t.insert(k, k);
+        }
+        let (buckets, _) = t.footprint();
+        assert_eq!(buckets, MIN_SHARDS * SHARD_BUCKETS);
+        for _ in 0..2 * n {
+            let i = (next() % n as u64) as usize;
+            assert!(t.remove(&keys[i]).is_some());
+            keys[i] = next();
+            t.insert(keys[i], 0);
+        }
+        assert_eq!(t.len(), n);
+        assert_eq!(t.footprint().0, buckets, "churn grew the tables");
+        for k in keys.iter().take(1000) {
+            assert!(t.contains(k));
+        }
+    }
+
+    #[test]
+    fn entries_are_found_changed_and_removed() {
+        let t = Sharded::<String, u32>::new(10);
+        assert!(t.is_empty());
+        t.insert("a".into(), 1);
+        t.insert("a".into(), 2);
+        assert_eq!(t.get("a", |_, v| *v), Some(2));
+        let old = t.entry("b", |e| match e {
+            Entry::Occupied(_) => None,
+            Entry::Vacant(v) => Some(v.insert(("b".into(), 3)).get().1),
+        });
+        assert_eq!(old, Some(3));
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.remove("a"), Some(("a".into(), 2)));
+        assert!(!t.contains("a"));
+        assert_eq!(t.remove("a"), None);
+    }
+}
