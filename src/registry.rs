@@ -204,6 +204,58 @@ impl Packed {
     }
 }
 
+/// The names registered at one address, oldest first. Nearly every address holds one, kept
+/// inline; more are kept in a list of their own, behind a thin pointer so that this is as small
+/// as a name (16 bytes: the list's variant takes one of the name's spare length values).
+#[derive(Debug)]
+enum AtAddr {
+    One(Name),
+    #[expect(
+        clippy::box_collection,
+        reason = "a thin pointer: with a Vec's three words inline, an address's bucket is 48 bytes, not 40"
+    )]
+    Many(Box<Vec<Name>>),
+}
+
+impl AtAddr {
+    fn names(&self) -> &[Name] {
+        match self {
+            AtAddr::One(n) => std::slice::from_ref(n),
+            AtAddr::Many(ns) => ns,
+        }
+    }
+
+    fn push(&mut self, n: Name) {
+        match self {
+            AtAddr::One(first) => *self = AtAddr::Many(Box::new(vec![first.clone(), n])),
+            // Grown one at a time: an address holds at most --max-names-per-address names, and
+            // a list's spare room would be paid for at every address that holds several.
+            AtAddr::Many(ns) => {
+                ns.reserve_exact(1);
+                ns.push(n);
+            }
+        }
+    }
+
+    /// Removes `n`; whether any name is left.
+    fn remove(&mut self, n: &Name) -> bool {
+        match self {
+            AtAddr::One(only) => only != n,
+            AtAddr::Many(ns) => {
+                ns.retain(|x| x != n);
+                match &ns[..] {
+                    [] => false,
+                    [only] => {
+                        *self = AtAddr::One(only.clone());
+                        true
+                    }
+                    _ => true,
+                }
+            }
+        }
+    }
+}
+
 /// One registration (its name is the key it is stored under).
 #[derive(Debug)]
 struct Entry {
@@ -407,7 +459,7 @@ pub struct Registry {
     /// watches, bounded apart, are not.
     peers: Sharded<Name, Entry>,
     /// Address → the names registered there, oldest first.
-    by_addr: Sharded<Packed, Vec<Name>>,
+    by_addr: Sharded<Packed, AtAddr>,
     /// Watched name → the names watching it.
     watchers: DashMap<Name, Vec<Name>>,
     /// Watching name → the names it watches.
@@ -590,7 +642,9 @@ impl Registry {
     /// Whether `here` holds as many names as an address may.
     fn address_full(&self, here: Packed) -> bool {
         self.by_addr
-            .get(&here, |_, n| n.len() >= self.max_names_per_address)
+            .get(&here, |_, at| {
+                at.names().len() >= self.max_names_per_address
+            })
             .unwrap_or(false)
     }
 
@@ -602,7 +656,7 @@ impl Registry {
         self.by_addr.entry(&here, |slot| match slot {
             Slot::Occupied(mut o) => o.get_mut().1.push(key),
             Slot::Vacant(v) => {
-                v.insert((here, vec![key]));
+                v.insert((here, AtAddr::One(key)));
             }
         });
     }
@@ -637,8 +691,7 @@ impl Registry {
     fn unlink_addr(&self, name: &Name, addr: Packed) {
         self.by_addr.entry(&addr, |slot| {
             if let Slot::Occupied(mut o) = slot {
-                o.get_mut().1.retain(|n| n != name);
-                if o.get().1.is_empty() {
+                if !o.get_mut().1.remove(name) {
                     o.remove();
                 }
             }
@@ -723,7 +776,7 @@ impl Registry {
     /// The name registered at `addr` when it holds exactly one (a request that names none
     /// speaks for it); `Err(n)` with how many it holds otherwise.
     pub fn only_name_at(&self, addr: SocketAddr) -> Result<Name, usize> {
-        match self.by_addr.get(&addr.into(), |_, names| match &names[..] {
+        match self.by_addr.get(&addr.into(), |_, at| match at.names() {
             [only] => Ok(only.clone()),
             names => Err(names.len()),
         }) {
@@ -736,7 +789,9 @@ impl Registry {
     /// registration (it is owed nothing), else whether its list is due now (no keepalive or list
     /// sent it within `every_ms`; if so, it is marked as sent one now).
     pub fn list_due(&self, addr: SocketAddr, now_ms: u64, every_ms: u64) -> Option<bool> {
-        let names = self.by_addr.get(&addr.into(), |_, names| names.clone())?;
+        let names = self
+            .by_addr
+            .get(&addr.into(), |_, at| at.names().to_vec())?;
         let mut owed = None;
         for n in names {
             let due = self.peers.get(&n, |_, e| {
@@ -1036,7 +1091,7 @@ mod tests {
     /// The names registered at `addr`, oldest first.
     fn names_at(r: &Registry, addr: SocketAddr) -> Vec<Name> {
         r.by_addr
-            .get(&addr.into(), |_, at| at.clone())
+            .get(&addr.into(), |_, at| at.names().to_vec())
             .unwrap_or_default()
     }
 
@@ -1373,19 +1428,63 @@ mod tests {
         for s in ["1.2.3.4:5", "[2001:db8::1]:65535", "[::1]:80", "0.0.0.0:0"] {
             assert_eq!(Packed::from(a(s)).get(), a(s));
         }
-        assert_eq!(size_of::<Packed>(), 18);
-        assert_eq!(size_of::<Name>(), 16);
         let long = "x".repeat(INLINE_NAME + 1);
         for n in ["", "Alice", "é🙂", &long[1..], &long] {
             assert_eq!(&*Name::from(n), n);
         }
-        assert!(size_of::<Entry>() <= 48);
         let r = registry(60_000);
         r.claim("n", a("1.1.1.1:1"), Proof::Token(None), 0, 10);
         assert!(r.announce_refresh("n", 0, 10_000));
         assert!(!r.announce_refresh("n", 9_000, 10_000));
         assert!(r.announce_refresh("n", 10_000, 10_000));
         assert!(!r.announce_refresh("nobody", 0, 10_000));
+    }
+
+    /// What a registered peer costs rests on these sizes (README, "Memory per peer"): a
+    /// regression here is one in bytes per peer, a million times over.
+    #[test]
+    fn a_peer_is_small() {
+        assert!(size_of::<Name>() <= 16);
+        assert!(size_of::<Packed>() <= 18);
+        assert!(size_of::<Entry>() <= 48);
+        assert!(size_of::<AtAddr>() <= 16);
+        // The buckets of `peers`, `by_addr` and (signed names only) `keys`.
+        assert!(size_of::<(Name, Entry)>() <= 64);
+        assert!(size_of::<(Packed, AtAddr)>() <= 40);
+        assert!(size_of::<(Name, (Key, u64))>() <= 56);
+        // Inline names need no heap; a single name at an address needs no list.
+        assert!(matches!(
+            Name::from("a-15-byte-name!").0,
+            Repr::Inline { .. }
+        ));
+        assert!(matches!(Name::from("a-16-byte-name!!").0, Repr::Heap(_)));
+        let r = registry(60_000);
+        for (i, n) in ["a", "b", "c"].into_iter().enumerate() {
+            r.claim(n, a("1.1.1.1:1"), Proof::Token(None), 0, 10);
+            r.claim(
+                &format!("{n}{i}"),
+                a(&format!("2.2.2.{i}:2")),
+                Proof::Token(None),
+                0,
+                10,
+            );
+        }
+        let at = |addr: &str| {
+            r.by_addr
+                .get(&a(addr).into(), |_, at| matches!(at, AtAddr::One(_)))
+        };
+        assert_eq!(at("2.2.2.0:2"), Some(true));
+        assert_eq!(at("1.1.1.1:1"), Some(false));
+        // Back to one name, the address keeps it inline again; the order stays oldest first.
+        let token = r.session_at("a", a("1.1.1.1:1"), 0);
+        r.unregister("a", a("1.1.1.1:1"), token, 0).unwrap();
+        assert_eq!(
+            names_at(&r, a("1.1.1.1:1")),
+            [Name::from("b"), Name::from("c")]
+        );
+        r.reap("b", 60_001).unwrap();
+        assert_eq!(at("1.1.1.1:1"), Some(true));
+        assert_eq!(r.only_name_at(a("1.1.1.1:1")).unwrap(), Name::from("c"));
     }
 
     #[test]
