@@ -1,7 +1,9 @@
 //! What a registered peer and a bound channel cost in resident memory: `cargo bench --bench
 //! memory [-- SCENARIO]`. Not timed; each scenario runs in a process of its own (this binary run
 //! again), so that what one frees cannot be reused by the next and hide its cost, and reports
-//! the growth of its resident set (`VmRSS`) over what it built.
+//! the growth of its resident set (`VmRSS`) over what it built, and of the bytes the allocator
+//! holds for live allocations (glibc's `mallinfo2`): what the tables hold, without the
+//! allocator's free space.
 //!
 //! - `shared`: a million peers, fifty per address (what `loadtest register` makes: it has
 //!   20,000 sockets);
@@ -35,6 +37,24 @@ fn rss() -> u64 {
     kb * 1024
 }
 
+/// Bytes the allocator holds for live allocations (headers and rounding included).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn heap() -> u64 {
+    // SAFETY: `mallinfo2` takes nothing and only reads the allocator's statistics.
+    let m = unsafe { libc::mallinfo2() };
+    (m.uordblks + m.hblkhd) as u64
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn heap() -> u64 {
+    0
+}
+
+/// Resident and heap bytes now.
+fn usage() -> (u64, u64) {
+    (rss(), heap())
+}
+
 /// Peer `k`'s name: 14 bytes, as `loadtest register`'s.
 fn name(k: usize) -> String {
     format!("3fa9c1-{k:07}")
@@ -53,14 +73,24 @@ fn joined(c: Claim) -> Session {
     }
 }
 
-/// Runs `scenario`; returns what it built and the resident memory that took.
-fn run(scenario: &str) -> (usize, &'static str, u64) {
-    let s = Settings::default();
+fn grown(before: (u64, u64)) -> (u64, u64) {
+    let (rss, heap) = usage();
+    (rss - before.0, heap - before.1)
+}
+
+/// Runs `scenario`; returns what it built and the resident and heap memory that took.
+fn run(scenario: &str) -> (usize, &'static str, (u64, u64)) {
+    // The command line's default bounds, which size the tables.
+    let s = Settings {
+        max_peers: PEERS,
+        max_channels_total: CHANNELS,
+        ..Settings::default()
+    };
     let before;
     match scenario {
         "shared" | "distinct" | "signed" => {
             let reg = Registry::new(&s);
-            before = rss();
+            before = usage();
             let shared = scenario == "shared";
             for k in 0..PEERS {
                 let proof = if scenario == "signed" {
@@ -73,13 +103,13 @@ fn run(scenario: &str) -> (usize, &'static str, u64) {
                 joined(reg.claim(&name(k), addr(k, shared), proof, 0, usize::MAX));
             }
             assert_eq!(reg.len(), PEERS);
-            (PEERS, "peer", rss() - before)
+            (PEERS, "peer", grown(before))
         }
         "churn" => {
             let reg = Registry::new(&s);
             // The tokens the leaving peers prove themselves with, allocated before measuring.
             let mut tokens: Vec<Option<Session>> = vec![None; PEERS];
-            before = rss();
+            before = usage();
             for k in 0..17 * PEERS {
                 if k >= PEERS {
                     let old = k - PEERS;
@@ -90,11 +120,11 @@ fn run(scenario: &str) -> (usize, &'static str, u64) {
                 tokens[k % PEERS] = Some(t);
             }
             assert_eq!(reg.len(), PEERS);
-            (PEERS, "peer", rss() - before)
+            (PEERS, "peer", grown(before))
         }
         "channels" => {
             let ch = Channels::new(&s);
-            before = rss();
+            before = usage();
             for i in 0..CHANNELS {
                 let (a, b) = (2 * i, 2 * i + 1);
                 let (na, nb) = (Name::from(name(a).as_str()), Name::from(name(b).as_str()));
@@ -102,7 +132,7 @@ fn run(scenario: &str) -> (usize, &'static str, u64) {
                     .expect("bound");
             }
             assert_eq!(ch.len(), CHANNELS);
-            (CHANNELS, "channel", rss() - before)
+            (CHANNELS, "channel", grown(before))
         }
         s => panic!("no scenario {s:?}: one of {SCENARIOS:?}"),
     }
@@ -112,11 +142,16 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let [flag, scenario] = &args[..] {
         if flag == "--scenario" {
-            let (n, what, grew) = run(scenario);
+            let (n, what, (rss, heap)) = run(scenario);
+            let mib = |b: u64| b as f64 / 1048576.0;
+            let per = |b: u64| b as f64 / n as f64;
             println!(
-                "{scenario:>9}: {n} {what}s, RSS +{:.1} MiB: {:.0} bytes per {what}",
-                grew as f64 / 1048576.0,
-                grew as f64 / n as f64
+                "{scenario:>9}: {n} {what}s, RSS +{:.1} MiB: {:.0} bytes per {what} \
+                 (heap in use +{:.1} MiB: {:.0})",
+                mib(rss),
+                per(rss),
+                mib(heap),
+                per(heap)
             );
             return;
         }

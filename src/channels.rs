@@ -15,11 +15,10 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
-use dashmap::DashMap;
-
 use crate::budget::host_key;
 use crate::config::Settings;
 use crate::registry::{Event, Name};
+use crate::shards::Sharded;
 
 /// A frame refreshes its sender's registration at most this often (tenths of a second), so that
 /// the hot path touches the name registry about once a second per channel.
@@ -106,7 +105,8 @@ struct Index {
 
 /// Every bound channel.
 pub struct Channels {
-    halves: DashMap<u32, Half>,
+    /// Sized for `--max-channels-total` pairs, two halves each (see [`Sharded`]).
+    halves: Sharded<u32, Half>,
     index: Mutex<Index>,
     max_per_peer: usize,
     max_per_host: usize,
@@ -117,7 +117,7 @@ impl Channels {
     /// An empty table with the bounds `s` configures.
     pub fn new(s: &Settings) -> Channels {
         Channels {
-            halves: DashMap::new(),
+            halves: Sharded::new(s.max_channels_total.saturating_mul(2)),
             index: Mutex::default(),
             max_per_peer: s.max_channels,
             max_per_host: s.max_channels_per_host,
@@ -141,21 +141,23 @@ impl Channels {
 
     /// Routes a frame sent under `number` from `from` at `now_ms`: the hot path.
     pub fn route(&self, number: u32, from: SocketAddr, now_ms: u64) -> Result<Route, Miss> {
-        let h = self.halves.get(&number).ok_or(Miss::Gone)?;
-        if h.from != from {
-            return Err(Miss::WrongSource);
-        }
         let now_ds = (now_ms / 100) as u32;
-        let last = h.touched_ds.load(Relaxed);
-        let touch = (now_ds.wrapping_sub(last) >= TOUCH_EVERY_DS).then(|| {
-            h.touched_ds.store(now_ds, Relaxed);
-            h.owner.clone()
+        let found = self.halves.get(&number, |_, h| {
+            if h.from != from {
+                return Err(Miss::WrongSource);
+            }
+            let last = h.touched_ds.load(Relaxed);
+            let touch = (now_ds.wrapping_sub(last) >= TOUCH_EVERY_DS).then(|| {
+                h.touched_ds.store(now_ds, Relaxed);
+                h.owner.clone()
+            });
+            Ok(Route {
+                to: h.to,
+                number: h.peer_number,
+                touch,
+            })
         });
-        Ok(Route {
-            to: h.to,
-            number: h.peer_number,
-            touch,
-        })
+        found.unwrap_or(Err(Miss::Gone))
     }
 
     /// Binds `me` (at `my_addr`) to `peer` (at `peer_addr`), or returns the pair's numbers if
@@ -170,9 +172,9 @@ impl Channels {
         let mut ix = self.lock();
         if let Some(&mine) = ix.by_name.get(me).and_then(|ns| {
             ns.iter()
-                .find(|n| self.halves.get(n).is_some_and(|h| h.peer == *peer))
+                .find(|n| self.halves.get(n, |_, h| h.peer == *peer).unwrap_or(false))
         }) {
-            let theirs = self.halves.get(&mine).map_or(0, |h| h.peer_number);
+            let theirs = self.halves.get(&mine, |_, h| h.peer_number).unwrap_or(0);
             return Ok(Bound {
                 mine,
                 theirs,
@@ -228,7 +230,7 @@ impl Channels {
     fn fresh_number(&self) -> u32 {
         loop {
             let n: u32 = rand::random();
-            if n != 0 && !self.halves.contains_key(&n) {
+            if n != 0 && !self.halves.contains(&n) {
                 return n;
             }
         }
@@ -237,7 +239,11 @@ impl Channels {
     /// Ends the channel `me` sends under `number`; the other end, to be told, if it was `me`'s.
     pub fn unbind(&self, me: &str, number: u32) -> Option<Closed> {
         let mut ix = self.lock();
-        if self.halves.get(&number).is_none_or(|h| &*h.owner != me) {
+        if self
+            .halves
+            .get(&number, |_, h| &*h.owner != me)
+            .unwrap_or(true)
+        {
             return None;
         }
         self.remove_pair(&mut ix, number)
@@ -290,14 +296,12 @@ impl Channels {
                 .collect();
         };
         for n in numbers {
-            let Some(mut h) = self.halves.get_mut(&n) else {
-                continue;
-            };
-            h.from = to;
-            let peer = h.peer_number;
-            drop(h);
-            if let Some(mut p) = self.halves.get_mut(&peer) {
-                p.to = to;
+            let peer = self.halves.get_mut(&n, |h| {
+                h.from = to;
+                h.peer_number
+            });
+            if let Some(peer) = peer {
+                self.halves.get_mut(&peer, |p| p.to = to);
             }
         }
         Vec::new()

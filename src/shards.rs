@@ -5,7 +5,8 @@
 //! less than half full: 2^21 buckets, the next doubling at 1,835,008. These tables take a
 //! number of shards that is not a power of two, chosen so that at the expected size each shard
 //! is about 70% full (a million peers: 345 shards of 4,096 buckets, 1.41 million buckets in
-//! all). The hash is computed once, for both the shard and the bucket.
+//! all; the 524,288 halves of the most channels: 362 of 2,048). The hash is computed once, for
+//! both the shard and the bucket.
 //!
 //! Removals leave tombstones, which use up a table's room as entries do. A table out of room
 //! grows when more than half of it is in use, so at 70% a table that only churns (as the
@@ -23,14 +24,27 @@ pub use hashbrown::hash_table::Entry;
 
 /// Fewest shards, whatever the expected size: enough that workers rarely meet on a lock.
 const MIN_SHARDS: usize = 256;
-/// Buckets of a shard at the expected size, when the expected size needs more than
-/// [`MIN_SHARDS`] of them.
+/// Most shards (128 bytes each, resident from the start, however large `--max-peers` is):
+/// beyond 4,096 x 2,900 (11.9 million) entries, shards are fuller and double as any table does.
+const MAX_SHARDS: usize = 4096;
+/// Buckets of a shard at the expected size, at most.
 const SHARD_BUCKETS: usize = 4096;
 /// Entries a shard of [`SHARD_BUCKETS`] holds on average at the expected size: 70.8% full, and
 /// 5.3 standard deviations below where a rebuild would double it (3,185: 7/8 of the buckets,
-/// less the eighth a rebuild leaves free).
+/// less the eighth a rebuild leaves free). Smaller shards are as full, with less margin.
 const SHARD_ENTRIES: usize = 2900;
 const _: () = assert!(SHARD_ENTRIES + SHARD_ENTRIES / 8 < SHARD_BUCKETS * 7 / 8);
+
+/// Shards for `expected` entries: as many as make each about 70.8% full at the largest shard
+/// size (4,096, 2,048 or 1,024 buckets) that gives at least [`MIN_SHARDS`]; below that
+/// (under 185,600 entries), [`MIN_SHARDS`], filled as the table's doublings fall.
+fn shard_count(expected: usize) -> usize {
+    [1, 2, 4]
+        .into_iter()
+        .map(|div| expected.div_ceil(SHARD_ENTRIES / div))
+        .find(|&n| n >= MIN_SHARDS)
+        .map_or(MIN_SHARDS, |n| n.min(MAX_SHARDS))
+}
 
 /// One shard, on cache lines of its own so that workers locking neighbours do not contend.
 #[repr(align(128))]
@@ -45,9 +59,8 @@ pub struct Sharded<K, V> {
 impl<K: Hash + Eq, V> Sharded<K, V> {
     /// A table meant to hold up to `expected` entries.
     pub fn new(expected: usize) -> Sharded<K, V> {
-        let n = expected.div_ceil(SHARD_ENTRIES).max(MIN_SHARDS);
         Sharded {
-            shards: (0..n)
+            shards: (0..shard_count(expected))
                 .map(|_| Shard(RwLock::new(HashTable::new())))
                 .collect(),
             hasher: RandomState::new(),
@@ -84,6 +97,17 @@ impl<K: Hash + Eq, V> Sharded<K, V> {
         let h = self.hash(q);
         let t = self.read(h);
         t.find(h, |(k, _)| k.borrow() == q).map(|(k, v)| f(k, v))
+    }
+
+    /// What `f` makes of the value of `q`, if there is one, under the shard's write lock.
+    pub fn get_mut<Q, R>(&self, q: &Q, f: impl FnOnce(&mut V) -> R) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let h = self.hash(q);
+        let mut t = self.write(h);
+        t.find_mut(h, |(k, _)| k.borrow() == q).map(|(_, v)| f(v))
     }
 
     /// Whether `q` has an entry.
@@ -189,8 +213,10 @@ mod tests {
 
     #[test]
     fn a_million_fit_shards_of_4096_buckets() {
-        assert_eq!(Sharded::<u64, ()>::new(1_000_000).shards.len(), 345);
-        assert_eq!(Sharded::<u64, ()>::new(1000).shards.len(), MIN_SHARDS);
+        assert_eq!(shard_count(1_000_000), 345);
+        assert_eq!(shard_count(2 * 262_144), 362);
+        assert_eq!(shard_count(1000), MIN_SHARDS);
+        assert_eq!(shard_count(usize::MAX), MAX_SHARDS);
         assert_eq!(size_of::<Shard<u64, u64>>(), 128);
         // Where a rebuild doubles a shard, 5.3 standard deviations above its expected count.
         let doubles_at = SHARD_BUCKETS * 7 / 8 * 8 / 9;
