@@ -172,7 +172,10 @@ fn auto_picks_the_measured_faster_mmsg_backend_and_says_why() {
             .lines()
             .find(|l| l.contains("--io auto chose"))
             .unwrap_or_else(|| panic!("no choice logged in:\n{logs}"));
-        assert!(why.contains("measured faster") && why.contains(says), "{why}");
+        assert!(
+            why.contains("measured faster") && why.contains(says),
+            "{why}"
+        );
         assert_eq!(backend_of(&r), "mmsg");
         serves_everything(&r);
     }
@@ -247,6 +250,9 @@ fn frame(n: u32, i: usize, len: usize) -> Vec<u8> {
 /// `--gso off` sends them one by one.
 fn segmented(io: &str, gso: &str) -> u64 {
     let r = Relay::start(&["--io", io, "--workers", "1", "--gso", gso]);
+    let logs = r.logs();
+    let start = logs.lines().find(|l| l.contains("listening on")).unwrap();
+    assert!(start.contains(&format!("gso=\"{gso}\"")), "{start}");
     let (a, b, c, [ab, ba, ac, ca]) = three_with_channels(&r);
     // Queued while the relay is stopped, the frames reach it in one receive batch: 30 to b of
     // 300 bytes, one shorter, 5 to c, then 10 more to b.
