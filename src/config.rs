@@ -574,6 +574,8 @@ pub fn load(m: &ArgMatches, env: &[(String, OsString)]) -> Result<Loaded, String
         } else {
             let default = arg.get_default_values().first();
             let default = default.map(|v| v.to_string_lossy().into_owned());
+            // A switch not given is off.
+            let default = default.or_else(|| switch.then(|| "false".to_string()));
             (default, Source::Default)
         };
         match &value {

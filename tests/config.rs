@@ -1,0 +1,320 @@
+//! The configuration as an operator meets it: a TOML file, `UDP_RELAY_…` variables and flags,
+//! flags > env > file > defaults; every way it can be wrong, named; `check-config`,
+//! `print-config`, `completions`, `man`; and `dist/udp-relay.toml` kept equal to the defaults.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::UdpSocket;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_udp-relay");
+
+/// A file under the temporary directory, unique to this test process and `name`.
+fn file(name: &str, text: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("udp-relay-{}-{name}.toml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Runs the binary to completion with the environment cleaned of `UDP_RELAY_*` (CI sets some)
+/// and `env` added: exit code, stdout, stderr.
+fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(BIN);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("UDP_RELAY_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run udp-relay");
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        text(out.stdout),
+        text(out.stderr),
+    )
+}
+
+/// `print-config`'s `key = value` lines, each with the source its comment gives.
+fn printed(args: &[&str], env: &[(&str, &str)]) -> BTreeMap<String, (String, String)> {
+    let mut all = vec!["print-config"];
+    all.extend_from_slice(args);
+    let (code, out, err) = run(&all, env);
+    assert_eq!(code, 0, "print-config {args:?} failed:\n{err}");
+    out.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| {
+            let (kv, source) = l.split_once("  # from ").expect("a source comment");
+            let (k, v) = kv.split_once(" = ").expect("key = value");
+            (k.to_string(), (v.to_string(), source.to_string()))
+        })
+        .collect()
+}
+
+/// Asserts that `check-config` with `args` and `env` fails, its message containing every one of
+/// `want`, and that running the relay with the same configuration fails alike.
+fn refused(args: &[&str], env: &[(&str, &str)], want: &[&str]) {
+    let mut check = vec!["check-config"];
+    check.extend_from_slice(args);
+    let mut start = args.to_vec();
+    start.extend_from_slice(&["--host", "127.0.0.1", "--port", "0"]);
+    for argv in [check, start] {
+        let (code, out, err) = run(&argv, env);
+        assert_ne!(code, 0, "{argv:?} {env:?} accepted:\n{out}{err}");
+        assert!(!err.contains("listening on"), "{argv:?} started:\n{err}");
+        for w in want {
+            assert!(err.contains(w), "{argv:?} {env:?}: no {w:?} in:\n{err}");
+        }
+    }
+}
+
+#[test]
+fn flags_override_the_environment_which_overrides_the_file_which_overrides_the_defaults() {
+    let f = file(
+        "precedence",
+        "announce_max = 7\nreply_budget = 300\nmax_watch = 9\n",
+    );
+    let f = f.to_str().unwrap();
+    let got = printed(
+        &["--config", f, "--max-watch", "11"],
+        &[
+            ("UDP_RELAY_REPLY_BUDGET", "400"),
+            ("UDP_RELAY_MAX_WATCH", "10"),
+        ],
+    );
+    let want = |v: &str, s: &str| (v.to_string(), s.to_string());
+    assert_eq!(got["announce_max"], want("7", &format!("file {f} line 1")));
+    assert_eq!(
+        got["reply_budget"],
+        want("400", "env UDP_RELAY_REPLY_BUDGET")
+    );
+    assert_eq!(got["max_watch"], want("11", "flag --max-watch"));
+    assert_eq!(got["max_peers"], want("1000000", "default"));
+
+    // The relay itself runs with the same values.
+    let f = file(
+        "precedence-run",
+        "workers = 1\npeer_timeout = \"5s\"\nkeepalive_interval = \"1s\"\n",
+    );
+    let r = Relay::start_with(
+        &["--config", f.to_str().unwrap(), "--workers", "2"],
+        &[("UDP_RELAY_PEER_TIMEOUT", "7s")],
+        "127.0.0.1",
+    );
+    let line = r
+        .logs()
+        .lines()
+        .find(|l| l.contains("listening on "))
+        .unwrap()
+        .to_string();
+    for field in ["workers=2 ", "peer_timeout_ms=7000 ", "keepalive_ms=1000"] {
+        assert!(line.contains(field), "no {field:?} in {line:?}");
+    }
+    // The file can also be named by its variable.
+    let f = file("by-variable", "max_channels = 5\n");
+    let got = printed(&[], &[("UDP_RELAY_CONFIG", f.to_str().unwrap())]);
+    assert_eq!(got["max_channels"].0, "5");
+}
+
+#[test]
+fn switches_from_the_environment_take_one_and_zero_and_words() {
+    for (v, want) in [
+        ("1", "true"),
+        ("yes", "true"),
+        ("on", "true"),
+        ("TRUE", "true"),
+        ("0", "false"),
+        ("no", "false"),
+        ("off", "false"),
+    ] {
+        let got = printed(&[], &[("UDP_RELAY_NO_INTRODUCTIONS", v)]);
+        assert_eq!(
+            got["no_introductions"].0, want,
+            "UDP_RELAY_NO_INTRODUCTIONS={v}"
+        );
+    }
+    let f = file("switch", "pin_workers = true\ngso = false\n");
+    let got = printed(&["--config", f.to_str().unwrap()], &[]);
+    assert_eq!(got["pin_workers"].0, "true");
+    assert_eq!(got["gso"].0, "\"off\"");
+}
+
+#[test]
+fn every_bad_configuration_stops_start_up_naming_where_it_is() {
+    let none: &[(&str, &str)] = &[];
+    let unknown = file("unknown", "port = 1\n\nbogus_key = 2\n");
+    let u = unknown.to_str().unwrap();
+    refused(
+        &["--config", u],
+        none,
+        &[u, "line 3", "unknown key `bogus_key`"],
+    );
+    let kebab = file("kebab", "peer-timeout = \"5s\"\n");
+    let k = kebab.to_str().unwrap();
+    refused(&["--config", k], none, &[k, "line 1", "`peer_timeout`"]);
+    let bad = file("bad-value", "# limits\nmax_peers = 10\nsource_rate = -5\n");
+    let b = bad.to_str().unwrap();
+    refused(&["--config", b], none, &[b, "line 3", "source_rate", "-5"]);
+    let dur = file("bad-duration", "peer_timeout = \"soon\"\n");
+    let d = dur.to_str().unwrap();
+    refused(
+        &["--config", d],
+        none,
+        &[d, "line 1", "peer_timeout", "soon"],
+    );
+    let table = file("table", "[limits]\nmax_peers = 1\n");
+    refused(
+        &["--config", table.to_str().unwrap()],
+        none,
+        &["unknown key `limits`"],
+    );
+    let broken = file("unparsable", "port = 1\nmax_peers = \n");
+    let p = broken.to_str().unwrap();
+    refused(&["--config", p], none, &[p, "line 2"]);
+    refused(
+        &["--config", "/nonexistent/udp-relay.toml"],
+        none,
+        &["/nonexistent/udp-relay.toml", "cannot read"],
+    );
+    refused(
+        &[],
+        &[("UDP_RELAY_CONFIG", "/nonexistent/by-variable.toml")],
+        &["/nonexistent/by-variable.toml"],
+    );
+
+    // A bad variable is named as the variable, not as the flag it stands for.
+    for (var, value) in [
+        ("UDP_RELAY_PORT", "abc"),
+        ("UDP_RELAY_MAX_PEERS", "0"),
+        ("UDP_RELAY_IO", "fast"),
+        ("UDP_RELAY_NO_INTRODUCTIONS", "maybe"),
+    ] {
+        let (code, _, err) = run(&["check-config"], &[(var, value)]);
+        assert_ne!(code, 0, "{var}={value} accepted");
+        assert!(err.contains(var), "{var}={value}: {err}");
+        let flag = format!(
+            "'--{}",
+            var["UDP_RELAY_".len()..].to_lowercase().replace('_', "-")
+        );
+        assert!(
+            !err.contains(&flag),
+            "{var}={value} named as the flag: {err}"
+        );
+    }
+    refused(&["--port", "abc"], none, &["--port"]);
+    refused(&["--max-peers", "0"], none, &["--max-peers"]);
+}
+
+#[test]
+fn check_config_binds_nothing_and_fails_as_start_up_would() {
+    // The port is taken: a relay could not start on it, but a check does not bind.
+    let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let f = file("check-ok", "max_peers = 10\n");
+    let args = ["check-config", "--host", "127.0.0.1", "--port", &port];
+    let (code, out, err) = run(
+        &[&args[..], &["--config", f.to_str().unwrap()]].concat(),
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("configuration ok"), "{out}");
+    let (code, _, err) = run(
+        &[
+            "check-config",
+            "--peer-timeout",
+            "1s",
+            "--keepalive-interval",
+            "2s",
+        ],
+        &[],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("--keepalive-interval"), "{err}");
+}
+
+#[test]
+fn print_config_output_is_a_configuration_file_giving_the_same_values() {
+    let f = file(
+        "round-trip-in",
+        "announce_max = 3\nhost = \"::1\"\ngro = \"off\"\n",
+    );
+    let args = [
+        "--config",
+        f.to_str().unwrap(),
+        "--peer-timeout",
+        "90.5s",
+        "--pin-workers",
+    ];
+    let env = [
+        ("UDP_RELAY_METRICS_LISTEN", "127.0.0.1:9100"),
+        ("UDP_RELAY_WORKERS", "3"),
+    ];
+    let first = printed(&args, &env);
+    let (_, text, _) = run(&[&["print-config"][..], &args].concat(), &env);
+    let again = file("round-trip-out", &text);
+    let second = printed(&["--config", again.to_str().unwrap()], &[]);
+    let values = |m: &BTreeMap<String, (String, String)>| {
+        m.iter()
+            .map(|(k, (v, _))| (k.clone(), v.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(values(&first), values(&second));
+    assert!(
+        second.values().all(|(_, s)| s.starts_with("file ")),
+        "{second:?}"
+    );
+}
+
+#[test]
+fn the_shipped_example_file_has_every_key_at_its_default() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/dist/udp-relay.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let defaults = printed(&[], &[]);
+    let shipped = printed(&["--config", path], &[]);
+    let values = |m: &BTreeMap<String, (String, String)>| {
+        m.iter()
+            .map(|(k, (v, _))| (k.clone(), v.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(values(&shipped), values(&defaults));
+    // And the keys without a default (printed as unset) are there, commented.
+    let (_, all, _) = run(&["print-config"], &[]);
+    for line in all
+        .lines()
+        .filter(|l| !l.starts_with("# ") || l.contains(" is unset"))
+    {
+        let key = line.trim_start_matches("# ").split(' ').next().unwrap();
+        let set = format!("\n{key} = ");
+        let commented = format!("\n# {key} = ");
+        assert!(
+            text.contains(&set) || text.contains(&commented),
+            "dist/udp-relay.toml lacks `{key}`"
+        );
+    }
+    assert!(shipped.values().all(|(_, s)| s.starts_with("file ")));
+}
+
+#[test]
+fn completions_and_man_page() {
+    let (code, out, err) = run(&["completions", "bash"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("--peer-timeout") && out.contains("check-config"),
+        "{out}"
+    );
+    let (code, _, err) = run(&["completions", "tcsh"], &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("tcsh"), "{err}");
+    let (code, out, err) = run(&["man"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with(".ie") || out.contains(".TH"), "{out}");
+    assert!(out.contains("peer\\-timeout"), "{out}");
+}
