@@ -524,6 +524,18 @@ pub fn invocation() -> Invocation {
     })
 }
 
+/// Reads the configuration again as at start (the same command line, the environment as it was
+/// then, the file as it is now), for a reload.
+pub fn reread(env: &[(String, OsString)]) -> Result<Loaded, String> {
+    let m = command()
+        .try_get_matches_from(std::env::args_os())
+        .map_err(|e| message(&e))?;
+    match m.subcommand() {
+        Some((_, sub)) => load(sub, env),
+        None => load(&m, env),
+    }
+}
+
 /// Parses the settings: flags over `env` over the file over the defaults.
 pub fn load(m: &ArgMatches, env: &[(String, OsString)]) -> Result<Loaded, String> {
     let base = flags();
@@ -704,7 +716,60 @@ fn read_file(path: &Path, base: &Command) -> Result<Vec<Setting>, String> {
     Ok(out)
 }
 
+/// The keys a reload (SIGHUP) changes in a running relay; a change of any other is named in a
+/// warning and waits for a restart.
+pub const LIVE: &[&str] = &[
+    "source_rate",
+    "source_bytes",
+    "prefix_rate",
+    "prefix_bytes",
+    "global_rate",
+    "error_rate",
+];
+
+impl Settings {
+    /// These settings with the [`LIVE`] ones taken from `new`.
+    pub fn with_live(&self, new: &Settings) -> Settings {
+        Settings {
+            source_rate: new.source_rate,
+            source_bytes: new.source_bytes,
+            prefix_rate: new.prefix_rate,
+            prefix_bytes: new.prefix_bytes,
+            global_rate: new.global_rate,
+            error_rate: new.error_rate,
+            ..self.clone()
+        }
+    }
+}
+
 impl Loaded {
+    /// Takes the values of the [`LIVE`] keys from `new`, as a reload put them in force.
+    pub fn take_live(&mut self, new: &Loaded) {
+        for (a, b) in self.settings.iter_mut().zip(&new.settings) {
+            if LIVE.contains(&a.key.as_str()) {
+                *a = b.clone();
+            }
+        }
+    }
+
+    /// The keys whose values differ in `new`, as `key old -> new`: first the [`LIVE`] ones,
+    /// then the others.
+    pub fn changes(&self, new: &Loaded) -> (Vec<String>, Vec<String>) {
+        let (mut live, mut fixed) = (Vec::new(), Vec::new());
+        for (a, b) in self.settings.iter().zip(&new.settings) {
+            if a.value != b.value {
+                let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "unset".into());
+                let line = format!("{} {} -> {}", a.key, show(&a.value), show(&b.value));
+                if LIVE.contains(&a.key.as_str()) {
+                    live.push(line);
+                } else {
+                    fixed.push(line);
+                }
+            }
+        }
+        (live, fixed)
+    }
+
     /// The configuration in force as TOML: every key with its help, its value and its source.
     pub fn to_toml(&self) -> String {
         let mut out = String::new();

@@ -1,11 +1,12 @@
 //! The `udp-relay` binary: configuration, logging, signals.
 
+use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 use udp_relay::config::{self, Invocation, LogFormat};
 use udp_relay::server;
@@ -40,7 +41,8 @@ fn main() -> ExitCode {
             };
         }
     };
-    let args = loaded.args;
+    let args = loaded.args.clone();
+    let mut in_force = *loaded;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -50,7 +52,7 @@ fn main() -> ExitCode {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+    let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
             error!("cannot install signal handlers: {e}");
@@ -64,10 +66,49 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let sig = signals.forever().next();
+    // The environment a reload reads is the one the relay started with.
+    let env = config::environment();
+    let sig = signals.forever().find(|&sig| {
+        if sig == SIGHUP {
+            reload(&relay, &mut in_force, &env);
+            return false;
+        }
+        true
+    });
     info!(signal = ?sig, "shutting down");
     let shared = relay.shared.clone();
     relay.shutdown();
     info!(peers = shared.registry.len(), "stopped");
     ExitCode::SUCCESS
+}
+
+/// SIGHUP: reads the configuration again and puts in force what can change live; a bad file is
+/// refused whole, and the relay goes on as it was.
+fn reload(relay: &server::Relay, in_force: &mut config::Loaded, env: &[(String, OsString)]) {
+    let new = match config::reread(env) {
+        Ok(new) => new,
+        Err(e) => {
+            error!("reload refused, the configuration in force is unchanged: {e}");
+            return;
+        }
+    };
+    let (live, fixed) = in_force.changes(&new);
+    if !fixed.is_empty() {
+        warn!(
+            "reload: not changed, these take a restart: {}",
+            fixed.join(", ")
+        );
+    }
+    let shared = &relay.shared;
+    let base = shared
+        .live
+        .current()
+        .unwrap_or_else(|| shared.settings.clone());
+    shared.live.publish(base.with_live(&new.args.settings()));
+    in_force.take_live(&new);
+    if live.is_empty() {
+        info!("reloaded: no live setting changed");
+    } else {
+        info!("reloaded: {}", live.join(", "));
+    }
 }

@@ -2,7 +2,8 @@
 //! the presence sample, the cookie key and the channels. Routing, presence and the reaper read it; none of
 //! them owns it.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::auth::Cookies;
 use crate::budget::Budgets;
@@ -30,6 +31,37 @@ pub struct Shared {
     pub cookies: Cookies,
     /// The bound channels (Part 4).
     pub channels: Channels,
+    /// The settings a reload changed, for the workers to take up.
+    pub live: Live,
+}
+
+/// The settings in force after reloads: a worker compares the generation (one atomic load a
+/// datagram) and takes the lock only when it moved.
+#[derive(Default)]
+pub struct Live {
+    generation: AtomicU64,
+    settings: Mutex<Option<Settings>>,
+}
+
+impl Live {
+    /// How many times settings were published.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The settings last published, if any.
+    pub fn current(&self) -> Option<Settings> {
+        self.settings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Puts `s` in force for every worker's next datagram.
+    pub fn publish(&self, s: Settings) {
+        *self.settings.lock().unwrap_or_else(PoisonError::into_inner) = Some(s);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
 }
 
 impl Shared {
@@ -43,6 +75,7 @@ impl Shared {
             workers,
             cookies: Cookies::default(),
             channels: Channels::new(&settings),
+            live: Live::default(),
             settings,
         })
     }

@@ -87,6 +87,8 @@ pub struct Router {
     counters: Arc<Counters>,
     errors: SourceLimiter,
     ingress: Ingress,
+    /// The generation of `shared.live` the limits above were made for.
+    generation: u64,
     scratch: Vec<u8>,
     /// The largest control message parsed (see [`MAX_CONTROL`]).
     max_control: usize,
@@ -100,9 +102,20 @@ impl Router {
             counters: shared.metrics.block(worker),
             errors: SourceLimiter::new(rate, 2.0 * rate),
             ingress: Ingress::new(&shared.settings, shared.workers),
+            generation: 0,
             max_control: MAX_CONTROL.max(shared.settings.max_watch.saturating_mul(136)),
             shared,
             scratch: Vec::new(),
+        }
+    }
+
+    /// Takes up the limits a reload published (the buckets start full again).
+    fn retune(&mut self) {
+        self.generation = self.shared.live.generation();
+        if let Some(s) = self.shared.live.current() {
+            let rate = s.error_rate as f32;
+            self.errors = SourceLimiter::new(rate, 2.0 * rate);
+            self.ingress = Ingress::new(&s, self.shared.workers);
         }
     }
 
@@ -136,6 +149,9 @@ impl Router {
             authed: false,
         };
         let start = out.sends.len();
+        if self.shared.live.generation() != self.generation {
+            self.retune();
+        }
         // Admission comes before any parsing, so a flood costs a hash and a few additions.
         if let Err(r) = self.ingress.admit(from, len, now.ms) {
             self.fail(out, r, &req);
