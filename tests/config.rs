@@ -1,6 +1,7 @@
 //! The configuration as an operator meets it: a TOML file, `UDP_RELAY_…` variables and flags,
 //! flags > env > file > defaults; every way it can be wrong, named; `check-config`,
-//! `print-config`, `completions`, `man`; and `dist/udp-relay.toml` kept equal to the defaults.
+//! `print-config`, `completions`, `man`; `dist/udp-relay.toml` kept equal to the defaults; and
+//! reloads on SIGHUP.
 
 mod common;
 
@@ -8,8 +9,12 @@ use std::collections::BTreeMap;
 use std::net::UdpSocket;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use common::*;
+use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_udp-relay");
 
@@ -317,4 +322,115 @@ fn completions_and_man_page() {
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with(".ie") || out.contains(".TH"), "{out}");
     assert!(out.contains("peer\\-timeout"), "{out}");
+}
+
+/// Sends `n` pings from `flooder` (far over a low `--source-rate`), then waits, through `barrier`
+/// on the same single worker, until the relay has decided them all.
+fn flood(r: &Relay, flooder: &UdpSocket, barrier: &Peer, n: usize) {
+    for _ in 0..n {
+        flooder.send_to(br#"{"type":"ping"}"#, r.addr).unwrap();
+    }
+    barrier.drain();
+}
+
+/// SIGHUP to the relay.
+fn hangup(r: &Relay) {
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(r.pid() as i32, libc::SIGHUP) };
+}
+
+#[test]
+fn sighup_raises_a_rate_limit_under_load_losing_no_datagram_and_no_registration() {
+    let f = file("reload-live", "source_rate = 50\n");
+    let args = ["--config", f.to_str().unwrap(), "--workers", "1"];
+    let mut r = Relay::start_with(&args, &[], "127.0.0.1");
+    let (a, b) = (Peer::new(&r), Peer::new(&r));
+    a.register("A");
+    b.register("B");
+    a.drain();
+    b.drain();
+    let flooder = UdpSocket::bind("127.0.0.1:0").unwrap();
+    flood(&r, &flooder, &a, 150);
+    let refused_before = r.refused("rate_limited_source");
+    assert!(refused_before > 0, "the low limit refused nothing");
+
+    // A relay loop between two peers, paced under the low limit, runs across the reload.
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (d, s) = (done.clone(), stop.clone());
+    let pair = std::thread::spawn(move || {
+        let mut seq = 0u64;
+        while !s.load(Ordering::Relaxed) {
+            for (from, to, name) in [(&a, &b, "B"), (&b, &a, "A")] {
+                let src = if name == "B" { "A" } else { "B" };
+                from.send(from.authed(json!({
+                    "type": "relay", "target": name, "source": src, "payload": {"seq": seq},
+                })));
+                let v = to.expect("relayed_packet");
+                assert_eq!(v["payload"]["seq"], seq, "{v}");
+            }
+            seq += 1;
+            d.store(seq, Ordering::Relaxed);
+            // 40 datagrams a second from each peer, under the 50 of the limit.
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        (a, b, seq)
+    });
+    let wait_for = |n: u64| {
+        let deadline = Instant::now() + TIMEOUT;
+        while done.load(Ordering::Relaxed) < n {
+            assert!(Instant::now() < deadline, "the relay loop stalled");
+            std::thread::yield_now();
+        }
+    };
+    wait_for(10);
+    std::fs::write(&f, "source_rate = 100000\n").unwrap();
+    hangup(&r);
+    let line = r.wait_log("reloaded");
+    assert!(line.contains("source_rate 50 -> 100000"), "{line}");
+    wait_for(done.load(Ordering::Relaxed) + 10);
+    stop.store(true, Ordering::Relaxed);
+    let (a, b, exchanged) = pair.join().expect("every datagram of the loop was relayed");
+    println!("{exchanged} round trips across the reload, none lost");
+
+    // The new limit is in force: the same flood is refused no more.
+    flood(&r, &flooder, &a, 150);
+    assert_eq!(r.refused("rate_limited_source"), refused_before);
+    // And the registrations from before are still there.
+    assert_eq!(r.metric("udp_relay_peers"), 2);
+    a.send(a.authed(json!({"type": "relay", "target": "B", "source": "A", "payload": "after"})));
+    assert_eq!(b.expect("relayed_packet")["payload"], "after");
+    let (status, _) = r.stop();
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn sighup_names_what_needs_a_restart_and_refuses_a_bad_file_keeping_the_old_values() {
+    let f = file("reload-fixed", "source_rate = 50\n");
+    let args = ["--config", f.to_str().unwrap(), "--workers", "1"];
+    let mut r = Relay::start_with(&args, &[], "127.0.0.1");
+    let a = Peer::new(&r);
+    a.register("A");
+    a.drain();
+
+    std::fs::write(&f, "source_rate = 50\nmax_peers = 5\n").unwrap();
+    hangup(&r);
+    let warning = r.wait_log("take a restart");
+    assert!(warning.contains("max_peers 1000000 -> 5"), "{warning}");
+    assert!(r.wait_log("reloaded").contains("no live setting changed"));
+
+    std::fs::write(&f, "# raised\nsource_rate = -1\n").unwrap();
+    hangup(&r);
+    let refused = r.wait_log("reload refused");
+    for want in [f.to_str().unwrap(), "line 2", "source_rate", "-1"] {
+        assert!(refused.contains(want), "no {want:?} in {refused}");
+    }
+    // The old limit still holds, and the relay still serves.
+    let flooder = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let before = r.refused("rate_limited_source");
+    flood(&r, &flooder, &a, 150);
+    assert!(r.refused("rate_limited_source") > before);
+    assert_eq!(r.metric("udp_relay_peers"), 1);
+    let (status, _) = r.stop();
+    assert!(status.success(), "{status}");
 }
