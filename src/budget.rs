@@ -156,25 +156,33 @@ impl Earned {
 /// last refilled (low half, in tenths of a second).
 struct Clocked {
     table: Table<AtomicU64>,
-    rate: u64,
-    burst: u64,
+    /// Tokens a second (0: no limit); a reload may change it, so the table is always full size.
+    rate: AtomicU64,
+    burst_s: u64,
 }
 
 impl Clocked {
     fn new(slots: usize, rate: u64, burst_s: u64) -> Clocked {
         Clocked {
-            table: Table::new(if rate > 0 { slots } else { 1 }),
-            rate,
-            burst: rate.saturating_mul(burst_s).clamp(1, u64::from(u32::MAX)),
+            table: Table::new(slots),
+            rate: AtomicU64::new(rate),
+            burst_s,
         }
     }
 
+    fn set_rate(&self, rate: u64) {
+        self.rate.store(rate, Relaxed);
+    }
+
     fn take(&self, key: impl Hash, cost: u64, now_ms: u64) -> bool {
-        if self.rate == 0 {
+        let rate = self.rate.load(Relaxed);
+        if rate == 0 {
             return true;
         }
+        let burst = rate
+            .saturating_mul(self.burst_s)
+            .clamp(1, u64::from(u32::MAX));
         let now_ds = (now_ms / 100) as u32;
-        let (rate, burst) = (self.rate, self.burst);
         self.table
             .slot(key)
             .fetch_update(Relaxed, Relaxed, |state| {
@@ -252,6 +260,12 @@ impl Budgets {
             registrations: Clocked::new(LIMIT_SLOTS, s.registration_rate, REGISTRATION_BURST_S),
             owed: Mutex::default(),
         }
+    }
+
+    /// Puts in force the presence and registration rates of `s` (a reload).
+    pub fn retune(&self, s: &Settings) {
+        self.presence.set_rate(s.presence_rate);
+        self.registrations.set_rate(s.registration_rate);
     }
 
     /// Credits what `from` sent: `len` bytes to its host's, prefix's and the relay's reply

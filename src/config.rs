@@ -725,6 +725,8 @@ pub const LIVE: &[&str] = &[
     "prefix_bytes",
     "global_rate",
     "error_rate",
+    "presence_rate",
+    "registration_rate",
 ];
 
 impl Settings {
@@ -737,6 +739,8 @@ impl Settings {
             prefix_bytes: new.prefix_bytes,
             global_rate: new.global_rate,
             error_rate: new.error_rate,
+            presence_rate: new.presence_rate,
+            registration_rate: new.registration_rate,
             ..self.clone()
         }
     }

@@ -104,7 +104,9 @@ fn reload(relay: &server::Relay, in_force: &mut config::Loaded, env: &[(String, 
         .live
         .current()
         .unwrap_or_else(|| shared.settings.clone());
-    shared.live.publish(base.with_live(&new.args.settings()));
+    let published = base.with_live(&new.args.settings());
+    shared.budgets.retune(&published);
+    shared.live.publish(published);
     in_force.take_live(&new);
     if live.is_empty() {
         info!("reloaded: no live setting changed");

@@ -434,3 +434,39 @@ fn sighup_names_what_needs_a_restart_and_refuses_a_bad_file_keeping_the_old_valu
     let (status, _) = r.stop();
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn sighup_raises_the_registration_rate_keeping_the_peers_registered() {
+    let f = file("reload-registrations", "registration_rate = 1\n");
+    let args = ["--config", f.to_str().unwrap(), "--workers", "1"];
+    let mut r = Relay::start_with(&args, &[], "127.0.0.1");
+    let barrier = Peer::new(&r);
+    barrier.register("barrier");
+    let _early = register_many(&r, &barrier, 0);
+    let refused_before = r.refused("rate_limited_registrations");
+    let peers_before = r.metric("udp_relay_peers");
+    assert!(refused_before > 0, "the low rate refused nothing");
+    assert!(peers_before < 31, "{peers_before} registered");
+
+    std::fs::write(&f, "registration_rate = 1000\n").unwrap();
+    hangup(&r);
+    let line = r.wait_log("reloaded");
+    assert!(line.contains("registration_rate 1 -> 1000"), "{line}");
+    let _late = register_many(&r, &barrier, 100);
+    assert_eq!(r.refused("rate_limited_registrations"), refused_before);
+    // The peers registered before the reload are all still there, beside the 30 new.
+    assert_eq!(r.metric("udp_relay_peers"), peers_before + 30);
+    let (status, _) = r.stop();
+    assert!(status.success(), "{status}");
+}
+
+/// Registers 30 names from 30 new peers, all on 127.0.0.1 (one host, one registration budget),
+/// then waits through `barrier` until the relay has decided them all.
+fn register_many(r: &Relay, barrier: &Peer, from: usize) -> Vec<Peer> {
+    let peers: Vec<Peer> = (0..30).map(|_| Peer::bind(r.addr, "127.0.0.1:0")).collect();
+    for (i, p) in peers.iter().enumerate() {
+        p.send(json!({"type": "register", "name": format!("n{}", from + i)}));
+    }
+    barrier.drain();
+    peers
+}
