@@ -195,9 +195,20 @@ pub struct Args {
     /// Serve Prometheus metrics over HTTP on this address (e.g. `127.0.0.1:9100`).
     #[arg(long, env = "UDP_RELAY_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
-    /// Log line format; the level comes from `RUST_LOG` (default `info`).
+    /// Which log lines are written, as a `RUST_LOG` filter (e.g. `info`, `debug`,
+    /// `udp_relay=debug`) [default: `RUST_LOG`, else `info`]; a reload changes it.
+    #[arg(long, env = "UDP_RELAY_LOG_LEVEL", value_parser = parse_log_level)]
+    pub log_level: Option<String>,
+    /// Log line format.
     #[arg(long, env = "UDP_RELAY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// Checks a log filter as `RUST_LOG` takes it.
+pub fn parse_log_level(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("`{s}` is not a log filter ({e}); try info, debug or udp_relay=debug"))
 }
 
 /// Parses `60`, `60s`, `1.5s`, `500ms` or `2m`.
@@ -727,6 +738,7 @@ pub const LIVE: &[&str] = &[
     "error_rate",
     "presence_rate",
     "registration_rate",
+    "log_level",
 ];
 
 impl Settings {

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry, fmt, reload};
 use udp_relay::config::{self, Invocation, LogFormat};
 use udp_relay::server;
 
@@ -43,15 +45,19 @@ fn main() -> ExitCode {
     };
     let args = loaded.args.clone();
     let mut in_force = *loaded;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    // A reload may change the filter; the handle swaps it.
+    let (filter, level) = reload::Layer::new(log_filter(args.log_level.as_deref()));
+    let lines = fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
-    }
+    let lines = match args.log_format {
+        LogFormat::Text => lines.boxed(),
+        LogFormat::Json => lines.json().boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(lines)
+        .init();
     let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
@@ -70,7 +76,7 @@ fn main() -> ExitCode {
     let env = config::environment();
     let sig = signals.forever().find(|&sig| {
         if sig == SIGHUP {
-            reload(&relay, &mut in_force, &env);
+            reload(&relay, &mut in_force, &env, &level);
             return false;
         }
         true
@@ -84,7 +90,12 @@ fn main() -> ExitCode {
 
 /// SIGHUP: reads the configuration again and puts in force what can change live; a bad file is
 /// refused whole, and the relay goes on as it was.
-fn reload(relay: &server::Relay, in_force: &mut config::Loaded, env: &[(String, OsString)]) {
+fn reload(
+    relay: &server::Relay,
+    in_force: &mut config::Loaded,
+    env: &[(String, OsString)],
+    level: &reload::Handle<EnvFilter, Registry>,
+) {
     let new = match config::reread(env) {
         Ok(new) => new,
         Err(e) => {
@@ -112,5 +123,17 @@ fn reload(relay: &server::Relay, in_force: &mut config::Loaded, env: &[(String, 
         info!("reloaded: no live setting changed");
     } else {
         info!("reloaded: {}", live.join(", "));
+    }
+    // After the line above, so that a quieter filter still lets it through.
+    if let Err(e) = level.reload(log_filter(new.args.log_level.as_deref())) {
+        error!("reload: cannot change the log filter: {e}");
+    }
+}
+
+/// `--log-level`, else `RUST_LOG`, else `info`.
+fn log_filter(level: Option<&str>) -> EnvFilter {
+    match level {
+        Some(l) => EnvFilter::new(l),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     }
 }

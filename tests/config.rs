@@ -470,3 +470,22 @@ fn register_many(r: &Relay, barrier: &Peer, from: usize) -> Vec<Peer> {
     barrier.drain();
     peers
 }
+
+#[test]
+fn sighup_changes_the_log_level() {
+    let f = file("reload-log", "log_level = \"info\"\n");
+    let mut r = Relay::start_with(&["--config", f.to_str().unwrap()], &[], "127.0.0.1");
+    Peer::new(&r).register("quiet");
+    std::fs::write(&f, "log_level = \"udp_relay=debug\"\n").unwrap();
+    hangup(&r);
+    let line = r.wait_log("reloaded");
+    assert!(line.contains("log_level info -> udp_relay=debug"), "{line}");
+    assert!(
+        !r.logs().contains("name=quiet"),
+        "a debug line before the reload"
+    );
+    Peer::new(&r).register("loud");
+    r.wait_log("name=loud");
+    let (status, _) = r.stop();
+    assert!(status.success(), "{status}");
+}
