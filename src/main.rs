@@ -118,15 +118,15 @@ fn reload(
     let published = base.with_live(&new.args.settings());
     shared.budgets.retune(&published);
     shared.live.publish(published);
+    if let Err(e) = level.reload(log_filter(new.args.log_level.as_deref())) {
+        error!("reload: cannot change the log filter: {e}");
+    }
     in_force.take_live(&new);
+    // Last, so that it says everything is in force (a filter that hides `info` hides it too).
     if live.is_empty() {
         info!("reloaded: no live setting changed");
     } else {
         info!("reloaded: {}", live.join(", "));
-    }
-    // After the line above, so that a quieter filter still lets it through.
-    if let Err(e) = level.reload(log_filter(new.args.log_level.as_deref())) {
-        error!("reload: cannot change the log filter: {e}");
     }
 }
 
