@@ -1,4 +1,4 @@
-//! The ops endpoint: `/metrics` and `/healthz` over HTTP, bounded.
+//! The ops endpoint: `/metrics`, `/healthz` (alive) and `/readyz` (serving) over HTTP, bounded.
 //!
 //! hyper (HTTP/1.1) on a current-thread tokio runtime in a thread of its own, so nothing here
 //! shares a thread with the workers. Every connection is bounded three ways, so that no client
@@ -46,7 +46,7 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// The Prometheus text exposition format.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4";
 
-/// `/healthz` and the 404 page.
+/// `/healthz`, `/readyz` and the 404 page.
 const PLAIN_TEXT: &str = "text/plain; charset=utf-8";
 
 /// Binds `addr` and serves the ops endpoint from a thread of its own. A bind failure names
@@ -130,7 +130,7 @@ async fn accept(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-/// The answer to `request`: the counters, the liveness probe, or 404.
+/// The answer to `request`: the counters, the liveness or readiness probe, or 404.
 fn answer<B>(request: &Request<B>, shared: &Shared) -> Response<Full<Bytes>> {
     let (status, content_type, body) = route(request.method(), request.uri().path(), shared);
     let mut response = Response::new(Full::new(body));
@@ -151,10 +151,28 @@ fn route(method: &Method, path: &str, shared: &Shared) -> (StatusCode, &'static 
         ),
         // The thread that answers is alive, and so is the process: that is all it claims.
         (&Method::GET, "/healthz") => (StatusCode::OK, PLAIN_TEXT, Bytes::from_static(b"ok\n")),
+        // Serving: every worker's loop has turned lately. A load balancer or orchestrator
+        // takes a relay out of rotation on 503 rather than restarting it, as /healthz would.
+        (&Method::GET, "/readyz") => match shared.metrics.ready(shared.clock.now().ms) {
+            Ok(()) => (StatusCode::OK, PLAIN_TEXT, Bytes::from_static(b"ready\n")),
+            Err(why) => {
+                let mut body = String::from("not ready:");
+                for w in why {
+                    body.push_str(&format!(" {w};"));
+                }
+                body.pop();
+                body.push('\n');
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    PLAIN_TEXT,
+                    Bytes::from(body),
+                )
+            }
+        },
         _ => (
             StatusCode::NOT_FOUND,
             PLAIN_TEXT,
-            Bytes::from_static(b"not found; try /metrics or /healthz\n"),
+            Bytes::from_static(b"not found; try /metrics, /healthz or /readyz\n"),
         ),
     }
 }
@@ -190,6 +208,22 @@ mod tests {
             let (status, ..) = route(&method, path, &shared);
             assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}");
         }
+    }
+
+    #[test]
+    fn readyz_names_the_workers_that_are_not_serving() {
+        let shared = Shared::new(Settings::default(), 2);
+        let (status, _, body) = route(&Method::GET, "/readyz", &shared);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            body,
+            "not ready: worker 0 has not started; worker 1 has not started\n"
+        );
+        let now = shared.clock.now().ms;
+        shared.metrics.block(0).turned(now);
+        shared.metrics.block(1).turned(now);
+        let (status, _, body) = route(&Method::GET, "/readyz", &shared);
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"ready\n"[..]));
     }
 
     #[test]

@@ -54,6 +54,9 @@ pub struct Counters {
     pub withheld_keepalives: AtomicU64,
     /// `peer_list`s sent in place of withheld announcements.
     pub coalesced_lists: AtomicU64,
+    /// When this worker's loop last turned, in the relay clock's ms plus one (0: never), for
+    /// `/readyz` and the watchdog.
+    turned: AtomicU64,
     refused: Refused,
 }
 
@@ -75,6 +78,34 @@ impl Counters {
     /// Adds `n` to a counter.
     pub fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Relaxed);
+    }
+
+    /// Notes that the worker's loop turned at `ms` (the relay clock's): once a loop turn, which
+    /// both backends make at least every [`crate::io::POLL_MS`], busy or idle.
+    pub fn turned(&self, ms: u64) {
+        self.turned.store(ms + 1, Relaxed);
+    }
+}
+
+/// How long a worker's loop may go without turning before the relay is not ready: ten times
+/// the longest an idle loop waits, so that only a stuck or dead worker trips it.
+pub const STALL_MS: u64 = 1000;
+
+/// Why the relay is not ready.
+#[derive(Debug, PartialEq)]
+pub enum NotReady {
+    /// Worker `0` has not turned its loop yet (start-up).
+    NotStarted(usize),
+    /// Worker `0`'s loop last turned `1` ms ago.
+    Stalled(usize, u64),
+}
+
+impl std::fmt::Display for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotReady::NotStarted(w) => write!(f, "worker {w} has not started"),
+            NotReady::Stalled(w, ms) => write!(f, "worker {w} stalled: last turn {ms} ms ago"),
+        }
     }
 }
 
@@ -103,6 +134,24 @@ impl Metrics {
 
     fn sum(&self, f: impl Fn(&Counters) -> &AtomicU64) -> u64 {
         self.blocks.iter().map(|b| f(b).load(Relaxed)).sum()
+    }
+
+    /// Whether every worker is serving at `now_ms` (the relay clock's): each has turned its
+    /// loop within [`STALL_MS`]; else every worker that has not.
+    pub fn ready(&self, now_ms: u64) -> Result<(), Vec<NotReady>> {
+        let workers = &self.blocks[..self.blocks.len() - 1];
+        let not: Vec<NotReady> = workers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| match b.turned.load(Relaxed) {
+                0 => Some(NotReady::NotStarted(i)),
+                t => {
+                    let ago = now_ms.saturating_sub(t - 1);
+                    (ago > STALL_MS).then_some(NotReady::Stalled(i, ago))
+                }
+            })
+            .collect();
+        if !not.is_empty() { Err(not) } else { Ok(()) }
     }
 
     /// Refusals for `r` across all workers.
@@ -255,5 +304,31 @@ impl Metrics {
         let _ = writeln!(s, "# TYPE udp_relay_channels gauge");
         let _ = writeln!(s, "udp_relay_channels {channels}");
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_while_every_worker_turned_within_the_stall_bound() {
+        let m = Metrics::new(2);
+        assert_eq!(
+            m.ready(5),
+            Err(vec![NotReady::NotStarted(0), NotReady::NotStarted(1)])
+        );
+        m.block(0).turned(0);
+        m.block(1).turned(3000);
+        // The reaper's block turns nothing and is not asked.
+        assert_eq!(m.ready(STALL_MS), Ok(()));
+        assert_eq!(
+            m.ready(STALL_MS + 1),
+            Err(vec![NotReady::Stalled(0, STALL_MS + 1)])
+        );
+        assert_eq!(
+            m.ready(3000 + STALL_MS + 1).unwrap_err()[1].to_string(),
+            "worker 1 stalled: last turn 1001 ms ago"
+        );
     }
 }

@@ -35,7 +35,7 @@ pub fn start(args: &Args) -> io::Result<Relay> {
     let settings = args.settings();
     let n = args.worker_count();
     let shared = Shared::new(settings, n);
-    let clock = Clock::default();
+    let clock = shared.clock;
     let stop = Arc::new(AtomicBool::new(false));
     let (backend, why) = relay_io::select(args.io, args.gso == OnOff::On)?;
     if let Some(why) = &why {

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use crate::auth::Cookies;
 use crate::budget::Budgets;
 use crate::channels::Channels;
+use crate::clock::Clock;
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::presence::Sample;
@@ -33,6 +34,8 @@ pub struct Shared {
     pub channels: Channels,
     /// The settings a reload changed, for the workers to take up.
     pub live: Live,
+    /// The relay's clock, whose readings every thread compares (a worker's last loop turn).
+    pub clock: Clock,
 }
 
 /// The settings in force after reloads: a worker compares the generation (one atomic load a
@@ -76,6 +79,7 @@ impl Shared {
             cookies: Cookies::default(),
             channels: Channels::new(&settings),
             live: Live::default(),
+            clock: Clock::default(),
             settings,
         })
     }

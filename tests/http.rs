@@ -72,6 +72,39 @@ fn healthz_is_ok_unknown_paths_are_404_and_metrics_still_answers() {
 }
 
 #[test]
+fn readyz_answers_ready_once_every_worker_serves() {
+    let r = Relay::start(&["--workers", "3"]);
+    // The workers' first loop turns may follow the listening line: wait for them, not a time.
+    let deadline = Instant::now() + TIMEOUT;
+    let ready = loop {
+        let answer = exchange(r.metrics, b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n");
+        if answer.starts_with("HTTP/1.1 200 OK\r\n") || Instant::now() > deadline {
+            break answer;
+        }
+        assert!(
+            answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n")
+                && body(&answer).starts_with("not ready: worker "),
+            "{answer}"
+        );
+        thread::yield_now();
+    };
+    assert!(ready.starts_with("HTTP/1.1 200 OK\r\n"), "{ready}");
+    assert_eq!(body(&ready), "ready\n");
+    assert_eq!(
+        header(&ready, "content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    // Idle workers stay ready: they turn their loops at least every POLL_MS with no traffic.
+    let idle = Instant::now();
+    while idle.elapsed() < 2 * Duration::from_millis(udp_relay::metrics::STALL_MS) {
+        let answer = exchange(r.metrics, b"GET /readyz HTTP/1.0\r\n\r\n");
+        assert!(answer.starts_with("HTTP/1.0 200 OK\r\n"), "{answer}");
+        // The pace of the probe, as a kubelet's would be, not a wait for something.
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
 fn a_head_is_served_up_to_its_bound_and_refused_beyond() {
     let r = Relay::start(&[]);
 

@@ -74,6 +74,8 @@ impl Backend for Mmsg {
                     std::ptr::null_mut(),
                 )
             };
+            let now = w.clock.now();
+            w.counters.turned(now.ms);
             if n < 0 {
                 // Nothing yet, a signal, or an ICMP error from an earlier send surfacing here on
                 // some kernels: it concerns a peer, not this socket.
@@ -86,7 +88,6 @@ impl Backend for Mmsg {
                 }
                 continue;
             }
-            let now = w.clock.now();
             for i in 0..n as usize {
                 let len = (hdrs[i].msg_len as usize).min(stride);
                 let control = &controls[i][..hdrs[i].msg_hdr.msg_controllen.min(CONTROL_LEN)];

@@ -528,6 +528,7 @@ impl Backend for Uring {
                     .map(|c| (c.user_data(), c.result(), c.flags())),
             );
             let now = w.clock.now();
+            w.counters.turned(now.ms);
             // Sends' completions first, so that a batch whose sends are done is free again.
             ready.retain(|&(data, res, _)| {
                 if data >= WAKE {
