@@ -14,6 +14,7 @@ pub mod io;
 pub mod metrics;
 pub mod out;
 pub mod presence;
+pub mod process;
 pub mod ratelimit;
 pub mod reaper;
 pub mod refusal;

@@ -4,8 +4,8 @@
 //! readers sum the blocks.
 
 use std::fmt::Write;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 
 use crate::refusal::Reason;
 
@@ -54,6 +54,16 @@ pub struct Counters {
     pub withheld_keepalives: AtomicU64,
     /// `peer_list`s sent in place of withheld announcements.
     pub coalesced_lists: AtomicU64,
+    /// Names registered that were free or held by a stale registration.
+    pub registrations: AtomicU64,
+    /// Registrations that moved to a new address.
+    pub moves: AtomicU64,
+    /// Registrations ended by `unregister`.
+    pub unregistered: AtomicU64,
+    /// Registrations reaped for silence.
+    pub reaped: AtomicU64,
+    /// `server_keepalive`s the reaper decided.
+    pub keepalives: AtomicU64,
     /// When this worker's loop last turned, in the relay clock's ms plus one (0: never), for
     /// `/readyz` and the watchdog.
     turned: AtomicU64,
@@ -112,6 +122,8 @@ impl std::fmt::Display for NotReady {
 /// Counters of all workers and background tasks.
 pub struct Metrics {
     blocks: Vec<Arc<Counters>>,
+    /// `udp_relay_build_info`'s labels, known once the relay has chosen its backend.
+    info: OnceLock<String>,
 }
 
 impl Metrics {
@@ -119,7 +131,14 @@ impl Metrics {
     pub fn new(workers: usize) -> Metrics {
         Metrics {
             blocks: (0..=workers).map(|_| Arc::default()).collect(),
+            info: OnceLock::new(),
         }
+    }
+
+    /// Sets `udp_relay_build_info`'s labels (`key="value"` pairs, comma-separated) once;
+    /// later calls change nothing.
+    pub fn set_info(&self, labels: String) {
+        let _ = self.info.set(labels);
     }
 
     /// The block of worker `i`; the last block belongs to the background tasks.
@@ -159,91 +178,128 @@ impl Metrics {
         self.sum(|c| &c.refused.0[r as usize])
     }
 
-    /// Renders all counters in the Prometheus text format.
+    /// Renders all counters in the Prometheus text format. Names say what they count, in
+    /// Prometheus's conventions: `_total` for counters, the unit (`_bytes`) in the name.
     pub fn prometheus(&self, peers: usize, watch_entries: usize, channels: usize) -> String {
         let mut s = String::new();
+        if let Some(labels) = self.info.get() {
+            let _ = writeln!(
+                s,
+                "# HELP udp_relay_build_info The relay's version and how it runs (always 1)."
+            );
+            let _ = writeln!(s, "# TYPE udp_relay_build_info gauge");
+            let _ = writeln!(s, "udp_relay_build_info{{{labels}}} 1");
+        }
         let mut counter = |name: &str, help: &str, v: u64| {
             let _ = writeln!(s, "# HELP udp_relay_{name} {help}");
             let _ = writeln!(s, "# TYPE udp_relay_{name} counter");
             let _ = writeln!(s, "udp_relay_{name} {v}");
         };
-        counter(
-            "received_total",
-            "Datagrams received.",
-            self.sum(|c| &c.received),
-        );
-        counter(
-            "received_bytes_total",
-            "Bytes received.",
-            self.sum(|c| &c.received_bytes),
-        );
-        counter(
-            "forwarded_total",
-            "Relayed packets forwarded.",
-            self.sum(|c| &c.forwarded),
-        );
-        counter(
-            "frames_forwarded_total",
-            "Channel frames forwarded.",
-            self.sum(|c| &c.frames),
-        );
-        counter(
-            "frame_bytes_forwarded_total",
-            "Bytes of channel frames forwarded.",
-            self.sum(|c| &c.frame_bytes),
-        );
-        counter(
-            "stun_answered_total",
-            "STUN Binding requests answered (success).",
-            self.sum(|c| &c.stun_answered),
-        );
-        counter(
-            "stun_unknown_attributes_total",
-            "STUN Binding requests answered 420 (unknown comprehension-required attributes).",
-            self.sum(|c| &c.stun_unknown),
-        );
-        counter("sent_total", "Datagrams sent.", self.sum(|c| &c.sent));
-        counter(
-            "sent_bytes_total",
-            "Bytes sent.",
-            self.sum(|c| &c.sent_bytes),
-        );
-        counter(
-            "segmented_sends_total",
-            "Sends carrying several datagrams as UDP_SEGMENT segments (GSO).",
-            self.sum(|c| &c.segmented_sends),
-        );
-        counter(
-            "coalesced_receives_total",
-            "Receives holding several datagrams coalesced by the kernel (UDP_GRO).",
-            self.sum(|c| &c.coalesced_receives),
-        );
-        counter(
-            "gso_refused_total",
-            "Times the kernel refused UDP segmentation (then off for that sender).",
-            self.sum(|c| &c.gso_refused),
-        );
-        counter(
-            "send_errors_total",
-            "Sends refused by the kernel.",
-            self.sum(|c| &c.send_errors),
-        );
-        counter(
-            "errors_suppressed_total",
-            "Error replies withheld by the per-source limit.",
-            self.sum(|c| &c.errors_suppressed),
-        );
-        counter(
-            "coalesced_lists_total",
-            "Peer lists sent in place of withheld announcements.",
-            self.sum(|c| &c.coalesced_lists),
-        );
-        counter(
-            "recv_no_buffers_total",
-            "io_uring receives that found every buffer in use (ENOBUFS).",
-            self.sum(|c| &c.recv_no_buffers),
-        );
-        // Per worker: which worker falls behind is what an operator needs to see.
+        for (name, help, f) in [
+            (
+                "datagrams_received_total",
+                "Datagrams received (each of a coalesced receive counted alone).",
+                (|c: &Counters| &c.received) as fn(&Counters) -> &AtomicU64,
+            ),
+            (
+                "received_bytes_total",
+                "Bytes of the datagrams received.",
+                |c| &c.received_bytes,
+            ),
+            (
+                "datagrams_sent_total",
+                "Datagrams sent: forwards, replies, announcements, keepalives.",
+                |c| &c.sent,
+            ),
+            ("sent_bytes_total", "Bytes of the datagrams sent.", |c| {
+                &c.sent_bytes
+            }),
+            (
+                "relay_messages_forwarded_total",
+                "JSON relay messages forwarded as relayed_packet.",
+                |c| &c.forwarded,
+            ),
+            (
+                "channel_frames_forwarded_total",
+                "Channel frames forwarded.",
+                |c| &c.frames,
+            ),
+            (
+                "channel_frames_forwarded_bytes_total",
+                "Bytes of the channel frames forwarded.",
+                |c| &c.frame_bytes,
+            ),
+            (
+                "stun_binding_successes_total",
+                "STUN Binding requests answered with a success.",
+                |c| &c.stun_answered,
+            ),
+            (
+                "stun_binding_unknown_attributes_total",
+                "STUN Binding requests answered 420 (unknown comprehension-required attributes).",
+                |c| &c.stun_unknown,
+            ),
+            (
+                "registrations_total",
+                "Names registered that were free or held by a stale registration.",
+                |c| &c.registrations,
+            ),
+            (
+                "registration_moves_total",
+                "Registrations that moved, with their session or signature, to a new address.",
+                |c| &c.moves,
+            ),
+            (
+                "peers_unregistered_total",
+                "Registrations ended by their peer's unregister.",
+                |c| &c.unregistered,
+            ),
+            (
+                "peers_reaped_total",
+                "Registrations removed for silence (--peer-timeout).",
+                |c| &c.reaped,
+            ),
+            (
+                "server_keepalives_total",
+                "server_keepalive messages the reaper decided (those the budgets withheld are \
+                 also in udp_relay_sends_withheld_total{kind=\"keepalive\"}).",
+                |c| &c.keepalives,
+            ),
+            (
+                "segmented_sends_total",
+                "Sends carrying several datagrams as UDP_SEGMENT segments (GSO).",
+                |c| &c.segmented_sends,
+            ),
+            (
+                "coalesced_receives_total",
+                "Receives holding several datagrams coalesced by the kernel (UDP_GRO).",
+                |c| &c.coalesced_receives,
+            ),
+            (
+                "gso_refused_total",
+                "Times the kernel refused UDP segmentation (then off for that sender).",
+                |c| &c.gso_refused,
+            ),
+            (
+                "error_replies_suppressed_total",
+                "Error replies withheld by the per-source error rate (--error-rate).",
+                |c| &c.errors_suppressed,
+            ),
+            (
+                "coalesced_peer_lists_sent_total",
+                "peer_list messages sent in place of withheld announcements.",
+                |c| &c.coalesced_lists,
+            ),
+            (
+                "uring_receive_buffers_exhausted_total",
+                "io_uring receives that found every buffer in use (ENOBUFS) and were re-armed.",
+                |c| &c.recv_no_buffers,
+            ),
+        ] {
+            counter(name, help, self.sum(f));
+        }
+        // Per worker: which worker falls behind is what an operator needs to see; a sum over
+        // the label is the relay's.
         for (name, help, f) in [
             (
                 "receive_queue_drops_total",
@@ -251,8 +307,8 @@ impl Metrics {
                 (|c: &Counters| &c.queue_drops) as fn(&Counters) -> &AtomicU64,
             ),
             (
-                "send_errors_by_worker_total",
-                "Sends refused by the kernel, by worker (the reaper's as worker=\"reaper\").",
+                "send_errors_total",
+                "Datagrams whose send the kernel refused, by worker (the reaper's as worker=\"reaper\").",
                 |c: &Counters| &c.send_errors,
             ),
         ] {
@@ -271,45 +327,103 @@ impl Metrics {
         }
         let _ = writeln!(
             s,
-            "# HELP udp_relay_refused_total Datagrams refused, by reason."
+            "# HELP udp_relay_datagrams_refused_total Datagrams refused, by reason."
         );
-        let _ = writeln!(s, "# TYPE udp_relay_refused_total counter");
+        let _ = writeln!(s, "# TYPE udp_relay_datagrams_refused_total counter");
         for &r in Reason::ALL {
             let _ = writeln!(
                 s,
-                "udp_relay_refused_total{{reason=\"{}\"}} {}",
+                "udp_relay_datagrams_refused_total{{reason=\"{}\"}} {}",
                 r.as_str(),
                 self.refused(r)
             );
         }
         let _ = writeln!(
             s,
-            "# HELP udp_relay_withheld_total Sends withheld because their payer could not pay, by kind."
+            "# HELP udp_relay_sends_withheld_total Sends withheld because their payer could not pay, by kind."
         );
-        let _ = writeln!(s, "# TYPE udp_relay_withheld_total counter");
+        let _ = writeln!(s, "# TYPE udp_relay_sends_withheld_total counter");
         for (kind, v) in [
             ("reply", self.sum(|c| &c.withheld_replies)),
             ("announcement", self.sum(|c| &c.withheld_announcements)),
             ("keepalive", self.sum(|c| &c.withheld_keepalives)),
         ] {
-            let _ = writeln!(s, "udp_relay_withheld_total{{kind=\"{kind}\"}} {v}");
+            let _ = writeln!(s, "udp_relay_sends_withheld_total{{kind=\"{kind}\"}} {v}");
         }
-        let _ = writeln!(s, "# HELP udp_relay_watch_entries Watch entries held.");
-        let _ = writeln!(s, "# TYPE udp_relay_watch_entries gauge");
-        let _ = writeln!(s, "udp_relay_watch_entries {watch_entries}");
-        let _ = writeln!(s, "# HELP udp_relay_peers Registered peers.");
-        let _ = writeln!(s, "# TYPE udp_relay_peers gauge");
-        let _ = writeln!(s, "udp_relay_peers {peers}");
-        let _ = writeln!(s, "# HELP udp_relay_channels Channels bound (pairs).");
-        let _ = writeln!(s, "# TYPE udp_relay_channels gauge");
-        let _ = writeln!(s, "udp_relay_channels {channels}");
+        for (name, help, v) in [
+            ("peers_registered", "Names registered now.", peers),
+            ("watch_entries", "Watch entries held.", watch_entries),
+            ("channels_bound", "Channels bound now (pairs).", channels),
+        ] {
+            let _ = writeln!(s, "# HELP udp_relay_{name} {help}");
+            let _ = writeln!(s, "# TYPE udp_relay_{name} gauge");
+            let _ = writeln!(s, "udp_relay_{name} {v}");
+        }
         s
+    }
+}
+
+/// How often at most one limit's refusals are warned of.
+pub const WARN_EVERY_MS: u64 = 60_000;
+
+/// Watches the refusals of limits (those with [`Reason::limit_flags`]) so that an operator
+/// hears when a limit starts refusing traffic: read once a reaper sweep, so nothing is added
+/// per datagram.
+#[derive(Default)]
+pub struct LimitWatch {
+    /// Per reason: the count last seen, refusals not yet warned of, and when last warned.
+    seen: Vec<(u64, u64, Option<u64>)>,
+}
+
+impl LimitWatch {
+    /// The limits to warn of at `now_ms`, each with the refusals since its last warning: at
+    /// most one per reason per [`WARN_EVERY_MS`].
+    pub fn check(&mut self, metrics: &Metrics, now_ms: u64) -> Vec<(Reason, u64)> {
+        if self.seen.is_empty() {
+            self.seen = vec![(0, 0, None); Reason::ALL.len()];
+        }
+        let mut warn = Vec::new();
+        for &r in Reason::ALL.iter().filter(|r| r.limit_flags().is_some()) {
+            let (last, pending, warned) = &mut self.seen[r as usize];
+            let now = metrics.refused(r);
+            *pending += now.saturating_sub(*last);
+            *last = now;
+            let due = warned.is_none_or(|w| now_ms >= w + WARN_EVERY_MS);
+            if *pending > 0 && due {
+                warn.push((r, *pending));
+                (*pending, *warned) = (0, Some(now_ms));
+            }
+        }
+        warn
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limit_refusals_are_warned_of_once_a_minute_with_the_count_since() {
+        let m = Metrics::new(1);
+        let mut watch = LimitWatch::default();
+        assert_eq!(watch.check(&m, 0), vec![]);
+        // Bad input is not a limit: never warned of.
+        m.block(0).refuse(Reason::Syntax);
+        m.block(0).refuse(Reason::SourceLimited);
+        m.block(0).refuse(Reason::SourceLimited);
+        assert_eq!(watch.check(&m, 10), vec![(Reason::SourceLimited, 2)]);
+        m.block(0).refuse(Reason::SourceLimited);
+        m.block(0).refuse(Reason::RegistryFull);
+        // Another reason is warned of at once; the first waits for its minute.
+        assert_eq!(watch.check(&m, 20), vec![(Reason::RegistryFull, 1)]);
+        m.block(1).refuse(Reason::SourceLimited);
+        assert_eq!(watch.check(&m, 10 + WARN_EVERY_MS - 1), vec![]);
+        assert_eq!(
+            watch.check(&m, 10 + WARN_EVERY_MS),
+            vec![(Reason::SourceLimited, 2)]
+        );
+        assert_eq!(watch.check(&m, 20 * WARN_EVERY_MS), vec![]);
+    }
 
     #[test]
     fn ready_only_while_every_worker_turned_within_the_stall_bound() {

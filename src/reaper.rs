@@ -93,6 +93,8 @@ pub fn sweep(
     if !out.sends.is_empty() {
         flush(out);
     }
+    Counters::add(&c.reaped, done.reaped as u64);
+    Counters::add(&c.keepalives, done.keepalives as u64);
     done
 }
 

@@ -40,6 +40,25 @@ macro_rules! reasons {
     };
 }
 
+impl Reason {
+    /// The flags whose limit refused, for reasons that are a limit the operator sets (not bad
+    /// input): what a warning about them tells the operator to look at.
+    pub fn limit_flags(self) -> Option<&'static str> {
+        Some(match self {
+            Reason::TooLarge => "--max-datagram",
+            Reason::RegistryFull => "--max-peers",
+            Reason::AddressFull => "--max-names-per-address",
+            Reason::WatchLimit => "--max-watch, --max-watch-per-host, --max-watch-total",
+            Reason::SourceLimited => "--source-rate, --source-bytes",
+            Reason::PrefixLimited => "--prefix-rate, --prefix-bytes",
+            Reason::GlobalLimited => "--global-rate",
+            Reason::RegistrationLimited => "--registration-rate",
+            Reason::ChannelLimit => "--max-channels, --max-channels-per-host, --max-channels-total",
+            _ => return None,
+        })
+    }
+}
+
 use ErrorCode::*;
 
 reasons! {

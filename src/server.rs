@@ -11,9 +11,10 @@ use std::time::Duration;
 use tracing::{error, info, warn};
 
 use crate::clock::{Clock, Now};
-use crate::config::{Args, OnOff};
+use crate::config::{Args, Auth, OnOff, Settings};
 use crate::http;
 use crate::io::{self as relay_io, Egress, Worker};
+use crate::metrics::LimitWatch;
 use crate::out::Out;
 use crate::reaper;
 use crate::router::Router;
@@ -38,9 +39,6 @@ pub fn start(args: &Args) -> io::Result<Relay> {
     let clock = shared.clock;
     let stop = Arc::new(AtomicBool::new(false));
     let (backend, why) = relay_io::select(args.io, args.gso == OnOff::On)?;
-    if let Some(why) = &why {
-        info!(backend = backend.name(), reason = %why, "--io auto chose");
-    }
 
     let mut addr = args.listen();
     relay_io::check_port_free(addr)
@@ -55,6 +53,18 @@ pub fn start(args: &Args) -> io::Result<Relay> {
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         // Port 0: the first socket picks the port, the others join it.
         addr = s.local_addr()?;
+        if sockets.is_empty() {
+            for (sysctl, granted) in relay_io::capped_buffers(&s) {
+                warn!(
+                    sysctl,
+                    asked = relay_io::SOCKET_BUFFER,
+                    granted,
+                    "the kernel capped a socket buffer: bursts beyond it are dropped; raise \
+                     {sysctl} to at least {} (dist/sysctl/90-udp-relay.conf)",
+                    relay_io::SOCKET_BUFFER
+                );
+            }
+        }
         let gro = gro_wanted && relay_io::enable_gro(&s);
         sockets.push((s, gro));
     }
@@ -109,18 +119,35 @@ pub fn start(args: &Args) -> io::Result<Relay> {
     if let Some(m) = args.metrics_listen {
         http::serve(m, shared.clone())?;
     }
+    let gso = if args.gso == OnOff::On { "on" } else { "off" };
+    let gro = match (args.gro, gro_wanted, gro_on) {
+        (OnOff::Off, _, _) => "off",
+        (OnOff::On, false, _) => "off (--max-datagram below 65507)",
+        (OnOff::On, true, true) => "on",
+        (OnOff::On, true, false) => "refused",
+    };
+    let auth = match shared.settings.auth {
+        Auth::Open => "open",
+        Auth::Signed => "signed",
+    };
+    let version = env!("CARGO_PKG_VERSION");
+    shared.metrics.set_info(format!(
+        "version=\"{version}\",backend=\"{}\",auth=\"{auth}\",gso=\"{gso}\",gro=\"{}\",workers=\"{n}\"",
+        backend.name(),
+        gro.split(' ').next().unwrap_or(gro),
+    ));
+    // One line that says how this relay runs, for whoever reads the log after an incident.
     info!(
+        version,
         workers = n,
         backend = backend.name(),
-        gso = if args.gso == OnOff::On { "on" } else { "off" },
-        gro = match (args.gro, gro_wanted, gro_on) {
-            (OnOff::Off, _, _) => "off",
-            (OnOff::On, false, _) => "off (--max-datagram below 65507)",
-            (OnOff::On, true, true) => "on",
-            (OnOff::On, true, false) => "refused",
-        },
+        backend_reason = why.as_deref().unwrap_or("asked for with --io"),
+        auth,
+        gso,
+        gro,
         peer_timeout_ms = shared.settings.peer_timeout_ms,
         keepalive_ms = shared.settings.keepalive_ms,
+        limits = %limits(&shared.settings),
         "listening on {addr}"
     );
     Ok(Relay {
@@ -144,6 +171,46 @@ impl Relay {
     }
 }
 
+/// The limits and budgets in force, as `flag=value` pairs an operator can match against the
+/// command line; `off` where 0 lifts one.
+fn limits(s: &Settings) -> String {
+    let rate = |v: u64| {
+        if v == 0 {
+            "off".to_string()
+        } else {
+            v.to_string()
+        }
+    };
+    format!(
+        "source-rate={} source-bytes={} prefix-rate={} prefix-bytes={} global-rate={} \
+         registration-rate={} error-rate={} reply-credit={} reply-prefix-credit={} \
+         reply-global-credit={} fanout-allowance={} presence-rate={} max-peers={} \
+         max-names-per-address={} max-datagram={} max-watch={} max-watch-per-host={} \
+         max-watch-total={} max-channels={} max-channels-per-host={} max-channels-total={}",
+        rate(s.source_rate),
+        rate(s.source_bytes),
+        rate(s.prefix_rate),
+        rate(s.prefix_bytes),
+        rate(s.global_rate),
+        rate(s.registration_rate),
+        rate(u64::from(s.error_rate)),
+        rate(s.reply_credit),
+        rate(s.reply_prefix_credit),
+        rate(s.reply_global_credit),
+        rate(s.fanout_allowance),
+        rate(s.presence_rate),
+        s.max_peers,
+        s.max_names_per_address,
+        s.max_datagram,
+        s.max_watch,
+        s.max_watch_per_host,
+        s.max_watch_total,
+        s.max_channels,
+        s.max_channels_per_host,
+        s.max_channels_total,
+    )
+}
+
 /// How often the reaper sweeps: often enough that a peer is reaped and kept alive within a
 /// quarter of the configured times.
 fn reaper_tick(shared: &Shared) -> Duration {
@@ -163,6 +230,7 @@ fn run_reaper(shared: &Shared, clock: Clock, stop: &AtomicBool, mut egress: Box<
     let tick = reaper_tick(shared);
     let mut out = Out::default();
     let counters = shared.metrics.background();
+    let mut limits = LimitWatch::default();
     while !stop.load(Ordering::Relaxed) {
         thread::park_timeout(tick);
         if stop.load(Ordering::Relaxed) {
@@ -170,6 +238,14 @@ fn run_reaper(shared: &Shared, clock: Clock, stop: &AtomicBool, mut egress: Box<
         }
         let now = clock.now();
         let done = reaper::sweep(shared, now, &mut out, &counters, |out| egress.send(out));
+        for (reason, refused) in limits.check(&shared.metrics, now.ms) {
+            warn!(
+                reason = reason.as_str(),
+                refused,
+                flags = reason.limit_flags().unwrap_or(""),
+                "a limit is refusing traffic (count since its last warning; at most one a minute)"
+            );
+        }
         if done.reaped > 0 {
             info!(
                 reaped = done.reaped,

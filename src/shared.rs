@@ -87,6 +87,8 @@ impl Shared {
     /// Every counter and gauge in the Prometheus text format.
     pub fn prometheus(&self) -> String {
         let (r, c) = (&self.registry, &self.channels);
-        self.metrics.prometheus(r.len(), r.watch_entries(), c.len())
+        let mut s = self.metrics.prometheus(r.len(), r.watch_entries(), c.len());
+        crate::process::render(&mut s);
+        s
     }
 }

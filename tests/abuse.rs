@@ -213,7 +213,7 @@ fn malformed_input_at_volume_leaves_the_relay_serving_within_a_memory_bound() {
             }
         }
     }
-    let received = r.metric("udp_relay_received_total");
+    let received = r.metric("udp_relay_datagrams_received_total");
     assert!(received >= total as u64, "{received} received");
     // Still serving, and memory did not grow beyond a bound (the registry holds at most the
     // few names junk happened to register).

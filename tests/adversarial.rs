@@ -25,7 +25,7 @@ fn sock(ip: &str) -> UdpSocket {
 /// pass, so that what the flood caused has been sent.
 fn quiesce(r: &Relay, n: u64, barrier: &Peer) {
     let deadline = Instant::now() + TIMEOUT;
-    while r.metric("udp_relay_received_total") < n {
+    while r.metric("udp_relay_datagrams_received_total") < n {
         assert!(
             Instant::now() < deadline,
             "the relay never saw {n} datagrams"
@@ -83,7 +83,7 @@ fn flood_in_a_victims_name(test: &str, extra: &[&str], registered: bool) {
         victim.register(held);
         victim.drain();
     }
-    let before = r.metric("udp_relay_received_total");
+    let before = r.metric("udp_relay_datagrams_received_total");
     let rounds = 300;
     for i in 0..rounds {
         forge_round(&mut f, victim.addr(), r.addr, i, held);
@@ -149,7 +149,7 @@ fn names_forged_at_a_victims_address_then_refreshed() {
     let victim = Peer::bind(r.addr, "127.0.2.1:0");
     victim.register("victim");
     victim.drain();
-    let before = r.metric("udp_relay_received_total");
+    let before = r.metric("udp_relay_datagrams_received_total");
     for p in &others {
         p.drain();
     }
@@ -199,7 +199,7 @@ fn many_ports_of_one_host_and_many_hosts_of_one_network() {
     let b = barrier(&r, false);
     let ports: Vec<UdpSocket> = (0..100).map(|_| sock("127.0.5.5")).collect();
     let hosts: Vec<UdpSocket> = (1..=40).map(|h| sock(&format!("127.0.6.{h}"))).collect();
-    let before = r.metric("udp_relay_received_total");
+    let before = r.metric("udp_relay_datagrams_received_total");
     let mut sent = 0;
     for (group, socks) in [("ports", &ports), ("hosts", &hosts)] {
         let start = f.sent;
@@ -254,7 +254,7 @@ fn forged_from_a_trusted_victims_own_network(t: &str, v6: bool) {
     if !v6 {
         socks.extend((2..=31).map(|h| sock(&format!("127.0.8.{h}"))));
     }
-    let before = r.metric("udp_relay_received_total");
+    let before = r.metric("udp_relay_datagrams_received_total");
     let mut sent = 0;
     for round in 0..4 {
         for (i, s) in socks.iter().enumerate() {
@@ -287,7 +287,7 @@ fn forged_from_a_trusted_victims_own_network(t: &str, v6: bool) {
         got as f64 / f.sent as f64
     );
     assert!(got <= f.sent + PREFIX_CREDIT, "{got} B for {} B", f.sent);
-    assert!(r.metric("udp_relay_withheld_total{kind=\"announcement\"}") > 0);
+    assert!(r.metric("udp_relay_sends_withheld_total{kind=\"announcement\"}") > 0);
     // Unproven news of its neighbours is not owed to it later either.
     victim.send(victim.authed(json!({"type": "keepalive"})));
     victim.expect("keepalive_ack");
@@ -374,7 +374,7 @@ fn one_forged_neighbour_a_round(t: &str, v6: bool) {
             Some(s) => s.local_addr().unwrap(),
             None => SocketAddr::new(format!("0:0:0:{:x}::1", round + 1).parse().unwrap(), 4000),
         };
-        let before = r.metric("udp_relay_received_total");
+        let before = r.metric("udp_relay_datagrams_received_total");
         let m = json!({"type": "register", "name": format!("x{round}")});
         match (neighbour, relay) {
             (SocketAddr::V6(a), SocketAddr::V6(to)) => f.send6(a, to, m.to_string().as_bytes()),
@@ -435,7 +435,7 @@ fn fan_out_of_one_source_is_bounded() {
         );
     }
     let mut sent = r#"{"type":"register","name":"first"}"#.len();
-    let before = r.metric("udp_relay_received_total");
+    let before = r.metric("udp_relay_datagrams_received_total");
     // New names (each announced to all), then refreshes of the first, replies unread.
     for i in 0..300 {
         let d = json!({"type": "register", "name": format!("cycle-{i}")}).to_string();
@@ -455,7 +455,7 @@ fn fan_out_of_one_source_is_bounded() {
         got as f64 / sent as f64
     );
     assert!(got <= 2 * sent + 65_536, "{got} B for {sent} B");
-    assert!(r.metric("udp_relay_withheld_total{kind=\"announcement\"}") > 0);
+    assert!(r.metric("udp_relay_sends_withheld_total{kind=\"announcement\"}") > 0);
 }
 
 /// CPU time (user + system) of process `pid` so far.
@@ -492,17 +492,17 @@ fn forged_registrations_wedge_neither_workers_nor_the_reaper() {
         );
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while r.metric("udp_relay_peers") == 0 {
+    while r.metric("udp_relay_peers_registered") == 0 {
         assert!(Instant::now() < deadline, "no forged name registered");
         std::thread::yield_now();
     }
     let registered = Instant::now();
     // Reaped within twice the timeout, whatever the withheld keepalives.
-    while r.metric("udp_relay_peers") > 0 {
+    while r.metric("udp_relay_peers_registered") > 0 {
         assert!(
             registered.elapsed() < Duration::from_secs(2),
             "{} names left after 2 s",
-            r.metric("udp_relay_peers")
+            r.metric("udp_relay_peers_registered")
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -530,7 +530,7 @@ fn forged_unregister_cannot_free_a_victims_name() {
     let victim = Peer::bind(r.addr, "127.0.11.1:0");
     victim.register("victim");
     victim.drain();
-    let before = r.metric("udp_relay_received_total");
+    let before = r.metric("udp_relay_datagrams_received_total");
     for session in [json!(null), json!("0123456789abcdef0123456789abcdef")] {
         let v = json!({"type": "unregister", "name": "victim", "session": session});
         f.json(victim.addr(), r.addr, &v);
@@ -564,7 +564,7 @@ fn forged_watch_in_a_victims_name_changes_nothing() {
     victim.register("victim");
     victim.send(victim.authed(json!({"type": "watch", "names": ["contact"]})));
     assert_eq!(victim.expect("watch_ack")["online"], json!([]));
-    let before = r.metric("udp_relay_received_total");
+    let before = r.metric("udp_relay_datagrams_received_total");
     let names: Vec<String> = (0..256).map(|i| format!("junk-{i}")).collect();
     for _ in 0..10 {
         f.json(
@@ -836,10 +836,14 @@ fn native_ipv6_from_a_v4_mapped_source_is_refused() {
         "{t}: {} native IPv6 datagrams from {mapped} refused as v4_mapped_source; the IPv4 host \
          got {got} B; {} names registered",
         2 * n,
-        r.metric("udp_relay_peers")
+        r.metric("udp_relay_peers_registered")
     );
     assert_eq!(got, 0);
-    assert_eq!(r.metric("udp_relay_peers"), 1, "only the real peer");
+    assert_eq!(
+        r.metric("udp_relay_peers_registered"),
+        1,
+        "only the real peer"
+    );
 }
 
 /// Registers `name` from `s` and shows its session back (an authenticated ping): its session.
@@ -890,7 +894,7 @@ fn a_forged_move_does_not_carry_a_channel_to_the_victim() {
         .as_u64()
         .unwrap() as u32;
     let victim = sock("127.0.2.1");
-    let before = r.metric("udp_relay_received_total");
+    let before = r.metric("udp_relay_datagrams_received_total");
     let ka = json!({"type": "keepalive", "name": "bob", "session": bob.session()});
     f.json(victim.local_addr().unwrap(), r.addr, &ka);
     quiesce(&r, before + 1, &b);
@@ -898,7 +902,7 @@ fn a_forged_move_does_not_carry_a_channel_to_the_victim() {
     frame.extend_from_slice(&a.to_be_bytes());
     frame.extend_from_slice(&[0x55; 1200]);
     let n = 200;
-    let before = r.metric("udp_relay_received_total");
+    let before = r.metric("udp_relay_datagrams_received_total");
     for _ in 0..n {
         alice.send_raw(&frame);
     }

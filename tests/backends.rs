@@ -68,7 +68,7 @@ fn forced_uring_serves_peers_and_the_reaper() {
     let r = Relay::start(&args);
     assert_eq!(backend_of(&r), "uring");
     serves_everything(&r);
-    assert!(r.metric("udp_relay_sent_total") >= 6);
+    assert!(r.metric("udp_relay_datagrams_sent_total") >= 6);
 }
 
 #[test]
@@ -170,7 +170,7 @@ fn auto_picks_the_measured_faster_mmsg_backend_and_says_why() {
         let logs = r.logs();
         let why = logs
             .lines()
-            .find(|l| l.contains("--io auto chose"))
+            .find(|l| l.contains("listening on") && l.contains("backend_reason="))
             .unwrap_or_else(|| panic!("no choice logged in:\n{logs}"));
         assert!(
             why.contains("measured faster") && why.contains(says),
@@ -330,7 +330,10 @@ fn coalesced(io: &str, gro: &str) -> u64 {
         }
     }
     let m = r.metrics_text();
-    assert!(m.contains("udp_relay_frames_forwarded_total 42"), "{m}");
+    assert!(
+        m.contains("udp_relay_channel_frames_forwarded_total 42"),
+        "{m}"
+    );
     r.metric("udp_relay_coalesced_receives_total")
 }
 

@@ -203,7 +203,7 @@ fn run_cases(r: &Relay, cases: &[Case]) {
     let stranger = Peer::new(r);
     let member = Peer::new(r);
     member.register("member");
-    let peers = r.metric("udp_relay_peers");
+    let peers = r.metric("udp_relay_peers_registered");
     for c in cases {
         check(r, &stranger, c, c.stranger, "stranger");
         // A registered sender is answered whatever the request's size: errors are paid from the
@@ -213,7 +213,7 @@ fn run_cases(r: &Relay, cases: &[Case]) {
     // Nobody was registered, moved or removed by any of it.
     member.send(json!({"type": "lookup", "name": "member"}));
     assert_eq!(member.expect("peer_info")["online"], true);
-    assert_eq!(r.metric("udp_relay_peers"), peers);
+    assert_eq!(r.metric("udp_relay_peers_registered"), peers);
     assert_serves(r);
 }
 
@@ -1082,7 +1082,7 @@ fn routing_refusals_answer_only_registered_senders() {
     a.send(json!({"type": "relay", "target": "route-b", "source": "route-a", "payload": 7}));
     let got = b.expect("relayed_packet");
     assert_eq!(got["from_peer"], "route-a");
-    assert_eq!(r.metric("udp_relay_peers"), 2);
+    assert_eq!(r.metric("udp_relay_peers_registered"), 2);
     assert_serves(&r);
     stop_cleanly(r);
 }
@@ -1148,7 +1148,7 @@ fn tiny_bad_datagrams_are_answered_within_what_they_pay() {
     assert!(answered > 0, "the credit pays for some errors");
     assert!(answered < flood, "every tiny datagram was answered");
     assert!(got <= sent + 2048, "{got} bytes back for {sent} sent");
-    assert!(r.metric("udp_relay_withheld_total{kind=\"reply\"}") > 0);
+    assert!(r.metric("udp_relay_sends_withheld_total{kind=\"reply\"}") > 0);
     // 127.0.0.1 has spent its credit (so its next registrations go unanswered, by design);
     // peers on another network are served as ever.
     assert_serves_from(&r, "127.0.9.1");
@@ -1178,7 +1178,7 @@ fn error_replies_are_rate_limited_per_source() {
     assert!(!got.is_empty(), "the first errors are answered");
     expect_refused(&r, &before, &[("unknown_type", n)], "error flood");
     assert_eq!(
-        r.metric("udp_relay_errors_suppressed_total"),
+        r.metric("udp_relay_error_replies_suppressed_total"),
         n - got.len() as u64
     );
     assert_serves(&r);
@@ -1242,7 +1242,7 @@ fn a_burst_of_every_kind_from_many_sources_leaves_the_relay_serving() {
     let n = rounds * peers.len() as u64;
     let want: Vec<(&str, u64)> = want.iter().map(|&(k, m)| (k, m * n)).collect();
     expect_refused(&r, &before, &want, "burst");
-    assert_eq!(r.metric("udp_relay_peers"), 0);
+    assert_eq!(r.metric("udp_relay_peers_registered"), 0);
     assert_serves(&r);
     stop_cleanly(r);
 }

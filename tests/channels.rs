@@ -84,8 +84,8 @@ fn frames_go_both_ways_byte_for_byte_but_the_channel_field() {
         bob.send_raw(&frame(b, &payload));
         assert_eq!(alice.recv_raw(), frame(a, &payload), "{len} bytes B to A");
     }
-    assert_eq!(r.metric("udp_relay_frames_forwarded_total"), 10);
-    assert_eq!(r.metric("udp_relay_channels"), 1);
+    assert_eq!(r.metric("udp_relay_channel_frames_forwarded_total"), 10);
+    assert_eq!(r.metric("udp_relay_channels_bound"), 1);
 }
 
 #[test]
@@ -112,7 +112,7 @@ fn frames_from_elsewhere_for_gone_channels_or_with_flags_are_dropped() {
     quiet(&bob);
     quiet(&alice);
     quiet(&eve);
-    assert_eq!(r.metric("udp_relay_frames_forwarded_total"), 0);
+    assert_eq!(r.metric("udp_relay_channel_frames_forwarded_total"), 0);
 }
 
 #[test]
@@ -139,7 +139,7 @@ fn unbind_closes_both_ends() {
     alice.send_raw(&frame(a, b"late"));
     wait_refused(&r, "channel_gone", 1);
     quiet(&bob);
-    assert_eq!(r.metric("udp_relay_channels"), 0);
+    assert_eq!(r.metric("udp_relay_channels_bound"), 0);
 }
 
 #[test]
@@ -156,7 +156,7 @@ fn bind_needs_a_session_and_a_proven_target() {
     alice.send(alice.authed(json!({"type": "bind", "target": "nobody"})));
     assert_eq!(expect(&alice, "error")["code"], "unknown_target");
     assert_eq!(r.refused("untrusted_peer"), 1);
-    assert_eq!(r.metric("udp_relay_channels"), 0);
+    assert_eq!(r.metric("udp_relay_channels_bound"), 0);
 }
 
 #[test]
@@ -234,7 +234,7 @@ fn channels_end_when_a_peer_is_reaped_and_frames_keep_their_sender_live() {
     };
     assert_eq!(closed, json!({"type": "channel_closed", "channel": a}));
     assert_eq!(
-        r.metric("udp_relay_channels"),
+        r.metric("udp_relay_channels_bound"),
         1,
         "carol's frames kept her live"
     );
@@ -249,5 +249,5 @@ fn channels_end_when_a_peer_is_reaped_and_frames_keep_their_sender_live() {
             break;
         }
     }
-    assert_eq!(r.metric("udp_relay_channels"), 0);
+    assert_eq!(r.metric("udp_relay_channels_bound"), 0);
 }

@@ -414,7 +414,7 @@ fn environment_sets_workers_and_timings() {
     let ka = a.expect("server_keepalive");
     assert_eq!(ka["peer_name"], "Alice");
     r.wait_log("reaped silent peers");
-    assert_eq!(r.metric("udp_relay_peers"), 0);
+    assert_eq!(r.metric("udp_relay_peers_registered"), 0);
     let (status, _) = r.stop();
     assert!(status.success(), "{status}");
 }
@@ -510,7 +510,7 @@ fn environment_alone_configures_a_working_relay() {
         .unwrap();
     let mut page = String::new();
     s.read_to_string(&mut page).unwrap();
-    assert!(page.contains("\nudp_relay_peers 1\n"), "{page}");
+    assert!(page.contains("\nudp_relay_peers_registered 1\n"), "{page}");
 
     p.signal(libc::SIGTERM);
     let (status, took) = p.wait_exit();
@@ -708,7 +708,7 @@ fn serves_with_workers(n: &str) {
         .map(|i| Peer::bind(r.addr, &format!("127.0.{}.1:0", 10 + i)))
         .collect();
     relays_among(&peers);
-    assert_eq!(r.metric("udp_relay_forwarded_total"), 6);
+    assert_eq!(r.metric("udp_relay_relay_messages_forwarded_total"), 6);
     let (status, took) = r.stop();
     assert!(status.success(), "{status}");
     assert!(took < STOP_WITHIN, "took {took:?}");
@@ -839,6 +839,6 @@ fn datagrams_the_kernel_drops_for_a_full_queue_are_counted_per_worker() {
     assert!(drops < 20_000);
     assert!(
         r.metrics_text()
-            .contains("udp_relay_send_errors_by_worker_total{worker=\"reaper\"}")
+            .contains("udp_relay_send_errors_total{worker=\"reaper\"}")
     );
 }

@@ -1271,7 +1271,7 @@ fn old_python_peers_exchange_with_default_limits() {
         assert!(
             Instant::now() < deadline,
             "Alice was never told that Bob left (announcements withheld: {})",
-            r.metric(r#"udp_relay_withheld_total{kind="announcement"}"#)
+            r.metric(r#"udp_relay_sends_withheld_total{kind="announcement"}"#)
         );
     }
     // Bob is gone: Alice's relay to him reaches nobody.
@@ -1287,6 +1287,6 @@ fn old_python_peers_exchange_with_default_limits() {
     for d in bob.barrier() {
         server_keepalive(&d, "Bob");
     }
-    assert_eq!(r.metric("udp_relay_peers"), 1);
+    assert_eq!(r.metric("udp_relay_peers_registered"), 1);
     assert_within_the_host_credit();
 }

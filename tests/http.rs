@@ -8,7 +8,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Relay, TIMEOUT};
+use common::{Peer, Relay, TIMEOUT};
+use serde_json::json;
 use udp_relay::http::{DEADLINE, MAX_CONNECTIONS, MAX_HEAD};
 
 /// Sends `request` on a fresh connection and reads the answer to EOF (the endpoint closes).
@@ -67,7 +68,10 @@ fn healthz_is_ok_unknown_paths_are_404_and_metrics_still_answers() {
         header(&page, "content-type"),
         Some("text/plain; version=0.0.4")
     );
-    assert!(body(&page).contains("\nudp_relay_peers 0\n"), "{page}");
+    assert!(
+        body(&page).contains("\nudp_relay_peers_registered 0\n"),
+        "{page}"
+    );
     assert!(body(&page).starts_with("# HELP udp_relay_"), "{page}");
 }
 
@@ -101,6 +105,55 @@ fn readyz_answers_ready_once_every_worker_serves() {
         assert!(answer.starts_with("HTTP/1.0 200 OK\r\n"), "{answer}");
         // The pace of the probe, as a kubelet's would be, not a wait for something.
         thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn metrics_carry_build_info_process_metrics_and_registry_counters() {
+    let r = Relay::start(&["--workers", "2"]);
+    let a = Peer::new(&r);
+    a.register("alice");
+    a.send(a.authed(json!({"type": "unregister", "name": "alice"})));
+    let deadline = Instant::now() + TIMEOUT;
+    while r.metric("udp_relay_peers_unregistered_total") == 0 {
+        assert!(Instant::now() < deadline, "unregister not counted");
+        thread::yield_now();
+    }
+    let text = r.metrics_text();
+    let page = body(&text);
+    let version = env!("CARGO_PKG_VERSION");
+    let info = page
+        .lines()
+        .find(|l| l.starts_with("udp_relay_build_info{"))
+        .unwrap_or_else(|| panic!("no build info in\n{page}"));
+    assert!(info.starts_with(&format!(
+        "udp_relay_build_info{{version=\"{version}\",backend=\""
+    )));
+    assert!(
+        info.contains(",workers=\"2\"") && info.ends_with("} 1"),
+        "{info}"
+    );
+    assert_eq!(r.metric("udp_relay_registrations_total"), 1);
+    assert_eq!(r.metric("udp_relay_peers_unregistered_total"), 1);
+    assert_eq!(r.metric("udp_relay_peers_registered"), 0);
+    assert!(r.metric("udp_relay_datagrams_received_total") >= 3);
+    assert!(r.metric("udp_relay_datagrams_sent_total") >= 3);
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(
+            page.contains(&format!("\n# TYPE {name} ")),
+            "no {name} in\n{page}"
+        );
+    }
+    // Every counter says it counts: `_total`, Prometheus's convention.
+    for l in page.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let (name, kind) = l.split_once(' ').unwrap();
+        assert_eq!(kind == "counter", name.ends_with("_total"), "{l}");
     }
 }
 

@@ -126,7 +126,7 @@ fn exercise(format: &str, m: &str) -> Run {
     assert_eq!(b.expect("relayed_packet")["payload"], 1);
     b.send(json!({"type": "relay", "target": "alice", "source": "bob", "payload": {"re": m}}));
     assert_eq!(a.expect("relayed_packet")["payload"]["re"], m);
-    wait_metric(&r, "udp_relay_forwarded_total", 7);
+    wait_metric(&r, "udp_relay_relay_messages_forwarded_total", 7);
 
     // Refused, each under its reason: the marker rides along in the refused bytes.
     let stranger = Peer::new(&r);

@@ -239,7 +239,7 @@ fn register_acks_lists_and_announces() {
     assert_eq!(names(&joined["peers"]), set(&["Bob", "Alice"]));
     alice.expect_nothing();
     bob.expect_nothing();
-    assert_eq!(r.metric("udp_relay_peers"), 2);
+    assert_eq!(r.metric("udp_relay_peers_registered"), 2);
 }
 
 #[test]
@@ -282,7 +282,7 @@ fn reregister_from_same_address_refreshes() {
     assert_eq!(first["your_address"], ack["your_address"]);
     assert_eq!(list["count"], json!(2));
     assert_eq!(names(&list["peers"]), set(&["Bob", "Alice"]));
-    assert_eq!(r.metric("udp_relay_peers"), 2);
+    assert_eq!(r.metric("udp_relay_peers_registered"), 2);
     bob.drain();
     assert!(lookup(&bob, "Alice"));
 }
@@ -324,7 +324,7 @@ fn keepalive_acks_and_registers_unknown_names() {
     assert!(lookup(&bob, "Kim"));
     bob.send_raw(relay_msg("Bob", "Kim", r#""hi""#).as_bytes());
     check_relayed(&kim.recv_raw(), "Bob", r#""hi""#);
-    assert_eq!(r.metric("udp_relay_peers"), 2);
+    assert_eq!(r.metric("udp_relay_peers_registered"), 2);
 }
 
 #[test]
@@ -391,7 +391,7 @@ fn relay_forwards_the_payload_byte_for_byte() {
     check_relayed(&alice.recv_raw(), "Bob", r#""ack""#);
     alice.expect_nothing();
     bob.expect_nothing();
-    assert_eq!(r.metric("udp_relay_forwarded_total"), 11);
+    assert_eq!(r.metric("udp_relay_relay_messages_forwarded_total"), 11);
 }
 
 #[test]
@@ -416,7 +416,7 @@ fn relay_believes_the_registry_not_the_source_field() {
     carol.expect_nothing();
     alice.expect_nothing();
     assert_eq!(r.refused("not_registered"), 2);
-    assert_eq!(r.metric("udp_relay_forwarded_total"), 0);
+    assert_eq!(r.metric("udp_relay_relay_messages_forwarded_total"), 0);
 
     // Several names may share one address; each speaks for itself.
     prove(&alice, "Alice2");
@@ -440,7 +440,7 @@ fn relay_to_unknown_target_forwards_nothing() {
         "unknown_target",
     );
     assert_eq!(r.refused("unknown_target"), 1);
-    assert_eq!(r.metric("udp_relay_forwarded_total"), 0);
+    assert_eq!(r.metric("udp_relay_relay_messages_forwarded_total"), 0);
     bob.expect_nothing();
     // Relaying refreshed Alice's liveness and she is still served.
     assert!(lookup(&bob, "Alice"));
@@ -550,7 +550,7 @@ fn relay_refuses_malformed_datagrams() {
         assert_eq!(e["code"], "bad_request", "{reason}: {what}");
     }
     bob.expect_nothing();
-    assert_eq!(r.metric("udp_relay_forwarded_total"), 0);
+    assert_eq!(r.metric("udp_relay_relay_messages_forwarded_total"), 0);
     for reason in [
         "missing_field",
         "duplicate_field",
@@ -587,7 +587,7 @@ fn keepalive_with_session_moves_the_registration() {
     assert_eq!(r.refused("not_registered"), 1);
     moved.send_raw(relay_msg("Alice", "Bob", "2").as_bytes());
     check_relayed(&bob.recv_raw(), "Alice", "2");
-    assert_eq!(r.metric("udp_relay_peers"), 2);
+    assert_eq!(r.metric("udp_relay_peers_registered"), 2);
 }
 
 #[test]
@@ -721,7 +721,10 @@ fn names_follow_the_rules() {
     );
     send_expect_error(&stranger, json!({"type": "register"}), "bad_request");
     multi.expect_nothing();
-    assert_eq!(r.metric("udp_relay_peers"), 2 + valid.len() as u64);
+    assert_eq!(
+        r.metric("udp_relay_peers_registered"),
+        2 + valid.len() as u64
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -777,7 +780,7 @@ fn reaper_removes_silent_peers_and_keeps_active_ones() {
         assert!(lookup_skip(&alive[0], n), "{n} was active yet reaped");
     }
     assert!(!lookup_skip(&alive[0], "A"));
-    assert_eq!(r.metric("udp_relay_peers"), 3);
+    assert_eq!(r.metric("udp_relay_peers_registered"), 3);
     // Once stale, anyone may register the name (an old peer whose NAT mapping changed).
     let again = Peer::new(&r);
     let (ack, list) = again.register("A");
@@ -830,7 +833,7 @@ fn keepalive_for_one_name_keeps_only_that_name_live() {
     }
     assert!(lookup_skip(&s, "S1") && lookup_skip(&s, "T1"));
     assert!(!lookup_skip(&s, "S2") && !lookup_skip(&s, "T2"));
-    assert_eq!(r.metric("udp_relay_peers"), 2);
+    assert_eq!(r.metric("udp_relay_peers_registered"), 2);
 }
 
 #[test]
@@ -896,7 +899,7 @@ fn errors_go_to_registered_or_requesting_peers_within_the_budgets() {
         "{back} bytes of errors for {} bytes sent",
         n * tiny.len()
     );
-    assert!(r.metric(r#"udp_relay_withheld_total{kind="reply"}"#) > 0);
+    assert!(r.metric(r#"udp_relay_sends_withheld_total{kind="reply"}"#) > 0);
     // A request that pays for its answer gets it in full, credit or not.
     let e = send_expect_error(&a, json!({"type": "bogus"}), "bad_request");
     assert_eq!(e["message"], "unknown type");
@@ -948,7 +951,7 @@ fn error_replies_are_rate_limited_per_source() {
     );
     assert_eq!(r.refused("unknown_type"), 30, "refusals are always counted");
     assert_eq!(
-        r.metric("udp_relay_errors_suppressed_total"),
+        r.metric("udp_relay_error_replies_suppressed_total"),
         30 - got.len() as u64
     );
     // Another source has its own allowance.
@@ -1275,7 +1278,7 @@ fn unregister_follows_the_rules_of_taking_a_name() {
     a.send_raw(relay_msg("A", "B", "1").as_bytes());
     a.expect_nothing();
     b.expect_nothing();
-    assert_eq!(r.metric("udp_relay_peers"), 2);
+    assert_eq!(r.metric("udp_relay_peers_registered"), 2);
     // D's token from an address that holds nothing: refused, and nobody is answered or told.
     let d = join(&r, "D");
     b.drain();

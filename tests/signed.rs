@@ -161,5 +161,5 @@ fn in_signed_mode_a_forger_gets_a_victim_nothing_through_the_relay() {
     }
     let sent = 50 * register.len() + unsigned.len();
     assert!(bytes <= sent, "{bytes} bytes back for {sent}");
-    assert_eq!(r.metric("udp_relay_peers"), 1);
+    assert_eq!(r.metric("udp_relay_peers_registered"), 1);
 }

@@ -56,7 +56,7 @@ fn binding_requests_learn_their_address_over_ipv4_ipv6_and_dual_stack() {
             assert_eq!(has_fingerprint, fingerprint, "{local}");
         }
     }
-    assert_eq!(r.metric("udp_relay_stun_answered_total"), 6);
+    assert_eq!(r.metric("udp_relay_stun_binding_successes_total"), 6);
 }
 
 /// Whether `tool` is there to run; if not, says so (and fails under CI, which installs it).
@@ -135,7 +135,10 @@ fn aioices_stun_learns_its_address_and_reads_the_420() {
         // PRIORITY (0x0024, ICE) is comprehension-required and not this server's: a 420.
         assert_eq!(run(ip, &["priority", "fingerprint"]), "420 0024");
     }
-    assert_eq!(r.metric("udp_relay_stun_unknown_attributes_total"), 2);
+    assert_eq!(
+        r.metric("udp_relay_stun_binding_unknown_attributes_total"),
+        2
+    );
 }
 
 #[test]

@@ -255,6 +255,26 @@ pub fn pin_to_cpu(cpu: usize) -> io::Result<usize> {
     }
 }
 
+/// The receive and send buffer each worker socket asks for.
+pub const SOCKET_BUFFER: usize = 4 << 20;
+
+/// The buffers of `sock` that the kernel capped below [`SOCKET_BUFFER`]: the sysctl that caps
+/// each and the size in force. Linux reports twice the size it grants (the other half is its
+/// bookkeeping), so what it reports is halved before comparing.
+pub fn capped_buffers(sock: &UdpSocket) -> Vec<(&'static str, usize)> {
+    let sock = socket2::SockRef::from(sock);
+    [
+        ("net.core.rmem_max", sock.recv_buffer_size()),
+        ("net.core.wmem_max", sock.send_buffer_size()),
+    ]
+    .into_iter()
+    .filter_map(|(sysctl, got)| {
+        let granted = got.ok()? / 2;
+        (granted < SOCKET_BUFFER).then_some((sysctl, granted))
+    })
+    .collect()
+}
+
 /// Binds one worker socket on `addr` with `SO_REUSEPORT`; `::` also takes IPv4.
 pub fn bind_worker_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
     let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -267,9 +287,10 @@ pub fn bind_worker_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
     sock.set_reuse_port(true)?;
     // Every received datagram then carries how many the kernel dropped for a full queue.
     set_int_option(&sock, libc::SOL_SOCKET, libc::SO_RXQ_OVFL)?;
-    // Best effort: a larger buffer absorbs bursts; the kernel caps it at its own maximum.
-    let _ = sock.set_recv_buffer_size(4 << 20);
-    let _ = sock.set_send_buffer_size(4 << 20);
+    // Best effort: a larger buffer absorbs bursts; the kernel caps it at its own maximum,
+    // which `capped_buffers` reports.
+    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
     sock.bind(&addr.into())?;
     sock.set_read_timeout(Some(std::time::Duration::from_millis(POLL_MS)))?;
     Ok(sock.into())

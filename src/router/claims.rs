@@ -5,6 +5,7 @@ use tracing::debug;
 
 use crate::auth::{self, AuthError};
 use crate::config::Auth;
+use crate::metrics::Counters;
 use crate::out::{Kind, Out};
 use crate::presence;
 use crate::refusal::Reason;
@@ -69,6 +70,11 @@ impl Router {
         req.authed = matches!(proof, Proof::Key(..))
             || (matches!(claim, Claim::Refreshed(_)) && token == Some(session));
         debug!(%from, name = %r.name, ?claim, explicit, "claim");
+        match claim {
+            Claim::Joined(_) | Claim::Replaced(_) => Counters::add(&self.counters.registrations, 1),
+            Claim::Moved(_) => Counters::add(&self.counters.moves, 1),
+            _ => {}
+        }
         if req.authed && matches!(claim, Claim::Refreshed(_)) && !proven_before {
             self.proven(&r.name, req, out);
         }

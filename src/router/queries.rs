@@ -3,6 +3,7 @@
 
 use tracing::debug;
 
+use crate::metrics::Counters;
 use crate::out::{Kind, Out};
 use crate::presence;
 use crate::refusal::Reason;
@@ -98,6 +99,7 @@ impl Router {
             .unregister(&name, req.from, token, req.now.ms)
             .ok_or(Reason::NotRegistered)?;
         debug!(from = %req.from, name = %gone.name, "unregistered");
+        Counters::add(&self.counters.unregistered, 1);
         channels::react(&self.shared, gone.event(), req.now, out);
         presence::announce(
             &self.shared,

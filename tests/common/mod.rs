@@ -141,7 +141,7 @@ impl Relay {
         self.metrics_text()
             .lines()
             .filter_map(|l| {
-                let rest = l.strip_prefix("udp_relay_refused_total{reason=\"")?;
+                let rest = l.strip_prefix("udp_relay_datagrams_refused_total{reason=\"")?;
                 let (reason, v) = rest.split_once("\"} ")?;
                 Some((reason.to_string(), v.trim().parse().unwrap()))
             })
@@ -193,7 +193,7 @@ impl Relay {
         body
     }
 
-    /// The value of metric line `series` (e.g. `udp_relay_refused_total{reason="too_deep"}`).
+    /// The value of metric line `series` (e.g. `udp_relay_datagrams_refused_total{reason="too_deep"}`).
     pub fn metric(&self, series: &str) -> u64 {
         let text = self.metrics_text();
         text.lines()
@@ -205,7 +205,9 @@ impl Relay {
 
     /// Refusals counted for `reason`.
     pub fn refused(&self, reason: &str) -> u64 {
-        self.metric(&format!("udp_relay_refused_total{{reason=\"{reason}\"}}"))
+        self.metric(&format!(
+            "udp_relay_datagrams_refused_total{{reason=\"{reason}\"}}"
+        ))
     }
 
     /// Sends SIGTERM (or `signal`) and waits for exit; returns the status and how long it took.
