@@ -12,6 +12,7 @@ pub mod config;
 pub mod http;
 pub mod io;
 pub mod metrics;
+pub mod notify;
 pub mod out;
 pub mod presence;
 pub mod process;

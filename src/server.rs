@@ -15,6 +15,7 @@ use crate::config::{Args, Auth, OnOff, Settings};
 use crate::http;
 use crate::io::{self as relay_io, Egress, Worker};
 use crate::metrics::LimitWatch;
+use crate::notify;
 use crate::out::Out;
 use crate::reaper;
 use crate::router::Router;
@@ -119,6 +120,8 @@ pub fn start(args: &Args) -> io::Result<Relay> {
     if let Some(m) = args.metrics_listen {
         http::serve(m, shared.clone())?;
     }
+    // After the sockets are bound and the workers started: READY=1 waits for them to serve.
+    notify::start(shared.clone())?;
     let gso = if args.gso == OnOff::On { "on" } else { "off" };
     let gro = match (args.gro, gro_wanted, gro_on) {
         (OnOff::Off, _, _) => "off",
