@@ -1,6 +1,11 @@
 //! What `dist/` ships, checked against the real binary: the systemd unit passes
-//! `systemd-analyze verify` (CI installs it; elsewhere, missing, the test says so and passes).
+//! `systemd-analyze verify`, the alerting rules `promtool check rules` (CI installs both;
+//! elsewhere, missing, the test says so and passes), and every metric the dashboard and the
+//! rules read is one a running relay serves.
 
+mod common;
+
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
@@ -67,4 +72,68 @@ fn the_systemd_unit_verifies_clean() {
     ] {
         assert!(unit.lines().any(|l| l.starts_with(key)), "no {key}");
     }
+}
+
+#[test]
+fn the_alerting_rules_check_with_promtool() {
+    if !have("promtool") {
+        return;
+    }
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/prometheus/udp-relay-rules.yml");
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && said.contains("SUCCESS"), "{said}");
+}
+
+/// Every metric name (`udp_relay_…`, `process_…`) that `text` mentions.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for prefix in ["udp_relay_", "process_"] {
+        for (at, _) in text.match_indices(prefix) {
+            let boundary = text[..at]
+                .chars()
+                .next_back()
+                .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'));
+            let name: String = text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if boundary && name.len() > prefix.len() {
+                names.insert(name);
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn the_dashboard_and_the_rules_read_only_metrics_the_relay_serves() {
+    let r = common::Relay::start(&[]);
+    let page = r.metrics_text();
+    let served: BTreeSet<String> = page
+        .lines()
+        .filter_map(|l| Some(l.strip_prefix("# TYPE ")?.split(' ').next()?.to_string()))
+        .collect();
+    for file in [
+        "dist/grafana/udp-relay.json",
+        "dist/prometheus/udp-relay-rules.yml",
+    ] {
+        let used = metric_names(&shipped(file));
+        assert!(used.len() >= 7, "{file} reads only {used:?}");
+        let missing: Vec<_> = used.difference(&served).collect();
+        assert!(
+            missing.is_empty(),
+            "{file} reads {missing:?}, not served:\n{page}"
+        );
+    }
+    // The dashboard is JSON Grafana can import: panels, each with its queries.
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&shipped("dist/grafana/udp-relay.json")).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.iter().all(|p| p["targets"][0]["expr"].is_string()));
 }
