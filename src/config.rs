@@ -738,6 +738,8 @@ pub const LIVE: &[&str] = &[
     "error_rate",
     "presence_rate",
     "registration_rate",
+    "announce_max",
+    "reply_budget",
     "log_level",
 ];
 
@@ -753,6 +755,8 @@ impl Settings {
             error_rate: new.error_rate,
             presence_rate: new.presence_rate,
             registration_rate: new.registration_rate,
+            announce_max: new.announce_max,
+            reply_budget: new.reply_budget,
             ..self.clone()
         }
     }

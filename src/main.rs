@@ -117,6 +117,7 @@ fn reload(
         .unwrap_or_else(|| shared.settings.clone());
     let published = base.with_live(&new.args.settings());
     shared.budgets.retune(&published);
+    shared.lists.set(&published);
     shared.live.publish(published);
     if let Err(e) = level.reload(log_filter(new.args.log_level.as_deref())) {
         error!("reload: cannot change the log filter: {e}");

@@ -42,7 +42,7 @@ struct Built {
 
 impl Sample {
     fn get(&self, shared: &Shared, now: Now) -> Arc<[Live]> {
-        let fit = shared.settings.reply_budget / MIN_LISTED_NAME;
+        let fit = shared.lists.reply_budget() / MIN_LISTED_NAME;
         let len = shared.registry.len();
         let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(b) = &*slot {
@@ -65,7 +65,7 @@ impl Sample {
 
 /// Whether the registry is small enough for everyone to hear of everyone.
 fn small(shared: &Shared) -> bool {
-    shared.registry.len() <= shared.settings.announce_max
+    shared.registry.len() <= shared.lists.announce_max()
 }
 
 /// Every live peer, in join order (for a small registry).
@@ -85,7 +85,7 @@ pub fn peer_list(
     trusted: bool,
 ) {
     let start = out.buf.len();
-    let budget = Some(shared.settings.reply_budget);
+    let budget = Some(shared.lists.reply_budget());
     if small(shared) {
         let peers = everyone(shared, now);
         let names = peers.iter().map(|p| &*p.name);
@@ -160,10 +160,10 @@ fn announce_if(
     if to.is_empty() {
         return;
     }
-    let s = &shared.settings;
-    let budget = match s.fanout_allowance {
-        0 => s.reply_budget,
-        a => (a as usize / to.len()).clamp(MIN_ANNOUNCEMENT, s.reply_budget),
+    let reply_budget = shared.lists.reply_budget();
+    let budget = match shared.settings.fanout_allowance {
+        0 => reply_budget,
+        a => (a as usize / to.len()).clamp(MIN_ANNOUNCEMENT, reply_budget),
     };
     let start = out.buf.len();
     let names = peers.iter().map(|p| &*p.name);

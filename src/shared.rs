@@ -3,7 +3,7 @@
 //! them owns it.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::auth::Cookies;
@@ -19,8 +19,11 @@ use crate::registry::Registry;
 pub struct Shared {
     /// The peer registry.
     pub registry: Registry,
-    /// The protocol settings.
+    /// The protocol settings as at start (a reload publishes its changes in `live` and, for
+    /// the list sizes, in `lists`).
     pub settings: Settings,
+    /// `--announce-max` and `--reply-budget` in force, which a reload may change.
+    pub lists: Lists,
     /// The counters.
     pub metrics: Metrics,
     /// Who pays for each send, shared so that no limit multiplies with the workers.
@@ -68,6 +71,38 @@ impl Live {
     }
 }
 
+/// The sizes of what the relay tells: read on every announcement and list (an atomic load
+/// each), set at start and by a reload.
+pub struct Lists {
+    announce_max: AtomicUsize,
+    reply_budget: AtomicUsize,
+}
+
+impl Lists {
+    fn new(s: &Settings) -> Lists {
+        Lists {
+            announce_max: AtomicUsize::new(s.announce_max),
+            reply_budget: AtomicUsize::new(s.reply_budget),
+        }
+    }
+
+    /// Largest registry in which everyone hears of everyone (`--announce-max`).
+    pub fn announce_max(&self) -> usize {
+        self.announce_max.load(Ordering::Relaxed)
+    }
+
+    /// Size limit of a list (`--reply-budget`).
+    pub fn reply_budget(&self) -> usize {
+        self.reply_budget.load(Ordering::Relaxed)
+    }
+
+    /// Puts the sizes of `s` in force.
+    pub fn set(&self, s: &Settings) {
+        self.announce_max.store(s.announce_max, Ordering::Relaxed);
+        self.reply_budget.store(s.reply_budget, Ordering::Relaxed);
+    }
+}
+
 impl Shared {
     /// Shared state for `workers` workers.
     pub fn new(settings: Settings, workers: usize) -> Arc<Shared> {
@@ -81,6 +116,7 @@ impl Shared {
             channels: Channels::new(&settings),
             live: Live::default(),
             clock: Clock::default(),
+            lists: Lists::new(&settings),
             settings,
         })
     }

@@ -397,7 +397,7 @@ fn sighup_raises_a_rate_limit_under_load_losing_no_datagram_and_no_registration(
     flood(&r, &flooder, &a, 150);
     assert_eq!(r.refused("rate_limited_source"), refused_before);
     // And the registrations from before are still there.
-    assert_eq!(r.metric("udp_relay_peers"), 2);
+    assert_eq!(r.metric("udp_relay_peers_registered"), 2);
     a.send(a.authed(json!({"type": "relay", "target": "B", "source": "A", "payload": "after"})));
     assert_eq!(b.expect("relayed_packet")["payload"], "after");
     let (status, _) = r.stop();
@@ -430,7 +430,7 @@ fn sighup_names_what_needs_a_restart_and_refuses_a_bad_file_keeping_the_old_valu
     let before = r.refused("rate_limited_source");
     flood(&r, &flooder, &a, 150);
     assert!(r.refused("rate_limited_source") > before);
-    assert_eq!(r.metric("udp_relay_peers"), 1);
+    assert_eq!(r.metric("udp_relay_peers_registered"), 1);
     let (status, _) = r.stop();
     assert!(status.success(), "{status}");
 }
@@ -444,7 +444,7 @@ fn sighup_raises_the_registration_rate_keeping_the_peers_registered() {
     barrier.register("barrier");
     let _early = register_many(&r, &barrier, 0);
     let refused_before = r.refused("rate_limited_registrations");
-    let peers_before = r.metric("udp_relay_peers");
+    let peers_before = r.metric("udp_relay_peers_registered");
     assert!(refused_before > 0, "the low rate refused nothing");
     assert!(peers_before < 31, "{peers_before} registered");
 
@@ -455,7 +455,29 @@ fn sighup_raises_the_registration_rate_keeping_the_peers_registered() {
     let _late = register_many(&r, &barrier, 100);
     assert_eq!(r.refused("rate_limited_registrations"), refused_before);
     // The peers registered before the reload are all still there, beside the 30 new.
-    assert_eq!(r.metric("udp_relay_peers"), peers_before + 30);
+    assert_eq!(r.metric("udp_relay_peers_registered"), peers_before + 30);
+    let (status, _) = r.stop();
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn sighup_changes_announce_max_so_that_joins_go_to_watchers_only() {
+    let f = file("reload-announce", "announce_max = 100\n");
+    let args = ["--config", f.to_str().unwrap(), "--workers", "1"];
+    let mut r = Relay::start_with(&args, &[], "127.0.0.1");
+    let (a, b) = (Peer::new(&r), Peer::new(&r));
+    a.register("A");
+    b.register("B");
+    assert_eq!(a.expect("peer_joined")["peer_name"], "B");
+    std::fs::write(&f, "announce_max = 1\n").unwrap();
+    hangup(&r);
+    let line = r.wait_log("reloaded");
+    assert!(line.contains("announce_max 100 -> 1"), "{line}");
+    // Beyond announce_max only watchers hear of a join: A, who watches nobody, hears nothing.
+    let c = Peer::new(&r);
+    c.register("C");
+    a.expect_nothing();
+    assert_eq!(r.metric("udp_relay_peers_registered"), 3);
     let (status, _) = r.stop();
     assert!(status.success(), "{status}");
 }

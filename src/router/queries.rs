@@ -51,7 +51,7 @@ impl Router {
         self.ingress.charge(req.from, extra, req.now.ms)?;
         let names: Vec<Name> = w.names.iter().map(|n| Name::from(n.as_str())).collect();
         let reg = &self.shared.registry;
-        let (now, budget) = (req.now.ms, self.shared.settings.reply_budget);
+        let (now, budget) = (req.now.ms, self.shared.lists.reply_budget());
         let start = out.buf.len();
         if add {
             let left_out = reg
