@@ -775,6 +775,33 @@ mod tests {
         );
     }
 
+    /// A worker on a loopback socket from which the kernel refuses every segmented send
+    /// (`SO_NO_CHECK`: EINVAL, as where a device cannot segment) but no single one, deciding
+    /// with `router`; its address, stop flag and counters.
+    fn refusing_worker(
+        router: Box<dyn Decide>,
+    ) -> (Worker, SocketAddr, Arc<AtomicBool>, Arc<Counters>) {
+        let socket = bind_worker_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        set_int_option(&socket, libc::SOL_SOCKET, libc::SO_NO_CHECK).unwrap();
+        let relay = socket.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(Counters::default());
+        let w = Worker {
+            index: 0,
+            socket,
+            router,
+            clock: Clock::default(),
+            stop: stop.clone(),
+            counters: counters.clone(),
+            max_datagram: 1500,
+            inbox: None,
+            cpu: None,
+            gso: true,
+            gro: false,
+        };
+        (w, relay, stop, counters)
+    }
+
     /// Protocol logic for backend tests: every datagram goes on, three times, to `to`.
     struct Thrice {
         to: SocketAddr,
@@ -800,27 +827,8 @@ mod tests {
             let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
             rx.set_read_timeout(Some(std::time::Duration::from_secs(2)))
                 .unwrap();
-            let socket = bind_worker_socket("127.0.0.1:0".parse().unwrap()).unwrap();
-            // Segmented sends from this socket are refused (EINVAL), as in the test above.
-            set_int_option(&socket, libc::SOL_SOCKET, libc::SO_NO_CHECK).unwrap();
-            let relay = socket.local_addr().unwrap();
-            let stop = Arc::new(AtomicBool::new(false));
-            let counters = Arc::new(Counters::default());
-            let w = Worker {
-                index: 0,
-                socket,
-                router: Box::new(Thrice {
-                    to: rx.local_addr().unwrap(),
-                }),
-                clock: Clock::default(),
-                stop: stop.clone(),
-                counters: counters.clone(),
-                max_datagram: 1500,
-                inbox: None,
-                cpu: None,
-                gso: true,
-                gro: false,
-            };
+            let to = rx.local_addr().unwrap();
+            let (w, relay, stop, counters) = refusing_worker(Box::new(Thrice { to }));
             let name = backend.name();
             let run = std::thread::scope(|s| {
                 let t = s.spawn(|| backend.run(w));
@@ -880,27 +888,10 @@ mod tests {
             rx.set_read_timeout(Some(std::time::Duration::from_secs(2)))
                 .unwrap();
             let other = UdpSocket::bind("127.0.0.1:0").unwrap();
-            let socket = bind_worker_socket("127.0.0.1:0".parse().unwrap()).unwrap();
-            // Segmented sends from this socket are refused (EINVAL); single ones are not.
-            set_int_option(&socket, libc::SOL_SOCKET, libc::SO_NO_CHECK).unwrap();
-            let relay = socket.local_addr().unwrap();
-            let stop = Arc::new(AtomicBool::new(false));
-            let w = Worker {
-                index: 0,
-                socket,
-                router: Box::new(Interleaved {
-                    to: rx.local_addr().unwrap(),
-                    other: other.local_addr().unwrap(),
-                }),
-                clock: Clock::default(),
-                stop: stop.clone(),
-                counters: Arc::new(Counters::default()),
-                max_datagram: 1500,
-                inbox: None,
-                cpu: None,
-                gso: true,
-                gro: false,
-            };
+            let (w, relay, stop, _) = refusing_worker(Box::new(Interleaved {
+                to: rx.local_addr().unwrap(),
+                other: other.local_addr().unwrap(),
+            }));
             let name = backend.name();
             let (run, tags) = std::thread::scope(|s| {
                 let t = s.spawn(|| backend.run(w));
