@@ -187,7 +187,7 @@ impl Clocked {
             .slot(key)
             .fetch_update(Relaxed, Relaxed, |state| {
                 let (used, at) = (state >> 32, state as u32);
-                let refill = u64::from(now_ds.saturating_sub(at)) * rate / 10;
+                let refill = u64::from(now_ds.saturating_sub(at)).saturating_mul(rate) / 10;
                 let used = used.saturating_sub(refill);
                 (used + cost <= burst).then(|| ((used + cost) << 32) | u64::from(now_ds.max(at)))
             })

@@ -744,6 +744,22 @@ pub const LIVE: &[&str] = &[
 ];
 
 impl Settings {
+    /// Whether `other` has the same per-worker rate limits (ingress and error replies), which
+    /// the workers rebuild when a reload publishes new ones.
+    pub fn same_rates(&self, other: &Settings) -> bool {
+        let rates = |s: &Settings| {
+            (
+                s.source_rate,
+                s.source_bytes,
+                s.prefix_rate,
+                s.prefix_bytes,
+                s.global_rate,
+                s.error_rate,
+            )
+        };
+        rates(self) == rates(other)
+    }
+
     /// These settings with the [`LIVE`] ones taken from `new`.
     pub fn with_live(&self, new: &Settings) -> Settings {
         Settings {
@@ -800,7 +816,10 @@ impl Loaded {
                     let _ = writeln!(out, "# {} is unset  # from {}", s.key, s.source);
                 }
                 Some(v) => {
-                    let shown = if s.switch || v.parse::<u64>().is_ok() {
+                    // A bare number only where TOML reads it back as written (no leading zero,
+                    // within i64); any other value is a string, which the file reader takes too.
+                    let number = v.parse::<i64>().is_ok_and(|n| n.to_string() == *v);
+                    let shown = if s.switch || number {
                         v.clone()
                     } else {
                         toml::Value::String(v.clone()).to_string()

@@ -14,6 +14,15 @@ use udp_relay::config::{self, Invocation, LogFormat};
 use udp_relay::server;
 
 fn main() -> ExitCode {
+    // First of all, so that a SIGHUP (a reload sent early) or SIGTERM during start-up is held
+    // for the loop below instead of killing the relay with the signal's default action.
+    let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let loaded = match config::invocation() {
         Invocation::Run(loaded) => loaded,
         Invocation::CheckConfig(loaded) => {
@@ -58,13 +67,6 @@ fn main() -> ExitCode {
         .with(filter)
         .with(lines)
         .init();
-    let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP]) {
-        Ok(s) => s,
-        Err(e) => {
-            error!("cannot install signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let relay = match server::start(&args) {
         Ok(r) => r,
         Err(e) => {
@@ -118,7 +120,11 @@ fn reload(
     let published = base.with_live(&new.args.settings());
     shared.budgets.retune(&published);
     shared.lists.set(&published);
-    shared.live.publish(published);
+    // The workers rebuild their rate limits (full again) only when one of them changed, so
+    // that a reload that changes none of them gives no flood a fresh burst.
+    if !base.same_rates(&published) {
+        shared.live.publish(published);
+    }
     if let Err(e) = level.reload(log_filter(new.args.log_level.as_deref())) {
         error!("reload: cannot change the log filter: {e}");
     }

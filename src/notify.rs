@@ -25,10 +25,12 @@ struct Service {
     watchdog: Option<Duration>,
 }
 
-/// Reads `$NOTIFY_SOCKET` and `$WATCHDOG_USEC` (absent: not run by systemd, nothing to do).
-/// A value that cannot be used stops start-up naming the variable.
+/// Reads `$NOTIFY_SOCKET` and `$WATCHDOG_USEC` (absent or empty: not run by systemd, nothing
+/// to do). A socket that cannot be reached is warned of and the relay runs without notifying, as
+/// sd_notify(3) does (a stale variable inherited from elsewhere must not stop a relay); a
+/// `WATCHDOG_USEC` that is not a number stops start-up naming it.
 fn service() -> io::Result<Option<Service>> {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET").filter(|p| !p.is_empty()) else {
         return Ok(None);
     };
     let named = |e: io::Error| {
@@ -43,9 +45,19 @@ fn service() -> io::Result<Option<Service>> {
         Some(name) => SocketAddr::from_abstract_name(name),
         None => SocketAddr::from_pathname(&path),
     }
-    .map_err(named)?;
-    let socket = UnixDatagram::unbound().map_err(named)?;
-    socket.connect_addr(&addr).map_err(named)?;
+    .map_err(named);
+    let socket = addr.and_then(|addr| {
+        let socket = UnixDatagram::unbound().map_err(named)?;
+        socket.connect_addr(&addr).map_err(named)?;
+        Ok(socket)
+    });
+    let socket = match socket {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("not notifying systemd: {e}");
+            return Ok(None);
+        }
+    };
     // systemd sets WATCHDOG_PID when the watchdog is meant for one process of several.
     let ours = std::env::var("WATCHDOG_PID")
         .map_or(true, |pid| pid.trim() == std::process::id().to_string());
@@ -57,8 +69,9 @@ fn service() -> io::Result<Option<Service>> {
                     format!("WATCHDOG_USEC={v}: not a positive number of microseconds"),
                 )
             })?;
-            // Half the timeout, as sd_watchdog_enabled(3) advises: one late ping is no failure.
-            Some(Duration::from_micros(usec / 2))
+            // Half the timeout, as sd_watchdog_enabled(3) advises: one late ping is no failure;
+            // at least 10 ms apart, whatever the timeout, so that a tiny one cannot spin.
+            Some(Duration::from_micros(usec / 2).max(Duration::from_millis(10)))
         }
         _ => None,
     };

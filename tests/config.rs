@@ -279,6 +279,18 @@ fn print_config_output_is_a_configuration_file_giving_the_same_values() {
 }
 
 #[test]
+fn print_config_writes_numbers_toml_reads_back_whatever_their_spelling() {
+    // 0300 is 300 to the flag's parser but no TOML integer; too large for TOML's i64 as well.
+    for v in ["0300", "18446744073709551615"] {
+        let (code, printed, err) = run(&["print-config"], &[("UDP_RELAY_SOURCE_RATE", v)]);
+        assert_eq!(code, 0, "{err}");
+        let f = file("print-spelling", &printed);
+        let (code, _, err) = run(&["check-config", "--config", f.to_str().unwrap()], &[]);
+        assert_eq!(code, 0, "{v}: the printed file is refused: {err}");
+    }
+}
+
+#[test]
 fn the_shipped_example_file_has_every_key_at_its_default() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/dist/udp-relay.toml");
     let text = std::fs::read_to_string(path).unwrap();
@@ -431,6 +443,35 @@ fn sighup_names_what_needs_a_restart_and_refuses_a_bad_file_keeping_the_old_valu
     flood(&r, &flooder, &a, 150);
     assert!(r.refused("rate_limited_source") > before);
     assert_eq!(r.metric("udp_relay_peers_registered"), 1);
+    let (status, _) = r.stop();
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn a_reload_that_changes_no_rate_gives_a_flood_no_fresh_burst() {
+    let f = file("reload-noop", "source_rate = 50\n");
+    let args = ["--config", f.to_str().unwrap(), "--workers", "1"];
+    let mut r = Relay::start_with(&args, &[], "127.0.0.1");
+    let barrier = Peer::new(&r);
+    barrier.register("barrier");
+    let flooder = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // The first flood spends the source's burst; the next ones get only what refills.
+    flood(&r, &flooder, &barrier, 1000);
+    let admitted = |r: &Relay, flooder: &UdpSocket, barrier: &Peer| {
+        let before = r.refused("rate_limited_source");
+        flood(r, flooder, barrier, 1000);
+        1000 - (r.refused("rate_limited_source") - before)
+    };
+    let spent = admitted(&r, &flooder, &barrier);
+    std::fs::write(&f, "source_rate = 50\nlog_level = \"info\"\n").unwrap();
+    hangup(&r);
+    r.wait_log("reloaded");
+    let after = admitted(&r, &flooder, &barrier);
+    println!("admitted of 1,000 after the burst was spent: {spent}; after a reload: {after}");
+    assert!(
+        after < 50,
+        "the reload refilled the burst: {after} admitted"
+    );
     let (status, _) = r.stop();
     assert!(status.success(), "{status}");
 }

@@ -214,18 +214,32 @@ fn wait_thread_gone(r: &Relay, name: &str) {
 }
 
 #[test]
-fn bad_notify_variables_stop_start_up_naming_them() {
+fn an_unreachable_notify_socket_is_warned_of_and_the_relay_serves() {
+    // A stale variable inherited from elsewhere must not stop a relay (sd_notify(3) ignores it).
+    for socket in ["/nonexistent/notify.sock", "@"] {
+        let mut r = Relay::start_with(&[], &[("NOTIFY_SOCKET", socket)], "127.0.0.1");
+        // Logged before the start-up line, which `start_with` waits for.
+        let logs = r.logs();
+        let warning = logs
+            .lines()
+            .find(|l| l.contains("not notifying systemd"))
+            .unwrap_or_else(|| panic!("no warning in:\n{logs}"));
+        assert!(warning.contains("NOTIFY_SOCKET"), "{warning}");
+        let p = Peer::new(&r);
+        p.register("served");
+        let (status, _) = r.stop();
+        assert!(status.success(), "{status}");
+    }
+}
+
+#[test]
+fn a_bad_watchdog_variable_stops_start_up_naming_it() {
     let (_socket, path) = notify_socket("bad");
-    for (env, name) in [
-        (
-            vec![("NOTIFY_SOCKET", "/nonexistent/notify.sock")],
-            "NOTIFY_SOCKET",
-        ),
-        (
+    {
+        let (env, name) = (
             vec![("NOTIFY_SOCKET", path.as_str()), ("WATCHDOG_USEC", "soon")],
             "WATCHDOG_USEC",
-        ),
-    ] {
+        );
         let out = Relay::command(&[], &env, "127.0.0.1").output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{env:?} started:\n{err}");
