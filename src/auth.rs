@@ -46,6 +46,16 @@ impl Default for Cookies {
 }
 
 impl Cookies {
+    /// Cookies under `key` (a key a relay handed over: its cookies stay valid).
+    pub fn with_key(key: [u8; 32]) -> Cookies {
+        Cookies { key }
+    }
+
+    /// The key, for a handover.
+    pub fn key(&self) -> [u8; 32] {
+        self.key
+    }
+
     /// The MAC over a cookie's fields, ready to finalize or verify.
     fn mac(&self, secs: u64, from: SocketAddr, name: &str, key: &Key) -> Hmac<Sha256> {
         let mut m = <Hmac<Sha256>>::new_from_slice(&self.key).expect("HMAC takes any key length");

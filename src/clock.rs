@@ -15,21 +15,30 @@ pub struct Now {
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
     start: Instant,
+    /// What the clock read at `start`: 0, or where a relay that handed its state over left it,
+    /// so that every time in that state (liveness, trust, token buckets) keeps its meaning.
+    at_start_ms: u64,
 }
 
 impl Default for Clock {
     fn default() -> Self {
-        Clock {
-            start: Instant::now(),
-        }
+        Clock::resumed(0)
     }
 }
 
 impl Clock {
+    /// A clock that reads `ms` now and goes on from there.
+    pub fn resumed(ms: u64) -> Clock {
+        Clock {
+            start: Instant::now(),
+            at_start_ms: ms,
+        }
+    }
+
     /// Reads the clock.
     pub fn now(&self) -> Now {
         Now {
-            ms: self.start.elapsed().as_millis() as u64,
+            ms: self.at_start_ms + self.start.elapsed().as_millis() as u64,
             unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),

@@ -24,5 +24,6 @@ pub mod router;
 pub mod server;
 pub mod shards;
 pub mod shared;
+pub mod state;
 pub mod testing;
 pub mod wire;

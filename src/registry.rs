@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
 
 use crate::auth::Key;
 use crate::budget::host_key;
@@ -1066,6 +1067,179 @@ impl Registry {
                 due.clear();
             }
         }
+    }
+}
+
+/// One registration as a handover image holds it: every field of its entry, its name, and the
+/// key a signed name is bound to.
+#[derive(Serialize, Deserialize)]
+pub struct PeerImage {
+    name: String,
+    addr: SocketAddr,
+    last_heard: u64,
+    last_keepalive_ds: u32,
+    seq: u64,
+    trusted_s: u32,
+    announced_s: u32,
+    key: Option<(Key, u64)>,
+}
+
+/// The registry as a handover image holds it: the token key (so that every session stays
+/// valid), the next registration number (so that none repeats), the registrations in join
+/// order and what each watches.
+#[derive(Serialize, Deserialize)]
+pub struct Image {
+    token_key: [u8; 32],
+    next_seq: u64,
+    peers: Vec<PeerImage>,
+    watches: Vec<(String, Vec<String>)>,
+}
+
+/// What restoring an image kept and left out.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Registrations restored.
+    pub peers: usize,
+    /// Registrations left out because they went stale while no relay held them.
+    pub stale: usize,
+    /// Watch entries left out because the limits in force are lower.
+    pub watches_left_out: usize,
+}
+
+impl Registry {
+    /// Everything the registry holds, for a relay that takes over (or a later start) to go on
+    /// from. Meant for a registry nothing changes meanwhile (the workers and reaper stopped).
+    pub fn export(&self) -> Image {
+        let mut peers = Vec::with_capacity(self.len());
+        for i in 0..self.peers.shard_count() {
+            self.peers.in_shard(i, |table| {
+                peers.extend(table.iter().map(|(name, e)| PeerImage {
+                    name: name.to_string(),
+                    addr: e.addr.get(),
+                    last_heard: e.last_heard(),
+                    last_keepalive_ds: e.last_keepalive_ds.load(Relaxed),
+                    seq: e.seq,
+                    trusted_s: e.trusted_s.load(Relaxed),
+                    announced_s: e.announced_s.load(Relaxed),
+                    key: None,
+                }))
+            });
+        }
+        // Join order, in which each address lists its names.
+        peers.sort_unstable_by_key(|p| p.seq);
+        for p in &mut peers {
+            p.key = self.keys.get(p.name.as_str(), |_, k| *k);
+        }
+        let watches = self
+            .watching
+            .iter()
+            .map(|w| {
+                let names = w.names.iter().map(|n| n.to_string()).collect();
+                (w.key().to_string(), names)
+            })
+            .collect();
+        Image {
+            token_key: self.tokens.key,
+            next_seq: self.next_seq.load(Relaxed),
+            peers,
+            watches,
+        }
+    }
+
+    /// A registry of `s` holding what `image` holds, at `now_ms` of a clock that goes on from
+    /// the exporter's. With `drop_stale`, registrations silent beyond the peer timeout are left
+    /// out (a snapshot read after a pause); without, they are kept for the reaper to announce.
+    /// An image that breaks an invariant (a name twice, a number that would repeat a token, an
+    /// invalid name, more than the limits allow) is refused whole, naming what is wrong.
+    pub fn restore(
+        s: &Settings,
+        image: Image,
+        now_ms: u64,
+        drop_stale: bool,
+    ) -> Result<(Registry, Restored), String> {
+        let mut r = Registry::new(s);
+        r.tokens.key = image.token_key;
+        r.next_seq = AtomicU64::new(image.next_seq);
+        let mut done = Restored::default();
+        let mut last_seq = None;
+        for p in image.peers {
+            if !relay_wire::valid_name(&p.name) {
+                return Err(format!("a registration has an invalid name ({:?})", p.name));
+            }
+            if p.seq >= image.next_seq || last_seq.is_some_and(|l| p.seq <= l) {
+                return Err(format!(
+                    "registration {:?} has a number out of order (its token could repeat)",
+                    p.name
+                ));
+            }
+            last_seq = Some(p.seq);
+            if p.last_heard > now_ms {
+                return Err(format!("registration {:?} was heard in the future", p.name));
+            }
+            if drop_stale && !r.fresh(p.last_heard, now_ms) {
+                done.stale += 1;
+                continue;
+            }
+            if done.peers >= s.max_peers {
+                return Err(format!(
+                    "the state holds more registrations than --max-peers ({})",
+                    s.max_peers
+                ));
+            }
+            let here = Packed::from(p.addr);
+            if r.address_full(here) {
+                return Err(format!(
+                    "{} holds more names than --max-names-per-address ({})",
+                    p.addr, s.max_names_per_address
+                ));
+            }
+            let name = Name::from(p.name.as_str());
+            let entry = Entry {
+                last_heard: AtomicU64::new(p.last_heard),
+                last_keepalive_ds: AtomicU32::new(p.last_keepalive_ds),
+                seq: p.seq,
+                addr: here,
+                trusted_s: AtomicU32::new(p.trusted_s),
+                announced_s: AtomicU32::new(p.announced_s),
+            };
+            let fresh = r.peers.entry(p.name.as_str(), |slot| match slot {
+                Slot::Occupied(_) => false,
+                Slot::Vacant(v) => {
+                    v.insert((name.clone(), entry));
+                    true
+                }
+            });
+            if !fresh {
+                return Err(format!("the name {:?} is registered twice", p.name));
+            }
+            let proof = match p.key {
+                Some((k, t)) => Proof::Key(k, t),
+                None => Proof::Token(None),
+            };
+            r.link(name, here, proof);
+            r.count.fetch_add(1, Relaxed);
+            done.peers += 1;
+        }
+        for (watcher, names) in image.watches {
+            let names: Vec<Name> = names.iter().map(|n| Name::from(n.as_str())).collect();
+            let watched = r.peers.get(watcher.as_str(), |key, e| {
+                r.watch_held(key, e.addr.get(), &names, s.max_watch)
+            });
+            match watched {
+                Some(left_out) => done.watches_left_out += left_out,
+                // A watcher left out as stale takes its watches along.
+                None if drop_stale => {}
+                None => return Err(format!("{watcher:?} watches but is not registered")),
+            }
+        }
+        Ok((r, done))
+    }
+
+    /// Whether `name` is registered at `addr`, live or not (a channel's owner, on restore).
+    pub fn registered_at(&self, name: &str, addr: SocketAddr) -> bool {
+        self.peers
+            .get(name, |_, e| e.addr == Packed::from(addr))
+            .unwrap_or(false)
     }
 }
 

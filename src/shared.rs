@@ -42,6 +42,19 @@ pub struct Shared {
     pub clock: Clock,
 }
 
+/// What a relay holds that another can go on from: the peers, the channels, the secrets their
+/// tokens and cookies derive from, and the clock their times are read on.
+pub struct Held {
+    /// The peer registry.
+    pub registry: Registry,
+    /// The bound channels.
+    pub channels: Channels,
+    /// The key of registration cookies.
+    pub cookies: Cookies,
+    /// The clock.
+    pub clock: Clock,
+}
+
 /// The settings in force after reloads: a worker compares the generation (one atomic load a
 /// datagram) and takes the lock only when it moved.
 #[derive(Default)]
@@ -106,16 +119,27 @@ impl Lists {
 impl Shared {
     /// Shared state for `workers` workers.
     pub fn new(settings: Settings, workers: usize) -> Arc<Shared> {
-        Arc::new(Shared {
+        let held = Held {
             registry: Registry::new(&settings),
+            channels: Channels::new(&settings),
+            cookies: Cookies::default(),
+            clock: Clock::default(),
+        };
+        Shared::holding(settings, workers, held)
+    }
+
+    /// Shared state for `workers` workers that goes on from `held` (a relay's handed over).
+    pub fn holding(settings: Settings, workers: usize, held: Held) -> Arc<Shared> {
+        Arc::new(Shared {
+            registry: held.registry,
             metrics: Metrics::new(workers),
             budgets: Budgets::new(&settings),
             sample: Sample::default(),
             workers,
-            cookies: Cookies::default(),
-            channels: Channels::new(&settings),
+            cookies: held.cookies,
+            channels: held.channels,
             live: Live::default(),
-            clock: Clock::default(),
+            clock: held.clock,
             lists: Lists::new(&settings),
             settings,
         })

@@ -1,0 +1,322 @@
+//! The relay's state as one image: what a relay taking over (or a later start from
+//! `--state-file`) needs to go on where this one stopped — the registry, the channels, the
+//! secrets that tokens and cookies derive from and the clock their times are read on —
+//! encoded, framed and checked.
+//!
+//! An image is `MAGIC`, the format number, the body's length and its CRC-32, then the body
+//! (postcard). Reading one checks each in turn and then every invariant the registry and the
+//! channel table keep, so that a foreign, truncated, corrupt or inconsistent image is refused
+//! whole, with a message that says which.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::auth::Cookies;
+use crate::channels::{self, Channels};
+use crate::clock::Clock;
+use crate::config::Settings;
+use crate::registry::{self, Registry};
+use crate::shared::{Held, Shared};
+
+/// The format this relay writes and reads; another is refused (the state of a relay of another
+/// format cannot be read safely, so a takeover between them is refused and the old relay goes on).
+pub const FORMAT: u32 = 1;
+const MAGIC: &[u8; 8] = b"UDPRLYST";
+/// Magic, format, length, checksum.
+const HEAD: usize = 8 + 4 + 8 + 4;
+
+/// When an image was written: on the relay's clock and on the machine's, so that the reader's
+/// clock goes on from the writer's by the time that passed in between.
+#[derive(Serialize, Deserialize)]
+struct Written {
+    clock_ms: u64,
+    unix_ms: u64,
+    boot_id: String,
+    monotonic_ns: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Body {
+    version: String,
+    written: Written,
+    cookie_key: [u8; 32],
+    registry: registry::Image,
+    channels: channels::Image,
+}
+
+/// What a restore put back and left out, for the log.
+#[derive(Debug)]
+pub struct Summary {
+    /// The version of the relay that wrote the image.
+    pub version: String,
+    /// How old the image was when read, in ms.
+    pub age_ms: u64,
+    /// What the registry kept and left out.
+    pub registry: registry::Restored,
+    /// Channel pairs restored.
+    pub channels: usize,
+    /// Channel pairs left out with a stale registration.
+    pub channels_left_out: usize,
+}
+
+/// The state of `shared`, framed. Meant for a relay whose workers and reaper are stopped, so
+/// that nothing changes while it is read.
+pub fn export(shared: &Shared) -> Vec<u8> {
+    let body = Body {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        written: Written {
+            clock_ms: shared.clock.now().ms,
+            unix_ms: unix_ms(),
+            boot_id: boot_id(),
+            monotonic_ns: monotonic_ns(),
+        },
+        cookie_key: shared.cookies.key(),
+        registry: shared.registry.export(),
+        channels: shared.channels.export(),
+    };
+    frame(&body)
+}
+
+/// `body` behind its header.
+fn frame(body: &Body) -> Vec<u8> {
+    // Encoding into a vector fails only when memory does.
+    let mut out = postcard::to_extend(body, vec![0; HEAD]).unwrap_or_default();
+    let body_len = out.len().saturating_sub(HEAD) as u64;
+    let crc = crc32fast::hash(out.get(HEAD..).unwrap_or_default());
+    out.resize(out.len().max(HEAD), 0);
+    out[..8].copy_from_slice(MAGIC);
+    out[8..12].copy_from_slice(&FORMAT.to_le_bytes());
+    out[12..20].copy_from_slice(&body_len.to_le_bytes());
+    out[20..24].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// The shared state of a relay of `settings` with `workers` workers that goes on from `image`,
+/// or why the image is refused. With `drop_stale`, registrations that went stale since the
+/// image was written are left out (a restart from a snapshot).
+pub fn restore(
+    image: &[u8],
+    settings: Settings,
+    workers: usize,
+    drop_stale: bool,
+) -> Result<(Arc<Shared>, Summary), String> {
+    let body = decode(image)?;
+    let age_ms = elapsed_ms(&body.written);
+    let clock = Clock::resumed(body.written.clock_ms.saturating_add(age_ms));
+    let now_ms = clock.now().ms;
+    let (registry, kept) = Registry::restore(&settings, body.registry, now_ms, drop_stale)?;
+    let (channels, channels_left_out) = Channels::restore(&settings, body.channels, &registry)?;
+    let summary = Summary {
+        version: body.version,
+        age_ms,
+        registry: kept,
+        channels: channels.len(),
+        channels_left_out,
+    };
+    let held = Held {
+        registry,
+        channels,
+        cookies: Cookies::with_key(body.cookie_key),
+        clock,
+    };
+    Ok((Shared::holding(settings, workers, held), summary))
+}
+
+/// The body of a framed image, or which check it fails.
+fn decode(image: &[u8]) -> Result<Body, String> {
+    if image.len() < HEAD || &image[..8] != MAGIC {
+        return Err("not a udp-relay state image".into());
+    }
+    let word = |r: std::ops::Range<usize>| -> u64 {
+        image[r]
+            .iter()
+            .rev()
+            .fold(0, |acc, &b| (acc << 8) | u64::from(b))
+    };
+    let format = word(8..12);
+    if format != u64::from(FORMAT) {
+        return Err(format!(
+            "state format {format}, but this relay ({}) reads format {FORMAT}",
+            env!("CARGO_PKG_VERSION")
+        ));
+    }
+    let want = word(12..20);
+    let have = (image.len() - HEAD) as u64;
+    if have != want {
+        return Err(format!(
+            "truncated or overlong: {have} bytes of state where the header says {want}"
+        ));
+    }
+    if crc32fast::hash(&image[HEAD..]) != word(20..24) as u32 {
+        return Err("corrupt: the checksum does not match".into());
+    }
+    let (body, rest): (Body, _) =
+        postcard::take_from_bytes(&image[HEAD..]).map_err(|e| format!("corrupt: {e}"))?;
+    if !rest.is_empty() {
+        return Err("corrupt: bytes after the state".into());
+    }
+    Ok(body)
+}
+
+/// Time passed since `w`: on the monotonic clock if this is the boot that wrote it (a
+/// takeover), else on the wall clock (a snapshot read after a reboot), never negative.
+fn elapsed_ms(w: &Written) -> u64 {
+    if !w.boot_id.is_empty() && w.boot_id == boot_id() {
+        monotonic_ns().saturating_sub(w.monotonic_ns) / 1_000_000
+    } else {
+        unix_ms().saturating_sub(w.unix_ms)
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// This boot's id (empty where the kernel does not say).
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// `CLOCK_MONOTONIC` in ns: the same clock in every process of one boot.
+fn monotonic_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `t`.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    (t.tv_sec as u64).saturating_mul(1_000_000_000) + t.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{Claim, Proof};
+    use std::net::SocketAddr;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            peer_timeout_ms: 60_000,
+            ..Settings::default()
+        }
+    }
+
+    fn populated() -> Arc<Shared> {
+        let shared = Shared::new(settings(), 1);
+        let r = &shared.registry;
+        for (i, name) in ["alice", "bob", "carol"].into_iter().enumerate() {
+            let addr = a(&format!("192.0.2.{}:{}", i + 1, 4000 + i));
+            assert!(matches!(
+                r.claim(name, addr, Proof::Token(None), 0, 100),
+                Claim::Joined(_)
+            ));
+        }
+        r.watch("alice", a("192.0.2.1:4000"), &["bob".into()], 8);
+        let (alice, bob) = ("alice".into(), "bob".into());
+        shared
+            .channels
+            .bind(&alice, a("192.0.2.1:4000"), &bob, a("192.0.2.2:4001"))
+            .unwrap();
+        shared
+    }
+
+    #[test]
+    fn an_image_restores_sessions_channels_and_watches() {
+        let old = populated();
+        let token = old.registry.session_at("bob", a("192.0.2.2:4001"), 0);
+        let image = export(&old);
+        let (new, summary) = restore(&image, settings(), 1, true).unwrap();
+        assert_eq!(summary.registry.peers, 3);
+        assert_eq!(summary.channels, 1);
+        let now = new.clock.now().ms;
+        assert!(now >= old.clock.now().ms.min(now));
+        assert_eq!(
+            new.registry.session_at("bob", a("192.0.2.2:4001"), now),
+            token
+        );
+        assert_eq!(new.registry.watch_entries(), 1);
+        assert_eq!(
+            new.registry.watchers_of("bob", now)[0].name.to_string(),
+            "alice"
+        );
+        let number = old.channels.export().0[0].number;
+        let from = old.channels.export().0[0].from;
+        assert!(new.channels.route(number, from, now).is_ok());
+        assert_eq!(new.cookies.key(), old.cookies.key());
+        // A new registration gets a number, so a token, none before had.
+        let Claim::Joined(t) =
+            new.registry
+                .claim("dave", a("192.0.2.9:1"), Proof::Token(None), now, 100)
+        else {
+            panic!()
+        };
+        for (name, addr) in [("alice", "192.0.2.1:4000"), ("bob", "192.0.2.2:4001")] {
+            assert_ne!(Some(t), old.registry.session_at(name, a(addr), 0));
+        }
+    }
+
+    #[test]
+    fn every_damage_is_refused_by_name() {
+        let image = export(&populated());
+        let refused = |bytes: &[u8]| restore(bytes, settings(), 1, true).err().unwrap();
+        assert!(refused(b"hello").contains("not a udp-relay state image"));
+        assert!(refused(&image[..image.len() - 1]).contains("truncated"));
+        let mut longer = image.clone();
+        longer.push(0);
+        assert!(refused(&longer).contains("truncated or overlong"));
+        let mut format = image.clone();
+        format[8] = 9;
+        assert!(refused(&format).contains("state format 9"));
+        for at in [HEAD, HEAD + 5, image.len() / 2, image.len() - 1] {
+            let mut flipped = image.clone();
+            flipped[at] ^= 0x40;
+            assert!(refused(&flipped).contains("checksum"), "at {at}");
+        }
+    }
+
+    #[test]
+    fn an_inconsistent_image_is_refused_even_with_a_good_checksum() {
+        let old = populated();
+        let body = decode(&export(&old)).unwrap();
+        // Too many peers for the new relay's --max-peers.
+        let small = Settings {
+            max_peers: 2,
+            ..settings()
+        };
+        let err = restore(&frame(&body), small, 1, true).err().unwrap();
+        assert!(err.contains("--max-peers"), "{err}");
+        // A channel whose other end is missing.
+        let mut body = decode(&export(&old)).unwrap();
+        body.channels.0.pop();
+        let err = restore(&frame(&body), settings(), 1, true).err().unwrap();
+        assert!(err.contains("no other end"), "{err}");
+    }
+
+    #[test]
+    fn stale_registrations_and_their_channels_are_left_out_of_a_snapshot() {
+        let old = populated();
+        let mut body = decode(&export(&old)).unwrap();
+        // Written a peer timeout and more ago, on another boot.
+        body.written.boot_id = "another boot".into();
+        body.written.unix_ms -= 61_000;
+        let image = frame(&body);
+        let (new, summary) = restore(&image, settings(), 1, true).unwrap();
+        assert_eq!(summary.registry.stale, 3);
+        assert_eq!(summary.channels_left_out, 1);
+        assert!(new.registry.is_empty() && new.channels.is_empty());
+        assert_eq!(new.registry.watch_entries(), 0);
+        // A takeover keeps them, for its reaper to announce.
+        let (kept, _) = restore(&image, settings(), 1, false).unwrap();
+        assert_eq!(kept.registry.len(), 3);
+    }
+}
