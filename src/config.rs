@@ -202,6 +202,13 @@ pub struct Args {
     /// Log line format.
     #[arg(long, env = "UDP_RELAY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// The Unix socket of takeovers (e.g. `/run/udp-relay/takeover`): a relay started while
+    /// another listens there takes over its sockets and state, then listens there in its turn.
+    #[arg(long, env = "UDP_RELAY_TAKEOVER")]
+    pub takeover: Option<PathBuf>,
+    /// Write the state (peers, sessions, channels) here on SIGTERM, and restore it at start.
+    #[arg(long, env = "UDP_RELAY_STATE_FILE")]
+    pub state_file: Option<PathBuf>,
 }
 
 /// Checks a log filter as `RUST_LOG` takes it.

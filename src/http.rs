@@ -9,7 +9,6 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -49,11 +48,8 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4";
 /// `/healthz`, `/readyz` and the 404 page.
 const PLAIN_TEXT: &str = "text/plain; charset=utf-8";
 
-/// Binds `addr` and serves the ops endpoint from a thread of its own. A bind failure names
-/// `--metrics-listen` and the address.
-pub fn serve(addr: SocketAddr, shared: Arc<Shared>) -> io::Result<()> {
-    let listener = std::net::TcpListener::bind(addr)
-        .map_err(|e| io::Error::new(e.kind(), format!("--metrics-listen {addr}: {e}")))?;
+/// Serves the ops endpoint on `listener` from a thread of its own.
+pub fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) -> io::Result<()> {
     let local = listener.local_addr()?;
     listener.set_nonblocking(true)?;
     // Everything that can fail is done here, so that start-up fails rather than the thread.

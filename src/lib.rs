@@ -24,6 +24,8 @@ pub mod router;
 pub mod server;
 pub mod shards;
 pub mod shared;
+pub mod snapshot;
 pub mod state;
+pub mod takeover;
 pub mod testing;
 pub mod wire;

@@ -3,15 +3,18 @@
 use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
+use signal_hook::iterator::{Handle, Signals};
 use tracing::{error, info, warn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry, fmt, reload};
-use udp_relay::config::{self, Invocation, LogFormat};
-use udp_relay::server;
+use udp_relay::config::{self, Args, Invocation, LogFormat};
+use udp_relay::{server, snapshot, state, takeover};
 
 fn main() -> ExitCode {
     // First of all, so that a SIGHUP (a reload sent early) or SIGTERM during start-up is held
@@ -67,27 +70,168 @@ fn main() -> ExitCode {
         .with(filter)
         .with(lines)
         .init();
-    let relay = match server::start(&args) {
+    let (relay, listener) = match launch(&args) {
         Ok(r) => r,
         Err(e) => {
             error!("{e}");
             return ExitCode::FAILURE;
         }
     };
+    let relay = Arc::new(Mutex::new(relay));
+    let handed_over = Arc::new(AtomicBool::new(false));
+    if let Some(l) = listener {
+        let handing = Handing {
+            relay: relay.clone(),
+            done: handed_over.clone(),
+            signals: signals.handle(),
+        };
+        if let Err(e) = l.serve(handing) {
+            error!("cannot serve the takeover socket: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     // The environment a reload reads is the one the relay started with.
     let env = config::environment();
     let sig = signals.forever().find(|&sig| {
         if sig == SIGHUP {
-            reload(&relay, &mut in_force, &env, &level);
+            reload(&lock(&relay), &mut in_force, &env, &level);
             return false;
         }
         true
     });
+    if handed_over.load(Ordering::SeqCst) {
+        info!("exiting: a new relay took over");
+        return ExitCode::SUCCESS;
+    }
     info!(signal = ?sig, "shutting down");
-    let shared = relay.shared.clone();
-    relay.shutdown();
-    info!(peers = shared.registry.len(), "stopped");
+    let mut relay = lock(&relay);
+    relay.pause();
+    if let Some(path) = &args.state_file {
+        let image = state::export(&relay.shared);
+        match snapshot::write(path, &image) {
+            Ok(()) => info!(
+                path = %path.display(),
+                bytes = image.len(),
+                peers = relay.shared.registry.len(),
+                "state written"
+            ),
+            Err(e) => error!("{e}"),
+        }
+    }
+    info!(peers = relay.shared.registry.len(), "stopped");
     ExitCode::SUCCESS
+}
+
+/// Starts the relay: on the sockets and state of the one that listens at `--takeover`, if one
+/// does, else from `--state-file` if it holds a state, else empty. With `--takeover`, also the
+/// socket to listen on for the next takeover.
+fn launch(args: &Args) -> Result<(server::Relay, Option<takeover::Listener>), String> {
+    let Some(path) = &args.takeover else {
+        let shared = restored(args);
+        return Ok((started(args, shared)?, None));
+    };
+    match takeover::ask(path).map_err(|e| e.to_string())? {
+        takeover::Asked::Offer(offer) => take_over(args, offer),
+        takeover::Asked::Nobody => {
+            let shared = restored(args);
+            let relay = started(args, shared)?;
+            let listener = takeover::listen(path).map_err(|e| e.to_string())?;
+            Ok((relay, Some(listener)))
+        }
+    }
+}
+
+fn restored(args: &Args) -> Option<Arc<udp_relay::shared::Shared>> {
+    let path = args.state_file.as_ref()?;
+    snapshot::restore(path, &args.settings(), args.worker_count())
+}
+
+fn started(
+    args: &Args,
+    shared: Option<Arc<udp_relay::shared::Shared>>,
+) -> Result<server::Relay, String> {
+    let mut relay = server::prepare(args, shared, None).map_err(|e| e.to_string())?;
+    relay.resume().map_err(|e| e.to_string())?;
+    Ok(relay)
+}
+
+/// Takes over from the relay that made `offer`: restores its state on its sockets, and serves
+/// once it has stopped for good. Anything refused is said to it, and it serves on.
+fn take_over(
+    args: &Args,
+    mut offer: takeover::Offer,
+) -> Result<(server::Relay, Option<takeover::Listener>), String> {
+    let began = Instant::now();
+    info!(
+        old_version = %offer.version,
+        state_bytes = offer.image.len(),
+        "taking over from the running relay"
+    );
+    let restored = state::restore(&offer.image, args.settings(), offer.sockets.len(), false);
+    let (shared, summary) = match restored {
+        Ok(r) => r,
+        Err(why) => {
+            offer.refuse(&why);
+            return Err(format!(
+                "the running relay's state is refused, it serves on: {why}"
+            ));
+        }
+    };
+    let handed = server::Handed {
+        sockets: std::mem::take(&mut offer.sockets),
+        metrics: offer.metrics.take(),
+    };
+    let mut relay = match server::prepare(args, Some(shared), Some(handed)) {
+        Ok(r) => r,
+        Err(e) => {
+            offer.refuse(&e.to_string());
+            return Err(format!(
+                "cannot take over, the running relay serves on: {e}"
+            ));
+        }
+    };
+    let listener = offer.accept().map_err(|e| e.to_string())?;
+    relay.resume().map_err(|e| e.to_string())?;
+    info!(
+        peers = summary.registry.peers,
+        channels = summary.channels,
+        took_ms = began.elapsed().as_millis() as u64,
+        "took over: serving"
+    );
+    Ok((relay, Some(listener)))
+}
+
+/// The relay as the takeover socket hands it over.
+struct Handing {
+    relay: Arc<Mutex<server::Relay>>,
+    done: Arc<AtomicBool>,
+    signals: Handle,
+}
+
+impl takeover::Handing for Handing {
+    fn hand_over(&mut self, exchange: &mut dyn FnMut(takeover::Handover) -> bool) {
+        // Held throughout, so that no reload or shutdown meets a handover halfway.
+        let mut relay = lock(&self.relay);
+        relay.pause();
+        let handed = match relay.handover() {
+            Ok(h) => exchange(h),
+            Err(e) => {
+                error!("cannot hand over, serving on: {e}");
+                false
+            }
+        };
+        if handed {
+            self.done.store(true, Ordering::SeqCst);
+            // Ends the signal loop: the process exits without serving again.
+            self.signals.close();
+        } else if let Err(e) = relay.resume() {
+            error!("cannot serve again after a failed handover: {e}");
+        }
+    }
+}
+
+fn lock(relay: &Mutex<server::Relay>) -> MutexGuard<'_, server::Relay> {
+    relay.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// SIGHUP: reads the configuration again and puts in force what can change live; a bad file is

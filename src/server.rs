@@ -2,7 +2,8 @@
 //! metrics endpoint, and stops them all.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
@@ -13,114 +14,119 @@ use tracing::{error, info, warn};
 use crate::clock::{Clock, Now};
 use crate::config::{Args, Auth, OnOff, Settings};
 use crate::http;
-use crate::io::{self as relay_io, Egress, Worker};
+use crate::io::{self as relay_io, Backend, Egress, Worker};
 use crate::metrics::LimitWatch;
 use crate::notify;
 use crate::out::Out;
 use crate::reaper;
 use crate::router::Router;
 use crate::shared::Shared;
+use crate::state;
+use crate::takeover::Handover;
 
-/// A running relay.
+/// A relay: its sockets, its state, and its workers and reaper while it serves.
 pub struct Relay {
     /// The address the workers listen on (with the real port when 0 was asked).
     pub local_addr: SocketAddr,
     /// Shared state, for inspection.
     pub shared: Arc<Shared>,
+    /// The workers' sockets, in worker order, and whether each coalesces receives: kept here
+    /// so that the relay can pause, and hand them over, without closing them.
+    sockets: Vec<(UdpSocket, bool)>,
+    /// The metrics endpoint's listener, kept to hand over.
+    metrics: Option<std::net::TcpListener>,
+    backend: Arc<dyn Backend>,
+    pin_workers: bool,
+    gso: bool,
+    running: Option<Running>,
+}
+
+/// The threads of a serving relay.
+struct Running {
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
     reaper: JoinHandle<()>,
 }
 
+/// The sockets of a relay that handed over.
+pub struct Handed {
+    /// The UDP sockets, in the old relay's worker order.
+    pub sockets: Vec<OwnedFd>,
+    /// The old relay's metrics listener, if it had one.
+    pub metrics: Option<OwnedFd>,
+}
+
 /// Starts a relay as configured by `args`.
 pub fn start(args: &Args) -> io::Result<Relay> {
-    let settings = args.settings();
-    let n = args.worker_count();
-    let shared = Shared::new(settings, n);
-    let clock = shared.clock;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (backend, why) = relay_io::select(args.io, args.gso == OnOff::On)?;
+    let mut relay = prepare(args, None, None)?;
+    relay.resume()?;
+    Ok(relay)
+}
 
-    let mut addr = args.listen();
-    relay_io::check_port_free(addr)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+/// Sets up a relay as configured by `args`, ready to serve but not serving ([`Relay::resume`]
+/// starts it): with the state it is given (restored) or an empty one, on the sockets a relay
+/// `handed` over or fresh ones.
+pub fn prepare(
+    args: &Args,
+    shared: Option<Arc<Shared>>,
+    handed: Option<Handed>,
+) -> io::Result<Relay> {
+    let (backend, why) = relay_io::select(args.io, args.gso == OnOff::On)?;
+    let bind_metrics = |m: SocketAddr| {
+        std::net::TcpListener::bind(m)
+            .map_err(|e| io::Error::new(e.kind(), format!("--metrics-listen {m}: {e}")))
+    };
+    let (sockets, metrics) = match handed {
+        None => (
+            bind_sockets(args.listen(), args.worker_count())?,
+            args.metrics_listen.map(bind_metrics).transpose()?,
+        ),
+        Some(h) => {
+            // The old relay's metrics listener serves on where this one is to listen too.
+            let metrics = match (args.metrics_listen, h.metrics) {
+                (None, _) => None,
+                (Some(m), Some(fd)) => {
+                    let l = std::net::TcpListener::from(fd);
+                    if m.port() == 0 || l.local_addr().ok() == Some(m) {
+                        Some(l)
+                    } else {
+                        Some(bind_metrics(m)?)
+                    }
+                }
+                (Some(m), None) => Some(bind_metrics(m)?),
+            };
+            (inherited_sockets(args, h.sockets)?, metrics)
+        }
+    };
+    let n = sockets.len();
+    let shared = shared.unwrap_or_else(|| Shared::new(args.settings(), n));
+    let addr = sockets[0].local_addr()?;
+    for (sysctl, granted) in relay_io::capped_buffers(&sockets[0]) {
+        warn!(
+            sysctl,
+            asked = relay_io::SOCKET_BUFFER,
+            granted,
+            "the kernel capped a socket buffer: bursts beyond it are dropped; raise \
+             {sysctl} to at least {} (dist/sysctl/90-udp-relay.conf)",
+            relay_io::SOCKET_BUFFER
+        );
+    }
     // A coalesced receive needs 64 KiB buffers: with a smaller --max-datagram, which bounds the
     // receive buffers' memory, GRO stays off.
     let gro_wanted =
         args.gro == OnOff::On && shared.settings.max_datagram >= crate::config::MAX_UDP_PAYLOAD;
-    let mut sockets = Vec::with_capacity(n);
-    for _ in 0..n {
-        let s = relay_io::bind_worker_socket(addr)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
-        // Port 0: the first socket picks the port, the others join it.
-        addr = s.local_addr()?;
-        if sockets.is_empty() {
-            for (sysctl, granted) in relay_io::capped_buffers(&s) {
-                warn!(
-                    sysctl,
-                    asked = relay_io::SOCKET_BUFFER,
-                    granted,
-                    "the kernel capped a socket buffer: bursts beyond it are dropped; raise \
-                     {sysctl} to at least {} (dist/sysctl/90-udp-relay.conf)",
-                    relay_io::SOCKET_BUFFER
-                );
-            }
-        }
-        let gro = gro_wanted && relay_io::enable_gro(&s);
-        sockets.push((s, gro));
-    }
-    let gro_on = sockets.iter().all(|(_, gro)| *gro);
-    let mut ready: Vec<Worker> = sockets
+    let sockets: Vec<(UdpSocket, bool)> = sockets
         .into_iter()
-        .enumerate()
-        .map(|(index, (socket, gro))| Worker {
-            index,
-            socket,
-            router: Box::new(Router::new(shared.clone(), index)),
-            gro,
-            clock,
-            stop: stop.clone(),
-            counters: shared.metrics.block(index),
-            max_datagram: shared.settings.max_datagram,
-            inbox: None,
-            cpu: args.pin_workers.then_some(index),
-            gso: args.gso == OnOff::On,
+        .map(|s| {
+            let gro = gro_wanted && relay_io::enable_gro(&s);
+            (s, gro)
         })
         .collect();
-    // Replies the reaper originates leave from the relay's own port, like every other reply.
-    let egress = backend.egress(&mut ready)?;
-
-    let mut workers = Vec::with_capacity(n);
-    for w in ready {
-        let backend = backend.clone();
-        let index = w.index;
-        workers.push(
-            thread::Builder::new()
-                .name(format!("worker-{index}"))
-                .spawn(move || {
-                    if let Some(cpu) = w.cpu {
-                        match relay_io::pin_to_cpu(cpu) {
-                            Ok(c) => info!(worker = index, cpu = c, "pinned"),
-                            Err(e) => warn!(worker = index, error = %e, "cannot pin worker"),
-                        }
-                    }
-                    if let Err(e) = backend.run(w) {
-                        error!(worker = index, error = %e, "worker stopped");
-                    }
-                })?,
-        );
+    let gro_on = sockets.iter().all(|(_, gro)| *gro);
+    if let Some(l) = &metrics {
+        http::serve(l.try_clone()?, shared.clone())?;
     }
-    let reaper = {
-        let shared = shared.clone();
-        let stop = stop.clone();
-        thread::Builder::new()
-            .name("reaper".into())
-            .spawn(move || run_reaper(&shared, clock, &stop, egress))?
-    };
-    if let Some(m) = args.metrics_listen {
-        http::serve(m, shared.clone())?;
-    }
-    // After the sockets are bound and the workers started: READY=1 waits for them to serve.
+    // READY=1 waits for the workers to serve.
     notify::start(shared.clone())?;
     let gso = if args.gso == OnOff::On { "on" } else { "off" };
     let gro = match (args.gro, gro_wanted, gro_on) {
@@ -156,21 +162,166 @@ pub fn start(args: &Args) -> io::Result<Relay> {
     Ok(Relay {
         local_addr: addr,
         shared,
-        stop,
-        workers,
-        reaper,
+        sockets,
+        metrics,
+        backend,
+        pin_workers: args.pin_workers,
+        gso: args.gso == OnOff::On,
+        running: None,
     })
 }
 
+/// `n` sockets on `addr`, joined in one `SO_REUSEPORT` group.
+fn bind_sockets(mut addr: SocketAddr, n: usize) -> io::Result<Vec<UdpSocket>> {
+    relay_io::check_port_free(addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+    let mut sockets = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = relay_io::bind_worker_socket(addr)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        // Port 0: the first socket picks the port, the others join it.
+        addr = s.local_addr()?;
+        sockets.push(s);
+    }
+    Ok(sockets)
+}
+
+/// The sockets a relay handed over, checked: UDP, all on one address, the one `args` asks for
+/// (unless it asks for port 0). Their number, not `--workers`, is how many workers run: a
+/// source stays with the socket `SO_REUSEPORT` steers it to, and closing one would drop what
+/// is queued in it.
+fn inherited_sockets(args: &Args, fds: Vec<OwnedFd>) -> io::Result<Vec<UdpSocket>> {
+    let want = args.listen();
+    let sockets: Vec<UdpSocket> = fds.into_iter().map(UdpSocket::from).collect();
+    let first = sockets
+        .first()
+        .ok_or_else(|| io::Error::other("the old relay handed over no socket"))?
+        .local_addr()
+        .map_err(|e| io::Error::new(e.kind(), format!("a handed-over socket: {e}")))?;
+    for s in &sockets {
+        let ty = socket2::SockRef::from(s).r#type()?;
+        if ty != socket2::Type::DGRAM || s.local_addr()? != first {
+            return Err(io::Error::other(
+                "the old relay handed over sockets that are not its UDP sockets on one address",
+            ));
+        }
+    }
+    let same = want.port() == 0 || (want.port() == first.port() && want.ip() == first.ip());
+    if !same {
+        return Err(io::Error::other(format!(
+            "the old relay listens on {first}, this one is to listen on {want}: a takeover \
+             keeps the address (restart to change it)"
+        )));
+    }
+    if sockets.len() != args.worker_count() {
+        warn!(
+            sockets = sockets.len(),
+            asked = args.worker_count(),
+            "running as many workers as the old relay had sockets, not --workers (restart to \
+             change it)"
+        );
+    }
+    Ok(sockets)
+}
+
 impl Relay {
-    /// Stops the workers and the reaper and waits for them (within about [`relay_io::POLL_MS`]).
-    pub fn shutdown(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.reaper.thread().unpark();
-        for w in self.workers {
+    /// Starts the workers and the reaper (again, after [`Relay::pause`]).
+    pub fn resume(&mut self) -> io::Result<()> {
+        if self.running.is_some() {
+            return Ok(());
+        }
+        let shared = &self.shared;
+        let clock = shared.clock;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut ready = Vec::with_capacity(self.sockets.len());
+        for (index, (socket, gro)) in self.sockets.iter().enumerate() {
+            ready.push(Worker {
+                index,
+                socket: socket.try_clone()?,
+                router: Box::new(Router::new(shared.clone(), index)),
+                gro: *gro,
+                clock,
+                stop: stop.clone(),
+                counters: shared.metrics.block(index),
+                max_datagram: shared.settings.max_datagram,
+                inbox: None,
+                cpu: self.pin_workers.then_some(index),
+                gso: self.gso,
+            });
+        }
+        // Replies the reaper originates leave from the relay's own port, like every other reply.
+        let egress = self.backend.egress(&mut ready)?;
+        let mut workers = Vec::with_capacity(ready.len());
+        for w in ready {
+            let backend = self.backend.clone();
+            let index = w.index;
+            workers.push(
+                thread::Builder::new()
+                    .name(format!("worker-{index}"))
+                    .spawn(move || {
+                        if let Some(cpu) = w.cpu {
+                            match relay_io::pin_to_cpu(cpu) {
+                                Ok(c) => info!(worker = index, cpu = c, "pinned"),
+                                Err(e) => warn!(worker = index, error = %e, "cannot pin worker"),
+                            }
+                        }
+                        if let Err(e) = backend.run(w) {
+                            error!(worker = index, error = %e, "worker stopped");
+                        }
+                    })?,
+            );
+        }
+        let reaper = {
+            let shared = shared.clone();
+            let stop = stop.clone();
+            thread::Builder::new()
+                .name("reaper".into())
+                .spawn(move || run_reaper(&shared, clock, &stop, egress))?
+        };
+        self.running = Some(Running {
+            stop,
+            workers,
+            reaper,
+        });
+        Ok(())
+    }
+
+    /// Stops the workers and the reaper and waits for them (within about
+    /// [`relay_io::POLL_MS`]); the sockets stay open, what arrives meanwhile queued in them.
+    pub fn pause(&mut self) {
+        let Some(r) = self.running.take() else {
+            return;
+        };
+        r.stop.store(true, Ordering::Relaxed);
+        r.reaper.thread().unpark();
+        for w in r.workers {
             let _ = w.join();
         }
-        let _ = self.reaper.join();
+        let _ = r.reaper.join();
+    }
+
+    /// What a relay taking over needs: copies of the sockets and the state. Meant for a paused
+    /// relay, whose state nothing changes meanwhile.
+    pub fn handover(&self) -> io::Result<Handover> {
+        let sockets = self
+            .sockets
+            .iter()
+            .map(|(s, _)| Ok(OwnedFd::from(s.try_clone()?)))
+            .collect::<io::Result<_>>()?;
+        let metrics = match &self.metrics {
+            Some(l) => Some(OwnedFd::from(l.try_clone()?)),
+            None => None,
+        };
+        Ok(Handover {
+            sockets,
+            metrics,
+            image: state::export(&self.shared),
+        })
+    }
+
+    /// Stops the workers and the reaper and waits for them.
+    pub fn shutdown(mut self) {
+        self.pause();
     }
 }
 

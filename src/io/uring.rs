@@ -49,6 +49,10 @@ const INBOX_DEPTH: usize = 64;
 const RECV: u64 = u64::MAX;
 /// `user_data` of the multishot poll on the inbox's eventfd.
 const WAKE: u64 = u64::MAX - 1;
+/// `user_data` of the cancellation of the multishot receive, when the worker stops.
+const CANCEL: u64 = u64::MAX - 2;
+/// How long a stopping worker may take to decide and send what its receive already took.
+const DRAIN_MS: u64 = 1000;
 
 /// io_uring with multishot receive into provided buffers.
 pub struct Uring;
@@ -501,7 +505,25 @@ impl Backend for Uring {
         let (mut recv_stopped, mut wake_stopped) = (false, false);
         let mut ready: Vec<(u64, i32, u32)> = Vec::new();
         let mut control = [0u8; CONTROL_LEN];
-        while !w.stop.load(Ordering::Relaxed) {
+        let mut draining: Option<u64> = None;
+        loop {
+            // A stopping worker cancels its receive, then decides and sends what it took
+            // before it ends: the datagrams still queued in the socket wait there for whoever
+            // reads it next (a relay taking over), none are lost in between.
+            if draining.is_none() && w.stop.load(Ordering::Relaxed) {
+                let cancel = opcode::AsyncCancel::new(RECV).build().user_data(CANCEL);
+                push(ring, &cancel)?;
+                draining = Some(w.clock.now().ms + DRAIN_MS);
+            }
+            if let Some(deadline) = draining {
+                let idle = recv_stopped
+                    && ready.is_empty()
+                    && batches.iter().all(|b| !b.busy)
+                    && reaper.outstanding == 0;
+                if idle || w.clock.now().ms >= deadline {
+                    break;
+                }
+            }
             if !reaper.busy {
                 if let Some(o) = inbox.as_ref().and_then(|i| i.batches.try_recv().ok()) {
                     reaper.pending = 0..o.sends.len();
@@ -531,6 +553,9 @@ impl Backend for Uring {
             w.counters.turned(now.ms);
             // Sends' completions first, so that a batch whose sends are done is free again.
             ready.retain(|&(data, res, _)| {
+                if data == CANCEL {
+                    return false;
+                }
                 if data >= WAKE {
                     return true;
                 }
@@ -635,7 +660,7 @@ impl Backend for Uring {
             }
             bufs.publish();
             // Re-armed only once buffers are back, or it would stop again at once.
-            if recv_stopped && (provided || batches.iter().all(|b| !b.busy)) {
+            if recv_stopped && draining.is_none() && (provided || batches.iter().all(|b| !b.busy)) {
                 push(ring, &recv)?;
                 recv_stopped = false;
             }

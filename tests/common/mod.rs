@@ -212,19 +212,21 @@ impl Relay {
 
     /// Sends SIGTERM (or `signal`) and waits for exit; returns the status and how long it took.
     pub fn stop_with(&mut self, signal: i32) -> (ExitStatus, Duration) {
-        let child = self.child.as_mut().unwrap();
         // SAFETY: signalling our own child process.
-        unsafe { libc::kill(child.id() as i32, signal) };
+        unsafe { libc::kill(self.pid() as i32, signal) };
+        self.wait_exit()
+    }
+
+    /// Waits for the relay to exit (by itself, or after a signal); how long it took.
+    pub fn wait_exit(&mut self) -> (ExitStatus, Duration) {
+        let child = self.child.as_mut().unwrap();
         let t = Instant::now();
         loop {
             if let Some(status) = child.try_wait().unwrap() {
                 self.child = None;
                 return (status, t.elapsed());
             }
-            assert!(
-                t.elapsed() < TIMEOUT,
-                "relay did not exit after signal {signal}"
-            );
+            assert!(t.elapsed() < TIMEOUT, "relay did not exit");
             std::thread::yield_now();
         }
     }

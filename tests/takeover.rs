@@ -1,0 +1,302 @@
+//! Takeover (`--takeover`): a relay started with the same command line while one runs takes
+//! over its sockets and its state. Peers with traffic flowing through it (JSON relays and
+//! channel frames, on both backends) keep their registrations, sessions and channels, and
+//! re-register never; what the handover loses is counted and printed.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+/// A takeover socket path of this test's own.
+fn socket_path(test: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("udp-relay-{test}-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+/// Limits lifted, so that the traffic of one loopback host measures the handover only.
+const UNLIMITED: &[&str] = &[
+    "--source-rate",
+    "0",
+    "--source-bytes",
+    "0",
+    "--prefix-rate",
+    "0",
+    "--prefix-bytes",
+    "0",
+    "--global-rate",
+    "0",
+];
+
+fn frame(channel: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0xD1, 0];
+    f.extend_from_slice(&channel.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The next message of type `ty` for `p`, past presence news.
+fn expect(p: &Peer, ty: &str) -> Value {
+    loop {
+        let v = p.recv();
+        match v["type"].as_str() {
+            Some(t) if t == ty => return v,
+            Some("peer_joined" | "peer_left" | "peer_list") => continue,
+            _ => panic!("expected {ty}, got {v}"),
+        }
+    }
+}
+
+/// `a` (registered as `me`) binds a channel to `target`: its number, and the other side's.
+fn bind(a: &Peer, b: &Peer, target: &str) -> (u32, u32) {
+    a.send(a.authed(json!({"type": "bind", "target": target})));
+    let mine = expect(a, "bind_ack")["channel"].as_u64().unwrap() as u32;
+    let theirs = expect(b, "channel_bound")["channel"].as_u64().unwrap() as u32;
+    (mine, theirs)
+}
+
+/// What one receiver got of a stream of numbered datagrams, until its `end`.
+fn receive_until_end(p: &Peer, frames: bool) -> HashSet<u64> {
+    let mut got = HashSet::new();
+    loop {
+        let d = p.recv_raw();
+        if frames {
+            if d.first() != Some(&0xD1) {
+                continue;
+            }
+            if &d[6..] == b"end" {
+                return got;
+            }
+            got.insert(u64::from_be_bytes(d[6..14].try_into().unwrap()));
+        } else {
+            let v: Value = serde_json::from_slice(&d).unwrap();
+            if v["type"] != "relayed_packet" {
+                continue;
+            }
+            match v["payload"].as_u64() {
+                Some(i) => got.insert(i),
+                None => return got,
+            };
+        }
+    }
+}
+
+/// Runs a takeover of a relay on backend `io` under traffic; returns what it lost (relays,
+/// frames) and how long the new relay took from its start to serving.
+fn take_over_under_traffic(io: &str) -> (u64, u64) {
+    let path = socket_path(&format!("traffic-{io}"));
+    let args = args(
+        &[
+            "--io",
+            io,
+            "--workers",
+            "2",
+            "--takeover",
+            path.to_str().unwrap(),
+        ],
+        UNLIMITED,
+    );
+    let mut old = Relay::start(&args);
+    let [alice, bob, carol, dave] = [(); 4].map(|_| Peer::new(&old));
+    for (p, name) in [
+        (&alice, "alice"),
+        (&bob, "bob"),
+        (&carol, "carol"),
+        (&dave, "dave"),
+    ] {
+        p.register(name);
+    }
+    let (c_num, d_num) = bind(&carol, &dave, "dave");
+    // Peers registered before bob, carol and dave hear of them: nothing else is on their way.
+    for p in [&alice, &bob, &carol, &dave] {
+        p.drain();
+    }
+
+    let sent = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let (relays, frames, mut new) = std::thread::scope(|s| {
+        let to_bob = s.spawn(|| receive_until_end(&bob, false));
+        let to_dave = s.spawn(|| receive_until_end(&dave, true));
+        let sender = s.spawn(|| {
+            let started = Instant::now();
+            let mut i = 0u64;
+            // Bounded in count and time; about 20,000 datagrams a second.
+            while !stop.load(Ordering::Relaxed) && i < 200_000 && started.elapsed() < TIMEOUT * 4 {
+                for _ in 0..20 {
+                    alice.send(
+                        json!({"type": "relay", "source": "alice", "target": "bob", "payload": i}),
+                    );
+                    carol.send_raw(&frame(c_num, &i.to_be_bytes()));
+                    i += 1;
+                }
+                sent.store(i, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            i
+        });
+        let wait_sent = |n: u64| {
+            let t = Instant::now();
+            while sent.load(Ordering::Relaxed) < n {
+                assert!(t.elapsed() < TIMEOUT, "traffic did not flow");
+                std::thread::yield_now();
+            }
+        };
+        wait_sent(1000);
+        let began = Instant::now();
+        let mut new = Relay::start(&args);
+        new.wait_log("took over: serving");
+        let took = began.elapsed();
+        assert_eq!(new.addr, old.addr);
+        let (status, _) = old.wait_exit();
+        assert!(status.success(), "the old relay exited with {status}");
+        assert!(old.logs().contains("handed over: the new relay serves"));
+        let after = sent.load(Ordering::Relaxed);
+        wait_sent(after + 2000);
+        stop.store(true, Ordering::Relaxed);
+        let total = sender.join().unwrap();
+        alice.send(json!({"type": "relay", "source": "alice", "target": "bob", "payload": "end"}));
+        carol.send_raw(&frame(c_num, b"end"));
+        let (r, f) = (to_bob.join().unwrap(), to_dave.join().unwrap());
+        println!(
+            "{io}: takeover in {} ms under traffic: {total} relays and {total} frames sent, \
+             {} and {} lost",
+            took.as_millis(),
+            total - r.len() as u64,
+            total - f.len() as u64,
+        );
+        ((total - r.len() as u64), (total - f.len() as u64), new)
+    });
+
+    // Nothing was registered again, and every registration, session and channel is the old
+    // relay's: a frame under the old number arrives, carol's bind finds the pair it had, and
+    // alice's session moves her to a new address.
+    assert_eq!(new.metric("udp_relay_peers_registered"), 4);
+    assert_eq!(new.metric("udp_relay_registrations_total"), 0);
+    carol.send_raw(&frame(c_num, b"after"));
+    assert_eq!(dave.recv_raw(), frame(d_num, b"after"));
+    carol.send(carol.authed(json!({"type": "bind", "target": "dave"})));
+    assert_eq!(expect(&carol, "bind_ack")["channel"], c_num);
+    let moved = Peer::new(&new);
+    moved.send(json!({"type": "register", "name": "alice", "session": alice.session()}));
+    let ack = expect(&moved, "register_ack");
+    assert_ne!(
+        ack["session"],
+        alice.session(),
+        "a move issues a new session"
+    );
+
+    // The new relay listens on the takeover socket in its turn.
+    let mut newer = Relay::start(&args);
+    newer.wait_log("took over: serving");
+    let (status, _) = new.wait_exit();
+    assert!(status.success());
+    bob.send(bob.ping());
+    assert_eq!(expect(&bob, "pong")["type"], "pong");
+    (relays, frames)
+}
+
+#[test]
+fn a_takeover_under_traffic_keeps_every_registration_session_and_channel() {
+    for io in ["mmsg", "uring"] {
+        let (relays, frames) = take_over_under_traffic(io);
+        // The sockets never close, so the kernel holds what arrives during the pause; the
+        // workers decide and send everything they received before they stop.
+        assert_eq!(
+            (relays, frames),
+            (0, 0),
+            "{io}: datagrams lost in the takeover"
+        );
+    }
+}
+
+/// Runs a relay to take over from `path` as `args` say, expecting it to fail; its stderr.
+fn failed_takeover(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_udp-relay"))
+        .args(args)
+        .output()
+        .expect("run udp-relay");
+    assert!(!out.status.success(), "it should have failed");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+#[test]
+fn a_refused_takeover_leaves_the_old_relay_serving() {
+    let path = socket_path("refused");
+    let p = path.to_str().unwrap();
+    let mut old = Relay::start(&["--takeover", p]);
+    let (alice, bob) = (Peer::new(&old), Peer::new(&old));
+    alice.register("alice");
+    bob.register("bob");
+    // Another address than the old relay's: the takeover is refused, the old relay serves on.
+    let port = (old.addr.port() + 1).to_string();
+    let err = failed_takeover(&["--host", "127.0.0.1", "--port", &port, "--takeover", p]);
+    assert!(
+        err.contains("listens on") && err.contains("serves on"),
+        "{err}"
+    );
+    old.wait_log("serving on");
+    alice.send(alice.ping());
+    assert_eq!(expect(&alice, "pong")["type"], "pong");
+    // A state the new relay cannot hold is refused by name, and the old relay serves on.
+    let err = failed_takeover(&[
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--takeover",
+        p,
+        "--max-peers",
+        "1",
+    ]);
+    assert!(
+        err.contains("--max-peers") && err.contains("serves on"),
+        "{err}"
+    );
+    alice.send(alice.ping());
+    assert_eq!(expect(&alice, "pong")["type"], "pong");
+    // Something that is not a relay speaks on the socket: refused, and nothing changes.
+    let mut junk = UnixStream::connect(&path).unwrap();
+    junk.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    old.wait_log("not a takeover request");
+    alice.send(alice.ping());
+    assert_eq!(expect(&alice, "pong")["type"], "pong");
+    assert_eq!(old.metric("udp_relay_peers_registered"), 2);
+    let (status, _) = old.stop();
+    assert!(status.success());
+}
+
+#[test]
+fn a_socket_left_by_a_relay_that_died_does_not_stop_the_next() {
+    let path = socket_path("stale");
+    drop(UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let old = Relay::start(&["--takeover", path.to_str().unwrap()]);
+    let alice = Peer::new(&old);
+    alice.register("alice");
+    // Anything else at the path is not the relay's to remove.
+    let file = socket_path("not-a-socket");
+    std::fs::write(&file, b"data").unwrap();
+    let err = failed_takeover(&[
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--takeover",
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("--takeover") && err.contains("not a socket"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"data");
+    let _ = std::fs::remove_file(file);
+}
