@@ -91,30 +91,46 @@ impl<T: Default> Table<T> {
 /// Balances that start at a credit, earn what their owner sends and are spent by what it gets.
 /// A slot holds what was used beyond the credit (zero: a fresh credit).
 struct Earned {
+    /// Full size whatever the credit: a reload may lift a credit of 0 (no limit) to one.
     table: Table<AtomicI64>,
-    credit: i64,
-    cap: i64,
+    /// Bytes (0: no limit); a reload may change it, so every use reads it once.
+    credit: AtomicI64,
+    /// How many credits a balance may bank: its cap is this times the credit, derived from the
+    /// one atomic so that a reload cannot pair a new credit with an old cap.
+    cap_credits: i64,
 }
 
 impl Earned {
-    fn new(slots: usize, credit: u64, cap: i64) -> Earned {
-        let credit = i64::try_from(credit).unwrap_or(i64::MAX / 4);
+    fn new(slots: usize, credit: u64, cap_credits: i64) -> Earned {
         Earned {
-            table: Table::new(if credit > 0 { slots } else { 1 }),
-            credit,
-            cap: cap.max(credit),
+            table: Table::new(slots),
+            credit: AtomicI64::new(Earned::clamp(credit)),
+            cap_credits,
         }
     }
 
-    fn unlimited(&self) -> bool {
-        self.credit == 0
+    /// A credit as a balance holds it: bounded, so that no balance overflows.
+    fn clamp(credit: u64) -> i64 {
+        i64::try_from(credit).unwrap_or(i64::MAX).min(i64::MAX / 4)
+    }
+
+    /// Puts `credit` in force. What each balance used stays: lowered below it, a balance has
+    /// nothing to spend until its owner earns it back.
+    fn set_credit(&self, credit: u64) {
+        self.credit.store(Earned::clamp(credit), Relaxed);
+    }
+
+    /// The credit in force (0: no limit).
+    fn credit(&self) -> i64 {
+        self.credit.load(Relaxed)
     }
 
     fn earn(&self, key: impl Hash, n: i64) {
-        if self.unlimited() {
+        let credit = self.credit();
+        if credit == 0 {
             return;
         }
-        let floor = self.credit - self.cap;
+        let floor = credit - credit.saturating_mul(self.cap_credits);
         let slot = self.table.slot(key);
         // A busy host's balance sits at its cap: reading it costs no cache line's ownership.
         if slot.load(Relaxed) <= floor {
@@ -124,18 +140,19 @@ impl Earned {
     }
 
     fn available(&self, key: impl Hash) -> i64 {
-        if self.unlimited() {
+        let credit = self.credit();
+        if credit == 0 {
             return i64::MAX;
         }
-        self.credit - self.table.slot(key).load(Relaxed)
+        credit - self.table.slot(key).load(Relaxed)
     }
 
     /// Spends `n` if at least `n + reserve` is available.
     fn spend(&self, key: impl Hash, n: i64, reserve: i64) -> bool {
-        if self.unlimited() {
+        let credit = self.credit();
+        if credit == 0 {
             return true;
         }
-        let credit = self.credit;
         self.table
             .slot(key)
             .fetch_update(Relaxed, Relaxed, |used| {
@@ -144,9 +161,10 @@ impl Earned {
             .is_ok()
     }
 
-    /// Gives back `n` just spent (when another budget of the same send refused it).
+    /// Gives back `n` just spent (when another budget of the same send refused it). A reload
+    /// between the two may leave one send's bytes on a balance, or give them: no more.
     fn refund(&self, key: impl Hash, n: i64) {
-        if !self.unlimited() {
+        if self.credit() != 0 {
             self.table.slot(key).fetch_sub(n, Relaxed);
         }
     }
@@ -240,32 +258,31 @@ impl Budgets {
     /// The budgets `s` configures.
     pub fn new(s: &Settings) -> Budgets {
         Budgets {
-            reply_host: Earned::new(
-                HOST_SLOTS,
-                s.reply_credit,
-                CAP_CREDITS * s.reply_credit as i64,
-            ),
-            reply_prefix: Earned::new(
-                PREFIX_SLOTS,
-                s.reply_prefix_credit,
-                CAP_CREDITS * s.reply_prefix_credit as i64,
-            ),
-            reply_global: Earned::new(
-                1,
-                s.reply_global_credit,
-                CAP_CREDITS * s.reply_global_credit as i64,
-            ),
-            fanout: Earned::new(LIMIT_SLOTS, s.fanout_allowance, s.fanout_allowance as i64),
+            reply_host: Earned::new(HOST_SLOTS, s.reply_credit, CAP_CREDITS),
+            reply_prefix: Earned::new(PREFIX_SLOTS, s.reply_prefix_credit, CAP_CREDITS),
+            reply_global: Earned::new(1, s.reply_global_credit, CAP_CREDITS),
+            // A host's fan-out banks no more than its allowance.
+            fanout: Earned::new(LIMIT_SLOTS, s.fanout_allowance, 1),
             presence: Clocked::new(LIMIT_SLOTS, s.presence_rate, PRESENCE_BURST_S),
             registrations: Clocked::new(LIMIT_SLOTS, s.registration_rate, REGISTRATION_BURST_S),
             owed: Mutex::default(),
         }
     }
 
-    /// Puts in force the presence and registration rates of `s` (a reload).
+    /// Puts in force the credits, the fan-out allowance and the rates of `s` (a reload).
     pub fn retune(&self, s: &Settings) {
+        self.reply_host.set_credit(s.reply_credit);
+        self.reply_prefix.set_credit(s.reply_prefix_credit);
+        self.reply_global.set_credit(s.reply_global_credit);
+        self.fanout.set_credit(s.fanout_allowance);
         self.presence.set_rate(s.presence_rate);
         self.registrations.set_rate(s.registration_rate);
+    }
+
+    /// The fan-out allowance in force (`--fanout-allowance`; 0: no limit), which sizes
+    /// announcements to many recipients.
+    pub fn fanout_allowance(&self) -> u64 {
+        self.fanout.credit() as u64
     }
 
     /// Credits what `from` sent: `len` bytes to its host's, prefix's and the relay's reply
@@ -511,6 +528,52 @@ mod tests {
         b.earn(ip, 10_000_000, false, false);
         assert_eq!(b.reply_host.available(ip), 16 * 2048);
         assert_eq!(b.fanout.available(host_key(ip)), 65_536);
+    }
+
+    #[test]
+    fn a_retune_changes_credits_keeping_what_each_balance_used() {
+        let b = Budgets::new(&settings());
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(b.spend_reply(ip, 1500, 0));
+        // Lowered below what the host used: it may spend nothing until it earns it back.
+        b.retune(&Settings {
+            reply_credit: 1000,
+            ..settings()
+        });
+        assert_eq!(b.reply_host.available(ip), -500);
+        assert!(!b.spend_reply(ip, 1, 0));
+        b.earn(ip, 600, false, false);
+        assert!(
+            b.spend_reply(ip, 100, 0),
+            "earned back past the lower credit"
+        );
+        assert!(!b.spend_reply(ip, 1, 0));
+        // The cap follows the credit: 16 of the new one, not of the old.
+        b.earn(ip, 10_000_000, false, false);
+        assert_eq!(b.reply_host.available(ip), 16 * 1000);
+    }
+
+    #[test]
+    fn a_credit_of_0_lifts_a_limit_and_a_retune_can_set_it_again() {
+        let off = Settings::default();
+        let b = Budgets::new(&off);
+        let (ip, other): (IpAddr, IpAddr) = (
+            "192.0.2.1".parse().unwrap(),
+            "198.51.100.1".parse().unwrap(),
+        );
+        assert!(b.spend_reply(ip, 1 << 30, 0), "no limit");
+        assert_eq!(b.fanout_allowance(), 0);
+        // Set at run time, each host has a credit of its own (the table was full size).
+        b.retune(&settings());
+        assert_eq!(b.fanout_allowance(), 65_536);
+        assert!(b.spend_reply(ip, 2000, 0));
+        assert!(!b.spend_reply(ip, 100, 0), "the new credit is spent");
+        assert!(b.spend_reply(other, 2000, 0), "another host's is not");
+        assert!(b.fanout.spend(host_key(ip), 65_536, 0));
+        assert!(!b.fanout.spend(host_key(ip), 1, 0));
+        b.retune(&off);
+        assert!(b.spend_reply(ip, 1 << 30, 0), "lifted again");
+        assert!(b.fanout.spend(host_key(ip), 1 << 30, 0));
     }
 
     #[test]

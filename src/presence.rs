@@ -161,7 +161,7 @@ fn announce_if(
         return;
     }
     let reply_budget = shared.lists.reply_budget();
-    let budget = match shared.settings.fanout_allowance {
+    let budget = match shared.budgets.fanout_allowance() {
         0 => reply_budget,
         a => (a as usize / to.len()).clamp(MIN_ANNOUNCEMENT, reply_budget),
     };
