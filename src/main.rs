@@ -263,6 +263,7 @@ fn reload(
         .unwrap_or_else(|| shared.settings.clone());
     let published = base.with_live(&new.args.settings());
     shared.budgets.retune(&published);
+    shared.registry.retune(&published);
     shared.lists.set(&published);
     // The workers rebuild their rate limits (full again) only when one of them changed, so
     // that a reload that changes none of them gives no flood a fresh burst.

@@ -469,9 +469,9 @@ pub struct Registry {
     watch_total: AtomicUsize,
     watch_hosts: Box<[AtomicU32]>,
     watch_hasher: RandomState,
-    max_watch_total: usize,
-    max_watch_per_host: u32,
-    max_names_per_address: usize,
+    /// The bounds in force, which a reload may change ([`Registry::retune`]): each use reads
+    /// one once. Lowered below what is held, what is held stays and new entries are refused.
+    bounds: Bounds,
     /// Name → the key it is bound to, for signed registrations, and the issue time of the
     /// latest cookie it signed (an older one is a replay).
     keys: Sharded<Name, (Key, u64)>,
@@ -479,6 +479,31 @@ pub struct Registry {
     next_seq: AtomicU64,
     tokens: Tokens,
     timeout_ms: u64,
+}
+
+/// The bounds of [`Registry`] in force.
+#[derive(Default)]
+struct Bounds {
+    /// `--max-peers`, which the router passes to [`Registry::claim`]. The tables stay sized for
+    /// the value at start; beyond it they grow as any hash table does.
+    peers: AtomicUsize,
+    /// `--max-watch`, which the router passes to [`Registry::watch`].
+    watch: AtomicUsize,
+    watch_total: AtomicUsize,
+    watch_per_host: AtomicU32,
+    names_per_address: AtomicUsize,
+}
+
+impl Bounds {
+    fn set(&self, s: &Settings) {
+        self.peers.store(s.max_peers, Relaxed);
+        self.watch.store(s.max_watch, Relaxed);
+        self.watch_total.store(s.max_watch_total, Relaxed);
+        let per_host = u32::try_from(s.max_watch_per_host).unwrap_or(u32::MAX);
+        self.watch_per_host.store(per_host, Relaxed);
+        self.names_per_address
+            .store(s.max_names_per_address, Relaxed);
+    }
 }
 
 /// Shards of the watch maps: enough that a sweep holds any one shard only for a few thousand
@@ -491,8 +516,10 @@ const WATCH_HOST_SLOTS: usize = 1 << 16;
 
 impl Registry {
     /// An empty registry whose peers go stale after `s.peer_timeout_ms` of silence, with the
-    /// watch limits of `s`.
+    /// bounds of `s`.
     pub fn new(s: &Settings) -> Registry {
+        let bounds = Bounds::default();
+        bounds.set(s);
         Registry {
             peers: Sharded::new(s.max_peers),
             by_addr: Sharded::new(s.max_peers),
@@ -501,9 +528,7 @@ impl Registry {
             watch_total: AtomicUsize::new(0),
             watch_hosts: (0..WATCH_HOST_SLOTS).map(|_| AtomicU32::new(0)).collect(),
             watch_hasher: RandomState::new(),
-            max_watch_total: s.max_watch_total,
-            max_names_per_address: s.max_names_per_address,
-            max_watch_per_host: u32::try_from(s.max_watch_per_host).unwrap_or(u32::MAX),
+            bounds,
             keys: Sharded::new(s.max_peers),
             count: AtomicUsize::new(0),
             next_seq: AtomicU64::new(0),
@@ -512,6 +537,22 @@ impl Registry {
             },
             timeout_ms: s.peer_timeout_ms,
         }
+    }
+
+    /// Puts in force the bounds of `s` (a reload): `--max-peers`, `--max-watch`,
+    /// `--max-watch-total`, `--max-watch-per-host` and `--max-names-per-address`.
+    pub fn retune(&self, s: &Settings) {
+        self.bounds.set(s);
+    }
+
+    /// The most names registered at once, in force (`--max-peers`).
+    pub fn max_peers(&self) -> usize {
+        self.bounds.peers.load(Relaxed)
+    }
+
+    /// The most names one peer may watch, in force (`--max-watch`).
+    pub fn max_watch(&self) -> usize {
+        self.bounds.watch.load(Relaxed)
     }
 
     /// Number of registered names (live or not yet reaped).
@@ -642,10 +683,9 @@ impl Registry {
 
     /// Whether `here` holds as many names as an address may.
     fn address_full(&self, here: Packed) -> bool {
+        let max = self.bounds.names_per_address.load(Relaxed);
         self.by_addr
-            .get(&here, |_, at| {
-                at.names().len() >= self.max_names_per_address
-            })
+            .get(&here, |_, at| at.names().len() >= max)
             .unwrap_or(false)
     }
 
@@ -940,13 +980,14 @@ impl Registry {
 
     /// Counts one more watch entry under `host`, if the bounds allow it.
     fn count_watch(&self, host: usize) -> bool {
-        let total = self.watch_total.fetch_update(Relaxed, Relaxed, |t| {
-            (t < self.max_watch_total).then_some(t + 1)
-        });
+        let max_total = self.bounds.watch_total.load(Relaxed);
+        let total = self
+            .watch_total
+            .fetch_update(Relaxed, Relaxed, |t| (t < max_total).then_some(t + 1));
         if total.is_err() {
             return false;
         }
-        let max = self.max_watch_per_host;
+        let max = self.bounds.watch_per_host.load(Relaxed);
         let per_host =
             self.watch_hosts[host].fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1));
         if per_host.is_err() {
@@ -1391,6 +1432,70 @@ mod tests {
         r.reap("a", 5000).unwrap();
         assert_eq!(r.watch_entries(), 3);
         assert_eq!(r.watch("b", a("1.1.1.1:2"), &names[2..4], 100), Some(0));
+    }
+
+    #[test]
+    fn a_retune_below_what_is_held_keeps_it_and_refuses_more() {
+        // The defaults bound neither watches in all or per host nor names per address.
+        let r = registry(1000);
+        let names: Vec<Name> = (0..6)
+            .map(|i| Name::from(format!("n{i}").as_str()))
+            .collect();
+        let (here, there) = (a("1.1.1.1:1"), a("2.2.2.2:2"));
+        for n in ["a", "b", "c"] {
+            r.claim(n, here, Proof::Token(None), 0, 10);
+        }
+        r.claim("w", there, Proof::Token(None), 0, 10);
+        assert_eq!(r.watch("a", here, &names[..4], 100), Some(0));
+        assert_eq!(r.watch("w", there, &names[..2], 100), Some(0));
+        let low = Settings {
+            max_peers: 2,
+            max_watch: 1,
+            max_watch_total: 3,
+            max_watch_per_host: 2,
+            max_names_per_address: 2,
+            ..Settings::default()
+        };
+        r.retune(&low);
+        assert_eq!((r.max_peers(), r.max_watch()), (2, 1));
+        // What is held stays: four names, six watch entries, three names at `here`.
+        assert_eq!((r.len(), r.watch_entries()), (4, 6));
+        assert_eq!(names_at(&r, here).len(), 3);
+        assert!(matches!(
+            r.claim("a", here, Proof::Token(None), 1, 10),
+            Claim::Refreshed(_)
+        ));
+        // New entries are refused, until enough are gone to be under the bound.
+        assert_eq!(
+            r.claim("d", here, Proof::Token(None), 1, 10),
+            Claim::AddressFull
+        );
+        assert_eq!(r.watch("w", there, &names[2..3], 100), Some(1));
+        let token = r.session_at("c", here, 1);
+        r.unregister("c", here, token, 1).unwrap();
+        let token = r.session_at("b", here, 1);
+        r.unregister("b", here, token, 1).unwrap();
+        assert_eq!(r.unwatch("a", &names[..4]), Some(Vec::new()));
+        assert_eq!(r.watch_entries(), 2);
+        assert!(matches!(
+            r.claim("d", here, Proof::Token(None), 2, 10),
+            Claim::Joined(_)
+        ));
+        assert_eq!(r.watch("a", here, &names[..2], 100), Some(1), "3 in all");
+        assert_eq!(r.watch_entries(), 3);
+        // Raised back to no bound, the counts are as they were and more fits.
+        r.retune(&Settings::default());
+        assert_eq!(r.watch("w", there, &names[2..6], 100), Some(0));
+        assert_eq!(r.watch_entries(), 7);
+        assert!(matches!(
+            r.claim("e", here, Proof::Token(None), 2, 10),
+            Claim::Joined(_)
+        ));
+        assert_eq!(names_at(&r, here).len(), 3);
+        for n in ["a", "d", "e", "w"] {
+            r.reap(n, 5000).unwrap();
+        }
+        assert_eq!((r.len(), r.watch_entries()), (0, 0));
     }
 
     #[test]

@@ -19,8 +19,8 @@ use crate::registry::Registry;
 pub struct Shared {
     /// The peer registry.
     pub registry: Registry,
-    /// The protocol settings as at start (a reload publishes its changes in `live` and, for
-    /// the list sizes, in `lists`).
+    /// The protocol settings as at start (a reload publishes its changes in `live`, the list
+    /// sizes in `lists`, and the bounds and budgets in their owners: registry, budgets).
     pub settings: Settings,
     /// `--announce-max` and `--reply-budget` in force, which a reload may change.
     pub lists: Lists,
@@ -158,8 +158,8 @@ impl Shared {
             ),
             (
                 "max_peers",
-                "The most names registered at once (--max-peers).",
-                self.settings.max_peers as u64,
+                "The most names registered at once (--max-peers, in force).",
+                r.max_peers() as u64,
             ),
         ] {
             let _ = writeln!(s, "# HELP udp_relay_{name} {help}");

@@ -425,10 +425,10 @@ fn sighup_names_what_needs_a_restart_and_refuses_a_bad_file_keeping_the_old_valu
     a.register("A");
     a.drain();
 
-    std::fs::write(&f, "source_rate = 50\nmax_peers = 5\n").unwrap();
+    std::fs::write(&f, "source_rate = 50\nmax_datagram = 1000\n").unwrap();
     hangup(&r);
     let warning = r.wait_log("take a restart");
-    assert!(warning.contains("max_peers 1000000 -> 5"), "{warning}");
+    assert!(warning.contains("max_datagram 65507 -> 1000"), "{warning}");
     assert!(r.wait_log("reloaded").contains("no live setting changed"));
 
     std::fs::write(&f, "# raised\nsource_rate = -1\n").unwrap();

@@ -54,11 +54,8 @@ impl Router {
             }
             None => Proof::Token(token),
         };
-        let s = &self.shared.settings;
-        let claim = self
-            .shared
-            .registry
-            .claim(&r.name, from, proof, now.ms, s.max_peers);
+        let reg = &self.shared.registry;
+        let claim = reg.claim(&r.name, from, proof, now.ms, reg.max_peers());
         let session = match claim {
             Claim::Joined(s) | Claim::Replaced(s) | Claim::Refreshed(s) | Claim::Moved(s) => s,
             Claim::InUse => return Err(Reason::NameInUse),

@@ -36,8 +36,8 @@ mod stun;
 pub(crate) mod tests;
 
 /// The largest control message (anything but `relay`) parsed is this or 136 bytes per name of
-/// `--max-watch` (64 bytes, escaped where needed, quoted), whichever is larger: 34,816 bytes at
-/// the default of 256.
+/// `--max-watch` in force (64 bytes, escaped where needed, quoted), whichever is larger: 34,816
+/// bytes at the default of 256.
 const MAX_CONTROL: usize = 20 * 1024;
 
 /// The types a relay sends: arriving here, they are another relay's (or forged from one), and
@@ -90,8 +90,6 @@ pub struct Router {
     /// The generation of `shared.live` the limits above were made for.
     generation: u64,
     scratch: Vec<u8>,
-    /// The largest control message parsed (see [`MAX_CONTROL`]).
-    max_control: usize,
 }
 
 impl Router {
@@ -103,7 +101,6 @@ impl Router {
             errors: SourceLimiter::new(rate, 2.0 * rate),
             ingress: Ingress::new(&shared.settings, shared.workers),
             generation: 0,
-            max_control: MAX_CONTROL.max(shared.settings.max_watch.saturating_mul(136)),
             shared,
             scratch: Vec::new(),
         }
@@ -246,8 +243,10 @@ impl Router {
             return self.relay(d, &h, req, out);
         }
         // Only a relay carries a payload: a control message that large is refused before the
-        // work of parsing it (a `watch` of `--max-watch` 64-byte names fits).
-        if d.len() > self.max_control {
+        // work of parsing it (a `watch` of `--max-watch` 64-byte names fits; a reload may
+        // change that, so it is read here).
+        let max_control = MAX_CONTROL.max(self.shared.registry.max_watch().saturating_mul(136));
+        if d.len() > max_control {
             return self.fail(out, Reason::TooLarge, req);
         }
         let result = match ty {

@@ -42,7 +42,7 @@ impl Router {
     ) -> Result<(), Reason> {
         let w = self.parse::<control::Watch>(d)?;
         let watcher = self.authenticate(w.name.as_deref(), w.session.as_deref(), req, out)?;
-        let max = self.shared.settings.max_watch;
+        let max = self.shared.registry.max_watch();
         if !w.names.iter().all(|n| valid_name(n)) {
             return Err(Reason::InvalidName);
         }
