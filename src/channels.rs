@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 
 use serde::{Deserialize, Serialize};
 
@@ -110,9 +110,12 @@ pub struct Channels {
     /// Sized for `--max-channels-total` pairs, two halves each (see [`Sharded`]).
     halves: Sharded<u32, Half>,
     index: Mutex<Index>,
-    max_per_peer: usize,
-    max_per_host: usize,
-    max_total: usize,
+    /// The bounds in force, which a reload may change ([`Channels::retune`]); lowered below
+    /// what is bound, the pairs stay and new ones are refused. The halves stay sized for
+    /// `--max-channels-total` at start; beyond it they grow as any hash table does.
+    max_per_peer: AtomicUsize,
+    max_per_host: AtomicUsize,
+    max_total: AtomicUsize,
 }
 
 impl Channels {
@@ -121,10 +124,18 @@ impl Channels {
         Channels {
             halves: Sharded::new(s.max_channels_total.saturating_mul(2)),
             index: Mutex::default(),
-            max_per_peer: s.max_channels,
-            max_per_host: s.max_channels_per_host,
-            max_total: s.max_channels_total,
+            max_per_peer: AtomicUsize::new(s.max_channels),
+            max_per_host: AtomicUsize::new(s.max_channels_per_host),
+            max_total: AtomicUsize::new(s.max_channels_total),
         }
+    }
+
+    /// Puts in force the bounds of `s` (a reload): `--max-channels`, `--max-channels-per-host`
+    /// and `--max-channels-total`.
+    pub fn retune(&self, s: &Settings) {
+        self.max_per_peer.store(s.max_channels, Relaxed);
+        self.max_per_host.store(s.max_channels_per_host, Relaxed);
+        self.max_total.store(s.max_channels_total, Relaxed);
     }
 
     /// Pairs bound now.
@@ -188,10 +199,11 @@ impl Channels {
         let host = host_key(my_addr.ip());
         let from_host = ix.per_host.get(&host).copied().unwrap_or(0);
         let incoming = all(&ix, peer) - own(&ix, peer);
-        if ix.pairs >= self.max_total
-            || own(&ix, me) >= self.max_per_peer
-            || from_host >= self.max_per_host
-            || incoming >= INCOMING_PER_OWN * self.max_per_peer
+        let per_peer = self.max_per_peer.load(Relaxed);
+        if ix.pairs >= self.max_total.load(Relaxed)
+            || own(&ix, me) >= per_peer
+            || from_host >= self.max_per_host.load(Relaxed)
+            || incoming >= INCOMING_PER_OWN * per_peer
         {
             return Err(Full::Limit);
         }
@@ -530,5 +542,55 @@ mod tests {
             t.bind(&n(&far), host(20 + p as u8), &n("x"), host(1)).ok();
         }
         assert_eq!(t.len(), 4, "x may be bound by four times its own quota");
+    }
+
+    #[test]
+    fn a_retune_below_what_is_bound_keeps_the_pairs_and_refuses_new_ones() {
+        // 64 per peer; no bound per host or in all.
+        let roomy = Settings::default();
+        let t = Channels::new(&roomy);
+        let n = |s: &str| Name::from(s);
+        let host = |i: u8| a(&format!("192.0.2.{i}:1"));
+        let mut numbers = Vec::new();
+        for i in 2..=6 {
+            let b = t
+                .bind(&n("a"), host(1), &n(&format!("p{i}")), host(i))
+                .unwrap();
+            numbers.push(b.mine);
+        }
+        // Lowered to two per peer, host and relay: the five pairs stay, and route.
+        let low = Settings {
+            max_channels: 2,
+            max_channels_per_host: 2,
+            max_channels_total: 2,
+            ..Settings::default()
+        };
+        t.retune(&low);
+        assert_eq!(t.len(), 5);
+        for &m in &numbers {
+            assert!(t.route(m, host(1), 0).is_ok());
+        }
+        let bind =
+            |me: &str, at: u8, peer: &str, to: u8| t.bind(&n(me), host(at), &n(peer), host(to));
+        assert_eq!(bind("a", 1, "p7", 7), Err(Full::Limit), "the peer's bound");
+        assert_eq!(bind("q", 9, "r", 10), Err(Full::Limit), "the relay's bound");
+        // A pair bound already is found, not refused.
+        assert!(!bind("a", 1, "p2", 2).unwrap().new);
+        // Under the bound again, one more fits; then none.
+        for &m in &numbers[..4] {
+            t.unbind("a", m).unwrap();
+        }
+        assert_eq!(t.len(), 1);
+        assert!(bind("q", 9, "r", 10).unwrap().new);
+        assert_eq!(bind("s", 11, "u", 12), Err(Full::Limit));
+        // Raised again: binds fit again, and the counts are right.
+        t.retune(&roomy);
+        assert!(bind("a", 1, "p7", 7).unwrap().new);
+        assert!(bind("s", 11, "u", 12).unwrap().new);
+        assert_eq!(t.len(), 4);
+        for name in ["a", "q", "s"] {
+            t.on_event(Event::Removed(name));
+        }
+        assert!(t.is_empty());
     }
 }

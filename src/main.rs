@@ -264,6 +264,7 @@ fn reload(
     let published = base.with_live(&new.args.settings());
     shared.budgets.retune(&published);
     shared.registry.retune(&published);
+    shared.channels.retune(&published);
     shared.lists.set(&published);
     // The workers rebuild their rate limits (full again) only when one of them changed, so
     // that a reload that changes none of them gives no flood a fresh burst.

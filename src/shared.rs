@@ -20,7 +20,8 @@ pub struct Shared {
     /// The peer registry.
     pub registry: Registry,
     /// The protocol settings as at start (a reload publishes its changes in `live`, the list
-    /// sizes in `lists`, and the bounds and budgets in their owners: registry, budgets).
+    /// sizes in `lists`, and the bounds and budgets in their owners: registry, channels,
+    /// budgets).
     pub settings: Settings,
     /// `--announce-max` and `--reply-budget` in force, which a reload may change.
     pub lists: Lists,
