@@ -262,6 +262,7 @@ fn reload(
         .current()
         .unwrap_or_else(|| shared.settings.clone());
     let published = base.with_live(&new.args.settings());
+    let limits = server::limits(&published);
     shared.budgets.retune(&published);
     shared.registry.retune(&published);
     shared.channels.retune(&published);
@@ -275,12 +276,14 @@ fn reload(
         error!("reload: cannot change the log filter: {e}");
     }
     in_force.take_live(&new);
-    // Last, so that it says everything is in force (a filter that hides `info` hides it too).
-    if live.is_empty() {
-        info!("reloaded: no live setting changed");
+    // Last, so that it says everything is in force (a filter that hides `info` hides it too),
+    // with the limits in force as the start-up line gives them.
+    let changed = if live.is_empty() {
+        "no live setting changed".to_string()
     } else {
-        info!("reloaded: {}", live.join(", "));
-    }
+        live.join(", ")
+    };
+    info!(%limits, "reloaded: {changed}");
 }
 
 /// `--log-level`, else `RUST_LOG`, else `info`.

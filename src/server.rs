@@ -325,9 +325,9 @@ impl Relay {
     }
 }
 
-/// The limits and budgets in force, as `flag=value` pairs an operator can match against the
-/// command line; `off` where 0 lifts one.
-fn limits(s: &Settings) -> String {
+/// The limits and budgets of `s`, as `flag=value` pairs an operator can match against the
+/// command line; `off` where 0 lifts one. Logged at start and by every reload.
+pub fn limits(s: &Settings) -> String {
     let rate = |v: u64| {
         if v == 0 {
             "off".to_string()

@@ -523,6 +523,70 @@ fn sighup_changes_announce_max_so_that_joins_go_to_watchers_only() {
     assert!(status.success(), "{status}");
 }
 
+#[test]
+fn sighup_lowers_max_peers_and_names_per_address_refusing_new_claims_only() {
+    let f = file(
+        "reload-bounds",
+        "max_peers = 100\nmax_names_per_address = 8\n",
+    );
+    let args = ["--config", f.to_str().unwrap(), "--workers", "1"];
+    let mut r = Relay::start_with(&args, &[], "127.0.0.1");
+    assert_eq!(r.metric("udp_relay_max_peers"), 100);
+    let (a, b) = (Peer::new(&r), Peer::new(&r));
+    a.register("A");
+    b.register("B");
+    a.drain();
+    // A second name at A's address.
+    a.register_old("A2");
+    a.drain();
+    b.drain();
+
+    // Lowered to what is held: three names, and one name an address.
+    std::fs::write(&f, "max_peers = 3\nmax_names_per_address = 1\n").unwrap();
+    hangup(&r);
+    let line = r.wait_log("reloaded");
+    for want in [
+        "max_peers 100 -> 3",
+        "max_names_per_address 8 -> 1",
+        "max-peers=3 ",
+        "max-names-per-address=1 ",
+    ] {
+        assert!(line.contains(want), "no {want:?} in {line}");
+    }
+    assert!(!r.logs().contains("take a restart"), "{}", r.logs());
+    assert_eq!(r.metric("udp_relay_max_peers"), 3);
+
+    // A new name is refused, the relay being full; so is B's move, with its session, to A's
+    // address, which holds two names already.
+    let c = Peer::new(&r);
+    c.send(json!({"type": "register", "name": "C"}));
+    c.expect("error");
+    assert_eq!(r.refused("registry_full"), 1);
+    a.send(json!({"type": "register", "name": "B", "session": b.session()}));
+    a.expect("error");
+    assert_eq!(r.refused("address_full"), 1);
+    assert_eq!(r.metric("udp_relay_peers_registered"), 3);
+    // The names held keep working: both refresh at A's address, and A still relays to B, whom
+    // the refused move left where it was.
+    a.register("A");
+    a.register_old("A2");
+    b.drain();
+    a.send(a.authed(json!({"type": "relay", "target": "B", "source": "A", "payload": "kept"})));
+    assert_eq!(b.expect("relayed_packet")["payload"], "kept");
+
+    // Raised again, new names fit, at A's address too.
+    std::fs::write(&f, "max_peers = 100\nmax_names_per_address = 8\n").unwrap();
+    hangup(&r);
+    r.wait_log("reloaded: max_peers 3 -> 100");
+    assert_eq!(c.register("C").0["peer_name"], "C");
+    a.drain();
+    a.register_old("A3");
+    assert_eq!(r.metric("udp_relay_peers_registered"), 5);
+    assert_eq!(r.metric("udp_relay_max_peers"), 100);
+    let (status, _) = r.stop();
+    assert!(status.success(), "{status}");
+}
+
 /// Registers 30 names from 30 new peers, all on 127.0.0.1 (one host, one registration budget),
 /// then waits through `barrier` until the relay has decided them all.
 fn register_many(r: &Relay, barrier: &Peer, from: usize) -> Vec<Peer> {
