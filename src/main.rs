@@ -100,7 +100,6 @@ fn main() -> ExitCode {
         true
     });
     if handed_over.load(Ordering::SeqCst) {
-        info!("exiting: a new relay took over");
         return ExitCode::SUCCESS;
     }
     info!(signal = ?sig, "shutting down");
@@ -221,6 +220,8 @@ impl takeover::Handing for Handing {
             }
         };
         if handed {
+            // Before the signal loop ends, which ends the process.
+            info!("handed over: the new relay serves");
             self.done.store(true, Ordering::SeqCst);
             // Ends the signal loop: the process exits without serving again.
             self.signals.close();

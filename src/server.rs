@@ -230,6 +230,7 @@ impl Relay {
         if self.running.is_some() {
             return Ok(());
         }
+        relay_io::install_wake()?;
         let shared = &self.shared;
         let clock = shared.clock;
         let stop = Arc::new(AtomicBool::new(false));
@@ -295,6 +296,11 @@ impl Relay {
         r.stop.store(true, Ordering::Relaxed);
         r.reaper.thread().unpark();
         for w in r.workers {
+            // Again until it ends: a wake-up just before the worker waits would be missed.
+            while !w.is_finished() {
+                relay_io::wake(&w);
+                thread::sleep(Duration::from_millis(1));
+            }
             let _ = w.join();
         }
         let _ = r.reaper.join();

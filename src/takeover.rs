@@ -272,9 +272,6 @@ fn serve_one(
         };
         done
     });
-    if done {
-        info!("handed over: the new relay serves");
-    }
     Ok(done)
 }
 

@@ -255,6 +255,40 @@ pub fn pin_to_cpu(cpu: usize) -> io::Result<usize> {
     }
 }
 
+/// The signal that interrupts a worker's wait for datagrams, so that a pause (a takeover) need
+/// not wait out [`POLL_MS`]: its handler does nothing, and a receive on a socket with
+/// `SO_RCVTIMEO` (or `io_uring_enter`) returns `EINTR` whatever `SA_RESTART` says.
+fn wake_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 3
+}
+
+extern "C" fn ignore(_: libc::c_int) {}
+
+/// Installs the handler of [`wake_signal`] (once per process).
+pub fn install_wake() -> io::Result<()> {
+    static INSTALLED: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+    let r = *INSTALLED.get_or_init(|| {
+        // SAFETY: all-zero is a valid sigaction; the handler only returns.
+        let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+        sa.sa_sigaction = ignore as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        // SAFETY: installs a handler that touches nothing, for a signal only the relay sends.
+        unsafe { libc::sigaction(wake_signal(), &sa, std::ptr::null_mut()) }
+    });
+    if r != 0 {
+        return Err(io::Error::other(
+            "cannot install the workers' wake-up signal",
+        ));
+    }
+    Ok(())
+}
+
+/// Interrupts `thread`'s wait (after [`install_wake`]).
+pub fn wake(thread: &std::thread::JoinHandle<()>) {
+    use std::os::unix::thread::JoinHandleExt;
+    // SAFETY: the thread is alive while its handle is unjoined; its handler is installed.
+    unsafe { libc::pthread_kill(thread.as_pthread_t(), wake_signal()) };
+}
+
 /// The receive and send buffer each worker socket asks for.
 pub const SOCKET_BUFFER: usize = 4 << 20;
 
@@ -287,10 +321,16 @@ pub fn bind_worker_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
     sock.set_reuse_port(true)?;
     // Every received datagram then carries how many the kernel dropped for a full queue.
     set_int_option(&sock, libc::SOL_SOCKET, libc::SO_RXQ_OVFL)?;
-    // Best effort: a larger buffer absorbs bursts; the kernel caps it at its own maximum,
-    // which `capped_buffers` reports.
-    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
-    let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
+    // Best effort: a larger buffer absorbs bursts (and what arrives while a takeover pauses the
+    // relay). With CAP_NET_ADMIN the relay forces it past the kernel's maximum; without, the
+    // kernel caps it, which `capped_buffers` reports.
+    let size = SOCKET_BUFFER as libc::c_int;
+    if set_int(&sock, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size).is_err() {
+        let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+    }
+    if set_int(&sock, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, size).is_err() {
+        let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
+    }
     sock.bind(&addr.into())?;
     sock.set_read_timeout(Some(std::time::Duration::from_millis(POLL_MS)))?;
     Ok(sock.into())
@@ -302,7 +342,15 @@ fn set_ip_pktinfo(sock: &Socket) -> io::Result<()> {
 
 /// Turns on the integer socket option `name` of `level`.
 fn set_int_option(sock: &impl AsRawFd, level: libc::c_int, name: libc::c_int) -> io::Result<()> {
-    let on: libc::c_int = 1;
+    set_int(sock, level, name, 1)
+}
+
+fn set_int(
+    sock: &impl AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    on: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: a plain setsockopt with a pointer to an int of the size given.
     let r = unsafe {
         libc::setsockopt(

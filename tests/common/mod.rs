@@ -82,20 +82,17 @@ impl Relay {
     /// The command [`Relay::start_with`] runs, for a caller to adjust before [`Relay::spawn`].
     pub fn command(args: &[&str], env: &[(&str, &str)], host: &str) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_udp-relay"));
-        cmd.args([
-            "--host",
-            host,
-            "--port",
-            "0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
-        .args(args)
-        .env_remove("RUST_LOG")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        cmd.args(["--host", host, "--metrics-listen", "127.0.0.1:0"]);
+        // Any free port, unless the test names one (a restart comes back on the peers' port).
+        if !args.contains(&"--port") {
+            cmd.args(["--port", "0"]);
+        }
+        cmd.args(args)
+            .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         cmd
     }
 
