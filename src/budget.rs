@@ -17,13 +17,15 @@
 //! slot share its balance; with a random key per start-up, nobody can choose whom they share with.
 
 use std::collections::HashSet;
-use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
+use serde::{Deserialize, Serialize};
+
 use crate::config::Settings;
+use crate::keyed::Keyed;
 use crate::metrics::Counters;
 use crate::out::{Kind, Out, Send};
 use crate::ratelimit::prefix;
@@ -71,14 +73,14 @@ pub fn host_key(ip: IpAddr) -> [u8; 9] {
 /// A fixed array of atomics indexed by a keyed hash.
 struct Table<T> {
     slots: Box<[T]>,
-    hasher: RandomState,
+    hasher: Keyed,
 }
 
 impl<T: Default> Table<T> {
     fn new(n: usize) -> Table<T> {
         Table {
             slots: (0..n).map(|_| T::default()).collect(),
-            hasher: RandomState::new(),
+            hasher: Keyed::random(),
         }
     }
 
@@ -210,6 +212,107 @@ impl Clocked {
                 (used + cost <= burst).then(|| ((used + cost) << 32) | u64::from(now_ds.max(at)))
             })
             .is_ok()
+    }
+}
+
+/// A table of balances as a handover image holds it.
+#[derive(Serialize, Deserialize)]
+pub struct TableImage {
+    slots: Vec<u64>,
+    hasher: Keyed,
+}
+
+impl Table<AtomicU64> {
+    fn export(&self) -> TableImage {
+        TableImage {
+            slots: self.slots.iter().map(|s| s.load(Relaxed)).collect(),
+            hasher: self.hasher,
+        }
+    }
+
+    /// Takes up `image` if it is a table of this size, each slot made what `valid` makes it.
+    fn restore(&mut self, image: TableImage, valid: impl Fn(u64) -> u64) {
+        if image.slots.len() != self.slots.len() {
+            return;
+        }
+        self.hasher = image.hasher;
+        for (slot, v) in self.slots.iter().zip(image.slots) {
+            slot.store(valid(v), Relaxed);
+        }
+    }
+}
+
+impl Table<AtomicI64> {
+    fn export(&self) -> TableImage {
+        TableImage {
+            slots: self.slots.iter().map(|s| s.load(Relaxed) as u64).collect(),
+            hasher: self.hasher,
+        }
+    }
+
+    /// Takes up `image` if it is a table of this size, each balance within the bounds no
+    /// arithmetic on it overflows past (a credit is at most a quarter of `i64::MAX`).
+    fn restore(&mut self, image: TableImage) {
+        if image.slots.len() != self.slots.len() {
+            return;
+        }
+        self.hasher = image.hasher;
+        let bound = i64::MAX / 4;
+        for (slot, v) in self.slots.iter().zip(image.slots) {
+            slot.store((v as i64).clamp(-bound, bound), Relaxed);
+        }
+    }
+}
+
+/// Every budget's balances as a handover image holds them.
+#[derive(Serialize, Deserialize)]
+pub struct Image {
+    reply_host: TableImage,
+    reply_prefix: TableImage,
+    reply_global: TableImage,
+    fanout: TableImage,
+    presence: TableImage,
+    registrations: TableImage,
+    owed: Vec<SocketAddr>,
+}
+
+impl Budgets {
+    /// Every balance, for a relay that takes over (meant for a relay whose workers stopped).
+    pub fn export(&self) -> Image {
+        Image {
+            reply_host: self.reply_host.table.export(),
+            reply_prefix: self.reply_prefix.table.export(),
+            reply_global: self.reply_global.table.export(),
+            fanout: self.fanout.table.export(),
+            presence: self.presence.table.export(),
+            registrations: self.registrations.table.export(),
+            owed: self
+                .owed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .copied()
+                .collect(),
+        }
+    }
+
+    /// Takes up the balances of `image` at `now_ms`: tables of another size stay fresh, a
+    /// bucket refilled later than `now_ms` is taken as refilled now.
+    pub fn restore(&mut self, image: Image, now_ms: u64) {
+        let now_ds = (now_ms / 100) as u32;
+        let at_most_now = |state: u64| {
+            let at = (state as u32).min(now_ds);
+            (state & !u64::from(u32::MAX)) | u64::from(at)
+        };
+        self.reply_host.table.restore(image.reply_host);
+        self.reply_prefix.table.restore(image.reply_prefix);
+        self.reply_global.table.restore(image.reply_global);
+        self.fanout.table.restore(image.fanout);
+        self.presence.table.restore(image.presence, at_most_now);
+        self.registrations
+            .table
+            .restore(image.registrations, at_most_now);
+        self.keep_owed(image.owed);
     }
 }
 

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod http;
 pub mod io;
+pub mod keyed;
 pub mod metrics;
 pub mod notify;
 pub mod out;

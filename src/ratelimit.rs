@@ -6,11 +6,13 @@
 //! steers a source to one worker, so no locking is needed (a prefix spread over several workers
 //! gets each worker's allowance; the relay-wide cap is shared out evenly).
 
-use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash};
 use std::net::{IpAddr, SocketAddr};
 
+use serde::{Deserialize, Serialize};
+
 use crate::config::Settings;
+use crate::keyed::Keyed;
 use crate::refusal::Reason;
 
 /// Buckets per table: at a million peers, a few dozen sources share one (32 bytes each).
@@ -26,7 +28,7 @@ type Bucket = [u64; 2];
 /// everything.
 pub struct Buckets {
     slots: Box<[Bucket]>,
-    hasher: RandomState,
+    hasher: Keyed,
     rate: f64,
     burst: f64,
 }
@@ -36,7 +38,7 @@ impl Buckets {
     pub fn new(slots: usize, rate: f64, burst: f64) -> Buckets {
         Buckets {
             slots: vec![[0u64; 2]; if rate > 0.0 { slots } else { 0 }].into_boxed_slice(),
-            hasher: RandomState::new(),
+            hasher: Keyed::random(),
             rate,
             burst,
         }
@@ -89,6 +91,37 @@ impl Buckets {
     }
 }
 
+/// A table of buckets as a handover image holds it.
+#[derive(Serialize, Deserialize)]
+pub struct BucketsImage {
+    slots: Vec<Bucket>,
+    hasher: Keyed,
+}
+
+impl Buckets {
+    fn export(&self) -> BucketsImage {
+        BucketsImage {
+            slots: self.slots.to_vec(),
+            hasher: self.hasher,
+        }
+    }
+
+    /// Takes up the buckets of `image` if it is a table of this size (else this one stays as
+    /// it is: full), with any value no bucket could hold made full, and no refill time later
+    /// than `now_ms`.
+    fn restore(&mut self, image: BucketsImage, now_ms: u64) {
+        if image.slots.len() != self.slots.len() {
+            return;
+        }
+        self.hasher = image.hasher;
+        for (slot, [used, at]) in self.slots.iter_mut().zip(image.slots) {
+            let u = f64::from_bits(used);
+            let used = if u.is_finite() && u >= 0.0 { used } else { 0 };
+            *slot = [used, at.min(now_ms)];
+        }
+    }
+}
+
 /// Per-source token buckets for replies the relay volunteers (errors).
 pub struct SourceLimiter(Buckets);
 
@@ -122,7 +155,7 @@ pub fn prefix(ip: IpAddr) -> [u8; 8] {
 struct Pair {
     datagrams: Buckets,
     bytes: Buckets,
-    hasher: RandomState,
+    hasher: Keyed,
 }
 
 impl Pair {
@@ -130,7 +163,7 @@ impl Pair {
         Pair {
             datagrams: table(slots, datagrams),
             bytes: table(slots, bytes),
-            hasher: RandomState::new(),
+            hasher: Keyed::random(),
         }
     }
 
@@ -149,6 +182,30 @@ impl Pair {
         }
         let h = self.hasher.hash_one(key) as usize;
         self.datagrams.take_at(h, n, now_ms)
+    }
+}
+
+/// Two tables of buckets found by one hash, as a handover image holds them.
+#[derive(Serialize, Deserialize)]
+pub struct PairImage {
+    datagrams: BucketsImage,
+    bytes: BucketsImage,
+    hasher: Keyed,
+}
+
+impl Pair {
+    fn export(&self) -> PairImage {
+        PairImage {
+            datagrams: self.datagrams.export(),
+            bytes: self.bytes.export(),
+            hasher: self.hasher,
+        }
+    }
+
+    fn restore(&mut self, image: PairImage, now_ms: u64) {
+        self.hasher = image.hasher;
+        self.datagrams.restore(image.datagrams, now_ms);
+        self.bytes.restore(image.bytes, now_ms);
     }
 }
 
@@ -202,6 +259,71 @@ impl Ingress {
         } else {
             Err(Reason::SourceLimited)
         }
+    }
+}
+
+/// One worker's limits: its admission buckets and its error replies' (`SO_REUSEPORT` steers a
+/// source to one socket, so each worker's are its sources'). Kept in the shared state while
+/// the worker is stopped, so that a pause, a failed takeover or a takeover that hands them
+/// over never gives a flood fresh buckets.
+pub struct Admission {
+    /// Admission per source, prefix and relay.
+    pub ingress: Ingress,
+    /// Error replies per source.
+    pub errors: SourceLimiter,
+    /// The generation of published settings these were made for.
+    pub generation: u64,
+}
+
+/// One worker's limits as a handover image holds them.
+#[derive(Serialize, Deserialize)]
+pub struct AdmissionImage {
+    source: PairImage,
+    prefix: PairImage,
+    global: BucketsImage,
+    errors: BucketsImage,
+}
+
+impl Admission {
+    /// Full buckets with the limits of `s`, for one of `workers` workers.
+    pub fn new(s: &Settings, workers: usize, generation: u64) -> Admission {
+        let rate = s.error_rate as f32;
+        Admission {
+            ingress: Ingress::new(s, workers),
+            errors: SourceLimiter::new(rate, 2.0 * rate),
+            generation,
+        }
+    }
+
+    /// No buckets at all (a placeholder, which limits nothing).
+    pub fn empty() -> Admission {
+        Admission {
+            ingress: Ingress {
+                source: Pair::new(0, 0, 0),
+                prefix: Pair::new(0, 0, 0),
+                global: table(0, 0),
+            },
+            errors: SourceLimiter(Buckets::new(0, 0.0, 0.0)),
+            generation: 0,
+        }
+    }
+
+    /// Its buckets, for a handover.
+    pub fn export(&self) -> AdmissionImage {
+        AdmissionImage {
+            source: self.ingress.source.export(),
+            prefix: self.ingress.prefix.export(),
+            global: self.ingress.global.export(),
+            errors: self.errors.0.export(),
+        }
+    }
+
+    /// Takes up the buckets of `image` (those of tables of the same size) at `now_ms`.
+    pub fn restore(&mut self, image: AdmissionImage, now_ms: u64) {
+        self.ingress.source.restore(image.source, now_ms);
+        self.ingress.prefix.restore(image.prefix, now_ms);
+        self.ingress.global.restore(image.global, now_ms);
+        self.errors.0.restore(image.errors, now_ms);
     }
 }
 

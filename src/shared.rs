@@ -13,6 +13,7 @@ use crate::clock::Clock;
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::presence::Sample;
+use crate::ratelimit::{Admission, AdmissionImage};
 use crate::registry::Registry;
 
 /// State shared by every worker and the reaper.
@@ -41,6 +42,9 @@ pub struct Shared {
     pub live: Live,
     /// The relay's clock, whose readings every thread compares (a worker's last loop turn).
     pub clock: Clock,
+    /// Each worker's limits while no router holds them (its worker stopped, or not yet
+    /// started after a takeover handed them over).
+    admission: Box<[Mutex<Option<Admission>>]>,
 }
 
 /// What a relay holds that another can go on from: the peers, the channels, the secrets their
@@ -54,6 +58,10 @@ pub struct Held {
     pub cookies: Cookies,
     /// The clock.
     pub clock: Clock,
+    /// The budgets.
+    pub budgets: Budgets,
+    /// Each worker's limits, where they were handed over.
+    pub admission: Vec<Option<Admission>>,
 }
 
 /// The settings in force after reloads: a worker compares the generation (one atomic load a
@@ -125,25 +133,57 @@ impl Shared {
             channels: Channels::new(&settings),
             cookies: Cookies::default(),
             clock: Clock::default(),
+            budgets: Budgets::new(&settings),
+            admission: Vec::new(),
         };
         Shared::holding(settings, workers, held)
     }
 
     /// Shared state for `workers` workers that goes on from `held` (a relay's handed over).
-    pub fn holding(settings: Settings, workers: usize, held: Held) -> Arc<Shared> {
+    pub fn holding(settings: Settings, workers: usize, mut held: Held) -> Arc<Shared> {
         Arc::new(Shared {
             registry: held.registry,
             metrics: Metrics::new(workers),
-            budgets: Budgets::new(&settings),
+            budgets: held.budgets,
             sample: Sample::default(),
             workers,
             cookies: held.cookies,
             channels: held.channels,
             live: Live::default(),
             clock: held.clock,
+            admission: (0..workers)
+                .map(|i| Mutex::new(held.admission.get_mut(i).and_then(Option::take)))
+                .collect(),
             lists: Lists::new(&settings),
             settings,
         })
+    }
+
+    /// Takes worker `i`'s limits, if its last router (or a takeover) left them.
+    pub fn parked(&self, i: usize) -> Option<Admission> {
+        self.admission
+            .get(i)?
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    /// Keeps worker `i`'s limits for its next router.
+    pub fn park(&self, i: usize, a: Admission) {
+        if let Some(slot) = self.admission.get(i) {
+            *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(a);
+        }
+    }
+
+    /// Each worker's parked limits, exported (for a handover, once the workers stopped).
+    pub fn export_admission(&self) -> Vec<Option<AdmissionImage>> {
+        self.admission
+            .iter()
+            .map(|slot| {
+                let slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+                slot.as_ref().map(Admission::export)
+            })
+            .collect()
     }
 
     /// Every counter and gauge in the Prometheus text format.

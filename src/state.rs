@@ -14,9 +14,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Cookies;
+use crate::budget::{self, Budgets};
 use crate::channels::{self, Channels};
 use crate::clock::Clock;
 use crate::config::Settings;
+use crate::ratelimit::{Admission, AdmissionImage};
 use crate::registry::{self, Registry};
 use crate::shared::{Held, Shared};
 
@@ -44,6 +46,9 @@ struct Body {
     cookie_key: [u8; 32],
     registry: registry::Image,
     channels: channels::Image,
+    budgets: budget::Image,
+    /// Each worker's limits, in worker order (none for a worker that had not started).
+    admission: Vec<Option<AdmissionImage>>,
 }
 
 /// What a restore put back and left out, for the log.
@@ -75,6 +80,8 @@ pub fn export(shared: &Shared) -> Vec<u8> {
         cookie_key: shared.cookies.key(),
         registry: shared.registry.export(),
         channels: shared.channels.export(),
+        budgets: shared.budgets.export(),
+        admission: shared.export_admission(),
     };
     frame(&body)
 }
@@ -115,11 +122,27 @@ pub fn restore(
         channels: channels.len(),
         channels_left_out,
     };
+    let mut budgets = Budgets::new(&settings);
+    budgets.restore(body.budgets, now_ms);
+    // A worker's limits go to the worker on the same socket, which SO_REUSEPORT steers the
+    // same sources to; with another number of workers they would limit the wrong sources.
+    let admission = if body.admission.len() == workers {
+        let restore = |image: AdmissionImage| {
+            let mut a = Admission::new(&settings, workers, 0);
+            a.restore(image, now_ms);
+            a
+        };
+        body.admission.into_iter().map(|a| a.map(restore)).collect()
+    } else {
+        Vec::new()
+    };
     let held = Held {
         registry,
         channels,
         cookies: Cookies::with_key(body.cookie_key),
         clock,
+        budgets,
+        admission,
     };
     Ok((Shared::holding(settings, workers, held), summary))
 }
@@ -318,5 +341,36 @@ mod tests {
         // A takeover keeps them, for its reaper to announce.
         let (kept, _) = restore(&image, settings(), 1, false).unwrap();
         assert_eq!(kept.registry.len(), 3);
+    }
+
+    #[test]
+    fn spent_limits_and_budgets_stay_spent_across_a_handover() {
+        let s = Settings {
+            source_rate: 10,
+            registration_rate: 1,
+            ..settings()
+        };
+        let old = Shared::new(s.clone(), 2);
+        let (flood, other) = (a("203.0.113.7:9"), a("198.51.100.1:9"));
+        let now = old.clock.now().ms;
+        // A flood spends its source's admission (on worker 1) and its host's registrations.
+        let mut admission = Admission::new(&s, 2, 0);
+        while admission.ingress.admit(flood, 10, now).is_ok() {}
+        old.park(1, admission);
+        while old.budgets.register(flood.ip(), now) {}
+        let (new, _) = restore(&export(&old), s, 2, false).unwrap();
+        let now = new.clock.now().ms;
+        assert!(
+            !new.budgets.register(flood.ip(), now),
+            "registrations refilled"
+        );
+        assert!(new.budgets.register(other.ip(), now));
+        let mut admission = new.parked(1).expect("worker 1's limits handed over");
+        assert!(
+            admission.ingress.admit(flood, 10, now).is_err(),
+            "buckets refilled"
+        );
+        assert!(admission.ingress.admit(other, 10, now).is_ok());
+        assert!(new.parked(0).is_none(), "worker 0 had none to hand over");
     }
 }

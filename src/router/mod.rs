@@ -19,7 +19,7 @@ use crate::clock::Now;
 use crate::metrics::Counters;
 use crate::out::{Kind, Out};
 use crate::presence;
-use crate::ratelimit::{Ingress, SourceLimiter};
+use crate::ratelimit::Admission;
 use crate::refusal::Reason;
 use crate::registry::{Event, Name, Session};
 use crate::shared::Shared;
@@ -85,22 +85,31 @@ struct Req {
 pub struct Router {
     shared: Arc<Shared>,
     counters: Arc<Counters>,
-    errors: SourceLimiter,
-    ingress: Ingress,
-    /// The generation of `shared.live` the limits above were made for.
-    generation: u64,
+    /// This worker's limits, taken from the shared state and given back when the router goes.
+    admission: Admission,
+    worker: usize,
     scratch: Vec<u8>,
 }
 
+/// Gives the worker's limits back to the shared state, for the router that comes next.
+impl Drop for Router {
+    fn drop(&mut self) {
+        let admission = std::mem::replace(&mut self.admission, Admission::empty());
+        self.shared.park(self.worker, admission);
+    }
+}
+
 impl Router {
-    /// A router for worker `worker`.
+    /// A router for worker `worker`: with the limits its worker left (a pause) or a relay
+    /// handed over, else full ones.
     pub fn new(shared: Arc<Shared>, worker: usize) -> Router {
-        let rate = shared.settings.error_rate as f32;
+        let admission = shared
+            .parked(worker)
+            .unwrap_or_else(|| Admission::new(&shared.settings, shared.workers, 0));
         Router {
             counters: shared.metrics.block(worker),
-            errors: SourceLimiter::new(rate, 2.0 * rate),
-            ingress: Ingress::new(&shared.settings, shared.workers),
-            generation: 0,
+            admission,
+            worker,
             shared,
             scratch: Vec::new(),
         }
@@ -108,11 +117,10 @@ impl Router {
 
     /// Takes up the limits a reload published (the buckets start full again).
     fn retune(&mut self) {
-        self.generation = self.shared.live.generation();
+        let generation = self.shared.live.generation();
+        self.admission.generation = generation;
         if let Some(s) = self.shared.live.current() {
-            let rate = s.error_rate as f32;
-            self.errors = SourceLimiter::new(rate, 2.0 * rate);
-            self.ingress = Ingress::new(&s, self.shared.workers);
+            self.admission = Admission::new(&s, self.shared.workers, generation);
         }
     }
 
@@ -146,11 +154,11 @@ impl Router {
             authed: false,
         };
         let start = out.sends.len();
-        if self.shared.live.generation() != self.generation {
+        if self.shared.live.generation() != self.admission.generation {
             self.retune();
         }
         // Admission comes before any parsing, so a flood costs a hash and a few additions.
-        if let Err(r) = self.ingress.admit(from, len, now.ms) {
+        if let Err(r) = self.admission.ingress.admit(from, len, now.ms) {
             self.fail(out, r, &req);
         } else {
             if len > d.len() || len > self.shared.settings.max_datagram {
@@ -201,7 +209,7 @@ impl Router {
         if req.who == Answer::Registered && !self.shared.registry.has_addr(to) {
             return;
         }
-        if !self.errors.allow(to.ip(), req.now.ms) {
+        if !self.admission.errors.allow(to.ip(), req.now.ms) {
             Counters::add(&self.counters.errors_suppressed, 1);
             return;
         }

@@ -48,7 +48,7 @@ impl Router {
         }
         // Work is charged, not only datagrams: a watch of N names costs N.
         let extra = w.names.len().saturating_sub(1);
-        self.ingress.charge(req.from, extra, req.now.ms)?;
+        self.admission.ingress.charge(req.from, extra, req.now.ms)?;
         let names: Vec<Name> = w.names.iter().map(|n| Name::from(n.as_str())).collect();
         let reg = &self.shared.registry;
         let (now, budget) = (req.now.ms, self.shared.lists.reply_budget());
