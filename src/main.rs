@@ -166,7 +166,9 @@ fn take_over(
         state_bytes = offer.image.len(),
         "taking over from the running relay"
     );
+    let restoring = Instant::now();
     let restored = state::restore(&offer.image, args.settings(), offer.sockets.len(), false);
+    let restore_ms = restoring.elapsed().as_millis() as u64;
     let (shared, summary) = match restored {
         Ok(r) => r,
         Err(why) => {
@@ -194,6 +196,7 @@ fn take_over(
     info!(
         peers = summary.registry.peers,
         channels = summary.channels,
+        restore_ms,
         took_ms = began.elapsed().as_millis() as u64,
         "took over: serving"
     );
@@ -212,8 +215,16 @@ impl takeover::Handing for Handing {
         // Held throughout, so that no reload or shutdown meets a handover halfway.
         let mut relay = lock(&self.relay);
         relay.pause();
+        let began = Instant::now();
         let handed = match relay.handover() {
-            Ok(h) => exchange(h),
+            Ok(h) => {
+                info!(
+                    state_bytes = h.image.len(),
+                    export_ms = began.elapsed().as_millis() as u64,
+                    "paused and exported: offering"
+                );
+                exchange(h)
+            }
             Err(e) => {
                 error!("cannot hand over, serving on: {e}");
                 false

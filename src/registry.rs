@@ -689,17 +689,23 @@ impl Registry {
             .unwrap_or(false)
     }
 
-    /// Links a name just claimed at `here` into the secondary maps.
-    fn link(&self, key: Name, here: Packed, proof: Proof) {
+    /// Links a name just claimed at `here` into the secondary maps; how many names `here`
+    /// holds now.
+    fn link(&self, key: Name, here: Packed, proof: Proof) -> usize {
         if let Proof::Key(k, t) = proof {
             self.keys.insert(key.clone(), (k, t));
         }
         self.by_addr.entry(&here, |slot| match slot {
-            Slot::Occupied(mut o) => o.get_mut().1.push(key),
+            Slot::Occupied(mut o) => {
+                let at = &mut o.get_mut().1;
+                at.push(key);
+                at.names().len()
+            }
             Slot::Vacant(v) => {
                 v.insert((here, AtAddr::One(key)));
+                1
             }
-        });
+        })
     }
 
     /// Drops the secondary-map links of a registration that is gone from `peers`.
@@ -1112,10 +1118,11 @@ impl Registry {
 }
 
 /// One registration as a handover image holds it: every field of its entry, its name, and the
-/// key a signed name is bound to.
+/// key a signed name is bound to. Its name is borrowed: from the tables when written, from the
+/// image when read.
 #[derive(Serialize, Deserialize)]
-pub struct PeerImage {
-    name: String,
+pub struct PeerImage<'a> {
+    name: &'a str,
     addr: SocketAddr,
     last_heard: u64,
     last_keepalive_ds: u32,
@@ -1126,14 +1133,57 @@ pub struct PeerImage {
 }
 
 /// The registry as a handover image holds it: the token key (so that every session stays
-/// valid), the next registration number (so that none repeats), the registrations in join
-/// order and what each watches.
+/// valid), the next registration number (so that none repeats), the registrations and what
+/// each watches.
 #[derive(Serialize, Deserialize)]
-pub struct Image {
+pub struct Image<'a> {
     token_key: [u8; 32],
     next_seq: u64,
-    peers: Vec<PeerImage>,
+    #[serde(borrow)]
+    peers: Vec<PeerImage<'a>>,
     watches: Vec<(String, Vec<String>)>,
+}
+
+/// The registry, written as an [`Image`] straight from its tables (no copy of a million
+/// registrations is built first).
+#[derive(Serialize)]
+pub struct Export<'a> {
+    token_key: [u8; 32],
+    next_seq: u64,
+    peers: Peers<'a>,
+    watches: Vec<(String, Vec<String>)>,
+}
+
+/// Every registration, serialized shard by shard under each shard's read lock.
+pub struct Peers<'a>(&'a Registry);
+
+impl Serialize for Peers<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let r = self.0;
+        // Counted from the tables themselves: the encoding writes the length first.
+        let n = (0..r.peers.shard_count())
+            .map(|i| r.peers.in_shard(i, |t| t.len()))
+            .sum();
+        let mut seq = s.serialize_seq(Some(n))?;
+        for i in 0..r.peers.shard_count() {
+            r.peers.in_shard(i, |table| {
+                table.iter().try_for_each(|(name, e)| {
+                    seq.serialize_element(&PeerImage {
+                        name,
+                        addr: e.addr.get(),
+                        last_heard: e.last_heard(),
+                        last_keepalive_ds: e.last_keepalive_ds.load(Relaxed),
+                        seq: e.seq,
+                        trusted_s: e.trusted_s.load(Relaxed),
+                        announced_s: e.announced_s.load(Relaxed),
+                        key: r.keys.get(&**name, |_, k| *k),
+                    })
+                })
+            })?;
+        }
+        seq.end()
+    }
 }
 
 /// What restoring an image kept and left out.
@@ -1147,30 +1197,13 @@ pub struct Restored {
     pub watches_left_out: usize,
 }
 
+/// Registrations a restoring thread takes at least: fewer are not worth a thread.
+const RESTORE_CHUNK: usize = 65_536;
+
 impl Registry {
     /// Everything the registry holds, for a relay that takes over (or a later start) to go on
     /// from. Meant for a registry nothing changes meanwhile (the workers and reaper stopped).
-    pub fn export(&self) -> Image {
-        let mut peers = Vec::with_capacity(self.len());
-        for i in 0..self.peers.shard_count() {
-            self.peers.in_shard(i, |table| {
-                peers.extend(table.iter().map(|(name, e)| PeerImage {
-                    name: name.to_string(),
-                    addr: e.addr.get(),
-                    last_heard: e.last_heard(),
-                    last_keepalive_ds: e.last_keepalive_ds.load(Relaxed),
-                    seq: e.seq,
-                    trusted_s: e.trusted_s.load(Relaxed),
-                    announced_s: e.announced_s.load(Relaxed),
-                    key: None,
-                }))
-            });
-        }
-        // Join order, in which each address lists its names.
-        peers.sort_unstable_by_key(|p| p.seq);
-        for p in &mut peers {
-            p.key = self.keys.get(p.name.as_str(), |_, k| *k);
-        }
+    pub fn export(&self) -> Export<'_> {
         let watches = self
             .watching
             .iter()
@@ -1179,10 +1212,10 @@ impl Registry {
                 (w.key().to_string(), names)
             })
             .collect();
-        Image {
+        Export {
             token_key: self.tokens.key,
             next_seq: self.next_seq.load(Relaxed),
-            peers,
+            peers: Peers(self),
             watches,
         }
     }
@@ -1190,76 +1223,78 @@ impl Registry {
     /// A registry of `s` holding what `image` holds, at `now_ms` of a clock that goes on from
     /// the exporter's. With `drop_stale`, registrations silent beyond the peer timeout are left
     /// out (a snapshot read after a pause); without, they are kept for the reaper to announce.
-    /// An image that breaks an invariant (a name twice, a number that would repeat a token, an
-    /// invalid name, more than the limits allow) is refused whole, naming what is wrong.
+    /// An image that breaks an invariant (a name or a number twice, a number that would repeat
+    /// a token, an invalid name, more than the limits allow) is refused whole, naming what is
+    /// wrong. Restored by as many threads as there are CPUs to run them, since forwarding waits.
     pub fn restore(
         s: &Settings,
-        image: Image,
+        image: Image<'_>,
         now_ms: u64,
         drop_stale: bool,
     ) -> Result<(Registry, Restored), String> {
         let mut r = Registry::new(s);
         r.tokens.key = image.token_key;
         r.next_seq = AtomicU64::new(image.next_seq);
-        let mut done = Restored::default();
-        let mut last_seq = None;
-        for p in image.peers {
-            if !relay_wire::valid_name(&p.name) {
-                return Err(format!("a registration has an invalid name ({:?})", p.name));
+        let mut seqs: Vec<u64> = image.peers.iter().map(|p| p.seq).collect();
+        seqs.sort_unstable();
+        if seqs.windows(2).any(|w| w[0] == w[1]) || seqs.last() >= Some(&image.next_seq) {
+            return Err(
+                "registration numbers repeat or reach the next one (tokens could repeat)".into(),
+            );
+        }
+        if let Some(p) = image.peers.iter().find(|p| p.last_heard > now_ms) {
+            return Err(format!("registration {:?} was heard in the future", p.name));
+        }
+        let fresh = |p: &PeerImage| !drop_stale || r.fresh(p.last_heard, now_ms);
+        let kept = image.peers.iter().filter(|p| fresh(p)).count();
+        let mut done = Restored {
+            peers: kept,
+            stale: image.peers.len() - kept,
+            ..Restored::default()
+        };
+        if kept > s.max_peers {
+            return Err(format!(
+                "the state holds {kept} registrations, more than --max-peers ({})",
+                s.max_peers
+            ));
+        }
+        r.peers.reserve(kept);
+        r.by_addr.reserve(kept);
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 8)
+            .min(kept.div_ceil(RESTORE_CHUNK).max(1));
+        let chunk = image.peers.len().div_ceil(threads).max(1);
+        let crowded: Vec<Packed> = std::thread::scope(|scope| {
+            let workers: Vec<_> = image
+                .peers
+                .chunks(chunk)
+                .map(|part| scope.spawn(|| r.restore_part(part, &fresh)))
+                .collect();
+            let mut crowded = Vec::new();
+            for w in workers {
+                crowded.extend(
+                    w.join()
+                        .map_err(|_| "a restoring thread failed".to_string())??,
+                );
             }
-            if p.seq >= image.next_seq || last_seq.is_some_and(|l| p.seq <= l) {
-                return Err(format!(
-                    "registration {:?} has a number out of order (its token could repeat)",
-                    p.name
-                ));
-            }
-            last_seq = Some(p.seq);
-            if p.last_heard > now_ms {
-                return Err(format!("registration {:?} was heard in the future", p.name));
-            }
-            if drop_stale && !r.fresh(p.last_heard, now_ms) {
-                done.stale += 1;
+            Ok::<_, String>(crowded)
+        })?;
+        // Each address lists its names in join order; only those holding several need it.
+        for addr in crowded {
+            let Some(names) = r.by_addr.get(&addr, |_, at| at.names().to_vec()) else {
                 continue;
-            }
-            if done.peers >= s.max_peers {
-                return Err(format!(
-                    "the state holds more registrations than --max-peers ({})",
-                    s.max_peers
-                ));
-            }
-            let here = Packed::from(p.addr);
-            if r.address_full(here) {
-                return Err(format!(
-                    "{} holds more names than --max-names-per-address ({})",
-                    p.addr, s.max_names_per_address
-                ));
-            }
-            let name = Name::from(p.name.as_str());
-            let entry = Entry {
-                last_heard: AtomicU64::new(p.last_heard),
-                last_keepalive_ds: AtomicU32::new(p.last_keepalive_ds),
-                seq: p.seq,
-                addr: here,
-                trusted_s: AtomicU32::new(p.trusted_s),
-                announced_s: AtomicU32::new(p.announced_s),
             };
-            let fresh = r.peers.entry(p.name.as_str(), |slot| match slot {
-                Slot::Occupied(_) => false,
-                Slot::Vacant(v) => {
-                    v.insert((name.clone(), entry));
-                    true
+            let mut names: Vec<(u64, Name)> = names
+                .into_iter()
+                .map(|n| (r.peers.get(&*n, |_, e| e.seq).unwrap_or(0), n))
+                .collect();
+            names.sort_by_key(|(seq, _)| *seq);
+            r.by_addr.get_mut(&addr, |at| {
+                if let AtAddr::Many(list) = at {
+                    **list = names.into_iter().map(|(_, n)| n).collect();
                 }
             });
-            if !fresh {
-                return Err(format!("the name {:?} is registered twice", p.name));
-            }
-            let proof = match p.key {
-                Some((k, t)) => Proof::Key(k, t),
-                None => Proof::Token(None),
-            };
-            r.link(name, here, proof);
-            r.count.fetch_add(1, Relaxed);
-            done.peers += 1;
         }
         for (watcher, names) in image.watches {
             let names: Vec<Name> = names.iter().map(|n| Name::from(n.as_str())).collect();
@@ -1274,6 +1309,58 @@ impl Registry {
             }
         }
         Ok((r, done))
+    }
+
+    /// Restores the registrations of `part` that `keep` keeps; the addresses that came to hold
+    /// several names (their lists are put in join order afterwards).
+    fn restore_part(
+        &self,
+        part: &[PeerImage<'_>],
+        keep: &(impl Fn(&PeerImage) -> bool + Sync),
+    ) -> Result<Vec<Packed>, String> {
+        let mut crowded = Vec::new();
+        for p in part.iter().filter(|p| keep(p)) {
+            if !relay_wire::valid_name(p.name) {
+                return Err(format!("a registration has an invalid name ({:?})", p.name));
+            }
+            let here = Packed::from(p.addr);
+            let name = Name::from(p.name);
+            let entry = Entry {
+                last_heard: AtomicU64::new(p.last_heard),
+                last_keepalive_ds: AtomicU32::new(p.last_keepalive_ds),
+                seq: p.seq,
+                addr: here,
+                trusted_s: AtomicU32::new(p.trusted_s),
+                announced_s: AtomicU32::new(p.announced_s),
+            };
+            let fresh = self.peers.entry(p.name, |slot| match slot {
+                Slot::Occupied(_) => false,
+                Slot::Vacant(v) => {
+                    v.insert((name.clone(), entry));
+                    true
+                }
+            });
+            if !fresh {
+                return Err(format!("the name {:?} is registered twice", p.name));
+            }
+            let proof = match p.key {
+                Some((k, t)) => Proof::Key(k, t),
+                None => Proof::Token(None),
+            };
+            self.count.fetch_add(1, Relaxed);
+            let at = self.link(name, here, proof);
+            if at > self.bounds.names_per_address.load(Relaxed) {
+                return Err(format!(
+                    "{} holds more names than --max-names-per-address ({})",
+                    p.addr,
+                    self.bounds.names_per_address.load(Relaxed)
+                ));
+            }
+            if at == 2 {
+                crowded.push(here);
+            }
+        }
+        Ok(crowded)
     }
 
     /// Whether `name` is registered at `addr`, live or not (a channel's owner, on restore).

@@ -67,6 +67,18 @@ impl<K: Hash + Eq, V> Sharded<K, V> {
         }
     }
 
+    /// Makes room for `n` more entries spread over the shards as the hash spreads them (an
+    /// eighth more than the average, as a rebuild leaves), so that filling the table at once
+    /// (a restore) never grows a shard on the way.
+    pub fn reserve(&self, n: usize) {
+        let per = n.div_ceil(self.shards.len());
+        let per = per + per / 8 + 16;
+        for s in &self.shards {
+            let mut t = s.0.write().unwrap_or_else(|e| e.into_inner());
+            t.reserve(per, |(k, _)| self.hash(k));
+        }
+    }
+
     fn hash<Q: Hash + ?Sized>(&self, q: &Q) -> u64 {
         self.hasher.hash_one(q)
     }

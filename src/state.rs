@@ -39,15 +39,29 @@ struct Written {
     monotonic_ns: u64,
 }
 
+/// The state as read, borrowing the names from the image.
 #[derive(Serialize, Deserialize)]
-struct Body {
+struct Body<'a> {
     version: String,
     written: Written,
     cookie_key: [u8; 32],
-    registry: registry::Image,
+    #[serde(borrow)]
+    registry: registry::Image<'a>,
     channels: channels::Image,
     budgets: budget::Image,
     /// Each worker's limits, in worker order (none for a worker that had not started).
+    admission: Vec<Option<AdmissionImage>>,
+}
+
+/// [`Body`] as written, field for field, from the live tables.
+#[derive(Serialize)]
+struct BodyOut<'a> {
+    version: String,
+    written: Written,
+    cookie_key: [u8; 32],
+    registry: registry::Export<'a>,
+    channels: channels::Image,
+    budgets: budget::Image,
     admission: Vec<Option<AdmissionImage>>,
 }
 
@@ -69,7 +83,7 @@ pub struct Summary {
 /// The state of `shared`, framed. Meant for a relay whose workers and reaper are stopped, so
 /// that nothing changes while it is read.
 pub fn export(shared: &Shared) -> Vec<u8> {
-    let body = Body {
+    let body = BodyOut {
         version: env!("CARGO_PKG_VERSION").to_string(),
         written: Written {
             clock_ms: shared.clock.now().ms,
@@ -87,9 +101,12 @@ pub fn export(shared: &Shared) -> Vec<u8> {
 }
 
 /// `body` behind its header.
-fn frame(body: &Body) -> Vec<u8> {
+fn frame(body: &impl Serialize) -> Vec<u8> {
+    // Room for a million peers' image at once: growing by doubling would copy it over and over.
+    let mut out = Vec::with_capacity(HEAD + 64 * 1024);
+    out.resize(HEAD, 0);
     // Encoding into a vector fails only when memory does.
-    let mut out = postcard::to_extend(body, vec![0; HEAD]).unwrap_or_default();
+    let mut out = postcard::to_extend(body, out).unwrap_or_default();
     let body_len = out.len().saturating_sub(HEAD) as u64;
     let crc = crc32fast::hash(out.get(HEAD..).unwrap_or_default());
     out.resize(out.len().max(HEAD), 0);
@@ -148,7 +165,7 @@ pub fn restore(
 }
 
 /// The body of a framed image, or which check it fails.
-fn decode(image: &[u8]) -> Result<Body, String> {
+fn decode(image: &[u8]) -> Result<Body<'_>, String> {
     if image.len() < HEAD || &image[..8] != MAGIC {
         return Err("not a udp-relay state image".into());
     }
@@ -310,7 +327,8 @@ mod tests {
     #[test]
     fn an_inconsistent_image_is_refused_even_with_a_good_checksum() {
         let old = populated();
-        let body = decode(&export(&old)).unwrap();
+        let image = export(&old);
+        let body = decode(&image).unwrap();
         // Too many peers for the new relay's --max-peers.
         let small = Settings {
             max_peers: 2,
@@ -319,7 +337,7 @@ mod tests {
         let err = restore(&frame(&body), small, 1, true).err().unwrap();
         assert!(err.contains("--max-peers"), "{err}");
         // A channel whose other end is missing.
-        let mut body = decode(&export(&old)).unwrap();
+        let mut body = decode(&image).unwrap();
         body.channels.0.pop();
         let err = restore(&frame(&body), settings(), 1, true).err().unwrap();
         assert!(err.contains("no other end"), "{err}");
@@ -328,7 +346,8 @@ mod tests {
     #[test]
     fn stale_registrations_and_their_channels_are_left_out_of_a_snapshot() {
         let old = populated();
-        let mut body = decode(&export(&old)).unwrap();
+        let image = export(&old);
+        let mut body = decode(&image).unwrap();
         // Written a peer timeout and more ago, on another boot.
         body.written.boot_id = "another boot".into();
         body.written.unix_ms -= 61_000;
@@ -359,7 +378,7 @@ mod tests {
         old.park(1, admission);
         while old.budgets.register(flood.ip(), now) {}
         let (new, _) = restore(&export(&old), s, 2, false).unwrap();
-        let now = new.clock.now().ms;
+        // At the moment of the export: the buckets are as they were, no time refilled them.
         assert!(
             !new.budgets.register(flood.ip(), now),
             "registrations refilled"
