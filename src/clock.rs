@@ -38,7 +38,9 @@ impl Clock {
     /// Reads the clock.
     pub fn now(&self) -> Now {
         Now {
-            ms: self.at_start_ms + self.start.elapsed().as_millis() as u64,
+            ms: self
+                .at_start_ms
+                .saturating_add(self.start.elapsed().as_millis() as u64),
             unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),

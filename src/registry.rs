@@ -1232,6 +1232,15 @@ impl Registry {
         now_ms: u64,
         drop_stale: bool,
     ) -> Result<(Registry, Restored), String> {
+        // Far beyond what any relay issues: numbers near the end of the range would wrap to
+        // ones (so tokens) already issued.
+        if image.next_seq > 1 << 62 {
+            return Err(format!(
+                "the next registration number ({}) is beyond any a relay issues (its tokens \
+                 could repeat)",
+                image.next_seq
+            ));
+        }
         let mut r = Registry::new(s);
         r.tokens.key = image.token_key;
         r.next_seq = AtomicU64::new(image.next_seq);
@@ -1244,6 +1253,19 @@ impl Registry {
         }
         if let Some(p) = image.peers.iter().find(|p| p.last_heard > now_ms) {
             return Err(format!("registration {:?} was heard in the future", p.name));
+        }
+        // Times ahead of the clock would keep it trusted, or without keepalives and
+        // announcements, for as long as they lie ahead.
+        let ahead = |p: &&PeerImage| {
+            p.trusted_s > secs(now_ms).saturating_add(1)
+                || (p.announced_s != u32::MAX && p.announced_s > secs(now_ms))
+                || p.last_keepalive_ds > tenths(now_ms)
+        };
+        if let Some(p) = image.peers.iter().find(ahead) {
+            return Err(format!(
+                "registration {:?} was trusted, announced or kept alive in the future",
+                p.name
+            ));
         }
         let fresh = |p: &PeerImage| !drop_stale || r.fresh(p.last_heard, now_ms);
         let kept = image.peers.iter().filter(|p| fresh(p)).count();
@@ -1374,6 +1396,25 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A length prefix far beyond the image (2^60 registrations) is refused as corrupt without
+    /// allocating for it: nothing is reserved that the bytes do not hold.
+    #[test]
+    fn a_crafted_length_is_refused_without_allocating_for_it() {
+        let r = registry(1000);
+        let mut bytes = postcard::to_stdvec(&r.export()).unwrap();
+        // The token key (32 bytes), the next number (0: one byte), then the peers' count.
+        assert_eq!(bytes[33], 0);
+        let mut huge = Vec::new();
+        let mut n = 1u64 << 60;
+        while n >= 0x80 {
+            huge.push((n as u8 & 0x7f) | 0x80);
+            n >>= 7;
+        }
+        huge.push(n as u8);
+        bytes.splice(33..34, huge);
+        assert!(postcard::from_bytes::<Image>(&bytes).is_err());
+    }
 
     fn a(s: &str) -> SocketAddr {
         s.parse().unwrap()
@@ -1864,5 +1905,42 @@ mod tests {
         assert_eq!(Session::parse("xyz"), None);
         let signed = format!("+{}", &s.to_hex()[1..]);
         assert_eq!(Session::parse(&signed), None);
+    }
+
+    /// An image whose numbers or times cannot have been written by a relay is refused whole:
+    /// a next number at the end of its range would wrap to numbers (so tokens) already issued,
+    /// and times past the image's own clock would keep a registration trusted, or unannounced
+    /// and without keepalives, for as long as they lie ahead.
+    #[test]
+    fn an_image_with_numbers_or_times_beyond_its_clock_is_refused() {
+        let s = Settings {
+            peer_timeout_ms: 60_000,
+            ..Settings::default()
+        };
+        let now = 100_000;
+        // The image as written, to be read (and damaged) as a relay taking over reads it.
+        let bytes = {
+            let r = Registry::new(&s);
+            r.claim("alice", a("1.1.1.1:1"), Proof::Token(None), now, 10);
+            postcard::to_stdvec(&r.export()).unwrap()
+        };
+        let image = || postcard::from_bytes::<Image>(&bytes).unwrap();
+        assert!(Registry::restore(&s, image(), now, false).is_ok());
+        let mut wraps = image();
+        wraps.next_seq = u64::MAX;
+        let err = Registry::restore(&s, wraps, now, false).err().unwrap();
+        assert!(err.contains("number"), "{err}");
+        type Damage = fn(&mut PeerImage);
+        let future: [(&str, Damage); 3] = [
+            ("trusted", |p| p.trusted_s = u32::MAX - 1),
+            ("announced", |p| p.announced_s = 1_000_000),
+            ("keepalive", |p| p.last_keepalive_ds = 1_000_000_000),
+        ];
+        for (what, damage) in future {
+            let mut img = image();
+            damage(&mut img.peers[0]);
+            let err = Registry::restore(&s, img, now, false).err();
+            assert!(err.is_some_and(|e| e.contains("future")), "{what}");
+        }
     }
 }

@@ -26,6 +26,8 @@ use crate::shared::{Held, Shared};
 /// format cannot be read safely, so a takeover between them is refused and the old relay goes on).
 pub const FORMAT: u32 = 1;
 const MAGIC: &[u8; 8] = b"UDPRLYST";
+/// The latest clock reading an image may hold (about 146 million years).
+const MAX_CLOCK_MS: u64 = 1 << 62;
 /// Magic, format, length, checksum.
 const HEAD: usize = 8 + 4 + 8 + 4;
 
@@ -127,6 +129,13 @@ pub fn restore(
     drop_stale: bool,
 ) -> Result<(Arc<Shared>, Summary), String> {
     let body = decode(image)?;
+    // Far beyond any relay's uptime: a clock near the end of its range would overflow.
+    if body.written.clock_ms > MAX_CLOCK_MS {
+        return Err(format!(
+            "the state's clock ({} ms) is beyond any relay's uptime",
+            body.written.clock_ms
+        ));
+    }
     let age_ms = elapsed_ms(&body.written);
     let clock = Clock::resumed(body.written.clock_ms.saturating_add(age_ms));
     let now_ms = clock.now().ms;
@@ -391,5 +400,21 @@ mod tests {
         );
         assert!(admission.ingress.admit(other, 10, now).is_ok());
         assert!(new.parked(0).is_none(), "worker 0 had none to hand over");
+    }
+
+    /// A clock that would run past the end of its range (an image written with `clock_ms` near
+    /// `u64::MAX`) is refused, instead of overflowing on the first reading after the restore.
+    #[test]
+    fn a_clock_at_the_end_of_its_range_is_refused() {
+        let image = export(&populated());
+        let mut body = decode(&image).unwrap();
+        body.written.clock_ms = u64::MAX - 5;
+        let restored = restore(&frame(&body), settings(), 1, false);
+        if let Ok((shared, _)) = &restored {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let _ = shared.clock.now();
+        }
+        let err = restored.err().unwrap();
+        assert!(err.contains("clock"), "{err}");
     }
 }
