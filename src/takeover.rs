@@ -126,6 +126,23 @@ pub fn ask(path: &Path) -> io::Result<Asked> {
         }
         Err(e) => return Err(named(path, e)),
     };
+    // Whoever listens there gets the sockets' traffic and hands over the keys that sessions
+    // derive from: only a relay of this user (or root) may, as only they may ask one.
+    let peer = rustix::net::sockopt::socket_peercred(&conn).map_err(|e| named(path, e.into()))?;
+    if peer.uid != rustix::process::geteuid() && !peer.uid.is_root() {
+        return Err(named(
+            path,
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "the socket there is uid {}'s (pid {}), not this user's: its offer is \
+                     refused (put the socket in a directory only the relay's user may write)",
+                    peer.uid.as_raw(),
+                    peer.pid.as_raw_nonzero()
+                ),
+            ),
+        ));
+    }
     let mut hello = HELLO.to_vec();
     hello.extend_from_slice(&FORMAT.to_le_bytes());
     push_text(&mut hello, env!("CARGO_PKG_VERSION"));

@@ -300,3 +300,140 @@ fn a_socket_left_by_a_relay_that_died_does_not_stop_the_next() {
     assert_eq!(std::fs::read(&file).unwrap(), b"data");
     let _ = std::fs::remove_file(file);
 }
+
+/// The takeover exchange as a test speaks it, either side, with the relay's framing.
+mod wire {
+    use std::io::{IoSlice, Read, Write};
+    use std::mem::MaybeUninit;
+    use std::os::fd::{AsFd, OwnedFd};
+    use std::os::unix::net::UnixStream;
+
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+
+    pub fn text(s: &str) -> Vec<u8> {
+        let mut v = (s.len() as u16).to_le_bytes().to_vec();
+        v.extend_from_slice(s.as_bytes());
+        v
+    }
+
+    /// Reads a request (`HELLO`, format, version) as the running relay does.
+    pub fn read_hello(conn: &mut UnixStream) -> std::io::Result<()> {
+        let mut head = [0u8; 14];
+        conn.read_exact(&mut head)?;
+        assert_eq!(&head[..8], b"UDPRLYTK");
+        let mut version = vec![0; usize::from(u16::from_le_bytes([head[12], head[13]]))];
+        conn.read_exact(&mut version)
+    }
+
+    /// Sends an offer as the running relay does: `fds` (the takeover listener first, then the
+    /// sockets), the version and `image`.
+    pub fn offer(conn: &mut UnixStream, fds: &[&OwnedFd], image: &[u8]) {
+        let mut head = vec![b'O'];
+        head.extend_from_slice(&((fds.len() - 1) as u32).to_le_bytes());
+        head.push(0);
+        head.extend_from_slice(&(image.len() as u64).to_le_bytes());
+        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+        let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
+        let mut cmsg = SendAncillaryBuffer::new(&mut space);
+        assert!(cmsg.push(SendAncillaryMessage::ScmRights(&borrowed)));
+        let n = rustix::net::sendmsg(
+            &*conn,
+            &[IoSlice::new(&head)],
+            &mut cmsg,
+            SendFlags::empty(),
+        )
+        .unwrap();
+        conn.write_all(&head[n..]).unwrap();
+        conn.write_all(&text("test")).unwrap();
+        conn.write_all(image).unwrap();
+    }
+}
+
+/// Sets this thread's effective uid (the others' stay), with the raw system call: glibc's
+/// `seteuid` would change every thread of the test process.
+fn set_thread_euid(uid: u32) {
+    // SAFETY: setresuid with -1 leaves the real and saved uids; it changes this thread only.
+    let r = unsafe { libc::syscall(libc::SYS_setresuid, -1i64, i64::from(uid), -1i64) };
+    assert_eq!(r, 0, "setresuid: {}", std::io::Error::last_os_error());
+}
+
+/// Whether the test runs as root (needed to listen as another user).
+fn root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Another local user who can write where the takeover socket is to be (a careless
+/// `--takeover /tmp/…`) listens there first, and offers a socket of its own and a state whose
+/// keys it knows: the new relay must refuse it, as the running relay refuses a request from
+/// another user, and not serve on a socket the other user shares, with sessions it can forge.
+#[test]
+fn an_offer_from_another_user_is_refused() {
+    if !root() {
+        println!("skipped: needs root to listen as another user");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("udp-relay-foreign-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+    let path = dir.join("takeover");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let listening = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            set_thread_euid(65534);
+            let listener = UnixListener::bind(&path).unwrap();
+            set_thread_euid(0);
+            tx.send(()).unwrap();
+            let (mut conn, _) = listener.accept().unwrap();
+            // Refused before it asks, it never speaks.
+            wire::read_hello(&mut conn).ok()?;
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let shared = udp_relay::shared::Shared::new(Default::default(), 1);
+            let image = udp_relay::state::export(&shared);
+            let fds = [
+                std::os::fd::OwnedFd::from(listener),
+                std::os::fd::OwnedFd::from(udp),
+            ];
+            wire::offer(&mut conn, &[&fds[0], &fds[1]], &image);
+            let mut answer = [0u8; 1];
+            let answered = std::io::Read::read_exact(&mut conn, &mut answer).ok();
+            if answered.is_some() && answer[0] == b'R' {
+                let _ = conn.write_all(b"G");
+            }
+            answered.map(|()| answer[0])
+        })
+    };
+    rx.recv().unwrap();
+    let mut new = Command::new(env!("CARGO_BIN_EXE_udp-relay"))
+        .args(["--host", "127.0.0.1", "--port", "0", "--takeover"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = new.try_wait().unwrap() {
+            break Some(s);
+        }
+        if t.elapsed() > TIMEOUT {
+            let _ = new.kill();
+            let _ = new.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut new.stderr.take().unwrap(), &mut err).unwrap();
+    let answer = listening.join().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_ne!(
+        answer,
+        Some(b'R'),
+        "the new relay accepted another user's offer: {err}"
+    );
+    assert!(status.is_some_and(|s| !s.success()), "{err}");
+    assert!(err.contains("uid 65534"), "{err}");
+}
