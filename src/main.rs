@@ -99,11 +99,13 @@ fn main() -> ExitCode {
         }
         true
     });
+    // Taken first: a signal that came during a handover waits for it to end, and then finds
+    // whether the relay handed over (its state is the new relay's from then on, not to write).
+    let mut relay = lock(&relay);
     if handed_over.load(Ordering::SeqCst) {
         return ExitCode::SUCCESS;
     }
     info!(signal = ?sig, "shutting down");
-    let mut relay = lock(&relay);
     relay.pause();
     if let Some(path) = &args.state_file {
         let image = state::export(&relay.shared);

@@ -303,17 +303,27 @@ fn a_socket_left_by_a_relay_that_died_does_not_stop_the_next() {
 
 /// The takeover exchange as a test speaks it, either side, with the relay's framing.
 mod wire {
-    use std::io::{IoSlice, Read, Write};
+    use std::io::{IoSlice, IoSliceMut, Read, Write};
     use std::mem::MaybeUninit;
     use std::os::fd::{AsFd, OwnedFd};
     use std::os::unix::net::UnixStream;
 
-    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    use rustix::net::{
+        RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+        SendAncillaryMessage, SendFlags,
+    };
 
     pub fn text(s: &str) -> Vec<u8> {
         let mut v = (s.len() as u16).to_le_bytes().to_vec();
         v.extend_from_slice(s.as_bytes());
         v
+    }
+
+    pub fn hello() -> Vec<u8> {
+        let mut h = b"UDPRLYTK".to_vec();
+        h.extend_from_slice(&udp_relay::state::FORMAT.to_le_bytes());
+        h.extend(text("test"));
+        h
     }
 
     /// Reads a request (`HELLO`, format, version) as the running relay does.
@@ -346,6 +356,36 @@ mod wire {
         conn.write_all(&head[n..]).unwrap();
         conn.write_all(&text("test")).unwrap();
         conn.write_all(image).unwrap();
+    }
+
+    /// Receives an offer as a new relay does: the descriptors, and the image.
+    pub fn receive_offer(conn: &mut UnixStream) -> (Vec<OwnedFd>, Vec<u8>) {
+        let mut head = [0u8; 14];
+        let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(253))];
+        let mut cmsg = RecvAncillaryBuffer::new(&mut space);
+        let r = rustix::net::recvmsg(
+            &*conn,
+            &mut [IoSliceMut::new(&mut head)],
+            &mut cmsg,
+            RecvFlags::CMSG_CLOEXEC,
+        )
+        .unwrap();
+        let mut fds = Vec::new();
+        for m in cmsg.drain() {
+            if let RecvAncillaryMessage::ScmRights(got) = m {
+                fds.extend(got);
+            }
+        }
+        conn.read_exact(&mut head[r.bytes..]).unwrap();
+        assert_eq!(head[0], b'O', "not an offer");
+        let image_len = u64::from_le_bytes(head[6..14].try_into().unwrap());
+        let mut len = [0u8; 2];
+        conn.read_exact(&mut len).unwrap();
+        let mut version = vec![0; usize::from(u16::from_le_bytes(len))];
+        conn.read_exact(&mut version).unwrap();
+        let mut image = vec![0; image_len as usize];
+        conn.read_exact(&mut image).unwrap();
+        (fds, image)
     }
 }
 
@@ -436,4 +476,48 @@ fn an_offer_from_another_user_is_refused() {
     );
     assert!(status.is_some_and(|s| !s.success()), "{err}");
     assert!(err.contains("uid 65534"), "{err}");
+}
+
+/// A SIGTERM that arrives while the running relay hands over (the new relay restoring) waits
+/// for the handover; once the new relay took over, the old one exits as handed over, and does
+/// not write its state, stale from then on, over the state file the new relay is to write.
+#[test]
+fn a_sigterm_during_a_handover_writes_no_stale_state() {
+    let path = socket_path("sigterm");
+    let file = std::env::temp_dir().join(format!("udp-relay-sigterm-{}.state", std::process::id()));
+    let _ = std::fs::remove_file(&file);
+    let mut old = Relay::start(&[
+        "--takeover",
+        path.to_str().unwrap(),
+        "--state-file",
+        file.to_str().unwrap(),
+    ]);
+    Peer::new(&old).register("alice");
+    let mut conn = UnixStream::connect(&path).unwrap();
+    conn.write_all(&wire::hello()).unwrap();
+    let (fds, image) = wire::receive_offer(&mut conn);
+    assert_eq!(
+        fds.len(),
+        1 + 1 + 2,
+        "the listener, the metrics listener, two sockets"
+    );
+    assert!(udp_relay::state::restore(&image, Default::default(), 2, false).is_ok());
+    // The operator stops the old relay meanwhile.
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(old.pid() as i32, libc::SIGTERM) };
+    std::thread::sleep(Duration::from_millis(300));
+    conn.write_all(b"R").unwrap();
+    let mut go = [0u8; 1];
+    std::io::Read::read_exact(&mut conn, &mut go).unwrap();
+    assert_eq!(go[0], b'G');
+    let (status, _) = old.wait_exit();
+    assert!(status.success());
+    let logs = old.logs();
+    let wrote = file.exists();
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        !wrote,
+        "the old relay wrote its state after handing over:\n{logs}"
+    );
+    assert!(logs.contains("a new relay took over"), "{logs}");
 }
