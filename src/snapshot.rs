@@ -1,7 +1,9 @@
 //! The state file (`--state-file`): the relay's state image written on SIGTERM, atomically
-//! (a temporary file beside it, fsync, rename, fsync of the directory), and read back at start;
-//! a file that cannot be restored is moved aside, so that the relay starts empty and the file
-//! stays for whoever wants to look at it.
+//! (a temporary file beside it, fsync, rename, fsync of the directory), and read back at start,
+//! once: a file restored is moved aside to `PATH.restored`, so that a relay that crashes leaves
+//! nothing to start from again; a file that cannot be restored is moved aside to
+//! `PATH.refused-PID`, so that the relay starts empty and the file stays for whoever wants to
+//! look at it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -47,9 +49,9 @@ pub fn write(path: &Path, image: &[u8]) -> io::Result<()> {
         .map_err(|e| named(e, "cannot sync the directory", dir))
 }
 
-/// The state in `path`, restored for a relay of `settings` with `workers` workers: `None` (an
-/// empty start) if there is no file, or if it cannot be restored, which the log says, and the
-/// file is then moved aside.
+/// The state in `path`, restored for a relay of `settings` with `workers` workers, the file
+/// then moved to `PATH.restored`: `None` (an empty start) if there is no file, or if it cannot
+/// be restored or moved, which the log says, and the file is then moved aside.
 pub fn restore(path: &Path, settings: &Settings, workers: usize) -> Option<Arc<Shared>> {
     let image = match fs::read(path) {
         Ok(b) => b,
@@ -64,6 +66,19 @@ pub fn restore(path: &Path, settings: &Settings, workers: usize) -> Option<Arc<S
     };
     match state::restore(&image, settings.clone(), workers, true) {
         Ok((shared, s)) => {
+            // The file is consumed: a relay that crashes before it writes the state again
+            // must not leave it for the next start, which would issue the registration numbers
+            // (so the tokens) this one issues from it again. Moved, not removed, for whoever
+            // wants to look at it.
+            let used = sibling(path, "restored");
+            if let Err(e) = fs::rename(path, &used) {
+                error!(
+                    path = %path.display(),
+                    "cannot move the state file aside once read, starting empty (a later start \
+                     from it would issue tokens again): {e}"
+                );
+                return None;
+            }
             info!(
                 path = %path.display(),
                 written_by = %s.version,
