@@ -27,10 +27,18 @@ pub fn write(path: &Path, image: &[u8]) -> io::Result<()> {
         )
     };
     let tmp = sibling(path, "tmp");
+    // Whatever is left there (a file of another mode, a symlink to follow) is removed, not
+    // written through: the file is made anew, and refused if anything appears there meanwhile.
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(named(e, "cannot remove", &tmp));
+        }
+        _ => {}
+    }
     let mut f = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
         // Sessions derive from the keys inside: the file is the relay's user's alone.
         .mode(0o600)
         .open(&tmp)

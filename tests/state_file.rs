@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use common::*;
@@ -59,4 +60,43 @@ fn a_restart_after_a_crash_issues_no_token_the_crashed_relay_issued() {
     let v = thief.expect("error");
     assert_eq!(v["code"], "name_in_use", "{v}");
     let _ = again.stop();
+}
+
+/// The state file holds the keys that sessions derive from: it is the relay's user's alone,
+/// even where a temporary file of another mode was left where it writes.
+#[test]
+fn the_state_file_is_the_relay_users_alone() {
+    let path = state_path("mode");
+    let tmp = path.with_file_name("state.tmp");
+    std::fs::write(&tmp, b"left over").unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut r = Relay::start(&["--state-file", path.to_str().unwrap()]);
+    Peer::new(&r).register("alice");
+    let (status, _) = r.stop();
+    assert!(status.success());
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    cleanup(&path);
+    assert_eq!(mode, 0o600, "the state file is {mode:o}");
+}
+
+/// A symlink planted where the temporary file goes is not followed: the file it points at stays
+/// as it was, and the state is written.
+#[test]
+fn a_symlink_at_the_temporary_file_is_not_followed() {
+    let path = state_path("symlink");
+    let victim = path.with_file_name("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    std::os::unix::fs::symlink(&victim, path.with_file_name("state.tmp")).unwrap();
+    let mut r = Relay::start(&["--state-file", path.to_str().unwrap()]);
+    Peer::new(&r).register("alice");
+    let _ = r.stop();
+    let victim_now = std::fs::read(&victim).unwrap();
+    let is_file = std::fs::symlink_metadata(&path).map(|m| m.file_type().is_file());
+    let logs = r.logs();
+    cleanup(&path);
+    assert_eq!(
+        victim_now, b"precious",
+        "the symlink's target was written over"
+    );
+    assert!(matches!(is_file, Ok(true)), "{logs}");
 }
