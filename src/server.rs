@@ -118,7 +118,13 @@ pub fn prepare(
     let sockets: Vec<(UdpSocket, bool)> = sockets
         .into_iter()
         .map(|s| {
-            let gro = gro_wanted && relay_io::enable_gro(&s);
+            // Set either way: a socket handed over has the old relay's.
+            let gro = if gro_wanted {
+                relay_io::enable_gro(&s)
+            } else {
+                relay_io::disable_gro(&s);
+                false
+            };
             (s, gro)
         })
         .collect();
@@ -236,6 +242,11 @@ impl Relay {
         let stop = Arc::new(AtomicBool::new(false));
         let mut ready = Vec::with_capacity(self.sockets.len());
         for (index, (socket, gro)) in self.sockets.iter().enumerate() {
+            // A relay that was to take over and then failed may have turned it on: the
+            // receive buffers are sized for what this relay set.
+            if !*gro {
+                relay_io::disable_gro(socket);
+            }
             ready.push(Worker {
                 index,
                 socket: socket.try_clone()?,

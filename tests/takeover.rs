@@ -521,3 +521,33 @@ fn a_sigterm_during_a_handover_writes_no_stale_state() {
     );
     assert!(logs.contains("a new relay took over"), "{logs}");
 }
+
+/// A relay that takes over with receive offload off where the old one had it on (`--gro off`,
+/// or a `--max-datagram` below 65,507, whose receive buffers cannot hold a coalesced receive)
+/// turns it off on the sockets it inherits: left on, a burst a peer sends as one segmented send
+/// arrives as one receive larger than the buffers, and all its datagrams are refused as too
+/// large.
+#[test]
+fn a_takeover_without_receive_offload_turns_it_off_on_the_inherited_sockets() {
+    for io in ["mmsg", "uring"] {
+        let path = socket_path(&format!("gro-{io}"));
+        let p = path.to_str().unwrap();
+        let common = ["--io", io, "--workers", "1", "--takeover", p];
+        let mut old = Relay::start(&args(&common, &["--gro", "on"]));
+        let (a, b) = (Peer::new(&old), Peer::new(&old));
+        a.register("a");
+        b.register("b");
+        let (ab, ba) = bind(&a, &b, "b");
+        let mut new = Relay::start(&args(&common, &["--gro", "off", "--max-datagram", "1500"]));
+        new.wait_log("took over: serving");
+        old.wait_exit();
+        // 20 frames of 200 bytes: one coalesced receive would be 4,000 bytes.
+        let payload = |i: u8| [i; 200];
+        let burst: Vec<Vec<u8>> = (0..20).map(|i| frame(ab, &payload(i))).collect();
+        a.send_segmented(&burst);
+        for i in 0..20 {
+            assert_eq!(b.recv_raw(), frame(ba, &payload(i)), "{io}: frame {i}");
+        }
+        assert_eq!(new.metric("udp_relay_coalesced_receives_total"), 0, "{io}");
+    }
+}

@@ -431,6 +431,15 @@ pub fn enable_gro(sock: &UdpSocket) -> bool {
     }
 }
 
+/// Turns `UDP_GRO` off on `sock`: a socket handed over keeps the option of the relay that set
+/// it, and coalesced receives would not fit the receive buffers of one that runs without it.
+pub fn disable_gro(sock: &UdpSocket) {
+    if let Err(e) = set_int(sock, libc::IPPROTO_UDP, UDP_GRO, 0) {
+        // A kernel without it has it off.
+        tracing::debug!(error = %e, "cannot turn UDP_GRO off");
+    }
+}
+
 /// How many datagrams the kernel has dropped at this socket for a full receive queue, since the
 /// socket was made, if `control` says (SO_RXQ_OVFL).
 pub fn queue_drops(control: &[u8]) -> Option<u32> {
