@@ -66,6 +66,8 @@ pub struct Relay {
     pub metrics: SocketAddr,
     logs: Arc<Mutex<String>>,
     lines: Receiver<String>,
+    /// How many of the two output readers reached the end.
+    readers_done: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Relay {
@@ -101,12 +103,14 @@ impl Relay {
         let mut child = cmd.spawn().expect("start udp-relay");
         let logs = Arc::new(Mutex::new(String::new()));
         let (tx, lines) = channel();
+        let readers_done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for stream in [
             Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
             Box::new(child.stdout.take().unwrap()),
         ] {
             let logs = logs.clone();
             let tx = tx.clone();
+            let done = readers_done.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines() {
                     let Ok(line) = line else { break };
@@ -114,6 +118,7 @@ impl Relay {
                     logs.lock().unwrap().push('\n');
                     let _ = tx.send(line);
                 }
+                done.fetch_add(1, std::sync::atomic::Ordering::Release);
             });
         }
         let mut relay = Relay {
@@ -122,6 +127,7 @@ impl Relay {
             metrics: "0.0.0.0:0".parse().unwrap(),
             logs,
             lines,
+            readers_done,
         };
         let metrics = relay.wait_log("metrics on http://");
         relay.metrics = after(&metrics, "metrics on http://")
@@ -221,7 +227,14 @@ impl Relay {
         loop {
             if let Some(status) = child.try_wait().unwrap() {
                 self.child = None;
-                return (status, t.elapsed());
+                let took = t.elapsed();
+                // Until the readers reach the end of the output, so that `logs` holds all of
+                // it: its last lines may still be in the pipe.
+                while self.readers_done.load(std::sync::atomic::Ordering::Acquire) < 2 {
+                    assert!(t.elapsed() < TIMEOUT * 2, "the relay's output did not end");
+                    std::thread::yield_now();
+                }
+                return (status, took);
             }
             assert!(t.elapsed() < TIMEOUT, "relay did not exit");
             std::thread::yield_now();
