@@ -20,7 +20,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
@@ -260,14 +260,26 @@ fn serve_one(
             peer.pid.as_raw_nonzero()
         )));
     }
-    conn.set_read_timeout(Some(SHORT))?;
+    // The whole request within SHORT, however its bytes trickle in: else a client could hold
+    // this socket, and every takeover after it, for as long as it sends a byte now and then.
+    let by = Instant::now() + SHORT;
     let mut hello = [0u8; 12];
-    conn.read_exact(&mut hello)?;
+    read_by(&mut conn, &mut hello, by)?;
     if &hello[..8] != HELLO {
         return Err(io::Error::other("not a takeover request"));
     }
     let format = u32::from_le_bytes(hello[8..].try_into().expect("4 bytes"));
-    let version = read_text(&mut conn)?;
+    let mut len = [0u8; 2];
+    read_by(&mut conn, &mut len, by)?;
+    let len = usize::from(u16::from_le_bytes(len));
+    if len > MAX_TEXT {
+        return Err(io::Error::other(
+            "an overlong text in the takeover exchange",
+        ));
+    }
+    let mut version = vec![0; len];
+    read_by(&mut conn, &mut version, by)?;
+    let version = String::from_utf8_lossy(&version).into_owned();
     if format != FORMAT {
         let why = format!(
             "version mismatch: the new relay ({version}) speaks state format {format}, this one \
@@ -294,6 +306,28 @@ fn serve_one(
         done
     });
     Ok(done)
+}
+
+/// Fills `buf` from `conn` before `deadline`, or fails.
+fn read_by(conn: &mut UnixStream, buf: &mut [u8], deadline: Instant) -> io::Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the takeover request was not spoken in time",
+            ));
+        }
+        conn.set_read_timeout(Some(left))?;
+        match conn.read(&mut buf[got..]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Offers `h` and waits for the new relay to be ready; then tells it to serve. An error if it

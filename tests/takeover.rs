@@ -499,6 +499,7 @@ fn a_sigterm_during_a_handover_writes_no_stale_state() {
         "--state-file",
         file.to_str().unwrap(),
     ]);
+    old.wait_log("takeover socket listening");
     Peer::new(&old).register("alice");
     let mut conn = UnixStream::connect(&path).unwrap();
     conn.write_all(&wire::hello()).unwrap();
@@ -557,4 +558,41 @@ fn a_takeover_without_receive_offload_turns_it_off_on_the_inherited_sockets() {
         }
         assert_eq!(new.metric("udp_relay_coalesced_receives_total"), 0, "{io}");
     }
+}
+
+/// A client that speaks its request a byte at a time (each within the read timeout) is cut off
+/// once the time a request may take is up, instead of holding the takeover socket for as long
+/// as it trickles: the next request is answered within that time.
+#[test]
+fn a_request_spoken_slowly_does_not_hold_the_takeover_socket() {
+    let path = socket_path("slow");
+    let mut old = Relay::start(&["--takeover", path.to_str().unwrap()]);
+    old.wait_log("takeover socket listening");
+    let mut slow = UnixStream::connect(&path).unwrap();
+    let hello = wire::hello();
+    let trickle = std::thread::spawn(move || {
+        // Ten bytes, one every 1.5 s: 15 s in all, never 5 s without one.
+        for b in &hello[..10] {
+            if slow.write_all(&[*b]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let began = Instant::now();
+    let mut next = UnixStream::connect(&path).unwrap();
+    next.write_all(&wire::hello()).unwrap();
+    let (fds, _) = wire::receive_offer(&mut next);
+    let waited = began.elapsed();
+    assert!(!fds.is_empty());
+    // Refused: the old relay serves on.
+    next.write_all(b"N\x00\x00").unwrap();
+    drop(next);
+    trickle.join().unwrap();
+    drop(old);
+    assert!(
+        waited < Duration::from_secs(7),
+        "the next request waited {waited:?}"
+    );
 }
