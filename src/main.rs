@@ -103,6 +103,7 @@ fn main() -> ExitCode {
     // whether the relay handed over (its state is the new relay's from then on, not to write).
     let mut relay = lock(&relay);
     if handed_over.load(Ordering::SeqCst) {
+        info!(signal = ?sig, "exiting: a new relay took over");
         return ExitCode::SUCCESS;
     }
     info!(signal = ?sig, "shutting down");

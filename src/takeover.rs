@@ -293,11 +293,7 @@ fn serve_one(
     let mut done = false;
     relay.hand_over(&mut |handover| {
         done = match exchange(&mut conn, listener, &handover) {
-            // Said before the relay is let go: once it is, the process may exit at once.
-            Ok(()) => {
-                info!("handed over: the new relay serves");
-                true
-            }
+            Ok(()) => true,
             Err(e) => {
                 error!("the handover failed, serving on: {e}");
                 false
