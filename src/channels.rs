@@ -364,7 +364,9 @@ impl Channels {
     /// A table of `s` holding the pairs of `image` whose two owners `registry` holds at their
     /// addresses (a pair of a registration left out as stale is left out with it); how many
     /// pairs that left out. An image whose halves do not pair up (a number twice or zero, a
-    /// half without its other, a pair bound by neither or both sides) is refused whole.
+    /// half without its other, a pair bound by neither or both sides) is refused whole. Pairs
+    /// beyond the `--max-channels*` bounds of `s` stay, as after a reload that lowers them: new
+    /// binds are refused until under them.
     pub fn restore(
         s: &Settings,
         image: Image,

@@ -117,7 +117,11 @@ fn main() -> ExitCode {
                 peers = relay.shared.registry.len(),
                 "state written"
             ),
-            Err(e) => error!("{e}"),
+            Err(e) => {
+                // A failed exit, so that the service manager says the state was not kept.
+                error!("the state is lost: {e}");
+                return ExitCode::FAILURE;
+            }
         }
     }
     info!(peers = relay.shared.registry.len(), "stopped");

@@ -205,8 +205,10 @@ fn inherited_sockets(args: &Args, fds: Vec<OwnedFd>) -> io::Result<Vec<UdpSocket
         .local_addr()
         .map_err(|e| io::Error::new(e.kind(), format!("a handed-over socket: {e}")))?;
     for s in &sockets {
-        let ty = socket2::SockRef::from(s).r#type()?;
-        if ty != socket2::Type::DGRAM || s.local_addr()? != first {
+        let sock = socket2::SockRef::from(s);
+        let udp = sock.r#type()? == socket2::Type::DGRAM
+            && sock.protocol()? == Some(socket2::Protocol::UDP);
+        if !udp || s.local_addr()? != first {
             return Err(io::Error::other(
                 "the old relay handed over sockets that are not its UDP sockets on one address",
             ));

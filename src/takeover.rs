@@ -36,8 +36,10 @@ pub const MAX_FDS: usize = 253;
 /// How long the old relay waits for a request to be spoken, and the new one for the answer
 /// `G` once it said it is ready.
 const SHORT: Duration = Duration::from_secs(5);
-/// How long either waits for the other's heavy step: exporting or restoring the state.
-const LONG: Duration = Duration::from_secs(120);
+/// How long either waits for the other's heavy step, exporting or restoring the state (about
+/// a second each for a million peers); the old relay forwards nothing meanwhile, so a new one
+/// that never answers must not hold it long.
+const LONG: Duration = Duration::from_secs(30);
 /// The longest refusal or version read.
 const MAX_TEXT: usize = 4096;
 /// The largest image accepted (a million peers take about 60 MB).

@@ -252,3 +252,15 @@ fn a_symlink_at_the_temporary_file_is_not_followed() {
     );
     assert!(matches!(is_file, Ok(true)), "{logs}");
 }
+
+/// A state that cannot be written is said, and the exit fails, so that the service manager
+/// tells the operator the state was not kept.
+#[test]
+fn a_state_that_cannot_be_written_fails_the_exit() {
+    let path = state_path("unwritable").join("no-such-dir").join("state");
+    let mut r = Relay::start(&["--state-file", path.to_str().unwrap()]);
+    Peer::new(&r).register("alice");
+    let (status, _) = r.stop();
+    assert!(!status.success());
+    assert!(r.logs().contains("the state is lost"), "{}", r.logs());
+}
