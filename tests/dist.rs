@@ -36,7 +36,7 @@ fn the_systemd_unit_verifies_clean() {
     if !have("systemd-analyze") {
         return;
     }
-    let unit = shipped("dist/systemd/udp-relay.service");
+    let unit = shipped("dist/systemd/udp-relay@.service");
     // verify checks that ExecStart's binary exists: a copy runs the one cargo built.
     let installed = "ExecStart=/usr/local/bin/udp-relay ";
     assert!(unit.contains(installed), "{unit}");
@@ -46,7 +46,8 @@ fn the_systemd_unit_verifies_clean() {
     );
     let dir = std::env::temp_dir().join(format!("udp-relay-unit-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("udp-relay.service");
+    // A template is verified as one of its instances.
+    let path = dir.join("udp-relay@a.service");
     std::fs::write(&path, copy).unwrap();
     let out = Command::new("systemd-analyze")
         .arg("verify")
@@ -69,6 +70,9 @@ fn the_systemd_unit_verifies_clean() {
         "ProtectSystem=strict",
         "SystemCallFilter=@system-service io_uring_setup io_uring_enter io_uring_register",
         "ExecReload=/bin/kill -HUP $MAINPID",
+        "    --takeover /run/udp-relay/takeover --state-file /var/lib/udp-relay/state",
+        "RuntimeDirectoryPreserve=yes",
+        "User=udp-relay",
     ] {
         assert!(unit.lines().any(|l| l.starts_with(key)), "no {key}");
     }
