@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::Key;
 use crate::budget::host_key;
 use crate::config::Settings;
+use crate::keyed::Keyed;
 use crate::shards::{Entry as Slot, Sharded};
 use dashmap::mapref::entry::Entry as MapEntry;
 
@@ -1139,6 +1140,8 @@ pub struct PeerImage<'a> {
 pub struct Image<'a> {
     token_key: [u8; 32],
     next_seq: u64,
+    /// The hash key of the names' table, in whose shard order the registrations come.
+    names_key: Keyed,
     #[serde(borrow)]
     peers: Vec<PeerImage<'a>>,
     watches: Vec<(String, Vec<String>)>,
@@ -1150,6 +1153,7 @@ pub struct Image<'a> {
 pub struct Export<'a> {
     token_key: [u8; 32],
     next_seq: u64,
+    names_key: Keyed,
     peers: Peers<'a>,
     watches: Vec<(String, Vec<String>)>,
 }
@@ -1200,6 +1204,13 @@ pub struct Restored {
 /// Registrations a restoring thread takes at least: fewer are not worth a thread.
 const RESTORE_CHUNK: usize = 65_536;
 
+/// A restored registration's place in the addresses' table.
+struct Placed {
+    hash: u64,
+    addr: Packed,
+    name: Name,
+}
+
 impl Registry {
     /// Everything the registry holds, for a relay that takes over (or a later start) to go on
     /// from. Meant for a registry nothing changes meanwhile (the workers and reaper stopped).
@@ -1215,6 +1226,7 @@ impl Registry {
         Export {
             token_key: self.tokens.key,
             next_seq: self.next_seq.load(Relaxed),
+            names_key: self.peers.key(),
             peers: Peers(self),
             watches,
         }
@@ -1267,42 +1279,76 @@ impl Registry {
                 p.name
             ));
         }
-        let fresh = |p: &PeerImage| !drop_stale || r.fresh(p.last_heard, now_ms);
-        let kept = image.peers.iter().filter(|p| fresh(p)).count();
+        let kept: Vec<&PeerImage> = image
+            .peers
+            .iter()
+            .filter(|p| !drop_stale || r.fresh(p.last_heard, now_ms))
+            .collect();
         let mut done = Restored {
-            peers: kept,
-            stale: image.peers.len() - kept,
+            peers: kept.len(),
+            stale: image.peers.len() - kept.len(),
             ..Restored::default()
         };
-        if kept > s.max_peers {
+        if kept.len() > s.max_peers {
             return Err(format!(
-                "the state holds {kept} registrations, more than --max-peers ({})",
+                "the state holds {} registrations, more than --max-peers ({})",
+                kept.len(),
                 s.max_peers
             ));
         }
-        r.peers.reserve(kept);
-        r.by_addr.reserve(kept);
+        // The names' table hashes as the exporter's did: the registrations come in the order of
+        // its shards, so each shard fills while it is in the cache (a million in random order
+        // miss the cache at every one).
+        r.peers.set_key(image.names_key);
+        r.peers.reserve(kept.len());
+        r.by_addr.reserve(kept.len());
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .clamp(1, 8)
-            .min(kept.div_ceil(RESTORE_CHUNK).max(1));
-        let chunk = image.peers.len().div_ceil(threads).max(1);
-        let crowded: Vec<Packed> = std::thread::scope(|scope| {
-            let workers: Vec<_> = image
-                .peers
-                .chunks(chunk)
-                .map(|part| scope.spawn(|| r.restore_part(part, &fresh)))
+            .min(kept.len().div_ceil(RESTORE_CHUNK).max(1));
+        let runs = kept.chunks(kept.len().div_ceil(threads).max(1));
+        let placed = std::thread::scope(|scope| {
+            let handles: Vec<_> = runs
+                .map(|run| scope.spawn(|| r.restore_names(run)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .map_err(|_| "a restoring thread failed".to_string())?
+                })
+                .collect::<Result<Vec<_>, String>>()
+        })?;
+        // The addresses, likewise shard by shard: each names' thread put each registration in
+        // the bucket of its address's shard, and each thread here takes a run of shards.
+        let shards = r.by_addr.shard_count();
+        let per = shards.div_ceil(threads);
+        let crowded = std::thread::scope(|scope| {
+            let (placed, r) = (&placed, &r);
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let run = t * per..((t + 1) * per).min(shards);
+                    scope.spawn(move || {
+                        let mut crowded = Vec::new();
+                        for shard in run {
+                            for from in placed {
+                                crowded.extend(r.restore_addresses(&from[shard])?);
+                            }
+                        }
+                        Ok::<_, String>(crowded)
+                    })
+                })
                 .collect();
             let mut crowded = Vec::new();
-            for w in workers {
+            for h in handles {
                 crowded.extend(
-                    w.join()
+                    h.join()
                         .map_err(|_| "a restoring thread failed".to_string())??,
                 );
             }
             Ok::<_, String>(crowded)
         })?;
-        // Each address lists its names in join order; only those holding several need it.
+        // An address holding several names lists them in join order.
         for addr in crowded {
             let Some(names) = r.by_addr.get(&addr, |_, at| at.names().to_vec()) else {
                 continue;
@@ -1333,15 +1379,14 @@ impl Registry {
         Ok((r, done))
     }
 
-    /// Restores the registrations of `part` that `keep` keeps; the addresses that came to hold
-    /// several names (their lists are put in join order afterwards).
-    fn restore_part(
-        &self,
-        part: &[PeerImage<'_>],
-        keep: &(impl Fn(&PeerImage) -> bool + Sync),
-    ) -> Result<Vec<Packed>, String> {
-        let mut crowded = Vec::new();
-        for p in part.iter().filter(|p| keep(p)) {
+    /// Restores the registrations of `run` to the names' table; where each goes in the
+    /// addresses' table, by the shard it goes to.
+    fn restore_names(&self, run: &[&PeerImage<'_>]) -> Result<Vec<Vec<Placed>>, String> {
+        let shards = self.by_addr.shard_count();
+        let mut placed: Vec<Vec<Placed>> = (0..shards)
+            .map(|_| Vec::with_capacity(run.len() / shards + run.len() / shards / 4 + 4))
+            .collect();
+        for p in run {
             if !relay_wire::valid_name(p.name) {
                 return Err(format!("a registration has an invalid name ({:?})", p.name));
             }
@@ -1365,21 +1410,47 @@ impl Registry {
             if !fresh {
                 return Err(format!("the name {:?} is registered twice", p.name));
             }
-            let proof = match p.key {
-                Some((k, t)) => Proof::Key(k, t),
-                None => Proof::Token(None),
-            };
+            if let Some(k) = p.key {
+                self.keys.insert(name.clone(), k);
+            }
             self.count.fetch_add(1, Relaxed);
-            let at = self.link(name, here, proof);
-            if at > self.bounds.names_per_address.load(Relaxed) {
+            let (hash, shard) = self.by_addr.locate(&here);
+            placed[shard].push(Placed {
+                hash,
+                addr: here,
+                name,
+            });
+        }
+        Ok(placed)
+    }
+
+    /// Lists the registrations of `run` at their addresses; the addresses that came to hold
+    /// several names (put in join order afterwards).
+    fn restore_addresses(&self, run: &[Placed]) -> Result<Vec<Packed>, String> {
+        let max = self.bounds.names_per_address.load(Relaxed);
+        let mut crowded = Vec::new();
+        for p in run {
+            let at = self
+                .by_addr
+                .entry_hashed(p.hash, &p.addr, |slot| match slot {
+                    Slot::Occupied(mut o) => {
+                        let at = &mut o.get_mut().1;
+                        at.push(p.name.clone());
+                        at.names().len()
+                    }
+                    Slot::Vacant(v) => {
+                        v.insert((p.addr, AtAddr::One(p.name.clone())));
+                        1
+                    }
+                });
+            if at > max {
                 return Err(format!(
-                    "{} holds more names than --max-names-per-address ({})",
-                    p.addr,
-                    self.bounds.names_per_address.load(Relaxed)
+                    "{} holds more names than --max-names-per-address ({max})",
+                    p.addr.get()
                 ));
             }
             if at == 2 {
-                crowded.push(here);
+                crowded.push(p.addr);
             }
         }
         Ok(crowded)
@@ -1402,9 +1473,13 @@ mod tests {
     #[test]
     fn a_crafted_length_is_refused_without_allocating_for_it() {
         let r = registry(1000);
-        let mut bytes = postcard::to_stdvec(&r.export()).unwrap();
-        // The token key (32 bytes), the next number (0: one byte), then the peers' count.
-        assert_eq!(bytes[33], 0);
+        let e = r.export();
+        let mut bytes = postcard::to_stdvec(&e).unwrap();
+        // The token key, the next number and the names' key, then the peers' count.
+        let at = postcard::to_stdvec(&(e.token_key, e.next_seq, e.names_key))
+            .unwrap()
+            .len();
+        assert_eq!(bytes[at], 0);
         let mut huge = Vec::new();
         let mut n = 1u64 << 60;
         while n >= 0x80 {
@@ -1412,7 +1487,7 @@ mod tests {
             n >>= 7;
         }
         huge.push(n as u8);
-        bytes.splice(33..34, huge);
+        bytes.splice(at..at + 1, huge);
         assert!(postcard::from_bytes::<Image>(&bytes).is_err());
     }
 

@@ -15,11 +15,12 @@
 //! more: without tombstones, and at the same size unless it is truly fuller.
 
 use std::borrow::Borrow;
-use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use hashbrown::HashTable;
+
+use crate::keyed::Keyed;
 pub use hashbrown::hash_table::Entry;
 
 /// Fewest shards, whatever the expected size: enough that workers rarely meet on a lock.
@@ -53,7 +54,7 @@ struct Shard<K, V>(RwLock<HashTable<(K, V)>>);
 /// A sharded hash table of `(K, V)` entries.
 pub struct Sharded<K, V> {
     shards: Box<[Shard<K, V>]>,
-    hasher: RandomState,
+    hasher: Keyed,
 }
 
 impl<K: Hash + Eq, V> Sharded<K, V> {
@@ -63,7 +64,7 @@ impl<K: Hash + Eq, V> Sharded<K, V> {
             shards: (0..shard_count(expected))
                 .map(|_| Shard(RwLock::new(HashTable::new())))
                 .collect(),
-            hasher: RandomState::new(),
+            hasher: Keyed::random(),
         }
     }
 
@@ -79,6 +80,17 @@ impl<K: Hash + Eq, V> Sharded<K, V> {
         }
     }
 
+    /// The key of its hash, for a relay taking over to fill its table in this one's order.
+    pub fn key(&self) -> Keyed {
+        self.hasher
+    }
+
+    /// Takes up `key` for the hash; for a table that holds nothing yet.
+    pub fn set_key(&mut self, key: Keyed) {
+        debug_assert!(self.is_empty());
+        self.hasher = key;
+    }
+
     fn hash<Q: Hash + ?Sized>(&self, q: &Q) -> u64 {
         self.hasher.hash_one(q)
     }
@@ -87,9 +99,30 @@ impl<K: Hash + Eq, V> Sharded<K, V> {
     /// power of two): the table uses the low bits for the bucket and the top seven as the tag
     /// that filters comparisons, which must vary within a shard.
     fn shard(&self, hash: u64) -> &RwLock<HashTable<(K, V)>> {
+        &self.shards[self.shard_index(hash)].0
+    }
+
+    fn shard_index(&self, hash: u64) -> usize {
         let mid = (hash >> 20) & u64::from(u32::MAX);
-        let i = (mid * self.shards.len() as u64) >> 32;
-        &self.shards[i as usize].0
+        ((mid * self.shards.len() as u64) >> 32) as usize
+    }
+
+    /// The hash of `q` and the index of its shard: filling a table in shard order (a restore)
+    /// keeps each shard in the cache while it fills, where random order misses on every entry.
+    pub fn locate<Q: Hash + ?Sized>(&self, q: &Q) -> (u64, usize) {
+        let h = self.hash(q);
+        (h, self.shard_index(h))
+    }
+
+    /// [`Sharded::entry`] for a key whose hash [`Sharded::locate`] gave.
+    pub fn entry_hashed<Q, R>(&self, h: u64, q: &Q, f: impl FnOnce(Entry<'_, (K, V)>) -> R) -> R
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let mut t = self.write(h);
+        self.make_room(&mut t);
+        f(t.entry(h, |(k, _)| k.borrow() == q, |(k, _)| self.hash(k)))
     }
 
     fn read(&self, hash: u64) -> RwLockReadGuard<'_, HashTable<(K, V)>> {
@@ -138,11 +171,8 @@ impl<K: Hash + Eq, V> Sharded<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let h = self.hash(q);
-        let mut t = self.write(h);
-        self.make_room(&mut t);
-        // `make_room` left room for one more, so the table does not grow here.
-        f(t.entry(h, |(k, _)| k.borrow() == q, |(k, _)| self.hash(k)))
+        // `make_room` left room for one more, so the table does not grow there.
+        self.entry_hashed(self.hash(q), q, f)
     }
 
     /// Sets `k`'s value to `v`.
