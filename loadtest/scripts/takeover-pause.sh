@@ -32,7 +32,7 @@ taskset -c 0 "$relay" "${args[@]}" >"$dir/new.log" 2>&1 &
 new=$!
 wait $old || true
 wait $run
-grep -h "handing over\|handed over\|taking over\|took over" "$dir/old.log" "$dir/new.log" \
+grep -h "handing over\|paused and exported\|handed over\|taking over\|took over" "$dir/old.log" "$dir/new.log" \
     | sed 's/\x1b\[[0-9;]*m//g'
 python3 - "$dir" "$rss_old" <<'PY'
 import json, re, sys, datetime
