@@ -177,21 +177,7 @@ fn junk(rng: &mut Rng) -> Vec<u8> {
 #[test]
 fn malformed_input_at_volume_leaves_the_relay_serving_within_a_memory_bound() {
     // Limits lifted so that every datagram reaches the parser.
-    let r = Relay::start(&args(
-        &[
-            "--workers",
-            "1",
-            "--source-rate",
-            "0",
-            "--source-bytes",
-            "0",
-            "--prefix-rate",
-            "0",
-            "--prefix-bytes",
-            "0",
-        ],
-        NO_BUDGETS,
-    ));
+    let r = Relay::start(&[&["--workers", "1"], NO_LIMITS, NO_BUDGETS].concat());
     let before = r.rss();
     let senders: Vec<Peer> = (0..4).map(|_| Peer::new(&r)).collect();
     let mut rng = Rng(0x0005_eed0_fa11_d47a);

@@ -8,30 +8,6 @@ use std::time::Instant;
 use common::*;
 use serde_json::{Value, json};
 
-/// A frame: `0xD1`, flags 0, the channel number, the payload.
-fn frame(channel: u32, payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![0xD1, 0];
-    f.extend_from_slice(&channel.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// The next message of type `ty` for `p`, past presence news (joins, leaves, lists), which
-/// these tests' peers get as they register.
-fn expect(p: &Peer, ty: &str) -> Value {
-    loop {
-        let v = p.recv();
-        match v["type"].as_str() {
-            Some(t) if t == ty => return v,
-            Some("peer_joined" | "peer_left" | "peer_list") => continue,
-            _ => {
-                assert_eq!(v["type"], ty, "expected {ty}, got {v}");
-                return v;
-            }
-        }
-    }
-}
-
 /// Asserts that nothing but presence news waits for `p`.
 fn quiet(p: &Peer) {
     for v in p.drain() {

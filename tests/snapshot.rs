@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// A state file path of this test's own, with nothing at it or beside it.
 fn state_path(test: &str) -> PathBuf {
@@ -34,25 +34,6 @@ fn set_aside(path: &Path) -> Vec<PathBuf> {
             n.starts_with(&name) && n != name
         })
         .collect()
-}
-
-fn frame(channel: u32, payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![0xD1, 0];
-    f.extend_from_slice(&channel.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// The next message of type `ty` for `p`, past presence news.
-fn expect(p: &Peer, ty: &str) -> Value {
-    loop {
-        let v = p.recv();
-        match v["type"].as_str() {
-            Some(t) if t == ty => return v,
-            Some("peer_joined" | "peer_left" | "peer_list") => continue,
-            _ => panic!("expected {ty}, got {v}"),
-        }
-    }
 }
 
 /// Starts a relay on `port` (0: any) with the state file `state` and `extra` flags.

@@ -23,39 +23,6 @@ fn socket_path(test: &str) -> PathBuf {
     p
 }
 
-/// Limits lifted, so that the traffic of one loopback host measures the handover only.
-const UNLIMITED: &[&str] = &[
-    "--source-rate",
-    "0",
-    "--source-bytes",
-    "0",
-    "--prefix-rate",
-    "0",
-    "--prefix-bytes",
-    "0",
-    "--global-rate",
-    "0",
-];
-
-fn frame(channel: u32, payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![0xD1, 0];
-    f.extend_from_slice(&channel.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// The next message of type `ty` for `p`, past presence news.
-fn expect(p: &Peer, ty: &str) -> Value {
-    loop {
-        let v = p.recv();
-        match v["type"].as_str() {
-            Some(t) if t == ty => return v,
-            Some("peer_joined" | "peer_left" | "peer_list") => continue,
-            _ => panic!("expected {ty}, got {v}"),
-        }
-    }
-}
-
 /// `a` (registered as `me`) binds a channel to `target`: its number, and the other side's.
 fn bind(a: &Peer, b: &Peer, target: &str) -> (u32, u32) {
     a.send(a.authed(json!({"type": "bind", "target": target})));
@@ -103,7 +70,7 @@ fn take_over_under_traffic(io: &str) -> (u64, u64) {
             "--takeover",
             path.to_str().unwrap(),
         ],
-        UNLIMITED,
+        NO_LIMITS,
     );
     let mut old = Relay::start(&args);
     let [alice, bob, carol, dave] = [(); 4].map(|_| Peer::new(&old));
@@ -225,10 +192,18 @@ fn a_takeover_under_traffic_keeps_every_registration_session_and_channel() {
     }
 }
 
-/// Runs a relay to take over from `path` as `args` say, expecting it to fail; its stderr.
-fn failed_takeover(args: &[&str]) -> String {
+/// Runs a relay to take over from `path` with `extra` flags (on any port unless they name
+/// one), expecting it to fail; what it wrote.
+fn failed_takeover(path: &str, extra: &[&str]) -> String {
+    let port: &[&str] = if extra.contains(&"--port") {
+        &[]
+    } else {
+        &["--port", "0"]
+    };
     let out = Command::new(env!("CARGO_BIN_EXE_udp-relay"))
-        .args(args)
+        .args(["--host", "127.0.0.1", "--takeover", path])
+        .args(port)
+        .args(extra)
         .output()
         .expect("run udp-relay");
     assert!(!out.status.success(), "it should have failed");
@@ -245,7 +220,7 @@ fn a_refused_takeover_leaves_the_old_relay_serving() {
     bob.register("bob");
     // Another address than the old relay's: the takeover is refused, the old relay serves on.
     let port = (old.addr.port() + 1).to_string();
-    let err = failed_takeover(&["--host", "127.0.0.1", "--port", &port, "--takeover", p]);
+    let err = failed_takeover(p, &["--port", &port]);
     assert!(
         err.contains("listens on") && err.contains("serves on"),
         "{err}"
@@ -254,16 +229,7 @@ fn a_refused_takeover_leaves_the_old_relay_serving() {
     alice.send(alice.ping());
     assert_eq!(expect(&alice, "pong")["type"], "pong");
     // A state the new relay cannot hold is refused by name, and the old relay serves on.
-    let err = failed_takeover(&[
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--takeover",
-        p,
-        "--max-peers",
-        "1",
-    ]);
+    let err = failed_takeover(p, &["--max-peers", "1"]);
     assert!(
         err.contains("--max-peers") && err.contains("serves on"),
         "{err}"
@@ -292,14 +258,7 @@ fn a_socket_left_by_a_relay_that_died_does_not_stop_the_next() {
     // Anything else at the path is not the relay's to remove.
     let file = socket_path("not-a-socket");
     std::fs::write(&file, b"data").unwrap();
-    let err = failed_takeover(&[
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--takeover",
-        file.to_str().unwrap(),
-    ]);
+    let err = failed_takeover(file.to_str().unwrap(), &[]);
     assert!(
         err.contains("--takeover") && err.contains("not a socket"),
         "{err}"

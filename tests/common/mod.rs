@@ -49,6 +49,45 @@ pub const NO_BUDGETS: &[&str] = &[
     "0",
 ];
 
+/// Flags that lift the admission limits (per source, prefix and relay): for tests that drive
+/// one loopback host harder than a peer would.
+pub const NO_LIMITS: &[&str] = &[
+    "--source-rate",
+    "0",
+    "--source-bytes",
+    "0",
+    "--prefix-rate",
+    "0",
+    "--prefix-bytes",
+    "0",
+    "--global-rate",
+    "0",
+];
+
+/// A frame: `0xD1`, flags 0, the channel number, the payload.
+pub fn frame(channel: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0xD1, 0];
+    f.extend_from_slice(&channel.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The next message of type `ty` for `p`, past presence news (joins, leaves, lists), which
+/// these tests' peers get as they register.
+pub fn expect(p: &Peer, ty: &str) -> Value {
+    loop {
+        let v = p.recv();
+        match v["type"].as_str() {
+            Some(t) if t == ty => return v,
+            Some("peer_joined" | "peer_left" | "peer_list") => continue,
+            _ => {
+                assert_eq!(v["type"], ty, "expected {ty}, got {v}");
+                return v;
+            }
+        }
+    }
+}
+
 /// `a` then `b`, as one argument list.
 pub fn args<'a>(a: &[&'a str], b: &[&'a str]) -> Vec<&'a str> {
     [a, b].concat()
