@@ -53,15 +53,7 @@ fn a_restart_brings_back_registrations_sessions_and_channels_but_not_stale_ones(
     early.register("early");
     // Silent from here on: by the restart it has been silent 3.5 s, beyond the timeout.
     std::thread::sleep(Duration::from_millis(2000));
-    let [alice, bob, carol, dave] = [(); 4].map(|_| Peer::new(&old));
-    for (p, name) in [
-        (&alice, "alice"),
-        (&bob, "bob"),
-        (&carol, "carol"),
-        (&dave, "dave"),
-    ] {
-        p.register(name);
-    }
+    let [alice, bob, carol, dave] = registered(&old, ["alice", "bob", "carol", "dave"]);
     alice.send(alice.authed(json!({"type": "watch", "names": ["bob"]})));
     expect(&alice, "watch_ack");
     carol.send(carol.authed(json!({"type": "bind", "target": "dave"})));

@@ -73,15 +73,7 @@ fn take_over_under_traffic(io: &str) -> (u64, u64) {
         NO_LIMITS,
     );
     let mut old = Relay::start(&args);
-    let [alice, bob, carol, dave] = [(); 4].map(|_| Peer::new(&old));
-    for (p, name) in [
-        (&alice, "alice"),
-        (&bob, "bob"),
-        (&carol, "carol"),
-        (&dave, "dave"),
-    ] {
-        p.register(name);
-    }
+    let [alice, bob, carol, dave] = registered(&old, ["alice", "bob", "carol", "dave"]);
     let (c_num, d_num) = bind(&carol, &dave, "dave");
     // Peers registered before bob, carol and dave hear of them: nothing else is on their way.
     for p in [&alice, &bob, &carol, &dave] {

@@ -88,6 +88,15 @@ pub fn expect(p: &Peer, ty: &str) -> Value {
     }
 }
 
+/// New peers of `relay`, each registered (and proven) under its name of `names`.
+pub fn registered<const N: usize>(relay: &Relay, names: [&str; N]) -> [Peer; N] {
+    names.map(|name| {
+        let p = Peer::new(relay);
+        p.register(name);
+        p
+    })
+}
+
 /// `a` then `b`, as one argument list.
 pub fn args<'a>(a: &[&'a str], b: &[&'a str]) -> Vec<&'a str> {
     [a, b].concat()
