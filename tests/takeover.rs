@@ -278,8 +278,13 @@ mod wire {
     }
 
     pub fn hello() -> Vec<u8> {
+        hello_of(udp_relay::state::FORMAT)
+    }
+
+    /// A request from a relay whose state format is `format`.
+    pub fn hello_of(format: u32) -> Vec<u8> {
         let mut h = b"UDPRLYTK".to_vec();
-        h.extend_from_slice(&udp_relay::state::FORMAT.to_le_bytes());
+        h.extend_from_slice(&format.to_le_bytes());
         h.extend(text("test"));
         h
     }
@@ -546,4 +551,26 @@ fn a_request_spoken_slowly_does_not_hold_the_takeover_socket() {
         waited < Duration::from_secs(7),
         "the next request waited {waited:?}"
     );
+}
+
+/// A relay of another state format is told so (a version mismatch) before anything is paused or
+/// handed over, and the running relay serves on.
+#[test]
+fn a_relay_of_another_state_format_is_refused_and_the_old_one_serves_on() {
+    let path = socket_path("format");
+    let mut old = Relay::start(&["--takeover", path.to_str().unwrap()]);
+    old.wait_log("takeover socket listening");
+    let [alice] = registered(&old, ["alice"]);
+    let mut conn = UnixStream::connect(&path).unwrap();
+    conn.write_all(&wire::hello_of(udp_relay::state::FORMAT + 1))
+        .unwrap();
+    let mut answer = Vec::new();
+    std::io::Read::read_to_end(&mut conn, &mut answer).unwrap();
+    assert_eq!(answer.first(), Some(&b'N'), "{answer:?}");
+    let why = String::from_utf8_lossy(&answer[3..]);
+    assert!(why.contains("version mismatch"), "{why}");
+    old.wait_log("version mismatch");
+    assert!(!old.logs().contains("handing over"), "{}", old.logs());
+    alice.send(alice.ping());
+    assert_eq!(expect(&alice, "pong")["type"], "pong");
 }
