@@ -808,6 +808,9 @@ mod tests {
             .finish();
         let mut sender = Sender::new(&tx, true).unwrap();
         tracing::subscriber::with_default(subscriber, || {
+            // Another test's thread may have hit the warning first, with no subscriber, and
+            // cached that nobody listens there: ask again, now that this one does.
+            tracing::callsite::rebuild_interest_cache();
             for _ in 0..2 {
                 sender.send(&tx, &out, |_| &[], &c);
             }
