@@ -107,8 +107,10 @@ impl Buckets {
     }
 
     /// Takes up the buckets of `image` if it is a table of this size (else this one stays as
-    /// it is: full), with any value no bucket could hold made full, and no refill time later
-    /// than `now_ms`.
+    /// it is: full), with any value no bucket could hold made full, no bucket more used than
+    /// this table's burst (a relay of higher rates, or a crafted image, would otherwise leave
+    /// it refusing for as long as this rate takes to refill that: for ever, for `f64::MAX`),
+    /// and no refill time later than `now_ms`.
     fn restore(&mut self, image: BucketsImage, now_ms: u64) {
         if image.slots.len() != self.slots.len() {
             return;
@@ -116,7 +118,11 @@ impl Buckets {
         self.hasher = image.hasher;
         for (slot, [used, at]) in self.slots.iter_mut().zip(image.slots) {
             let u = f64::from_bits(used);
-            let used = if u.is_finite() && u >= 0.0 { used } else { 0 };
+            let used = if u.is_finite() && u >= 0.0 {
+                u.min(self.burst).to_bits()
+            } else {
+                0
+            };
             *slot = [used, at.min(now_ms)];
         }
     }
@@ -373,6 +379,50 @@ mod tests {
         assert_ne!(p("192.0.2.1"), p("192.0.3.1"));
         assert_eq!(p("2001:db8:0:1::1"), p("2001:db8:0:ff::2"));
         assert_ne!(p("2001:db8:0:100::1"), p("2001:db8:0:1::1"));
+    }
+
+    /// A relay that takes over with lower rates (or from a crafted image) gets buckets no
+    /// fuller than its own burst: what another relay's burst allowed, or a value no bucket
+    /// holds, refills within its own burst's time, not the other's (or never).
+    #[test]
+    fn a_restored_bucket_holds_no_more_than_its_own_burst() {
+        let old = Settings {
+            source_rate: 1000,
+            source_bytes: 0,
+            prefix_rate: 0,
+            prefix_bytes: 0,
+            global_rate: 0,
+            ..Settings::default()
+        };
+        let a: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        let mut before = Admission::new(&old, 1, 0);
+        while before.ingress.admit(a, 10, 0).is_ok() {}
+        // The new relay allows 10 a second: 20 at once, refilled in 2 s.
+        let new = Settings {
+            source_rate: 10,
+            ..old.clone()
+        };
+        let mut after = Admission::new(&new, 1, 0);
+        after.restore(before.export(), 0);
+        assert!(after.ingress.admit(a, 10, 0).is_err(), "spent stays spent");
+        assert!(
+            after.ingress.admit(a, 10, 2_000).is_ok(),
+            "still refused after the new burst's time: the old relay's burst was kept"
+        );
+        // A crafted image: the relay-wide bucket used up beyond anything a clock refills.
+        let global = Settings {
+            global_rate: 100,
+            source_rate: 0,
+            ..old
+        };
+        let mut image = Admission::new(&global, 1, 0).export();
+        image.global.slots[0][0] = f64::MAX.to_bits();
+        let mut wedged = Admission::new(&global, 1, 0);
+        wedged.restore(image, 0);
+        assert!(
+            wedged.ingress.admit(a, 10, 2_000).is_ok(),
+            "a crafted image stopped the relay for good"
+        );
     }
 
     #[test]
