@@ -141,6 +141,13 @@ impl Earned {
         let _ = slot.fetch_update(Relaxed, Relaxed, |used| Some((used - n).max(floor)));
     }
 
+    /// What a balance of the credit in force holds: used at most the credit (`spend` keeps it
+    /// there), banked at most its cap (`earn` stops there); nothing without a credit.
+    fn bounds(&self) -> (i64, i64) {
+        let credit = self.credit();
+        (credit - credit.saturating_mul(self.cap_credits), credit)
+    }
+
     fn available(&self, key: impl Hash) -> i64 {
         let credit = self.credit();
         if credit == 0 {
@@ -190,6 +197,20 @@ impl Clocked {
         }
     }
 
+    /// The most units a bucket of `rate` holds.
+    fn burst_of(&self, rate: u64) -> u64 {
+        rate.saturating_mul(self.burst_s)
+            .clamp(1, u64::from(u32::MAX))
+    }
+
+    /// The most units a bucket of the rate in force holds (0: none, without a limit).
+    fn burst(&self) -> u64 {
+        match self.rate.load(Relaxed) {
+            0 => 0,
+            rate => self.burst_of(rate),
+        }
+    }
+
     fn set_rate(&self, rate: u64) {
         self.rate.store(rate, Relaxed);
     }
@@ -199,9 +220,7 @@ impl Clocked {
         if rate == 0 {
             return true;
         }
-        let burst = rate
-            .saturating_mul(self.burst_s)
-            .clamp(1, u64::from(u32::MAX));
+        let burst = self.burst_of(rate);
         let now_ds = (now_ms / 100) as u32;
         self.table
             .slot(key)
@@ -250,16 +269,16 @@ impl Table<AtomicI64> {
         }
     }
 
-    /// Takes up `image` if it is a table of this size, each balance within the bounds no
-    /// arithmetic on it overflows past (a credit is at most a quarter of `i64::MAX`).
-    fn restore(&mut self, image: TableImage) {
+    /// Takes up `image` if it is a table of this size, each balance within `lo..=hi` (what a
+    /// balance of the credit in force can hold, within the bounds no arithmetic on it
+    /// overflows past).
+    fn restore(&mut self, image: TableImage, (lo, hi): (i64, i64)) {
         if image.slots.len() != self.slots.len() {
             return;
         }
         self.hasher = image.hasher;
-        let bound = i64::MAX / 4;
         for (slot, v) in self.slots.iter().zip(image.slots) {
-            slot.store((v as i64).clamp(-bound, bound), Relaxed);
+            slot.store((v as i64).clamp(lo, hi), Relaxed);
         }
     }
 }
@@ -297,21 +316,33 @@ impl Budgets {
     }
 
     /// Takes up the balances of `image` at `now_ms`: tables of another size stay fresh, a
-    /// bucket refilled later than `now_ms` is taken as refilled now.
+    /// bucket refilled later than `now_ms` is taken as refilled now, and no balance holds
+    /// more (or less) than one of the credits and rates in force can: a crafted image, or a
+    /// relay of higher limits, would otherwise leave a budget refusing for as long as these
+    /// take to refill or earn that back (the relay-wide reply budget: for ever).
     pub fn restore(&mut self, image: Image, now_ms: u64) {
         let now_ds = (now_ms / 100) as u32;
-        let at_most_now = |state: u64| {
-            let at = (state as u32).min(now_ds);
-            (state & !u64::from(u32::MAX)) | u64::from(at)
+        let within = |burst: u64| {
+            move |state: u64| {
+                let at = (state as u32).min(now_ds);
+                ((state >> 32).min(burst) << 32) | u64::from(at)
+            }
         };
-        self.reply_host.table.restore(image.reply_host);
-        self.reply_prefix.table.restore(image.reply_prefix);
-        self.reply_global.table.restore(image.reply_global);
-        self.fanout.table.restore(image.fanout);
-        self.presence.table.restore(image.presence, at_most_now);
+        for (earned, image) in [
+            (&mut self.reply_host, image.reply_host),
+            (&mut self.reply_prefix, image.reply_prefix),
+            (&mut self.reply_global, image.reply_global),
+            (&mut self.fanout, image.fanout),
+        ] {
+            let bounds = earned.bounds();
+            earned.table.restore(image, bounds);
+        }
+        let burst = self.presence.burst();
+        self.presence.table.restore(image.presence, within(burst));
+        let burst = self.registrations.burst();
         self.registrations
             .table
-            .restore(image.registrations, at_most_now);
+            .restore(image.registrations, within(burst));
         self.keep_owed(image.owed);
     }
 }
@@ -695,6 +726,42 @@ mod tests {
         assert!(!budgets.register(b, 0), "the same /64");
         assert!(budgets.register(c, 0));
         assert!(budgets.register(a, 1000), "a second later, one more");
+    }
+
+    /// Balances taken over are those a relay of these credits and rates could hold: what a
+    /// crafted image (or a relay of higher rates) holds beyond them would keep a budget
+    /// refusing for ever (the relay-wide reply budget: every unauthenticated reply withheld).
+    #[test]
+    fn restored_balances_are_within_what_these_limits_hold() {
+        let s = Settings {
+            registration_rate: 1,
+            ..settings()
+        };
+        let mut image = Budgets::new(&s).export();
+        image.reply_global.slots[0] = i64::MAX as u64;
+        image.reply_host.slots.fill(i64::MAX as u64);
+        // Every host's registrations used to the top, refilled at the start of the clock.
+        image.registrations.slots.fill(u64::from(u32::MAX) << 32);
+        let mut b = Budgets::new(&s);
+        b.restore(image, 0);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(!b.spend_reply(ip, 100, 0), "spent stays spent");
+        b.earn(ip, 600, false, false);
+        assert!(
+            b.spend_reply(ip, 100, 0),
+            "earned back, and still nothing to spend"
+        );
+        assert!(!b.register(ip, 0));
+        assert!(
+            b.register(ip, 10_000),
+            "a burst's time later, still no registration"
+        );
+        // Banked credit beyond the cap is not taken over either.
+        let mut image = Budgets::new(&s).export();
+        image.reply_host.slots.fill(i64::MIN as u64);
+        let mut b = Budgets::new(&s);
+        b.restore(image, 0);
+        assert_eq!(b.reply_host.available(ip), 16 * 2048);
     }
 
     #[test]
