@@ -44,6 +44,8 @@ pub struct Relay {
 /// The threads of a serving relay.
 struct Running {
     stop: Arc<AtomicBool>,
+    /// The reaper's own, set first: its sends leave through worker 0 with io_uring.
+    reaper_stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
     reaper: JoinHandle<()>,
 }
@@ -285,15 +287,17 @@ impl Relay {
                     })?,
             );
         }
+        let reaper_stop = Arc::new(AtomicBool::new(false));
         let reaper = {
             let shared = shared.clone();
-            let stop = stop.clone();
+            let stop = reaper_stop.clone();
             thread::Builder::new()
                 .name("reaper".into())
                 .spawn(move || run_reaper(&shared, clock, &stop, egress))?
         };
         self.running = Some(Running {
             stop,
+            reaper_stop,
             workers,
             reaper,
         });
@@ -306,8 +310,13 @@ impl Relay {
         let Some(r) = self.running.take() else {
             return;
         };
-        r.stop.store(true, Ordering::Relaxed);
+        // The reaper first, while the workers serve: with io_uring its sends leave through
+        // worker 0's inbox, and what it handed over after worker 0 stopped would be lost (the
+        // `peer_left` of peers it removed, which no relay sends again).
+        r.reaper_stop.store(true, Ordering::Relaxed);
         r.reaper.thread().unpark();
+        let _ = r.reaper.join();
+        r.stop.store(true, Ordering::Relaxed);
         for w in r.workers {
             // Again until it ends: a wake-up just before the worker waits would be missed.
             while !w.is_finished() {
@@ -316,7 +325,6 @@ impl Relay {
             }
             let _ = w.join();
         }
-        let _ = r.reaper.join();
     }
 
     /// What a relay taking over needs: copies of the sockets and the state. Meant for a paused

@@ -515,20 +515,22 @@ impl Backend for Uring {
                 push(ring, &cancel)?;
                 draining = Some(w.clock.now().ms + DRAIN_MS);
             }
-            if let Some(deadline) = draining {
-                let idle = recv_stopped
-                    && ready.is_empty()
-                    && batches.iter().all(|b| !b.busy)
-                    && reaper.outstanding == 0;
-                if idle || w.clock.now().ms >= deadline {
-                    break;
-                }
-            }
             if !reaper.busy {
                 if let Some(o) = inbox.as_ref().and_then(|i| i.batches.try_recv().ok()) {
                     reaper.pending = 0..o.sends.len();
                     reaper.out = o;
                     reaper.busy = true;
+                }
+            }
+            if let Some(deadline) = draining {
+                // The reaper's batches too, every one in the inbox: the `peer_left` of peers
+                // it removed are sent by no relay after this one.
+                let idle = recv_stopped
+                    && ready.is_empty()
+                    && batches.iter().all(|b| !b.busy)
+                    && !reaper.busy;
+                if idle || w.clock.now().ms >= deadline {
+                    break;
                 }
             }
             // One enter submits last turn's sends and reaps their completions (UDP sends
@@ -708,5 +710,76 @@ impl Egress for RingEgress {
             // SAFETY: writes 8 bytes from `one` to our own eventfd.
             unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{Clock, Now};
+    use crate::out::Kind;
+    use std::net::{SocketAddr, UdpSocket};
+    use std::sync::atomic::AtomicBool;
+
+    struct Nothing;
+
+    impl super::super::Decide for Nothing {
+        fn datagram(&mut self, _: &mut [u8], _: SocketAddr, _: Now, _: &mut Out) {}
+        fn truncated(&mut self, _: usize, _: SocketAddr, _: Now, _: &mut Out) {}
+        fn mapped_source(&mut self, _: usize) {}
+    }
+
+    /// A stopping worker sends every reaper send it was handed before it ends (keepalives
+    /// and `peer_left` of peers already removed, which no relay sends again): it ended once
+    /// the reaper's batch in hand was sent, dropping those still in its inbox.
+    #[test]
+    fn a_stopping_worker_sends_every_batch_the_reaper_handed_it() {
+        if probe().is_err() {
+            eprintln!("io_uring unavailable: skipped");
+            return;
+        }
+        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sink.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+            .unwrap();
+        let to = sink.local_addr().unwrap();
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_millis(POLL_MS)))
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut workers = [Worker {
+            index: 0,
+            socket,
+            router: Box::new(Nothing),
+            clock: Clock::default(),
+            stop: stop.clone(),
+            counters: Arc::new(Counters::default()),
+            max_datagram: 1500,
+            inbox: None,
+            cpu: None,
+            gso: false,
+            gro: false,
+        }];
+        let mut egress = Uring.egress(&mut workers).unwrap();
+        let [w] = workers;
+        // Two batches, fewer in all than the sink's receive buffer holds.
+        let n = 200;
+        for _ in 0..2 {
+            let mut out = Out::default();
+            out.buf
+                .extend_from_slice(b"{\"type\":\"server_keepalive\"}");
+            for _ in 0..n / 2 {
+                out.send_range(to, 0..out.buf.len(), Kind::Keepalive, true);
+            }
+            egress.send(&mut out);
+        }
+        stop.store(true, Ordering::Relaxed);
+        Uring.run(w).unwrap();
+        let mut got = 0;
+        let mut buf = [0u8; 64];
+        while sink.recv(&mut buf).is_ok() {
+            got += 1;
+        }
+        assert_eq!(got, n, "sends dropped by a stopping worker");
     }
 }
