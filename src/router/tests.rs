@@ -319,3 +319,56 @@ fn news_of_a_neighbour_waits_until_it_proves_itself() {
     assert_eq!(r[1].1["type"], "pong");
     assert_eq!(h.json(ping, b, 3).len(), 1);
 }
+
+/// A worker's limits outlive its router however it ends (a pause, or a panic unwinding its
+/// thread), and a rate-changing reload is the one thing that fills them again.
+#[test]
+fn limits_are_parked_when_a_router_goes_even_by_a_panic() {
+    let s = Settings {
+        source_rate: 5,
+        ..Settings::default()
+    };
+    let shared = Shared::new(s.clone(), 1);
+    let flood = addr(9);
+    let spent = |r: &mut Router| {
+        let mut out = Out::default();
+        let mut d = br#"{"type":"ping"}"#.to_vec();
+        for _ in 0..20 {
+            out.clear();
+            r.handle(&mut d, flood, at(0), &mut out);
+        }
+        r.admission.ingress.admit(flood, 15, 0).is_err()
+    };
+    let mut r = Router::new(shared.clone(), 0);
+    assert!(spent(&mut r));
+    drop(r);
+    let moved = shared.clone();
+    let died = std::thread::spawn(move || {
+        let mut r = Router::new(moved, 0);
+        assert!(
+            r.admission.ingress.admit(flood, 15, 0).is_err(),
+            "a pause refilled"
+        );
+        panic!("a worker dies");
+    })
+    .join();
+    assert!(died.is_err());
+    let mut r = Router::new(shared.clone(), 0);
+    assert!(
+        r.admission.ingress.admit(flood, 15, 0).is_err(),
+        "a panic refilled"
+    );
+    drop(r);
+    // A reload that changes a rate: full again, once, and kept over the next pause.
+    shared.live.publish(Settings {
+        source_rate: 6,
+        ..s
+    });
+    let mut r = Router::new(shared.clone(), 0);
+    assert!(spent(&mut r));
+    drop(r);
+    let mut r = Router::new(shared.clone(), 0);
+    let mut out = Out::default();
+    r.handle(&mut br#"{"type":"ping"}"#.to_vec(), flood, at(0), &mut out);
+    assert!(r.admission.ingress.admit(flood, 15, 0).is_err());
+}
