@@ -26,6 +26,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The workers' wake-up signal is harmless from the start (its default action would end
+    // the process, were it sent before the first workers start).
+    if let Err(e) = udp_relay::io::install_wake() {
+        eprintln!("{e}");
+        return ExitCode::FAILURE;
+    }
     let loaded = match config::invocation() {
         Invocation::Run(loaded) => loaded,
         Invocation::CheckConfig(loaded) => {
