@@ -363,12 +363,18 @@ fn offer(conn: &mut UnixStream, listener: &UnixListener, h: &Handover) -> io::Re
     if !cmsg.push(SendAncillaryMessage::ScmRights(&fds)) {
         return Err(io::Error::other("the descriptors do not fit one message"));
     }
-    let n = rustix::net::sendmsg(
-        &*conn,
-        &[IoSlice::new(&head)],
-        &mut cmsg,
-        SendFlags::empty(),
-    )?;
+    // Again if a signal interrupts it (std's own reads and writes do the same).
+    let n = loop {
+        match rustix::net::sendmsg(
+            &*conn,
+            &[IoSlice::new(&head)],
+            &mut cmsg,
+            SendFlags::empty(),
+        ) {
+            Err(rustix::io::Errno::INTR) => continue,
+            r => break r?,
+        }
+    };
     conn.write_all(&head[n..])?;
     let mut rest = Vec::new();
     push_text(&mut rest, env!("CARGO_PKG_VERSION"));
@@ -380,12 +386,17 @@ fn offer(conn: &mut UnixStream, listener: &UnixListener, h: &Handover) -> io::Re
 fn recv_with_fds(conn: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
     let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut cmsg = RecvAncillaryBuffer::new(&mut space);
-    let r = rustix::net::recvmsg(
-        conn,
-        &mut [IoSliceMut::new(buf)],
-        &mut cmsg,
-        RecvFlags::CMSG_CLOEXEC,
-    )?;
+    let r = loop {
+        match rustix::net::recvmsg(
+            conn,
+            &mut [IoSliceMut::new(buf)],
+            &mut cmsg,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Err(rustix::io::Errno::INTR) => continue,
+            r => break r?,
+        }
+    };
     for m in cmsg.drain() {
         if let RecvAncillaryMessage::ScmRights(received) = m {
             fds.extend(received);
