@@ -163,3 +163,45 @@ fn in_signed_mode_a_forger_gets_a_victim_nothing_through_the_relay() {
     assert!(bytes <= sent, "{bytes} bytes back for {sent}");
     assert_eq!(r.metric("udp_relay_peers_registered"), 1);
 }
+
+/// A takeover keeps each name bound to its key, and the cookie key: a challenge the old relay
+/// issued is answered to the new one.
+#[test]
+fn a_takeover_keeps_names_bound_to_their_keys_and_challenges_good() {
+    let path = std::env::temp_dir().join(format!(
+        "udp-relay-signed-takeover-{}.sock",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&path);
+    let args = ["--takeover", path.to_str().unwrap()];
+    let mut old = Relay::start(&args);
+    let alice = Peer::new(&old);
+    assert_eq!(
+        signed_register(&alice, "alice", &key(1))["type"],
+        "register_ack"
+    );
+    alice.expect("peer_list");
+    let mover = Peer::new(&old);
+    mover.send(json!({"type": "register", "name": "alice", "pubkey": pubkey(&key(1))}));
+    let cookie = mover.expect("challenge")["cookie"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let mut new = Relay::start(&args);
+    new.wait_log("took over: serving");
+    let (status, _) = old.wait_exit();
+    assert!(status.success());
+    // Another key is refused, with a valid signature of its own: the binding came along.
+    let thief = Peer::new(&new);
+    assert_eq!(
+        signed_register(&thief, "alice", &key(2))["code"],
+        "name_in_use"
+    );
+    // The old relay's challenge, signed with alice's key, moves her name at the new relay.
+    mover.send(json!({
+        "type": "register", "name": "alice", "pubkey": pubkey(&key(1)),
+        "cookie": cookie, "sig": sign(&key(1), "alice", &cookie),
+    }));
+    assert_eq!(mover.recv()["type"], "register_ack");
+}
