@@ -1,4 +1,5 @@
-//! The `udp-relay` binary: configuration, logging, signals.
+//! The `udp-relay` binary: configuration, logging, signals, and the takeover and snapshot paths
+//! of start-up and shutdown.
 
 use std::ffi::OsString;
 use std::io::IsTerminal;
