@@ -121,12 +121,7 @@ pub fn prepare(
         .into_iter()
         .map(|s| {
             // Set either way: a socket handed over has the old relay's.
-            let gro = if gro_wanted {
-                relay_io::enable_gro(&s)
-            } else {
-                relay_io::disable_gro(&s);
-                false
-            };
+            let gro = relay_io::set_gro(&s, gro_wanted);
             (s, gro)
         })
         .collect();
@@ -246,11 +241,9 @@ impl Relay {
         let stop = Arc::new(AtomicBool::new(false));
         let mut ready = Vec::with_capacity(self.sockets.len());
         for (index, (socket, gro)) in self.sockets.iter().enumerate() {
-            // A relay that was to take over and then failed may have turned it on: the
-            // receive buffers are sized for what this relay set.
-            if !*gro {
-                relay_io::disable_gro(socket);
-            }
+            // As this relay set it: one that was to take over and then failed may have
+            // changed it, and the receive buffers are sized for this relay's setting.
+            relay_io::set_gro(socket, *gro);
             ready.push(Worker {
                 index,
                 socket: socket.try_clone()?,

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use udp_relay::clock::{Clock, Now};
-use udp_relay::io::{Backend, Decide, Worker, bind_worker_socket, enable_gro, mmsg::Mmsg, uring};
+use udp_relay::io::{Backend, Decide, Worker, bind_worker_socket, mmsg::Mmsg, set_gro, uring};
 use udp_relay::metrics::Counters;
 use udp_relay::out::{Kind, Out};
 
@@ -79,7 +79,7 @@ fn with_worker<R>(
     body: impl FnOnce(SocketAddr, &Mutex<Vec<String>>) -> R,
 ) -> (R, Arc<Counters>, Vec<String>) {
     let socket = bind_worker_socket(format!("{host}:0").parse().unwrap()).unwrap();
-    let gro = gro && enable_gro(&socket);
+    let gro = set_gro(&socket, gro);
     prep(&socket);
     let relay = socket.local_addr().unwrap();
     let stop = Arc::new(AtomicBool::new(false));

@@ -419,24 +419,22 @@ fn gro_segment(control: &[u8]) -> Option<usize> {
     })
 }
 
-/// Asks the kernel to coalesce receives on `sock` (`UDP_GRO`); false, with a logged reason,
-/// where it refuses.
-pub fn enable_gro(sock: &UdpSocket) -> bool {
-    match set_int_option(sock, libc::IPPROTO_UDP, UDP_GRO) {
-        Ok(()) => true,
-        Err(e) => {
+/// Turns coalesced receives (`UDP_GRO`) on or off on `sock`, whatever it had: a socket handed
+/// over keeps the option of the relay that set it, and coalesced receives would not fit the
+/// receive buffers of one that runs without it. Whether it is on: false, with a logged reason,
+/// where the kernel refuses it.
+pub fn set_gro(sock: &UdpSocket, on: bool) -> bool {
+    match set_int(sock, libc::IPPROTO_UDP, UDP_GRO, libc::c_int::from(on)) {
+        Ok(()) => on,
+        Err(e) if on => {
             tracing::warn!(error = %e, "UDP_GRO refused; receiving datagrams one by one");
             false
         }
-    }
-}
-
-/// Turns `UDP_GRO` off on `sock`: a socket handed over keeps the option of the relay that set
-/// it, and coalesced receives would not fit the receive buffers of one that runs without it.
-pub fn disable_gro(sock: &UdpSocket) {
-    if let Err(e) = set_int(sock, libc::IPPROTO_UDP, UDP_GRO, 0) {
         // A kernel without it has it off.
-        tracing::debug!(error = %e, "cannot turn UDP_GRO off");
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot turn UDP_GRO off");
+            false
+        }
     }
 }
 
