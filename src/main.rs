@@ -139,19 +139,14 @@ fn main() -> ExitCode {
 /// does, else from `--state-file` if it holds a state, else empty. With `--takeover`, also the
 /// socket to listen on for the next takeover.
 fn launch(args: &Args) -> Result<(server::Relay, Option<takeover::Listener>), String> {
-    let Some(path) = &args.takeover else {
-        let shared = restored(args);
-        return Ok((started(args, shared)?, None));
-    };
-    match takeover::ask(path).map_err(|e| e.to_string())? {
-        takeover::Asked::Offer(offer) => take_over(args, offer),
-        takeover::Asked::Nobody => {
-            let shared = restored(args);
-            let relay = started(args, shared)?;
-            let listener = takeover::listen(path).map_err(|e| e.to_string())?;
-            Ok((relay, Some(listener)))
+    if let Some(path) = &args.takeover {
+        if let takeover::Asked::Offer(offer) = takeover::ask(path).map_err(|e| e.to_string())? {
+            return take_over(args, offer);
         }
     }
+    let relay = started(args, restored(args))?;
+    let listener = args.takeover.as_deref().map(takeover::listen).transpose();
+    Ok((relay, listener.map_err(|e| e.to_string())?))
 }
 
 fn restored(args: &Args) -> Option<Arc<udp_relay::shared::Shared>> {
@@ -180,9 +175,8 @@ fn take_over(
         state_bytes = offer.image.len(),
         "taking over from the running relay"
     );
-    let restoring = Instant::now();
     let restored = state::restore(&offer.image, args.settings(), offer.sockets.len(), false);
-    let restore_ms = restoring.elapsed().as_millis() as u64;
+    let restore_ms = began.elapsed().as_millis() as u64;
     let (shared, summary) = match restored {
         Ok(r) => r,
         Err(why) => {
