@@ -130,21 +130,12 @@ pub fn ask(path: &Path) -> io::Result<Asked> {
     };
     // Whoever listens there gets the sockets' traffic and hands over the keys that sessions
     // derive from: only a relay of this user (or root) may, as only they may ask one.
-    let peer = rustix::net::sockopt::socket_peercred(&conn).map_err(|e| named(path, e.into()))?;
-    if peer.uid != rustix::process::geteuid() && !peer.uid.is_root() {
-        return Err(named(
-            path,
-            io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!(
-                    "the socket there is uid {}'s (pid {}), not this user's: its offer is \
-                     refused (put the socket in a directory only the relay's user may write)",
-                    peer.uid.as_raw(),
-                    peer.pid.as_raw_nonzero()
-                ),
-            ),
-        ));
-    }
+    same_user(
+        &conn,
+        "the socket there is its: its offer is refused (put the socket in a \
+         directory only the relay's user may write)",
+    )
+    .map_err(|e| named(path, e))?;
     let mut hello = HELLO.to_vec();
     hello.extend_from_slice(&FORMAT.to_le_bytes());
     push_text(&mut hello, env!("CARGO_PKG_VERSION"));
@@ -253,15 +244,10 @@ fn serve_one(
     listener: &UnixListener,
     relay: &mut impl Handing,
 ) -> io::Result<bool> {
-    let peer = rustix::net::sockopt::socket_peercred(&conn)?;
-    let me = rustix::process::geteuid();
-    if peer.uid != me && !peer.uid.is_root() {
-        return Err(io::Error::other(format!(
-            "refused a request from uid {} (pid {}): only the relay's own user may take over",
-            peer.uid.as_raw(),
-            peer.pid.as_raw_nonzero()
-        )));
-    }
+    let peer = same_user(
+        &conn,
+        "refused its request: only the relay's own user may take over",
+    )?;
     // The whole request within SHORT, however its bytes trickle in: else a client could hold
     // this socket, and every takeover after it, for as long as it sends a byte now and then.
     let by = Instant::now() + SHORT;
@@ -273,12 +259,7 @@ fn serve_one(
     let format = u32::from_le_bytes(hello[8..].try_into().expect("4 bytes"));
     let mut len = [0u8; 2];
     read_by(&mut conn, &mut len, by)?;
-    let len = usize::from(u16::from_le_bytes(len));
-    if len > MAX_TEXT {
-        return Err(io::Error::other(
-            "an overlong text in the takeover exchange",
-        ));
-    }
+    let len = text_len(len)?;
     let mut version = vec![0; len];
     read_by(&mut conn, &mut version, by)?;
     let version = String::from_utf8_lossy(&version).into_owned();
@@ -304,6 +285,23 @@ fn serve_one(
         done
     });
     Ok(done)
+}
+
+/// The credentials of the process at the other end of `conn`, if it runs as this relay's user
+/// (or root); else an error naming it, then `why`.
+fn same_user(conn: &UnixStream, why: &str) -> io::Result<rustix::net::UCred> {
+    let peer = rustix::net::sockopt::socket_peercred(conn)?;
+    if peer.uid != rustix::process::geteuid() && !peer.uid.is_root() {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "uid {} (pid {}) is not this relay's user; {why}",
+                peer.uid.as_raw(),
+                peer.pid.as_raw_nonzero()
+            ),
+        ));
+    }
+    Ok(peer)
 }
 
 /// Fills `buf` from `conn` before `deadline`, or fails.
@@ -424,6 +422,17 @@ fn read_text(conn: &mut UnixStream) -> io::Result<String> {
     read_text_after(conn, &mut Vec::new())
 }
 
+/// The length a text's first two bytes give, within [`MAX_TEXT`].
+fn text_len(b: [u8; 2]) -> io::Result<usize> {
+    let len = usize::from(u16::from_le_bytes(b));
+    if len > MAX_TEXT {
+        return Err(io::Error::other(
+            "an overlong text in the takeover exchange",
+        ));
+    }
+    Ok(len)
+}
+
 /// A text whose first bytes (maybe part of its length) are in `got` already.
 fn read_text_after(conn: &mut UnixStream, got: &mut Vec<u8>) -> io::Result<String> {
     while got.len() < 2 {
@@ -431,12 +440,7 @@ fn read_text_after(conn: &mut UnixStream, got: &mut Vec<u8>) -> io::Result<Strin
         conn.read_exact(&mut b)?;
         got.push(b[0]);
     }
-    let len = usize::from(u16::from_le_bytes([got[0], got[1]]));
-    if len > MAX_TEXT {
-        return Err(io::Error::other(
-            "an overlong text in the takeover exchange",
-        ));
-    }
+    let len = text_len([got[0], got[1]])?;
     let mut text = got[2..].to_vec();
     if text.len() < len {
         let mut rest = vec![0; len - text.len()];
