@@ -99,19 +99,20 @@ pub fn export(shared: &Shared) -> Vec<u8> {
         budgets: shared.budgets.export(),
         admission: shared.export_admission(),
     };
-    frame(&body)
+    // Room for the image at once (a registration takes about 37 bytes, the limit and budget
+    // tables a few MiB): grown by doubling, a million peers' would be copied over and over.
+    frame(&body, 40 * shared.registry.len() + (4 << 20))
 }
 
-/// `body` behind its header.
-fn frame(body: &impl Serialize) -> Vec<u8> {
-    // Room for a million peers' image at once: growing by doubling would copy it over and over.
-    let mut out = Vec::with_capacity(HEAD + 64 * 1024);
+/// `body` behind its header, in a vector made with `room` for it.
+fn frame(body: &impl Serialize, room: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEAD + room);
     out.resize(HEAD, 0);
-    // Encoding into a vector fails only when memory does.
-    let mut out = postcard::to_extend(body, out).unwrap_or_default();
-    let body_len = out.len().saturating_sub(HEAD) as u64;
-    let crc = crc32fast::hash(out.get(HEAD..).unwrap_or_default());
-    out.resize(out.len().max(HEAD), 0);
+    // Encoding into a vector fails only when memory does; the empty body left then is refused
+    // by whoever reads it.
+    let mut out = postcard::to_extend(body, out).unwrap_or_else(|_| vec![0; HEAD]);
+    let body_len = (out.len() - HEAD) as u64;
+    let crc = crc32fast::hash(&out[HEAD..]);
     out[..8].copy_from_slice(MAGIC);
     out[8..12].copy_from_slice(&FORMAT.to_le_bytes());
     out[12..20].copy_from_slice(&body_len.to_le_bytes());
@@ -343,12 +344,14 @@ mod tests {
             max_peers: 2,
             ..settings()
         };
-        let err = restore(&frame(&body), small, 1, true).err().unwrap();
+        let err = restore(&frame(&body, 0), small, 1, true).err().unwrap();
         assert!(err.contains("--max-peers"), "{err}");
         // A channel whose other end is missing.
         let mut body = decode(&image).unwrap();
         body.channels.0.pop();
-        let err = restore(&frame(&body), settings(), 1, true).err().unwrap();
+        let err = restore(&frame(&body, 0), settings(), 1, true)
+            .err()
+            .unwrap();
         assert!(err.contains("no other end"), "{err}");
     }
 
@@ -360,7 +363,7 @@ mod tests {
         // Written a peer timeout and more ago, on another boot.
         body.written.boot_id = "another boot".into();
         body.written.unix_ms -= 61_000;
-        let image = frame(&body);
+        let image = frame(&body, 0);
         let (new, summary) = restore(&image, settings(), 1, true).unwrap();
         assert_eq!(summary.registry.stale, 3);
         assert_eq!(summary.channels_left_out, 1);
@@ -409,7 +412,7 @@ mod tests {
         let image = export(&populated());
         let mut body = decode(&image).unwrap();
         body.written.clock_ms = u64::MAX - 5;
-        let restored = restore(&frame(&body), settings(), 1, false);
+        let restored = restore(&frame(&body, 0), settings(), 1, false);
         if let Ok((shared, _)) = &restored {
             std::thread::sleep(std::time::Duration::from_millis(20));
             let _ = shared.clock.now();
