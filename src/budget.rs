@@ -241,10 +241,34 @@ pub struct TableImage {
     hasher: Keyed,
 }
 
-impl Table<AtomicU64> {
+/// A slot of a table, as an image holds it: its bits.
+trait Bits {
+    fn bits(&self) -> u64;
+    fn set_bits(&self, v: u64);
+}
+
+impl Bits for AtomicU64 {
+    fn bits(&self) -> u64 {
+        self.load(Relaxed)
+    }
+    fn set_bits(&self, v: u64) {
+        self.store(v, Relaxed);
+    }
+}
+
+impl Bits for AtomicI64 {
+    fn bits(&self) -> u64 {
+        self.load(Relaxed) as u64
+    }
+    fn set_bits(&self, v: u64) {
+        self.store(v as i64, Relaxed);
+    }
+}
+
+impl<T: Bits> Table<T> {
     fn export(&self) -> TableImage {
         TableImage {
-            slots: self.slots.iter().map(|s| s.load(Relaxed)).collect(),
+            slots: self.slots.iter().map(Bits::bits).collect(),
             hasher: self.hasher,
         }
     }
@@ -256,29 +280,7 @@ impl Table<AtomicU64> {
         }
         self.hasher = image.hasher;
         for (slot, v) in self.slots.iter().zip(image.slots) {
-            slot.store(valid(v), Relaxed);
-        }
-    }
-}
-
-impl Table<AtomicI64> {
-    fn export(&self) -> TableImage {
-        TableImage {
-            slots: self.slots.iter().map(|s| s.load(Relaxed) as u64).collect(),
-            hasher: self.hasher,
-        }
-    }
-
-    /// Takes up `image` if it is a table of this size, each balance within `lo..=hi` (what a
-    /// balance of the credit in force can hold, within the bounds no arithmetic on it
-    /// overflows past).
-    fn restore(&mut self, image: TableImage, (lo, hi): (i64, i64)) {
-        if image.slots.len() != self.slots.len() {
-            return;
-        }
-        self.hasher = image.hasher;
-        for (slot, v) in self.slots.iter().zip(image.slots) {
-            slot.store((v as i64).clamp(lo, hi), Relaxed);
+            slot.set_bits(valid(v));
         }
     }
 }
@@ -334,8 +336,12 @@ impl Budgets {
             (&mut self.reply_global, image.reply_global),
             (&mut self.fanout, image.fanout),
         ] {
-            let bounds = earned.bounds();
-            earned.table.restore(image, bounds);
+            // What a balance of the credit in force can hold, within the bounds no arithmetic
+            // on it overflows past.
+            let (lo, hi) = earned.bounds();
+            earned
+                .table
+                .restore(image, |v| (v as i64).clamp(lo, hi) as u64);
         }
         let burst = self.presence.burst();
         self.presence.table.restore(image.presence, within(burst));
