@@ -30,8 +30,11 @@ use crate::metrics::Counters;
 use crate::out::{Kind, Out, Send};
 use crate::ratelimit::prefix;
 
+/// A request's own bytes pay for replies to its source up to this many times its size: QUIC's
+/// anti-amplification factor (RFC 9000 §8). Only what goes beyond is paid from the pools.
+pub const ANSWER_FACTOR: usize = 3;
 /// Bytes of a host's reply budget that announcements to an untrusted registration may not use,
-/// so that a `register_ack` always finds them.
+/// so that a `peer_list` after a `register_ack` still finds them.
 pub const RESERVE: i64 = 512;
 /// Bytes that acks nobody needs and keepalives to an untrusted registration (an old peer
 /// ignores both) may not use: what the host earns goes to its `register_ack` and its
@@ -373,6 +376,32 @@ impl Cause {
     }
 }
 
+/// What one unauthenticated request's own bytes pay for: replies to its source, up to
+/// [`ANSWER_FACTOR`] times its size, whatever anyone else spent from the pools.
+#[derive(Clone, Copy, Debug)]
+pub struct Own {
+    to: SocketAddr,
+    bytes: usize,
+    left: usize,
+}
+
+impl Own {
+    /// The allowance of a request of `len` bytes from `from`.
+    pub fn of(from: SocketAddr, len: usize) -> Own {
+        let bytes = len.saturating_mul(ANSWER_FACTOR);
+        Own {
+            to: from,
+            bytes,
+            left: bytes,
+        }
+    }
+
+    /// Whether a send of `len` bytes to `to` fits what is left of it.
+    fn pays(&self, to: SocketAddr, len: usize) -> bool {
+        to == self.to && len <= self.left
+    }
+}
+
 /// Every budget of the relay.
 pub struct Budgets {
     reply_host: Earned,
@@ -425,19 +454,24 @@ impl Budgets {
         self.fanout.credit() as u64
     }
 
-    /// Credits what `from` sent: `len` bytes to its host's, prefix's and the relay's reply
-    /// budgets unless the datagram authenticated (its replies are free, and must not bank credit
-    /// a forger could spend), and twice that to its fan-out budget unless it was forwarded (a
-    /// forward is itself what it pays for).
-    pub fn earn(&self, from: IpAddr, len: usize, authenticated: bool, forwarded: bool) {
-        let n = len as i64;
-        if !authenticated {
+    /// Credits `len` bytes `from` sent to its host's fan-out budget, twice over: what it sends
+    /// pays for the announcements it causes (settled after this). A forward is itself what it
+    /// pays for, and earns nothing.
+    pub fn earn_fanout(&self, from: IpAddr, len: usize) {
+        self.fanout.earn(host_key(from), FANOUT_EARN * len as i64);
+    }
+
+    /// Credits what is left of an unauthenticated request of `len` bytes, once its replies used
+    /// `used` of its own allowance, to its host's, prefix's and the relay's reply budgets: at
+    /// most `len`, so that what the request paid for itself and what it banked together stay
+    /// within [`ANSWER_FACTOR`] times its size. An authenticated request earns nothing here:
+    /// its replies are free, and it must not bank credit a forger could spend.
+    pub fn earn_replies(&self, from: IpAddr, len: usize, used: usize) {
+        let n = len.min((len * ANSWER_FACTOR).saturating_sub(used)) as i64;
+        if n > 0 {
             self.reply_host.earn(from, n);
             self.reply_prefix.earn(prefix(from), n);
             self.reply_global.earn((), n);
-        }
-        if !forwarded {
-            self.fanout.earn(host_key(from), FANOUT_EARN * n);
         }
     }
 
@@ -470,11 +504,25 @@ impl Budgets {
         true
     }
 
-    fn settle_one(&self, s: &Send, len: usize, cause: Cause, now_ms: u64) -> Verdict {
+    fn settle_one(
+        &self,
+        s: &Send,
+        len: usize,
+        cause: Cause,
+        own: &mut Option<Own>,
+        now_ms: u64,
+    ) -> Verdict {
         let n = len as i64;
         let to = s.to.ip();
         let ok = match (s.kind, s.trusted) {
             (Kind::Forward, _) | (Kind::Reply | Kind::Courtesy, true) => true,
+            // The request pays for its own answer, in whole sends while its bytes last.
+            (Kind::Reply | Kind::Courtesy, false) if own.is_some_and(|o| o.pays(s.to, len)) => {
+                if let Some(o) = own {
+                    o.left -= len;
+                }
+                true
+            }
             // A coalesced list (a keepalive's worth of presence) is held to the presence rate.
             (Kind::Keepalive, true) => {
                 len <= KEEPALIVE_FREE || self.presence.take(s.to, len as u64, now_ms)
@@ -518,11 +566,21 @@ impl Budgets {
     }
 
     /// Withholds, among `out.sends[start..]`, what its payers cannot pay, and counts it;
-    /// `cause` is whose datagram caused them.
-    pub fn settle(&self, out: &mut Out, start: usize, cause: Cause, now_ms: u64, c: &Counters) {
+    /// `cause` is whose datagram caused them, `own` what that datagram's own bytes pay for.
+    /// Returns how many of those bytes its replies used.
+    pub fn settle(
+        &self,
+        out: &mut Out,
+        start: usize,
+        cause: Cause,
+        own: Option<Own>,
+        now_ms: u64,
+        c: &Counters,
+    ) -> usize {
         if out.sends[start..].iter().all(|s| s.kind == Kind::Forward) {
-            return;
+            return 0;
         }
+        let mut own = own;
         let mut i = 0;
         let mut owed = Vec::new();
         // A reply withheld makes the replies after it to the same address pointless (a
@@ -536,7 +594,7 @@ impl Budgets {
             let v = if s.kind == Kind::Reply && cut == Some(s.to) {
                 Verdict::Withheld
             } else {
-                self.settle_one(s, s.wire_len(), cause, now_ms)
+                self.settle_one(s, s.wire_len(), cause, &mut own, now_ms)
             };
             if v != Verdict::Sent && s.kind == Kind::Reply {
                 cut = Some(s.to);
@@ -557,6 +615,7 @@ impl Budgets {
         if !owed.is_empty() {
             self.keep_owed(owed);
         }
+        own.map_or(0, |o| o.bytes - o.left)
     }
 
     /// Takes the recipients owed a coalesced `peer_list`.
@@ -596,7 +655,7 @@ mod tests {
         let victim: IpAddr = "192.0.2.1".parse().unwrap();
         assert!(b.spend_reply(victim, 2000, 0));
         assert!(!b.spend_reply(victim, 100, 0), "the credit is spent");
-        b.earn(victim, 60, false, false);
+        b.earn_replies(victim, 60, 0);
         assert!(b.spend_reply(victim, 100, 0), "48 left and 60 earned");
         assert!(!b.spend_reply(victim, 10, 0));
         // Neighbours have credits of their own but share the /24's 4 KiB.
@@ -619,7 +678,7 @@ mod tests {
         let mut out = Out::default();
         out.buf.extend_from_slice(&[b'x'; 100]);
         out.send_range(to, 0..100, Kind::Announce, true);
-        b.settle(&mut out, 0, cause, 0, c);
+        b.settle(&mut out, 0, cause, None, 0, c);
         out.sends.len() == 1
     }
 
@@ -651,7 +710,7 @@ mod tests {
         for _ in 0..40 {
             out.sends.clear();
             out.send_range(victim, 0..100, Kind::Announce, false);
-            b.settle(&mut out, 0, Cause::Unauthenticated(neighbour), 0, &c);
+            b.settle(&mut out, 0, Cause::Unauthenticated(neighbour), None, 0, &c);
             paid += out.sends.len();
         }
         assert_eq!(paid, 15, "2 KiB less the reserve");
@@ -665,7 +724,8 @@ mod tests {
     fn earnings_are_capped() {
         let b = Budgets::new(&settings());
         let ip: IpAddr = "203.0.113.9".parse().unwrap();
-        b.earn(ip, 10_000_000, false, false);
+        b.earn_replies(ip, 10_000_000, 0);
+        b.earn_fanout(ip, 10_000_000);
         assert_eq!(b.reply_host.available(ip), 16 * 2048);
         assert_eq!(b.fanout.available(host_key(ip)), 65_536);
     }
@@ -682,14 +742,14 @@ mod tests {
         });
         assert_eq!(b.reply_host.available(ip), -500);
         assert!(!b.spend_reply(ip, 1, 0));
-        b.earn(ip, 600, false, false);
+        b.earn_replies(ip, 600, 0);
         assert!(
             b.spend_reply(ip, 100, 0),
             "earned back past the lower credit"
         );
         assert!(!b.spend_reply(ip, 1, 0));
         // The cap follows the credit: 16 of the new one, not of the old.
-        b.earn(ip, 10_000_000, false, false);
+        b.earn_replies(ip, 10_000_000, 0);
         assert_eq!(b.reply_host.available(ip), 16 * 1000);
     }
 
@@ -752,7 +812,7 @@ mod tests {
         b.restore(image, 0);
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         assert!(!b.spend_reply(ip, 100, 0), "spent stays spent");
-        b.earn(ip, 600, false, false);
+        b.earn_replies(ip, 600, 0);
         assert!(
             b.spend_reply(ip, 100, 0),
             "earned back, and still nothing to spend"

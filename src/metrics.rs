@@ -56,6 +56,9 @@ pub struct Counters {
     pub coalesced_lists: AtomicU64,
     /// Names registered that were free or held by a stale registration.
     pub registrations: AtomicU64,
+    /// `register_ack`s sent in short form: neither the request nor the pools could pay the
+    /// full one.
+    pub short_acks: AtomicU64,
     /// Registrations that moved to a new address.
     pub moves: AtomicU64,
     /// Registrations ended by `unregister`.
@@ -243,6 +246,11 @@ impl Metrics {
                 "registrations_total",
                 "Names registered that were free or held by a stale registration.",
                 |c| &c.registrations,
+            ),
+            (
+                "register_acks_short_total",
+                "register_acks sent in short form (type and your_address): neither the request's own bytes nor the reply budgets could pay the full one.",
+                |c| &c.short_acks,
             ),
             (
                 "registration_moves_total",

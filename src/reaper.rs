@@ -50,7 +50,7 @@ pub fn sweep(
             Some(true) => {
                 let first = out.sends.len();
                 presence::peer_list(shared, out, to, now, Kind::Keepalive, true);
-                budgets.settle(out, first, Cause::Relay, now.ms, c);
+                budgets.settle(out, first, Cause::Relay, None, now.ms, c);
                 done.lists += out.sends.len() - first;
                 check(out);
             }
@@ -76,7 +76,7 @@ pub fn sweep(
                 } else {
                     Cause::Unauthenticated(ip)
                 };
-                budgets.settle(out, start, cause, now.ms, c);
+                budgets.settle(out, start, cause, None, now.ms, c);
                 check(out);
             }
         }
@@ -85,7 +85,7 @@ pub fn sweep(
             reply::server_keepalive(&mut out.buf, now.unix, &p.name);
             let first = out.sends.len();
             out.reply(p.addr, start, Kind::Keepalive, p.trusted);
-            budgets.settle(out, first, Cause::Relay, now.ms, c);
+            budgets.settle(out, first, Cause::Relay, None, now.ms, c);
             done.keepalives += 1;
             check(out);
         }

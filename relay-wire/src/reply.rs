@@ -104,6 +104,14 @@ pub fn register_ack(buf: &mut Vec<u8>, addr: SocketAddr, unix: f64, name: &str, 
     buf.push(b'}');
 }
 
+/// The short `register_ack` (Part 2): what the old peers read of it, for a request whose own
+/// bytes cannot pay for the full one.
+pub fn register_ack_short(buf: &mut Vec<u8>, addr: SocketAddr) {
+    buf.extend_from_slice(br#"{"type":"register_ack","your_address":"#);
+    addr_str(buf, addr);
+    buf.push(b'}');
+}
+
 /// `challenge` with a registration cookie.
 pub fn challenge(buf: &mut Vec<u8>, cookie: &str) {
     buf.extend_from_slice(br#"{"type":"challenge","cookie":"#);

@@ -86,6 +86,14 @@ impl Router {
         let start = out.buf.len();
         if explicit {
             reply::register_ack(&mut out.buf, from, now.unix, &r.name, &session.to_hex());
+            // An ack its request cannot pay for in full, nor the pools, goes out short: what the
+            // old peers read of it (their public address) is never withheld for want of others'
+            // budget.
+            if out.buf.len() - start > self.affordable(req) {
+                out.buf.truncate(start);
+                reply::register_ack_short(&mut out.buf, from);
+                Counters::add(&self.counters.short_acks, 1);
+            }
             out.reply(from, start, Kind::Reply, req.authed);
             presence::peer_list(&self.shared, out, from, now, Kind::Reply, req.authed);
         } else {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use tracing::debug;
 
-use crate::budget::Cause;
+use crate::budget::{ANSWER_FACTOR, Cause, Own};
 use crate::clock::Now;
 use crate::metrics::Counters;
 use crate::out::{Kind, Out};
@@ -154,6 +154,7 @@ impl Router {
             authed: false,
         };
         let start = out.sends.len();
+        let mut admitted = false;
         if self.shared.live.generation() != self.admission.generation {
             self.retune();
         }
@@ -171,19 +172,34 @@ impl Router {
                     Family::Unknown => self.refuse(Reason::UnknownFamily, &req),
                 }
             }
-            // What a datagram sends in pays for what it gets back (before it is settled).
-            let forwarded = out.sends[start..].iter().any(|s| s.kind == Kind::Forward);
-            self.shared
-                .budgets
-                .earn(from.ip(), len, req.authed, forwarded);
+            // What a datagram sends in pays for the announcements it causes (before they are
+            // settled); a forward is itself what it pays for.
+            if !out.sends[start..].iter().any(|s| s.kind == Kind::Forward) {
+                self.shared.budgets.earn_fanout(from.ip(), len);
+            }
+            admitted = true;
         }
         let b = &self.shared.budgets;
-        let cause = if req.authed {
-            Cause::Authenticated(from.ip())
+        let (cause, own) = if req.authed {
+            (Cause::Authenticated(from.ip()), None)
         } else {
-            Cause::Unauthenticated(from.ip())
+            (Cause::Unauthenticated(from.ip()), Some(Own::of(from, len)))
         };
-        b.settle(out, start, cause, now.ms, &self.counters);
+        let used = b.settle(out, start, cause, own, now.ms, &self.counters);
+        if admitted && !req.authed {
+            b.earn_replies(from.ip(), len, used);
+        }
+    }
+
+    /// The most bytes a reply to `req` can take: any, authenticated; else what its own bytes
+    /// pay for or what the pools hold for its source, whichever is more.
+    fn affordable(&self, req: &Req) -> usize {
+        if req.authed {
+            return usize::MAX;
+        }
+        let pools = self.shared.budgets.reply_available(req.from.ip());
+        let pools = usize::try_from(pools).unwrap_or(0);
+        pools.max(req.len.saturating_mul(ANSWER_FACTOR))
     }
 
     /// A registration proved itself for the first time where it is: its join, unproven news
@@ -201,7 +217,8 @@ impl Router {
 
     /// Refuses, and answers with the reason's `error` where the protocol allows it: to a
     /// registered address (or whoever sent a `register`), within the per-source error rate; to
-    /// an unauthenticated request in full only if the budgets can pay it, else in short form.
+    /// an unauthenticated request in full only if its own bytes or the budgets can pay it, else
+    /// in short form.
     fn fail(&mut self, out: &mut Out, r: Reason, req: &Req) {
         self.refuse(r, req);
         let Some(code) = r.code() else { return };
@@ -213,15 +230,8 @@ impl Router {
             Counters::add(&self.counters.errors_suppressed, 1);
             return;
         }
-        // The request's own bytes are earned before its replies are settled.
-        let limit = if req.authed {
-            usize::MAX
-        } else {
-            let available = self.shared.budgets.reply_available(to.ip());
-            usize::try_from(available.saturating_add(req.len as i64)).unwrap_or(0)
-        };
         let start = out.buf.len();
-        if reply::error(&mut out.buf, code, r.message(), limit) {
+        if reply::error(&mut out.buf, code, r.message(), self.affordable(req)) {
             out.reply(to, start, Kind::Reply, req.authed);
         } else {
             Counters::add(&self.counters.withheld_replies, 1);

@@ -144,15 +144,21 @@ fn unauthenticated_errors_are_paid_from_the_budgets() {
     let r = h.run(b"{\"type\":1}", addr(1), 1);
     let v: Value = serde_json::from_slice(&r[0].1).unwrap();
     assert_eq!(v["message"], "field of the wrong type");
-    // 17 left and 10 more earned: not even the 50-byte short form fits.
+    // 7 left and 10 more earned, and the request pays 30 bytes: not even the 50-byte short
+    // form fits.
     assert!(h.run(b"{\"type\":1}", addr(1), 1).is_empty());
-    // A longer request pays for a longer answer.
-    let padded = format!(r#"{{"type":1,"pad":"{}"}}"#, "x".repeat(20));
+    // A longer request pays for its own answer (three times its size): the short form...
+    let padded = format!(r#"{{"type":1,"pad":"{}"}}"#, "x".repeat(2));
     let r = h.run(padded.as_bytes(), addr(1), 1);
     let v: Value = serde_json::from_slice(&r[0].1).unwrap();
     assert_eq!(v["code"], "bad_request");
     assert_eq!(v["message"], "");
-    assert_eq!(h.refused(Reason::WrongType), 3);
+    // ... and, padded further, the whole of it.
+    let padded = format!(r#"{{"type":1,"pad":"{}"}}"#, "x".repeat(20));
+    let r = h.run(padded.as_bytes(), addr(1), 1);
+    let v: Value = serde_json::from_slice(&r[0].1).unwrap();
+    assert_eq!(v["message"], "field of the wrong type");
+    assert_eq!(h.refused(Reason::WrongType), 4);
 }
 
 #[test]
@@ -371,4 +377,93 @@ fn limits_are_parked_when_a_router_goes_even_by_a_panic() {
     let mut out = Out::default();
     r.handle(&mut br#"{"type":"ping"}"#.to_vec(), flood, at(0), &mut out);
     assert!(r.admission.ingress.admit(flood, 15, 0).is_err());
+}
+
+/// The settings the command line gives by default: every budget and limit in force.
+fn cli_defaults() -> Settings {
+    use clap::Parser;
+    crate::config::Args::try_parse_from(["udp-relay"])
+        .expect("defaults parse")
+        .settings()
+}
+
+/// Whether `r` holds a `register_ack` telling `from` its public address.
+fn acked(r: &[(SocketAddr, Value)], from: SocketAddr) -> bool {
+    r.iter().any(|(to, v)| {
+        *to == from && v["type"] == "register_ack" && v["your_address"] == from.to_string()
+    })
+}
+
+#[test]
+fn every_old_peer_of_one_network_learns_its_address() {
+    let mut h = Harness::new(cli_defaults());
+    for i in 0..190u16 {
+        let from: SocketAddr = format!("198.51.{}.{}:4000", i / 200, i % 200 + 1)
+            .parse()
+            .unwrap();
+        register(&mut h, &format!("elsewhere{i}"), from, 0);
+    }
+    // A carrier's /24 (an address each) and one address (a port each), each peer sending one
+    // minimal `register` and never again.
+    for i in 0..1000u16 {
+        let spread: SocketAddr = format!("203.0.113.{}:{}", i % 250 + 1, 1024 + i)
+            .parse()
+            .unwrap();
+        let shared: SocketAddr = format!("192.0.2.7:{}", 1024 + i).parse().unwrap();
+        for (from, name) in [(spread, format!("n{i}")), (shared, format!("a{i}"))] {
+            let r = register(&mut h, &name, from, 1 + u64::from(i) * 60);
+            assert!(acked(&r, from), "peer {i} at {from}: {r:?}");
+        }
+    }
+}
+
+#[test]
+fn an_ack_its_request_cannot_pay_goes_out_short_and_pads_buy_the_full_one() {
+    let s = Settings {
+        reply_credit: 40,
+        reply_prefix_credit: 40,
+        reply_global_credit: 40,
+        ..cli_defaults()
+    };
+    let mut h = Harness::new(s);
+    let from: SocketAddr = "[2001:db8:ffff:ffff:ffff:ffff:ffff:ffff]:65535"
+        .parse()
+        .unwrap();
+    let d = br#"{"type":"register","name":"A"}"#;
+    let r = parse(h.run(d, from, 0));
+    assert_eq!(r.len(), 1, "no list the pools cannot pay: {r:?}");
+    assert_eq!(
+        r[0].1,
+        json!({"type": "register_ack", "your_address": from.to_string()})
+    );
+    assert!(h.run(d, from, 1)[0].1.len() <= d.len() * 3);
+    // Padded to pay for it, the ack is whole (the session included).
+    let pad = "x".repeat(60);
+    let r = h.json(
+        json!({"type": "register", "name": "B", "pad": pad}),
+        from,
+        2,
+    );
+    assert_eq!(r[0].1["type"], "register_ack");
+    assert_eq!(r[0].1["peer_name"], "B");
+    assert!(r[0].1["session"].is_string(), "{r:?}");
+}
+
+#[test]
+fn newcomers_are_answered_when_forgers_emptied_the_reply_pools() {
+    let mut h = Harness::new(cli_defaults());
+    // Forged registrations from thousands of /24s, each spending its network's credit.
+    let mut sent = 0;
+    for i in 0..6000u32 {
+        let from: SocketAddr = format!("100.{}.{}.9:7", 120 + i / 256, i % 256)
+            .parse()
+            .unwrap();
+        sent += register(&mut h, &format!("forged{i}"), from, u64::from(i)).len();
+    }
+    assert!(sent > 0);
+    for i in 0..32u16 {
+        let from: SocketAddr = format!("198.18.{i}.1:5000").parse().unwrap();
+        let r = register(&mut h, &format!("new{i}"), from, 7000);
+        assert!(acked(&r, from), "newcomer {i}: {r:?}");
+    }
 }
