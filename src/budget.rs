@@ -46,8 +46,10 @@ const CAP_CREDITS: i64 = 16;
 const FANOUT_EARN: i64 = 2;
 /// A recipient's presence budget allows bursts of this many seconds' worth of its rate.
 const PRESENCE_BURST_S: u64 = 4;
-/// Registrations allow bursts of this many seconds' worth of their rate.
+/// Registrations and signature checks allow bursts of this many seconds' worth of their rate.
 const REGISTRATION_BURST_S: u64 = 10;
+/// A /48 (IPv4: /24) may cost this many times the signature checks of a /56 (an IPv4 address).
+const SIGNATURE_NETWORK_FACTOR: u64 = 8;
 /// A relay-originated send to a trusted peer this small (a `server_keepalive`) is free; a larger
 /// one (a coalesced `peer_list`) is held to the recipient's presence rate.
 const KEEPALIVE_FREE: usize = 256;
@@ -70,6 +72,20 @@ pub fn host_key(ip: IpAddr) -> [u8; 9] {
             let o = v6.octets();
             [6, o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7]]
         }
+    }
+}
+
+/// The network of `ip` cut to its first `v4` bits (IPv4) or `v6` bits (IPv6), as a key.
+pub fn network(ip: IpAddr, v4: u32, v6: u32) -> (u8, u128) {
+    match ip {
+        IpAddr::V4(a) => (
+            4,
+            u128::from(u32::from(a) & u32::MAX.checked_shl(32 - v4).unwrap_or(0)),
+        ),
+        IpAddr::V6(a) => (
+            6,
+            u128::from(a) & u128::MAX.checked_shl(128 - v6).unwrap_or(0),
+        ),
     }
 }
 
@@ -409,7 +425,12 @@ pub struct Budgets {
     reply_global: Earned,
     fanout: Earned,
     presence: Clocked,
+    /// New names per source address (IP and port: one NAT mapping, so that names forged at a
+    /// host's other ports take nothing from its users).
     registrations: Clocked,
+    /// Signature checks per /56 (IPv4 address), per /48 (IPv4 /24) and in the relay: CPU a
+    /// source may cost. Not handed over: they refill within a burst's time.
+    signatures: [Clocked; 3],
     /// Trusted recipients an announcement was withheld from: each gets one `peer_list` later.
     owed: Mutex<HashSet<SocketAddr>>,
 }
@@ -434,6 +455,15 @@ impl Budgets {
             fanout: Earned::new(LIMIT_SLOTS, s.fanout_allowance, 1),
             presence: Clocked::new(LIMIT_SLOTS, s.presence_rate, PRESENCE_BURST_S),
             registrations: Clocked::new(LIMIT_SLOTS, s.registration_rate, REGISTRATION_BURST_S),
+            signatures: [
+                Clocked::new(LIMIT_SLOTS, s.registration_rate, REGISTRATION_BURST_S),
+                Clocked::new(
+                    LIMIT_SLOTS,
+                    s.registration_rate.saturating_mul(SIGNATURE_NETWORK_FACTOR),
+                    REGISTRATION_BURST_S,
+                ),
+                Clocked::new(1, s.signature_rate, REGISTRATION_BURST_S),
+            ],
             owed: Mutex::default(),
         }
     }
@@ -446,6 +476,10 @@ impl Budgets {
         self.fanout.set_credit(s.fanout_allowance);
         self.presence.set_rate(s.presence_rate);
         self.registrations.set_rate(s.registration_rate);
+        let [small, large, all] = &self.signatures;
+        small.set_rate(s.registration_rate);
+        large.set_rate(s.registration_rate.saturating_mul(SIGNATURE_NETWORK_FACTOR));
+        all.set_rate(s.signature_rate);
     }
 
     /// The fan-out allowance in force (`--fanout-allowance`; 0: no limit), which sizes
@@ -475,9 +509,19 @@ impl Budgets {
         }
     }
 
-    /// Whether `from`'s host may register one more new name at `now_ms`.
-    pub fn register(&self, from: IpAddr, now_ms: u64) -> bool {
-        self.registrations.take(host_key(from), 1, now_ms)
+    /// Whether `from` (IP and port) may register one more new name at `now_ms`.
+    pub fn register(&self, from: SocketAddr, now_ms: u64) -> bool {
+        self.registrations.take(from, 1, now_ms)
+    }
+
+    /// Whether `from`'s /56 (IPv4 address), its /48 (IPv4 /24) and the relay may pay one more
+    /// signature check at `now_ms`; charged only once the request's cookie, which costs a hash
+    /// to check, showed that it receives where it claims to be.
+    pub fn check_signature(&self, from: IpAddr, now_ms: u64) -> bool {
+        let [small, large, all] = &self.signatures;
+        small.take(network(from, 32, 56), 1, now_ms)
+            && large.take(network(from, 24, 48), 1, now_ms)
+            && all.take((), 1, now_ms)
     }
 
     /// How many bytes of replies `to` could be sent now (for choosing an error's short form).
@@ -783,15 +827,69 @@ mod tests {
         let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
         assert_eq!(host_key(a), host_key(b));
         assert_ne!(host_key(a), host_key(c));
+    }
+
+    #[test]
+    fn registrations_are_limited_per_source_address() {
         let s = Settings {
             registration_rate: 1,
             ..settings()
         };
         let budgets = Budgets::new(&s);
+        let a: SocketAddr = "192.0.2.7:1000".parse().unwrap();
         assert_eq!((0..20).filter(|_| budgets.register(a, 0)).count(), 10);
-        assert!(!budgets.register(b, 0), "the same /64");
-        assert!(budgets.register(c, 0));
+        // Another port of the host (another user behind its NAT) is not refused for it.
+        assert!(budgets.register("192.0.2.7:1001".parse().unwrap(), 0));
         assert!(budgets.register(a, 1000), "a second later, one more");
+    }
+
+    #[test]
+    fn signature_checks_are_limited_per_56_per_48_and_in_the_relay() {
+        let s = Settings {
+            registration_rate: 1,
+            signature_rate: 100,
+            ..settings()
+        };
+        let b = Budgets::new(&s);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // A /56 spends its own ten, whichever of its /64s ask.
+        let n = (0..20)
+            .filter(|i| b.check_signature(ip(&format!("2001:db8:1:{i:x}::1")), 0))
+            .count();
+        assert_eq!(n, 10);
+        assert!(
+            !b.check_signature(ip("2001:db8:1:ff::1"), 0),
+            "the same /56"
+        );
+        // Its /48 has eighty: the other /56s of it share the seventy left.
+        let n = (1..20)
+            .filter(|i| b.check_signature(ip(&format!("2001:db8:1:{i:x}00::1")), 0))
+            .count();
+        assert_eq!(n, 19);
+        let n = (20..200)
+            .filter(|i| b.check_signature(ip(&format!("2001:db8:1:{:x}00::1", i % 256)), 0))
+            .count();
+        assert_eq!(n, 80 - 10 - 19);
+        // IPv4: an address, then its /24; then the relay's thousand run out.
+        assert_eq!(
+            (0..20)
+                .filter(|_| b.check_signature(ip("192.0.2.1"), 0))
+                .count(),
+            10
+        );
+        let mut spent = 80 + 10;
+        for net in 0..200u32 {
+            for host in 1..=8u32 {
+                spent += usize::from(
+                    b.check_signature(ip(&format!("10.{}.{net}.{host}", net / 256)), 0),
+                );
+            }
+        }
+        assert_eq!(spent, 1000, "the relay's burst");
+        assert!(
+            b.check_signature(ip("198.51.100.1"), 100),
+            "refilled a tenth of a second later"
+        );
     }
 
     /// Balances taken over are those a relay of these credits and rates could hold: what a
@@ -817,9 +915,10 @@ mod tests {
             b.spend_reply(ip, 100, 0),
             "earned back, and still nothing to spend"
         );
-        assert!(!b.register(ip, 0));
+        let from = SocketAddr::new(ip, 9);
+        assert!(!b.register(from, 0));
         assert!(
-            b.register(ip, 10_000),
+            b.register(from, 10_000),
             "a burst's time later, still no registration"
         );
         // Banked credit beyond the cap is not taken over either.

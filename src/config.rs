@@ -127,10 +127,15 @@ pub struct Args {
     /// Datagrams per second the whole relay accepts, shared evenly by the workers (0: no limit).
     #[arg(long, env = "UDP_RELAY_GLOBAL_RATE", default_value_t = 2_000_000)]
     pub global_rate: u64,
-    /// New names per second one source address may register (bursts of ten seconds' worth;
-    /// 0: no limit).
+    /// New names per second one source address (IP and port: one NAT mapping) may register, and
+    /// signature checks per second one IPv6 /56 or IPv4 address may cost, eight times that per
+    /// /48 or /24 (bursts of ten seconds' worth; 0: no limit).
     #[arg(long, env = "UDP_RELAY_REGISTRATION_RATE", default_value_t = 20)]
     pub registration_rate: u64,
+    /// Ed25519 signature checks per second in the whole relay (about 15 µs of CPU each; bursts of
+    /// ten seconds' worth; 0: no limit).
+    #[arg(long, env = "UDP_RELAY_SIGNATURE_RATE", default_value_t = 10_000)]
+    pub signature_rate: u64,
     /// Bytes of replies a host (IP address) may be sent for requests that do not authenticate,
     /// beyond what it has sent itself (0: no limit); see SECURITY.md.
     #[arg(long, env = "UDP_RELAY_REPLY_CREDIT", default_value_t = 2_048)]
@@ -276,6 +281,8 @@ pub struct Settings {
     pub global_rate: u64,
     /// See [`Args::registration_rate`].
     pub registration_rate: u64,
+    /// See [`Args::signature_rate`].
+    pub signature_rate: u64,
     /// See [`Args::reply_credit`].
     pub reply_credit: u64,
     /// See [`Args::reply_prefix_credit`].
@@ -321,6 +328,7 @@ impl Default for Settings {
             prefix_bytes: 0,
             global_rate: 0,
             registration_rate: 0,
+            signature_rate: 0,
             reply_credit: 0,
             reply_prefix_credit: 0,
             reply_global_credit: 0,
@@ -380,6 +388,7 @@ impl Args {
             prefix_bytes: self.prefix_bytes,
             global_rate: self.global_rate,
             registration_rate: self.registration_rate,
+            signature_rate: self.signature_rate,
             reply_credit: self.reply_credit,
             reply_prefix_credit: self.reply_prefix_credit,
             reply_global_credit: self.reply_global_credit,
@@ -745,6 +754,7 @@ pub const LIVE: &[&str] = &[
     "error_rate",
     "presence_rate",
     "registration_rate",
+    "signature_rate",
     "reply_credit",
     "reply_prefix_credit",
     "reply_global_credit",
@@ -790,6 +800,7 @@ impl Settings {
             error_rate: new.error_rate,
             presence_rate: new.presence_rate,
             registration_rate: new.registration_rate,
+            signature_rate: new.signature_rate,
             reply_credit: new.reply_credit,
             reply_prefix_credit: new.reply_prefix_credit,
             reply_global_credit: new.reply_global_credit,

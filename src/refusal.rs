@@ -53,6 +53,7 @@ impl Reason {
             Reason::PrefixLimited => "--prefix-rate, --prefix-bytes",
             Reason::GlobalLimited => "--global-rate",
             Reason::RegistrationLimited => "--registration-rate",
+            Reason::SignatureLimited => "--registration-rate, --signature-rate",
             Reason::ChannelLimit => "--max-channels, --max-channels-per-host, --max-channels-total",
             _ => return None,
         })
@@ -115,7 +116,11 @@ reasons! {
         "Over the relay-wide datagram rate (per worker share).";
     RegistrationLimited => "rate_limited_registrations", Some(RateLimited),
         "registering new names too fast",
-        "New names from one host (IPv4 address, IPv6 /64) too fast.";
+        "New names from one source address (IP and port) too fast.";
+    SignatureLimited => "rate_limited_signatures", Some(RateLimited),
+        "checking signatures too fast",
+        "A signed registration (its cookie good) beyond the signature checks its /56 (IPv4 \
+         address), its /48 (/24) or the relay may cost a second.";
     AuthRequired => "auth_required", Some(AuthRequired), "this relay requires signed registration",
         "An unsigned claim where signed registration is required.";
     BadSignature => "bad_signature", Some(BadSignature), "cookie or signature does not check",

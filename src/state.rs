@@ -388,14 +388,11 @@ mod tests {
         let mut admission = Admission::new(&s, 2, 0);
         while admission.ingress.admit(flood, 10, now).is_ok() {}
         old.park(1, admission);
-        while old.budgets.register(flood.ip(), now) {}
+        while old.budgets.register(flood, now) {}
         let (new, _) = restore(&export(&old), s, 2, false).unwrap();
         // At the moment of the export: the buckets are as they were, no time refilled them.
-        assert!(
-            !new.budgets.register(flood.ip(), now),
-            "registrations refilled"
-        );
-        assert!(new.budgets.register(other.ip(), now));
+        assert!(!new.budgets.register(flood, now), "registrations refilled");
+        assert!(new.budgets.register(other, now));
         let mut admission = new.parked(1).expect("worker 1's limits handed over");
         assert!(
             admission.ingress.admit(flood, 10, now).is_err(),

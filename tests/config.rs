@@ -589,13 +589,14 @@ fn sighup_lowers_max_peers_and_names_per_address_refusing_new_claims_only() {
 
 /// Registers 30 names from 30 new peers, all on 127.0.0.1 (one host, one registration budget),
 /// then waits through `barrier` until the relay has decided them all.
-fn register_many(r: &Relay, barrier: &Peer, from: usize) -> Vec<Peer> {
-    let peers: Vec<Peer> = (0..30).map(|_| Peer::bind(r.addr, "127.0.0.1:0")).collect();
-    for (i, p) in peers.iter().enumerate() {
+/// Registers 30 names from one source address (the registration rate's key).
+fn register_many(r: &Relay, barrier: &Peer, from: usize) -> Peer {
+    let p = Peer::bind(r.addr, "127.0.0.1:0");
+    for i in 0..30 {
         p.send(json!({"type": "register", "name": format!("n{}", from + i)}));
     }
     barrier.drain();
-    peers
+    p
 }
 
 #[test]

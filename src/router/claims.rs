@@ -33,13 +33,9 @@ impl Router {
         let reg = &self.shared.registry;
         let held_here = reg.session_at(&r.name, from, now.ms).is_some();
         let proven_before = reg.proven_at(&r.name, from);
-        // A registration token is spent on a name new to this address (refreshes are free) and
-        // on every signature to check (a challenge costs little, a signature check much more).
-        let costs = match (&r.pubkey, &r.cookie) {
-            (Some(_), cookie) => cookie.is_some(),
-            (None, _) => !held_here,
-        };
-        if costs && !self.shared.budgets.register(from.ip(), now.ms) {
+        // A name new to this address costs a registration token of the address (refreshes are
+        // free); a signature costs a check of its own, once its cookie has been checked.
+        if r.pubkey.is_none() && !held_here && !self.shared.budgets.register(from, now.ms) {
             return Err(Reason::RegistrationLimited);
         }
         let proof = match &r.pubkey {
@@ -139,12 +135,17 @@ impl Router {
     ) -> Result<Option<(auth::Key, u64)>, Reason> {
         let (from, now) = (req.from, req.now);
         let secs = now.unix as u64;
-        let checked = auth::key(key).and_then(|k| match (&r.cookie, &r.sig) {
+        let refused = |e| match e {
+            AuthError::Malformed => Reason::BadRequest,
+            AuthError::BadCookie | AuthError::BadSignature => Reason::BadSignature,
+        };
+        let k = auth::key(key).map_err(refused)?;
+        match (&r.cookie, &r.sig) {
             (None, _) => {
                 let cookie = self.shared.cookies.issue(secs, from, &r.name, &k);
                 let start = out.buf.len();
                 reply::challenge(&mut out.buf, &cookie);
-                // Never larger than the request (and paid from the budgets like any reply).
+                // Never larger than the request (and paid by it, as any reply is).
                 if out.buf.len() - start <= d.len() {
                     out.reply(from, start, Kind::Reply, false);
                 } else {
@@ -153,16 +154,17 @@ impl Router {
                 Ok(None)
             }
             (Some(c), Some(sig)) => {
-                let cookies = &self.shared.cookies;
-                let issued = cookies.check(c, secs, from, &r.name, &k)?;
-                auth::verify(&k, &r.name, c, sig)?;
+                // The cookie (a hash) first: a forger, who never sees the cookies sent to the
+                // address it forges, is refused before it costs that network a signature check.
+                let issued = self.shared.cookies.check(c, secs, from, &r.name, &k);
+                let issued = issued.map_err(refused)?;
+                if !self.shared.budgets.check_signature(from.ip(), now.ms) {
+                    return Err(Reason::SignatureLimited);
+                }
+                auth::verify(&k, &r.name, c, sig).map_err(refused)?;
                 Ok(Some((k, issued)))
             }
-            (Some(_), None) => Err(AuthError::Malformed),
-        });
-        checked.map_err(|e| match e {
-            AuthError::Malformed => Reason::BadRequest,
-            AuthError::BadCookie | AuthError::BadSignature => Reason::BadSignature,
-        })
+            (Some(_), None) => Err(Reason::BadRequest),
+        }
     }
 }
