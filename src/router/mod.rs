@@ -35,10 +35,13 @@ mod stun;
 #[cfg(test)]
 pub(crate) mod tests;
 
-/// The largest control message (anything but `relay`) parsed is this or 136 bytes per name of
-/// `--max-watch` in force (64 bytes, escaped where needed, quoted), whichever is larger: 34,816
-/// bytes at the default of 256.
-const MAX_CONTROL: usize = 20 * 1024;
+/// The largest `watch` or `unwatch` parsed is this or 136 bytes per name of `--max-watch` in
+/// force (64 bytes, escaped where needed, quoted), whichever is larger: 34,816 bytes at the
+/// default of 256. Its parse is paid per name (each costs a datagram of admission).
+const MAX_WATCH_MESSAGE: usize = 20 * 1024;
+/// The largest other control message parsed: IPv6's minimum MTU, room for a signed `register`
+/// padded to buy its full reply, so that no request costs more parsing than a datagram's worth.
+const MAX_CONTROL: usize = 1280;
 
 /// The types a relay sends: arriving here, they are another relay's (or forged from one), and
 /// answering them would let a forger set two relays answering each other without end.
@@ -260,10 +263,15 @@ impl Router {
         if ty == "relay" {
             return self.relay(d, &h, req, out);
         }
-        // Only a relay carries a payload: a control message that large is refused before the
-        // work of parsing it (a `watch` of `--max-watch` 64-byte names fits; a reload may
-        // change that, so it is read here).
-        let max_control = MAX_CONTROL.max(self.shared.registry.max_watch().saturating_mul(136));
+        // Only a relay carries a payload: a control message larger than its type needs is
+        // refused before the work of parsing it (a `watch` of `--max-watch` 64-byte names fits;
+        // a reload may change that, so it is read here).
+        let max_control = match ty {
+            "watch" | "unwatch" => {
+                MAX_WATCH_MESSAGE.max(self.shared.registry.max_watch().saturating_mul(136))
+            }
+            _ => MAX_CONTROL,
+        };
         if d.len() > max_control {
             return self.fail(out, Reason::TooLarge, req);
         }

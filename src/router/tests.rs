@@ -467,3 +467,31 @@ fn newcomers_are_answered_when_forgers_emptied_the_reply_pools() {
         assert!(acked(&r, from), "newcomer {i}: {r:?}");
     }
 }
+
+#[test]
+fn control_messages_are_refused_by_size_before_they_are_parsed() {
+    let mut h = Harness::new(Settings::default());
+    let lookup = |pad: usize| {
+        format!(
+            r#"{{"type":"lookup","name":"A","pad":"{}"}}"#,
+            "x".repeat(pad)
+        )
+    };
+    let fits = lookup(1280 - lookup(0).len());
+    assert_eq!(fits.len(), 1280);
+    let r = parse(h.run(fits.as_bytes(), addr(1), 0));
+    assert_eq!(r[0].1["type"], "peer_info");
+    assert_eq!(h.refused(Reason::TooLarge), 0);
+    let over = lookup(1281 - lookup(0).len());
+    h.run(over.as_bytes(), addr(1), 0);
+    assert_eq!(h.refused(Reason::TooLarge), 1);
+    // A watch of --max-watch long names still fits its own, larger bound.
+    h.register("W", addr(2), 0);
+    let session = h.session("W", addr(2));
+    let names: Vec<String> = (0..256).map(|i| format!("{i:0>64}")).collect();
+    let watch = json!({"type": "watch", "names": names, "session": session});
+    assert!(watch.to_string().len() > 16_000);
+    let r = h.json(watch, addr(2), 1);
+    assert_eq!(r[0].1["type"], "watch_ack", "{r:?}");
+    assert_eq!(h.refused(Reason::TooLarge), 1);
+}
