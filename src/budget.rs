@@ -177,16 +177,32 @@ impl Earned {
 
     /// Spends `n` if at least `n + reserve` is available.
     fn spend(&self, key: impl Hash, n: i64, reserve: i64) -> bool {
+        self.spend_from(key, n, reserve).is_some()
+    }
+
+    /// Spends `n` if at least `n + reserve` is available; how much of it went beyond what the
+    /// balance had earned (into its credit): all of it, without a limit.
+    fn spend_from(&self, key: impl Hash, n: i64, reserve: i64) -> Option<i64> {
         let credit = self.credit();
         if credit == 0 {
-            return true;
+            return Some(n);
         }
-        self.table
+        let before = self
+            .table
             .slot(key)
             .fetch_update(Relaxed, Relaxed, |used| {
                 (credit - used - reserve >= n).then_some(used + n)
             })
-            .is_ok()
+            .ok()?;
+        Some((before + n).max(0) - before.max(0))
+    }
+
+    /// What a balance has earned beyond its credit (a forger's networks have none).
+    fn banked(&self, key: impl Hash) -> i64 {
+        if self.credit() == 0 {
+            return 0;
+        }
+        (-self.table.slot(key).load(Relaxed)).max(0)
     }
 
     /// Gives back `n` just spent (when another budget of the same send refused it). A reload
@@ -527,20 +543,26 @@ impl Budgets {
     /// How many bytes of replies `to` could be sent now (for choosing an error's short form).
     pub fn reply_available(&self, to: IpAddr) -> i64 {
         let a = self.reply_host.available(to);
-        let p = self.reply_prefix.available(prefix(to));
-        a.min(p).min(self.reply_global.available(()))
+        let net = prefix(to);
+        let p = self.reply_prefix.available(net);
+        let earned = self.reply_prefix.banked(net);
+        a.min(p)
+            .min(earned.saturating_add(self.reply_global.available(())))
     }
 
-    /// Spends `n` bytes of `to`'s host, prefix and relay reply budgets, keeping `reserve`.
+    /// Spends `n` bytes of `to`'s host and prefix reply budgets, keeping `reserve`, and of the
+    /// relay's for what the prefix had not earned: what a network earned is its own, and only
+    /// its credit, the part a forger can spend in its name, is drawn from the relay-wide pool,
+    /// so that a flood forged from many networks cannot take what others paid for.
     fn spend_reply(&self, to: IpAddr, n: i64, reserve: i64) -> bool {
         if !self.reply_host.spend(to, n, reserve) {
             return false;
         }
-        if !self.reply_prefix.spend(prefix(to), n, reserve) {
+        let Some(unearned) = self.reply_prefix.spend_from(prefix(to), n, reserve) else {
             self.reply_host.refund(to, n);
             return false;
-        }
-        if !self.reply_global.spend((), n, 0) {
+        };
+        if unearned > 0 && !self.reply_global.spend((), unearned, 0) {
             self.reply_host.refund(to, n);
             self.reply_prefix.refund(prefix(to), n);
             return false;
@@ -715,6 +737,37 @@ mod tests {
         assert!(b.spend_reply(other, 2048 - 1536, COURTESY_RESERVE));
         assert!(!b.spend_reply(other, 1024 + 1, RESERVE));
         assert!(b.spend_reply(other, 1024, RESERVE));
+    }
+
+    #[test]
+    fn the_relay_pool_pays_only_what_a_network_did_not_earn() {
+        let s = Settings {
+            reply_global_credit: 8192,
+            ..settings()
+        };
+        let b = Budgets::new(&s);
+        let earner: IpAddr = "198.51.100.1".parse().unwrap();
+        b.earn_replies(earner, 3000, 0);
+        // Forgers' networks spend their credits until the relay's pool is empty.
+        let mut spent = 0;
+        for net in 0..10u8 {
+            let ip = IpAddr::from([203, 0, net, 1]);
+            while b.spend_reply(ip, 1000, 0) {
+                spent += 1000;
+            }
+        }
+        // The pool's credit and what was earned in the relay (it earns what every network does).
+        assert_eq!(spent, 11_000);
+        let fresh: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(!b.spend_reply(fresh, 200, 0), "nothing left for credit");
+        assert!(b.reply_available(fresh) < 200);
+        // What a network earned it spends whatever others did, taking nothing from the pool.
+        let other: IpAddr = "198.51.100.2".parse().unwrap();
+        b.earn_replies(other, 2000, 0);
+        assert!(b.reply_available(other) >= 2000);
+        let pool = b.reply_global.available(());
+        assert!(b.spend_reply(other, 2000, 0));
+        assert_eq!(b.reply_global.available(()), pool);
     }
 
     /// Settles one 100-byte announcement to `to` caused by `cause`; whether it was sent.

@@ -65,6 +65,8 @@ pub struct Counters {
     pub unregistered: AtomicU64,
     /// Registrations reaped for silence.
     pub reaped: AtomicU64,
+    /// Registrations, stale or never proven, removed to make room for a newcomer.
+    pub displaced: AtomicU64,
     /// `server_keepalive`s the reaper decided.
     pub keepalives: AtomicU64,
     /// When this worker's loop last turned, in the relay clock's ms plus one (0: never), for
@@ -266,6 +268,11 @@ impl Metrics {
                 "peers_reaped_total",
                 "Registrations removed for silence (--peer-timeout).",
                 |c| &c.reaped,
+            ),
+            (
+                "peers_displaced_total",
+                "Registrations (stale, or never proven where they are) removed from a full registry (--max-peers) to make room for a newcomer.",
+                |c| &c.displaced,
             ),
             (
                 "server_keepalives_total",

@@ -480,6 +480,8 @@ pub struct Registry {
     next_seq: AtomicU64,
     tokens: Tokens,
     timeout_ms: u64,
+    /// The shard the next [`Registry::displace`] looks in: each in turn.
+    displace_at: AtomicUsize,
 }
 
 /// The bounds of [`Registry`] in force.
@@ -512,6 +514,9 @@ impl Bounds {
 const SHARDS: usize = 256;
 /// Most watchers of one name.
 pub const MAX_WATCHERS: usize = 1024;
+/// Most registrations [`Registry::displace`] looks at: the cost of a newcomer to a full
+/// registry stays a few microseconds, whatever the registry holds.
+const DISPLACE_SCAN: usize = 1024;
 /// Slots of the per-host watch counts (4 bytes each).
 const WATCH_HOST_SLOTS: usize = 1 << 16;
 
@@ -537,6 +542,7 @@ impl Registry {
                 key: rand::random(),
             },
             timeout_ms: s.peer_timeout_ms,
+            displace_at: AtomicUsize::new(0),
         }
     }
 
@@ -913,6 +919,38 @@ impl Registry {
             e.addr == Packed::from(addr)
                 && token == Some(e.session(&self.tokens))
                 && self.live(e, now_ms)
+        })
+    }
+
+    /// Makes room in a full registry, as a SYN cache drops its oldest half-open entry: removes,
+    /// of the next [`DISPLACE_SCAN`] registrations in shard order (from where the last call
+    /// stopped), the one heard from least recently among those gone stale or never proven
+    /// where they are. A forged registration is heard from once; a peer in use is heard from
+    /// every keepalive, so a flood of new names displaces the forgeries before the peers.
+    /// `None` if none such was found.
+    pub fn displace(&self, now_ms: u64) -> Option<Removed> {
+        let shards = self.peers.shard_count();
+        let first = self.displace_at.fetch_add(1, Relaxed);
+        let (mut looked, mut best): (usize, Option<(u64, Name, u64)>) = (0, None);
+        for i in 0..shards {
+            if looked >= DISPLACE_SCAN {
+                break;
+            }
+            self.peers.in_shard((first + i) % shards, |table| {
+                for (name, e) in table.iter().take(DISPLACE_SCAN - looked) {
+                    looked += 1;
+                    let older = best.as_ref().is_none_or(|b| e.last_heard() < b.0);
+                    if older && (!e.proven() || !self.live(e, now_ms)) {
+                        best = Some((e.last_heard(), name.clone(), e.seq));
+                    }
+                }
+            });
+        }
+        let (_, name, seq) = best?;
+        // The same registration, still unproven or stale: one that proved itself or was
+        // replaced since it was looked at stays.
+        self.remove_if(&name, |e| {
+            e.seq == seq && (!e.proven() || !self.live(e, now_ms))
         })
     }
 

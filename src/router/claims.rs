@@ -51,7 +51,24 @@ impl Router {
             None => Proof::Token(token),
         };
         let reg = &self.shared.registry;
-        let claim = reg.claim(&r.name, from, proof, now.ms, reg.max_peers());
+        let mut claim = reg.claim(&r.name, from, proof, now.ms, reg.max_peers());
+        if matches!(claim, Claim::Full) {
+            // A full registry makes room for a newcomer rather than refuse every one of them.
+            if let Some(gone) = reg.displace(now.ms) {
+                debug!(name = %gone.name, addr = %gone.addr, "displaced");
+                Counters::add(&self.counters.displaced, 1);
+                presence::announce(
+                    &self.shared,
+                    out,
+                    Presence::Left,
+                    &gone.name,
+                    gone.addr,
+                    now,
+                );
+                channels::react(&self.shared, gone.event(), now, out);
+                claim = reg.claim(&r.name, from, proof, now.ms, reg.max_peers());
+            }
+        }
         let session = match claim {
             Claim::Joined(s) | Claim::Replaced(s) | Claim::Refreshed(s) | Claim::Moved(s) => s,
             Claim::InUse => return Err(Reason::NameInUse),

@@ -495,3 +495,54 @@ fn control_messages_are_refused_by_size_before_they_are_parsed() {
     assert_eq!(r[0].1["type"], "watch_ack", "{r:?}");
     assert_eq!(h.refused(Reason::TooLarge), 1);
 }
+
+#[test]
+fn a_full_registry_displaces_the_stalest_unproven_registration_for_a_newcomer() {
+    let s = Settings {
+        max_peers: 200,
+        ..Settings::default()
+    };
+    let mut h = Harness::new(s);
+    // Proven peers, and old peers that keep talking, fill half of it.
+    let proven: Vec<SocketAddr> = (0..50u16).map(addr).collect();
+    for (i, &a) in proven.iter().enumerate() {
+        h.prove(&format!("proven{i}"), a, 0);
+    }
+    let old: Vec<SocketAddr> = (50..100u16).map(addr).collect();
+    // Forged names fill the rest, then keep coming: each displaces the stalest unproven one.
+    let mut forged = 0u32;
+    for t in 0..40u64 {
+        let ms = t * 1000;
+        for (i, &a) in old.iter().enumerate() {
+            let r = h.json(
+                json!({"type": "keepalive", "name": format!("old{i}")}),
+                a,
+                ms,
+            );
+            assert!(r.iter().any(|(_, v)| v["type"] == "keepalive_ack"), "{r:?}");
+        }
+        for _ in 0..50 {
+            let from: SocketAddr = format!("203.0.113.{}:{}", forged % 200 + 1, 1000 + forged)
+                .parse()
+                .unwrap();
+            let r = register(&mut h, &format!("forged{forged}"), from, ms + 500);
+            assert!(acked(&r, from), "a newcomer is never refused: {r:?}");
+            forged += 1;
+        }
+    }
+    let reg = &h.shared.registry;
+    assert_eq!(reg.len(), 200);
+    for (i, &a) in proven.iter().enumerate() {
+        assert!(
+            reg.registered_at(&format!("proven{i}"), a),
+            "proven{i} displaced"
+        );
+    }
+    for (i, &a) in old.iter().enumerate() {
+        assert!(
+            reg.registered_at(&format!("old{i}"), a),
+            "old{i}, heard every second, displaced"
+        );
+    }
+    assert!(h.refused(Reason::RegistryFull) == 0);
+}
