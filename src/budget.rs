@@ -550,6 +550,12 @@ impl Budgets {
             .min(earned.saturating_add(self.reply_global.available(())))
     }
 
+    /// Pays a reply of `n` bytes to `to` from the pools now, while its request is decided, so
+    /// that its form can follow what was paid; the send then goes out as settled.
+    pub fn prepay(&self, to: IpAddr, n: usize) -> bool {
+        self.spend_reply(to, n as i64, 0)
+    }
+
     /// Spends `n` bytes of `to`'s host and prefix reply budgets, keeping `reserve`, and of the
     /// relay's for what the prefix had not earned: what a network earned is its own, and only
     /// its credit, the part a forger can spend in its name, is drawn from the relay-wide pool,

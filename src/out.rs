@@ -42,7 +42,8 @@ pub struct Send {
     /// What it is.
     pub kind: Kind,
     /// Whether the recipient has shown, from `to`, the session the relay sent there (for a
-    /// reply: whether the request was authenticated). Untrusted recipients pay from budgets.
+    /// reply: whether the request was authenticated, or the reply was paid while it was
+    /// decided). Untrusted recipients pay from budgets.
     pub trusted: bool,
     /// Which received datagram of the batch `Seg::Input` refers to.
     pub input: usize,

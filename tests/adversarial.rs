@@ -8,7 +8,7 @@ mod common;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::forge::{Forger, received};
+use common::forge::{Forger, barrier, quiesce, received, sock};
 use common::*;
 use serde_json::{Value, json};
 
@@ -17,38 +17,6 @@ const PREFIX_CREDIT: usize = 4096;
 /// A request pays for its own answer up to this many times its size (QUIC's factor); what a
 /// victim network gets beyond that is the prefix's credit at most.
 const FACTOR: usize = 3;
-
-fn sock(ip: &str) -> UdpSocket {
-    let s = UdpSocket::bind(format!("{ip}:0")).unwrap();
-    s.set_read_timeout(Some(TIMEOUT)).unwrap();
-    s
-}
-
-/// Waits until the relay has received `n` datagrams in all, then lets `barrier`'s ping and pong
-/// pass, so that what the flood caused has been sent.
-fn quiesce(r: &Relay, n: u64, barrier: &Peer) {
-    let deadline = Instant::now() + TIMEOUT;
-    while r.metric("udp_relay_datagrams_received_total") < n {
-        assert!(
-            Instant::now() < deadline,
-            "the relay never saw {n} datagrams"
-        );
-        std::thread::yield_now();
-    }
-    barrier.drain();
-}
-
-/// A registered, authenticated peer on its own /24, for barriers (in signed mode, where it
-/// could only register by signing, an unregistered one: its few pongs fit its credit).
-fn barrier(r: &Relay, signed: bool) -> Peer {
-    // Over IPv4 whatever the relay's host (a dual-stack socket serves it too).
-    let relay = SocketAddr::new("127.0.0.1".parse().unwrap(), r.addr.port());
-    let b = Peer::bind(relay, "127.0.1.1:0");
-    if !signed {
-        b.register("barrier");
-    }
-    b
-}
 
 /// One round of every kind of request, forged from `victim`.
 fn forge_round(f: &mut Forger, victim: SocketAddr, relay: SocketAddr, i: usize, held: &str) {

@@ -4,6 +4,7 @@
 use tracing::debug;
 
 use crate::auth::{self, AuthError};
+use crate::budget::ANSWER_FACTOR;
 use crate::config::Auth;
 use crate::metrics::Counters;
 use crate::out::{Kind, Out};
@@ -101,13 +102,17 @@ impl Router {
             reply::register_ack(&mut out.buf, from, now.unix, &r.name, &session.to_hex());
             // An ack its request cannot pay for in full, nor the pools, goes out short: what the
             // old peers read of it (their public address) is never withheld for want of others'
-            // budget.
-            if out.buf.len() - start > self.affordable(req) {
+            // budget. The pools pay now, so that no other worker's spending before this batch
+            // is settled can withhold it.
+            let full = out.buf.len() - start;
+            let own = req.authed || full <= req.len.saturating_mul(ANSWER_FACTOR);
+            let prepaid = !own && self.shared.budgets.prepay(from.ip(), full);
+            if !own && !prepaid {
                 out.buf.truncate(start);
                 reply::register_ack_short(&mut out.buf, from);
                 Counters::add(&self.counters.short_acks, 1);
             }
-            out.reply(from, start, Kind::Reply, req.authed);
+            out.reply(from, start, Kind::Reply, req.authed || prepaid);
             presence::peer_list(&self.shared, out, from, now, Kind::Reply, req.authed);
         } else {
             reply::keepalive_ack(&mut out.buf, &r.name, now.unix, &session.to_hex());

@@ -2,6 +2,9 @@
 //! claim any source address on loopback. Needs CAP_NET_RAW; without it the tests say so and skip.
 
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::time::Instant;
+
+use super::{Peer, Relay, TIMEOUT};
 
 /// Raw IPv4 and IPv6 sockets that send UDP datagrams with any source address.
 pub struct Forger {
@@ -166,4 +169,51 @@ pub fn received(s: &UdpSocket) -> (usize, usize) {
     }
     s.set_nonblocking(false).unwrap();
     (bytes, n)
+}
+
+/// A socket on `ip` (any free port) whose reads time out after [`TIMEOUT`].
+pub fn sock(ip: &str) -> UdpSocket {
+    let s = UdpSocket::bind(format!("{ip}:0")).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s
+}
+
+/// Datagrams the kernel dropped at the relay's sockets for full receive queues.
+pub fn queue_drops(r: &Relay) -> u64 {
+    r.metrics_text()
+        .lines()
+        .filter(|l| l.starts_with("udp_relay_receive_queue_drops_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Waits until the relay has received `n` datagrams in all (or the kernel dropped the rest for
+/// a full receive queue), then lets `barrier`'s ping and pong pass, so that what the flood
+/// caused has been sent.
+pub fn quiesce(r: &Relay, n: u64, barrier: &Peer) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let seen = r.metric("udp_relay_datagrams_received_total") + queue_drops(r);
+        if seen >= n {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the relay saw {seen} datagrams, never {n}"
+        );
+        std::thread::yield_now();
+    }
+    barrier.drain();
+}
+
+/// A registered, authenticated peer on its own /24, for barriers (in signed mode, where it
+/// could only register by signing, an unregistered one: its few pongs fit its credit).
+pub fn barrier(r: &Relay, signed: bool) -> Peer {
+    // Over IPv4 whatever the relay's host (a dual-stack socket serves it too).
+    let relay = SocketAddr::new("127.0.0.1".parse().unwrap(), r.addr.port());
+    let b = Peer::bind(relay, "127.0.1.1:0");
+    if !signed {
+        b.register("barrier");
+    }
+    b
 }
