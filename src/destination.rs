@@ -269,9 +269,8 @@ impl Policy {
         match k {
             Kind::Never => return Err(Reason::BadSource),
             Kind::Loopback if !self.serves_loopback => return Err(Reason::BadSource),
-            Kind::Loopback => return Ok(()),
-            Kind::Public if self.denied.is_empty() => return Ok(()),
-            Kind::Internal | Kind::Public => {}
+            Kind::Loopback | Kind::Public if self.denied.is_empty() => return Ok(()),
+            _ => {}
         }
         let ip = canonical(a.ip());
         let internal =
@@ -491,6 +490,10 @@ mod tests {
             "never exempt"
         );
         assert_eq!(p.own_range(), None, "`::` allows no range of its own");
+        let lo: Net = "127.30.0.0/16".parse().unwrap();
+        let p = Policy::new(ip("127.0.0.1"), &[], &[lo]);
+        assert_eq!(p.check(sa("127.30.0.1:5")), Err(Reason::DeniedAddress));
+        assert_eq!(p.check(sa("127.0.0.1:5")), Ok(()));
     }
 
     #[test]
