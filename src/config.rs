@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::parser::ValueSource;
+
+use crate::destination::{Net, Policy};
 use clap::{
     Arg, ArgAction, ArgMatches, Command, CommandFactory, FromArgMatches, Parser, ValueEnum,
 };
@@ -194,6 +196,15 @@ pub struct Args {
     /// Registration: `open` serves the old unsigned peers; `signed` requires Ed25519 signatures.
     #[arg(long, env = "UDP_RELAY_AUTH", value_enum, default_value = "open")]
     pub auth: Auth,
+    /// Serve peers in these ranges (CIDR, repeatable or comma-separated) though they are
+    /// private or internal or in `--denied-peer-ip`; the range of `--host` is served unless
+    /// `--host` is unspecified.
+    #[arg(long, env = "UDP_RELAY_ALLOWED_PEER_IP", value_name = "CIDR", value_delimiter = ',', value_parser = parse_net)]
+    pub allowed_peer_ip: Vec<Net>,
+    /// Refuse peers in these ranges (CIDR, repeatable or comma-separated) beyond the private
+    /// and internal ones (RFC 1918, 100.64/10, link-local, fc00::/7, …), refused by default.
+    #[arg(long, env = "UDP_RELAY_DENIED_PEER_IP", value_name = "CIDR", value_delimiter = ',', value_parser = parse_net)]
+    pub denied_peer_ip: Vec<Net>,
     /// Refuse `connect` (no introductions for hole punching).
     #[arg(long, env = "UDP_RELAY_NO_INTRODUCTIONS")]
     pub no_introductions: bool,
@@ -221,6 +232,11 @@ pub fn parse_log_level(s: &str) -> Result<String, String> {
     tracing_subscriber::EnvFilter::try_new(s)
         .map(|_| s.to_string())
         .map_err(|e| format!("`{s}` is not a log filter ({e}); try info, debug or udp_relay=debug"))
+}
+
+/// Parses an address range (`10.0.0.0/8`, `fd00::/8`, or one address).
+pub fn parse_net(s: &str) -> Result<Net, String> {
+    s.parse()
 }
 
 /// Parses `60`, `60s`, `1.5s`, `500ms` or `2m`.
@@ -305,6 +321,8 @@ pub struct Settings {
     pub max_channels_per_host: usize,
     /// See [`Args::max_channels_total`].
     pub max_channels_total: usize,
+    /// The peer addresses served: `--host`, `--allowed-peer-ip`, `--denied-peer-ip`.
+    pub peers: Policy,
 }
 
 /// The protocol's defaults, without rate limits, budgets or watch bounds (the command line sets
@@ -340,6 +358,7 @@ impl Default for Settings {
             max_channels: 64,
             max_channels_per_host: usize::MAX,
             max_channels_total: usize::MAX,
+            peers: Policy::open(),
         }
     }
 }
@@ -367,6 +386,12 @@ impl Args {
     /// The address to bind.
     pub fn listen(&self) -> SocketAddr {
         SocketAddr::new(self.host, self.port)
+    }
+
+    /// The peer addresses a relay listening on `host` serves, by these address ranges (a
+    /// reload keeps the `host` in force, which takes a restart to change).
+    pub fn peers(&self, host: IpAddr) -> Policy {
+        Policy::new(host, &self.allowed_peer_ip, &self.denied_peer_ip)
     }
 
     /// The protocol settings.
@@ -401,6 +426,7 @@ impl Args {
             max_channels: self.max_channels as usize,
             max_channels_per_host: self.max_channels_per_host as usize,
             max_channels_total: self.max_channels_total as usize,
+            peers: self.peers(self.host),
         }
     }
 }
@@ -586,12 +612,15 @@ pub fn load(m: &ArgMatches, env: &[(String, OsString)]) -> Result<Loaded, String
         let env_name = arg.get_env().map(|v| v.to_string_lossy().into_owned());
         let from_env = env_name.as_deref().and_then(var);
         let (value, source) = if m.value_source(id) == Some(ValueSource::CommandLine) {
+            // A flag given several times (the address ranges) is their comma-separated list.
             let raw = if switch {
                 Some("true".into())
             } else {
-                m.get_raw(id)
-                    .and_then(|mut r| r.next())
-                    .map(|v| v.to_string_lossy().into_owned())
+                m.get_raw(id).map(|r| {
+                    r.map(|v| v.to_string_lossy().into_owned())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
             };
             (raw, Source::Flag(long.to_string()))
         } else if let (Some(name), Some(v)) = (&env_name, from_env) {
@@ -719,6 +748,15 @@ fn read_file(path: &Path, base: &Command) -> Result<Vec<Setting>, String> {
             toml::Value::Float(f) => f.to_string(),
             toml::Value::Boolean(b) if on_off && !switch => (if b { "on" } else { "off" }).into(),
             toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Array(items) if matches!(arg.get_action(), ArgAction::Append) => {
+                let items: Option<Vec<String>> = items
+                    .into_iter()
+                    .map(|v| v.as_str().map(str::to_string))
+                    .collect();
+                items
+                    .ok_or_else(|| format!("{name}: every item of the array must be a string"))?
+                    .join(",")
+            }
             other => {
                 return Err(format!(
                     "{name}: a {} is not a value of this key",
@@ -728,6 +766,9 @@ fn read_file(path: &Path, base: &Command) -> Result<Vec<Setting>, String> {
         };
         let raw = if switch {
             switch_value(&raw).ok_or_else(|| format!("{name}: `{raw}` is not a boolean"))?
+        } else if raw.is_empty() && matches!(arg.get_action(), ArgAction::Append) {
+            // An empty list: none of the flag's values, which the file may say explicitly.
+            raw
         } else {
             check_value(base, arg.get_long().unwrap_or(&key), &raw, &name)?;
             raw
@@ -736,7 +777,7 @@ fn read_file(path: &Path, base: &Command) -> Result<Vec<Setting>, String> {
             key,
             help: String::new(),
             switch,
-            value: Some(raw),
+            value: (!raw.is_empty()).then_some(raw),
             source: Source::File(path.to_path_buf(), n),
         });
     }
@@ -769,6 +810,8 @@ pub const LIVE: &[&str] = &[
     "max_channels_total",
     "announce_max",
     "reply_budget",
+    "allowed_peer_ip",
+    "denied_peer_ip",
     "log_level",
 ];
 
@@ -815,6 +858,7 @@ impl Settings {
             max_channels_total: new.max_channels_total,
             announce_max: new.announce_max,
             reply_budget: new.reply_budget,
+            peers: new.peers.clone(),
             ..self.clone()
         }
     }

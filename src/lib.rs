@@ -9,6 +9,7 @@ pub mod budget;
 pub mod channels;
 pub mod clock;
 pub mod config;
+pub mod destination;
 pub mod http;
 pub mod io;
 pub mod keyed;

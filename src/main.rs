@@ -281,12 +281,15 @@ fn reload(
         .live
         .current()
         .unwrap_or_else(|| shared.settings.clone());
-    let published = base.with_live(&new.args.settings());
+    let mut wanted = new.args.settings();
+    wanted.peers = new.args.peers(in_force.args.host);
+    let published = base.with_live(&wanted);
     let limits = server::limits(&published);
     shared.budgets.retune(&published);
     shared.registry.retune(&published);
     shared.channels.retune(&published);
     shared.lists.set(&published);
+    shared.boundary.set(published.peers.clone());
     // The workers rebuild their rate limits (full again) only when one of them changed, so
     // that a reload that changes none of them gives no flood a fresh burst.
     if !base.same_rates(&published) {

@@ -37,6 +37,8 @@ pub struct Counters {
     pub segmented_sends: AtomicU64,
     /// Times the kernel refused segmentation (which is then off for that sender).
     pub gso_refused: AtomicU64,
+    /// Sends dropped because the relay never sends to their destination.
+    pub bad_destination: AtomicU64,
     /// Receives that held several datagrams coalesced by the kernel (`UDP_GRO`).
     pub coalesced_receives: AtomicU64,
     /// Datagrams the kernel dropped at this worker's socket for a full receive queue, as the
@@ -292,8 +294,15 @@ impl Metrics {
             ),
             (
                 "gso_refused_total",
-                "Times the kernel refused UDP segmentation (then off for that sender).",
+                "Times the kernel refused UDP segmentation where unsegmented sends to the same \
+                 destination went (then off for that sender).",
                 |c| &c.gso_refused,
+            ),
+            (
+                "bad_destination_total",
+                "Sends dropped because their destination is one the relay never sends to \
+                 (unspecified, multicast, broadcast, port 0) or does not serve (--allowed-peer-ip).",
+                |c| &c.bad_destination,
             ),
             (
                 "error_replies_suppressed_total",

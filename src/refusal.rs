@@ -55,6 +55,7 @@ impl Reason {
             Reason::RegistrationLimited => "--registration-rate",
             Reason::SignatureLimited => "--registration-rate, --signature-rate",
             Reason::ChannelLimit => "--max-channels, --max-channels-per-host, --max-channels-total",
+            Reason::DeniedAddress => "--allowed-peer-ip, --denied-peer-ip",
             _ => return None,
         })
     }
@@ -67,6 +68,10 @@ reasons! {
         "First bytes match no datagram family.";
     MappedSource => "v4_mapped_source", None, "",
         "A native IPv6 datagram whose source is an IPv4-mapped address.";
+    BadSource => "bad_source", None, "",
+        "A source that is never a peer's: unspecified, multicast, broadcast, port 0, or loopback on a relay that does not listen there.";
+    DeniedAddress => "denied_address", None, "",
+        "A source in a private or internal range (or `--denied-peer-ip`) that `--allowed-peer-ip` does not allow.";
     TooLarge => "too_large", Some(TooLarge), "datagram too large",
         "Longer than `--max-datagram`, or a forward that would exceed a UDP datagram.";
     NotUtf8 => "not_utf8", Some(BadRequest), "datagram is not UTF-8",

@@ -148,6 +148,14 @@ pub fn prepare(
         backend.name(),
         gro.split(' ').next().unwrap_or(gro),
     ));
+    if let Some(own) = shared.settings.peers.own_range() {
+        info!(
+            range = %own,
+            "peers in {own} are served: --host {} is inside that private range (--denied-peer-ip \
+             {own} refuses them)",
+            args.host
+        );
+    }
     // One line that says how this relay runs, for whoever reads the log after an incident.
     info!(
         version,
@@ -256,6 +264,7 @@ impl Relay {
                 inbox: None,
                 cpu: self.pin_workers.then_some(index),
                 gso: self.gso,
+                boundary: shared.boundary.clone(),
             });
         }
         // Replies the reaper originates leave from the relay's own port, like every other reply.

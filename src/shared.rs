@@ -11,6 +11,7 @@ use crate::budget::Budgets;
 use crate::channels::Channels;
 use crate::clock::Clock;
 use crate::config::Settings;
+use crate::destination::Boundary;
 use crate::metrics::Metrics;
 use crate::presence::Sample;
 use crate::ratelimit::{Admission, AdmissionImage};
@@ -40,6 +41,8 @@ pub struct Shared {
     pub channels: Channels,
     /// The settings a reload changed, for the workers to take up.
     pub live: Live,
+    /// The peer addresses served, read by the routers and the senders; a reload replaces it.
+    pub boundary: Arc<Boundary>,
     /// The relay's clock, whose readings every thread compares (a worker's last loop turn).
     pub clock: Clock,
     /// Each worker's limits while no router holds them (its worker stopped, or not yet
@@ -150,6 +153,7 @@ impl Shared {
             cookies: held.cookies,
             channels: held.channels,
             live: Live::default(),
+            boundary: Boundary::new(settings.peers.clone()),
             clock: held.clock,
             admission: (0..workers)
                 .map(|i| Mutex::new(held.admission.get_mut(i).and_then(Option::take)))

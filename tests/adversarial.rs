@@ -960,3 +960,219 @@ fn strangers_cannot_spend_a_peers_own_channels_nor_a_hosts_by_forged_moves() {
     );
     assert_eq!(v["type"], "bind_ack", "{v}");
 }
+
+/// Waits until the relay has refused at least `n` datagrams for `reason`.
+fn wait_refused(r: &Relay, reason: &str, n: u64) {
+    let deadline = Instant::now() + TIMEOUT;
+    while r.refused(reason) < n {
+        assert!(Instant::now() < deadline, "{reason}: {}", r.refused(reason));
+        std::thread::yield_now();
+    }
+}
+
+/// Forged `register`s from sources that are never a peer's: unspecified, multicast, broadcast,
+/// port 0. Each is refused and counted, none answered, no name taken: a legitimate peer's relay
+/// to the name finds no target, and nothing reaches the relay's own host at the forged port
+/// (where a reply to `0.0.0.0` or `::` would go). Over IPv4 the kernel writes its own address
+/// over a zero source (raw sockets fill in 0.0.0.0), so the unspecified source is another of
+/// 0.0.0.0/8; over IPv6 it drops a multicast source on receipt, so `::` and port 0 are forged.
+fn forged_sources_never_a_peers(t: &str, v6: bool) {
+    let Some(mut f) = Forger::new(t) else { return };
+    let host = if v6 { "::1" } else { "127.0.0.1" };
+    let r = Relay::start_with(&["--workers", "2"], &[], host);
+    let listener = sock(host);
+    let port = listener.local_addr().unwrap().port();
+    let forged: Vec<SocketAddr> = if v6 {
+        vec![
+            SocketAddr::new("::".parse().unwrap(), port),
+            SocketAddr::new("::1".parse().unwrap(), 0),
+        ]
+    } else {
+        ["0.1.2.3", "224.0.0.1", "255.255.255.255"]
+            .iter()
+            .map(|ip| SocketAddr::new(ip.parse().unwrap(), port))
+            .chain(["127.0.0.1:0".parse().unwrap()])
+            .collect()
+    };
+    let n = 20;
+    for (k, from) in forged.iter().enumerate() {
+        for i in 0..n {
+            let m = json!({"type": "register", "name": format!("ghost-{k}-{i}")}).to_string();
+            match (from, r.addr) {
+                (SocketAddr::V6(a), SocketAddr::V6(to)) => f.send6(*a, to, m.as_bytes()),
+                _ => f.send(*from, r.addr, m.as_bytes()),
+            }
+        }
+    }
+    let want = (forged.len() * n) as u64;
+    wait_refused(&r, "bad_source", want);
+    let peer = if v6 {
+        Peer::bind(r.addr, "[::1]:0")
+    } else {
+        Peer::new(&r)
+    };
+    peer.register("legit");
+    for k in 0..forged.len() {
+        peer.send(json!({"type": "relay", "source": "legit", "target": format!("ghost-{k}-0"), "payload": "x"}));
+        let e = expect(&peer, "error");
+        assert_eq!(e["code"], "unknown_target");
+    }
+    peer.drain();
+    let (got, _) = received(&listener);
+    println!(
+        "{t}: {want} forged registers from {forged:?} refused as bad_source; the relay's host \
+         at port {port} got {got} B"
+    );
+    assert_eq!(got, 0);
+    assert_eq!(r.refused("bad_source"), want);
+    assert_eq!(
+        r.metric("udp_relay_peers_registered"),
+        1,
+        "only the real peer"
+    );
+    assert_eq!(r.metric("udp_relay_bad_destination_total"), 0);
+    assert_eq!(send_errors(&r), 0, "nothing was even tried");
+}
+
+/// Sends the kernel refused, over every worker and the reaper.
+fn send_errors(r: &Relay) -> u64 {
+    r.metrics_text()
+        .lines()
+        .filter_map(|l| l.strip_prefix("udp_relay_send_errors_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+#[test]
+fn forged_sources_never_a_peers_ipv4() {
+    forged_sources_never_a_peers("forged_sources_never_a_peers_ipv4", false);
+}
+
+#[test]
+fn forged_sources_never_a_peers_ipv6() {
+    forged_sources_never_a_peers("forged_sources_never_a_peers_ipv6", true);
+}
+
+/// Registers forged from private ranges (10.0.0.0/8, fd00::/8) are refused as denied_address
+/// and never answered; with `--allowed-peer-ip 10.0.0.0/8` the IPv4 one is served. (Its answer
+/// cannot leave: the relay's socket is bound to 127.0.0.1. The IPv6 one is not served here,
+/// as its answer would leave this host by its default route.)
+#[test]
+fn forged_private_sources_are_refused_unless_allowed() {
+    let t = "forged_private_sources_are_refused_unless_allowed";
+    let Some(mut f) = Forger::new(t) else { return };
+    let private: SocketAddr = "10.0.0.1:4000".parse().unwrap();
+    let n = 10;
+    let forge = |f: &mut Forger, r: &Relay| {
+        for i in 0..n {
+            let m = json!({"type": "register", "name": format!("inside-{i}")});
+            f.json(private, r.addr, &m);
+        }
+    };
+    let r = Relay::start(&["--workers", "2"]);
+    forge(&mut f, &r);
+    wait_refused(&r, "denied_address", n);
+    let peer = Peer::new(&r);
+    peer.register("legit");
+    peer.drain();
+    assert_eq!(
+        r.metric("udp_relay_peers_registered"),
+        1,
+        "only the real peer"
+    );
+    assert_eq!(send_errors(&r), 0, "no answer was tried");
+
+    let r6 = Relay::start_with(&["--workers", "2"], &[], "::1");
+    let SocketAddr::V6(to) = r6.addr else {
+        unreachable!()
+    };
+    let from = "[fd00::1]:4000".parse().unwrap();
+    for i in 0..n {
+        let m = json!({"type": "register", "name": format!("inside6-{i}")}).to_string();
+        f.send6(from, to, m.as_bytes());
+    }
+    wait_refused(&r6, "denied_address", n);
+    assert_eq!(r6.metric("udp_relay_peers_registered"), 0);
+    assert_eq!(r6.metric("udp_relay_datagrams_sent_total"), 0);
+    assert_eq!(send_errors(&r6), 0);
+
+    let allowed = Relay::start(&["--workers", "2", "--allowed-peer-ip", "10.0.0.0/8"]);
+    forge(&mut f, &allowed);
+    let deadline = Instant::now() + TIMEOUT;
+    while allowed.metric("udp_relay_peers_registered") < n {
+        assert!(
+            Instant::now() < deadline,
+            "the allowed range was not served"
+        );
+        std::thread::yield_now();
+    }
+    assert_eq!(allowed.refused("denied_address"), 0);
+    // Its answers were tried (and refused by the kernel: the socket is bound to loopback).
+    assert!(send_errors(&allowed) > 0);
+    println!("{t}: {n} forged from {private} refused, then served with --allowed-peer-ip");
+}
+
+/// A destination the kernel refuses whether segmented or not is that destination's fault, not
+/// the kernel's: a burst to a peer registered at a public address, which a relay listening on
+/// 127.0.0.1 cannot send to (EINVAL), leaves segmentation on, and a burst of channel frames to a
+/// real peer still leaves segmented. (It turned segmentation off for the worker for good.)
+#[test]
+fn a_destination_the_kernel_refuses_does_not_turn_segmentation_off() {
+    let t = "a_destination_the_kernel_refuses_does_not_turn_segmentation_off";
+    let Some(mut f) = Forger::new(t) else { return };
+    let mut r = Relay::start(&args(&["--workers", "2"], NO_LIMITS));
+    let (alice, bob) = (Peer::new(&r), Peer::new(&r));
+    alice.register("alice");
+    bob.register("bob");
+    let far: SocketAddr = "203.0.113.7:4000".parse().unwrap();
+    f.json(far, r.addr, &json!({"type": "register", "name": "far"}));
+    let deadline = Instant::now() + TIMEOUT;
+    while r.metric("udp_relay_peers_registered") < 3 {
+        assert!(Instant::now() < deadline, "the far peer never registered");
+        std::thread::yield_now();
+    }
+    let burst = 10;
+    let relays: Vec<Vec<u8>> = (0..burst)
+        .map(|i| {
+            json!({"type": "relay", "source": "alice", "target": "far", "payload": format!("{i:04}")})
+                .to_string()
+                .into_bytes()
+        })
+        .collect();
+    alice.send_segmented(&relays);
+    // The register_ack and every forward, each refused alone too.
+    let deadline = Instant::now() + TIMEOUT;
+    while send_errors(&r) < 1 + burst {
+        assert!(
+            Instant::now() < deadline,
+            "send errors: {}",
+            send_errors(&r)
+        );
+        std::thread::yield_now();
+    }
+    // The forwards left as one segmented run, refused, then one by one, refused too.
+    r.wait_log("not segmented there");
+    alice.send(alice.authed(json!({"type": "bind", "target": "bob"})));
+    let a = expect(&alice, "bind_ack")["channel"].as_u64().unwrap() as u32;
+    let b = expect(&bob, "channel_bound")["channel"].as_u64().unwrap() as u32;
+    let before = r.metric("udp_relay_segmented_sends_total");
+    let frames: Vec<Vec<u8>> = (0..burst).map(|i| frame(a, &[i as u8; 200])).collect();
+    alice.send_segmented(&frames);
+    for i in 0..burst {
+        assert_eq!(bob.recv_raw(), frame(b, &[i as u8; 200]));
+    }
+    let deadline = Instant::now() + TIMEOUT;
+    while r.metric("udp_relay_segmented_sends_total") == before {
+        assert!(
+            Instant::now() < deadline,
+            "the frames did not leave segmented"
+        );
+        std::thread::yield_now();
+    }
+    println!(
+        "{t}: {} send errors to {far}; segmented sends {before} -> {}",
+        send_errors(&r),
+        r.metric("udp_relay_segmented_sends_total")
+    );
+    assert_eq!(r.metric("udp_relay_gso_refused_total"), 0);
+}

@@ -617,3 +617,85 @@ fn sighup_changes_the_log_level() {
     let (status, _) = r.stop();
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn address_ranges_are_lists_checked_where_they_are_given_and_reloaded_live() {
+    let none: &[(&str, &str)] = &[];
+    refused(
+        &["--allowed-peer-ip", "10.0.0.1/8"],
+        none,
+        &["--allowed-peer-ip", "10.0.0.0/8"],
+    );
+    refused(
+        &["--denied-peer-ip", "1.2.3.0/24,bogus"],
+        none,
+        &["--denied-peer-ip", "bogus"],
+    );
+    refused(
+        &[],
+        &[("UDP_RELAY_DENIED_PEER_IP", "fd00::/129")],
+        &["UDP_RELAY_DENIED_PEER_IP"],
+    );
+    let bad = file(
+        "bad-range",
+        "port = 1\nallowed_peer_ip = [\"10.0.0.0/8\", \"x\"]\n",
+    );
+    let b = bad.to_str().unwrap();
+    refused(
+        &["--config", b],
+        none,
+        &[b, "line 2", "allowed_peer_ip", "`x`"],
+    );
+    // Flags repeated or comma-separated, the environment's comma list, a file's array.
+    let listed = printed(
+        &[
+            "--allowed-peer-ip",
+            "10.0.0.0/8",
+            "--allowed-peer-ip",
+            "fd00::/8,192.168.0.0/16",
+        ],
+        &[("UDP_RELAY_DENIED_PEER_IP", "203.0.113.0/24,2001:db8::/32")],
+    );
+    let denied = "\"203.0.113.0/24,2001:db8::/32\"";
+    assert_eq!(
+        listed["allowed_peer_ip"].0,
+        "\"10.0.0.0/8,fd00::/8,192.168.0.0/16\""
+    );
+    assert_eq!(listed["denied_peer_ip"].0, denied);
+    let array = file(
+        "range-array",
+        "denied_peer_ip = [\"203.0.113.0/24\", \"2001:db8::/32\"]\nallowed_peer_ip = []\n",
+    );
+    let from_file = printed(&["--config", array.to_str().unwrap()], &[]);
+    assert_eq!(from_file["denied_peer_ip"].0, denied);
+    assert!(
+        !from_file.contains_key("allowed_peer_ip"),
+        "an empty list is none"
+    );
+
+    // Live: a reload that denies a peer's range refuses it from its next datagram on, and one
+    // that allows it again serves it.
+    let f = file("reload-ranges", "");
+    let args = ["--config", f.to_str().unwrap(), "--workers", "2"];
+    let mut r = Relay::start_with(&args, &[], "127.0.0.1");
+    let p = Peer::bind(r.addr, "127.30.0.1:0");
+    p.register("inside");
+    std::fs::write(&f, "denied_peer_ip = \"127.30.0.0/16\"\n").unwrap();
+    hangup(&r);
+    assert!(r.wait_log("reloaded").contains("denied_peer_ip"));
+    p.send(p.ping());
+    let deadline = Instant::now() + TIMEOUT;
+    while r.refused("denied_address") == 0 {
+        assert!(Instant::now() < deadline, "the denied range was served");
+        std::thread::yield_now();
+    }
+    std::fs::write(
+        &f,
+        "denied_peer_ip = \"127.30.0.0/16\"\nallowed_peer_ip = [\"127.30.0.1/32\"]\n",
+    )
+    .unwrap();
+    hangup(&r);
+    assert!(r.wait_log("reloaded").contains("allowed_peer_ip"));
+    assert!(p.drain().is_empty(), "served again, and nothing was owed");
+    assert_eq!(r.refused("denied_address"), 1);
+}

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use udp_relay::clock::{Clock, Now};
+use udp_relay::destination::{Boundary, Policy};
 use udp_relay::io::{Backend, Decide, Worker, bind_worker_socket, mmsg::Mmsg, set_gro, uring};
 use udp_relay::metrics::Counters;
 use udp_relay::out::{Kind, Out};
@@ -101,6 +102,7 @@ fn with_worker<R>(
         cpu: None,
         gso,
         gro,
+        boundary: Boundary::new(Policy::open()),
     };
     let r = std::thread::scope(|s| {
         let t = s.spawn(|| backend.run(w));
@@ -298,5 +300,57 @@ fn gro_splits_every_datagram_alone_on_both_backends() {
             assert_eq!(seen, want, "{host} {name}");
             assert_eq!(load(&c.coalesced_receives), 4, "{host} {name}");
         }
+    }
+}
+
+fn a_failing_destination_then_a_working_one(out: &mut Out, to: &[SocketAddr]) {
+    for &t in to {
+        for _ in 0..3 {
+            reply(out, t, 7, 100);
+        }
+    }
+}
+
+/// A destination the kernel refuses segmented and unsegmented alike (here: a public address
+/// from a socket bound to loopback, EINVAL) is its own fault: sends there go one by one, and
+/// segmentation stays on for everyone else. (It was turned off for the worker for good.)
+#[test]
+fn a_destination_that_fails_alone_too_does_not_turn_segmentation_off() {
+    for b in backends() {
+        let good = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let bad: SocketAddr = "203.0.113.7:9".parse().unwrap();
+        let to = vec![bad, good.local_addr().unwrap()];
+        // Once the worker has stopped, every send it took has completed and been counted.
+        let ((), c, _) = with_worker(
+            b,
+            "127.0.0.1",
+            to,
+            a_failing_destination_then_a_working_one,
+            true,
+            false,
+            1500,
+            |_| {},
+            |relay, _| {
+                let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+                for _ in 0..2 {
+                    tx.send_to(b"go", relay).unwrap();
+                    assert_eq!(drain(&good, 3), [(100, 7); 3]);
+                }
+            },
+        );
+        let name = b.name();
+        println!(
+            "{name}: errors {} segmented {} refused {}",
+            load(&c.send_errors),
+            load(&c.segmented_sends),
+            load(&c.gso_refused)
+        );
+        assert_eq!(load(&c.gso_refused), 0, "{name}: segmentation stays on");
+        assert_eq!(load(&c.send_errors), 6, "{name}: each datagram to it once");
+        assert_eq!(load(&c.sent), 6, "{name}");
+        assert!(
+            load(&c.segmented_sends) >= 1,
+            "{name}: the working destination's second run left segmented"
+        );
     }
 }

@@ -288,6 +288,9 @@ fn run(test: &str, symmetric: bool) {
     let child = Command::new("ip")
         .args(["netns", "exec", &relay_ns, bin])
         .args(["--host", "0.0.0.0", "--port", "3478"])
+        // This test's "public" side is private address space, which the relay refuses unless
+        // allowed: as an operator whose peers come from such a network would.
+        .args(["--allowed-peer-ip", "10.200.0.0/16"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -14,6 +14,7 @@ use std::mem::zeroed;
 use std::net::SocketAddr;
 
 use super::to_sockaddr;
+use crate::destination::View;
 use crate::metrics::Counters;
 use crate::out::Out;
 
@@ -28,9 +29,10 @@ const MAX_SEGMENTED_BYTES: usize = 65_507;
 /// would be fragmented instead; a sender that meets the refusal lowers its limit below that
 /// size for that destination only, and sends the run again one datagram at a time.
 const MAX_SEGMENT_SIZE: usize = 1452;
-/// Destinations with a lowered segment limit a sender remembers at most; when full it forgets
-/// them all (each then costs one more refused send to learn again), so the map stays bounded
-/// whatever paths peers have or claim (a forged ICMP "fragmentation needed" lowers a path).
+/// Destinations with a lowered segment limit (or whose refused runs are not yet judged) a
+/// sender remembers at most; when full it forgets them all (each then costs one more refused
+/// send to learn again), so the maps stay bounded whatever paths peers have or claim (a forged
+/// ICMP "fragmentation needed" lowers a path).
 const MAX_SMALL_PATHS: usize = 1024;
 
 /// Room for one control message holding a `u16`, aligned as a `cmsghdr` must be.
@@ -39,12 +41,17 @@ const MAX_SMALL_PATHS: usize = 1024;
 struct Control([u8; 32]);
 
 /// Whether, and up to what size per destination, a sender segments its runs; changed only by
-/// [`Gso::refused`].
+/// what the kernel says of a refused segmented run ([`Gso::refused`]) and of its datagrams sent
+/// again alone ([`Gso::resent`]).
 #[derive(Debug, Clone)]
 pub struct Gso {
     on: bool,
-    /// Destinations whose path refused segments of some size: the largest size to try there.
+    /// Destinations whose sends failed at some segment size: the largest size to try there (0:
+    /// none, the destination fails unsegmented too).
     small_paths: HashMap<SocketAddr, usize>,
+    /// Destinations whose segmented run the kernel refused, until a datagram sent there alone
+    /// tells whose fault it was: the error and the run's segment size.
+    suspects: HashMap<SocketAddr, (i32, usize)>,
 }
 
 impl Gso {
@@ -53,6 +60,7 @@ impl Gso {
         Gso {
             on,
             small_paths: HashMap::new(),
+            suspects: HashMap::new(),
         }
     }
 
@@ -72,34 +80,58 @@ impl Gso {
             .unwrap_or(MAX_SEGMENT_SIZE)
     }
 
-    /// Learns from `e`, the refusal of a segmented send of `size`-byte segments to `to`: a
-    /// kernel or device without segmentation turns it off for good (logged and counted); a path
-    /// whose MTU the segment size exceeds lowers that destination's limit below it. The caller
-    /// sends the run again one datagram at a time, whatever the error, so that no run is ever
-    /// lost whole.
-    pub fn refused(&mut self, e: &io::Error, to: SocketAddr, size: usize, counters: &Counters) {
-        match e.raw_os_error() {
-            Some(libc::EIO | libc::EINVAL) if self.on => {
-                tracing::warn!(error = %e, "UDP segmentation refused; sending datagrams one by one from now on");
-                Counters::add(&counters.gso_refused, 1);
-                self.on = false;
-            }
-            Some(libc::EMSGSIZE) => {
-                tracing::debug!(%to, size, "segments too large for the path");
-                if self.small_paths.len() >= MAX_SMALL_PATHS {
-                    self.small_paths.clear();
-                }
-                let limit = self.max_segment(to).min(size.saturating_sub(1));
-                self.small_paths.insert(to, limit);
-            }
-            _ => {}
+    /// Notes `e`, the refusal of a segmented send of `size`-byte segments to `to`, for
+    /// [`Gso::resent`] to judge. The caller sends the run again one datagram at a time,
+    /// whatever the error, so that no run is ever lost whole.
+    pub fn refused(&mut self, e: &io::Error, to: SocketAddr, size: usize) {
+        if let Some(errno @ (libc::EIO | libc::EINVAL | libc::EMSGSIZE)) = e.raw_os_error() {
+            bounded_insert(&mut self.suspects, to, (errno, size));
         }
     }
+
+    /// Learns from a datagram sent alone to `to` (`ok`: the kernel took it) whose segmented run
+    /// was refused. If it failed too, the fault is the destination's (a port 0, an address the
+    /// kernel cannot route): runs to it leave unsegmented from now on, and segmentation stays on
+    /// for everyone else. If it went, the refusal was of segmentation: a path whose MTU the
+    /// segments exceeded (`EMSGSIZE`) lowers that destination's limit below their size; a
+    /// kernel or device that cannot segment (`EIO`, `EINVAL`) turns it off for this sender
+    /// (logged and counted once).
+    pub fn resent(&mut self, to: SocketAddr, ok: bool, counters: &Counters) {
+        if self.suspects.is_empty() {
+            return;
+        }
+        let Some((errno, size)) = self.suspects.remove(&to) else {
+            return;
+        };
+        if !ok {
+            tracing::debug!(%to, "sends there fail segmented or not; not segmented there");
+            bounded_insert(&mut self.small_paths, to, 0);
+        } else if errno == libc::EMSGSIZE {
+            tracing::debug!(%to, size, "segments too large for the path");
+            let limit = self.max_segment(to).min(size.saturating_sub(1));
+            bounded_insert(&mut self.small_paths, to, limit);
+        } else if self.on {
+            let e = io::Error::from_raw_os_error(errno);
+            tracing::warn!(error = %e, "UDP segmentation refused; sending datagrams one by one from now on");
+            Counters::add(&counters.gso_refused, 1);
+            self.on = false;
+        }
+    }
+}
+
+/// Inserts into a map of at most [`MAX_SMALL_PATHS`] destinations, forgetting them all when full.
+fn bounded_insert<V>(map: &mut HashMap<SocketAddr, V>, to: SocketAddr, v: V) {
+    if map.len() >= MAX_SMALL_PATHS && !map.contains_key(&to) {
+        map.clear();
+    }
+    map.insert(to, v);
 }
 
 /// The headers of one batch of sends, in vectors that keep their capacity between batches.
 pub struct Headers {
     v6_socket: bool,
+    /// The peer addresses served: no header is built for any other.
+    peers: View,
     hdrs: Vec<libc::mmsghdr>,
     iovs: Vec<libc::iovec>,
     names: Vec<libc::sockaddr_storage>,
@@ -115,10 +147,12 @@ pub struct Headers {
 unsafe impl Send for Headers {}
 
 impl Headers {
-    /// Headers for a socket of the given family (it decides how IPv4 destinations are written).
-    pub fn new(v6_socket: bool) -> Headers {
+    /// Headers for a socket of the given family (it decides how IPv4 destinations are written),
+    /// to the destinations `peers` serves.
+    pub fn new(v6_socket: bool, peers: View) -> Headers {
         Headers {
             v6_socket,
+            peers,
             hdrs: Vec::new(),
             iovs: Vec::new(),
             names: Vec::new(),
@@ -155,20 +189,30 @@ impl Headers {
 
     /// Adds headers for `out.sends[which]`, whose `Seg::Input` ranges refer to `input(i)`.
     /// Consecutive sends to one destination of one size (the last may be shorter) share one
-    /// segmented header while `gso` allows (none: each alone).
+    /// segmented header while `gso` allows (none: each alone). A send to an address the relay
+    /// never sends to gets no header: how many were dropped so.
     pub fn add<'a>(
         &mut self,
         out: &'a Out,
         which: std::ops::Range<usize>,
         input: &impl Fn(usize) -> &'a [u8],
         gso: Option<&Gso>,
-    ) {
+    ) -> usize {
         let gso = gso.filter(|g| g.on);
         // The open run: its destination, segment size, bytes so far, whether a shorter datagram
         // already ended it, and whether its size may be segmented on its path.
         let mut open: Option<(SocketAddr, usize, usize, bool, bool)> = None;
+        let mut dropped = 0;
         let first = which.start;
         for (i, s) in out.sends[which].iter().enumerate() {
+            // Defence in depth: ingress refuses such peers, but a state handed over or restored
+            // may hold one, and a send to `0.0.0.0` or `::` would reach the relay's own host.
+            // A run's destination was checked at its first send.
+            if open.is_none_or(|o| o.0 != s.to) && self.peers.policy().check(s.to).is_err() {
+                dropped += 1;
+                open = None;
+                continue;
+            }
             let len = s.wire_len();
             let joins = len > 0
                 && open.is_some_and(|(to, size, bytes, ended, fits)| {
@@ -211,6 +255,7 @@ impl Headers {
             }
             *self.iov_ends.last_mut().expect("a header") = self.iovs.len();
         }
+        dropped
     }
 
     /// Points every header at its name, iovecs and control, now that no vector will grow.
@@ -249,5 +294,121 @@ impl Headers {
     /// Header `i`, for a `sendmsg`.
     pub fn msghdr(&self, i: usize) -> *const libc::msghdr {
         &self.hdrs[i].msg_hdr
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::destination::{Boundary, Policy};
+    use crate::out::Kind;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn err(errno: i32) -> io::Error {
+        io::Error::from_raw_os_error(errno)
+    }
+
+    #[test]
+    fn a_destination_that_fails_alone_too_is_its_own_fault() {
+        let c = Counters::default();
+        let (bad, good) = (sa("203.0.113.7:9"), sa("198.51.100.1:9"));
+        let mut g = Gso::new(true);
+        g.refused(&err(libc::EINVAL), bad, 100);
+        g.resent(bad, false, &c);
+        assert!(g.on(), "segmentation stays on");
+        assert_eq!(g.max_segment(bad), 0, "not segmented there");
+        assert_eq!(g.max_segment(good), MAX_SEGMENT_SIZE);
+        assert_eq!(c.gso_refused.load(Relaxed), 0);
+        // A single send that was no retry judges nothing.
+        g.resent(good, true, &c);
+        assert!(g.on());
+    }
+
+    #[test]
+    fn a_refusal_where_single_sends_go_is_the_kernels() {
+        let c = Counters::default();
+        let to = sa("203.0.113.7:9");
+        let mut g = Gso::new(true);
+        g.refused(&err(libc::EMSGSIZE), to, 1452);
+        g.resent(to, true, &c);
+        assert!(g.on());
+        assert_eq!(g.max_segment(to), 1451, "the path's limit lowered");
+        for errno in [libc::EIO, libc::EINVAL] {
+            g.refused(&err(errno), to, 100);
+            g.resent(to, true, &c);
+            assert!(!g.on(), "{errno}");
+        }
+        assert_eq!(c.gso_refused.load(Relaxed), 1, "counted once");
+        // Another error is no verdict on segmentation.
+        let mut g = Gso::new(true);
+        g.refused(&err(libc::ENETUNREACH), to, 100);
+        g.resent(to, true, &c);
+        assert!(g.on());
+        assert_eq!(g.max_segment(to), MAX_SEGMENT_SIZE);
+    }
+
+    #[test]
+    fn the_destinations_remembered_stay_bounded() {
+        let c = Counters::default();
+        let mut g = Gso::new(true);
+        for port in 1..=(MAX_SMALL_PATHS as u16 + 1) {
+            let to = SocketAddr::from(([203, 0, 113, 7], port));
+            g.refused(&err(libc::EINVAL), to, 100);
+            g.resent(to, false, &c);
+            assert!(g.small_paths.len() <= MAX_SMALL_PATHS);
+        }
+        for port in 1..=(MAX_SMALL_PATHS as u16 + 1) {
+            g.refused(
+                &err(libc::EINVAL),
+                SocketAddr::from(([203, 0, 113, 8], port)),
+                100,
+            );
+            assert!(g.suspects.len() <= MAX_SMALL_PATHS);
+        }
+        assert!(g.on());
+    }
+
+    #[test]
+    fn no_header_is_built_for_an_address_the_relay_never_sends_to() {
+        let boundary = Boundary::new(Policy::new("127.0.0.1".parse().unwrap(), &[], &[]));
+        let mut h = Headers::new(false, boundary.view());
+        let mut out = Out::default();
+        let good = sa("127.0.0.1:9");
+        let never = [
+            "0.0.0.0:9",
+            "127.0.0.1:0",
+            "224.0.0.1:9",
+            "255.255.255.255:9",
+            "10.0.0.1:9",
+            "[::]:9",
+            "[::ffff:0.0.0.0]:9",
+        ];
+        for to in std::iter::once(good)
+            .chain(never.iter().map(|s| sa(s)))
+            .chain([good, good])
+        {
+            let start = out.buf.len();
+            out.buf.extend_from_slice(b"x");
+            out.reply(to, start, Kind::Reply, true);
+        }
+        let gso = Gso::new(true);
+        let dropped = h.add(&out, 0..out.sends.len(), &|_| &[], Some(&gso));
+        assert_eq!(dropped, never.len());
+        assert_eq!(h.len(), 2, "the good one, then a run of two");
+        assert_eq!(h.run(0), (0, 1));
+        assert_eq!(h.run(1), (1 + never.len(), 2));
+        // A reload that allows the range lets its sends through.
+        boundary.set(Policy::new(
+            "127.0.0.1".parse().unwrap(),
+            &["10.0.0.0/8".parse().unwrap()],
+            &[],
+        ));
+        h.clear();
+        let dropped = h.add(&out, 0..out.sends.len(), &|_| &[], Some(&gso));
+        assert_eq!(dropped, never.len() - 1);
     }
 }

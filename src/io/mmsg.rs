@@ -30,7 +30,7 @@ impl Backend for Mmsg {
             .ok_or_else(|| io::Error::other("no workers"))?;
         let socket = first.socket.try_clone()?;
         Ok(Box::new(SocketEgress {
-            sender: Sender::new(&socket, first.gso)?,
+            sender: Sender::new(&socket, first.gso, &first.boundary)?,
             socket,
             counters: first.counters.clone(),
         }))
@@ -47,7 +47,7 @@ impl Backend for Mmsg {
         let mut out = Out::default();
         // Per decided datagram: its slot and range there (several per slot when coalesced).
         let mut inputs: Vec<(usize, Range<usize>)> = Vec::new();
-        let mut sender = Sender::new(&w.socket, w.gso)?;
+        let mut sender = Sender::new(&w.socket, w.gso, &w.boundary)?;
         let fd = w.socket.as_raw_fd();
         while !w.stop.load(Ordering::Relaxed) {
             for i in 0..BATCH {

@@ -25,6 +25,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::clock::Clock;
 use crate::clock::Now;
 use crate::config::IoChoice;
+use crate::destination::Boundary;
 use crate::metrics::Counters;
 use crate::out::Out;
 
@@ -61,6 +62,8 @@ pub struct Worker {
     pub cpu: Option<usize>,
     /// Whether sends may be segmented (`UDP_SEGMENT`).
     pub gso: bool,
+    /// The peer addresses served: nothing is sent to any other.
+    pub boundary: Arc<Boundary>,
     /// Whether the socket may coalesce receives (`UDP_GRO` is on): receive buffers then hold
     /// the largest coalesced receive, whatever `max_datagram` is.
     pub gro: bool,
@@ -562,30 +565,32 @@ pub struct Sender {
 
 impl Sender {
     /// A sender for `sock`, whose family decides how IPv4 destinations are written; `gso`
-    /// allows segmented sends.
-    pub fn new(sock: &UdpSocket, gso: bool) -> io::Result<Sender> {
+    /// allows segmented sends; nothing is sent outside `boundary`.
+    pub fn new(sock: &UdpSocket, gso: bool, boundary: &Arc<Boundary>) -> io::Result<Sender> {
         Ok(Sender {
-            headers: Headers::new(sock.local_addr()?.is_ipv6()),
+            headers: Headers::new(sock.local_addr()?.is_ipv6(), boundary.view()),
             gso: Gso::new(gso),
         })
     }
 
-    /// Builds the headers for `out.sends[from..]`, segmenting runs if `segment`.
+    /// Builds the headers for `out.sends[from..]`, segmenting runs if `segment`; how many
+    /// sends were dropped for their destination.
     fn build<'a>(
         &mut self,
         out: &'a Out,
         from: usize,
         input: &impl Fn(usize) -> &'a [u8],
         segment: bool,
-    ) {
+    ) -> usize {
         self.headers.clear();
-        self.headers.add(
+        let dropped = self.headers.add(
             out,
             from..out.sends.len(),
             input,
             segment.then_some(&self.gso),
         );
         self.headers.fix();
+        dropped
     }
 
     /// Sends every datagram of `out` on `sock`; `input(i)` is received datagram `i` of the batch.
@@ -599,7 +604,9 @@ impl Sender {
         if out.sends.is_empty() {
             return;
         }
-        self.build(out, 0, &input, true);
+        // Counted once: sending the rest again (below) drops the same ones again.
+        let dropped = self.build(out, 0, &input, true);
+        Counters::add(&counters.bad_destination, dropped as u64);
         let fd = sock.as_raw_fd();
         let mut done = 0;
         while done < self.headers.len() {
@@ -615,14 +622,16 @@ impl Sender {
                     // one (with the rest of the batch), each failing or not on its own.
                     _ if n > 1 => {
                         let s = &out.sends[first];
-                        self.gso.refused(&e, s.to, s.wire_len(), counters);
+                        self.gso.refused(&e, s.to, s.wire_len());
                         self.build(out, first, &input, false);
                         done = 0;
                     }
                     _ => {
                         // The first datagram failed (unreachable, too large…): skip it only.
-                        tracing::debug!(error = %e, to = %out.sends[first].to, "send failed");
+                        let to = out.sends[first].to;
+                        tracing::debug!(error = %e, %to, "send failed");
                         Counters::add(&counters.send_errors, n as u64);
+                        self.gso.resent(to, false, counters);
                         done += 1;
                     }
                 }
@@ -630,7 +639,11 @@ impl Sender {
                 let sent = r as usize;
                 for i in done..done + sent {
                     let bytes = self.headers.mmsg_from(i)[0].msg_len;
-                    sent_run(counters, self.headers.run(i).1, bytes as usize);
+                    let (first, n) = self.headers.run(i);
+                    sent_run(counters, n, bytes as usize);
+                    if n == 1 {
+                        self.gso.resent(out.sends[first].to, true, counters);
+                    }
                 }
                 done += sent;
             }
@@ -650,6 +663,11 @@ fn sent_run(counters: &Counters, datagrams: usize, bytes: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A boundary that serves every address but those that are never one.
+    fn open() -> Arc<Boundary> {
+        Boundary::new(crate::destination::Policy::open())
+    }
 
     /// A control message of `level` and `kind` with `data`, as the kernel lays it out, at
     /// offset `skew` of the returned buffer.
@@ -736,7 +754,7 @@ mod tests {
                 out.reply(to, start, crate::out::Kind::Reply, true);
             }
             let c = Counters::default();
-            let mut sender = Sender::new(&tx, true).unwrap();
+            let mut sender = Sender::new(&tx, true, &open()).unwrap();
             // Twice: the second batch already knows the limit.
             let mut got = Vec::new();
             for _ in 0..2 {
@@ -804,7 +822,7 @@ mod tests {
             .with_writer(move || sink.clone())
             .with_ansi(false)
             .finish();
-        let mut sender = Sender::new(&tx, true).unwrap();
+        let mut sender = Sender::new(&tx, true, &open()).unwrap();
         tracing::subscriber::with_default(subscriber, || {
             // Another test's thread may have hit the warning first, with no subscriber, and
             // cached that nobody listens there: ask again, now that this one does.
@@ -856,6 +874,7 @@ mod tests {
             cpu: None,
             gso: true,
             gro: false,
+            boundary: open(),
         };
         (w, relay, stop, counters)
     }
@@ -1007,7 +1026,7 @@ mod tests {
                 out
             };
             let c = Counters::default();
-            let mut sender = Sender::new(&tx, true).unwrap();
+            let mut sender = Sender::new(&tx, true, &open()).unwrap();
             let load =
                 |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
             sender.send(&tx, &run(small.local_addr().unwrap()), |_| &[], &c);

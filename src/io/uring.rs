@@ -24,6 +24,7 @@ use io_uring::{IoUring, Probe, cqueue, opcode, squeue};
 use super::{
     Backend, CONTROL_LEN, Egress, Gso, Headers, Inbox, POLL_MS, Received, Source, Worker, source,
 };
+use crate::destination::Boundary;
 use crate::metrics::Counters;
 use crate::out::Out;
 
@@ -259,10 +260,10 @@ struct Batch {
 }
 
 impl Batch {
-    fn new(v6: bool) -> Batch {
+    fn new(v6: bool, boundary: &Arc<Boundary>) -> Batch {
         Batch {
             out: Out::default(),
-            headers: Headers::new(v6),
+            headers: Headers::new(v6, boundary.view()),
             leases: Vec::new(),
             inputs: Vec::new(),
             pending: 0..0,
@@ -273,9 +274,9 @@ impl Batch {
     }
 
     /// Builds the headers of the next round, once the last has completed: the refused runs one
-    /// datagram at a time, else up to `most` pending sends, segmented as `gso` allows. False if
-    /// none.
-    fn build(&mut self, bufs: &BufRing, gso: &Gso, most: usize) -> bool {
+    /// datagram at a time, else up to `most` pending sends, segmented as `gso` allows (sends to
+    /// a destination the relay never sends to dropped and counted). False if none.
+    fn build(&mut self, bufs: &BufRing, gso: &Gso, most: usize, counters: &Counters) -> bool {
         debug_assert_eq!(self.outstanding, 0);
         self.headers.clear();
         let (leases, inputs) = (&self.leases, &self.inputs);
@@ -287,10 +288,13 @@ impl Batch {
         };
         if self.retry.is_empty() {
             let end = self.pending.end.min(self.pending.start + most.min(ROUND));
-            self.headers
+            let dropped = self
+                .headers
                 .add(&self.out, self.pending.start..end, &input, Some(gso));
+            Counters::add(&counters.bad_destination, dropped as u64);
             self.pending.start = end;
         } else {
+            // A refused run's destination was served when it was built: nothing to count.
             for (first, n) in self.retry.drain(..) {
                 self.headers.add(&self.out, first..first + n, &input, None);
             }
@@ -308,19 +312,23 @@ impl Batch {
     fn completed(&mut self, i: usize, res: i32, gso: &mut Gso, counters: &Counters) {
         self.outstanding -= 1;
         let (first, n) = self.headers.run(i);
+        let s = &self.out.sends[first];
         if res >= 0 {
             super::sent_run(counters, n, res as usize);
+            if n == 1 {
+                gso.resent(s.to, true, counters);
+            }
             return;
         }
         let e = io::Error::from_raw_os_error(-res);
-        let s = &self.out.sends[first];
         if n > 1 {
             // Never dropped whole: its datagrams go again one by one.
-            gso.refused(&e, s.to, s.wire_len(), counters);
+            gso.refused(&e, s.to, s.wire_len());
             self.retry.push((first, n));
         } else {
             tracing::debug!(error = %e, to = %s.to, "send failed");
             Counters::add(&counters.send_errors, 1);
+            gso.resent(s.to, false, counters);
         }
     }
 
@@ -347,12 +355,13 @@ impl Batch {
         slot: usize,
         gso: &Gso,
         bufs: &mut BufRing,
+        counters: &Counters,
     ) -> io::Result<bool> {
         if !self.busy || self.outstanding > 0 {
             return Ok(false);
         }
         let more = !self.retry.is_empty() || (slot != REAPER && !self.pending.is_empty());
-        if more && self.build(bufs, gso, ROUND) {
+        if more && self.build(bufs, gso, ROUND, counters) {
             submit(ring, sock, self, slot)?;
             return Ok(false);
         }
@@ -468,8 +477,8 @@ impl Backend for Uring {
             ring: ManuallyDrop::new(builder().build(SQ_ENTRIES)?),
             bufs: BufRing::new(BUFFERS, buf_len)?,
             recv_hdr,
-            batches: [Batch::new(v6), Batch::new(v6)],
-            reaper: Batch::new(v6),
+            batches: [Batch::new(v6, &w.boundary), Batch::new(v6, &w.boundary)],
+            reaper: Batch::new(v6, &w.boundary),
         };
         let Rig {
             ring,
@@ -572,9 +581,9 @@ impl Backend for Uring {
             });
             let mut provided = false;
             for (slot, b) in batches.iter_mut().enumerate() {
-                provided |= b.advance(ring, sock, slot, &gso, bufs)?;
+                provided |= b.advance(ring, sock, slot, &gso, bufs, &w.counters)?;
             }
-            reaper.advance(ring, sock, REAPER, &gso, bufs)?;
+            reaper.advance(ring, sock, REAPER, &gso, bufs, &w.counters)?;
             // Receives, while the batch they go to is free; else they wait in `ready`.
             let mut decided = 0;
             let b = &mut batches[filling];
@@ -638,7 +647,7 @@ impl Backend for Uring {
             if decided > 0 {
                 b.busy = true;
                 b.pending = 0..b.out.sends.len();
-                if b.build(bufs, &gso, ROUND) {
+                if b.build(bufs, &gso, ROUND, &w.counters) {
                     submit(ring, sock, b, filling)?;
                 } else {
                     b.release(bufs);
@@ -654,10 +663,10 @@ impl Backend for Uring {
                 && (decided == 0 || now.ms >= extra_at + EXTRA_EVERY_MS)
             {
                 extra_at = now.ms;
-                if reaper.build(bufs, &gso, EXTRA_SLICE) {
+                if reaper.build(bufs, &gso, EXTRA_SLICE, &w.counters) {
                     submit(ring, sock, reaper, REAPER)?;
                 } else {
-                    reaper.advance(ring, sock, REAPER, &gso, bufs)?;
+                    reaper.advance(ring, sock, REAPER, &gso, bufs, &w.counters)?;
                 }
             }
             bufs.publish();
@@ -759,6 +768,7 @@ mod tests {
             cpu: None,
             gso: false,
             gro: false,
+            boundary: Boundary::new(crate::destination::Policy::open()),
         }];
         let mut egress = Uring.egress(&mut workers).unwrap();
         let [w] = workers;

@@ -16,6 +16,7 @@ use tracing::debug;
 
 use crate::budget::{ANSWER_FACTOR, Cause, Own};
 use crate::clock::Now;
+use crate::destination::View;
 use crate::metrics::Counters;
 use crate::out::{Kind, Out};
 use crate::presence;
@@ -92,6 +93,8 @@ pub struct Router {
     admission: Admission,
     worker: usize,
     scratch: Vec<u8>,
+    /// The peer addresses served.
+    peers: View,
 }
 
 /// Gives the worker's limits back to the shared state, for the router that comes next.
@@ -113,6 +116,7 @@ impl Router {
             counters: shared.metrics.block(worker),
             admission,
             worker,
+            peers: shared.boundary.view(),
             shared,
             scratch: Vec::new(),
         }
@@ -160,6 +164,11 @@ impl Router {
         let mut admitted = false;
         if self.shared.live.generation() != self.admission.generation {
             self.retune();
+        }
+        // A source the relay never sends to, or does not serve, is refused before it costs
+        // anyone's bucket (a few comparisons), and never answered.
+        if let Err(r) = self.peers.policy().check(from) {
+            return self.refuse(r, &req);
         }
         // Admission comes before any parsing, so a flood costs a hash and a few additions.
         if let Err(r) = self.admission.ingress.admit(from, len, now.ms) {

@@ -546,3 +546,43 @@ fn a_full_registry_displaces_the_stalest_unproven_registration_for_a_newcomer() 
     }
     assert!(h.refused(Reason::RegistryFull) == 0);
 }
+
+#[test]
+fn sources_never_a_peers_or_denied_are_refused_before_admission_and_never_answered() {
+    let host = "127.0.0.1".parse().unwrap();
+    let allowed: crate::destination::Net = "10.1.0.0/16".parse().unwrap();
+    let mut h = Harness::new(Settings {
+        peers: crate::destination::Policy::new(host, &[allowed], &[]),
+        // One datagram a second per source: a refusal before admission charges nobody.
+        source_rate: 1,
+        ..Settings::default()
+    });
+    for (from, reason) in [
+        ("0.0.0.0:5", Reason::BadSource),
+        ("0.1.2.3:5", Reason::BadSource),
+        ("[::]:5", Reason::BadSource),
+        ("224.0.0.1:5", Reason::BadSource),
+        ("255.255.255.255:5", Reason::BadSource),
+        ("[ff02::1]:5", Reason::BadSource),
+        ("127.0.0.1:0", Reason::BadSource),
+        ("10.0.0.1:5", Reason::DeniedAddress),
+        ("169.254.169.254:5", Reason::DeniedAddress),
+        ("[fd00:ec2::254]:5", Reason::DeniedAddress),
+        ("[fe80::1]:5", Reason::DeniedAddress),
+        ("[::ffff:192.168.0.1]:5", Reason::DeniedAddress),
+    ] {
+        let from: SocketAddr = from.parse().unwrap();
+        let before = h.refused(reason);
+        for _ in 0..3 {
+            assert!(register(&mut h, "x", from, 0).is_empty(), "{from}");
+        }
+        assert_eq!(h.refused(reason), before + 3, "{from}");
+    }
+    assert_eq!(h.refused(Reason::SourceLimited), 0);
+    assert_eq!(h.shared.registry.len(), 0);
+    // The allowed range and loopback (the relay listens there) are served.
+    for from in ["10.1.2.3:5", "127.16.0.1:5"] {
+        let r = register(&mut h, from, from.parse().unwrap(), 0);
+        assert_eq!(r[0].1["type"], "register_ack", "{from}");
+    }
+}
