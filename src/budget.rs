@@ -2,12 +2,12 @@
 //! so that no limit multiplies with the number of workers.
 //!
 //! Any source address can be forged, so what an unauthenticated request makes the relay send to
-//! its source must be paid by that address's host, its /24 (/56) and the relay as a whole: each
+//! its source must be paid by that address's host, its /24 (/48) and the relay as a whole: each
 //! starts with a small credit and earns what it sends in, never anything by the clock. Over any
 //! flood forged in a victim's name, the victim's network gets at most what was sent in its name
 //! beyond the prefix's credit. Announcements are paid by the host whose datagram caused them (it
 //! earns twice what it sends, beyond a fixed allowance) and are capped per recipient by a rate.
-//! News an unauthenticated datagram causes is not told to trusted peers of its own /24 (/56) at
+//! News an unauthenticated datagram causes is not told to trusted peers of its own /24 (/48) at
 //! all: whoever forges a neighbour's address forges in that network's name. It is told when the
 //! registration proves itself (see [`crate::presence::announce_to_neighbours`]). Forwards are
 //! paid by their sender's own admission limits ([`crate::ratelimit`]).

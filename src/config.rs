@@ -118,10 +118,10 @@ pub struct Args {
     /// Bytes per second one source address may send (0: no limit).
     #[arg(long, env = "UDP_RELAY_SOURCE_BYTES", default_value_t = 8_000_000)]
     pub source_bytes: u64,
-    /// Datagrams per second one /24 (IPv4) or /56 (IPv6) may send (0: no limit).
+    /// Datagrams per second one /24 (IPv4) or /48 (IPv6) may send (0: no limit).
     #[arg(long, env = "UDP_RELAY_PREFIX_RATE", default_value_t = 50_000)]
     pub prefix_rate: u64,
-    /// Bytes per second one /24 or /56 may send (0: no limit).
+    /// Bytes per second one /24 or /48 may send (0: no limit).
     #[arg(long, env = "UDP_RELAY_PREFIX_BYTES", default_value_t = 80_000_000)]
     pub prefix_bytes: u64,
     /// Datagrams per second the whole relay accepts, shared evenly by the workers (0: no limit).
@@ -135,7 +135,7 @@ pub struct Args {
     /// beyond what it has sent itself (0: no limit); see SECURITY.md.
     #[arg(long, env = "UDP_RELAY_REPLY_CREDIT", default_value_t = 2_048)]
     pub reply_credit: u64,
-    /// The same per /24 (IPv4) or /56 (IPv6): the most a forger can make the relay send a
+    /// The same per /24 (IPv4) or /48 (IPv6): the most a forger can make the relay send a
     /// victim network beyond what was sent in its name (0: no limit).
     #[arg(long, env = "UDP_RELAY_REPLY_PREFIX_CREDIT", default_value_t = 4_096)]
     pub reply_prefix_credit: u64,

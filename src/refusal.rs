@@ -110,7 +110,7 @@ reasons! {
     SourceLimited => "rate_limited_source", Some(RateLimited), "slow down",
         "Over the per-source datagram or byte rate.";
     PrefixLimited => "rate_limited_prefix", Some(RateLimited), "slow down",
-        "Over the per-prefix (/24, /56) datagram or byte rate.";
+        "Over the per-prefix (/24, /48) datagram or byte rate.";
     GlobalLimited => "rate_limited_global", Some(RateLimited), "slow down",
         "Over the relay-wide datagram rate (per worker share).";
     RegistrationLimited => "rate_limited_registrations", Some(RateLimited),

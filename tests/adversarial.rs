@@ -229,7 +229,7 @@ fn many_ports_of_one_host_and_many_hosts_of_one_network() {
 
 /// The forger poses as other ports of a trusted victim's host and (over IPv4) other hosts of
 /// its /24, so that what it causes is news to the victim (joins, refreshes, refused leaves), in a
-/// small registry where everyone hears of everyone; the /24 (/56) as a whole may get no more
+/// small registry where everyone hears of everyone; the /24 (/48) as a whole may get no more
 /// than was forged: news of a neighbour waits for the neighbour's proof, which a forger cannot
 /// give.
 fn forged_from_a_trusted_victims_own_network(t: &str, v6: bool) {
@@ -360,7 +360,7 @@ fn one_forged_neighbour_a_round(t: &str, v6: bool) {
         p.drain();
     }
     // A fresh neighbour each round (IPv4: a host of the /24, bound so that what it gets is
-    // counted; IPv6: a /64 of the victims' /56, unrouted here), each with its own fan-out.
+    // counted; IPv6: a /64 of the victims' /48, unrouted here), each with its own fan-out.
     let n_socks: Vec<UdpSocket> = if v6 {
         vec![]
     } else {
