@@ -106,7 +106,7 @@ reasons! {
     Disabled => "disabled", Some(BadRequest), "disabled by the operator",
         "A request for a feature the operator switched off.";
     WatchLimit => "watch_limit", Some(WatchLimit), "watch limit reached",
-        "A watch beyond the per-peer, per-host or relay-wide watch limit.";
+        "A watch beyond the per-peer, per-host, per-network or relay-wide watch limit, or of a name watched by as many as it may be (in all, or from the watcher's network).";
     SourceLimited => "rate_limited_source", Some(RateLimited), "slow down",
         "Over the per-source datagram or byte rate.";
     PrefixLimited => "rate_limited_prefix", Some(RateLimited), "slow down",

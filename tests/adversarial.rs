@@ -975,3 +975,122 @@ fn strangers_cannot_spend_a_peers_own_channels_nor_a_hosts_by_forged_moves() {
     );
     assert_eq!(v["type"], "bind_ack", "{v}");
 }
+
+/// Host `host` of test network `net`: 127.0.`net`.`host` over IPv4; over IPv6 the /64 `host`
+/// of 2001:db8:`net`::/48 (hosts of one network each a /64 of their own, as a forger's are).
+fn net_host(v6: bool, net: u16, host: u16) -> std::net::IpAddr {
+    let s = if v6 {
+        format!("2001:db8:{net:x}:{host:x}::1")
+    } else {
+        format!("127.0.{net}.{host}")
+    };
+    s.parse().unwrap()
+}
+
+/// The relay's address in a test's own network: bound to it, it answers from it (on `::` it
+/// would answer a local peer from the peer's own address).
+const RELAY6: &str = "2001:db8:1::1";
+
+/// The addresses of the watch test: the relay's, the forger's six hosts, then three networks
+/// of one host.
+fn watch_test_hosts() -> Vec<String> {
+    let mut hosts: Vec<_> = (1..=6).map(|h| net_host(true, 77, h)).collect();
+    hosts.extend([78, 79, 80].map(|n| net_host(true, n, 0)));
+    let mut all = vec![RELAY6.to_string()];
+    all.extend(hosts.iter().map(|h| h.to_string()));
+    all
+}
+
+/// Names of six hosts of one network all watch one name, then fill every watch entry they may;
+/// a watcher of that name from another network still gets a slot and hears her join, and a
+/// third network can still watch. (Measured before: 1,024 names of 6 addresses took all of a
+/// name's watchers, then 3.5 MiB from one /58 took the relay's.)
+fn one_network_holds_only_its_share_of_watches(t: &str, v6: bool) {
+    let host = if v6 { RELAY6 } else { "127.0.0.1" };
+    let extra = [
+        "--registration-rate",
+        "0",
+        "--announce-max",
+        "1",
+        "--max-watch-total",
+        "4096",
+        "--max-watch-per-host",
+        "64",
+    ];
+    let r = Relay::start_with(&args(&extra, NO_BUDGETS), &[("RUST_LOG", "info")], host);
+    let relay = r.addr;
+    let bind = |ip| {
+        let s = UdpSocket::bind(SocketAddr::new(ip, 0)).unwrap();
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        s
+    };
+    let watch = |s: &UdpSocket, name: &str, session: &str, names: &[String]| {
+        let m = json!({"type": "watch", "names": names, "name": name, "session": session});
+        s.send_to(m.to_string().as_bytes(), relay).unwrap();
+        recv_json(s, |v| v["type"] == "watch_ack");
+    };
+    // 40 names on each of six hosts watch "star" (a network holds 64 of her watchers), then
+    // 15 names each (a network holds 4,096 / 16 = 256 entries).
+    let forger: Vec<(UdpSocket, Vec<(String, String)>)> = (1..=6)
+        .map(|h| {
+            let s = bind(net_host(v6, 77, h));
+            let names = (0..40)
+                .map(|n| {
+                    let name = format!("m{h}-{n}");
+                    let session = prove_at(&s, relay, &name);
+                    watch(&s, &name, &session, &["star".to_string()]);
+                    (name, session)
+                })
+                .collect();
+            (s, names)
+        })
+        .collect();
+    let star_watchers = r.metric("udp_relay_watch_entries");
+    for (s, names) in &forger {
+        for (name, session) in names {
+            let more: Vec<String> = (0..15).map(|i| format!("{name}-x{i}")).collect();
+            watch(s, name, session, &more);
+        }
+    }
+    let held = r.metric("udp_relay_watch_entries");
+    let refused = r.refused("watch_limit");
+    // Another network watches her and hears her join; a third still watches 64 names.
+    let alice = Peer::bind(relay, &SocketAddr::new(net_host(v6, 78, 0), 0).to_string());
+    alice.register("alice");
+    alice.send(alice.authed(json!({"type": "watch", "names": ["star"]})));
+    assert_eq!(alice.expect("watch_ack")["online"], json!([]));
+    let bob = Peer::bind(relay, &SocketAddr::new(net_host(v6, 79, 0), 0).to_string());
+    bob.register("bob");
+    let names: Vec<String> = (0..64).map(|i| format!("b{i}")).collect();
+    bob.send(bob.authed(json!({"type": "watch", "names": names})));
+    bob.expect("watch_ack");
+    for p in [&alice, &bob] {
+        let got = p.drain();
+        assert!(got.iter().all(|v| v["type"] != "error"), "{got:?}");
+    }
+    let star = Peer::bind(relay, &SocketAddr::new(net_host(v6, 80, 0), 0).to_string());
+    star.register("star");
+    assert_eq!(expect(&alice, "peer_joined")["peer_name"], "star");
+    println!(
+        "{t}: 240 names of 6 hosts of one network asked to watch star, {star_watchers} got in; \
+         asking 3,600 more entries they hold {held} of 4,096 ({refused} watch_limit); a watcher \
+         from another network got a slot and heard star join"
+    );
+    assert_eq!(star_watchers, 64);
+    assert_eq!(held, 256);
+    assert_eq!(r.metric("udp_relay_watch_entries"), 256 + 1 + 64);
+}
+
+#[test]
+fn one_network_holds_only_its_share_of_watches_ipv4() {
+    let t = "one_network_holds_only_its_share_of_watches_ipv4";
+    one_network_holds_only_its_share_of_watches(t, false);
+}
+
+#[test]
+fn one_network_holds_only_its_share_of_watches_ipv6() {
+    let t = "one_network_holds_only_its_share_of_watches_ipv6";
+    in_own_network(t, &watch_test_hosts(), || {
+        one_network_holds_only_its_share_of_watches(t, true)
+    });
+}
