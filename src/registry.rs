@@ -1708,14 +1708,15 @@ mod tests {
         // One name's watchers: 64 of one /24 or one /48 (hosts of many /64s), then others.
         let r = Registry::new(&Settings::default());
         let star = [Name::from("star")];
-        let nets: [(&str, fn(usize) -> SocketAddr); 2] = [
-            ("v4", |i| SocketAddr::from(([10, 0, 0, i as u8], 1))),
-            ("v6", |i| {
-                let ip = std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, i as u16, 0, 0, 0, 1);
-                SocketAddr::from((ip, 1))
-            }),
-        ];
-        for (tag, at) in nets {
+        for v6 in [false, true] {
+            let at = |i: usize| match v6 {
+                false => SocketAddr::from(([10, 0, 0, i as u8], 1)),
+                true => SocketAddr::from((
+                    std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, i as u16, 0, 0, 0, 1),
+                    1,
+                )),
+            };
+            let tag = if v6 { "v6" } else { "v4" };
             for i in 0..=MAX_WATCHERS_PER_NETWORK {
                 let w = format!("{tag}-{i}");
                 r.claim(&w, at(i + 1), Proof::Token(None), 0, usize::MAX);
