@@ -10,6 +10,7 @@ pub mod channels;
 pub mod clock;
 pub mod config;
 pub mod http;
+pub mod introductions;
 pub mod io;
 pub mod keyed;
 pub mod metrics;

@@ -98,7 +98,7 @@ reasons! {
         "this request needs the session of its name, from its address",
         "A request that must be authenticated and is not.";
     UnknownTarget => "unknown_target", Some(UnknownTarget), "target is not online",
-        "A relay or connect to a name that is not live.";
+        "A relay or bind to a name that is not live.";
     RegistryFull => "registry_full", Some(RateLimited), "relay is full",
         "A new name beyond `--max-peers`.";
     AddressFull => "address_full", Some(RateLimited), "too many names at this address",
@@ -116,6 +116,9 @@ reasons! {
     RegistrationLimited => "rate_limited_registrations", Some(RateLimited),
         "registering new names too fast",
         "New names from one host (IPv4 address, IPv6 /64) too fast.";
+    ConnectLimited => "rate_limited_connects", Some(RateLimited),
+        "asking for too many introductions",
+        "A `connect` to a new target beyond the 16 one name may ask for in 30 s.";
     AuthRequired => "auth_required", Some(AuthRequired), "this relay requires signed registration",
         "An unsigned claim where signed registration is required.";
     BadSignature => "bad_signature", Some(BadSignature), "cookie or signature does not check",

@@ -827,6 +827,17 @@ impl Registry {
             .flatten()
     }
 
+    /// The address of `name` if it is live, whether its registration is trusted there, and its
+    /// registration number (which a move or a new holder changes).
+    pub fn registration_of(&self, name: &str, now_ms: u64) -> Option<(SocketAddr, bool, u64)> {
+        self.peers
+            .get(name, |_, e| {
+                self.live(e, now_ms)
+                    .then(|| (e.addr.get(), self.trusted(e, now_ms), e.seq))
+            })
+            .flatten()
+    }
+
     /// Whether a refreshing `register` of `name` may be announced now: the first may, then one
     /// per `every_ms`.
     pub fn announce_refresh(&self, name: &str, now_ms: u64, every_ms: u64) -> bool {

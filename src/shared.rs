@@ -11,6 +11,7 @@ use crate::budget::Budgets;
 use crate::channels::Channels;
 use crate::clock::Clock;
 use crate::config::Settings;
+use crate::introductions::Pending;
 use crate::metrics::Metrics;
 use crate::presence::Sample;
 use crate::ratelimit::{Admission, AdmissionImage};
@@ -38,6 +39,8 @@ pub struct Shared {
     pub cookies: Cookies,
     /// The bound channels (Part 4).
     pub channels: Channels,
+    /// Who asked to be introduced to whom (`connect`), not handed over: a pair asks again.
+    pub introductions: Pending,
     /// The settings a reload changed, for the workers to take up.
     pub live: Live,
     /// The relay's clock, whose readings every thread compares (a worker's last loop turn).
@@ -149,6 +152,7 @@ impl Shared {
             workers,
             cookies: held.cookies,
             channels: held.channels,
+            introductions: Pending::default(),
             live: Live::default(),
             clock: held.clock,
             admission: (0..workers)

@@ -112,22 +112,39 @@ impl Router {
         Ok(())
     }
 
+    /// `connect`: records that the sender asks for its target, and introduces the two if the
+    /// target asked for the sender too (see [`crate::introductions`]); until then the target
+    /// is told that the sender asks. The sender hears nothing but an introduction, so that
+    /// whether the target exists, is online or has been told is not answered.
     pub(super) fn connect(&mut self, d: &[u8], req: &mut Req, out: &mut Out) -> Result<(), Reason> {
         if !self.shared.settings.introductions {
             return Err(Reason::Disabled);
         }
         let c = self.parse::<control::Connect>(d)?;
         let me = self.authenticate(c.name.as_deref(), c.session.as_deref(), req, out)?;
-        let reg = &self.shared.registry;
-        let (peer_addr, peer_trusted) = reg
-            .target_of(&c.target, req.now.ms)
-            .ok_or(Reason::UnknownTarget)?;
+        if !valid_name(&c.target) {
+            return Err(Reason::InvalidName);
+        }
+        let (reg, now) = (&self.shared.registry, req.now.ms);
+        let (_, _, my_seq) = reg.registration_of(&me, now).ok_or(Reason::NotRegistered)?;
+        let pending = &self.shared.introductions;
+        if !pending.ask(&me, my_seq, &c.target, now) {
+            return Err(Reason::ConnectLimited);
+        }
+        let Some((peer_addr, peer_trusted, peer_seq)) = reg.registration_of(&c.target, now) else {
+            return Ok(());
+        };
         let start = out.buf.len();
-        reply::introduce(&mut out.buf, &c.target, peer_addr);
-        out.reply(req.from, start, Kind::Reply, true);
-        let start = out.buf.len();
-        reply::introduce(&mut out.buf, &me, req.from);
-        out.reply(peer_addr, start, Kind::Announce, peer_trusted);
+        if pending.asked(&c.target, peer_seq, &me, now) {
+            reply::introduce(&mut out.buf, &c.target, peer_addr);
+            out.reply(req.from, start, Kind::Reply, true);
+            let start = out.buf.len();
+            reply::introduce(&mut out.buf, &me, req.from);
+            out.reply(peer_addr, start, Kind::Announce, peer_trusted);
+        } else {
+            reply::connect_request(&mut out.buf, &me);
+            out.reply(peer_addr, start, Kind::Announce, peer_trusted);
+        }
         Ok(())
     }
 }
