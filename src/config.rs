@@ -131,6 +131,11 @@ pub struct Args {
     /// 0: no limit).
     #[arg(long, env = "UDP_RELAY_REGISTRATION_RATE", default_value_t = 20)]
     pub registration_rate: u64,
+    /// Lookups and watches of names that are not online, per second, one host (IPv4 address,
+    /// IPv6 /64) may make, and four times that one /24 (IPv4) or /48 (IPv6) (bursts of 256
+    /// seconds' worth; beyond, `rate_limited`; names online cost nothing; 0: no limit).
+    #[arg(long, env = "UDP_RELAY_MISS_RATE", default_value_t = 2)]
+    pub miss_rate: u64,
     /// Bytes of replies a host (IP address) may be sent for requests that do not authenticate,
     /// beyond what it has sent itself (0: no limit); see SECURITY.md.
     #[arg(long, env = "UDP_RELAY_REPLY_CREDIT", default_value_t = 2_048)]
@@ -278,6 +283,8 @@ pub struct Settings {
     pub global_rate: u64,
     /// See [`Args::registration_rate`].
     pub registration_rate: u64,
+    /// See [`Args::miss_rate`].
+    pub miss_rate: u64,
     /// See [`Args::reply_credit`].
     pub reply_credit: u64,
     /// See [`Args::reply_prefix_credit`].
@@ -323,6 +330,7 @@ impl Default for Settings {
             prefix_bytes: 0,
             global_rate: 0,
             registration_rate: 0,
+            miss_rate: 0,
             reply_credit: 0,
             reply_prefix_credit: 0,
             reply_global_credit: 0,
@@ -382,6 +390,7 @@ impl Args {
             prefix_bytes: self.prefix_bytes,
             global_rate: self.global_rate,
             registration_rate: self.registration_rate,
+            miss_rate: self.miss_rate,
             reply_credit: self.reply_credit,
             reply_prefix_credit: self.reply_prefix_credit,
             reply_global_credit: self.reply_global_credit,
@@ -747,6 +756,7 @@ pub const LIVE: &[&str] = &[
     "error_rate",
     "presence_rate",
     "registration_rate",
+    "miss_rate",
     "reply_credit",
     "reply_prefix_credit",
     "reply_global_credit",
@@ -792,6 +802,7 @@ impl Settings {
             error_rate: new.error_rate,
             presence_rate: new.presence_rate,
             registration_rate: new.registration_rate,
+            miss_rate: new.miss_rate,
             reply_credit: new.reply_credit,
             reply_prefix_credit: new.reply_prefix_credit,
             reply_global_credit: new.reply_global_credit,

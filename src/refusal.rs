@@ -53,6 +53,7 @@ impl Reason {
             Reason::PrefixLimited => "--prefix-rate, --prefix-bytes",
             Reason::GlobalLimited => "--global-rate",
             Reason::RegistrationLimited => "--registration-rate",
+            Reason::MissLimited => "--miss-rate",
             Reason::ChannelLimit => "--max-channels, --max-channels-per-host, --max-channels-total",
             _ => return None,
         })
@@ -116,6 +117,9 @@ reasons! {
     RegistrationLimited => "rate_limited_registrations", Some(RateLimited),
         "registering new names too fast",
         "New names from one host (IPv4 address, IPv6 /64) too fast.";
+    MissLimited => "rate_limited_misses", Some(RateLimited),
+        "looking up names that are not online too fast",
+        "A `lookup` or `watch` beyond what its host (IPv4 address, IPv6 /64) or network (/24, /48) may ask of names that are not online.";
     ConnectLimited => "rate_limited_connects", Some(RateLimited),
         "asking for too many introductions",
         "A `connect` to a new target beyond the 16 one name may ask for in 30 s.";

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::auth::Cookies;
-use crate::budget::Budgets;
+use crate::budget::{Budgets, Misses};
 use crate::channels::Channels;
 use crate::clock::Clock;
 use crate::config::Settings;
@@ -39,6 +39,8 @@ pub struct Shared {
     pub cookies: Cookies,
     /// The bound channels (Part 4).
     pub channels: Channels,
+    /// Lookups and watches of names that are not online, per host and network.
+    pub misses: Misses,
     /// Who asked to be introduced to whom (`connect`), not handed over: a pair asks again.
     pub introductions: Pending,
     /// The settings a reload changed, for the workers to take up.
@@ -153,6 +155,7 @@ impl Shared {
             cookies: held.cookies,
             channels: held.channels,
             introductions: Pending::default(),
+            misses: Misses::new(&settings),
             live: Live::default(),
             clock: held.clock,
             admission: (0..workers)

@@ -54,11 +54,22 @@ impl Router {
         let (now, budget) = (req.now.ms, self.shared.lists.reply_budget());
         let start = out.buf.len();
         if add {
+            // The registry looks at no more than `max` names, and only those are answered.
+            let asked = &w.names[..w.names.len().min(max)];
+            let (ip, misses) = (req.from.ip(), &self.shared.misses);
+            if !misses.reserve(ip, true, asked.len(), now) {
+                return Err(Reason::MissLimited);
+            }
+            let online: Vec<&str> = asked
+                .iter()
+                .filter(|n| reg.addr_of(n, now).is_some())
+                .map(String::as_str)
+                .collect();
+            misses.hits(ip, true, asked.len(), online.len());
             let left_out = reg
                 .watch(&watcher, req.from, &names, max)
                 .ok_or(Reason::NotRegistered)?;
-            let online = w.names.iter().filter(|n| reg.addr_of(n, now).is_some());
-            reply::watch_ack(&mut out.buf, online.map(String::as_str), budget);
+            reply::watch_ack(&mut out.buf, online, budget);
             out.reply(req.from, start, Kind::Reply, true);
             if left_out > 0 {
                 // What fitted is acknowledged; the error says the rest did not.
@@ -78,7 +89,12 @@ impl Router {
         if !valid_name(&l.name) {
             return Err(Reason::InvalidName);
         }
+        let (ip, misses) = (req.from.ip(), &self.shared.misses);
+        if !misses.reserve(ip, req.authed, 1, req.now.ms) {
+            return Err(Reason::MissLimited);
+        }
         let online = self.shared.registry.addr_of(&l.name, req.now.ms).is_some();
+        misses.hits(ip, req.authed, 1, usize::from(online));
         let start = out.buf.len();
         reply::peer_info(&mut out.buf, &l.name, online);
         out.reply(req.from, start, Kind::Reply, req.authed);
