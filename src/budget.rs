@@ -2,12 +2,12 @@
 //! so that no limit multiplies with the number of workers.
 //!
 //! Any source address can be forged, so what an unauthenticated request makes the relay send to
-//! its source must be paid by that address's host, its /24 (/56) and the relay as a whole: each
+//! its source must be paid by that address's host, its /24 (/48) and the relay as a whole: each
 //! starts with a small credit and earns what it sends in, never anything by the clock. Over any
 //! flood forged in a victim's name, the victim's network gets at most what was sent in its name
 //! beyond the prefix's credit. Announcements are paid by the host whose datagram caused them (it
 //! earns twice what it sends, beyond a fixed allowance) and are capped per recipient by a rate.
-//! News an unauthenticated datagram causes is not told to trusted peers of its own /24 (/56) at
+//! News an unauthenticated datagram causes is not told to trusted peers of its own /24 (/48) at
 //! all: whoever forges a neighbour's address forges in that network's name. It is told when the
 //! registration proves itself (see [`crate::presence::announce_to_neighbours`]). Forwards are
 //! paid by their sender's own admission limits ([`crate::ratelimit`]).
@@ -75,17 +75,18 @@ pub fn host_key(ip: IpAddr) -> [u8; 9] {
     }
 }
 
-/// The network of `ip` cut to its first `v4` bits (IPv4) or `v6` bits (IPv6), as a key.
-pub fn network(ip: IpAddr, v4: u32, v6: u32) -> (u8, u128) {
+/// The key of limits per customer: an IPv4 address, or an IPv6 /56 (what a provider commonly
+/// delegates to one subscriber: a forger there picks any of 256 /64s).
+pub fn customer_key(ip: IpAddr) -> [u8; 8] {
     match ip {
-        IpAddr::V4(a) => (
-            4,
-            u128::from(u32::from(a) & u32::MAX.checked_shl(32 - v4).unwrap_or(0)),
-        ),
-        IpAddr::V6(a) => (
-            6,
-            u128::from(a) & u128::MAX.checked_shl(128 - v6).unwrap_or(0),
-        ),
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            [4, o[0], o[1], o[2], o[3], 0, 0, 0]
+        }
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            [6, o[0], o[1], o[2], o[3], o[4], o[5], o[6]]
+        }
     }
 }
 
@@ -250,6 +251,16 @@ impl Clocked {
         self.rate.store(rate, Relaxed);
     }
 
+    /// Gives back `n` units just taken from `key`'s bucket.
+    fn give(&self, key: impl Hash, n: u64) {
+        let _ = self
+            .table
+            .slot(key)
+            .fetch_update(Relaxed, Relaxed, |state| {
+                Some(((state >> 32).saturating_sub(n) << 32) | (state & u64::from(u32::MAX)))
+            });
+    }
+
     fn take(&self, key: impl Hash, cost: u64, now_ms: u64) -> bool {
         let rate = self.rate.load(Relaxed);
         if rate == 0 {
@@ -266,6 +277,73 @@ impl Clocked {
                 (used + cost <= burst).then(|| ((used + cost) << 32) | u64::from(now_ds.max(at)))
             })
             .is_ok()
+    }
+}
+
+/// A bucket of misses holds this many seconds of its rate: at the default of 2 a second, 512,
+/// two watches of `--max-watch` names none of which is online.
+const MISS_BURST_S: u64 = 256;
+/// A network's bucket of misses has this many times a host's rate.
+const NETWORK_MISSES: u64 = 4;
+
+/// Lookups and watches of names that are not online (misses), per host and per network (/24,
+/// /48), so that nobody learns at speed which of many guessed names are registered; names that
+/// are online (hits) cost nothing. A request takes as many tokens as it names (at most a
+/// bucket's burst) before they are looked up, and gives the hits back: whether it is refused
+/// depends on what it asks and on what earlier answers told, never on the names it asks
+/// about. Authenticated and unauthenticated requests have buckets of their own, so that what a
+/// forger spends in a host's name never refuses that host's authenticated requests. Not
+/// handed over: a takeover gives each a burst again.
+pub struct Misses {
+    host: Clocked,
+    network: Clocked,
+}
+
+impl Misses {
+    /// The buckets of `s` (`--miss-rate`).
+    pub fn new(s: &Settings) -> Misses {
+        Misses {
+            host: Clocked::new(LIMIT_SLOTS, s.miss_rate, MISS_BURST_S),
+            network: Clocked::new(
+                PREFIX_SLOTS,
+                s.miss_rate.saturating_mul(NETWORK_MISSES),
+                MISS_BURST_S,
+            ),
+        }
+    }
+
+    /// Puts the rate of `s` in force (a reload).
+    pub fn retune(&self, s: &Settings) {
+        self.host.set_rate(s.miss_rate);
+        self.network
+            .set_rate(s.miss_rate.saturating_mul(NETWORK_MISSES));
+    }
+
+    /// Takes `n` misses (at most a burst) from `from`'s host and network at `now_ms`; false
+    /// (taking none) if either has fewer left.
+    pub fn reserve(&self, from: IpAddr, authed: bool, n: usize, now_ms: u64) -> bool {
+        let n = (n as u64).min(self.host.burst().max(1));
+        let (host, net) = ((host_key(from), authed), (prefix(from), authed));
+        if !self.host.take(host, n, now_ms) {
+            return false;
+        }
+        if !self.network.take(net, n, now_ms) {
+            self.host.give(host, n);
+            return false;
+        }
+        true
+    }
+
+    /// Gives back what [`Misses::reserve`] took for `asked` names beyond their misses: the
+    /// `hits` among them.
+    pub fn hits(&self, from: IpAddr, authed: bool, asked: usize, hits: usize) {
+        let taken = (asked as u64).min(self.host.burst().max(1));
+        let misses = asked.saturating_sub(hits) as u64;
+        let back = taken.saturating_sub(misses);
+        if back > 0 {
+            self.host.give((host_key(from), authed), back);
+            self.network.give((prefix(from), authed), back);
+        }
     }
 }
 
@@ -535,8 +613,8 @@ impl Budgets {
     /// to check, showed that it receives where it claims to be.
     pub fn check_signature(&self, from: IpAddr, now_ms: u64) -> bool {
         let [small, large, all] = &self.signatures;
-        small.take(network(from, 32, 56), 1, now_ms)
-            && large.take(network(from, 24, 48), 1, now_ms)
+        small.take(customer_key(from), 1, now_ms)
+            && large.take(prefix(from), 1, now_ms)
             && all.take((), 1, now_ms)
     }
 
@@ -986,6 +1064,47 @@ mod tests {
         let mut b = Budgets::new(&s);
         b.restore(image, 0);
         assert_eq!(b.reply_host.available(ip), 16 * 2048);
+    }
+
+    #[test]
+    fn misses_are_limited_per_host_and_network_and_hits_are_free() {
+        let m = Misses::new(&Settings {
+            miss_rate: 1,
+            ..Settings::default()
+        });
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let host = ip("192.0.2.1");
+        // Hits cost nothing; a host's burst of misses is 256.
+        assert!(m.reserve(host, true, 200, 0));
+        m.hits(host, true, 200, 200);
+        assert!(m.reserve(host, true, 256, 0));
+        m.hits(host, true, 256, 0);
+        assert!(!m.reserve(host, true, 1, 0));
+        assert!(
+            m.reserve(host, false, 1, 0),
+            "unauthenticated requests' own bucket"
+        );
+        assert!(m.reserve(host, true, 1, 1000), "one a second");
+        m.hits(host, true, 1, 0);
+        // Its /24 has four times that: 1,024, of which 253 are spent (4 refilled).
+        for h in 2..=4 {
+            assert!(m.reserve(ip(&format!("192.0.2.{h}")), true, 256, 1000));
+        }
+        assert!(!m.reserve(ip("192.0.2.5"), true, 4, 1000));
+        assert!(m.reserve(ip("192.0.2.5"), true, 3, 1000));
+        assert!(
+            !m.reserve(ip("192.0.2.5"), true, 1, 1000),
+            "refused, taking nothing"
+        );
+        assert!(
+            m.reserve(ip("192.0.3.1"), true, 256, 1000),
+            "another network"
+        );
+        // A request of more names than a burst takes a burst.
+        assert!(m.reserve(ip("198.51.100.1"), true, 1000, 0));
+        m.hits(ip("198.51.100.1"), true, 1000, 900);
+        assert!(m.reserve(ip("198.51.100.1"), true, 156, 0));
+        assert!(!m.reserve(ip("198.51.100.1"), true, 1, 0));
     }
 
     #[test]

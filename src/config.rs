@@ -120,10 +120,10 @@ pub struct Args {
     /// Bytes per second one source address may send (0: no limit).
     #[arg(long, env = "UDP_RELAY_SOURCE_BYTES", default_value_t = 8_000_000)]
     pub source_bytes: u64,
-    /// Datagrams per second one /24 (IPv4) or /56 (IPv6) may send (0: no limit).
+    /// Datagrams per second one /24 (IPv4) or /48 (IPv6) may send (0: no limit).
     #[arg(long, env = "UDP_RELAY_PREFIX_RATE", default_value_t = 50_000)]
     pub prefix_rate: u64,
-    /// Bytes per second one /24 or /56 may send (0: no limit).
+    /// Bytes per second one /24 or /48 may send (0: no limit).
     #[arg(long, env = "UDP_RELAY_PREFIX_BYTES", default_value_t = 80_000_000)]
     pub prefix_bytes: u64,
     /// Datagrams per second the whole relay accepts, shared evenly by the workers (0: no limit).
@@ -138,11 +138,16 @@ pub struct Args {
     /// ten seconds' worth; 0: no limit).
     #[arg(long, env = "UDP_RELAY_SIGNATURE_RATE", default_value_t = 10_000)]
     pub signature_rate: u64,
+    /// Lookups and watches of names that are not online, per second, one host (IPv4 address,
+    /// IPv6 /64) may make, and four times that one /24 (IPv4) or /48 (IPv6) (bursts of 256
+    /// seconds' worth; beyond, `rate_limited`; names online cost nothing; 0: no limit).
+    #[arg(long, env = "UDP_RELAY_MISS_RATE", default_value_t = 2)]
+    pub miss_rate: u64,
     /// Bytes of replies a host (IP address) may be sent for requests that do not authenticate,
     /// beyond what it has sent itself (0: no limit); see SECURITY.md.
     #[arg(long, env = "UDP_RELAY_REPLY_CREDIT", default_value_t = 2_048)]
     pub reply_credit: u64,
-    /// The same per /24 (IPv4) or /56 (IPv6): the most a forger can make the relay send a
+    /// The same per /24 (IPv4) or /48 (IPv6): the most a forger can make the relay send a
     /// victim network beyond what was sent in its name (0: no limit).
     #[arg(long, env = "UDP_RELAY_REPLY_PREFIX_CREDIT", default_value_t = 4_096)]
     pub reply_prefix_credit: u64,
@@ -161,7 +166,9 @@ pub struct Args {
     /// address, walks).
     #[arg(long, env = "UDP_RELAY_MAX_NAMES_PER_ADDRESS", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_names_per_address: u64,
-    /// Watch entries held in all, over every peer (each costs about 300 bytes).
+    /// Watch entries held in all, over every peer (each costs about 300 bytes); the peers of one
+    /// /24 (IPv4) or /48 (IPv6) hold at most a sixteenth of it (or `--max-watch-per-host`, if
+    /// more).
     #[arg(long, env = "UDP_RELAY_MAX_WATCH_TOTAL", default_value_t = 262_144)]
     pub max_watch_total: usize,
     /// Watch entries held by the peers of one host (IPv4 address, IPv6 /64).
@@ -299,6 +306,8 @@ pub struct Settings {
     pub registration_rate: u64,
     /// See [`Args::signature_rate`].
     pub signature_rate: u64,
+    /// See [`Args::miss_rate`].
+    pub miss_rate: u64,
     /// See [`Args::reply_credit`].
     pub reply_credit: u64,
     /// See [`Args::reply_prefix_credit`].
@@ -347,6 +356,7 @@ impl Default for Settings {
             global_rate: 0,
             registration_rate: 0,
             signature_rate: 0,
+            miss_rate: 0,
             reply_credit: 0,
             reply_prefix_credit: 0,
             reply_global_credit: 0,
@@ -414,6 +424,7 @@ impl Args {
             global_rate: self.global_rate,
             registration_rate: self.registration_rate,
             signature_rate: self.signature_rate,
+            miss_rate: self.miss_rate,
             reply_credit: self.reply_credit,
             reply_prefix_credit: self.reply_prefix_credit,
             reply_global_credit: self.reply_global_credit,
@@ -796,6 +807,7 @@ pub const LIVE: &[&str] = &[
     "presence_rate",
     "registration_rate",
     "signature_rate",
+    "miss_rate",
     "reply_credit",
     "reply_prefix_credit",
     "reply_global_credit",
@@ -844,6 +856,7 @@ impl Settings {
             presence_rate: new.presence_rate,
             registration_rate: new.registration_rate,
             signature_rate: new.signature_rate,
+            miss_rate: new.miss_rate,
             reply_credit: new.reply_credit,
             reply_prefix_credit: new.reply_prefix_credit,
             reply_global_credit: new.reply_global_credit,

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod destination;
 pub mod http;
+pub mod introductions;
 pub mod io;
 pub mod keyed;
 pub mod metrics;

@@ -286,6 +286,7 @@ fn reload(
     let published = base.with_live(&wanted);
     let limits = server::limits(&published);
     shared.budgets.retune(&published);
+    shared.misses.retune(&published);
     shared.registry.retune(&published);
     shared.channels.retune(&published);
     shared.lists.set(&published);

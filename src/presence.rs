@@ -114,7 +114,7 @@ pub fn announce(
     announce_if(shared, out, kind, name, at, now, |_| true);
 }
 
-/// Tells the trusted peers of `at`'s own /24 (/56) who should hear it that `name` joined: news
+/// Tells the trusted peers of `at`'s own /24 (/48) who should hear it that `name` joined: news
 /// that waited until the registration proved itself, since until then it may have been forged
 /// by a neighbour (see [`crate::budget`]).
 pub fn announce_to_neighbours(

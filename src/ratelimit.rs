@@ -143,16 +143,17 @@ impl SourceLimiter {
     }
 }
 
-/// The network a source belongs to for rate limiting: its /24 (IPv4) or /56 (IPv6).
-pub fn prefix(ip: IpAddr) -> [u8; 8] {
+/// The network a source belongs to, the one key of every limit and share per network: its /24
+/// (IPv4) or /48 (IPv6, what a site is commonly assigned: a host of it picks any of 2^16 /64s).
+pub fn prefix(ip: IpAddr) -> [u8; 7] {
     match ip {
         IpAddr::V4(v4) => {
             let o = v4.octets();
-            [4, o[0], o[1], o[2], 0, 0, 0, 0]
+            [4, o[0], o[1], o[2], 0, 0, 0]
         }
         IpAddr::V6(v6) => {
             let o = v6.octets();
-            [6, o[0], o[1], o[2], o[3], o[4], o[5], o[6]]
+            [6, o[0], o[1], o[2], o[3], o[4], o[5]]
         }
     }
 }
@@ -373,12 +374,12 @@ mod tests {
     }
 
     #[test]
-    fn prefixes_are_24_and_56_bits() {
+    fn prefixes_are_24_and_48_bits() {
         let p = |s: &str| prefix(s.parse().unwrap());
         assert_eq!(p("192.0.2.1"), p("192.0.2.200"));
         assert_ne!(p("192.0.2.1"), p("192.0.3.1"));
-        assert_eq!(p("2001:db8:0:1::1"), p("2001:db8:0:ff::2"));
-        assert_ne!(p("2001:db8:0:100::1"), p("2001:db8:0:1::1"));
+        assert_eq!(p("2001:db8:0:1::1"), p("2001:db8:0:ffff::2"));
+        assert_ne!(p("2001:db8:1::1"), p("2001:db8:0:1::1"));
     }
 
     /// A relay that takes over with lower rates (or from a crafted image) gets buckets no

@@ -54,6 +54,7 @@ impl Reason {
             Reason::GlobalLimited => "--global-rate",
             Reason::RegistrationLimited => "--registration-rate",
             Reason::SignatureLimited => "--registration-rate, --signature-rate",
+            Reason::MissLimited => "--miss-rate",
             Reason::ChannelLimit => "--max-channels, --max-channels-per-host, --max-channels-total",
             Reason::DeniedAddress => "--allowed-peer-ip, --denied-peer-ip",
             _ => return None,
@@ -104,7 +105,7 @@ reasons! {
         "this request needs the session of its name, from its address",
         "A request that must be authenticated and is not.";
     UnknownTarget => "unknown_target", Some(UnknownTarget), "target is not online",
-        "A relay or connect to a name that is not live.";
+        "A relay or bind to a name that is not live.";
     RegistryFull => "registry_full", Some(RateLimited), "relay is full",
         "A new name beyond `--max-peers`.";
     AddressFull => "address_full", Some(RateLimited), "too many names at this address",
@@ -112,11 +113,11 @@ reasons! {
     Disabled => "disabled", Some(BadRequest), "disabled by the operator",
         "A request for a feature the operator switched off.";
     WatchLimit => "watch_limit", Some(WatchLimit), "watch limit reached",
-        "A watch beyond the per-peer, per-host or relay-wide watch limit.";
+        "A watch beyond the per-peer, per-host, per-network or relay-wide watch limit, or of a name watched by as many as it may be (in all, or from the watcher's network).";
     SourceLimited => "rate_limited_source", Some(RateLimited), "slow down",
         "Over the per-source datagram or byte rate.";
     PrefixLimited => "rate_limited_prefix", Some(RateLimited), "slow down",
-        "Over the per-prefix (/24, /56) datagram or byte rate.";
+        "Over the per-prefix (/24, /48) datagram or byte rate.";
     GlobalLimited => "rate_limited_global", Some(RateLimited), "slow down",
         "Over the relay-wide datagram rate (per worker share).";
     RegistrationLimited => "rate_limited_registrations", Some(RateLimited),
@@ -126,6 +127,12 @@ reasons! {
         "checking signatures too fast",
         "A signed registration (its cookie good) beyond the signature checks its /56 (IPv4 \
          address), its /48 (/24) or the relay may cost a second.";
+    MissLimited => "rate_limited_misses", Some(RateLimited),
+        "looking up names that are not online too fast",
+        "A `lookup` or `watch` beyond what its host (IPv4 address, IPv6 /64) or network (/24, /48) may ask of names that are not online.";
+    ConnectLimited => "rate_limited_connects", Some(RateLimited),
+        "asking for too many introductions",
+        "A `connect` to a new target beyond the 16 one name may ask for in 30 s.";
     AuthRequired => "auth_required", Some(AuthRequired), "this relay requires signed registration",
         "An unsigned claim where signed registration is required.";
     BadSignature => "bad_signature", Some(BadSignature), "cookie or signature does not check",

@@ -34,6 +34,7 @@ use crate::auth::Key;
 use crate::budget::host_key;
 use crate::config::Settings;
 use crate::keyed::Keyed;
+use crate::ratelimit::prefix;
 use crate::shards::{Entry as Slot, Sharded};
 use dashmap::mapref::entry::Entry as MapEntry;
 
@@ -354,11 +355,21 @@ impl Tokens {
     }
 }
 
-/// What one registration watches, and the host slot its watch entries were counted under.
+/// What one registration watches, and the host and network slots its watch entries were
+/// counted under.
 #[derive(Debug, Default)]
 struct Watching {
     names: Vec<Name>,
     host: usize,
+    net: usize,
+}
+
+/// A watcher of a name, with the network slot it was counted under there: one network may hold
+/// at most [`MAX_WATCHERS_PER_NETWORK`] of a name's watchers.
+#[derive(Debug, Clone)]
+struct Watcher {
+    name: Name,
+    net: u32,
 }
 
 /// What a claim on a name shows: a session token (or none), or a verified signature by a key.
@@ -463,12 +474,14 @@ pub struct Registry {
     /// Address → the names registered there, oldest first.
     by_addr: Sharded<Packed, AtAddr>,
     /// Watched name → the names watching it.
-    watchers: DashMap<Name, Vec<Name>>,
+    watchers: DashMap<Name, Vec<Watcher>>,
     /// Watching name → the names it watches.
     watching: DashMap<Name, Watching>,
-    /// Watch entries in all, and per host slot (IPv4 address, IPv6 /64, hashed): both bounded.
+    /// Watch entries in all, per host slot (IPv4 address, IPv6 /64, hashed) and per network
+    /// slot (/24, /48, hashed): all bounded.
     watch_total: AtomicUsize,
     watch_hosts: Box<[AtomicU32]>,
+    watch_nets: Box<[AtomicU32]>,
     watch_hasher: RandomState,
     /// The bounds in force, which a reload may change ([`Registry::retune`]): each use reads
     /// one once. Lowered below what is held, what is held stays and new entries are refused.
@@ -494,6 +507,8 @@ struct Bounds {
     watch: AtomicUsize,
     watch_total: AtomicUsize,
     watch_per_host: AtomicU32,
+    /// A network's share of `watch_total`.
+    watch_per_network: AtomicU32,
     names_per_address: AtomicUsize,
 }
 
@@ -504,6 +519,10 @@ impl Bounds {
         self.watch_total.store(s.max_watch_total, Relaxed);
         let per_host = u32::try_from(s.max_watch_per_host).unwrap_or(u32::MAX);
         self.watch_per_host.store(per_host, Relaxed);
+        // A network holds at least what one of its hosts may.
+        let share = (s.max_watch_total / WATCH_NETWORK_SHARES).max(s.max_watch_per_host);
+        let per_network = u32::try_from(share).unwrap_or(u32::MAX);
+        self.watch_per_network.store(per_network, Relaxed);
         self.names_per_address
             .store(s.max_names_per_address, Relaxed);
     }
@@ -517,7 +536,13 @@ pub const MAX_WATCHERS: usize = 1024;
 /// Most registrations [`Registry::displace`] looks at: the cost of a newcomer to a full
 /// registry stays a few microseconds, whatever the registry holds.
 const DISPLACE_SCAN: usize = 1024;
-/// Slots of the per-host watch counts (4 bytes each).
+/// Most watchers of one name from one network (/24, /48): it takes 16 networks to fill a
+/// name's watchers, so that no one network can keep a watcher elsewhere from hearing of it.
+pub const MAX_WATCHERS_PER_NETWORK: usize = MAX_WATCHERS / 16;
+/// One network (/24, /48) may hold at most this fraction of `--max-watch-total` (or, if more,
+/// `--max-watch-per-host`), so that it takes 16 networks to spend it.
+pub const WATCH_NETWORK_SHARES: usize = 16;
+/// Slots of the per-host and per-network watch counts (4 bytes each).
 const WATCH_HOST_SLOTS: usize = 1 << 16;
 
 impl Registry {
@@ -533,6 +558,7 @@ impl Registry {
             watching: DashMap::with_shard_amount(SHARDS),
             watch_total: AtomicUsize::new(0),
             watch_hosts: (0..WATCH_HOST_SLOTS).map(|_| AtomicU32::new(0)).collect(),
+            watch_nets: (0..WATCH_HOST_SLOTS).map(|_| AtomicU32::new(0)).collect(),
             watch_hasher: RandomState::new(),
             bounds,
             keys: Sharded::new(s.max_peers),
@@ -722,24 +748,25 @@ impl Registry {
         let Some((_, watched)) = self.watching.remove(name) else {
             return;
         };
-        self.uncount_watches(watched.host, watched.names.len());
-        for watched in watched.names {
-            self.drop_watcher(watched, name);
+        self.uncount_watches(&watched, watched.names.len());
+        for n in watched.names {
+            self.drop_watcher(n, name);
         }
     }
 
     fn drop_watcher(&self, watched: Name, watcher: &Name) {
         if let MapEntry::Occupied(mut o) = self.watchers.entry(watched) {
-            o.get_mut().retain(|w| w != watcher);
+            o.get_mut().retain(|w| w.name != *watcher);
             if o.get().is_empty() {
                 o.remove();
             }
         }
     }
 
-    fn uncount_watches(&self, host: usize, n: usize) {
+    fn uncount_watches(&self, w: &Watching, n: usize) {
         self.watch_total.fetch_sub(n, Relaxed);
-        self.watch_hosts[host].fetch_sub(n as u32, Relaxed);
+        self.watch_hosts[w.host].fetch_sub(n as u32, Relaxed);
+        self.watch_nets[w.net].fetch_sub(n as u32, Relaxed);
     }
 
     fn unlink_addr(&self, name: &Name, addr: Packed) {
@@ -802,6 +829,17 @@ impl Registry {
             .get(name, |_, e| {
                 self.live(e, now_ms)
                     .then(|| (e.addr.get(), self.trusted(e, now_ms)))
+            })
+            .flatten()
+    }
+
+    /// The address of `name` if it is live, whether its registration is trusted there, and its
+    /// registration number (which a move or a new holder changes).
+    pub fn registration_of(&self, name: &str, now_ms: u64) -> Option<(SocketAddr, bool, u64)> {
+        self.peers
+            .get(name, |_, e| {
+                self.live(e, now_ms)
+                    .then(|| (e.addr.get(), self.trusted(e, now_ms), e.seq))
             })
             .flatten()
     }
@@ -959,8 +997,8 @@ impl Registry {
         self.remove_if(name, |e| !self.live(e, now_ms))
     }
 
-    /// Adds `names` to what `watcher` (registered at `addr`) watches, within `max` per watcher
-    /// and the per-host and relay-wide bounds. Returns how many of `names` did not fit, or
+    /// Adds `names` to what `watcher` (registered at `addr`) watches, within `max` per watcher,
+    /// the per-host, per-network and relay-wide bounds, and each name's watchers per network. Returns how many of `names` did not fit, or
     /// `None` if `watcher` is not registered.
     pub fn watch(
         &self,
@@ -977,7 +1015,8 @@ impl Registry {
 
     /// [`Registry::watch`] while `key`'s entry is held.
     fn watch_held(&self, key: &Name, addr: SocketAddr, names: &[Name], max: usize) -> usize {
-        let host = self.watch_hasher.hash_one(host_key(addr.ip())) as usize % WATCH_HOST_SLOTS;
+        let slot = |key: &[u8]| self.watch_hasher.hash_one(key) as usize % WATCH_HOST_SLOTS;
+        let (host, net) = (slot(&host_key(addr.ip())), slot(&prefix(addr.ip())));
         let mut added = Vec::new();
         // One request looks at no more names than a watcher may hold: its work is bounded.
         let mut left_out = names.len().saturating_sub(max);
@@ -988,12 +1027,13 @@ impl Registry {
                 .or_insert_with(|| Watching {
                     names: Vec::new(),
                     host,
+                    net,
                 });
             for n in names.iter().take(max) {
                 if watching.names.contains(n) {
                     continue;
                 }
-                if watching.names.len() >= max || !self.count_watch(watching.host) {
+                if watching.names.len() >= max || !self.count_watch(&watching) {
                     left_out += 1;
                 } else {
                     watching.names.push(n.clone());
@@ -1002,29 +1042,35 @@ impl Registry {
             }
         }
         // A name has at most MAX_WATCHERS watchers, so that removing one (a reap) and telling
-        // them (an announcement) cost a bounded walk; the rest are refused as beyond a limit.
+        // them (an announcement) cost a bounded walk, and at most MAX_WATCHERS_PER_NETWORK of
+        // one network (the one its watching entry was counted under, which a move keeps); the
+        // rest are refused as beyond a limit.
+        let net = self.watching.get(key).map_or(net, |w| w.net) as u32;
         let mut refused = Vec::new();
         for n in added {
             let mut ws = self.watchers.entry(n.clone()).or_default();
-            if ws.len() >= MAX_WATCHERS {
+            let mine = ws.iter().filter(|w| w.net == net).count();
+            if ws.len() >= MAX_WATCHERS || mine >= MAX_WATCHERS_PER_NETWORK {
                 refused.push(n);
             } else {
-                ws.push(key.clone());
+                ws.push(Watcher {
+                    name: key.clone(),
+                    net,
+                });
             }
         }
         if !refused.is_empty() {
             left_out += refused.len();
             if let Some(mut w) = self.watching.get_mut(key) {
-                let host = w.host;
                 w.names.retain(|n| !refused.contains(n));
-                self.uncount_watches(host, refused.len());
+                self.uncount_watches(&w, refused.len());
             }
         }
         left_out
     }
 
-    /// Counts one more watch entry under `host`, if the bounds allow it.
-    fn count_watch(&self, host: usize) -> bool {
+    /// Counts one more watch entry of `w`'s host and network, if the bounds allow it.
+    fn count_watch(&self, w: &Watching) -> bool {
         let max_total = self.bounds.watch_total.load(Relaxed);
         let total = self
             .watch_total
@@ -1032,10 +1078,23 @@ impl Registry {
         if total.is_err() {
             return false;
         }
-        let max = self.bounds.watch_per_host.load(Relaxed);
-        let per_host =
-            self.watch_hosts[host].fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1));
-        if per_host.is_err() {
+        let below = |count: &AtomicU32, max: u32| {
+            count
+                .fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1))
+                .is_ok()
+        };
+        if !below(
+            &self.watch_hosts[w.host],
+            self.bounds.watch_per_host.load(Relaxed),
+        ) {
+            self.watch_total.fetch_sub(1, Relaxed);
+            return false;
+        }
+        if !below(
+            &self.watch_nets[w.net],
+            self.bounds.watch_per_network.load(Relaxed),
+        ) {
+            self.watch_hosts[w.host].fetch_sub(1, Relaxed);
             self.watch_total.fetch_sub(1, Relaxed);
             return false;
         }
@@ -1055,7 +1114,6 @@ impl Registry {
         let mut removed = Vec::new();
         let left = match self.watching.get_mut(key) {
             Some(mut w) => {
-                let host = w.host;
                 w.names.retain(|n| {
                     let gone = names.contains(n);
                     if gone {
@@ -1063,7 +1121,7 @@ impl Registry {
                     }
                     !gone
                 });
-                self.uncount_watches(host, removed.len());
+                self.uncount_watches(&w, removed.len());
                 w.names.clone()
             }
             None => Vec::new(),
@@ -1089,7 +1147,7 @@ impl Registry {
         ws.iter()
             .filter_map(|w| {
                 self.peers
-                    .get(w, |name, e| {
+                    .get(&w.name, |name, e| {
                         self.live(e, now_ms).then(|| self.seen(name, e, now_ms))
                     })
                     .flatten()
@@ -1673,6 +1731,54 @@ mod tests {
         r.reap("a", 5000).unwrap();
         assert_eq!(r.watch_entries(), 3);
         assert_eq!(r.watch("b", a("1.1.1.1:2"), &names[2..4], 100), Some(0));
+    }
+
+    #[test]
+    fn one_network_holds_a_share_of_the_watches_and_of_each_names_watchers() {
+        let r = Registry::new(&Settings {
+            max_watch_total: 16 * 10,
+            max_watch_per_host: 10,
+            ..Settings::default()
+        });
+        let names: Vec<Name> = (0..8)
+            .map(|i| Name::from(format!("n{i}").as_str()))
+            .collect();
+        // Two hosts of one /24 share its ten entries; a host elsewhere has ten of its own.
+        for (n, p) in [("a", "1.1.1.1:1"), ("b", "1.1.1.2:1"), ("c", "2.2.2.2:1")] {
+            r.claim(n, a(p), Proof::Token(None), 0, 10);
+        }
+        assert_eq!(r.watch("a", a("1.1.1.1:1"), &names, 100), Some(0));
+        assert_eq!(r.watch("b", a("1.1.1.2:1"), &names, 100), Some(6));
+        assert_eq!(r.watch("c", a("2.2.2.2:1"), &names, 100), Some(0));
+        // Entries come back to the network when its watcher goes.
+        let token = r.session_at("a", a("1.1.1.1:1"), 0);
+        r.unregister("a", a("1.1.1.1:1"), token, 0).unwrap();
+        assert_eq!(r.watch("b", a("1.1.1.2:1"), &names, 100), Some(0));
+        // One name's watchers: 64 of one /24 or one /48 (hosts of many /64s), then others.
+        let r = Registry::new(&Settings::default());
+        let star = [Name::from("star")];
+        for v6 in [false, true] {
+            let at = |i: usize| match v6 {
+                false => SocketAddr::from(([10, 0, 0, i as u8], 1)),
+                true => SocketAddr::from((
+                    std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, i as u16, 0, 0, 0, 1),
+                    1,
+                )),
+            };
+            let tag = if v6 { "v6" } else { "v4" };
+            for i in 0..=MAX_WATCHERS_PER_NETWORK {
+                let w = format!("{tag}-{i}");
+                r.claim(&w, at(i + 1), Proof::Token(None), 0, usize::MAX);
+                let left_out = r.watch(&w, at(i + 1), &star, 10).unwrap();
+                let beyond = i == MAX_WATCHERS_PER_NETWORK;
+                assert_eq!(left_out, usize::from(beyond), "{tag} watcher {i}");
+            }
+        }
+        for (n, p) in [("x", "10.0.1.1:1"), ("y", "[2001:db8:2::1]:1")] {
+            r.claim(n, a(p), Proof::Token(None), 0, usize::MAX);
+            assert_eq!(r.watch(n, a(p), &star, 10), Some(0), "{p} elsewhere");
+        }
+        assert_eq!(r.watchers_of("star", 0).len(), 2 * 64 + 2);
     }
 
     #[test]

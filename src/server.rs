@@ -366,7 +366,7 @@ pub fn limits(s: &Settings) -> String {
     };
     format!(
         "source-rate={} source-bytes={} prefix-rate={} prefix-bytes={} global-rate={} \
-         registration-rate={} error-rate={} reply-credit={} reply-prefix-credit={} \
+         registration-rate={} miss-rate={} error-rate={} reply-credit={} reply-prefix-credit={} \
          reply-global-credit={} fanout-allowance={} presence-rate={} max-peers={} \
          max-names-per-address={} max-datagram={} max-watch={} max-watch-per-host={} \
          max-watch-total={} max-channels={} max-channels-per-host={} max-channels-total={}",
@@ -376,6 +376,7 @@ pub fn limits(s: &Settings) -> String {
         rate(s.prefix_bytes),
         rate(s.global_rate),
         rate(s.registration_rate),
+        rate(s.miss_rate),
         rate(u64::from(s.error_rate)),
         rate(s.reply_credit),
         rate(s.reply_prefix_credit),

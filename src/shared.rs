@@ -7,11 +7,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::auth::Cookies;
-use crate::budget::Budgets;
+use crate::budget::{Budgets, Misses};
 use crate::channels::Channels;
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::destination::Boundary;
+use crate::introductions::Pending;
 use crate::metrics::Metrics;
 use crate::presence::Sample;
 use crate::ratelimit::{Admission, AdmissionImage};
@@ -39,6 +40,10 @@ pub struct Shared {
     pub cookies: Cookies,
     /// The bound channels (Part 4).
     pub channels: Channels,
+    /// Lookups and watches of names that are not online, per host and network.
+    pub misses: Misses,
+    /// Who asked to be introduced to whom (`connect`), not handed over: a pair asks again.
+    pub introductions: Pending,
     /// The settings a reload changed, for the workers to take up.
     pub live: Live,
     /// The peer addresses served, read by the routers and the senders; a reload replaces it.
@@ -152,6 +157,8 @@ impl Shared {
             workers,
             cookies: held.cookies,
             channels: held.channels,
+            introductions: Pending::default(),
+            misses: Misses::new(&settings),
             live: Live::default(),
             boundary: Boundary::new(settings.peers.clone()),
             clock: held.clock,

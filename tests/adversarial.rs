@@ -200,7 +200,7 @@ fn many_ports_of_one_host_and_many_hosts_of_one_network() {
 
 /// The forger poses as other ports of a trusted victim's host and (over IPv4) other hosts of
 /// its /24, so that what it causes is news to the victim (joins, refreshes, refused leaves), in a
-/// small registry where everyone hears of everyone; the /24 (/56) as a whole may get no more
+/// small registry where everyone hears of everyone; the /24 (/48) as a whole may get no more
 /// than was forged: news of a neighbour waits for the neighbour's proof, which a forger cannot
 /// give.
 fn forged_from_a_trusted_victims_own_network(t: &str, v6: bool) {
@@ -335,7 +335,7 @@ fn one_forged_neighbour_a_round(t: &str, v6: bool) {
         p.drain();
     }
     // A fresh neighbour each round (IPv4: a host of the /24, bound so that what it gets is
-    // counted; IPv6: a /64 of the victims' /56, unrouted here), each with its own fan-out.
+    // counted; IPv6: a /64 of the victims' /48, unrouted here), each with its own fan-out.
     let n_socks: Vec<UdpSocket> = if v6 {
         vec![]
     } else {
@@ -668,7 +668,10 @@ fn watch_floods_within_the_limits_hold_memory_to_the_stated_bound() {
     // 30 hosts, each with 20 names watching 256 fresh names: 153,600 entries asked for, at most
     // 4,096 per host kept. (Reply budgets lifted: twenty registrations from one host would
     // spend its credit, and this is about the memory of watches.)
-    let r = Relay::start(&args(&["--registration-rate", "0"], NO_BUDGETS));
+    let r = Relay::start(&args(
+        &["--registration-rate", "0", "--miss-rate", "0"],
+        NO_BUDGETS,
+    ));
     let before = r.rss();
     let mut asked = 0;
     for h in 1..=30 {
@@ -1175,4 +1178,277 @@ fn a_destination_the_kernel_refuses_does_not_turn_segmentation_off() {
         r.metric("udp_relay_segmented_sends_total")
     );
     assert_eq!(r.metric("udp_relay_gso_refused_total"), 0);
+}
+
+/// Host `host` of test network `net`: 127.0.`net`.`host` over IPv4; over IPv6 the /64 `host`
+/// of 2001:db8:`net`::/48 (hosts of one network each a /64 of their own, as a forger's are).
+fn net_host(v6: bool, net: u16, host: u16) -> std::net::IpAddr {
+    let s = if v6 {
+        format!("2001:db8:{net:x}:{host:x}::1")
+    } else {
+        format!("127.0.{net}.{host}")
+    };
+    s.parse().unwrap()
+}
+
+/// The relay's address in a test's own network: bound to it, it answers from it (on `::` it
+/// would answer a local peer from the peer's own address).
+const RELAY6: &str = "2001:db8:1::1";
+
+/// The addresses of the watch test: the relay's, the forger's six hosts, then three networks
+/// of one host.
+fn watch_test_hosts() -> Vec<String> {
+    let mut hosts: Vec<_> = (1..=6).map(|h| net_host(true, 77, h)).collect();
+    hosts.extend([78, 79, 80].map(|n| net_host(true, n, 0)));
+    let mut all = vec![RELAY6.to_string()];
+    all.extend(hosts.iter().map(|h| h.to_string()));
+    all
+}
+
+/// Names of six hosts of one network all watch one name, then fill every watch entry they may;
+/// a watcher of that name from another network still gets a slot and hears her join, and a
+/// third network can still watch. (Measured before: 1,024 names of 6 addresses took all of a
+/// name's watchers, then 3.5 MiB from one /58 took the relay's.)
+fn one_network_holds_only_its_share_of_watches(t: &str, v6: bool) {
+    let host = if v6 { RELAY6 } else { "127.0.0.1" };
+    let extra = [
+        "--registration-rate",
+        "0",
+        "--miss-rate",
+        "0",
+        "--announce-max",
+        "1",
+        "--max-watch-total",
+        "4096",
+        "--max-watch-per-host",
+        "64",
+    ];
+    let r = Relay::start_with(&args(&extra, NO_BUDGETS), &[("RUST_LOG", "info")], host);
+    let relay = r.addr;
+    let bind = |ip| {
+        let s = UdpSocket::bind(SocketAddr::new(ip, 0)).unwrap();
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        s
+    };
+    let watch = |s: &UdpSocket, name: &str, session: &str, names: &[String]| {
+        let m = json!({"type": "watch", "names": names, "name": name, "session": session});
+        s.send_to(m.to_string().as_bytes(), relay).unwrap();
+        recv_json(s, |v| v["type"] == "watch_ack");
+    };
+    // 40 names on each of six hosts watch "star" (a network holds 64 of her watchers), then
+    // 15 names each (a network holds 4,096 / 16 = 256 entries).
+    let forger: Vec<(UdpSocket, Vec<(String, String)>)> = (1..=6)
+        .map(|h| {
+            let s = bind(net_host(v6, 77, h));
+            let names = (0..40)
+                .map(|n| {
+                    let name = format!("m{h}-{n}");
+                    let session = prove_at(&s, relay, &name);
+                    watch(&s, &name, &session, &["star".to_string()]);
+                    (name, session)
+                })
+                .collect();
+            (s, names)
+        })
+        .collect();
+    let star_watchers = r.metric("udp_relay_watch_entries");
+    for (s, names) in &forger {
+        for (name, session) in names {
+            let more: Vec<String> = (0..15).map(|i| format!("{name}-x{i}")).collect();
+            watch(s, name, session, &more);
+        }
+    }
+    let held = r.metric("udp_relay_watch_entries");
+    let refused = r.refused("watch_limit");
+    // Another network watches her and hears her join; a third still watches 64 names.
+    let alice = Peer::bind(relay, &SocketAddr::new(net_host(v6, 78, 0), 0).to_string());
+    alice.register("alice");
+    alice.send(alice.authed(json!({"type": "watch", "names": ["star"]})));
+    assert_eq!(alice.expect("watch_ack")["online"], json!([]));
+    let bob = Peer::bind(relay, &SocketAddr::new(net_host(v6, 79, 0), 0).to_string());
+    bob.register("bob");
+    let names: Vec<String> = (0..64).map(|i| format!("b{i}")).collect();
+    bob.send(bob.authed(json!({"type": "watch", "names": names})));
+    bob.expect("watch_ack");
+    for p in [&alice, &bob] {
+        let got = p.drain();
+        assert!(got.iter().all(|v| v["type"] != "error"), "{got:?}");
+    }
+    let star = Peer::bind(relay, &SocketAddr::new(net_host(v6, 80, 0), 0).to_string());
+    star.register("star");
+    assert_eq!(expect(&alice, "peer_joined")["peer_name"], "star");
+    println!(
+        "{t}: 240 names of 6 hosts of one network asked to watch star, {star_watchers} got in; \
+         asking 3,600 more entries they hold {held} of 4,096 ({refused} watch_limit); a watcher \
+         from another network got a slot and heard star join"
+    );
+    assert_eq!(star_watchers, 64);
+    assert_eq!(held, 256);
+    assert_eq!(r.metric("udp_relay_watch_entries"), 256 + 1 + 64);
+}
+
+#[test]
+fn one_network_holds_only_its_share_of_watches_ipv4() {
+    let t = "one_network_holds_only_its_share_of_watches_ipv4";
+    one_network_holds_only_its_share_of_watches(t, false);
+}
+
+#[test]
+fn one_network_holds_only_its_share_of_watches_ipv6() {
+    let t = "one_network_holds_only_its_share_of_watches_ipv6";
+    in_own_network(t, &watch_test_hosts(), || {
+        one_network_holds_only_its_share_of_watches(t, true)
+    });
+}
+
+/// Sends `msgs` from `p` in batches its socket can hold the answers to, and returns every
+/// answer (each batch ends at the pong of a barrier ping).
+fn ask_all(p: &Peer, msgs: impl IntoIterator<Item = Value>) -> Vec<Value> {
+    let msgs: Vec<Value> = msgs.into_iter().collect();
+    let mut got = Vec::new();
+    for batch in msgs.chunks(64) {
+        for m in batch {
+            p.send(p.authed(m.clone()));
+        }
+        got.extend(p.drain());
+    }
+    got
+}
+
+/// Measured before: one source learned the public `ip:port` of 200 of 200 users hidden among
+/// 2,000 guessed names in 0.14 s (`connect` to each), and `watch` told which were online. Now
+/// an outsider with a session of its own connects to, looks up and watches 2,000 guessed names
+/// with 200 users among them: no address reaches it, and what it learns of who is online is
+/// bounded by the miss buckets (512 a bucket, 2 a second; lookups and watches each have one),
+/// while a legitimate pair that asks for each other is introduced meanwhile.
+fn an_outsider_learns_no_address(t: &str, v6: bool) {
+    let host = if v6 { "::" } else { "127.0.0.1" };
+    let extra = ["--registration-rate", "0", "--announce-max", "1"];
+    let r = Relay::start_with(&args(&extra, NO_BUDGETS), &[("RUST_LOG", "info")], host);
+    let relay = if v6 {
+        SocketAddr::new("::1".parse().unwrap(), r.addr.port())
+    } else {
+        r.addr
+    };
+    let at = |v4: &str| {
+        if v6 {
+            "[::1]:0".to_string()
+        } else {
+            format!("{v4}:0")
+        }
+    };
+    let guessed: Vec<String> = (0..2000).map(|i| format!("user-{i}")).collect();
+    let users: Vec<Peer> = (0..200)
+        .map(|i| {
+            let p = if v6 {
+                Peer::bind(relay, "[::1]:0")
+            } else {
+                Peer::new(&r)
+            };
+            p.register(&guessed[i * 10]);
+            p
+        })
+        .collect();
+    let outsider = Peer::bind(relay, &at("127.0.66.1"));
+    outsider.register("outsider");
+    let alice = Peer::bind(relay, &at("127.0.67.1"));
+    let bob = Peer::bind(relay, &at("127.0.68.1"));
+    alice.register("alice");
+    bob.register("bob");
+    let start = Instant::now();
+    let (answers, introduced) = std::thread::scope(|s| {
+        let flood = s.spawn(|| {
+            let connect = guessed
+                .iter()
+                .map(|n| json!({"type": "connect", "target": n}));
+            let mut answers = ask_all(&outsider, connect);
+            let lookup = guessed.iter().map(|n| json!({"type": "lookup", "name": n}));
+            answers.extend(ask_all(&outsider, lookup));
+            let watch = guessed
+                .chunks(100)
+                .map(|names| json!({"type": "watch", "names": names}));
+            answers.extend(ask_all(&outsider, watch));
+            answers
+        });
+        // Once the flood is under way.
+        let deadline = Instant::now() + TIMEOUT;
+        while r.refused("rate_limited_connects") == 0 {
+            assert!(Instant::now() < deadline, "the outsider never got going");
+            std::thread::yield_now();
+        }
+        let start = Instant::now();
+        alice.send(alice.authed(json!({"type": "connect", "target": "bob"})));
+        assert_eq!(bob.expect("connect_request")["peer_name"], "alice");
+        bob.send(bob.authed(json!({"type": "connect", "target": "alice"})));
+        let to_bob = bob.expect("introduce");
+        let to_alice = alice.expect("introduce");
+        assert_eq!(to_alice["address"], bob.addr().to_string());
+        assert_eq!(to_bob["address"], alice.addr().to_string());
+        let introduced = start.elapsed();
+        (flood.join().unwrap(), introduced)
+    });
+    let took = start.elapsed();
+    let online: std::collections::HashSet<String> = users
+        .iter()
+        .enumerate()
+        .map(|(i, _)| guessed[i * 10].clone())
+        .collect();
+    let mut learned = std::collections::HashSet::new();
+    let mut told_online = 0;
+    for v in &answers {
+        assert_ne!(
+            v["type"], "introduce",
+            "an address reached the outsider: {v}"
+        );
+        match v["type"].as_str() {
+            Some("peer_info") => {
+                learned.insert(v["name"].as_str().unwrap().to_string());
+                told_online += usize::from(v["online"] == true);
+            }
+            Some("watch_ack") => told_online += v["online"].as_array().unwrap().len(),
+            _ => {}
+        }
+    }
+    // A watch answers for every name it names: those of acknowledged ones count as learned.
+    let watches_acked = answers.iter().filter(|v| v["type"] == "watch_ack").count();
+    let misses_learned =
+        learned.iter().filter(|n| !online.contains(*n)).count() + watches_acked * 90;
+    let bound = 2 * (512 + 2 * took.as_secs() as usize + 2);
+    let withheld = r.refused("rate_limited_misses");
+    println!(
+        "{t}: an outsider connected to, looked up and watched 2,000 guessed names (200 users) \
+         in {took:?}: 0 addresses; {} lookups and {watches_acked} watches of 100 answered, \
+         telling it {told_online} online and about {misses_learned} offline (bound {bound}); \
+         {withheld} refused as rate_limited_misses, {} connects as rate_limited_connects; a \
+         pair asking for each other meanwhile was introduced in {introduced:?}",
+        learned.len(),
+        r.refused("rate_limited_connects")
+    );
+    assert!(misses_learned <= bound, "{misses_learned} misses answered");
+    assert!(withheld > 0 && r.refused("rate_limited_connects") > 0);
+    // The users were told at most 16 times that the outsider asks, then nothing.
+    let asked: usize = users
+        .iter()
+        .map(|u| {
+            u.drain()
+                .iter()
+                .filter(|v| v["type"] == "connect_request")
+                .count()
+        })
+        .sum();
+    assert!(asked <= 16, "{asked} connect_requests");
+}
+
+#[test]
+fn an_outsider_learns_no_address_ipv4() {
+    an_outsider_learns_no_address("an_outsider_learns_no_address_ipv4", false);
+}
+
+#[test]
+fn an_outsider_learns_no_address_ipv6() {
+    if UdpSocket::bind("[::1]:0").is_err() {
+        println!("SKIPPED an_outsider_learns_no_address_ipv6: ::1 is not available");
+        return;
+    }
+    an_outsider_learns_no_address("an_outsider_learns_no_address_ipv6", true);
 }

@@ -1,8 +1,9 @@
 //! Through real NATs: network namespaces this test creates itself, two NAT routers (nftables
 //! masquerade) in front of two peers, and the relay on the "public" side. Through cone-like
 //! NATs (mappings that keep their port for every destination) the peers learn their public
-//! addresses over STUN, are introduced and punch a direct path; through symmetric NATs (a random
-//! port per destination) punching fails and they bind a channel and talk through the relay.
+//! addresses over STUN, ask for each other, are introduced and punch a direct path; through
+//! symmetric NATs (a random port per destination) punching fails and they bind a channel and
+//! talk through the relay.
 //! The test asserts which path carried what. Root only (CI runs it); without root, or without
 //! `ip` and `nft`, it says it skipped.
 //!
@@ -324,8 +325,12 @@ fn run(test: &str, symmetric: bool) {
     // (1) STUN told each its NAT's public address.
     assert_eq!(a_pub.ip().to_string(), "10.200.1.2");
     assert_eq!(b_pub.ip().to_string(), "10.200.2.2");
-    // (2) An introduction gives each the other's public address.
+    // (2) Once each has asked for the other, an introduction gives each the other's public
+    // address; until then bob is only told that alice asks.
     alice.request(serde_json::json!({"type": "connect", "target": "bob"}));
+    let asks = bob.json_next_from_relay("connect_request");
+    assert_eq!(asks["peer_name"], "alice");
+    bob.request(serde_json::json!({"type": "connect", "target": "alice"}));
     let to_a = alice.json_next_from_relay("introduce");
     let to_b = bob.json_next_from_relay("introduce");
     assert_eq!(to_a["address"], b_pub.to_string());

@@ -1168,8 +1168,10 @@ fn session_required_for_unregister_watch_unwatch_and_connect() {
     assert_eq!(names(&a.expect("watch_ack")["online"]), set(&[]));
     assert_eq!(r.metric("udp_relay_watch_entries"), 0);
     a.send(a.authed(requests[2].clone()));
-    assert_eq!(a.expect("introduce")["peer_name"], "B");
+    assert_eq!(b.expect("connect_request")["peer_name"], "A");
+    b.send(b.authed(json!({"type": "connect", "target": "A"})));
     assert_eq!(b.expect("introduce")["peer_name"], "A");
+    assert_eq!(a.expect("introduce")["peer_name"], "B");
     a.send(a.authed(requests[3].clone()));
     assert_eq!(b.expect("peer_left")["peer_name"], "A");
     assert!(!lookup(&b, "A"));
@@ -1219,8 +1221,10 @@ fn a_moved_peers_old_session_no_longer_authenticates() {
     bob.send_raw(relay_msg("Bob", "Alice", r#""here?""#).as_bytes());
     check_relayed(&moved.recv_raw(), "Bob", r#""here?""#);
     moved.send(json!({"type": "connect", "target": "Bob", "name": "Alice", "session": new}));
-    assert_eq!(moved.expect("introduce")["address"], bob.addr().to_string());
+    assert_eq!(bob.expect("connect_request")["peer_name"], "Alice");
+    bob.send(bob.authed(json!({"type": "connect", "target": "Alice"})));
     assert_eq!(bob.expect("introduce")["address"], moved.addr().to_string());
+    assert_eq!(moved.expect("introduce")["address"], bob.addr().to_string());
     // Moving once more retires the second session too.
     let third = Peer::new(&r);
     third.send(json!({"type": "register", "name": "Alice", "session": new}));
@@ -1330,21 +1334,29 @@ fn max_peers_refuses_new_names() {
 // ---------------------------------------------------------------------------------------------
 // Part 2: introductions
 
+/// Part 2: an address is handed out only with its owner's consent: `connect` tells the target
+/// that the sender asks, and once both have asked for each other, each is introduced to the
+/// other at once. The sender hears nothing before: not whether the target exists, is online or
+/// was told.
 #[test]
-fn connect_introduces_both_peers() {
+fn connect_introduces_two_peers_who_asked_for_each_other() {
     let r = Relay::start(&["--error-rate", "1000"]);
     let alice = join(&r, "Alice");
     let bob = join(&r, "Bob");
     alice.drain();
     let session = alice.session();
     alice.send(alice.authed(json!({"type": "connect", "target": "Bob"})));
-    let to_alice = alice.expect("introduce");
+    assert_eq!(bob.expect("connect_request")["peer_name"], "Alice");
+    alice.expect_nothing();
+    bob.send(bob.authed(json!({"type": "connect", "target": "Alice"})));
     let to_bob = bob.expect("introduce");
+    let to_alice = alice.expect("introduce");
     assert_eq!(to_alice["peer_name"], "Bob");
     assert_eq!(to_alice["address"], bob.addr().to_string());
     assert_eq!(to_bob["peer_name"], "Alice");
     assert_eq!(to_bob["address"], alice.addr().to_string());
-    // With several names at one address, `name` says which one asks, with its own session.
+    // With several names at one address, `name` says which one asks, with its own session;
+    // Bob's consent was to Alice, not to Alice2.
     prove(&alice, "Alice2");
     bob.drain();
     send_expect_error(
@@ -1354,8 +1366,11 @@ fn connect_introduces_both_peers() {
     );
     bob.expect_nothing();
     alice.send(alice.authed(json!({"type": "connect", "target": "Bob", "name": "Alice2"})));
-    assert_eq!(alice.expect("introduce")["peer_name"], "Bob");
+    assert_eq!(bob.expect("connect_request")["peer_name"], "Alice2");
+    alice.expect_nothing();
+    bob.send(bob.authed(json!({"type": "connect", "target": "Alice2"})));
     assert_eq!(bob.expect("introduce")["peer_name"], "Alice2");
+    assert_eq!(alice.expect("introduce")["peer_name"], "Bob");
     // Without `name`, from an address that holds two names, nobody is introduced: the name
     // may be left out only where the sender holds one (Part 2).
     send_expect_error(
@@ -1364,12 +1379,9 @@ fn connect_introduces_both_peers() {
         "bad_request",
     );
     bob.expect_nothing();
-    // Unknown target.
-    send_expect_error(
-        &alice,
-        alice.authed(json!({"type": "connect", "target": "Nobody"})),
-        "unknown_target",
-    );
+    // An unknown target is answered as an online one that has not asked: not at all.
+    alice.send(alice.authed(json!({"type": "connect", "target": "Nobody"})));
+    alice.expect_nothing();
     // From an address that holds nothing: nobody is introduced, nobody answered.
     let stranger = Peer::new(&r);
     stranger.send(pad(json!({"type": "connect", "target": "Bob"})));
@@ -1378,6 +1390,39 @@ fn connect_introduces_both_peers() {
     alice.expect_nothing();
     assert_eq!(r.refused("not_registered"), 1);
     assert_eq!(r.refused("session_required"), 1);
+}
+
+/// Part 2: the requests one name keeps pending are bounded: beyond 16 new targets in 30 s it is
+/// refused (`rate_limited`), whoever the targets are; asking again for one it asked for is not
+/// a new request.
+#[test]
+fn one_name_asks_for_a_bounded_number_of_introductions() {
+    let r = Relay::start(&["--error-rate", "1000"]);
+    let alice = join(&r, "Alice");
+    let bob = join(&r, "Bob");
+    alice.drain();
+    for i in 0..15 {
+        alice.send(alice.authed(json!({"type": "connect", "target": format!("n{i}")})));
+    }
+    alice.send(alice.authed(json!({"type": "connect", "target": "Bob"})));
+    bob.expect("connect_request");
+    alice.expect_nothing();
+    for target in ["Bob", "n0"] {
+        alice.send(alice.authed(json!({"type": "connect", "target": target})));
+    }
+    bob.expect("connect_request");
+    for target in ["n15", "Bob2"] {
+        let e = send_expect_error(
+            &alice,
+            alice.authed(json!({"type": "connect", "target": target})),
+            "rate_limited",
+        );
+        assert!(!e["message"].as_str().unwrap().is_empty());
+    }
+    assert_eq!(r.refused("rate_limited_connects"), 2);
+    // Bob's consent still introduces them.
+    bob.send(bob.authed(json!({"type": "connect", "target": "Alice"})));
+    assert_eq!(alice.expect("introduce")["peer_name"], "Bob");
 }
 
 #[test]
@@ -1430,6 +1475,8 @@ fn dual_stack_serves_ipv4_and_ipv6_peers() {
     v6.send_raw(relay_msg("Six", "Four", "4").as_bytes());
     check_relayed(&v4.recv_raw(), "Six", "4");
     v6.send(v6.authed(json!({"type": "connect", "target": "Four"})));
+    assert_eq!(v4.expect("connect_request")["peer_name"], "Six");
+    v4.send(v4.authed(json!({"type": "connect", "target": "Six"})));
     assert_eq!(v6.expect("introduce")["address"], ack4["your_address"]);
     assert_eq!(v4.expect("introduce")["address"], ack6["your_address"]);
     v4.expect_nothing();

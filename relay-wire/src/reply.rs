@@ -272,6 +272,13 @@ pub fn introduce(buf: &mut Vec<u8>, name: &str, addr: SocketAddr) {
     buf.push(b'}');
 }
 
+/// `connect_request`: tells a peer that `name` asks to be introduced to it.
+pub fn connect_request(buf: &mut Vec<u8>, name: &str) {
+    buf.extend_from_slice(br#"{"type":"connect_request","peer_name":"#);
+    json_str(buf, name);
+    buf.push(b'}');
+}
+
 /// `bind_ack`: the channel number the binder sends its frames to `target` under.
 pub fn bind_ack(buf: &mut Vec<u8>, target: &str, channel: u32) {
     buf.extend_from_slice(br#"{"type":"bind_ack","target":"#);

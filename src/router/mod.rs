@@ -59,6 +59,7 @@ const RELAY_TYPES: &[&str] = &[
     "watch_ack",
     "peer_info",
     "introduce",
+    "connect_request",
     "challenge",
     "bind_ack",
     "channel_bound",

@@ -54,11 +54,22 @@ impl Router {
         let (now, budget) = (req.now.ms, self.shared.lists.reply_budget());
         let start = out.buf.len();
         if add {
+            // The registry looks at no more than `max` names, and only those are answered.
+            let asked = &w.names[..w.names.len().min(max)];
+            let (ip, misses) = (req.from.ip(), &self.shared.misses);
+            if !misses.reserve(ip, true, asked.len(), now) {
+                return Err(Reason::MissLimited);
+            }
+            let online: Vec<&str> = asked
+                .iter()
+                .filter(|n| reg.addr_of(n, now).is_some())
+                .map(String::as_str)
+                .collect();
+            misses.hits(ip, true, asked.len(), online.len());
             let left_out = reg
                 .watch(&watcher, req.from, &names, max)
                 .ok_or(Reason::NotRegistered)?;
-            let online = w.names.iter().filter(|n| reg.addr_of(n, now).is_some());
-            reply::watch_ack(&mut out.buf, online.map(String::as_str), budget);
+            reply::watch_ack(&mut out.buf, online, budget);
             out.reply(req.from, start, Kind::Reply, true);
             if left_out > 0 {
                 // What fitted is acknowledged; the error says the rest did not.
@@ -78,7 +89,12 @@ impl Router {
         if !valid_name(&l.name) {
             return Err(Reason::InvalidName);
         }
+        let (ip, misses) = (req.from.ip(), &self.shared.misses);
+        if !misses.reserve(ip, req.authed, 1, req.now.ms) {
+            return Err(Reason::MissLimited);
+        }
         let online = self.shared.registry.addr_of(&l.name, req.now.ms).is_some();
+        misses.hits(ip, req.authed, 1, usize::from(online));
         let start = out.buf.len();
         reply::peer_info(&mut out.buf, &l.name, online);
         out.reply(req.from, start, Kind::Reply, req.authed);
@@ -112,22 +128,39 @@ impl Router {
         Ok(())
     }
 
+    /// `connect`: records that the sender asks for its target, and introduces the two if the
+    /// target asked for the sender too (see [`crate::introductions`]); until then the target
+    /// is told that the sender asks. The sender hears nothing but an introduction, so that
+    /// whether the target exists, is online or has been told is not answered.
     pub(super) fn connect(&mut self, d: &[u8], req: &mut Req, out: &mut Out) -> Result<(), Reason> {
         if !self.shared.settings.introductions {
             return Err(Reason::Disabled);
         }
         let c = self.parse::<control::Connect>(d)?;
         let me = self.authenticate(c.name.as_deref(), c.session.as_deref(), req, out)?;
-        let reg = &self.shared.registry;
-        let (peer_addr, peer_trusted) = reg
-            .target_of(&c.target, req.now.ms)
-            .ok_or(Reason::UnknownTarget)?;
+        if !valid_name(&c.target) {
+            return Err(Reason::InvalidName);
+        }
+        let (reg, now) = (&self.shared.registry, req.now.ms);
+        let (_, _, my_seq) = reg.registration_of(&me, now).ok_or(Reason::NotRegistered)?;
+        let pending = &self.shared.introductions;
+        if !pending.ask(&me, my_seq, &c.target, now) {
+            return Err(Reason::ConnectLimited);
+        }
+        let Some((peer_addr, peer_trusted, peer_seq)) = reg.registration_of(&c.target, now) else {
+            return Ok(());
+        };
         let start = out.buf.len();
-        reply::introduce(&mut out.buf, &c.target, peer_addr);
-        out.reply(req.from, start, Kind::Reply, true);
-        let start = out.buf.len();
-        reply::introduce(&mut out.buf, &me, req.from);
-        out.reply(peer_addr, start, Kind::Announce, peer_trusted);
+        if pending.asked(&c.target, peer_seq, &me, now) {
+            reply::introduce(&mut out.buf, &c.target, peer_addr);
+            out.reply(req.from, start, Kind::Reply, true);
+            let start = out.buf.len();
+            reply::introduce(&mut out.buf, &me, req.from);
+            out.reply(peer_addr, start, Kind::Announce, peer_trusted);
+        } else {
+            reply::connect_request(&mut out.buf, &me);
+            out.reply(peer_addr, start, Kind::Announce, peer_trusted);
+        }
         Ok(())
     }
 }

@@ -195,18 +195,41 @@ fn beyond_announce_max_only_watchers_hear() {
 }
 
 #[test]
-fn connect_introduces_both_sides() {
+fn connect_introduces_both_sides_once_both_asked() {
     let mut h = Harness::new(Settings::default());
     register(&mut h, "A", addr(1), 0);
     register(&mut h, "B", addr(2), 0);
     let r = h.json(json!({"type": "connect", "target": "B"}), addr(1), 1);
     assert_eq!(r[0].1["code"], "session_required");
-    let session = h.session("A", addr(1));
-    let r = h.json(
-        json!({"type": "connect", "target": "B", "session": session}),
-        addr(1),
-        1,
+    let (a, b) = (h.session("A", addr(1)), h.session("B", addr(2)));
+    let connect = |target: &str, session: &str| json!({"type": "connect", "target": target, "session": session});
+    // A asks: B is told, A hears nothing, as when asking for a name nobody holds.
+    let r = h.json(connect("B", &a), addr(1), 1);
+    assert_eq!(
+        r,
+        vec![(
+            addr(2),
+            json!({"type": "connect_request", "peer_name": "A"})
+        )]
     );
+    assert!(h.json(connect("nobody", &a), addr(1), 1).is_empty());
+    // B asks back within the window: both are introduced at once.
+    let r = h.json(connect("A", &b), addr(2), 2);
+    assert_eq!(
+        r,
+        vec![
+            (
+                addr(2),
+                json!({"type": "introduce", "peer_name": "A", "address": "10.0.1.1:1001"})
+            ),
+            (
+                addr(1),
+                json!({"type": "introduce", "peer_name": "B", "address": "10.0.2.1:1002"})
+            ),
+        ]
+    );
+    // Asking again within it introduces them again (a retry of the punch).
+    let r = h.json(connect("B", &a), addr(1), 3);
     assert_eq!(
         r,
         vec![
@@ -220,6 +243,51 @@ fn connect_introduces_both_sides() {
             ),
         ]
     );
+    // Consent lapses with the window: a later ask is only told to the other side again.
+    let later = 2 + crate::introductions::WINDOW_MS;
+    let r = h.json(connect("A", &b), addr(2), later);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].1["type"], "connect_request");
+}
+
+#[test]
+fn an_introduction_needs_the_consent_of_the_registration_there_now() {
+    let mut h = Harness::new(Settings {
+        peer_timeout_ms: 1000,
+        ..Settings::default()
+    });
+    register(&mut h, "A", addr(1), 0);
+    register(&mut h, "B", addr(2), 0);
+    let b = h.session("B", addr(2));
+    h.json(
+        json!({"type": "connect", "target": "A", "session": b}),
+        addr(2),
+        1,
+    );
+    // B goes stale; someone else takes the name and asks for A: B's consent is not theirs.
+    register(&mut h, "A", addr(1), 1500);
+    register(&mut h, "B", addr(3), 1500);
+    let (a, b3) = (h.session("A", addr(1)), h.session("B", addr(3)));
+    let r = h.json(
+        json!({"type": "connect", "target": "B", "session": a}),
+        addr(1),
+        1600,
+    );
+    assert_eq!(r.len(), 1);
+    assert_eq!(
+        r[0],
+        (
+            addr(3),
+            json!({"type": "connect_request", "peer_name": "A"})
+        )
+    );
+    let r = h.json(
+        json!({"type": "connect", "target": "A", "session": b3}),
+        addr(3),
+        1700,
+    );
+    assert_eq!(r.len(), 2, "the new B asked: {r:?}");
+    assert_eq!(r[1].1["address"], "10.0.3.1:1003");
 }
 
 #[test]
@@ -455,14 +523,12 @@ fn newcomers_are_answered_when_forgers_emptied_the_reply_pools() {
     // Forged registrations from thousands of /24s, each spending its network's credit.
     let mut sent = 0;
     for i in 0..6000u32 {
-        let from: SocketAddr = format!("100.{}.{}.9:7", 120 + i / 256, i % 256)
-            .parse()
-            .unwrap();
+        let from: SocketAddr = format!("45.{}.{}.9:7", i / 256, i % 256).parse().unwrap();
         sent += register(&mut h, &format!("forged{i}"), from, u64::from(i)).len();
     }
     assert!(sent > 0);
     for i in 0..32u16 {
-        let from: SocketAddr = format!("198.18.{i}.1:5000").parse().unwrap();
+        let from: SocketAddr = format!("192.0.2.{}:5000", i + 1).parse().unwrap();
         let r = register(&mut h, &format!("new{i}"), from, 7000);
         assert!(acked(&r, from), "newcomer {i}: {r:?}");
     }

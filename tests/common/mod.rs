@@ -518,3 +518,48 @@ impl Peer {
         self.authed(json!({"type": "ping"}))
     }
 }
+
+/// Runs `f` on a thread of its own in a network namespace of its own, its loopback up and the
+/// IPv6 addresses `addrs` added to it, so that peers can be hosts of networks loopback has not
+/// (a relay started from `f` is in it too). The namespace goes with the thread and the
+/// processes it started. `None`, with a line saying `test` is skipped, without root.
+pub fn in_own_network<T: Send>(
+    test: &str,
+    addrs: &[String],
+    f: impl FnOnce() -> T + Send,
+) -> Option<T> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("SKIPPED {test}: a network namespace of its own needs root");
+        return None;
+    }
+    let ip = |args: &[&str]| {
+        let out = Command::new("ip").args(args).output().expect("run ip");
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::thread::scope(|s| {
+        let run = s.spawn(|| {
+            // SAFETY: unshare with CLONE_NEWNET moves this thread alone into a new namespace.
+            let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "unshare: {}", std::io::Error::last_os_error());
+            ip(&["link", "set", "lo", "up"]);
+            for a in addrs {
+                ip(&[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{a}/128"),
+                    "dev",
+                    "lo",
+                    "nodad",
+                ]);
+            }
+            f()
+        });
+        Some(run.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+    })
+}
