@@ -115,6 +115,44 @@ fn bench(c: &mut Criterion) {
         session.to_hex()
     );
     run(&mut g, "keepalive".into(), keepalive.into_bytes(), 1);
+    // The most a request can cost, per byte and per datagram (SECURITY.md): the largest control
+    // message parsed, the largest watch (paid per name by admission), and a signed register whose
+    // cookie checks and signature does not (paid by a signature check).
+    let bare = r#"{"type":"lookup","name":"bob","pad":""}"#.len();
+    let lookup = format!(
+        r#"{{"type":"lookup","name":"bob","pad":"{}"}}"#,
+        "x".repeat(1280 - bare)
+    );
+    run(&mut g, "lookup/1280".into(), lookup.into_bytes(), 1);
+    let names: Vec<String> = (0..256).map(|i| format!("{i:0>64}")).collect();
+    let watch = serde_json::json!({
+        "type": "watch", "names": names, "name": "alice", "session": session.to_hex(),
+    })
+    .to_string();
+    run(
+        &mut g,
+        format!("watch/{}", watch.len()),
+        watch.into_bytes(),
+        1,
+    );
+    let b64 = |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b);
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32])
+        .verifying_key()
+        .to_bytes();
+    let cookie = shared
+        .cookies
+        .issue(now.unix as u64, alice, "mallory", &key);
+    let signed = serde_json::json!({
+        "type": "register", "name": "mallory", "pubkey": b64(&key), "cookie": cookie,
+        "sig": b64(&[1; 64]),
+    })
+    .to_string();
+    run(
+        &mut g,
+        "register/bad-signature".into(),
+        signed.into_bytes(),
+        1,
+    );
     g.finish();
 }
 

@@ -536,8 +536,11 @@ fn sighup_lowers_max_peers_and_names_per_address_refusing_new_claims_only() {
     a.register("A");
     b.register("B");
     a.drain();
-    // A second name at A's address.
-    a.register_old("A2");
+    // A second name at A's address, proven there as the others are (a full registry makes
+    // room by displacing a registration that never proved itself).
+    let (ack, _) = a.register_old("A2");
+    a.send(json!({"type": "ping", "name": "A2", "session": ack["session"]}));
+    a.expect("pong");
     a.drain();
     b.drain();
 
