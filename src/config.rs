@@ -134,9 +134,9 @@ pub struct Args {
     /// /48 or /24 (bursts of ten seconds' worth; 0: no limit).
     #[arg(long, env = "UDP_RELAY_REGISTRATION_RATE", default_value_t = 20)]
     pub registration_rate: u64,
-    /// Ed25519 signature checks per second in the whole relay (about 15 µs of CPU each; bursts of
+    /// Ed25519 signature checks per second in the whole relay (about 50 µs of CPU each; bursts of
     /// ten seconds' worth; 0: no limit).
-    #[arg(long, env = "UDP_RELAY_SIGNATURE_RATE", default_value_t = 10_000)]
+    #[arg(long, env = "UDP_RELAY_SIGNATURE_RATE", default_value_t = 2_000)]
     pub signature_rate: u64,
     /// Lookups and watches of names that are not online, per second, one host (IPv4 address,
     /// IPv6 /64) may make, and four times that one /24 (IPv4) or /48 (IPv6) (bursts of 256
