@@ -2,9 +2,10 @@
 //! too. A `connect` records that its sender asks for its target; when the target has asked for
 //! the sender within [`WINDOW_MS`], the relay introduces the two to each other at once.
 //!
-//! A request is bound to the registration that made it (its registration number, which a move
-//! or a new holder of the name changes), so that consent given by one holder of a name is never
-//! taken as another's. Requests are a fixed table of atomics indexed by a keyed hash, like the
+//! A request is bound to the registration that made it and to the registration it asks for
+//! (their registration numbers, which a move or a new holder of a name changes), so that consent
+//! given by or to one holder of a name is never taken as another's: a request for a name that is
+//! offline stands for nobody. Requests are a fixed table of atomics indexed by a keyed hash, like the
 //! budgets': a request takes one slot (a newer one takes the slot over), so the table holds at
 //! most [`SLOTS`] requests in all (1 MiB), and each name may make at most [`PER_NAME`] new ones a
 //! window, so that it holds at most twice that at once. A takeover does not carry them: a pair
@@ -56,9 +57,12 @@ impl Default for Pending {
     }
 }
 
-/// Who asks for whom: the asker's name and registration number, and the target's name.
+/// The registration number a request for a target that is offline is bound to: none holds it.
+pub const OFFLINE: u64 = u64::MAX;
+
+/// Who asks for whom: the asker's name and registration number, and the target's.
 #[derive(Hash)]
-struct Ask<'a>(&'a str, u64, &'a str);
+struct Ask<'a>(&'a str, u64, &'a str, u64);
 
 impl Pending {
     /// The slot of `ask` and the tag it holds there.
@@ -67,11 +71,12 @@ impl Pending {
         (&self.asks[h as usize % SLOTS], (h >> 32) as u32 | 1)
     }
 
-    /// Records that `asker`, of registration number `seq`, asks for `target` at `now_ms`; false
-    /// (recording nothing) when this is a new request beyond the name's [`PER_NAME`] this
-    /// window. Whether the target exists plays no part: the answer tells nothing of it.
-    pub fn ask(&self, asker: &str, seq: u64, target: &str, now_ms: u64) -> bool {
-        let (slot, tag) = self.slot(Ask(asker, seq, target));
+    /// Records that `asker`, of registration number `seq`, asks for `target`, of registration
+    /// number `target_seq` ([`OFFLINE`]: none), at `now_ms`; false (recording nothing) when this
+    /// is a new request beyond the name's [`PER_NAME`] this window. Whether the target exists
+    /// plays no part: the answer tells nothing of it.
+    pub fn ask(&self, asker: &str, seq: u64, target: &str, target_seq: u64, now_ms: u64) -> bool {
+        let (slot, tag) = self.slot(Ask(asker, seq, target, target_seq));
         let now = ds(now_ms);
         let held = slot.load(Relaxed);
         let renewal = (held >> 32) as u32 == tag && held as u32 > now;
@@ -82,10 +87,10 @@ impl Pending {
         true
     }
 
-    /// Whether `asker`, of registration number `seq`, asked for `target` within the window
-    /// before `now_ms`.
-    pub fn asked(&self, asker: &str, seq: u64, target: &str, now_ms: u64) -> bool {
-        let (slot, tag) = self.slot(Ask(asker, seq, target));
+    /// Whether `asker`, of registration number `seq`, asked for `target` while it was
+    /// registration number `target_seq`, within the window before `now_ms`.
+    pub fn asked(&self, asker: &str, seq: u64, target: &str, target_seq: u64, now_ms: u64) -> bool {
+        let (slot, tag) = self.slot(Ask(asker, seq, target, target_seq));
         let held = slot.load(Relaxed);
         (held >> 32) as u32 == tag && held as u32 > ds(now_ms)
     }
@@ -113,32 +118,36 @@ mod tests {
     #[test]
     fn a_request_stands_for_its_window_and_for_its_registration() {
         let p = Pending::default();
-        assert!(p.ask("alice", 7, "bob", 1_000));
-        assert!(p.asked("alice", 7, "bob", 1_000 + WINDOW_MS - 100));
-        assert!(!p.asked("alice", 7, "bob", 1_000 + WINDOW_MS), "expired");
+        assert!(p.ask("alice", 7, "bob", 3, 1_000));
+        assert!(p.asked("alice", 7, "bob", 3, 1_000 + WINDOW_MS - 100));
+        assert!(!p.asked("alice", 7, "bob", 3, 1_000 + WINDOW_MS), "expired");
         assert!(
-            !p.asked("alice", 8, "bob", 1_000),
+            !p.asked("alice", 8, "bob", 3, 1_000),
             "another registration of alice"
         );
-        assert!(!p.asked("bob", 7, "alice", 1_000), "bob never asked");
-        assert!(!p.asked("alice", 7, "carol", 1_000));
+        assert!(
+            !p.asked("alice", 7, "bob", 4, 1_000),
+            "another registration of bob (the name's next holder)"
+        );
+        assert!(!p.asked("bob", 3, "alice", 7, 1_000), "bob never asked");
+        assert!(!p.asked("alice", 7, "carol", 3, 1_000));
         // Asking again renews it.
-        assert!(p.ask("alice", 7, "bob", 20_000));
-        assert!(p.asked("alice", 7, "bob", 1_000 + WINDOW_MS));
+        assert!(p.ask("alice", 7, "bob", 3, 20_000));
+        assert!(p.asked("alice", 7, "bob", 3, 1_000 + WINDOW_MS));
     }
 
     #[test]
     fn a_name_makes_at_most_its_share_of_new_requests_a_window() {
         let p = Pending::default();
         let made = (0..100)
-            .filter(|i| p.ask("mallory", 1, &format!("guess-{i}"), 0))
+            .filter(|i| p.ask("mallory", 1, &format!("guess-{i}"), OFFLINE, 0))
             .count();
         assert_eq!(made, PER_NAME as usize);
         // Renewing one it holds costs nothing; another name has its own.
-        assert!(p.ask("mallory", 1, "guess-0", 100));
-        assert!(p.ask("alice", 1, "bob", 100));
+        assert!(p.ask("mallory", 1, "guess-0", OFFLINE, 100));
+        assert!(p.ask("alice", 1, "bob", 2, 100));
         // A window later it may make as many again.
-        assert!(!p.ask("mallory", 1, "late", WINDOW_MS - 100));
-        assert!(p.ask("mallory", 1, "late", WINDOW_MS));
+        assert!(!p.ask("mallory", 1, "late", OFFLINE, WINDOW_MS - 100));
+        assert!(p.ask("mallory", 1, "late", OFFLINE, WINDOW_MS));
     }
 }

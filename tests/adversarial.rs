@@ -1123,7 +1123,7 @@ fn forged_private_sources_are_refused_unless_allowed() {
 fn a_destination_the_kernel_refuses_does_not_turn_segmentation_off() {
     let t = "a_destination_the_kernel_refuses_does_not_turn_segmentation_off";
     let Some(mut f) = Forger::new(t) else { return };
-    let mut r = Relay::start(&args(&["--workers", "2"], NO_LIMITS));
+    let mut r = Relay::start(&args(&["--workers", "2", "--gso", "on"], NO_LIMITS));
     let (alice, bob) = (Peer::new(&r), Peer::new(&r));
     alice.register("alice");
     bob.register("bob");
@@ -1451,4 +1451,39 @@ fn an_outsider_learns_no_address_ipv6() {
         return;
     }
     an_outsider_learns_no_address("an_outsider_learns_no_address_ipv6", true);
+}
+
+/// Bob asks to be introduced to "alice"; she leaves without answering, and whoever holds the
+/// name "alice" next asks for Bob within the window (red team): Bob's consent was given to
+/// another registration of that name, so his address is not handed over.
+#[test]
+fn consent_given_to_a_name_does_not_pass_to_its_next_holder() {
+    let r = Relay::start(&[]);
+    let bob = Peer::bind(r.addr, "127.0.3.1:0");
+    bob.register("bob");
+    let alice = Peer::bind(r.addr, "127.0.2.1:0");
+    alice.register("alice");
+    bob.send(bob.authed(json!({"type": "connect", "target": "alice"})));
+    expect(&alice, "connect_request");
+    alice.send(alice.authed(json!({"type": "unregister", "name": "alice"})));
+    alice.drain();
+    let mallory = Peer::bind(r.addr, "127.0.9.1:0");
+    mallory.register("alice");
+    mallory.send(mallory.authed(json!({"type": "connect", "target": "bob"})));
+    let got = mallory.drain();
+    println!(
+        "consent_given_to_a_name_does_not_pass_to_its_next_holder: the name's next holder got \
+         {got:?}"
+    );
+    assert!(
+        !got.iter().any(|v| v["type"] == "introduce"),
+        "bob's address handed to a registration he never asked for: {got:?}"
+    );
+    // Bob is told that the new holder asks; when he asks for it, the two are introduced.
+    assert_eq!(expect(&bob, "connect_request")["peer_name"], "alice");
+    bob.send(bob.authed(json!({"type": "connect", "target": "alice"})));
+    assert_eq!(
+        expect(&bob, "introduce")["address"],
+        mallory.addr().to_string()
+    );
 }

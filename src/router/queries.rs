@@ -3,6 +3,7 @@
 
 use tracing::debug;
 
+use crate::introductions::OFFLINE;
 use crate::metrics::Counters;
 use crate::out::{Kind, Out};
 use crate::presence;
@@ -144,14 +145,16 @@ impl Router {
         let (reg, now) = (&self.shared.registry, req.now.ms);
         let (_, _, my_seq) = reg.registration_of(&me, now).ok_or(Reason::NotRegistered)?;
         let pending = &self.shared.introductions;
-        if !pending.ask(&me, my_seq, &c.target, now) {
+        let peer = reg.registration_of(&c.target, now);
+        let peer_seq = peer.map_or(OFFLINE, |(_, _, seq)| seq);
+        if !pending.ask(&me, my_seq, &c.target, peer_seq, now) {
             return Err(Reason::ConnectLimited);
         }
-        let Some((peer_addr, peer_trusted, peer_seq)) = reg.registration_of(&c.target, now) else {
+        let Some((peer_addr, peer_trusted, peer_seq)) = peer else {
             return Ok(());
         };
         let start = out.buf.len();
-        if pending.asked(&c.target, peer_seq, &me, now) {
+        if pending.asked(&c.target, peer_seq, &me, my_seq, now) {
             reply::introduce(&mut out.buf, &c.target, peer_addr);
             out.reply(req.from, start, Kind::Reply, true);
             let start = out.buf.len();
