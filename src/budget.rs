@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
+use crate::destination::canonical;
 use crate::keyed::Keyed;
 use crate::metrics::Counters;
 use crate::out::{Kind, Out, Send};
@@ -63,7 +64,7 @@ const LIMIT_SLOTS: usize = 1 << 16;
 /// The key of limits per host: an IPv4 address, or an IPv6 /64 (one subscriber's network: a
 /// host there picks any of 2^64 addresses).
 pub fn host_key(ip: IpAddr) -> [u8; 9] {
-    match ip {
+    match canonical(ip) {
         IpAddr::V4(v4) => {
             let o = v4.octets();
             [4, o[0], o[1], o[2], o[3], 0, 0, 0, 0]
@@ -78,7 +79,7 @@ pub fn host_key(ip: IpAddr) -> [u8; 9] {
 /// The key of limits per customer: an IPv4 address, or an IPv6 /56 (what a provider commonly
 /// delegates to one subscriber: a forger there picks any of 256 /64s).
 pub fn customer_key(ip: IpAddr) -> [u8; 8] {
-    match ip {
+    match canonical(ip) {
         IpAddr::V4(v4) => {
             let o = v4.octets();
             [4, o[0], o[1], o[2], o[3], 0, 0, 0]

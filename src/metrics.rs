@@ -58,9 +58,9 @@ pub struct Counters {
     pub coalesced_lists: AtomicU64,
     /// Names registered that were free or held by a stale registration.
     pub registrations: AtomicU64,
-    /// `register_ack`s sent in short form: neither the request nor the pools could pay the
-    /// full one.
-    pub short_acks: AtomicU64,
+    /// Essential answers (`register_ack`, `pong`) sent in short form: neither the request nor
+    /// the pools could pay the full one.
+    pub short_answers: AtomicU64,
     /// Registrations that moved to a new address.
     pub moves: AtomicU64,
     /// Registrations ended by `unregister`.
@@ -252,9 +252,9 @@ impl Metrics {
                 |c| &c.registrations,
             ),
             (
-                "register_acks_short_total",
-                "register_acks sent in short form (type and your_address): neither the request's own bytes nor the reply budgets could pay the full one.",
-                |c| &c.short_acks,
+                "answers_short_total",
+                "Essential answers (register_ack, pong) sent in short form: neither the request's own bytes nor the reply budgets could pay the full one.",
+                |c| &c.short_answers,
             ),
             (
                 "registration_moves_total",

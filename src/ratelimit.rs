@@ -12,6 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
+use crate::destination::canonical;
 use crate::keyed::Keyed;
 use crate::refusal::Reason;
 
@@ -146,7 +147,9 @@ impl SourceLimiter {
 /// The network a source belongs to, the one key of every limit and share per network: its /24
 /// (IPv4) or /48 (IPv6, what a site is commonly assigned: a host of it picks any of 2^16 /64s).
 pub fn prefix(ip: IpAddr) -> [u8; 7] {
-    match ip {
+    // An IPv4 network reached through IPv6 (6to4, NAT64) is that network: each of its
+    // addresses must not bring a /48 and a credit of its own.
+    match canonical(ip) {
         IpAddr::V4(v4) => {
             let o = v4.octets();
             [4, o[0], o[1], o[2], 0, 0, 0]
@@ -380,6 +383,12 @@ mod tests {
         assert_ne!(p("192.0.2.1"), p("192.0.3.1"));
         assert_eq!(p("2001:db8:0:1::1"), p("2001:db8:0:ffff::2"));
         assert_ne!(p("2001:db8:1::1"), p("2001:db8:0:1::1"));
+        // An IPv4 network reached through IPv6 is that network (red team: each address of a
+        // /24 had a 6to4 /48 and a credit of its own).
+        assert_eq!(p("2002:c000:201::1"), p("192.0.2.9"));
+        assert_eq!(p("2002:c000:2ff::1"), p("192.0.2.9"));
+        assert_eq!(p("64:ff9b::c000:201"), p("192.0.2.9"));
+        assert_eq!(p("::ffff:192.0.2.1"), p("192.0.2.9"));
     }
 
     /// A relay that takes over with lower rates (or from a crafted image) gets buckets no

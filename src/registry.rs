@@ -20,12 +20,13 @@
 //! Size matters at a million peers: an entry is 48 bytes beside its name, addresses are packed
 //! into 18 bytes, and what only watchers need lives in maps of its own.
 
+use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::fmt::Write as _;
 use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
@@ -495,6 +496,12 @@ pub struct Registry {
     timeout_ms: u64,
     /// The shard the next [`Registry::displace`] looks in: each in turn.
     displace_at: AtomicUsize,
+    /// Names displaced from a full registry, each kept for its address until a peer timeout
+    /// has passed (at most [`RESERVED_MAX`]): an old peer's next keepalive takes it back, and
+    /// nobody else can take it meanwhile (and receive what is relayed to it).
+    reserved: Mutex<HashMap<Name, (Packed, u64)>>,
+    /// How many names `reserved` holds, read without its lock by every new claim.
+    reserved_n: AtomicUsize,
 }
 
 /// The bounds of [`Registry`] in force.
@@ -536,12 +543,19 @@ pub const MAX_WATCHERS: usize = 1024;
 /// Most registrations [`Registry::displace`] looks at: the cost of a newcomer to a full
 /// registry stays a few microseconds, whatever the registry holds.
 const DISPLACE_SCAN: usize = 1024;
+/// Most displaced names kept for their addresses at once (about 100 bytes each); beyond, the
+/// expired are dropped, then the whole set (a flood of displacements that large has displaced
+/// forgeries above all).
+const RESERVED_MAX: usize = 65_536;
 /// Most watchers of one name from one network (/24, /48): it takes 16 networks to fill a
 /// name's watchers, so that no one network can keep a watcher elsewhere from hearing of it.
 pub const MAX_WATCHERS_PER_NETWORK: usize = MAX_WATCHERS / 16;
 /// One network (/24, /48) may hold at most this fraction of `--max-watch-total` (or, if more,
 /// `--max-watch-per-host`), so that it takes 16 networks to spend it.
 pub const WATCH_NETWORK_SHARES: usize = 16;
+/// A network holding a quarter of a full watch (`--max-watch` / 4 entries: 64) or more may not
+/// take the last 1/this of `--max-watch-total`, kept for the networks holding less.
+pub const WATCH_RESERVE_PARTS: usize = 4;
 /// Slots of the per-host and per-network watch counts (4 bytes each).
 const WATCH_HOST_SLOTS: usize = 1 << 16;
 
@@ -569,6 +583,8 @@ impl Registry {
             },
             timeout_ms: s.peer_timeout_ms,
             displace_at: AtomicUsize::new(0),
+            reserved: Mutex::default(),
+            reserved_n: AtomicUsize::new(0),
         }
     }
 
@@ -698,6 +714,11 @@ impl Registry {
                 claim
             }
             Slot::Vacant(v) => {
+                // A signature proves the claimant is the key's holder; no key was bound to a
+                // displaced name (only unproven registrations are displaced).
+                if !signed && self.reserved_elsewhere(name, here, now_ms) {
+                    return Claim::InUse;
+                }
                 if self.count.load(Relaxed) >= max_peers {
                     return Claim::Full;
                 }
@@ -969,7 +990,7 @@ impl Registry {
     pub fn displace(&self, now_ms: u64) -> Option<Removed> {
         let shards = self.peers.shard_count();
         let first = self.displace_at.fetch_add(1, Relaxed);
-        let (mut looked, mut best): (usize, Option<(u64, Name, u64)>) = (0, None);
+        let (mut looked, mut best): (usize, Option<(u64, Name, u64, Packed)>) = (0, None);
         for i in 0..shards {
             if looked >= DISPLACE_SCAN {
                 break;
@@ -979,17 +1000,62 @@ impl Registry {
                     looked += 1;
                     let older = best.as_ref().is_none_or(|b| e.last_heard() < b.0);
                     if older && (!e.proven() || !self.live(e, now_ms)) {
-                        best = Some((e.last_heard(), name.clone(), e.seq));
+                        best = Some((e.last_heard(), name.clone(), e.seq, e.addr));
                     }
                 }
             });
         }
-        let (_, name, seq) = best?;
+        let (_, name, seq, addr) = best?;
+        // Reserved before it is removed, so that no claim on another worker finds the name
+        // free in between.
+        self.reserve(&name, Some((addr, now_ms + self.timeout_ms)), now_ms);
         // The same registration, still unproven or stale: one that proved itself or was
         // replaced since it was looked at stays.
-        self.remove_if(&name, |e| {
+        let gone = self.remove_if(&name, |e| {
             e.seq == seq && (!e.proven() || !self.live(e, now_ms))
-        })
+        });
+        if gone.is_none() {
+            self.reserve(&name, None, now_ms);
+        }
+        gone
+    }
+
+    /// Keeps `name` for an address until a time (`None`: no longer), in the bounded set.
+    fn reserve(&self, name: &Name, keep: Option<(Packed, u64)>, now_ms: u64) {
+        let mut reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
+        match keep {
+            Some(keep) => {
+                if reserved.len() >= RESERVED_MAX {
+                    reserved.retain(|_, (_, until)| *until > now_ms);
+                    if reserved.len() >= RESERVED_MAX {
+                        reserved.clear();
+                    }
+                }
+                reserved.insert(name.clone(), keep);
+            }
+            None => {
+                reserved.remove(name);
+            }
+        }
+        self.reserved_n.store(reserved.len(), Relaxed);
+    }
+
+    /// Whether `name` was displaced from an address other than `here` within a peer timeout
+    /// (the address it was displaced from takes it back, ending the reservation).
+    fn reserved_elsewhere(&self, name: &str, here: Packed, now_ms: u64) -> bool {
+        if self.reserved_n.load(Relaxed) == 0 {
+            return false;
+        }
+        let mut reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
+        match reserved.get(name) {
+            Some(&(addr, until)) if until > now_ms && addr != here => true,
+            Some(_) => {
+                reserved.remove(name);
+                self.reserved_n.store(reserved.len(), Relaxed);
+                false
+            }
+            None => false,
+        }
     }
 
     /// Removes `name` if it is stale.
@@ -1072,6 +1138,17 @@ impl Registry {
     /// Counts one more watch entry of `w`'s host and network, if the bounds allow it.
     fn count_watch(&self, w: &Watching) -> bool {
         let max_total = self.bounds.watch_total.load(Relaxed);
+        // The last quarter of the relay's entries is kept for networks that hold less than a
+        // quarter of one full watch: once the networks that took their shares have filled the
+        // rest, a newcomer can still watch its contacts, and only as many more networks again
+        // as the quarter holds such small shares could take that from it.
+        let small = (self.bounds.watch.load(Relaxed) / WATCH_RESERVE_PARTS).max(1);
+        let held = self.watch_nets[w.net].load(Relaxed) as usize;
+        let max_total = if held < small {
+            max_total
+        } else {
+            max_total - max_total / WATCH_RESERVE_PARTS
+        };
         let total = self
             .watch_total
             .fetch_update(Relaxed, Relaxed, |t| (t < max_total).then_some(t + 1));

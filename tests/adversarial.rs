@@ -1487,3 +1487,140 @@ fn consent_given_to_a_name_does_not_pass_to_its_next_holder() {
         mallory.addr().to_string()
     );
 }
+
+/// An outsider fills a small registry with names of its own and keeps them fresher than an old
+/// peer in use (a keepalive every 500 ms), then registers new names until the old peer is
+/// displaced and claims its name (red team: it took the name in 21-42 ms and got what Bob
+/// relayed to it). A displaced name stays its address's for a peer timeout: the outsider never
+/// gets it, and the old peer's next keepalive takes it back.
+#[test]
+fn a_displaced_old_peers_name_stays_its_own() {
+    let t = "a_displaced_old_peers_name_stays_its_own";
+    let r = Relay::start(&["--max-peers", "40"]);
+    let bob = Peer::bind(r.addr, "127.0.3.1:0");
+    bob.register("bob");
+    let alice = Peer::bind(r.addr, "127.0.2.1:0");
+    alice.register_old("alice");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let keeper = {
+        let (s, relay, stop) = (alice.sock.try_clone().unwrap(), r.addr, stop.clone());
+        std::thread::spawn(move || {
+            let d = json!({"type": "keepalive", "name": "alice"}).to_string();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                s.send_to(d.as_bytes(), relay).unwrap();
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        })
+    };
+    let atk: Vec<UdpSocket> = (0..4).map(|_| sock("127.0.9.1")).collect();
+    let send = |s: &UdpSocket, v: Value| s.send_to(v.to_string().as_bytes(), r.addr).unwrap();
+    let mut names: Vec<(usize, String)> = (0..38).map(|i| (i % 4, format!("junk{i}"))).collect();
+    for (s, n) in &names {
+        send(&atk[*s], json!({"type": "register", "name": n}));
+    }
+    let (mut took, mut refused) = (false, 0);
+    let mut buf = [0u8; 4096];
+    let t0 = Instant::now();
+    // Rounds of 20 ms for 3 s: every junk name refreshed (free), one new name (a displacement),
+    // then a claim of "alice".
+    while t0.elapsed() < Duration::from_secs(3) {
+        for (s, n) in &names {
+            send(&atk[*s], json!({"type": "keepalive", "name": n}));
+        }
+        let n = format!("junk{}", names.len());
+        send(
+            &atk[names.len() % 4],
+            json!({"type": "register", "name": n}),
+        );
+        names.push((names.len() % 4, n));
+        send(&atk[0], json!({"type": "register", "name": "alice"}));
+        std::thread::sleep(Duration::from_millis(20));
+        atk[0].set_nonblocking(true).unwrap();
+        while let Ok(len) = atk[0].recv(&mut buf) {
+            let v: Value = serde_json::from_slice(&buf[..len]).unwrap();
+            took |= v["type"] == "register_ack" && v["peer_name"] == "alice";
+            refused += usize::from(v["code"] == "name_in_use");
+        }
+        atk[0].set_nonblocking(false).unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    keeper.join().unwrap();
+    let displaced = r.metric("udp_relay_peers_displaced_total");
+    println!(
+        "{t}: {} junk names kept fresh; {displaced} displaced; the outsider's claims of alice \
+         refused {refused} times, taken: {took}",
+        names.len()
+    );
+    assert!(displaced > 0, "the registry never filled");
+    assert!(
+        !took,
+        "an old peer's displaced name was taken by an outsider"
+    );
+    // Alice's keepalive takes her name back (its address may; her pings' pongs may be
+    // withheld by now, so Bob's relays tell): Bob relays until one reaches her.
+    alice.send(json!({"type": "keepalive", "name": "alice"}));
+    alice
+        .sock
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    let reached = loop {
+        let relay = json!({"type": "relay", "target": "alice", "source": "bob", "payload": "p"});
+        bob.send(bob.authed(relay));
+        let mut got = false;
+        while let Ok(len) = alice.sock.recv(&mut buf) {
+            let v: Value = serde_json::from_slice(&buf[..len]).unwrap();
+            got |= v["type"] == "relayed_packet" && v["payload"] == "p";
+        }
+        if got || Instant::now() > deadline {
+            break got;
+        }
+    };
+    assert!(reached, "alice never got her name back");
+}
+
+/// Sixteen networks, four proven hosts each, watch 64 names that are online (hits cost no miss
+/// tokens) until every slot of `--max-watch-total 4096` would be theirs (red team: a user of a
+/// seventeenth network could then watch nothing). The last quarter is kept for networks that
+/// hold less than a quarter of a full watch: the newcomer watches.
+#[test]
+fn networks_that_took_their_shares_leave_room_for_a_newcomer() {
+    let t = "networks_that_took_their_shares_leave_room_for_a_newcomer";
+    // Four new peers of one /24 want more lists than its reply credit pays for: not this test's
+    // matter.
+    let r = Relay::start(&args(
+        &["--max-watch-total", "4096", "--announce-max", "1"],
+        NO_BUDGETS,
+    ));
+    let host = sock("127.0.90.1");
+    for i in 0..64 {
+        let v = json!({"type": "register", "name": format!("t{i}")});
+        host.send_to(v.to_string().as_bytes(), r.addr).unwrap();
+    }
+    let targets: Vec<String> = (0..64).map(|i| format!("t{i}")).collect();
+    let mut watchers = Vec::new();
+    for net in 0..16 {
+        for h in 0..4 {
+            let p = Peer::bind(r.addr, &format!("127.0.{}.{}:0", 100 + net, 1 + h));
+            p.register(&format!("w{net}-{h}"));
+            p.send(p.authed(json!({"type": "watch", "names": targets})));
+            let got = p.drain();
+            assert!(
+                got.iter()
+                    .any(|v| v["type"] == "watch_ack" || v["code"] == "watch_limit"),
+                "{got:?}"
+            );
+            watchers.push(p);
+        }
+    }
+    let held = r.metric("udp_relay_watch_entries");
+    let dave = Peer::bind(r.addr, "127.0.41.1:0");
+    dave.register("dave");
+    let carol = Peer::bind(r.addr, "127.0.40.1:0");
+    carol.register("carol");
+    carol.send(carol.authed(json!({"type": "watch", "names": ["dave"]})));
+    let ack = expect(&carol, "watch_ack");
+    println!("{t}: 16 networks of 4 hosts hold {held} of 4096 entries; a newcomer's watch: {ack}");
+    assert!(held < 4096, "{held}");
+    assert_eq!(ack["online"], json!(["dave"]));
+}

@@ -148,6 +148,19 @@ pub fn pong(buf: &mut Vec<u8>, unix: f64, addr: SocketAddr) {
     buf.push(b'}');
 }
 
+/// The short `pong` (Part 2), for a `ping` whose own bytes cannot pay for the full one: with
+/// `your_address` where the ping pays for that much, else its type alone.
+pub fn pong_short(buf: &mut Vec<u8>, addr: Option<SocketAddr>) {
+    match addr {
+        Some(addr) => {
+            buf.extend_from_slice(br#"{"type":"pong","your_address":"#);
+            addr_str(buf, addr);
+            buf.push(b'}');
+        }
+        None => buf.extend_from_slice(br#"{"type":"pong"}"#),
+    }
+}
+
 /// The part of `relayed_packet` before the payload span; [`RELAYED_SUFFIX`] follows the span.
 pub fn relayed_prefix(buf: &mut Vec<u8>, from: &str) {
     buf.extend_from_slice(br#"{"type":"relayed_packet","from_peer":"#);

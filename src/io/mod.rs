@@ -843,11 +843,12 @@ mod tests {
         assert_eq!(load(&c.gso_refused), 1, "counted once");
         assert_eq!(load(&c.segmented_sends), 0);
         assert!(!sender.gso.on());
+        // Never more than once. (Another test's thread may cache, between the rebuild above and
+        // the event, that nobody listens to this callsite: the count above is what is sure.)
         let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
-        assert_eq!(
-            text.matches("UDP segmentation refused").count(),
-            1,
-            "logged once: {text}"
+        assert!(
+            text.matches("UDP segmentation refused").count() <= 1,
+            "logged more than once: {text}"
         );
     }
 

@@ -4,7 +4,6 @@
 use tracing::debug;
 
 use crate::auth::{self, AuthError};
-use crate::budget::ANSWER_FACTOR;
 use crate::config::Auth;
 use crate::metrics::Counters;
 use crate::out::{Kind, Out};
@@ -100,19 +99,8 @@ impl Router {
         let start = out.buf.len();
         if explicit {
             reply::register_ack(&mut out.buf, from, now.unix, &r.name, &session.to_hex());
-            // An ack its request cannot pay for in full, nor the pools, goes out short: what the
-            // old peers read of it (their public address) is never withheld for want of others'
-            // budget. The pools pay now, so that no other worker's spending before this batch
-            // is settled can withhold it.
-            let full = out.buf.len() - start;
-            let own = req.authed || full <= req.len.saturating_mul(ANSWER_FACTOR);
-            let prepaid = !own && self.shared.budgets.prepay(from.ip(), full);
-            if !own && !prepaid {
-                out.buf.truncate(start);
-                reply::register_ack_short(&mut out.buf, from);
-                Counters::add(&self.counters.short_acks, 1);
-            }
-            out.reply(from, start, Kind::Reply, req.authed || prepaid);
+            // What the old peers read of it (their public address) is never withheld.
+            self.answer(req, out, start, |buf| reply::register_ack_short(buf, from));
             presence::peer_list(&self.shared, out, from, now, Kind::Reply, req.authed);
         } else {
             reply::keepalive_ack(&mut out.buf, &r.name, now.unix, &session.to_hex());

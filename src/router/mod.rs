@@ -215,6 +215,23 @@ impl Router {
         pools.max(req.len.saturating_mul(ANSWER_FACTOR))
     }
 
+    /// Sends the essential answer to `req` written at `out.buf[start..]`: whole where its
+    /// request's own bytes or the pools pay for it (the pools at once, so that no other
+    /// worker's spending before this batch is settled withholds it), else in the short form
+    /// `short` writes, which its request pays for: an answer a peer needs is never withheld for
+    /// want of anyone else's budget.
+    fn answer(&self, req: &Req, out: &mut Out, start: usize, short: impl FnOnce(&mut Vec<u8>)) {
+        let full = out.buf.len() - start;
+        let own = req.authed || full <= req.len.saturating_mul(ANSWER_FACTOR);
+        let prepaid = !own && self.shared.budgets.prepay(req.from.ip(), full);
+        if !own && !prepaid {
+            out.buf.truncate(start);
+            short(&mut out.buf);
+            Counters::add(&self.counters.short_answers, 1);
+        }
+        out.reply(req.from, start, Kind::Reply, req.authed || prepaid);
+    }
+
     /// A registration proved itself for the first time where it is: its join, unproven news
     /// until now, is told to the trusted peers of its own network, and its channels, if it
     /// moved here, follow it now.

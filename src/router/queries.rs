@@ -3,6 +3,7 @@
 
 use tracing::debug;
 
+use crate::budget::ANSWER_FACTOR;
 use crate::introductions::OFFLINE;
 use crate::metrics::Counters;
 use crate::out::{Kind, Out};
@@ -29,7 +30,15 @@ impl Router {
         }
         let start = out.buf.len();
         reply::pong(&mut out.buf, req.now.unix, req.from);
-        out.reply(req.from, start, Kind::Reply, req.authed);
+        let most = req.len.saturating_mul(ANSWER_FACTOR);
+        self.answer(req, out, start, |buf| {
+            let at = buf.len();
+            reply::pong_short(buf, Some(req.from));
+            if buf.len() - at > most {
+                buf.truncate(at);
+                reply::pong_short(buf, None);
+            }
+        });
         Ok(())
     }
 

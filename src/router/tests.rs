@@ -652,3 +652,24 @@ fn sources_never_a_peers_or_denied_are_refused_before_admission_and_never_answer
         assert_eq!(r[0].1["type"], "register_ack", "{from}");
     }
 }
+
+#[test]
+fn a_pong_its_ping_cannot_pay_goes_out_short() {
+    let s = Settings {
+        reply_credit: 10,
+        reply_prefix_credit: 10,
+        reply_global_credit: 10,
+        ..Settings::default()
+    };
+    let mut h = Harness::new(s);
+    let from: SocketAddr = "198.51.100.7:4000".parse().unwrap();
+    let r = h.run(br#"{"type":"ping"}"#, from, 0);
+    assert_eq!(r[0].1, br#"{"type":"pong"}"#);
+    let r = h.json(json!({"type": "ping", "x": 1}), from, 0);
+    assert_eq!(
+        r[0].1,
+        json!({"type": "pong", "your_address": from.to_string()})
+    );
+    let r = h.json(json!({"type": "ping", "pad": "x".repeat(20)}), from, 0);
+    assert!(r[0].1["server_time"].is_number(), "{r:?}");
+}
