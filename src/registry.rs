@@ -1040,15 +1040,17 @@ impl Registry {
         self.reserved_n.store(reserved.len(), Relaxed);
     }
 
-    /// Whether `name` was displaced from an address other than `here` within a peer timeout
-    /// (the address it was displaced from takes it back, ending the reservation).
+    /// Whether `name` was displaced from an address other than `here` within a peer timeout.
+    /// The reservation stands until then, also once its address took the name back: a claim
+    /// that finds the registry full, or a displacement of it again, leaves no moment in which
+    /// another address could take it.
     fn reserved_elsewhere(&self, name: &str, here: Packed, now_ms: u64) -> bool {
         if self.reserved_n.load(Relaxed) == 0 {
             return false;
         }
         let mut reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
         match reserved.get(name) {
-            Some(&(addr, until)) if until > now_ms && addr != here => true,
+            Some(&(addr, until)) if until > now_ms => addr != here,
             Some(_) => {
                 reserved.remove(name);
                 self.reserved_n.store(reserved.len(), Relaxed);

@@ -57,15 +57,7 @@ impl Router {
             if let Some(gone) = reg.displace(now.ms) {
                 debug!(name = %gone.name, addr = %gone.addr, "displaced");
                 Counters::add(&self.counters.displaced, 1);
-                presence::announce(
-                    &self.shared,
-                    out,
-                    Presence::Left,
-                    &gone.name,
-                    gone.addr,
-                    now,
-                );
-                channels::react(&self.shared, gone.event(), now, out);
+                self.gone(&gone, now, out);
                 claim = reg.claim(&r.name, from, proof, now.ms, reg.max_peers());
             }
         }

@@ -22,9 +22,9 @@ use crate::out::{Kind, Out};
 use crate::presence;
 use crate::ratelimit::Admission;
 use crate::refusal::Reason;
-use crate::registry::{Event, Name, Session};
+use crate::registry::{Event, Name, Removed, Session};
 use crate::shared::Shared;
-use crate::wire::reply;
+use crate::wire::reply::{self, Presence};
 use crate::wire::scan::{self, ScanError};
 use crate::wire::{Family, classify, control};
 
@@ -230,6 +230,20 @@ impl Router {
             Counters::add(&self.counters.short_answers, 1);
         }
         out.reply(req.from, start, Kind::Reply, req.authed || prepaid);
+    }
+
+    /// A registration is gone (unregistered, displaced): who should hear of it hears that it
+    /// left, and its channels close.
+    fn gone(&self, gone: &Removed, now: Now, out: &mut Out) {
+        presence::announce(
+            &self.shared,
+            out,
+            Presence::Left,
+            &gone.name,
+            gone.addr,
+            now,
+        );
+        channels::react(&self.shared, gone.event(), now, out);
     }
 
     /// A registration proved itself for the first time where it is: its join, unproven news

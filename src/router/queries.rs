@@ -7,13 +7,12 @@ use crate::budget::ANSWER_FACTOR;
 use crate::introductions::OFFLINE;
 use crate::metrics::Counters;
 use crate::out::{Kind, Out};
-use crate::presence;
 use crate::refusal::Reason;
 use crate::registry::{Name, Session};
-use crate::wire::reply::{self, Presence};
+use crate::wire::reply;
 use crate::wire::{control, valid_name};
 
-use super::{Req, Router, channels};
+use super::{Req, Router};
 
 impl Router {
     pub(super) fn ping(&mut self, d: &[u8], req: &mut Req, out: &mut Out) -> Result<(), Reason> {
@@ -126,15 +125,7 @@ impl Router {
             .ok_or(Reason::NotRegistered)?;
         debug!(from = %req.from, name = %gone.name, "unregistered");
         Counters::add(&self.counters.unregistered, 1);
-        channels::react(&self.shared, gone.event(), req.now, out);
-        presence::announce(
-            &self.shared,
-            out,
-            Presence::Left,
-            &gone.name,
-            gone.addr,
-            req.now,
-        );
+        self.gone(&gone, req.now, out);
         Ok(())
     }
 
