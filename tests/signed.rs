@@ -205,3 +205,42 @@ fn a_takeover_keeps_names_bound_to_their_keys_and_challenges_good() {
     }));
     assert_eq!(mover.recv()["type"], "register_ack");
 }
+
+/// Junk signed `register`s forged from a host's address (its other ports) at 200 a second while
+/// 40 of its users register by signing (before: the host's registration bucket was charged
+/// before the cookie was checked, and 12 of 40 registered at 40/s, 4 of 40 at 200/s). A cookie
+/// that does not check is refused before anything is charged, so every user registers.
+#[test]
+fn forged_junk_signatures_take_nothing_from_a_hosts_users() {
+    let t = "forged_junk_signatures_take_nothing_from_a_hosts_users";
+    let Some(mut f) = common::forge::Forger::new(t) else {
+        return;
+    };
+    let r = Relay::start(&["--workers", "2", "--auth", "signed"]);
+    let junk_key = pubkey(&key(99));
+    let mut forged = 0;
+    let mut registered = 0;
+    for i in 0..40u16 {
+        // Five forgeries a user, as fast as the users register (about 200 a second here).
+        for j in 0..5u16 {
+            let from = format!("127.0.20.1:{}", 1024 + i * 5 + j).parse().unwrap();
+            let junk = json!({
+                "type": "register", "name": format!("user{i}"), "pubkey": junk_key,
+                "cookie": B64.encode([7u8; 24]), "sig": B64.encode([1u8; 64]),
+            });
+            f.json(from, r.addr, &junk);
+            forged += 1;
+        }
+        let p = Peer::bind(r.addr, "127.0.20.1:0");
+        let v = signed_register(&p, &format!("user{i}"), &key(i as u8 + 1));
+        registered += usize::from(v["type"] == "register_ack");
+    }
+    let refused = r.refused("bad_signature");
+    println!(
+        "{t}: {forged} junk signed registrations forged from the host's other ports; {registered} \
+         of 40 users registered; {refused} refused bad_signature, {} rate_limited_signatures",
+        r.refused("rate_limited_signatures")
+    );
+    assert_eq!(registered, 40);
+    assert_eq!(r.refused("rate_limited_signatures"), 0);
+}
