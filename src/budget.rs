@@ -49,6 +49,16 @@ const FANOUT_EARN: i64 = 2;
 const PRESENCE_BURST_S: u64 = 4;
 /// Registrations and signature checks allow bursts of this many seconds' worth of their rate.
 const REGISTRATION_BURST_S: u64 = 10;
+/// Displacements allow bursts of this many seconds' worth of their rate.
+const DISPLACEMENT_BURST_S: u64 = 10;
+
+/// Displacements a second one network may cause: a sixteenth of the names kept for displaced
+/// peers, spread over a peer timeout (68 a second at the default of 60 s).
+fn displacement_rate(s: &Settings) -> u64 {
+    let timeout_s = (s.peer_timeout_ms / 1000).max(1);
+    ((crate::reservations::MAX / 16) as u64 / timeout_s).max(1)
+}
+
 /// A /48 (IPv4: /24) may cost this many times the signature checks of a /56 (an IPv4 address).
 const SIGNATURE_NETWORK_FACTOR: u64 = 8;
 /// A relay-originated send to a trusted peer this small (a `server_keepalive`) is free; a larger
@@ -526,6 +536,10 @@ pub struct Budgets {
     /// Signature checks per /56 (IPv4 address), per /48 (IPv4 /24) and in the relay: CPU a
     /// source may cost. Not handed over: they refill within a burst's time.
     signatures: [Clocked; 3],
+    /// Displacements from a full registry per network (/24, /48): a sixteenth of the names kept
+    /// for displaced peers ([`crate::reservations::MAX`]) a peer timeout, so that it takes
+    /// sixteen networks to cycle them. Not handed over.
+    displacements: Clocked,
     /// Trusted recipients an announcement was withheld from: each gets one `peer_list` later.
     owed: Mutex<HashSet<SocketAddr>>,
 }
@@ -559,6 +573,7 @@ impl Budgets {
                 ),
                 Clocked::new(1, s.signature_rate, REGISTRATION_BURST_S),
             ],
+            displacements: Clocked::new(LIMIT_SLOTS, displacement_rate(s), DISPLACEMENT_BURST_S),
             owed: Mutex::default(),
         }
     }
@@ -575,6 +590,7 @@ impl Budgets {
         small.set_rate(s.registration_rate);
         large.set_rate(s.registration_rate.saturating_mul(SIGNATURE_NETWORK_FACTOR));
         all.set_rate(s.signature_rate);
+        self.displacements.set_rate(displacement_rate(s));
     }
 
     /// The fan-out allowance in force (`--fanout-allowance`; 0: no limit), which sizes
@@ -607,6 +623,12 @@ impl Budgets {
     /// Whether `from` (IP and port) may register one more new name at `now_ms`.
     pub fn register(&self, from: SocketAddr, now_ms: u64) -> bool {
         self.registrations.take(from, 1, now_ms)
+    }
+
+    /// Whether `from`'s network (/24, /48) may displace one more registration from a full
+    /// registry at `now_ms`.
+    pub fn displace(&self, from: IpAddr, now_ms: u64) -> bool {
+        self.displacements.take(prefix(from), 1, now_ms)
     }
 
     /// Whether `from`'s /56 (IPv4 address), its /48 (IPv4 /24) and the relay may pay one more

@@ -167,8 +167,8 @@ pub struct Args {
     #[arg(long, env = "UDP_RELAY_MAX_NAMES_PER_ADDRESS", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_names_per_address: u64,
     /// Watch entries held in all, over every peer (each costs about 300 bytes); the peers of one
-    /// /24 (IPv4) or /48 (IPv6) hold at most a sixteenth of it (or `--max-watch-per-host`, if
-    /// more).
+    /// /24 (IPv4) or /48 (IPv6) hold at most a sixteenth of three quarters of it (or
+    /// `--max-watch-per-host`, if more), the last quarter kept for networks holding few.
     #[arg(long, env = "UDP_RELAY_MAX_WATCH_TOTAL", default_value_t = 262_144)]
     pub max_watch_total: usize,
     /// Watch entries held by the peers of one host (IPv4 address, IPv6 /64).

@@ -118,6 +118,17 @@ impl FromStr for Net {
             IpAddr::V4(a) => Net::new(true, u128::from(u32::from(a)), len),
             IpAddr::V6(a) => Net::new(false, u128::from(a), len),
         };
+        // Addresses there stand for IPv4 ones and are judged as those: the range must be
+        // written as the IPv4 one, or it would deny (or allow) nothing.
+        if let IpAddr::V6(a) = ip {
+            if canonical(ip).is_ipv4() {
+                return Err(format!(
+                    "`{s}` lies where IPv6 addresses stand for IPv4 ones ({a} is {}: 6to4, \
+                     NAT64 or IPv4-compatible): give the IPv4 range",
+                    canonical(ip)
+                ));
+            }
+        }
         // Bits past the prefix are most likely a typo for another range.
         if !net.contains(ip) || net.bits != ip_bits(ip) {
             return Err(format!(
@@ -166,7 +177,8 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     let s = a.segments();
     let low = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
     match s {
-        [0, 0, 0, 0, 0, 0xffff, _, _] => IpAddr::V4(low),
+        // Mapped, and SIIT's translated form (::ffff:0:0/96).
+        [0, 0, 0, 0, 0, 0xffff, _, _] | [0, 0, 0, 0, 0xffff, 0, _, _] => IpAddr::V4(low),
         // `::` and `::1` are themselves, not 0.0.0.0 and 0.0.0.1.
         [0, 0, 0, 0, 0, 0, 0, 0 | 1] => ip,
         [0, 0, 0, 0, 0, 0, _, _] | [0x64, 0xff9b, 0, 0, 0, 0, _, _] => IpAddr::V4(low),
@@ -494,6 +506,25 @@ mod tests {
         let p = Policy::new(ip("127.0.0.1"), &[], &[lo]);
         assert_eq!(p.check(sa("127.30.0.1:5")), Err(Reason::DeniedAddress));
         assert_eq!(p.check(sa("127.0.0.1:5")), Ok(()));
+    }
+
+    /// Red team, round 2: ranges written where IPv6 stands for IPv4 denied nothing (peers are
+    /// judged by the IPv4 address), and SIIT's form of 10.0.0.1 passed as public.
+    #[test]
+    fn ranges_where_ipv6_stands_for_ipv4_are_refused_and_siit_is_judged_as_ipv4() {
+        for range in [
+            "2002::/16",
+            "64:ff9b::/96",
+            "2002:c633:6400::/40",
+            "::2/128",
+        ] {
+            let e = range.parse::<Net>().unwrap_err();
+            assert!(e.contains("give the IPv4 range"), "{range}: {e}");
+        }
+        assert!("2001:db8::/32".parse::<Net>().is_ok());
+        let ip: IpAddr = "::ffff:0:a00:1".parse().unwrap();
+        assert_eq!(canonical(ip), "10.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(kind(ip), Kind::Internal);
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod ratelimit;
 pub mod reaper;
 pub mod refusal;
 pub mod registry;
+pub mod reservations;
 pub mod router;
 pub mod server;
 pub mod shards;

@@ -20,13 +20,12 @@
 //! Size matters at a million peers: an entry is 48 bytes beside its name, addresses are packed
 //! into 18 bytes, and what only watchers need lives in maps of its own.
 
-use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::fmt::Write as _;
 use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
@@ -36,6 +35,7 @@ use crate::budget::host_key;
 use crate::config::Settings;
 use crate::keyed::Keyed;
 use crate::ratelimit::prefix;
+use crate::reservations::Reservations;
 use crate::shards::{Entry as Slot, Sharded};
 use dashmap::mapref::entry::Entry as MapEntry;
 
@@ -496,12 +496,8 @@ pub struct Registry {
     timeout_ms: u64,
     /// The shard the next [`Registry::displace`] looks in: each in turn.
     displace_at: AtomicUsize,
-    /// Names displaced from a full registry, each kept for its address until a peer timeout
-    /// has passed (at most [`RESERVED_MAX`]): an old peer's next keepalive takes it back, and
-    /// nobody else can take it meanwhile (and receive what is relayed to it).
-    reserved: Mutex<HashMap<Name, (Packed, u64)>>,
-    /// How many names `reserved` holds, read without its lock by every new claim.
-    reserved_n: AtomicUsize,
+    /// Names displaced from a full registry, each kept for its address for a peer timeout.
+    reservations: Reservations,
 }
 
 /// The bounds of [`Registry`] in force.
@@ -526,8 +522,11 @@ impl Bounds {
         self.watch_total.store(s.max_watch_total, Relaxed);
         let per_host = u32::try_from(s.max_watch_per_host).unwrap_or(u32::MAX);
         self.watch_per_host.store(per_host, Relaxed);
-        // A network holds at least what one of its hosts may.
-        let share = (s.max_watch_total / WATCH_NETWORK_SHARES).max(s.max_watch_per_host);
+        // A sixteenth of what the networks that took their shares may hold together (all but
+        // the reserve kept for small ones: red team, twelve networks filled it at a sixteenth
+        // of the whole), and at least what one of its hosts may.
+        let shared = s.max_watch_total - s.max_watch_total / WATCH_RESERVE_PARTS;
+        let share = (shared / WATCH_NETWORK_SHARES).max(s.max_watch_per_host);
         let per_network = u32::try_from(share).unwrap_or(u32::MAX);
         self.watch_per_network.store(per_network, Relaxed);
         self.names_per_address
@@ -543,10 +542,6 @@ pub const MAX_WATCHERS: usize = 1024;
 /// Most registrations [`Registry::displace`] looks at: the cost of a newcomer to a full
 /// registry stays a few microseconds, whatever the registry holds.
 const DISPLACE_SCAN: usize = 1024;
-/// Most displaced names kept for their addresses at once (about 100 bytes each); beyond, the
-/// expired are dropped, then the whole set (a flood of displacements that large has displaced
-/// forgeries above all).
-const RESERVED_MAX: usize = 65_536;
 /// Most watchers of one name from one network (/24, /48): it takes 16 networks to fill a
 /// name's watchers, so that no one network can keep a watcher elsewhere from hearing of it.
 pub const MAX_WATCHERS_PER_NETWORK: usize = MAX_WATCHERS / 16;
@@ -583,8 +578,7 @@ impl Registry {
             },
             timeout_ms: s.peer_timeout_ms,
             displace_at: AtomicUsize::new(0),
-            reserved: Mutex::default(),
-            reserved_n: AtomicUsize::new(0),
+            reservations: Reservations::default(),
         }
     }
 
@@ -716,7 +710,7 @@ impl Registry {
             Slot::Vacant(v) => {
                 // A signature proves the claimant is the key's holder; no key was bound to a
                 // displaced name (only unproven registrations are displaced).
-                if !signed && self.reserved_elsewhere(name, here, now_ms) {
+                if !signed && self.reservations.elsewhere(name, addr, now_ms) {
                     return Claim::InUse;
                 }
                 if self.count.load(Relaxed) >= max_peers {
@@ -1008,56 +1002,17 @@ impl Registry {
         let (_, name, seq, addr) = best?;
         // Reserved before it is removed, so that no claim on another worker finds the name
         // free in between.
-        self.reserve(&name, Some((addr, now_ms + self.timeout_ms)), now_ms);
+        let until = now_ms + self.timeout_ms;
+        self.reservations.keep(&name, addr.get(), until, now_ms);
         // The same registration, still unproven or stale: one that proved itself or was
         // replaced since it was looked at stays.
         let gone = self.remove_if(&name, |e| {
             e.seq == seq && (!e.proven() || !self.live(e, now_ms))
         });
         if gone.is_none() {
-            self.reserve(&name, None, now_ms);
+            self.reservations.release(&name);
         }
         gone
-    }
-
-    /// Keeps `name` for an address until a time (`None`: no longer), in the bounded set.
-    fn reserve(&self, name: &Name, keep: Option<(Packed, u64)>, now_ms: u64) {
-        let mut reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
-        match keep {
-            Some(keep) => {
-                if reserved.len() >= RESERVED_MAX {
-                    reserved.retain(|_, (_, until)| *until > now_ms);
-                    if reserved.len() >= RESERVED_MAX {
-                        reserved.clear();
-                    }
-                }
-                reserved.insert(name.clone(), keep);
-            }
-            None => {
-                reserved.remove(name);
-            }
-        }
-        self.reserved_n.store(reserved.len(), Relaxed);
-    }
-
-    /// Whether `name` was displaced from an address other than `here` within a peer timeout.
-    /// The reservation stands until then, also once its address took the name back: a claim
-    /// that finds the registry full, or a displacement of it again, leaves no moment in which
-    /// another address could take it.
-    fn reserved_elsewhere(&self, name: &str, here: Packed, now_ms: u64) -> bool {
-        if self.reserved_n.load(Relaxed) == 0 {
-            return false;
-        }
-        let mut reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
-        match reserved.get(name) {
-            Some(&(addr, until)) if until > now_ms => addr != here,
-            Some(_) => {
-                reserved.remove(name);
-                self.reserved_n.store(reserved.len(), Relaxed);
-                false
-            }
-            None => false,
-        }
     }
 
     /// Removes `name` if it is stale.

@@ -1240,7 +1240,8 @@ fn one_network_holds_only_its_share_of_watches(t: &str, v6: bool) {
         recv_json(s, |v| v["type"] == "watch_ack");
     };
     // 40 names on each of six hosts watch "star" (a network holds 64 of her watchers), then
-    // 15 names each (a network holds 4,096 / 16 = 256 entries).
+    // 15 names each (a network holds a sixteenth of the 3,072 entries beyond the 1,024 kept
+    // for small networks: 192).
     let forger: Vec<(UdpSocket, Vec<(String, String)>)> = (1..=6)
         .map(|h| {
             let s = bind(net_host(v6, 77, h));
@@ -1287,8 +1288,8 @@ fn one_network_holds_only_its_share_of_watches(t: &str, v6: bool) {
          from another network got a slot and heard star join"
     );
     assert_eq!(star_watchers, 64);
-    assert_eq!(held, 256);
-    assert_eq!(r.metric("udp_relay_watch_entries"), 256 + 1 + 64);
+    assert_eq!(held, 192);
+    assert_eq!(r.metric("udp_relay_watch_entries"), 192 + 1 + 64);
 }
 
 #[test]
@@ -1627,4 +1628,52 @@ fn networks_that_took_their_shares_leave_room_for_a_newcomer() {
     println!("{t}: 16 networks of 4 hosts hold {held} of 4096 entries; a newcomer's watch: {ack}");
     assert!(held < 4096, "{held}");
     assert_eq!(ack["online"], json!(["dave"]));
+}
+
+/// Red team, round 2: twelve networks, each at its share, filled what busy networks may hold,
+/// and a carrier /24 whose eight users watch eight contacts each could watch nothing more. A
+/// network's share is a sixteenth of what the networks beyond the reserve hold together.
+#[test]
+fn twelve_networks_cannot_lock_a_busy_network_out_of_watching() {
+    use std::net::SocketAddr;
+    use udp_relay::config::Settings;
+    use udp_relay::registry::{Claim, Proof, Registry};
+    let r = Registry::new(&Settings {
+        max_watch_total: 262_144,
+        max_watch_per_host: 4_096,
+        ..Settings::default()
+    });
+    let mut n = 0u32;
+    let mut watcher = |ip: String, names: Vec<String>| -> usize {
+        n += 1;
+        let name = format!("u{n}");
+        let a: SocketAddr = format!("{ip}:{}", 1000 + n % 60000).parse().unwrap();
+        let joined = r.claim(&name, a, Proof::Token(None), 0, 1 << 20);
+        assert!(matches!(joined, Claim::Joined(_)));
+        let names: Vec<_> = names.iter().map(|s| s.as_str().into()).collect();
+        r.watch(&name, a, &names, 256).unwrap()
+    };
+    for u in 0..8 {
+        let contacts = (0..8).map(|k| format!("c{u}-{k}")).collect();
+        assert_eq!(watcher(format!("203.0.113.{u}"), contacts), 0);
+    }
+    for net in 0..12 {
+        for host in 0..4 {
+            for w in 0..16 {
+                let names = (0..256).map(|k| format!("x{net}-{host}-{w}-{k}")).collect();
+                watcher(format!("198.51.{net}.{host}"), names);
+            }
+        }
+    }
+    let names = (0..10).map(|k| format!("new{k}")).collect();
+    let refused = watcher("203.0.113.77".into(), names);
+    println!(
+        "twelve_networks_cannot_lock_a_busy_network_out_of_watching: {} entries held; the \
+         carrier's next user had {refused} of 10 refused",
+        r.watch_entries()
+    );
+    assert_eq!(
+        refused, 0,
+        "12 networks locked a busy network out of watching"
+    );
 }

@@ -15,6 +15,9 @@ use crate::wire::{control, valid_name};
 
 use super::{Req, Router, channels};
 
+/// Most displacements one newcomer tries before it is refused `registry_full`.
+const DISPLACE_TRIES: usize = 3;
+
 impl Router {
     /// `register` (`explicit`) or `keepalive`: both claim the name; they differ in the reply.
     pub(super) fn register(
@@ -52,8 +55,13 @@ impl Router {
         };
         let reg = &self.shared.registry;
         let mut claim = reg.claim(&r.name, from, proof, now.ms, reg.max_peers());
-        if matches!(claim, Claim::Full) {
-            // A full registry makes room for a newcomer rather than refuse every one of them.
+        // A full registry makes room for a newcomer rather than refuse every one of them, as
+        // far as the newcomer's network may displace (a few tries: another worker may have
+        // displaced the same registration a moment before).
+        for _ in 0..DISPLACE_TRIES {
+            if !matches!(claim, Claim::Full) || !self.shared.budgets.displace(from.ip(), now.ms) {
+                break;
+            }
             if let Some(gone) = reg.displace(now.ms) {
                 debug!(name = %gone.name, addr = %gone.addr, "displaced");
                 Counters::add(&self.counters.displaced, 1);

@@ -673,3 +673,38 @@ fn a_pong_its_ping_cannot_pay_goes_out_short() {
     let r = h.json(json!({"type": "ping", "pad": "x".repeat(20)}), from, 0);
     assert!(r[0].1["server_time"].is_number(), "{r:?}");
 }
+
+/// Red team, round 2: newcomers from one host flood a full registry until the names kept for
+/// displaced peers are given up, then claim an old peer's name (79,800 registrations took it).
+/// One network displaces at most a sixteenth of what is kept a peer timeout: the name stays
+/// its address's.
+#[test]
+fn a_flood_of_newcomers_from_one_network_cannot_free_a_displaced_name() {
+    let s = Settings {
+        max_peers: 200,
+        ..Settings::default()
+    };
+    let mut h = Harness::new(s);
+    let alice: SocketAddr = "198.51.100.7:4000".parse().unwrap();
+    register(&mut h, "alice", alice, 0);
+    for i in 0..70_000u32 {
+        let from: SocketAddr = format!("203.0.113.9:{}", 1024 + i % 60_000)
+            .parse()
+            .unwrap();
+        register(&mut h, &format!("z{i}"), from, 1 + u64::from(i) / 2);
+    }
+    let refused = h.refused(Reason::RegistryFull);
+    assert!(
+        refused > 60_000,
+        "{refused}: one network displaced without bound"
+    );
+    assert_eq!(h.shared.registry.len(), 200);
+    // From another host of the flood's network or any other, the name is not to be had.
+    for attacker in ["203.0.113.10:999", "192.0.2.50:999"] {
+        let r = register(&mut h, "alice", attacker.parse().unwrap(), 35_001);
+        assert_eq!(r[0].1["code"], "name_in_use", "{attacker}: {r:?}");
+    }
+    // Her next keepalive (from another network's budget) takes it back.
+    let r = h.json(json!({"type": "keepalive", "name": "alice"}), alice, 35_002);
+    assert_eq!(r[0].1["type"], "keepalive_ack", "{r:?}");
+}
