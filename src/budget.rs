@@ -24,12 +24,11 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 use serde::{Deserialize, Serialize};
 
+use crate::addr::{customer_key, host_key, prefix};
 use crate::config::Settings;
-use crate::destination::canonical;
 use crate::keyed::Keyed;
 use crate::metrics::Counters;
 use crate::out::{Kind, Out, Send};
-use crate::ratelimit::prefix;
 
 /// A request's own bytes pay for replies to its source up to this many times its size: QUIC's
 /// anti-amplification factor (RFC 9000 §8). Only what goes beyond is paid from the pools.
@@ -70,36 +69,6 @@ const OWED_MAX: usize = 65_536;
 const HOST_SLOTS: usize = 1 << 18;
 const PREFIX_SLOTS: usize = 1 << 16;
 const LIMIT_SLOTS: usize = 1 << 16;
-
-/// The key of limits per host: an IPv4 address, or an IPv6 /64 (one subscriber's network: a
-/// host there picks any of 2^64 addresses).
-pub fn host_key(ip: IpAddr) -> [u8; 9] {
-    match canonical(ip) {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            [4, o[0], o[1], o[2], o[3], 0, 0, 0, 0]
-        }
-        IpAddr::V6(v6) => {
-            let o = v6.octets();
-            [6, o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7]]
-        }
-    }
-}
-
-/// The key of limits per customer: an IPv4 address, or an IPv6 /56 (what a provider commonly
-/// delegates to one subscriber: a forger there picks any of 256 /64s).
-pub fn customer_key(ip: IpAddr) -> [u8; 8] {
-    match canonical(ip) {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            [4, o[0], o[1], o[2], o[3], 0, 0, 0]
-        }
-        IpAddr::V6(v6) => {
-            let o = v6.octets();
-            [6, o[0], o[1], o[2], o[3], o[4], o[5], o[6]]
-        }
-    }
-}
 
 /// A fixed array of atomics indexed by a keyed hash.
 struct Table<T> {

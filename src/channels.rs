@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 
 use serde::{Deserialize, Serialize};
 
-use crate::budget::host_key;
+use crate::addr::host_key;
 use crate::config::Settings;
 use crate::registry::{Event, Name, Registry};
 use crate::shards::Sharded;

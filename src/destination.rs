@@ -16,6 +16,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::addr::canonical;
 use crate::refusal::Reason;
 
 /// What kind of address a peer address is.
@@ -168,24 +169,6 @@ pub const INTERNAL: &[Net] = &[
     // Local-use NAT64 (RFC 8215): translated into the operator's own IPv4 networks.
     Net::v6(0x0064_ff9b_0001 << 16, 48),
 ];
-
-/// The address `ip` names for classification: an IPv4 address written in IPv6 (mapped,
-/// compatible, the well-known NAT64 prefix 64:ff9b::/96, or 6to4's 2002::/16) is the IPv4
-/// address it reaches.
-pub fn canonical(ip: IpAddr) -> IpAddr {
-    let IpAddr::V6(a) = ip else { return ip };
-    let s = a.segments();
-    let low = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
-    match s {
-        // Mapped, and SIIT's translated form (::ffff:0:0/96).
-        [0, 0, 0, 0, 0, 0xffff, _, _] | [0, 0, 0, 0, 0xffff, 0, _, _] => IpAddr::V4(low),
-        // `::` and `::1` are themselves, not 0.0.0.0 and 0.0.0.1.
-        [0, 0, 0, 0, 0, 0, 0, 0 | 1] => ip,
-        [0, 0, 0, 0, 0, 0, _, _] | [0x64, 0xff9b, 0, 0, 0, 0, _, _] => IpAddr::V4(low),
-        [0x2002, hi, lo, ..] => IpAddr::V4(Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo))),
-        _ => ip,
-    }
-}
 
 /// What kind of address `ip` is (its port aside).
 pub fn kind(ip: IpAddr) -> Kind {

@@ -4,6 +4,7 @@
 //! The protocol logic ([`router`], [`presence`], [`reaper`]) is sans-IO; the I/O shells in
 //! [`io`] feed it datagrams and send what it decides. `ARCHITECTURE.md` maps the modules.
 
+pub mod addr;
 pub mod auth;
 pub mod budget;
 pub mod channels;

@@ -10,9 +10,9 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use crate::addr::prefix;
 use crate::clock::Now;
 use crate::out::{Kind, Out};
-use crate::ratelimit::prefix;
 use crate::registry::Live;
 use crate::shared::Shared;
 use crate::wire::reply::{self, Presence};

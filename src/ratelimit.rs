@@ -11,8 +11,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
+use crate::addr::prefix;
 use crate::config::Settings;
-use crate::destination::canonical;
 use crate::keyed::Keyed;
 use crate::refusal::Reason;
 
@@ -141,23 +141,6 @@ impl SourceLimiter {
     /// Takes one token for `ip` at `now_ms`; false when its bucket is empty.
     pub fn allow(&mut self, ip: IpAddr, now_ms: u64) -> bool {
         self.0.take(ip, 1.0, now_ms)
-    }
-}
-
-/// The network a source belongs to, the one key of every limit and share per network: its /24
-/// (IPv4) or /48 (IPv6, what a site is commonly assigned: a host of it picks any of 2^16 /64s).
-pub fn prefix(ip: IpAddr) -> [u8; 7] {
-    // An IPv4 network reached through IPv6 (6to4, NAT64) is that network: each of its
-    // addresses must not bring a /48 and a credit of its own.
-    match canonical(ip) {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            [4, o[0], o[1], o[2], 0, 0, 0]
-        }
-        IpAddr::V6(v6) => {
-            let o = v6.octets();
-            [6, o[0], o[1], o[2], o[3], o[4], o[5]]
-        }
     }
 }
 
@@ -374,21 +357,6 @@ mod tests {
         // Bytes count too.
         let big: SocketAddr = "10.9.9.9:1".parse().unwrap();
         assert_eq!(i.admit(big, 3_000_000, 100), Err(Reason::SourceLimited));
-    }
-
-    #[test]
-    fn prefixes_are_24_and_48_bits() {
-        let p = |s: &str| prefix(s.parse().unwrap());
-        assert_eq!(p("192.0.2.1"), p("192.0.2.200"));
-        assert_ne!(p("192.0.2.1"), p("192.0.3.1"));
-        assert_eq!(p("2001:db8:0:1::1"), p("2001:db8:0:ffff::2"));
-        assert_ne!(p("2001:db8:1::1"), p("2001:db8:0:1::1"));
-        // An IPv4 network reached through IPv6 is that network (red team: each address of a
-        // /24 had a 6to4 /48 and a credit of its own).
-        assert_eq!(p("2002:c000:201::1"), p("192.0.2.9"));
-        assert_eq!(p("2002:c000:2ff::1"), p("192.0.2.9"));
-        assert_eq!(p("64:ff9b::c000:201"), p("192.0.2.9"));
-        assert_eq!(p("::ffff:192.0.2.1"), p("192.0.2.9"));
     }
 
     /// A relay that takes over with lower rates (or from a crafted image) gets buckets no

@@ -30,11 +30,11 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
+use crate::addr::host_key;
+use crate::addr::prefix;
 use crate::auth::Key;
-use crate::budget::host_key;
 use crate::config::Settings;
 use crate::keyed::Keyed;
-use crate::ratelimit::prefix;
 use crate::reservations::Reservations;
 use crate::shards::{Entry as Slot, Sharded};
 use dashmap::mapref::entry::Entry as MapEntry;
