@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::addr::host_key;
 use crate::config::Settings;
-use crate::registry::{Event, Name, Registry};
+use crate::registry::{Event, Name};
 use crate::shards::Sharded;
 
 /// A frame refreshes its sender's registration at most this often (tenths of a second), so that
@@ -361,8 +361,8 @@ impl Channels {
         Image(halves)
     }
 
-    /// A table of `s` holding the pairs of `image` whose two owners `registry` holds at their
-    /// addresses (a pair of a registration left out as stale is left out with it); how many
+    /// A table of `s` holding the pairs of `image` whose two owners are `held` at their
+    /// addresses (by the restored registry) (a pair of a registration left out as stale is left out with it); how many
     /// pairs that left out. An image whose halves do not pair up (a number twice or zero, a
     /// half without its other, a pair bound by neither or both sides) is refused whole. Pairs
     /// beyond the `--max-channels*` bounds of `s` stay, as after a reload that lowers them: new
@@ -370,7 +370,7 @@ impl Channels {
     pub fn restore(
         s: &Settings,
         image: Image,
-        registry: &Registry,
+        held: impl Fn(&str, SocketAddr) -> bool,
     ) -> Result<(Channels, usize), String> {
         let t = Channels::new(s);
         let mut by_number = HashMap::with_capacity(image.0.len());
@@ -401,8 +401,7 @@ impl Channels {
             if !relay_wire::valid_name(&h.owner) {
                 return Err(format!("channel {number} has an invalid owner name"));
             }
-            let kept =
-                registry.registered_at(&h.owner, h.from) && registry.registered_at(&h.peer, h.to);
+            let kept = held(&h.owner, h.from) && held(&h.peer, h.to);
             if !kept {
                 // Counted once per pair, on the binder's half.
                 left_out += usize::from(h.binder_host.is_some());

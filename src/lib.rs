@@ -26,6 +26,7 @@ pub mod refusal;
 pub mod registry;
 pub mod reservations;
 pub mod router;
+pub mod sample;
 pub mod server;
 pub mod shards;
 pub mod shared;

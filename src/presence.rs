@@ -8,7 +8,6 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 
 use crate::addr::prefix;
 use crate::clock::Now;
@@ -19,49 +18,6 @@ use crate::wire::reply::{self, Presence};
 
 /// The shortest a name can take in a list (`"x",`), bounding how many fit a budget.
 const MIN_LISTED_NAME: usize = 4;
-
-/// How long a sample of live peers serves the lists of a large registry before it is rebuilt.
-pub const SAMPLE_MS: u64 = 1000;
-
-/// A registry at most this large is cheap to walk, so a sample short of the budget is rebuilt
-/// as soon as the registry changes rather than after [`SAMPLE_MS`].
-const EAGER_REBUILD: usize = 16_384;
-
-/// A recent sample of live peers, listed in every `peer_list` and announcement beyond
-/// `announce_max`. Building one walks the registry until enough live peers are found, which at a
-/// million peers (most of them stale, after an outage) must not happen per registration or per
-/// reaped peer; so a large registry's sample is rebuilt at most once every [`SAMPLE_MS`].
-#[derive(Default)]
-pub struct Sample(Mutex<Option<Built>>);
-
-struct Built {
-    at_ms: u64,
-    registry_len: usize,
-    peers: Arc<[Live]>,
-}
-
-impl Sample {
-    fn get(&self, shared: &Shared, now: Now) -> Arc<[Live]> {
-        let fit = shared.lists.reply_budget() / MIN_LISTED_NAME;
-        let len = shared.registry.len();
-        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(b) = &*slot {
-            let fresh = now.ms.saturating_sub(b.at_ms) < SAMPLE_MS;
-            // A short sample would leave room in the budget unused once peers have joined.
-            let short = b.peers.len() < fit && len != b.registry_len && len <= EAGER_REBUILD;
-            if fresh && !short {
-                return b.peers.clone();
-            }
-        }
-        let peers: Arc<[Live]> = shared.registry.live_peers(now.ms, fit).into();
-        *slot = Some(Built {
-            at_ms: now.ms,
-            registry_len: len,
-            peers: peers.clone(),
-        });
-        peers
-    }
-}
 
 /// Whether the registry is small enough for everyone to hear of everyone.
 fn small(shared: &Shared) -> bool {
@@ -91,7 +47,11 @@ pub fn peer_list(
         let names = peers.iter().map(|p| &*p.name);
         reply::peer_list(&mut out.buf, names, peers.len(), budget);
     } else {
-        let peers = shared.sample.get(shared, now);
+        let peers = shared.sample.get(
+            &shared.registry,
+            shared.lists.reply_budget() / MIN_LISTED_NAME,
+            now,
+        );
         let names = peers.iter().map(|p| &*p.name);
         reply::peer_list(&mut out.buf, names, shared.registry.len(), budget);
     }
@@ -149,7 +109,11 @@ fn announce_if(
         if watchers.is_empty() {
             return;
         }
-        sample = shared.sample.get(shared, now);
+        sample = shared.sample.get(
+            &shared.registry,
+            shared.lists.reply_budget() / MIN_LISTED_NAME,
+            now,
+        );
         (&watchers, &sample)
     };
     let mut seen = HashSet::new();

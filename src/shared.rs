@@ -14,9 +14,9 @@ use crate::config::Settings;
 use crate::destination::Boundary;
 use crate::introductions::Pending;
 use crate::metrics::Metrics;
-use crate::presence::Sample;
 use crate::ratelimit::{Admission, AdmissionImage};
 use crate::registry::Registry;
+use crate::sample::Sample;
 
 /// State shared by every worker and the reaper.
 pub struct Shared {

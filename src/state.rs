@@ -141,7 +141,8 @@ pub fn restore(
     let clock = Clock::resumed(body.written.clock_ms.saturating_add(age_ms));
     let now_ms = clock.now().ms;
     let (registry, kept) = Registry::restore(&settings, body.registry, now_ms, drop_stale)?;
-    let (channels, channels_left_out) = Channels::restore(&settings, body.channels, &registry)?;
+    let held = |name: &str, at| registry.registered_at(name, at);
+    let (channels, channels_left_out) = Channels::restore(&settings, body.channels, held)?;
     let summary = Summary {
         version: body.version,
         age_ms,
