@@ -11,6 +11,7 @@ pub mod channels;
 pub mod clock;
 pub mod config;
 pub mod destination;
+pub mod events;
 pub mod http;
 pub mod introductions;
 pub mod io;

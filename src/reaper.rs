@@ -5,10 +5,10 @@
 
 use crate::budget::Cause;
 use crate::clock::Now;
+use crate::events;
 use crate::metrics::Counters;
 use crate::out::{Kind, Out};
 use crate::presence;
-use crate::router::channels;
 use crate::shared::Shared;
 use crate::wire::reply::{self, Presence};
 
@@ -69,7 +69,7 @@ pub fn sweep(
                 // its own network only if it ever proved itself there (else it may be forged).
                 let start = out.sends.len();
                 presence::announce(shared, out, Presence::Left, &gone.name, gone.addr, now);
-                channels::react(shared, gone.event(), now, out);
+                events::react(shared, gone.event(), now, out);
                 let ip = gone.addr.ip();
                 let cause = if gone.proven {
                     Cause::Authenticated(ip)

@@ -2,13 +2,12 @@
 //! them. A frame is forwarded as the received buffer itself, its 4-byte channel field rewritten
 //! in place: one segment, no copy, no allocation.
 
-use crate::channels::{Closed, Full, Miss};
-use crate::clock::Now;
+use crate::channels::{Full, Miss};
+use crate::events;
 use crate::metrics::Counters;
 use crate::out::{Kind, Out};
 use crate::refusal::Reason;
-use crate::registry::{Event, Name};
-use crate::shared::Shared;
+use crate::registry::Name;
 use crate::wire::frame::{self, FrameError};
 use crate::wire::{control, reply, valid_name};
 
@@ -88,28 +87,7 @@ impl Router {
         let start = out.buf.len();
         reply::channel_closed(&mut out.buf, u.channel);
         out.reply(req.from, start, Kind::Reply, true);
-        tell_closed(&self.shared, [other], req.now, out);
+        events::tell_closed(&self.shared, [other], req.now, out);
         Ok(())
-    }
-}
-
-/// Applies a registry event to the channels, telling the other end of each channel it ended.
-pub(crate) fn react(shared: &Shared, ev: Event<'_>, now: Now, out: &mut Out) {
-    let closed = shared.channels.on_event(ev);
-    tell_closed(shared, closed, now, out);
-}
-
-/// Sends `channel_closed` to each end that is still registered where it was.
-fn tell_closed(shared: &Shared, ends: impl IntoIterator<Item = Closed>, now: Now, out: &mut Out) {
-    for end in ends {
-        let Some((addr, trusted)) = shared.registry.target_of(&end.name, now.ms) else {
-            continue;
-        };
-        if addr != end.to {
-            continue;
-        }
-        let start = out.buf.len();
-        reply::channel_closed(&mut out.buf, end.number);
-        out.reply(addr, start, Kind::Announce, trusted);
     }
 }

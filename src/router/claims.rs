@@ -5,6 +5,7 @@ use tracing::debug;
 
 use crate::auth::{self, AuthError};
 use crate::config::Auth;
+use crate::events;
 use crate::metrics::Counters;
 use crate::out::{Kind, Out};
 use crate::presence;
@@ -13,7 +14,7 @@ use crate::registry::{Claim, Event, Proof, Session};
 use crate::wire::reply::{self, Presence};
 use crate::wire::{control, valid_name};
 
-use super::{Req, Router, channels};
+use super::{Req, Router};
 
 /// Most displacements one newcomer tries before it is refused `registry_full`.
 const DISPLACE_TRIES: usize = 3;
@@ -93,7 +94,7 @@ impl Router {
         // never follow a forged move to an address that did not ask for them.
         match claim.event(&r.name, from) {
             Some(Event::Moved(..)) if !req.authed => {}
-            Some(ev) => channels::react(&self.shared, ev, now, out),
+            Some(ev) => events::react(&self.shared, ev, now, out),
             None => {}
         }
         let start = out.buf.len();

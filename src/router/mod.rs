@@ -17,6 +17,7 @@ use tracing::debug;
 use crate::budget::{ANSWER_FACTOR, Cause, Own};
 use crate::clock::Now;
 use crate::destination::View;
+use crate::events;
 use crate::metrics::Counters;
 use crate::out::{Kind, Out};
 use crate::presence;
@@ -28,7 +29,7 @@ use crate::wire::reply::{self, Presence};
 use crate::wire::scan::{self, ScanError};
 use crate::wire::{Family, classify, control};
 
-pub(crate) mod channels;
+mod channels;
 mod claims;
 mod queries;
 mod relay;
@@ -243,7 +244,7 @@ impl Router {
             gone.addr,
             now,
         );
-        channels::react(&self.shared, gone.event(), now, out);
+        events::react(&self.shared, gone.event(), now, out);
     }
 
     /// A registration proved itself for the first time where it is: its join, unproven news
@@ -251,7 +252,7 @@ impl Router {
     /// moved here, follow it now.
     fn proven(&self, name: &str, req: &Req, out: &mut Out) {
         presence::announce_to_neighbours(&self.shared, out, name, req.from, req.now);
-        channels::react(&self.shared, Event::Moved(name, req.from), req.now, out);
+        events::react(&self.shared, Event::Moved(name, req.from), req.now, out);
     }
 
     fn refuse(&self, r: Reason, req: &Req) {
