@@ -2,7 +2,6 @@
 //! the presence sample, the cookie key and the channels. Routing, presence and the reaper read it; none of
 //! them owns it.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -195,30 +194,5 @@ impl Shared {
                 slot.as_ref().map(Admission::export)
             })
             .collect()
-    }
-
-    /// Every counter and gauge in the Prometheus text format.
-    pub fn prometheus(&self) -> String {
-        let (r, c) = (&self.registry, &self.channels);
-        let mut s = self.metrics.prometheus(r.len(), r.watch_entries(), c.len());
-        let ready = self.metrics.ready(self.clock.now().ms).is_ok();
-        for (name, help, v) in [
-            (
-                "ready",
-                "1 while every worker serves (what /readyz answers 200 to), else 0.",
-                u64::from(ready),
-            ),
-            (
-                "max_peers",
-                "The most names registered at once (--max-peers, in force).",
-                r.max_peers() as u64,
-            ),
-        ] {
-            let _ = writeln!(s, "# HELP udp_relay_{name} {help}");
-            let _ = writeln!(s, "# TYPE udp_relay_{name} gauge");
-            let _ = writeln!(s, "udp_relay_{name} {v}");
-        }
-        crate::process::render(&mut s);
-        s
     }
 }

@@ -25,9 +25,10 @@ use crate::ratelimit::Admission;
 use crate::refusal::Reason;
 use crate::registry::{Event, Name, Removed, Session};
 use crate::shared::Shared;
+use crate::wire::control::{self, ParseError};
 use crate::wire::reply::{self, Presence};
 use crate::wire::scan::{self, ScanError};
-use crate::wire::{Family, classify, control};
+use crate::wire::{Family, classify};
 
 mod channels;
 mod claims;
@@ -343,7 +344,12 @@ impl Router {
     fn parse<T: for<'de> serde::Deserialize<'de>>(&mut self, d: &[u8]) -> Result<T, Reason> {
         self.scratch.clear();
         self.scratch.extend_from_slice(d);
-        control::parse(&mut self.scratch)
+        control::parse(&mut self.scratch).map_err(|e| match e {
+            ParseError::MissingField => Reason::MissingField,
+            ParseError::Duplicate => Reason::Duplicate,
+            ParseError::WrongType => Reason::WrongType,
+            ParseError::Malformed => Reason::BadRequest,
+        })
     }
 
     /// The name a request speaks for, if it carries that name's session from its address: the

@@ -5,8 +5,6 @@
 use serde::Deserialize;
 use simd_json::ErrorType;
 
-use crate::refusal::Reason;
-
 /// `register`: claim a name at the source address.
 #[derive(Debug, Deserialize)]
 pub struct Register {
@@ -94,19 +92,32 @@ pub struct Unbind {
     pub session: Option<String>,
 }
 
-/// Parses a control message from a scratch copy of the datagram (simd-json parses in place);
-/// a refusal says why, so that it is counted under the right reason.
-pub fn parse<'de, T: Deserialize<'de>>(scratch: &'de mut [u8]) -> Result<T, Reason> {
-    simd_json::serde::from_slice(scratch).map_err(|e| reason(e.error()))
+/// Why a control message does not parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParseError {
+    /// A field the message needs is missing.
+    MissingField,
+    /// A field is given twice.
+    Duplicate,
+    /// A field is of the wrong JSON type.
+    WrongType,
+    /// Anything else.
+    Malformed,
 }
 
-/// The refusal reason of a parse error. serde reports missing and duplicate fields as messages,
-/// whose wording is stable across serde releases (the tests below pin it).
-fn reason(e: &ErrorType) -> Reason {
+/// Parses a control message from a scratch copy of the datagram (simd-json parses in place);
+/// an error says why, so that the refusal is counted under the right reason.
+pub fn parse<'de, T: Deserialize<'de>>(scratch: &'de mut [u8]) -> Result<T, ParseError> {
+    simd_json::serde::from_slice(scratch).map_err(|e| why(e.error()))
+}
+
+/// Why simd-json refused. serde reports missing and duplicate fields as messages, whose
+/// wording is stable across serde releases (the tests below pin it).
+fn why(e: &ErrorType) -> ParseError {
     match e {
-        ErrorType::Serde(m) if m.starts_with("missing field") => Reason::MissingField,
-        ErrorType::Serde(m) if m.starts_with("duplicate field") => Reason::Duplicate,
-        ErrorType::Serde(m) if m.starts_with("invalid type") => Reason::WrongType,
+        ErrorType::Serde(m) if m.starts_with("missing field") => ParseError::MissingField,
+        ErrorType::Serde(m) if m.starts_with("duplicate field") => ParseError::Duplicate,
+        ErrorType::Serde(m) if m.starts_with("invalid type") => ParseError::WrongType,
         ErrorType::ExpectedString
         | ErrorType::ExpectedArray
         | ErrorType::ExpectedMap
@@ -116,8 +127,8 @@ fn reason(e: &ErrorType) -> Reason {
         | ErrorType::ExpectedUnsigned
         | ErrorType::ExpectedFloat
         | ErrorType::ExpectedInteger
-        | ErrorType::ExpectedNumber => Reason::WrongType,
-        _ => Reason::BadRequest,
+        | ErrorType::ExpectedNumber => ParseError::WrongType,
+        _ => ParseError::Malformed,
     }
 }
 
@@ -133,24 +144,24 @@ mod tests {
         assert!(r.session.is_none());
     }
 
-    fn refusal<'de, T: Deserialize<'de> + std::fmt::Debug>(d: &'de mut [u8]) -> Reason {
+    fn refusal<'de, T: Deserialize<'de> + std::fmt::Debug>(d: &'de mut [u8]) -> ParseError {
         parse::<T>(d).unwrap_err()
     }
 
     #[test]
     fn refusals_name_their_reason() {
         let r = |d: &[u8]| refusal::<Register>(&mut d.to_vec());
-        assert_eq!(r(br#"{"type":"register","name":5}"#), Reason::WrongType);
+        assert_eq!(r(br#"{"type":"register","name":5}"#), ParseError::WrongType);
         assert_eq!(
             r(br#"{"type":"register","name":"a","session":[]}"#),
-            Reason::WrongType
+            ParseError::WrongType
         );
         assert_eq!(
             r(br#"{"type":"register","name":"a","name":"b"}"#),
-            Reason::Duplicate
+            ParseError::Duplicate
         );
-        assert_eq!(r(br#"{"type":"register"}"#), Reason::MissingField);
+        assert_eq!(r(br#"{"type":"register"}"#), ParseError::MissingField);
         let mut d = br#"{"type":"watch","names":["a",1]}"#.to_vec();
-        assert_eq!(refusal::<Watch>(&mut d), Reason::WrongType);
+        assert_eq!(refusal::<Watch>(&mut d), ParseError::WrongType);
     }
 }
