@@ -25,10 +25,10 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use serde::{Deserialize, Serialize};
 
 use crate::addr::{customer_key, host_key, prefix};
-use crate::config::Settings;
 use crate::keyed::Keyed;
 use crate::metrics::Counters;
 use crate::out::{Kind, Out, Send};
+use crate::settings::Settings;
 
 /// A request's own bytes pay for replies to its source up to this many times its size: QUIC's
 /// anti-amplification factor (RFC 9000 §8). Only what goes beyond is paid from the pools.

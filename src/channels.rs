@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 use serde::{Deserialize, Serialize};
 
 use crate::addr::host_key;
-use crate::config::Settings;
 use crate::registry::{Event, Name};
+use crate::settings::Settings;
 use crate::shards::Sharded;
 
 /// A frame refreshes its sender's registration at most this often (tenths of a second), so that

@@ -11,12 +11,10 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 
 use crate::destination::{Net, Policy};
+pub use crate::settings::{Auth, MAX_UDP_PAYLOAD, Settings};
 use clap::{
     Arg, ArgAction, ArgMatches, Command, CommandFactory, FromArgMatches, Parser, ValueEnum,
 };
-
-/// Largest UDP payload over IPv4.
-pub const MAX_UDP_PAYLOAD: usize = 65_507;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -27,13 +25,23 @@ pub enum LogFormat {
     Json,
 }
 
-/// Whether registration must be signed (Part 5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Auth {
-    /// Unsigned registration allowed (the old peers'); a signed peer still gets its protection.
-    Open,
-    /// Every new registration or move must be signed.
-    Signed,
+/// `--auth`'s values: the core's `Auth`, named for the command line.
+impl ValueEnum for Auth {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Auth::Open, Auth::Signed]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        use clap::builder::PossibleValue;
+        Some(match self {
+            Auth::Open => PossibleValue::new("open").help(
+                "Unsigned registration allowed (the old peers'); a signed peer still gets its protection",
+            ),
+            Auth::Signed => {
+                PossibleValue::new("signed").help("Every new registration or move must be signed")
+            }
+        })
+    }
 }
 
 /// A feature switched on or off.
@@ -267,110 +275,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("`{s}` must be more than zero and at most a year"));
     }
     Ok(Duration::from_secs_f64(secs))
-}
-
-/// What the protocol logic needs to know of the configuration.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Silence after which a peer is stale, in ms.
-    pub peer_timeout_ms: u64,
-    /// Keepalive interval, in ms.
-    pub keepalive_ms: u64,
-    /// See [`Args::announce_max`].
-    pub announce_max: usize,
-    /// See [`Args::reply_budget`].
-    pub reply_budget: usize,
-    /// See [`Args::max_peers`].
-    pub max_peers: usize,
-    /// See [`Args::max_datagram`].
-    pub max_datagram: usize,
-    /// See [`Args::max_watch`].
-    pub max_watch: usize,
-    /// See [`Args::error_rate`].
-    pub error_rate: u32,
-    /// Whether `connect` is served.
-    pub introductions: bool,
-    /// See [`Args::auth`].
-    pub auth: Auth,
-    /// See [`Args::source_rate`].
-    pub source_rate: u64,
-    /// See [`Args::source_bytes`].
-    pub source_bytes: u64,
-    /// See [`Args::prefix_rate`].
-    pub prefix_rate: u64,
-    /// See [`Args::prefix_bytes`].
-    pub prefix_bytes: u64,
-    /// See [`Args::global_rate`].
-    pub global_rate: u64,
-    /// See [`Args::registration_rate`].
-    pub registration_rate: u64,
-    /// See [`Args::signature_rate`].
-    pub signature_rate: u64,
-    /// See [`Args::miss_rate`].
-    pub miss_rate: u64,
-    /// See [`Args::reply_credit`].
-    pub reply_credit: u64,
-    /// See [`Args::reply_prefix_credit`].
-    pub reply_prefix_credit: u64,
-    /// See [`Args::reply_global_credit`].
-    pub reply_global_credit: u64,
-    /// See [`Args::fanout_allowance`].
-    pub fanout_allowance: u64,
-    /// See [`Args::presence_rate`].
-    pub presence_rate: u64,
-    /// See [`Args::max_names_per_address`].
-    pub max_names_per_address: usize,
-    /// See [`Args::max_watch_total`].
-    pub max_watch_total: usize,
-    /// See [`Args::max_watch_per_host`].
-    pub max_watch_per_host: usize,
-    /// See [`Args::max_channels`].
-    pub max_channels: usize,
-    /// See [`Args::max_channels_per_host`].
-    pub max_channels_per_host: usize,
-    /// See [`Args::max_channels_total`].
-    pub max_channels_total: usize,
-    /// The peer addresses served: `--host`, `--allowed-peer-ip`, `--denied-peer-ip`.
-    pub peers: Policy,
-}
-
-/// The protocol's defaults, without rate limits, budgets or watch bounds (the command line sets
-/// those).
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            peer_timeout_ms: 60_000,
-            keepalive_ms: 10_000,
-            announce_max: 100,
-            reply_budget: 1200,
-            max_peers: 1_000_000,
-            max_datagram: MAX_UDP_PAYLOAD,
-            max_watch: 256,
-            error_rate: 10,
-            introductions: true,
-            auth: Auth::Open,
-            source_rate: 0,
-            source_bytes: 0,
-            prefix_rate: 0,
-            prefix_bytes: 0,
-            global_rate: 0,
-            registration_rate: 0,
-            signature_rate: 0,
-            miss_rate: 0,
-            reply_credit: 0,
-            reply_prefix_credit: 0,
-            reply_global_credit: 0,
-            fanout_allowance: 0,
-            presence_rate: 0,
-            max_names_per_address: usize::MAX,
-            max_watch_total: usize::MAX,
-            max_watch_per_host: usize::MAX,
-            max_channels: 64,
-            max_channels_per_host: usize::MAX,
-            max_channels_total: usize::MAX,
-            peers: Policy::open(),
-        }
-    }
 }
 
 impl Args {

@@ -29,6 +29,7 @@ pub mod reservations;
 pub mod router;
 pub mod sample;
 pub mod server;
+pub mod settings;
 pub mod shards;
 pub mod shared;
 pub mod snapshot;

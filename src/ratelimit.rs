@@ -12,9 +12,9 @@ use std::net::{IpAddr, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::addr::prefix;
-use crate::config::Settings;
 use crate::keyed::Keyed;
 use crate::refusal::Reason;
+use crate::settings::Settings;
 
 /// Buckets per table: at a million peers, a few dozen sources share one (32 bytes each).
 const SLOTS: usize = 1 << 16;

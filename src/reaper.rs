@@ -101,8 +101,8 @@ pub fn sweep(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Settings;
     use crate::router::tests::{Harness, Json, addr, at, collect, parse};
+    use crate::settings::Settings;
     use serde_json::json;
 
     #[test]

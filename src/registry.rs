@@ -33,9 +33,9 @@ use serde::{Deserialize, Serialize};
 use crate::addr::host_key;
 use crate::addr::prefix;
 use crate::auth::Key;
-use crate::config::Settings;
 use crate::keyed::Keyed;
 use crate::reservations::Reservations;
+use crate::settings::Settings;
 use crate::shards::{Entry as Slot, Sharded};
 use dashmap::mapref::entry::Entry as MapEntry;
 

@@ -9,13 +9,13 @@ use crate::auth::Cookies;
 use crate::budget::{Budgets, Misses};
 use crate::channels::Channels;
 use crate::clock::Clock;
-use crate::config::Settings;
 use crate::destination::Boundary;
 use crate::introductions::Pending;
 use crate::metrics::Metrics;
 use crate::ratelimit::{Admission, AdmissionImage};
 use crate::registry::Registry;
 use crate::sample::Sample;
+use crate::settings::Settings;
 
 /// State shared by every worker and the reaper.
 pub struct Shared {

@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::clock::Now;
-use crate::config::Settings;
 use crate::out::Out;
 use crate::refusal::Reason;
 use crate::router::Router;
+use crate::settings::Settings;
 use crate::shared::Shared;
 use crate::wire::peer;
 

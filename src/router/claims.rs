@@ -4,13 +4,13 @@
 use tracing::debug;
 
 use crate::auth::{self, AuthError};
-use crate::config::Auth;
 use crate::events;
 use crate::metrics::Counters;
 use crate::out::{Kind, Out};
 use crate::presence;
 use crate::refusal::Reason;
 use crate::registry::{Claim, Event, Proof, Session};
+use crate::settings::Auth;
 use crate::wire::reply::{self, Presence};
 use crate::wire::{control, valid_name};
 

@@ -1,10 +1,10 @@
 //! The JSON relay hot path: a `relay` is forwarded as its payload span, untouched, behind a
 //! header naming the sender.
 
-use crate::config::{Auth, MAX_UDP_PAYLOAD};
 use crate::metrics::Counters;
 use crate::out::Out;
 use crate::refusal::Reason;
+use crate::settings::{Auth, MAX_UDP_PAYLOAD};
 use crate::wire::MAX_NAME;
 use crate::wire::reply::{self, RELAYED_SUFFIX};
 use crate::wire::scan::{self, Header};

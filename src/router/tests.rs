@@ -1,8 +1,8 @@
 //! The router's unit tests, over the crate's one sans-IO harness ([`crate::testing`]).
 
 use super::*;
-use crate::config::Settings;
 use crate::registry::Proof;
+use crate::settings::Settings;
 use serde_json::{Value, json};
 
 pub(crate) use crate::testing::{Harness, addr, at, collect};
