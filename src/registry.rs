@@ -497,7 +497,7 @@ pub struct Registry {
     /// The shard the next [`Registry::displace`] looks in: each in turn.
     displace_at: AtomicUsize,
     /// Names displaced from a full registry, each kept for its address for a peer timeout.
-    reservations: Reservations,
+    reservations: Reservations<Name>,
 }
 
 /// The bounds of [`Registry`] in force.

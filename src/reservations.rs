@@ -8,33 +8,43 @@
 //! after [`MAX`] more, and [`crate::budget`] holds each network (/24, /48) to a sixteenth of
 //! that a peer timeout.
 
+use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-use crate::registry::Name;
-
 /// Most names kept at once (about 100 bytes each: 6.5 MB).
 pub const MAX: usize = 65_536;
 
-/// The reservations.
-#[derive(Default)]
-pub struct Reservations {
-    held: Mutex<Held>,
+/// The reservations, of names of type `N` (the registry's: this module knows no registry).
+pub struct Reservations<N> {
+    held: Mutex<Held<N>>,
     /// How many names are held, read without the lock by every new claim.
     len: AtomicUsize,
 }
 
-#[derive(Default)]
-struct Held {
+struct Held<N> {
     /// Name → the address it is kept for, and until when (ms of the relay's clock).
-    by_name: HashMap<Name, (SocketAddr, u64)>,
+    by_name: HashMap<N, (SocketAddr, u64)>,
     /// The names in the order they were reserved, with their ends.
-    order: VecDeque<(Name, u64)>,
+    order: VecDeque<(N, u64)>,
 }
 
-impl Held {
+impl<N> Default for Reservations<N> {
+    fn default() -> Reservations<N> {
+        Reservations {
+            held: Mutex::new(Held {
+                by_name: HashMap::new(),
+                order: VecDeque::new(),
+            }),
+            len: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl<N: Hash + Eq> Held<N> {
     /// Drops the front of the queue, and its name unless a later reservation renewed it.
     fn pop(&mut self) {
         if let Some((name, until)) = self.order.pop_front() {
@@ -45,9 +55,9 @@ impl Held {
     }
 }
 
-impl Reservations {
+impl<N: Hash + Eq + Clone + Borrow<str>> Reservations<N> {
     /// Keeps `name` for `addr` until `until_ms`, at `now_ms`.
-    pub fn keep(&self, name: &Name, addr: SocketAddr, until_ms: u64, now_ms: u64) {
+    pub fn keep(&self, name: &N, addr: SocketAddr, until_ms: u64, now_ms: u64) {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         while held
             .order
@@ -65,9 +75,9 @@ impl Reservations {
     }
 
     /// Gives up `name`'s reservation (its displacement did not happen).
-    pub fn release(&self, name: &Name) {
+    pub fn release(&self, name: &N) {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        held.by_name.remove(name);
+        held.by_name.remove(name.borrow());
     }
 
     /// Whether `name` is kept for an address other than `here` at `now_ms`. A reservation
@@ -96,7 +106,7 @@ mod tests {
     #[test]
     fn a_name_is_kept_for_its_address_until_its_end() {
         let r = Reservations::default();
-        let alice = Name::from("alice");
+        let alice = String::from("alice");
         r.keep(&alice, a(1), 60_000, 0);
         assert!(r.elsewhere("alice", a(2), 59_999));
         assert!(!r.elsewhere("alice", a(1), 30_000), "its own address");
@@ -111,16 +121,16 @@ mod tests {
     #[test]
     fn a_full_set_gives_up_its_oldest_only() {
         let r = Reservations::default();
-        r.keep(&Name::from("first"), a(1), 60_000, 0);
-        r.keep(&Name::from("alice"), a(1), 60_001, 1);
+        r.keep(&String::from("first"), a(1), 60_000, 0);
+        r.keep(&String::from("alice"), a(1), 60_001, 1);
         for i in 0..MAX - 2 {
-            r.keep(&Name::from(format!("n{i}").as_str()), a(2), 60_002, 2);
+            r.keep(&format!("n{i}"), a(2), 60_002, 2);
         }
-        r.keep(&Name::from("one-more"), a(2), 60_003, 3);
+        r.keep(&String::from("one-more"), a(2), 60_003, 3);
         assert!(!r.elsewhere("first", a(3), 4), "the oldest given up");
         assert!(r.elsewhere("alice", a(3), 4), "the next still kept");
         // Expired ones go first, from the front.
-        r.keep(&Name::from("later"), a(2), 120_002, 60_002);
+        r.keep(&String::from("later"), a(2), 120_002, 60_002);
         assert!(!r.elsewhere("alice", a(3), 60_002));
         assert_eq!(r.held.lock().unwrap().order.len(), 2);
     }
@@ -129,10 +139,10 @@ mod tests {
     #[test]
     fn a_renewed_reservation_outlives_its_first() {
         let r = Reservations::default();
-        let alice = Name::from("alice");
+        let alice = String::from("alice");
         r.keep(&alice, a(1), 10, 0);
         r.keep(&alice, a(1), 20, 5);
-        r.keep(&Name::from("x"), a(2), 30, 15);
+        r.keep(&String::from("x"), a(2), 30, 15);
         assert!(r.elsewhere("alice", a(3), 15));
     }
 }
