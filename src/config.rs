@@ -91,11 +91,11 @@ pub struct Args {
     #[arg(long, allow_negative_numbers = true, env = "UDP_RELAY_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
     /// Silence after which a peer is removed (e.g. `60`, `60s`, `1.5s`, `500ms`, `2m`).
-    #[arg(long, allow_hyphen_values = true, env = "UDP_RELAY_PEER_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
-    pub peer_timeout: Duration,
+    #[arg(id = "peer_timeout", long = "peer-timeout", allow_hyphen_values = true, env = "UDP_RELAY_PEER_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub peer_timeout_ms: Duration,
     /// How often live peers are sent `server_keepalive`.
-    #[arg(long, allow_hyphen_values = true, env = "UDP_RELAY_KEEPALIVE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
-    pub keepalive_interval: Duration,
+    #[arg(id = "keepalive_interval", long = "keepalive-interval", allow_hyphen_values = true, env = "UDP_RELAY_KEEPALIVE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub keepalive_ms: Duration,
     /// Largest registry for which everyone hears of every join and leave and gets every name.
     #[arg(
         long,
@@ -280,11 +280,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 impl Args {
     /// Checks what clap's per-flag parsers cannot: relations between flags.
     pub fn check(&self) -> Result<(), String> {
-        if self.keepalive_interval >= self.peer_timeout {
+        if self.keepalive_ms >= self.peer_timeout_ms {
             return Err(format!(
                 "--keepalive-interval ({:?}) must be shorter than --peer-timeout ({:?}), or peers \
                  would be reaped between keepalives",
-                self.keepalive_interval, self.peer_timeout
+                self.keepalive_ms, self.peer_timeout_ms
             ));
         }
         Ok(())
@@ -307,44 +307,55 @@ impl Args {
     pub fn peers(&self, host: IpAddr) -> Policy {
         Policy::new(host, &self.allowed_peer_ip, &self.denied_peer_ip)
     }
+}
 
-    /// The protocol settings.
-    pub fn settings(&self) -> Settings {
-        Settings {
-            peer_timeout_ms: self.peer_timeout.as_millis() as u64,
-            keepalive_ms: self.keepalive_interval.as_millis() as u64,
-            announce_max: self.announce_max,
-            reply_budget: self.reply_budget as usize,
-            max_peers: usize::try_from(self.max_peers).unwrap_or(usize::MAX),
-            max_datagram: self.max_datagram as usize,
-            max_watch: self.max_watch,
-            error_rate: self.error_rate,
-            introductions: !self.no_introductions,
-            auth: self.auth,
-            source_rate: self.source_rate,
-            source_bytes: self.source_bytes,
-            prefix_rate: self.prefix_rate,
-            prefix_bytes: self.prefix_bytes,
-            global_rate: self.global_rate,
-            registration_rate: self.registration_rate,
-            signature_rate: self.signature_rate,
-            miss_rate: self.miss_rate,
-            reply_credit: self.reply_credit,
-            reply_prefix_credit: self.reply_prefix_credit,
-            reply_global_credit: self.reply_global_credit,
-            fanout_allowance: self.fanout_allowance,
-            presence_rate: self.presence_rate,
-            max_names_per_address: usize::try_from(self.max_names_per_address)
-                .unwrap_or(usize::MAX),
-            max_watch_total: self.max_watch_total,
-            max_watch_per_host: self.max_watch_per_host,
-            max_channels: self.max_channels as usize,
-            max_channels_per_host: self.max_channels_per_host as usize,
-            max_channels_total: self.max_channels_total as usize,
-            peers: self.peers(self.host),
-        }
+/// A flag's value as the core's setting of the same name takes it.
+trait Core<T> {
+    fn core(&self) -> T;
+}
+
+impl<T: Copy> Core<T> for T {
+    fn core(&self) -> T {
+        *self
     }
 }
+
+/// A duration, in the core's milliseconds.
+impl Core<u64> for Duration {
+    fn core(&self) -> u64 {
+        u64::try_from(self.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+impl Core<usize> for u32 {
+    fn core(&self) -> usize {
+        *self as usize
+    }
+}
+
+impl Core<usize> for u64 {
+    fn core(&self) -> usize {
+        usize::try_from(*self).unwrap_or(usize::MAX)
+    }
+}
+
+/// `Args::settings`, from the core's list of settings: each taken from the flag's field of its
+/// name.
+macro_rules! settings_from_args {
+    ($($(#[doc = $doc:literal])* $name:ident: $ty:ty = $default:expr, $live:ident;)*) => {
+        impl Args {
+            /// The protocol settings.
+            pub fn settings(&self) -> Settings {
+                Settings {
+                    $($name: Core::<$ty>::core(&self.$name),)*
+                    peers: self.peers(self.host),
+                }
+            }
+        }
+    };
+}
+
+crate::settings_list!(settings_from_args);
 
 /// Where the value in force of a setting came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -699,99 +710,25 @@ fn read_file(path: &Path, base: &Command) -> Result<Vec<Setting>, String> {
     Ok(out)
 }
 
-/// The keys a reload (SIGHUP) changes in a running relay; a change of any other is named in a
+/// Whether a reload (SIGHUP) changes the setting `key` in a running relay: the live settings
+/// of the core, the address ranges served and the log filter; a change of any other is named in a
 /// warning and waits for a restart.
-pub const LIVE: &[&str] = &[
-    "source_rate",
-    "source_bytes",
-    "prefix_rate",
-    "prefix_bytes",
-    "global_rate",
-    "error_rate",
-    "presence_rate",
-    "registration_rate",
-    "signature_rate",
-    "miss_rate",
-    "reply_credit",
-    "reply_prefix_credit",
-    "reply_global_credit",
-    "fanout_allowance",
-    "max_peers",
-    "max_watch",
-    "max_watch_total",
-    "max_watch_per_host",
-    "max_names_per_address",
-    "max_channels",
-    "max_channels_per_host",
-    "max_channels_total",
-    "announce_max",
-    "reply_budget",
-    "allowed_peer_ip",
-    "denied_peer_ip",
-    "log_level",
-];
-
-impl Settings {
-    /// Whether `other` has the same per-worker rate limits (ingress and error replies), which
-    /// the workers rebuild when a reload publishes new ones.
-    pub fn same_rates(&self, other: &Settings) -> bool {
-        let rates = |s: &Settings| {
-            (
-                s.source_rate,
-                s.source_bytes,
-                s.prefix_rate,
-                s.prefix_bytes,
-                s.global_rate,
-                s.error_rate,
-            )
-        };
-        rates(self) == rates(other)
-    }
-
-    /// These settings with the [`LIVE`] ones taken from `new`.
-    pub fn with_live(&self, new: &Settings) -> Settings {
-        Settings {
-            source_rate: new.source_rate,
-            source_bytes: new.source_bytes,
-            prefix_rate: new.prefix_rate,
-            prefix_bytes: new.prefix_bytes,
-            global_rate: new.global_rate,
-            error_rate: new.error_rate,
-            presence_rate: new.presence_rate,
-            registration_rate: new.registration_rate,
-            signature_rate: new.signature_rate,
-            miss_rate: new.miss_rate,
-            reply_credit: new.reply_credit,
-            reply_prefix_credit: new.reply_prefix_credit,
-            reply_global_credit: new.reply_global_credit,
-            fanout_allowance: new.fanout_allowance,
-            max_peers: new.max_peers,
-            max_watch: new.max_watch,
-            max_watch_total: new.max_watch_total,
-            max_watch_per_host: new.max_watch_per_host,
-            max_names_per_address: new.max_names_per_address,
-            max_channels: new.max_channels,
-            max_channels_per_host: new.max_channels_per_host,
-            max_channels_total: new.max_channels_total,
-            announce_max: new.announce_max,
-            reply_budget: new.reply_budget,
-            peers: new.peers.clone(),
-            ..self.clone()
-        }
-    }
+pub fn is_live(key: &str) -> bool {
+    crate::settings::is_live(key)
+        || matches!(key, "allowed_peer_ip" | "denied_peer_ip" | "log_level")
 }
 
 impl Loaded {
-    /// Takes the values of the [`LIVE`] keys from `new`, as a reload put them in force.
+    /// Takes the values of the live keys ([`is_live`]) from `new`, as a reload put them in force.
     pub fn take_live(&mut self, new: &Loaded) {
         for (a, b) in self.settings.iter_mut().zip(&new.settings) {
-            if LIVE.contains(&a.key.as_str()) {
+            if is_live(&a.key) {
                 *a = b.clone();
             }
         }
     }
 
-    /// The keys whose values differ in `new`, as `key old -> new`: first the [`LIVE`] ones,
+    /// The keys whose values differ in `new`, as `key old -> new`: first the live ones,
     /// then the others.
     pub fn changes(&self, new: &Loaded) -> (Vec<String>, Vec<String>) {
         let (mut live, mut fixed) = (Vec::new(), Vec::new());
@@ -799,7 +736,7 @@ impl Loaded {
             if a.value != b.value {
                 let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "unset".into());
                 let line = format!("{} {} -> {}", a.key, show(&a.value), show(&b.value));
-                if LIVE.contains(&a.key.as_str()) {
+                if is_live(&a.key) {
                     live.push(line);
                 } else {
                     fixed.push(line);
@@ -849,6 +786,21 @@ mod tests {
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("NaN").is_err());
+    }
+
+    #[test]
+    fn every_live_setting_of_the_core_is_a_key() {
+        let keys: Vec<_> = Args::command()
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .collect();
+        for name in crate::settings::NAMES {
+            assert!(
+                !crate::settings::is_live(name) || keys.iter().any(|k| k == name),
+                "the live setting {name} is no key, so a reload would not say it changed"
+            );
+        }
+        assert!(is_live("max_peers") && is_live("log_level") && !is_live("port"));
     }
 
     #[test]

@@ -16,106 +16,146 @@ pub enum Auth {
     Signed,
 }
 
-/// What the protocol logic needs to know of the configuration.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Silence after which a peer is stale, in ms.
-    pub peer_timeout_ms: u64,
-    /// Keepalive interval, in ms.
-    pub keepalive_ms: u64,
-    /// `--announce-max`.
-    pub announce_max: usize,
-    /// `--reply-budget`.
-    pub reply_budget: usize,
-    /// `--max-peers`.
-    pub max_peers: usize,
-    /// `--max-datagram`.
-    pub max_datagram: usize,
-    /// `--max-watch`.
-    pub max_watch: usize,
-    /// `--error-rate`.
-    pub error_rate: u32,
-    /// Whether `connect` is served.
-    pub introductions: bool,
-    /// `--auth`.
-    pub auth: Auth,
-    /// `--source-rate`.
-    pub source_rate: u64,
-    /// `--source-bytes`.
-    pub source_bytes: u64,
-    /// `--prefix-rate`.
-    pub prefix_rate: u64,
-    /// `--prefix-bytes`.
-    pub prefix_bytes: u64,
-    /// `--global-rate`.
-    pub global_rate: u64,
-    /// `--registration-rate`.
-    pub registration_rate: u64,
-    /// `--signature-rate`.
-    pub signature_rate: u64,
-    /// `--miss-rate`.
-    pub miss_rate: u64,
-    /// `--reply-credit`.
-    pub reply_credit: u64,
-    /// `--reply-prefix-credit`.
-    pub reply_prefix_credit: u64,
-    /// `--reply-global-credit`.
-    pub reply_global_credit: u64,
-    /// `--fanout-allowance`.
-    pub fanout_allowance: u64,
-    /// `--presence-rate`.
-    pub presence_rate: u64,
-    /// `--max-names-per-address`.
-    pub max_names_per_address: usize,
-    /// `--max-watch-total`.
-    pub max_watch_total: usize,
-    /// `--max-watch-per-host`.
-    pub max_watch_per_host: usize,
-    /// `--max-channels`.
-    pub max_channels: usize,
-    /// `--max-channels-per-host`.
-    pub max_channels_per_host: usize,
-    /// `--max-channels-total`.
-    pub max_channels_total: usize,
-    /// The peer addresses served: `--host`, `--allowed-peer-ip`, `--denied-peer-ip`.
-    pub peers: Policy,
+/// Hands `$callback` the list of settings, each written once: its doc, its name (the key of its
+/// flag, or that key's Rust field), its type, its default here, and whether a reload changes it in
+/// a running relay (`live`) or it waits for a restart (`fixed`). The defaults are the protocol's
+/// without any limit, for tests and embedding; the binary's flags carry the production ones and
+/// make `Settings` from the same list, so that a new setting is one line here and one flag there.
+#[macro_export]
+macro_rules! settings_list {
+    ($callback:ident) => {
+        $callback! {
+            /// Silence after which a peer is stale, in ms.
+            peer_timeout_ms: u64 = 60_000, fixed;
+            /// Keepalive interval, in ms.
+            keepalive_ms: u64 = 10_000, fixed;
+            /// `--announce-max`.
+            announce_max: usize = 100, live;
+            /// `--reply-budget`.
+            reply_budget: usize = 1200, live;
+            /// `--max-peers`.
+            max_peers: usize = 1_000_000, live;
+            /// `--max-datagram`.
+            max_datagram: usize = MAX_UDP_PAYLOAD, fixed;
+            /// `--max-watch`.
+            max_watch: usize = 256, live;
+            /// `--error-rate`.
+            error_rate: u32 = 10, live;
+            /// `--no-introductions`: `connect` is refused.
+            no_introductions: bool = false, fixed;
+            /// `--auth`.
+            auth: Auth = Auth::Open, fixed;
+            /// `--source-rate`.
+            source_rate: u64 = 0, live;
+            /// `--source-bytes`.
+            source_bytes: u64 = 0, live;
+            /// `--prefix-rate`.
+            prefix_rate: u64 = 0, live;
+            /// `--prefix-bytes`.
+            prefix_bytes: u64 = 0, live;
+            /// `--global-rate`.
+            global_rate: u64 = 0, live;
+            /// `--registration-rate`.
+            registration_rate: u64 = 0, live;
+            /// `--signature-rate`.
+            signature_rate: u64 = 0, live;
+            /// `--miss-rate`.
+            miss_rate: u64 = 0, live;
+            /// `--reply-credit`.
+            reply_credit: u64 = 0, live;
+            /// `--reply-prefix-credit`.
+            reply_prefix_credit: u64 = 0, live;
+            /// `--reply-global-credit`.
+            reply_global_credit: u64 = 0, live;
+            /// `--fanout-allowance`.
+            fanout_allowance: u64 = 0, live;
+            /// `--presence-rate`.
+            presence_rate: u64 = 0, live;
+            /// `--max-names-per-address`.
+            max_names_per_address: usize = usize::MAX, live;
+            /// `--max-watch-total`.
+            max_watch_total: usize = usize::MAX, live;
+            /// `--max-watch-per-host`.
+            max_watch_per_host: usize = usize::MAX, live;
+            /// `--max-channels`.
+            max_channels: usize = 64, live;
+            /// `--max-channels-per-host`.
+            max_channels_per_host: usize = usize::MAX, live;
+            /// `--max-channels-total`.
+            max_channels_total: usize = usize::MAX, live;
+        }
+    };
 }
 
-/// The protocol's defaults, without rate limits, budgets or watch bounds (the command line sets
-/// those).
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            peer_timeout_ms: 60_000,
-            keepalive_ms: 10_000,
-            announce_max: 100,
-            reply_budget: 1200,
-            max_peers: 1_000_000,
-            max_datagram: MAX_UDP_PAYLOAD,
-            max_watch: 256,
-            error_rate: 10,
-            introductions: true,
-            auth: Auth::Open,
-            source_rate: 0,
-            source_bytes: 0,
-            prefix_rate: 0,
-            prefix_bytes: 0,
-            global_rate: 0,
-            registration_rate: 0,
-            signature_rate: 0,
-            miss_rate: 0,
-            reply_credit: 0,
-            reply_prefix_credit: 0,
-            reply_global_credit: 0,
-            fanout_allowance: 0,
-            presence_rate: 0,
-            max_names_per_address: usize::MAX,
-            max_watch_total: usize::MAX,
-            max_watch_per_host: usize::MAX,
-            max_channels: 64,
-            max_channels_per_host: usize::MAX,
-            max_channels_total: usize::MAX,
-            peers: Policy::open(),
+/// Whether a setting of the list is `live`.
+macro_rules! is_live {
+    (live) => {
+        true
+    };
+    (fixed) => {
+        false
+    };
+}
+
+/// `Settings`, its defaults, and what a reload changes, from the list.
+macro_rules! define_settings {
+    ($($(#[doc = $doc:literal])* $name:ident: $ty:ty = $default:expr, $live:ident;)*) => {
+        /// What the protocol logic needs to know of the configuration.
+        #[derive(Debug, Clone)]
+        pub struct Settings {
+            $($(#[doc = $doc])* pub $name: $ty,)*
+            /// The peer addresses served: `--host`, `--allowed-peer-ip`, `--denied-peer-ip`
+            /// (made of three settings; a reload changes it).
+            pub peers: Policy,
         }
+
+        impl Default for Settings {
+            fn default() -> Self {
+                Settings {
+                    $($name: $default,)*
+                    peers: Policy::open(),
+                }
+            }
+        }
+
+        /// The names of the list, in its order.
+        pub const NAMES: &[&str] = &[$(stringify!($name)),*];
+
+        /// Whether a reload changes the setting `name` of the list in a running relay.
+        pub fn is_live(name: &str) -> bool {
+            false $(|| (is_live!($live) && name == stringify!($name)))*
+        }
+
+        impl Settings {
+            /// These settings with the live ones (and `peers`) taken from `new`.
+            pub fn with_live(&self, new: &Settings) -> Settings {
+                let mut s = self.clone();
+                $(if is_live!($live) {
+                    s.$name = new.$name.clone();
+                })*
+                s.peers = new.peers.clone();
+                s
+            }
+        }
+    };
+}
+
+settings_list!(define_settings);
+
+impl Settings {
+    /// Whether `other` has the same per-worker rate limits (ingress and error replies), which
+    /// the workers rebuild when a reload publishes new ones.
+    pub fn same_rates(&self, other: &Settings) -> bool {
+        let rates = |s: &Settings| {
+            (
+                s.source_rate,
+                s.source_bytes,
+                s.prefix_rate,
+                s.prefix_bytes,
+                s.global_rate,
+                s.error_rate,
+            )
+        };
+        rates(self) == rates(other)
     }
 }

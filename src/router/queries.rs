@@ -134,7 +134,7 @@ impl Router {
     /// is told that the sender asks. The sender hears nothing but an introduction, so that
     /// whether the target exists, is online or has been told is not answered.
     pub(super) fn connect(&mut self, d: &[u8], req: &mut Req, out: &mut Out) -> Result<(), Reason> {
-        if !self.shared.settings.introductions {
+        if self.shared.settings.no_introductions {
             return Err(Reason::Disabled);
         }
         let c = self.parse::<control::Connect>(d)?;
