@@ -8,7 +8,6 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::io;
 use std::sync::Arc;
 use std::thread;
@@ -25,7 +24,17 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::exposition::prometheus;
 use crate::shared::Shared;
+
+/// What the ops endpoint reads: the relay's shared state and its worker sockets' counters
+/// (the egress's last).
+pub struct Ops {
+    /// The shared state.
+    pub shared: Arc<Shared>,
+    /// Each worker socket's counters, then the egress's.
+    pub sockets: Vec<Arc<relay_udp::Counters>>,
+}
 
 /// Largest request head (request line and headers) read; one that does not end within it gets
 /// 431 and is closed. 8 KiB is many times a scraper's request and hyper's smallest read buffer.
@@ -50,7 +59,7 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4";
 const PLAIN_TEXT: &str = "text/plain; charset=utf-8";
 
 /// Serves the ops endpoint on `listener` from a thread of its own.
-pub fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) -> io::Result<()> {
+pub fn serve(listener: std::net::TcpListener, ops: Arc<Ops>) -> io::Result<()> {
     let local = listener.local_addr()?;
     listener.set_nonblocking(true)?;
     // Everything that can fail is done here, so that start-up fails rather than the thread.
@@ -65,12 +74,12 @@ pub fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) -> io::Result
     info!("metrics on http://{local}/metrics");
     thread::Builder::new()
         .name("metrics".into())
-        .spawn(move || runtime.block_on(accept(listener, shared)))?;
+        .spawn(move || runtime.block_on(accept(listener, ops)))?;
     Ok(())
 }
 
 /// Accepts connections for ever, each served in a task of its own.
-async fn accept(listener: TcpListener, shared: Arc<Shared>) {
+async fn accept(listener: TcpListener, ops: Arc<Ops>) {
     let mut http = http1::Builder::new();
     http
         // One request per connection, answered with `Connection: close`: a scrape is one
@@ -110,9 +119,9 @@ async fn accept(listener: TcpListener, shared: Arc<Shared>) {
                 debug!("metrics connection closed to make room");
             }
         }
-        let shared = shared.clone();
+        let ops = ops.clone();
         let service = service_fn(move |request| {
-            let response = answer(&request, &shared);
+            let response = answer(&request, &ops);
             async move { Ok::<_, Infallible>(response) }
         });
         let connection = http.serve_connection(TokioIo::new(stream), service);
@@ -128,8 +137,8 @@ async fn accept(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 /// The answer to `request`: the counters, the liveness or readiness probe, or 404.
-fn answer<B>(request: &Request<B>, shared: &Shared) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = route(request.method(), request.uri().path(), shared);
+fn answer<B>(request: &Request<B>, ops: &Ops) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = route(request.method(), request.uri().path(), ops);
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     response
@@ -138,40 +147,14 @@ fn answer<B>(request: &Request<B>, shared: &Shared) -> Response<Full<Bytes>> {
     response
 }
 
-/// Every counter and gauge in the Prometheus text format.
-fn prometheus(shared: &Shared) -> String {
-    let (r, c) = (&shared.registry, &shared.channels);
-    let mut s = shared
-        .metrics
-        .prometheus(r.len(), r.watch_entries(), c.len());
-    let ready = shared.metrics.ready(shared.clock.now().ms).is_ok();
-    for (name, help, v) in [
-        (
-            "ready",
-            "1 while every worker serves (what /readyz answers 200 to), else 0.",
-            u64::from(ready),
-        ),
-        (
-            "max_peers",
-            "The most names registered at once (--max-peers, in force).",
-            r.max_peers() as u64,
-        ),
-    ] {
-        let _ = writeln!(s, "# HELP udp_relay_{name} {help}");
-        let _ = writeln!(s, "# TYPE udp_relay_{name} gauge");
-        let _ = writeln!(s, "udp_relay_{name} {v}");
-    }
-    crate::process::render(&mut s);
-    s
-}
-
 /// Status, content type and body for `method` on `path`.
-fn route(method: &Method, path: &str, shared: &Shared) -> (StatusCode, &'static str, Bytes) {
+fn route(method: &Method, path: &str, ops: &Ops) -> (StatusCode, &'static str, Bytes) {
+    let shared = &ops.shared;
     match (method, path) {
         (&Method::GET, "/metrics") => (
             StatusCode::OK,
             PROMETHEUS_TEXT,
-            Bytes::from(prometheus(shared)),
+            Bytes::from(prometheus(shared, &ops.sockets)),
         ),
         // The thread that answers is alive, and so is the process: that is all it claims.
         (&Method::GET, "/healthz") => (StatusCode::OK, PLAIN_TEXT, Bytes::from_static(b"ok\n")),
@@ -206,10 +189,18 @@ mod tests {
     use super::*;
     use crate::config::Settings;
 
+    /// The ops of a relay of `workers` workers, fresh.
+    fn ops(workers: usize) -> Ops {
+        Ops {
+            shared: Shared::new(Settings::default(), workers),
+            sockets: (0..=workers).map(|_| Arc::default()).collect(),
+        }
+    }
+
     #[test]
     fn metrics_is_exactly_the_prometheus_text() {
-        let shared = Shared::new(Settings::default(), 2);
-        let (status, content_type, body) = route(&Method::GET, "/metrics", &shared);
+        let ops = ops(2);
+        let (status, content_type, body) = route(&Method::GET, "/metrics", &ops);
         assert_eq!(status, StatusCode::OK);
         assert_eq!(content_type, "text/plain; version=0.0.4");
         // The process's own figures (CPU, RSS) move between two readings; the rest may not.
@@ -221,14 +212,14 @@ mod tests {
         };
         let body = std::str::from_utf8(&body).unwrap();
         assert!(body.contains("\nprocess_resident_memory_bytes "), "{body}");
-        assert_eq!(steady(body), steady(&prometheus(&shared)));
+        assert_eq!(steady(body), steady(&prometheus(&ops.shared, &ops.sockets)));
     }
 
     #[test]
     fn healthz_is_ok_and_everything_else_is_404() {
-        let shared = Shared::new(Settings::default(), 1);
+        let ops = ops(1);
         assert_eq!(
-            route(&Method::GET, "/healthz", &shared),
+            route(&Method::GET, "/healthz", &ops),
             (StatusCode::OK, PLAIN_TEXT, Bytes::from_static(b"ok\n"))
         );
         for (method, path) in [
@@ -238,15 +229,16 @@ mod tests {
             (Method::POST, "/metrics"),
             (Method::HEAD, "/healthz"),
         ] {
-            let (status, ..) = route(&method, path, &shared);
+            let (status, ..) = route(&method, path, &ops);
             assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}");
         }
     }
 
     #[test]
     fn readyz_names_the_workers_that_are_not_serving() {
-        let shared = Shared::new(Settings::default(), 2);
-        let (status, _, body) = route(&Method::GET, "/readyz", &shared);
+        let ops = ops(2);
+        let shared = &ops.shared;
+        let (status, _, body) = route(&Method::GET, "/readyz", &ops);
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(
             body,
@@ -255,15 +247,15 @@ mod tests {
         let now = shared.clock.now().ms;
         shared.metrics.block(0).turned(now);
         shared.metrics.block(1).turned(now);
-        let (status, _, body) = route(&Method::GET, "/readyz", &shared);
+        let (status, _, body) = route(&Method::GET, "/readyz", &ops);
         assert_eq!((status, &body[..]), (StatusCode::OK, &b"ready\n"[..]));
     }
 
     #[test]
     fn the_answer_carries_status_type_and_body() {
-        let shared = Shared::new(Settings::default(), 1);
+        let ops = ops(1);
         let request = Request::get("/nope").body(()).unwrap();
-        let response = answer(&request, &shared);
+        let response = answer(&request, &ops);
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
         assert_eq!(response.headers()[CONTENT_TYPE], PLAIN_TEXT);
     }

@@ -29,7 +29,7 @@ fn main() -> ExitCode {
     };
     // The workers' wake-up signal is harmless from the start (its default action would end
     // the process, were it sent before the first workers start).
-    if let Err(e) = udp_relay::io::install_wake() {
+    if let Err(e) = relay_udp::install_wake() {
         eprintln!("{e}");
         return ExitCode::FAILURE;
     }

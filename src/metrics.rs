@@ -3,7 +3,6 @@
 //! Each worker increments its own cache-line-padded block, so counting costs no contention;
 //! readers sum the blocks.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 
@@ -27,27 +26,8 @@ pub struct Counters {
     pub stun_answered: AtomicU64,
     /// STUN Binding requests answered with a 420 (unknown attributes).
     pub stun_unknown: AtomicU64,
-    /// Datagrams sent (forwards, replies, announcements).
-    pub sent: AtomicU64,
-    /// Bytes sent.
-    pub sent_bytes: AtomicU64,
-    /// Sends the kernel refused.
-    pub send_errors: AtomicU64,
-    /// Sends that carried several datagrams as `UDP_SEGMENT` segments.
-    pub segmented_sends: AtomicU64,
-    /// Times the kernel refused segmentation (which is then off for that sender).
-    pub gso_refused: AtomicU64,
-    /// Sends dropped because the relay never sends to their destination.
-    pub bad_destination: AtomicU64,
-    /// Receives that held several datagrams coalesced by the kernel (`UDP_GRO`).
-    pub coalesced_receives: AtomicU64,
-    /// Datagrams the kernel dropped at this worker's socket for a full receive queue, as the
-    /// socket last reported (SO_RXQ_OVFL counts from the socket's creation).
-    pub queue_drops: AtomicU64,
     /// Error replies withheld by the per-source error rate limit.
     pub errors_suppressed: AtomicU64,
-    /// Times the io_uring receive found no free buffer (`ENOBUFS`) and had to be re-armed.
-    pub recv_no_buffers: AtomicU64,
     /// Replies (and errors) withheld because their recipient's budgets could not pay them.
     pub withheld_replies: AtomicU64,
     /// Announcements withheld by their payer's fan-out or their recipient's presence budget.
@@ -98,7 +78,7 @@ impl Counters {
     }
 
     /// Notes that the worker's loop turned at `ms` (the relay clock's): once a loop turn, which
-    /// both backends make at least every [`crate::io::POLL_MS`], busy or idle.
+    /// both backends make at least every `relay_udp::POLL_MS`, busy or idle.
     pub fn turned(&self, ms: u64) {
         self.turned.store(ms + 1, Relaxed);
     }
@@ -158,7 +138,13 @@ impl Metrics {
         self.blocks[self.blocks.len() - 1].clone()
     }
 
-    fn sum(&self, f: impl Fn(&Counters) -> &AtomicU64) -> u64 {
+    /// The build labels set by [`Metrics::set_info`].
+    pub fn info(&self) -> Option<&str> {
+        self.info.get().map(String::as_str)
+    }
+
+    /// A counter summed over every block.
+    pub fn sum(&self, f: impl Fn(&Counters) -> &AtomicU64) -> u64 {
         self.blocks.iter().map(|b| f(b).load(Relaxed)).sum()
     }
 
@@ -183,207 +169,6 @@ impl Metrics {
     /// Refusals for `r` across all workers.
     pub fn refused(&self, r: Reason) -> u64 {
         self.sum(|c| &c.refused.0[r as usize])
-    }
-
-    /// Renders all counters in the Prometheus text format. Names say what they count, in
-    /// Prometheus's conventions: `_total` for counters, the unit (`_bytes`) in the name.
-    pub fn prometheus(&self, peers: usize, watch_entries: usize, channels: usize) -> String {
-        let mut s = String::new();
-        if let Some(labels) = self.info.get() {
-            let _ = writeln!(
-                s,
-                "# HELP udp_relay_build_info The relay's version and how it runs (always 1)."
-            );
-            let _ = writeln!(s, "# TYPE udp_relay_build_info gauge");
-            let _ = writeln!(s, "udp_relay_build_info{{{labels}}} 1");
-        }
-        let mut counter = |name: &str, help: &str, v: u64| {
-            let _ = writeln!(s, "# HELP udp_relay_{name} {help}");
-            let _ = writeln!(s, "# TYPE udp_relay_{name} counter");
-            let _ = writeln!(s, "udp_relay_{name} {v}");
-        };
-        for (name, help, f) in [
-            (
-                "datagrams_received_total",
-                "Datagrams received (each of a coalesced receive counted alone).",
-                (|c: &Counters| &c.received) as fn(&Counters) -> &AtomicU64,
-            ),
-            (
-                "received_bytes_total",
-                "Bytes of the datagrams received.",
-                |c| &c.received_bytes,
-            ),
-            (
-                "datagrams_sent_total",
-                "Datagrams sent: forwards, replies, announcements, keepalives.",
-                |c| &c.sent,
-            ),
-            ("sent_bytes_total", "Bytes of the datagrams sent.", |c| {
-                &c.sent_bytes
-            }),
-            (
-                "relay_messages_forwarded_total",
-                "JSON relay messages forwarded as relayed_packet.",
-                |c| &c.forwarded,
-            ),
-            (
-                "channel_frames_forwarded_total",
-                "Channel frames forwarded.",
-                |c| &c.frames,
-            ),
-            (
-                "channel_frames_forwarded_bytes_total",
-                "Bytes of the channel frames forwarded.",
-                |c| &c.frame_bytes,
-            ),
-            (
-                "stun_binding_successes_total",
-                "STUN Binding requests answered with a success.",
-                |c| &c.stun_answered,
-            ),
-            (
-                "stun_binding_unknown_attributes_total",
-                "STUN Binding requests answered 420 (unknown comprehension-required attributes).",
-                |c| &c.stun_unknown,
-            ),
-            (
-                "registrations_total",
-                "Names registered that were free or held by a stale registration.",
-                |c| &c.registrations,
-            ),
-            (
-                "answers_short_total",
-                "Essential answers (register_ack, pong) sent in short form: neither the request's own bytes nor the reply budgets could pay the full one.",
-                |c| &c.short_answers,
-            ),
-            (
-                "registration_moves_total",
-                "Registrations that moved, with their session or signature, to a new address.",
-                |c| &c.moves,
-            ),
-            (
-                "peers_unregistered_total",
-                "Registrations ended by their peer's unregister.",
-                |c| &c.unregistered,
-            ),
-            (
-                "peers_reaped_total",
-                "Registrations removed for silence (--peer-timeout).",
-                |c| &c.reaped,
-            ),
-            (
-                "peers_displaced_total",
-                "Registrations (stale, or never proven where they are) removed from a full registry (--max-peers) to make room for a newcomer.",
-                |c| &c.displaced,
-            ),
-            (
-                "server_keepalives_total",
-                "server_keepalive messages the reaper decided (those the budgets withheld are \
-                 also in udp_relay_sends_withheld_total{kind=\"keepalive\"}).",
-                |c| &c.keepalives,
-            ),
-            (
-                "segmented_sends_total",
-                "Sends carrying several datagrams as UDP_SEGMENT segments (GSO).",
-                |c| &c.segmented_sends,
-            ),
-            (
-                "coalesced_receives_total",
-                "Receives holding several datagrams coalesced by the kernel (UDP_GRO).",
-                |c| &c.coalesced_receives,
-            ),
-            (
-                "gso_refused_total",
-                "Times the kernel refused UDP segmentation where unsegmented sends to the same \
-                 destination went (then off for that sender).",
-                |c| &c.gso_refused,
-            ),
-            (
-                "bad_destination_total",
-                "Sends dropped because their destination is one the relay never sends to \
-                 (unspecified, multicast, broadcast, port 0) or does not serve (--allowed-peer-ip).",
-                |c| &c.bad_destination,
-            ),
-            (
-                "error_replies_suppressed_total",
-                "Error replies withheld by the per-source error rate (--error-rate).",
-                |c| &c.errors_suppressed,
-            ),
-            (
-                "coalesced_peer_lists_sent_total",
-                "peer_list messages sent in place of withheld announcements.",
-                |c| &c.coalesced_lists,
-            ),
-            (
-                "uring_receive_buffers_exhausted_total",
-                "io_uring receives that found every buffer in use (ENOBUFS) and were re-armed.",
-                |c| &c.recv_no_buffers,
-            ),
-        ] {
-            counter(name, help, self.sum(f));
-        }
-        // Per worker: which worker falls behind is what an operator needs to see; a sum over
-        // the label is the relay's.
-        for (name, help, f) in [
-            (
-                "receive_queue_drops_total",
-                "Datagrams the kernel dropped for a full receive queue, by worker socket.",
-                (|c: &Counters| &c.queue_drops) as fn(&Counters) -> &AtomicU64,
-            ),
-            (
-                "send_errors_total",
-                "Datagrams whose send the kernel refused, by worker (the reaper's as worker=\"reaper\").",
-                |c: &Counters| &c.send_errors,
-            ),
-        ] {
-            let _ = writeln!(s, "# HELP udp_relay_{name} {help}");
-            let _ = writeln!(s, "# TYPE udp_relay_{name} counter");
-            let last = self.blocks.len() - 1;
-            for (i, b) in self.blocks.iter().enumerate() {
-                let worker = if i == last {
-                    "reaper".to_string()
-                } else {
-                    i.to_string()
-                };
-                let v = f(b).load(Relaxed);
-                let _ = writeln!(s, "udp_relay_{name}{{worker=\"{worker}\"}} {v}");
-            }
-        }
-        let _ = writeln!(
-            s,
-            "# HELP udp_relay_datagrams_refused_total Datagrams refused, by reason."
-        );
-        let _ = writeln!(s, "# TYPE udp_relay_datagrams_refused_total counter");
-        for &r in Reason::ALL {
-            let _ = writeln!(
-                s,
-                "udp_relay_datagrams_refused_total{{reason=\"{}\"}} {}",
-                r.as_str(),
-                self.refused(r)
-            );
-        }
-        let _ = writeln!(
-            s,
-            "# HELP udp_relay_sends_withheld_total Sends withheld because their payer could not pay, by kind."
-        );
-        let _ = writeln!(s, "# TYPE udp_relay_sends_withheld_total counter");
-        for (kind, v) in [
-            ("reply", self.sum(|c| &c.withheld_replies)),
-            ("announcement", self.sum(|c| &c.withheld_announcements)),
-            ("keepalive", self.sum(|c| &c.withheld_keepalives)),
-        ] {
-            let _ = writeln!(s, "udp_relay_sends_withheld_total{{kind=\"{kind}\"}} {v}");
-        }
-        for (name, help, v) in [
-            ("peers_registered", "Names registered now.", peers),
-            ("watch_entries", "Watch entries held.", watch_entries),
-            ("channels_bound", "Channels bound now (pairs).", channels),
-        ] {
-            let _ = writeln!(s, "# HELP udp_relay_{name} {help}");
-            let _ = writeln!(s, "# TYPE udp_relay_{name} gauge");
-            let _ = writeln!(s, "udp_relay_{name} {v}");
-        }
-        s
     }
 }
 

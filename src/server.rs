@@ -11,16 +11,17 @@ use std::time::Duration;
 
 use tracing::{error, info, warn};
 
-use crate::clock::{Clock, Now};
-use crate::config::{Args, Auth, OnOff, Settings};
-use crate::http;
-use crate::io::{self as relay_io, Backend, Egress, Worker};
+use relay_udp::{self as relay_io, Backend, Choice, Egress, Worker};
+
+use crate::clock::Clock;
+use crate::config::{Args, Auth, IoChoice, OnOff, Settings};
+use crate::http::{self, Ops};
 use crate::metrics::LimitWatch;
 use crate::notify;
-use crate::out::Out;
 use crate::reaper;
 use crate::router::Router;
 use crate::shared::Shared;
+use crate::shell::{Decided, Shell};
 use crate::state;
 use crate::takeover::Handover;
 
@@ -35,7 +36,9 @@ pub struct Relay {
     sockets: Vec<(UdpSocket, bool)>,
     /// The metrics endpoint's listener, kept to hand over.
     metrics: Option<std::net::TcpListener>,
-    backend: Arc<dyn Backend>,
+    /// Each worker socket's counters, then the egress's: kept across a pause.
+    sockets_counters: Vec<Arc<relay_io::Counters>>,
+    backend: Backend,
     pin_workers: bool,
     gso: bool,
     running: Option<Running>,
@@ -73,7 +76,12 @@ pub fn prepare(
     shared: Option<Arc<Shared>>,
     handed: Option<Handed>,
 ) -> io::Result<Relay> {
-    let (backend, why) = relay_io::select(args.io, args.gso == OnOff::On)?;
+    let choice = match args.io {
+        IoChoice::Auto => Choice::Auto,
+        IoChoice::Uring => Choice::Uring,
+        IoChoice::Mmsg => Choice::Mmsg,
+    };
+    let (backend, why) = relay_io::select(choice, args.gso == OnOff::On)?;
     let bind_metrics = |m: SocketAddr| {
         std::net::TcpListener::bind(m)
             .map_err(|e| io::Error::new(e.kind(), format!("--metrics-listen {m}: {e}")))
@@ -126,8 +134,14 @@ pub fn prepare(
         })
         .collect();
     let gro_on = sockets.iter().all(|(_, gro)| *gro);
+    let sockets_counters: Vec<Arc<relay_io::Counters>> =
+        (0..=sockets.len()).map(|_| Arc::default()).collect();
     if let Some(l) = &metrics {
-        http::serve(l.try_clone()?, shared.clone())?;
+        let ops = Ops {
+            shared: shared.clone(),
+            sockets: sockets_counters.clone(),
+        };
+        http::serve(l.try_clone()?, Arc::new(ops))?;
     }
     // READY=1 waits for the workers to serve.
     notify::start(shared.clone())?;
@@ -175,6 +189,7 @@ pub fn prepare(
         shared,
         sockets,
         metrics,
+        sockets_counters,
         backend,
         pin_workers: args.pin_workers,
         gso: args.gso == OnOff::On,
@@ -252,26 +267,30 @@ impl Relay {
             // As this relay set it: one that was to take over and then failed may have
             // changed it, and the receive buffers are sized for this relay's setting.
             relay_io::set_gro(socket, *gro);
+            let decide = Shell::new(
+                Router::new(shared.clone(), index),
+                clock,
+                shared.metrics.block(index),
+                shared.boundary.clone(),
+            );
             ready.push(Worker {
                 index,
                 socket: socket.try_clone()?,
-                router: Box::new(Router::new(shared.clone(), index)),
+                decide,
                 gro: *gro,
-                clock,
                 stop: stop.clone(),
-                counters: shared.metrics.block(index),
+                counters: self.sockets_counters[index].clone(),
                 max_datagram: shared.settings.max_datagram,
                 inbox: None,
                 cpu: self.pin_workers.then_some(index),
                 gso: self.gso,
-                boundary: shared.boundary.clone(),
             });
         }
         // Replies the reaper originates leave from the relay's own port, like every other reply.
         let egress = self.backend.egress(&mut ready)?;
         let mut workers = Vec::with_capacity(ready.len());
         for w in ready {
-            let backend = self.backend.clone();
+            let backend = self.backend;
             let index = w.index;
             workers.push(
                 thread::Builder::new()
@@ -403,7 +422,12 @@ fn reaper_tick(shared: &Shared) -> Duration {
     Duration::from_millis(ms.clamp(10, 1000))
 }
 
-fn run_reaper(shared: &Shared, clock: Clock, stop: &AtomicBool, mut egress: Box<dyn Egress>) {
+fn run_reaper(
+    shared: &Shared,
+    clock: Clock,
+    stop: &AtomicBool,
+    mut egress: Box<dyn Egress<Decided>>,
+) {
     // Sweeping is background work: at the lowest priority it yields the CPU to a worker as soon
     // as a datagram arrives, instead of pausing forwarding for a scheduler time slice.
     // SAFETY: setpriority on the calling thread (a tid is a valid PRIO_PROCESS target on Linux).
@@ -412,7 +436,7 @@ fn run_reaper(shared: &Shared, clock: Clock, stop: &AtomicBool, mut egress: Box<
         warn!(error = %io::Error::last_os_error(), "cannot lower the reaper's priority");
     }
     let tick = reaper_tick(shared);
-    let mut out = Out::default();
+    let mut out = Decided::default();
     let counters = shared.metrics.background();
     let mut limits = LimitWatch::default();
     while !stop.load(Ordering::Relaxed) {
@@ -421,7 +445,13 @@ fn run_reaper(shared: &Shared, clock: Clock, stop: &AtomicBool, mut egress: Box<
             break;
         }
         let now = clock.now();
-        let done = reaper::sweep(shared, now, &mut out, &counters, |out| egress.send(out));
+        // The core's batch goes out as the backends' (moved, not copied, with its capacity).
+        let send = |batch: &mut crate::out::Out| {
+            let mut d = Decided(std::mem::take(batch));
+            egress.send(&mut d);
+            *batch = d.0;
+        };
+        let done = reaper::sweep(shared, now, &mut out, &counters, send);
         for (reason, refused) in limits.check(&shared.metrics, now.ms) {
             warn!(
                 reason = reason.as_str(),
@@ -437,21 +467,5 @@ fn run_reaper(shared: &Shared, clock: Clock, stop: &AtomicBool, mut egress: Box<
                 "reaped silent peers"
             );
         }
-    }
-}
-
-/// The router is what the backends decide with; the impl lives here, where the two meet, so that
-/// neither module knows the other.
-impl relay_io::Decide for Router {
-    fn datagram(&mut self, d: &mut [u8], from: SocketAddr, now: Now, out: &mut Out) {
-        self.handle(d, from, now, out);
-    }
-
-    fn truncated(&mut self, len: usize, from: SocketAddr, now: Now, out: &mut Out) {
-        Router::truncated(self, len, from, now, out);
-    }
-
-    fn mapped_source(&mut self, len: usize) {
-        Router::mapped_source(self, len);
     }
 }

@@ -76,7 +76,7 @@ fn a_capped_socket_buffer_is_warned_of_naming_its_sysctl() {
             .find(|l| l.contains("capped a socket buffer") && l.contains(sysctl));
         // The kernel caps what it grants at its maximum: warned exactly when that is below
         // the 4 MiB asked for.
-        let capped = max < udp_relay::io::SOCKET_BUFFER;
+        let capped = max < relay_udp::SOCKET_BUFFER;
         assert_eq!(warned.is_some(), capped, "{sysctl} = {max}; logs:\n{logs}");
         if let Some(w) = warned {
             assert!(w.contains(&format!("granted={max}")), "{w}");

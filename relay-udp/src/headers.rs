@@ -13,10 +13,10 @@ use std::io;
 use std::mem::zeroed;
 use std::net::SocketAddr;
 
-use super::to_sockaddr;
-use crate::destination::View;
-use crate::metrics::Counters;
-use crate::out::Out;
+use crate::control::to_sockaddr;
+use crate::counters::Counters;
+use crate::sends::Sends;
+use crate::worker::Destinations;
 
 /// `UDP_SEGMENT` (linux/udp.h): the segment size of a send the kernel splits into datagrams.
 pub const UDP_SEGMENT: libc::c_int = 103;
@@ -130,8 +130,8 @@ fn bounded_insert<V>(map: &mut HashMap<SocketAddr, V>, to: SocketAddr, v: V) {
 /// The headers of one batch of sends, in vectors that keep their capacity between batches.
 pub struct Headers {
     v6_socket: bool,
-    /// The peer addresses served: no header is built for any other.
-    peers: View,
+    /// The destinations served: no header is built for any other.
+    peers: Box<dyn Destinations>,
     hdrs: Vec<libc::mmsghdr>,
     iovs: Vec<libc::iovec>,
     names: Vec<libc::sockaddr_storage>,
@@ -149,7 +149,7 @@ unsafe impl Send for Headers {}
 impl Headers {
     /// Headers for a socket of the given family (it decides how IPv4 destinations are written),
     /// to the destinations `peers` serves.
-    pub fn new(v6_socket: bool, peers: View) -> Headers {
+    pub fn new(v6_socket: bool, peers: Box<dyn Destinations>) -> Headers {
         Headers {
             v6_socket,
             peers,
@@ -182,18 +182,18 @@ impl Headers {
         self.hdrs.is_empty()
     }
 
-    /// Header `i`'s first send in its `Out`, and how many sends it carries.
+    /// Header `i`'s first datagram in its batch, and how many it carries.
     pub fn run(&self, i: usize) -> (usize, usize) {
         self.runs[i]
     }
 
-    /// Adds headers for `out.sends[which]`, whose `Seg::Input` ranges refer to `input(i)`.
+    /// Adds headers for datagrams `which` of `out`, whose segments may point into `input(i)`.
     /// Consecutive sends to one destination of one size (the last may be shorter) share one
     /// segmented header while `gso` allows (none: each alone). A send to an address the relay
     /// never sends to gets no header: how many were dropped so.
     pub fn add<'a>(
         &mut self,
-        out: &'a Out,
+        out: &'a impl Sends,
         which: std::ops::Range<usize>,
         input: &impl Fn(usize) -> &'a [u8],
         gso: Option<&Gso>,
@@ -203,20 +203,20 @@ impl Headers {
         // already ended it, and whether its size may be segmented on its path.
         let mut open: Option<(SocketAddr, usize, usize, bool, bool)> = None;
         let mut dropped = 0;
-        let first = which.start;
-        for (i, s) in out.sends[which].iter().enumerate() {
+        for k in which {
+            let to = out.to(k);
             // Defence in depth: ingress refuses such peers, but a state handed over or restored
             // may hold one, and a send to `0.0.0.0` or `::` would reach the relay's own host.
             // A run's destination was checked at its first send.
-            if open.is_none_or(|o| o.0 != s.to) && self.peers.policy().check(s.to).is_err() {
+            if open.is_none_or(|o| o.0 != to) && !self.peers.serves(to) {
                 dropped += 1;
                 open = None;
                 continue;
             }
-            let len = s.wire_len();
+            let len = out.wire_len(k);
             let joins = len > 0
-                && open.is_some_and(|(to, size, bytes, ended, fits)| {
-                    fits && to == s.to
+                && open.is_some_and(|(run_to, size, bytes, ended, fits)| {
+                    fits && run_to == to
                         && !ended
                         && len <= size
                         && bytes + len <= MAX_SEGMENTED_BYTES
@@ -232,20 +232,20 @@ impl Headers {
             } else {
                 // SAFETY: all-zero is a valid sockaddr_storage and mmsghdr.
                 self.names.push(unsafe { zeroed() });
-                let namelen = to_sockaddr(s.to, self.v6_socket, self.names.last_mut().unwrap());
+                let namelen = to_sockaddr(to, self.v6_socket, self.names.last_mut().unwrap());
                 // SAFETY: see above.
                 let mut h: libc::mmsghdr = unsafe { zeroed() };
                 h.msg_hdr.msg_namelen = namelen;
                 // The run's segment size (its first datagram's length) until `fix`.
                 h.msg_len = len as u32;
                 self.hdrs.push(h);
-                self.runs.push((first + i, 1));
+                self.runs.push((k, 1));
                 self.controls.push(Control([0; 32]));
                 self.iov_ends.push(0);
-                let fits = gso.is_some_and(|g| len <= g.max_segment(s.to));
-                open = Some((s.to, len, len, len == 0, fits));
+                let fits = gso.is_some_and(|g| len <= g.max_segment(to));
+                open = Some((to, len, len, len == 0, fits));
             }
-            for seg in out.segments(s, input(s.input)) {
+            for seg in out.segments(k, input(out.input(k))) {
                 if !seg.is_empty() {
                     self.iovs.push(libc::iovec {
                         iov_base: seg.as_ptr() as *mut _,
@@ -300,9 +300,9 @@ impl Headers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::destination::{Boundary, Policy};
-    use crate::out::Kind;
-    use std::sync::atomic::Ordering::Relaxed;
+    use crate::sends::Datagrams;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
     fn sa(s: &str) -> SocketAddr {
         s.parse().unwrap()
@@ -373,42 +373,33 @@ mod tests {
     }
 
     #[test]
-    fn no_header_is_built_for_an_address_the_relay_never_sends_to() {
-        let boundary = Boundary::new(Policy::new("127.0.0.1".parse().unwrap(), &[], &[]));
-        let mut h = Headers::new(false, boundary.view());
-        let mut out = Out::default();
+    fn no_header_is_built_for_a_destination_not_served() {
+        let allowed = Arc::new(AtomicBool::new(false));
+        let lan = sa("10.0.0.1:9");
+        let served = {
+            let allowed = allowed.clone();
+            move |to: SocketAddr| to.port() != 0 && (to != lan || allowed.load(Relaxed))
+        };
+        let mut h = Headers::new(false, Box::new(served));
+        let mut out = Datagrams::default();
         let good = sa("127.0.0.1:9");
-        let never = [
-            "0.0.0.0:9",
-            "127.0.0.1:0",
-            "224.0.0.1:9",
-            "255.255.255.255:9",
-            "10.0.0.1:9",
-            "[::]:9",
-            "[::ffff:0.0.0.0]:9",
-        ];
+        let never = ["127.0.0.1:0", "10.0.0.1:9", "127.0.0.2:0"];
         for to in std::iter::once(good)
             .chain(never.iter().map(|s| sa(s)))
             .chain([good, good])
         {
-            let start = out.buf.len();
-            out.buf.extend_from_slice(b"x");
-            out.reply(to, start, Kind::Reply, true);
+            out.push(to, b"x");
         }
         let gso = Gso::new(true);
-        let dropped = h.add(&out, 0..out.sends.len(), &|_| &[], Some(&gso));
+        let dropped = h.add(&out, 0..out.count(), &|_| &[], Some(&gso));
         assert_eq!(dropped, never.len());
         assert_eq!(h.len(), 2, "the good one, then a run of two");
         assert_eq!(h.run(0), (0, 1));
         assert_eq!(h.run(1), (1 + never.len(), 2));
-        // A reload that allows the range lets its sends through.
-        boundary.set(Policy::new(
-            "127.0.0.1".parse().unwrap(),
-            &["10.0.0.0/8".parse().unwrap()],
-            &[],
-        ));
+        // What the filter serves is asked anew for each run.
+        allowed.store(true, Relaxed);
         h.clear();
-        let dropped = h.add(&out, 0..out.sends.len(), &|_| &[], Some(&gso));
+        let dropped = h.add(&out, 0..out.count(), &|_| &[], Some(&gso));
         assert_eq!(dropped, never.len() - 1);
     }
 }

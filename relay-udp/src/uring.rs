@@ -3,7 +3,7 @@
 //!
 //! A batch is what one wait for completions brings: every datagram in it is decided where the
 //! kernel wrote it; the decided sends become `sendmsg`s through the shared [`Headers`] builder
-//! (a run to one destination as one `UDP_SEGMENT` send), whose iovecs point at `Out::buf` (the
+//! (a run to one destination as one `UDP_SEGMENT` send), whose iovecs point at the batch's own bytes (the
 //! header), the receive buffer (the payload span) and static bytes. The next `io_uring_enter`
 //! submits them and reaps their completions together with the next receives, which are decided
 //! into a second batch meanwhile; a batch's buffers go back to the ring once all its sends have
@@ -21,12 +21,11 @@ use std::sync::mpsc;
 use io_uring::types::{BufRingEntry, Fd, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{IoUring, Probe, cqueue, opcode, squeue};
 
-use super::{
-    Backend, CONTROL_LEN, Egress, Gso, Headers, Inbox, POLL_MS, Received, Source, Worker, source,
-};
-use crate::destination::Boundary;
-use crate::metrics::Counters;
-use crate::out::Out;
+use crate::control::{CONTROL_LEN, Source, source};
+use crate::counters::Counters;
+use crate::headers::{Gso, Headers};
+use crate::sends::Sends;
+use crate::worker::{Decide, Destinations, Egress, Inbox, POLL_MS, Received, Worker, receive_len};
 
 /// Receive buffers per worker (a power of two). Each holds a whole datagram, but only the pages
 /// a datagram touches become resident.
@@ -54,9 +53,6 @@ const WAKE: u64 = u64::MAX - 1;
 const CANCEL: u64 = u64::MAX - 2;
 /// How long a stopping worker may take to decide and send what its receive already took.
 const DRAIN_MS: u64 = 1000;
-
-/// io_uring with multishot receive into provided buffers.
-pub struct Uring;
 
 fn builder() -> io_uring::Builder {
     let mut b = IoUring::builder();
@@ -241,8 +237,8 @@ impl Drop for BufRing {
 /// One batch of sends: what was decided for the datagrams it received (or a batch of the
 /// reaper's), its headers, and the buffers those point into, kept together until the kernel has
 /// completed every send of it.
-struct Batch {
-    out: Out,
+struct Batch<O> {
+    out: O,
     headers: Headers,
     /// The receive buffers the batch's datagrams are in.
     leases: Vec<Lease>,
@@ -259,11 +255,11 @@ struct Batch {
     busy: bool,
 }
 
-impl Batch {
-    fn new(v6: bool, boundary: &Arc<Boundary>) -> Batch {
+impl<O: Sends> Batch<O> {
+    fn new(v6: bool, destinations: Box<dyn Destinations>) -> Batch<O> {
         Batch {
-            out: Out::default(),
-            headers: Headers::new(v6, boundary.view()),
+            out: O::default(),
+            headers: Headers::new(v6, destinations),
             leases: Vec::new(),
             inputs: Vec::new(),
             pending: 0..0,
@@ -312,23 +308,23 @@ impl Batch {
     fn completed(&mut self, i: usize, res: i32, gso: &mut Gso, counters: &Counters) {
         self.outstanding -= 1;
         let (first, n) = self.headers.run(i);
-        let s = &self.out.sends[first];
+        let to = self.out.to(first);
         if res >= 0 {
-            super::sent_run(counters, n, res as usize);
+            counters.sent_run(n, res as usize);
             if n == 1 {
-                gso.resent(s.to, true, counters);
+                gso.resent(to, true, counters);
             }
             return;
         }
         let e = io::Error::from_raw_os_error(-res);
         if n > 1 {
             // Never dropped whole: its datagrams go again one by one.
-            gso.refused(&e, s.to, s.wire_len());
+            gso.refused(&e, to, self.out.wire_len(first));
             self.retry.push((first, n));
         } else {
-            tracing::debug!(error = %e, to = %s.to, "send failed");
+            tracing::debug!(error = %e, %to, "send failed");
             Counters::add(&counters.send_errors, 1);
-            gso.resent(s.to, false, counters);
+            gso.resent(to, false, counters);
         }
     }
 
@@ -391,16 +387,16 @@ fn send_data(slot: usize, i: usize) -> u64 {
 /// Everything the kernel may read or write while a request is in flight, owned together with
 /// the ring so that the ring is torn down first: until it is, the kernel may still write into
 /// the receive buffers and read the headers and the bytes they point at, even after an error.
-struct Rig {
+struct Rig<O> {
     ring: ManuallyDrop<IoUring>,
     bufs: BufRing,
     recv_hdr: Box<libc::msghdr>,
-    batches: [Batch; SLOTS],
+    batches: [Batch<O>; SLOTS],
     /// The reaper's batch being sent, a slice at a time between batches of received datagrams.
-    reaper: Batch,
+    reaper: Batch<O>,
 }
 
-impl Drop for Rig {
+impl<O> Drop for Rig<O> {
     fn drop(&mut self) {
         // SAFETY: dropped once, here, before the fields the kernel may still use.
         unsafe { ManuallyDrop::drop(&mut self.ring) }
@@ -411,7 +407,7 @@ impl Drop for Rig {
 fn push(ring: &mut IoUring, e: &squeue::Entry) -> io::Result<()> {
     loop {
         // SAFETY: every entry points at memory the `Rig` owns, which outlives the ring: the
-        // receive header and buffers, and a batch's headers, `Out` and leased buffers, kept
+        // receive header and buffers, and a batch's headers, sends and leased buffers, kept
         // until every send of the batch has completed.
         if unsafe { ring.submission().push(e) }.is_ok() {
             return Ok(());
@@ -422,7 +418,7 @@ fn push(ring: &mut IoUring, e: &squeue::Entry) -> io::Result<()> {
 
 /// Submits the headers `batch` just built, as sends tagged with `slot`; the kernel issues them
 /// in order, inline, at the next enter.
-fn submit(ring: &mut IoUring, sock: Fd, batch: &mut Batch, slot: usize) -> io::Result<()> {
+fn submit<O>(ring: &mut IoUring, sock: Fd, batch: &mut Batch<O>, slot: usize) -> io::Result<()> {
     for i in 0..batch.headers.len() {
         let e = opcode::SendMsg::new(sock, batch.headers.msghdr(i))
             .build()
@@ -441,247 +437,246 @@ fn benign(e: &io::Error) -> bool {
     )
 }
 
-impl Backend for Uring {
-    fn name(&self) -> &'static str {
-        "uring"
+/// Other threads' sends go to worker 0's ring through its inbox.
+pub(crate) fn egress<D: Decide>(workers: &mut [Worker<D>]) -> io::Result<Box<dyn Egress<D::Out>>> {
+    // SAFETY: eventfd has no memory preconditions; the fd is owned from here on.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
     }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
+    let (tx, rx) = mpsc::sync_channel(INBOX_DEPTH);
+    let first = workers
+        .first_mut()
+        .ok_or_else(|| io::Error::other("no workers"))?;
+    first.inbox = Some(Inbox {
+        batches: rx,
+        wake: wake.clone(),
+    });
+    Ok(Box::new(RingEgress { tx, wake }))
+}
 
-    fn egress(&self, workers: &mut [Worker]) -> io::Result<Box<dyn Egress>> {
-        // SAFETY: eventfd has no memory preconditions; the fd is owned from here on.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a fresh descriptor nobody else owns.
-        let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
-        let (tx, rx) = mpsc::sync_channel(INBOX_DEPTH);
-        let first = workers
-            .first_mut()
-            .ok_or_else(|| io::Error::other("no workers"))?;
-        first.inbox = Some(Inbox {
-            batches: rx,
-            wake: wake.clone(),
-        });
-        Ok(Box::new(RingEgress { tx, wake }))
-    }
+/// Runs worker `w` until its stop flag is set, on a ring of its own.
+pub(crate) fn run<D: Decide>(mut w: Worker<D>) -> io::Result<()> {
+    let buf_len = RECVMSG_OUT + NAME_LEN + CONTROL_LEN + receive_len(w.max_datagram, w.gro);
+    let v6 = w.socket.local_addr()?.is_ipv6();
+    // SAFETY: all-zero is a valid msghdr; the kernel reads only the name and control sizes.
+    let mut recv_hdr: Box<libc::msghdr> = Box::new(unsafe { zeroed() });
+    recv_hdr.msg_namelen = NAME_LEN as u32;
+    recv_hdr.msg_controllen = CONTROL_LEN;
+    let mut rig = Rig {
+        ring: ManuallyDrop::new(builder().build(SQ_ENTRIES)?),
+        bufs: BufRing::new(BUFFERS, buf_len)?,
+        recv_hdr,
+        batches: [
+            Batch::new(v6, w.decide.destinations()),
+            Batch::new(v6, w.decide.destinations()),
+        ],
+        reaper: Batch::new(v6, w.decide.destinations()),
+    };
+    let Rig {
+        ring,
+        bufs,
+        recv_hdr,
+        batches,
+        reaper,
+    } = &mut rig;
+    bufs.register(ring)?;
 
-    fn run(&self, mut w: Worker) -> io::Result<()> {
-        let buf_len =
-            RECVMSG_OUT + NAME_LEN + CONTROL_LEN + super::receive_len(w.max_datagram, w.gro);
-        let v6 = w.socket.local_addr()?.is_ipv6();
-        // SAFETY: all-zero is a valid msghdr; the kernel reads only the name and control sizes.
-        let mut recv_hdr: Box<libc::msghdr> = Box::new(unsafe { zeroed() });
-        recv_hdr.msg_namelen = NAME_LEN as u32;
-        recv_hdr.msg_controllen = CONTROL_LEN;
-        let mut rig = Rig {
-            ring: ManuallyDrop::new(builder().build(SQ_ENTRIES)?),
-            bufs: BufRing::new(BUFFERS, buf_len)?,
-            recv_hdr,
-            batches: [Batch::new(v6, &w.boundary), Batch::new(v6, &w.boundary)],
-            reaper: Batch::new(v6, &w.boundary),
-        };
-        let Rig {
-            ring,
-            bufs,
-            recv_hdr,
-            batches,
-            reaper,
-        } = &mut rig;
-        bufs.register(ring)?;
-
-        let sock = Fd(w.socket.as_raw_fd());
-        let recv = opcode::RecvMsgMulti::new(sock, &**recv_hdr, GROUP)
+    let sock = Fd(w.socket.as_raw_fd());
+    let recv = opcode::RecvMsgMulti::new(sock, &**recv_hdr, GROUP)
+        .build()
+        .user_data(RECV);
+    push(ring, &recv)?;
+    let inbox = w.inbox.take();
+    let wake = inbox.as_ref().map(|i| {
+        opcode::PollAdd::new(Fd(i.wake.as_raw_fd()), libc::POLLIN as u32)
+            .multi(true)
             .build()
-            .user_data(RECV);
-        push(ring, &recv)?;
-        let inbox = w.inbox.take();
-        let wake = inbox.as_ref().map(|i| {
-            opcode::PollAdd::new(Fd(i.wake.as_raw_fd()), libc::POLLIN as u32)
-                .multi(true)
-                .build()
-                .user_data(WAKE)
-        });
-        if let Some(e) = &wake {
-            push(ring, e)?;
-        }
-
-        let timeout = Timespec::new().nsec(POLL_MS as u32 * 1_000_000);
-        let no_wait = Timespec::new();
-        let mut gso = Gso::new(w.gso);
-        // The batch receives are decided into; the other may have sends in flight.
-        let mut filling = 0;
-        let mut extra_at = 0;
-        let (mut recv_stopped, mut wake_stopped) = (false, false);
-        let mut ready: Vec<(u64, i32, u32)> = Vec::new();
-        let mut control = [0u8; CONTROL_LEN];
-        let mut draining: Option<u64> = None;
-        loop {
-            // A stopping worker cancels its receive, then decides and sends what it took
-            // before it ends: the datagrams still queued in the socket wait there for whoever
-            // reads it next (a relay taking over), none are lost in between.
-            if draining.is_none() && w.stop.load(Ordering::Relaxed) {
-                let cancel = opcode::AsyncCancel::new(RECV).build().user_data(CANCEL);
-                push(ring, &cancel)?;
-                draining = Some(w.clock.now().ms + DRAIN_MS);
-            }
-            if !reaper.busy {
-                if let Some(o) = inbox.as_ref().and_then(|i| i.batches.try_recv().ok()) {
-                    reaper.pending = 0..o.sends.len();
-                    reaper.out = o;
-                    reaper.busy = true;
-                }
-            }
-            if let Some(deadline) = draining {
-                // The reaper's batches too, every one in the inbox: the `peer_left` of peers
-                // it removed are sent by no relay after this one.
-                let idle = recv_stopped
-                    && ready.is_empty()
-                    && batches.iter().all(|b| !b.busy)
-                    && !reaper.busy;
-                if idle || w.clock.now().ms >= deadline {
-                    break;
-                }
-            }
-            // One enter submits last turn's sends and reaps their completions (UDP sends
-            // complete inline) with the receives that came meanwhile: a worker never waits for
-            // its sends before taking the next receives.
-            let wait = if reaper.busy && reaper.outstanding == 0 {
-                &no_wait
-            } else {
-                &timeout
-            };
-            let args = SubmitArgs::new().timespec(wait);
-            match ring.submitter().submit_with_args(1, &args) {
-                Ok(_) => {}
-                Err(e) if benign(&e) => {}
-                Err(e) => return Err(e),
-            }
-            ready.extend(
-                ring.completion()
-                    .map(|c| (c.user_data(), c.result(), c.flags())),
-            );
-            let now = w.clock.now();
-            w.counters.turned(now.ms);
-            // Sends' completions first, so that a batch whose sends are done is free again.
-            ready.retain(|&(data, res, _)| {
-                if data == CANCEL {
-                    return false;
-                }
-                if data >= WAKE {
-                    return true;
-                }
-                let (slot, i) = ((data >> 32) as usize, (data & 0xffff_ffff) as usize);
-                let b = if slot == REAPER {
-                    &mut *reaper
-                } else {
-                    &mut batches[slot]
-                };
-                b.completed(i, res, &mut gso, &w.counters);
-                false
-            });
-            let mut provided = false;
-            for (slot, b) in batches.iter_mut().enumerate() {
-                provided |= b.advance(ring, sock, slot, &gso, bufs, &w.counters)?;
-            }
-            reaper.advance(ring, sock, REAPER, &gso, bufs, &w.counters)?;
-            // Receives, while the batch they go to is free; else they wait in `ready`.
-            let mut decided = 0;
-            let b = &mut batches[filling];
-            ready.retain(|&(data, res, flags)| {
-                if data == WAKE {
-                    wake_stopped |= !cqueue::more(flags);
-                    if let Some(i) = &inbox {
-                        let mut n = 0u64;
-                        // SAFETY: reads 8 bytes into `n` from our own eventfd.
-                        unsafe { libc::read(i.wake.as_raw_fd(), (&mut n as *mut u64).cast(), 8) };
-                    }
-                    return false;
-                }
-                if b.busy {
-                    return true;
-                }
-                recv_stopped |= !cqueue::more(flags);
-                if res < 0 {
-                    if -res == libc::ENOBUFS {
-                        Counters::add(&w.counters.recv_no_buffers, 1);
-                    } else {
-                        let e = io::Error::from_raw_os_error(-res);
-                        tracing::debug!(error = %e, "recvmsg");
-                    }
-                    return false;
-                }
-                let Some(lease) = cqueue::buffer_select(flags).and_then(|b| bufs.lease(b)) else {
-                    return false;
-                };
-                let raw = bufs.get(&lease, res as usize);
-                let parsed = RecvMsgOut::parse(raw, recv_hdr).ok().map(|m| {
-                    let c = m.control_data();
-                    let n = c.len().min(CONTROL_LEN);
-                    control[..n].copy_from_slice(&c[..n]);
-                    let payload = m.payload_data();
-                    let start = payload.as_ptr() as usize - raw.as_ptr() as usize;
-                    let source = name_of(m.name_data(), &control[..n]);
-                    (
-                        source,
-                        n,
-                        start..start + payload.len(),
-                        m.is_payload_truncated(),
-                    )
-                });
-                let index = b.leases.len();
-                b.leases.push(lease);
-                decided += 1;
-                if let Some((source, n, payload, truncated)) = parsed {
-                    let raw = bufs.get_mut(&b.leases[index], payload.end);
-                    let rx = Received {
-                        payload,
-                        source,
-                        control: &control[..n],
-                        truncated,
-                    };
-                    w.receive(raw, rx, index, now, &mut b.out, &mut b.inputs);
-                }
-                false
-            });
-            // The decided batch goes out, and the next receives go to the other.
-            if decided > 0 {
-                b.busy = true;
-                b.pending = 0..b.out.sends.len();
-                if b.build(bufs, &gso, ROUND, &w.counters) {
-                    submit(ring, sock, b, filling)?;
-                } else {
-                    b.release(bufs);
-                    provided = true;
-                }
-                filling = (filling + 1) % SLOTS;
-            }
-            // A slice of the reaper's batch, when no datagram came or every EXTRA_EVERY_MS
-            // under load: forwarding first.
-            if reaper.busy
-                && reaper.outstanding == 0
-                && reaper.retry.is_empty()
-                && (decided == 0 || now.ms >= extra_at + EXTRA_EVERY_MS)
-            {
-                extra_at = now.ms;
-                if reaper.build(bufs, &gso, EXTRA_SLICE, &w.counters) {
-                    submit(ring, sock, reaper, REAPER)?;
-                } else {
-                    reaper.advance(ring, sock, REAPER, &gso, bufs, &w.counters)?;
-                }
-            }
-            bufs.publish();
-            // Re-armed only once buffers are back, or it would stop again at once.
-            if recv_stopped && draining.is_none() && (provided || batches.iter().all(|b| !b.busy)) {
-                push(ring, &recv)?;
-                recv_stopped = false;
-            }
-            if let (true, Some(e)) = (wake_stopped, &wake) {
-                push(ring, e)?;
-                wake_stopped = false;
-            }
-        }
-        Ok(())
+            .user_data(WAKE)
+    });
+    if let Some(e) = &wake {
+        push(ring, e)?;
     }
+
+    let timeout = Timespec::new().nsec(POLL_MS as u32 * 1_000_000);
+    let no_wait = Timespec::new();
+    let mut gso = Gso::new(w.gso);
+    // The batch receives are decided into; the other may have sends in flight.
+    let mut filling = 0;
+    let mut extra_at = 0;
+    let (mut recv_stopped, mut wake_stopped) = (false, false);
+    let mut ready: Vec<(u64, i32, u32)> = Vec::new();
+    let mut control = [0u8; CONTROL_LEN];
+    let mut draining: Option<u64> = None;
+    // This loop's own clock, for its pacing and its drain's deadline.
+    let epoch = std::time::Instant::now();
+    let ms = || epoch.elapsed().as_millis() as u64;
+    loop {
+        // A stopping worker cancels its receive, then decides and sends what it took
+        // before it ends: the datagrams still queued in the socket wait there for whoever
+        // reads it next (a relay taking over), none are lost in between.
+        if draining.is_none() && w.stop.load(Ordering::Relaxed) {
+            let cancel = opcode::AsyncCancel::new(RECV).build().user_data(CANCEL);
+            push(ring, &cancel)?;
+            draining = Some(ms() + DRAIN_MS);
+        }
+        if !reaper.busy {
+            if let Some(o) = inbox.as_ref().and_then(|i| i.batches.try_recv().ok()) {
+                reaper.pending = 0..o.count();
+                reaper.out = o;
+                reaper.busy = true;
+            }
+        }
+        if let Some(deadline) = draining {
+            // The reaper's batches too, every one in the inbox: the `peer_left` of peers
+            // it removed are sent by no relay after this one.
+            let idle =
+                recv_stopped && ready.is_empty() && batches.iter().all(|b| !b.busy) && !reaper.busy;
+            if idle || ms() >= deadline {
+                break;
+            }
+        }
+        // One enter submits last turn's sends and reaps their completions (UDP sends
+        // complete inline) with the receives that came meanwhile: a worker never waits for
+        // its sends before taking the next receives.
+        let wait = if reaper.busy && reaper.outstanding == 0 {
+            &no_wait
+        } else {
+            &timeout
+        };
+        let args = SubmitArgs::new().timespec(wait);
+        match ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => {}
+            Err(e) if benign(&e) => {}
+            Err(e) => return Err(e),
+        }
+        ready.extend(
+            ring.completion()
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
+        w.decide.turn();
+        let now_ms = ms();
+        // Sends' completions first, so that a batch whose sends are done is free again.
+        ready.retain(|&(data, res, _)| {
+            if data == CANCEL {
+                return false;
+            }
+            if data >= WAKE {
+                return true;
+            }
+            let (slot, i) = ((data >> 32) as usize, (data & 0xffff_ffff) as usize);
+            let b = if slot == REAPER {
+                &mut *reaper
+            } else {
+                &mut batches[slot]
+            };
+            b.completed(i, res, &mut gso, &w.counters);
+            false
+        });
+        let mut provided = false;
+        for (slot, b) in batches.iter_mut().enumerate() {
+            provided |= b.advance(ring, sock, slot, &gso, bufs, &w.counters)?;
+        }
+        reaper.advance(ring, sock, REAPER, &gso, bufs, &w.counters)?;
+        // Receives, while the batch they go to is free; else they wait in `ready`.
+        let mut decided = 0;
+        let b = &mut batches[filling];
+        ready.retain(|&(data, res, flags)| {
+            if data == WAKE {
+                wake_stopped |= !cqueue::more(flags);
+                if let Some(i) = &inbox {
+                    let mut n = 0u64;
+                    // SAFETY: reads 8 bytes into `n` from our own eventfd.
+                    unsafe { libc::read(i.wake.as_raw_fd(), (&mut n as *mut u64).cast(), 8) };
+                }
+                return false;
+            }
+            if b.busy {
+                return true;
+            }
+            recv_stopped |= !cqueue::more(flags);
+            if res < 0 {
+                if -res == libc::ENOBUFS {
+                    Counters::add(&w.counters.recv_no_buffers, 1);
+                } else {
+                    let e = io::Error::from_raw_os_error(-res);
+                    tracing::debug!(error = %e, "recvmsg");
+                }
+                return false;
+            }
+            let Some(lease) = cqueue::buffer_select(flags).and_then(|b| bufs.lease(b)) else {
+                return false;
+            };
+            let raw = bufs.get(&lease, res as usize);
+            let parsed = RecvMsgOut::parse(raw, recv_hdr).ok().map(|m| {
+                let c = m.control_data();
+                let n = c.len().min(CONTROL_LEN);
+                control[..n].copy_from_slice(&c[..n]);
+                let payload = m.payload_data();
+                let start = payload.as_ptr() as usize - raw.as_ptr() as usize;
+                let source = name_of(m.name_data(), &control[..n]);
+                (
+                    source,
+                    n,
+                    start..start + payload.len(),
+                    m.is_payload_truncated(),
+                )
+            });
+            let index = b.leases.len();
+            b.leases.push(lease);
+            decided += 1;
+            if let Some((source, n, payload, truncated)) = parsed {
+                let raw = bufs.get_mut(&b.leases[index], payload.end);
+                let rx = Received {
+                    payload,
+                    source,
+                    control: &control[..n],
+                    truncated,
+                };
+                w.receive(raw, rx, index, &mut b.out, &mut b.inputs);
+            }
+            false
+        });
+        // The decided batch goes out, and the next receives go to the other.
+        if decided > 0 {
+            b.busy = true;
+            b.pending = 0..b.out.count();
+            if b.build(bufs, &gso, ROUND, &w.counters) {
+                submit(ring, sock, b, filling)?;
+            } else {
+                b.release(bufs);
+                provided = true;
+            }
+            filling = (filling + 1) % SLOTS;
+        }
+        // A slice of the reaper's batch, when no datagram came or every EXTRA_EVERY_MS
+        // under load: forwarding first.
+        if reaper.busy
+            && reaper.outstanding == 0
+            && reaper.retry.is_empty()
+            && (decided == 0 || now_ms >= extra_at + EXTRA_EVERY_MS)
+        {
+            extra_at = now_ms;
+            if reaper.build(bufs, &gso, EXTRA_SLICE, &w.counters) {
+                submit(ring, sock, reaper, REAPER)?;
+            } else {
+                reaper.advance(ring, sock, REAPER, &gso, bufs, &w.counters)?;
+            }
+        }
+        bufs.publish();
+        // Re-armed only once buffers are back, or it would stop again at once.
+        if recv_stopped && draining.is_none() && (provided || batches.iter().all(|b| !b.busy)) {
+            push(ring, &recv)?;
+            recv_stopped = false;
+        }
+        if let (true, Some(e)) = (wake_stopped, &wake) {
+            push(ring, e)?;
+            wake_stopped = false;
+        }
+    }
+    Ok(())
 }
 
 /// The source written at the head of a receive buffer, given its control data.
@@ -701,14 +696,14 @@ fn name_of(name: &[u8], control: &[u8]) -> Option<Source> {
 }
 
 /// The reaper's sends, handed to worker 0's ring through its inbox.
-struct RingEgress {
-    tx: mpsc::SyncSender<Out>,
+struct RingEgress<O> {
+    tx: mpsc::SyncSender<O>,
     wake: Arc<OwnedFd>,
 }
 
-impl Egress for RingEgress {
-    fn send(&mut self, out: &mut Out) {
-        if out.sends.is_empty() {
+impl<O: Sends> Egress<O> for RingEgress<O> {
+    fn send(&mut self, out: &mut O) {
+        if out.count() == 0 {
             out.clear();
             return;
         }
@@ -725,17 +720,21 @@ impl Egress for RingEgress {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::{Clock, Now};
-    use crate::out::Kind;
+    use crate::sends::Datagrams;
     use std::net::{SocketAddr, UdpSocket};
     use std::sync::atomic::AtomicBool;
 
     struct Nothing;
 
-    impl super::super::Decide for Nothing {
-        fn datagram(&mut self, _: &mut [u8], _: SocketAddr, _: Now, _: &mut Out) {}
-        fn truncated(&mut self, _: usize, _: SocketAddr, _: Now, _: &mut Out) {}
+    impl Decide for Nothing {
+        type Out = Datagrams;
+        fn turn(&mut self) {}
+        fn datagram(&mut self, _: &mut [u8], _: SocketAddr, _: &mut Datagrams) {}
+        fn truncated(&mut self, _: usize, _: SocketAddr, _: &mut Datagrams) {}
         fn mapped_source(&mut self, _: usize) {}
+        fn destinations(&self) -> Box<dyn Destinations> {
+            Box::new(|_| true)
+        }
     }
 
     /// A stopping worker sends every reaper send it was handed before it ends (keepalives
@@ -759,8 +758,7 @@ mod tests {
         let mut workers = [Worker {
             index: 0,
             socket,
-            router: Box::new(Nothing),
-            clock: Clock::default(),
+            decide: Nothing,
             stop: stop.clone(),
             counters: Arc::new(Counters::default()),
             max_datagram: 1500,
@@ -768,23 +766,21 @@ mod tests {
             cpu: None,
             gso: false,
             gro: false,
-            boundary: Boundary::new(crate::destination::Policy::open()),
         }];
-        let mut egress = Uring.egress(&mut workers).unwrap();
+        let mut egress = egress(&mut workers).unwrap();
         let [w] = workers;
         // Two batches, fewer in all than the sink's receive buffer holds.
         let n = 200;
         for _ in 0..2 {
-            let mut out = Out::default();
-            out.buf
-                .extend_from_slice(b"{\"type\":\"server_keepalive\"}");
-            for _ in 0..n / 2 {
-                out.send_range(to, 0..out.buf.len(), Kind::Keepalive, true);
+            let mut out = Datagrams::default();
+            out.push(to, b"{\"type\":\"server_keepalive\"}");
+            for _ in 1..n / 2 {
+                out.push_range(to, 0..27);
             }
             egress.send(&mut out);
         }
         stop.store(true, Ordering::Relaxed);
-        Uring.run(w).unwrap();
+        run(w).unwrap();
         let mut got = 0;
         let mut buf = [0u8; 64];
         while sink.recv(&mut buf).is_ok() {

@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use udp_relay::clock::{Clock, Now};
-use udp_relay::destination::{Boundary, Policy};
-use udp_relay::io::{Backend, Decide, Worker, bind_worker_socket, mmsg::Mmsg, set_gro, uring};
-use udp_relay::metrics::Counters;
-use udp_relay::out::{Kind, Out};
+use relay_udp::{
+    Backend, Counters, Datagrams, Decide, Destinations, Worker, bind_worker_socket, set_gro,
+    uring_available,
+};
 
+type Out = Datagrams;
 type Plan = fn(&mut Out, &[SocketAddr]);
 
 /// Records every datagram it is given; on `go` appends `plan`'s sends.
@@ -24,7 +24,9 @@ struct Script {
 }
 
 impl Decide for Script {
-    fn datagram(&mut self, d: &mut [u8], _: SocketAddr, _: Now, out: &mut Out) {
+    type Out = Datagrams;
+    fn turn(&mut self) {}
+    fn datagram(&mut self, d: &mut [u8], _: SocketAddr, out: &mut Out) {
         if d == b"go" {
             (self.plan)(out, &self.to);
         }
@@ -33,18 +35,20 @@ impl Decide for Script {
             .unwrap()
             .push(format!("D{}:{}", d.len(), d.first().copied().unwrap_or(0)));
     }
-    fn truncated(&mut self, len: usize, _: SocketAddr, _: Now, _: &mut Out) {
+    fn truncated(&mut self, len: usize, _: SocketAddr, _: &mut Out) {
         self.seen.lock().unwrap().push(format!("T{len}"));
     }
     fn mapped_source(&mut self, len: usize) {
         self.seen.lock().unwrap().push(format!("M{len}"));
     }
+    fn destinations(&self) -> Box<dyn Destinations> {
+        // Every destination but those that are never one (port 0, unspecified).
+        Box::new(|to: SocketAddr| to.port() != 0 && !to.ip().is_unspecified())
+    }
 }
 
 fn reply(out: &mut Out, to: SocketAddr, byte: u8, len: usize) {
-    let s = out.buf.len();
-    out.buf.extend(std::iter::repeat_n(byte, len));
-    out.reply(to, s, Kind::Reply, true);
+    out.push(to, &vec![byte; len]);
 }
 
 fn set_int(fd: &impl AsRawFd, level: i32, name: i32, v: i32) {
@@ -53,10 +57,12 @@ fn set_int(fd: &impl AsRawFd, level: i32, name: i32, v: i32) {
     assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
 }
 
-fn backends() -> Vec<&'static dyn Backend> {
-    let mut v: Vec<&'static dyn Backend> = vec![&Mmsg];
-    if uring::probe().is_ok() {
-        v.push(&uring::Uring);
+fn backends() -> Vec<Backend> {
+    let mut v = vec![Backend::Mmsg];
+    if uring_available().is_ok() {
+        v.push(Backend::Uring);
+    } else {
+        println!("SKIPPED the io_uring backend: unavailable here");
     }
     v
 }
@@ -69,7 +75,7 @@ fn load(a: &AtomicU64) -> u64 {
 /// stops it.
 #[allow(clippy::too_many_arguments)]
 fn with_worker<R>(
-    backend: &dyn Backend,
+    backend: Backend,
     host: &str,
     to: Vec<SocketAddr>,
     plan: Plan,
@@ -89,12 +95,11 @@ fn with_worker<R>(
     let w = Worker {
         index: 0,
         socket,
-        router: Box::new(Script {
+        decide: Script {
             to,
             plan,
             seen: seen.clone(),
-        }),
-        clock: Clock::default(),
+        },
         stop: stop.clone(),
         counters: counters.clone(),
         max_datagram,
@@ -102,7 +107,6 @@ fn with_worker<R>(
         cpu: None,
         gso,
         gro,
-        boundary: Boundary::new(Policy::open()),
     };
     let r = std::thread::scope(|s| {
         let t = s.spawn(|| backend.run(w));

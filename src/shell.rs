@@ -1,0 +1,130 @@
+//! Where the core meets the sockets: the router as `relay_udp` runs it ([`Shell`]), the
+//! core's sends as `relay_udp` sends them ([`Decided`]), and the core's peer-address policy as
+//! the senders' filter of destinations ([`Served`]). Neither side knows the other.
+
+use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
+use relay_udp::{Decide, Destinations, Sends};
+
+use crate::clock::{Clock, Now};
+use crate::destination::{Boundary, View};
+use crate::metrics::Counters;
+use crate::out::Out;
+use crate::router::Router;
+
+/// The core's sends of a batch, as the backends send them.
+#[derive(Debug, Default)]
+pub struct Decided(pub Out);
+
+impl Deref for Decided {
+    type Target = Out;
+    fn deref(&self) -> &Out {
+        &self.0
+    }
+}
+
+impl DerefMut for Decided {
+    fn deref_mut(&mut self) -> &mut Out {
+        &mut self.0
+    }
+}
+
+impl Sends for Decided {
+    fn count(&self) -> usize {
+        self.0.sends.len()
+    }
+
+    fn to(&self, i: usize) -> SocketAddr {
+        self.0.sends[i].to
+    }
+
+    fn input(&self, i: usize) -> usize {
+        self.0.sends[i].input
+    }
+
+    fn segments<'a>(&'a self, i: usize, input: &'a [u8]) -> [&'a [u8]; 3] {
+        self.0.segments(&self.0.sends[i], input)
+    }
+
+    fn wire_len(&self, i: usize) -> usize {
+        self.0.sends[i].wire_len()
+    }
+
+    fn set_input(&mut self, i: usize) {
+        self.0.input = i;
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// A worker's router, with the clock it decides by and the counters its readiness is read
+/// from.
+pub struct Shell {
+    /// The router.
+    pub router: Router,
+    /// The relay's clock.
+    pub clock: Clock,
+    /// The worker's counters.
+    pub counters: Arc<Counters>,
+    /// The peer addresses served.
+    pub boundary: Arc<Boundary>,
+    /// The time of this loop turn.
+    now: Now,
+}
+
+impl Shell {
+    /// The shell of `router`.
+    pub fn new(
+        router: Router,
+        clock: Clock,
+        counters: Arc<Counters>,
+        boundary: Arc<Boundary>,
+    ) -> Shell {
+        Shell {
+            router,
+            now: clock.now(),
+            clock,
+            counters,
+            boundary,
+        }
+    }
+}
+
+impl Decide for Shell {
+    type Out = Decided;
+
+    fn turn(&mut self) {
+        self.now = self.clock.now();
+        self.counters.turned(self.now.ms);
+    }
+
+    fn datagram(&mut self, d: &mut [u8], from: SocketAddr, out: &mut Decided) {
+        self.router.handle(d, from, self.now, out);
+    }
+
+    fn truncated(&mut self, len: usize, from: SocketAddr, out: &mut Decided) {
+        self.router.truncated(len, from, self.now, out);
+    }
+
+    fn mapped_source(&mut self, len: usize) {
+        self.router.mapped_source(len);
+    }
+
+    fn destinations(&self) -> Box<dyn Destinations> {
+        Box::new(Served(self.boundary.view()))
+    }
+}
+
+/// The peer addresses the relay serves, as a sender's filter: a send to any other (never a
+/// destination, or not served by `--allowed-peer-ip`/`--denied-peer-ip`) is dropped.
+pub struct Served(pub View);
+
+impl Destinations for Served {
+    fn serves(&mut self, to: SocketAddr) -> bool {
+        self.0.policy().check(to).is_ok()
+    }
+}
