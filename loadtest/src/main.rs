@@ -230,7 +230,7 @@ fn load_config(a: &RunArgs) -> Result<LoadConfig, String> {
 
 fn run(a: RunArgs) -> Result<(), String> {
     if let Some(cpu) = a.cpu {
-        sys::pin_to_cpu(cpu).map_err(|e| e.to_string())?;
+        relay_udp::pin_to_cpu(cpu).map_err(|e| format!("--cpu {cpu}: {e}"))?;
     }
     if let Some(pid) = a.pid {
         sys::process_cpu(pid).map_err(|e| format!("--pid {pid}: {e}"))?;
@@ -242,7 +242,7 @@ fn run(a: RunArgs) -> Result<(), String> {
 
 fn storm(a: RegisterArgs) -> Result<(), String> {
     if let Some(cpu) = a.cpu {
-        sys::pin_to_cpu(cpu).map_err(|e| e.to_string())?;
+        relay_udp::pin_to_cpu(cpu).map_err(|e| format!("--cpu {cpu}: {e}"))?;
     }
     if let Some(pid) = a.pid {
         sys::process_rss(pid).map_err(|e| format!("--pid {pid}: {e}"))?;
@@ -263,7 +263,7 @@ fn storm(a: RegisterArgs) -> Result<(), String> {
 
 fn compare(a: CompareArgs) -> Result<(), String> {
     if let Some(cpu) = a.cpu {
-        sys::pin_to_cpu(cpu).map_err(|e| e.to_string())?;
+        relay_udp::pin_to_cpu(cpu).map_err(|e| format!("--cpu {cpu}: {e}"))?;
     }
     for t in &a.targets {
         if let Some(pid) = t.pid {
@@ -326,7 +326,7 @@ fn write_json(path: Option<&std::path::Path>, v: &impl serde::Serialize) -> Resu
 
 fn reflect(a: ReflectorArgs) -> Result<(), String> {
     if let Some(cpu) = a.cpu {
-        sys::pin_to_cpu(cpu).map_err(|e| e.to_string())?;
+        relay_udp::pin_to_cpu(cpu).map_err(|e| format!("--cpu {cpu}: {e}"))?;
     }
     let addr = std::net::SocketAddr::new(a.host, a.port);
     let sock = reflector::bind(addr).map_err(|e| e.to_string())?;
@@ -339,7 +339,7 @@ fn reflect(a: ReflectorArgs) -> Result<(), String> {
     for sig in [libc::SIGINT, libc::SIGTERM] {
         signal_flag(sig, &stop)?;
     }
-    let r = reflector::serve(&sock, &stop, a.gso).map_err(|e| e.to_string())?;
+    let r = reflector::serve(sock, stop, a.gso).map_err(|e| e.to_string())?;
     if a.gso {
         eprintln!(
             "reflected {} datagrams, {} segmented sends{}",

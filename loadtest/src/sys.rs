@@ -1,24 +1,8 @@
-//! What the harness reads of the system: CPU pinning, another process's CPU time and memory,
-//! and the file-descriptor limit.
+//! What the harness reads of the system: another process's CPU time and memory, and the
+//! file-descriptor limit.
 
 use std::io;
 use std::time::Duration;
-
-/// Pins the calling thread to CPU `cpu`.
-pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
-    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET writes within it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("--cpu {cpu}: {}", io::Error::last_os_error()),
-            ));
-        }
-    }
-    Ok(())
-}
 
 /// User + system CPU time consumed so far by process `pid`.
 pub fn process_cpu(pid: u32) -> io::Result<Duration> {

@@ -200,7 +200,7 @@ fn reflector_gso(gso: bool) -> Reflector {
     let addr = sock.local_addr().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
-    let h = thread::spawn(move || reflector::serve(&sock, &s, gso).unwrap());
+    let h = thread::spawn(move || reflector::serve(sock, s, gso).unwrap());
     (addr, stop, h)
 }
 

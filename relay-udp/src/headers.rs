@@ -23,7 +23,7 @@ pub const UDP_SEGMENT: libc::c_int = 103;
 /// Most datagrams one segmented send carries (the kernel's `UDP_MAX_SEGMENTS` is 64).
 const MAX_SEGMENTS: usize = 64;
 /// Most bytes one segmented send carries: a UDP datagram's largest payload.
-const MAX_SEGMENTED_BYTES: usize = 65_507;
+const MAX_SEGMENTED_BYTES: usize = crate::MAX_DATAGRAM;
 /// Largest datagram a run is segmented for: one that fits a 1,500-byte MTU over IPv6. The
 /// kernel refuses (`EMSGSIZE`) segments larger than the path's MTU, where unsegmented datagrams
 /// would be fragmented instead; a sender that meets the refusal lowers its limit below that

@@ -2,11 +2,13 @@
 //! destination as one segmented send, a refused run sent again datagram by datagram.
 
 use std::io;
+use std::mem::zeroed;
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 
 use crate::counters::Counters;
 use crate::headers::{Gso, Headers};
+use crate::recv::BATCH;
 use crate::sends::Sends;
 use crate::worker::Destinations;
 
@@ -104,4 +106,44 @@ impl Sender {
             }
         }
     }
+}
+
+/// Sends `datagrams` (up to [`BATCH`] of them) on the connected, non-blocking `sock` with one
+/// `sendmmsg`; how many the kernel took (0 if its buffer is full).
+pub fn send_batch<'a>(
+    sock: &UdpSocket,
+    datagrams: impl IntoIterator<Item = &'a [u8]>,
+) -> io::Result<usize> {
+    // SAFETY: all-zero is a valid iovec and mmsghdr.
+    let mut iovs: [libc::iovec; BATCH] = unsafe { zeroed() };
+    let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
+    let mut n = 0;
+    for d in datagrams.into_iter().take(BATCH) {
+        iovs[n] = libc::iovec {
+            iov_base: d.as_ptr() as *mut _,
+            iov_len: d.len(),
+        };
+        n += 1;
+    }
+    for (h, iov) in hdrs.iter_mut().zip(iovs.iter_mut()).take(n) {
+        h.msg_hdr.msg_iov = iov;
+        h.msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: the headers point at the datagrams, alive for the call.
+    let r = unsafe {
+        libc::sendmmsg(
+            sock.as_raw_fd(),
+            hdrs.as_mut_ptr(),
+            n as u32,
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+            _ => Err(e),
+        };
+    }
+    Ok(r as usize)
 }

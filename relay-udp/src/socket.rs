@@ -202,3 +202,23 @@ pub fn check_port_free(addr: SocketAddr) -> io::Result<()> {
     }
     sock.bind(&addr.into())
 }
+
+/// A connected, non-blocking UDP socket that talks only to `remote` (a peer's, as the load
+/// generator's virtual peers have), with a receive buffer of `recv_buffer` bytes asked for.
+pub fn peer_socket(remote: SocketAddr, recv_buffer: usize) -> io::Result<UdpSocket> {
+    let local: SocketAddr = if remote.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let s = Socket::new(
+        Domain::for_address(remote),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    let _ = s.set_recv_buffer_size(recv_buffer);
+    s.bind(&local.into())?;
+    s.connect(&remote.into())?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
