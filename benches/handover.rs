@@ -5,12 +5,10 @@
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use udp_relay::config::Settings;
-use udp_relay::registry::Proof;
-use udp_relay::shared::Shared;
+use relay_core::settings::Settings;
+use relay_core::shared::Shared;
+use relay_core::testing::fill;
 use udp_relay::state;
-
-mod common;
 
 const PEERS: usize = 1_000_000;
 
@@ -21,12 +19,7 @@ fn bench(c: &mut Criterion) {
         ..Settings::default()
     };
     let shared = Shared::new(settings.clone(), 1);
-    for i in 0..PEERS {
-        let name = common::name(i);
-        shared
-            .registry
-            .claim(&name, common::addr(i), Proof::Token(None), 0, usize::MAX);
-    }
+    fill(&shared.registry, 0..PEERS, 0);
     let image = state::export(&shared);
     println!("image of {PEERS} peers: {} bytes", image.len());
 

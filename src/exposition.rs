@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use relay_udp::Counters;
 
-use crate::metrics::Counters as Block;
-use crate::refusal::Reason;
-use crate::shared::Shared;
+use relay_core::metrics::Counters as Block;
+use relay_core::refusal::Reason;
+use relay_core::shared::Shared;
 
 /// Renders every counter and gauge in the Prometheus text format. Names say what they count, in
 /// Prometheus's conventions: `_total` for counters, the unit (`_bytes`) in the name.

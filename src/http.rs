@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::exposition::prometheus;
-use crate::shared::Shared;
+use relay_core::shared::Shared;
 
 /// What the ops endpoint reads: the relay's shared state and its worker sockets' counters
 /// (the egress's last).

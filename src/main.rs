@@ -149,14 +149,14 @@ fn launch(args: &Args) -> Result<(server::Relay, Option<takeover::Listener>), St
     Ok((relay, listener.map_err(|e| e.to_string())?))
 }
 
-fn restored(args: &Args) -> Option<Arc<udp_relay::shared::Shared>> {
+fn restored(args: &Args) -> Option<Arc<relay_core::shared::Shared>> {
     let path = args.state_file.as_ref()?;
     snapshot::restore(path, &args.settings(), args.worker_count())
 }
 
 fn started(
     args: &Args,
-    shared: Option<Arc<udp_relay::shared::Shared>>,
+    shared: Option<Arc<relay_core::shared::Shared>>,
 ) -> Result<server::Relay, String> {
     let mut relay = server::prepare(args, shared, None).map_err(|e| e.to_string())?;
     relay.resume().map_err(|e| e.to_string())?;
@@ -310,10 +310,11 @@ fn reload(
     info!(%limits, "reloaded: {changed}");
 }
 
-/// `--log-level`, else `RUST_LOG`, else `info`.
+/// `--log-level`, else `RUST_LOG`, else `info`, with `udp_relay` naming the whole relay.
 fn log_filter(level: Option<&str>) -> EnvFilter {
-    match level {
-        Some(l) => EnvFilter::new(l),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    let env = std::env::var("RUST_LOG").ok();
+    match level.or(env.as_deref()) {
+        Some(l) => EnvFilter::try_new(config::whole_relay(l)).unwrap_or_else(|_| EnvFilter::new(l)),
+        None => EnvFilter::new("info"),
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tracing::{debug, warn};
 
-use crate::shared::Shared;
+use relay_core::shared::Shared;
 
 /// How often readiness is checked until the workers first serve.
 const READY_POLL: Duration = Duration::from_millis(10);

@@ -13,17 +13,17 @@ use tracing::{error, info, warn};
 
 use relay_udp::{self as relay_io, Backend, Choice, Egress, Worker};
 
-use crate::clock::Clock;
 use crate::config::{Args, Auth, IoChoice, OnOff, Settings};
 use crate::http::{self, Ops};
-use crate::metrics::LimitWatch;
 use crate::notify;
-use crate::reaper;
-use crate::router::Router;
-use crate::shared::Shared;
 use crate::shell::{Decided, Shell};
 use crate::state;
 use crate::takeover::Handover;
+use relay_core::clock::Clock;
+use relay_core::metrics::LimitWatch;
+use relay_core::reaper;
+use relay_core::router::Router;
+use relay_core::shared::Shared;
 
 /// A relay: its sockets, its state, and its workers and reaper while it serves.
 pub struct Relay {
@@ -446,7 +446,7 @@ fn run_reaper(
         }
         let now = clock.now();
         // The core's batch goes out as the backends' (moved, not copied, with its capacity).
-        let send = |batch: &mut crate::out::Out| {
+        let send = |batch: &mut relay_core::out::Out| {
             let mut d = Decided(std::mem::take(batch));
             egress.send(&mut d);
             *batch = d.0;

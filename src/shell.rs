@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use relay_udp::{Decide, Destinations, Sends};
 
-use crate::clock::{Clock, Now};
-use crate::destination::{Boundary, View};
-use crate::metrics::Counters;
-use crate::out::Out;
-use crate::router::Router;
+use relay_core::clock::{Clock, Now};
+use relay_core::destination::{Boundary, View};
+use relay_core::metrics::Counters;
+use relay_core::out::Out;
+use relay_core::router::Router;
 
 /// The core's sends of a batch, as the backends send them.
 #[derive(Debug, Default)]

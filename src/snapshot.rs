@@ -14,8 +14,8 @@ use std::sync::Arc;
 use tracing::{error, info, warn};
 
 use crate::config::Settings;
-use crate::shared::Shared;
 use crate::state;
+use relay_core::shared::Shared;
 
 /// Writes `image` to `path` so that a crash at any moment leaves either the old file or the
 /// new one, whole.

@@ -13,14 +13,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::auth::Cookies;
-use crate::budget::{self, Budgets};
-use crate::channels::{self, Channels};
-use crate::clock::Clock;
 use crate::config::Settings;
-use crate::ratelimit::{Admission, AdmissionImage};
-use crate::registry::{self, Registry};
-use crate::shared::{Held, Shared};
+use relay_core::auth::Cookies;
+use relay_core::budget::{self, Budgets};
+use relay_core::channels::{self, Channels};
+use relay_core::clock::Clock;
+use relay_core::ratelimit::{Admission, AdmissionImage};
+use relay_core::registry::{self, Registry};
+use relay_core::shared::{Held, Shared};
 
 /// The format this relay writes and reads; another is refused (the state of a relay of another
 /// format cannot be read safely, so a takeover between them is refused and the old relay goes on).
@@ -248,7 +248,7 @@ fn monotonic_ns() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::{Claim, Proof};
+    use relay_core::registry::{Claim, Proof};
     use std::net::SocketAddr;
 
     fn a(s: &str) -> SocketAddr {

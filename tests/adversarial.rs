@@ -1635,9 +1635,9 @@ fn networks_that_took_their_shares_leave_room_for_a_newcomer() {
 /// network's share is a sixteenth of what the networks beyond the reserve hold together.
 #[test]
 fn twelve_networks_cannot_lock_a_busy_network_out_of_watching() {
+    use relay_core::registry::{Claim, Proof, Registry};
     use std::net::SocketAddr;
     use udp_relay::config::Settings;
-    use udp_relay::registry::{Claim, Proof, Registry};
     let r = Registry::new(&Settings {
         max_watch_total: 262_144,
         max_watch_per_host: 4_096,

@@ -167,7 +167,7 @@ const PAD: &str = r#""pad":"....................................................
 
 /// The error code the refusal table answers `reason` with.
 fn code_of(reason: &str) -> Option<&'static str> {
-    let r = udp_relay::refusal::Reason::ALL
+    let r = relay_core::refusal::Reason::ALL
         .iter()
         .find(|r| r.as_str() == reason)
         .unwrap_or_else(|| panic!("no reason {reason}"));

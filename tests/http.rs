@@ -100,7 +100,7 @@ fn readyz_answers_ready_once_every_worker_serves() {
     );
     // Idle workers stay ready: they turn their loops at least every POLL_MS with no traffic.
     let idle = Instant::now();
-    while idle.elapsed() < 2 * Duration::from_millis(udp_relay::metrics::STALL_MS) {
+    while idle.elapsed() < 2 * Duration::from_millis(relay_core::metrics::STALL_MS) {
         let answer = exchange(r.metrics, b"GET /readyz HTTP/1.0\r\n\r\n");
         assert!(answer.starts_with("HTTP/1.0 200 OK\r\n"), "{answer}");
         // The pace of the probe, as a kubelet's would be, not a wait for something.

@@ -20,8 +20,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::TIMEOUT;
+use relay_core::wire::{frame, peer, stun};
 use serde_json::Value;
-use udp_relay::wire::{frame, peer, stun};
 
 /// Runs `ip`/`nft` (or anything) and insists it worked.
 fn sh(args: &[&str]) {

@@ -13,11 +13,11 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
+use relay_core::out::Out;
+use relay_core::router::Router;
+use relay_core::shared::Shared;
+use relay_core::testing::Harness;
 use udp_relay::config::Settings;
-use udp_relay::out::Out;
-use udp_relay::router::Router;
-use udp_relay::shared::Shared;
-use udp_relay::testing::Harness;
 
 struct Counting;
 
@@ -183,7 +183,7 @@ fn channel_frames_allocate_nothing_once_warm() {
     let mut frames: Vec<Vec<u8>> = (0..10_000)
         .map(|i| {
             let mut f = Vec::new();
-            udp_relay::wire::frame::write(&mut f, n, &vec![i as u8; 40 + i % 1200]);
+            relay_core::wire::frame::write(&mut f, n, &vec![i as u8; 40 + i % 1200]);
             f
         })
         .collect();
@@ -198,7 +198,7 @@ fn channel_frames_allocate_nothing_once_warm() {
     };
     assert_eq!(run(&mut frames[..200], &mut h, 10), 200);
     for f in &mut frames {
-        udp_relay::wire::frame::set_channel(f, n);
+        relay_core::wire::frame::set_channel(f, n);
     }
     let (ok, allocs, frees) = heap_calls(|| run(&mut frames, &mut h, 1_000));
     assert_eq!(ok, 10_000, "every frame forwarded");

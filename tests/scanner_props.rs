@@ -16,13 +16,13 @@ use std::ops::Range;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::RngSeed;
+use relay_core::refusal::Reason;
+use relay_core::wire::scan::MAX_DEPTH;
+use relay_core::wire::scan::{self, ScanError};
+use relay_core::wire::valid_name;
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
 use udp_relay::config::Settings;
-use udp_relay::refusal::Reason;
-use udp_relay::wire::scan::MAX_DEPTH;
-use udp_relay::wire::scan::{self, ScanError};
-use udp_relay::wire::valid_name;
 
 /// Fixed, so that CI runs the same cases every time; fuzzing (cargo fuzz) is where new inputs
 /// are explored. Change it locally to explore with proptest.
@@ -31,7 +31,7 @@ const SEED: u64 = 0x5eed_2026;
 // ---------------------------------------------------------------------------------------------
 // A router with two registered peers, driven the way the I/O loop drives it.
 
-use udp_relay::testing::Harness as Relay;
+use relay_core::testing::Harness as Relay;
 
 /// A relay with `a` registered at `addr(1)` and `b` at `addr(2)`.
 fn with_peers(a: &str, b: &str) -> Relay {

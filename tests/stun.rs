@@ -9,7 +9,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::process::Command;
 
 use common::*;
-use udp_relay::wire::stun;
+use relay_core::wire::stun;
 
 /// The relay on `::` (IPv6 and, dual-stack, IPv4), logging each Binding request's source.
 fn relay() -> Relay {

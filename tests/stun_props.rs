@@ -5,12 +5,12 @@
 use std::net::SocketAddr;
 
 use proptest::prelude::*;
+use relay_core::out::Out;
+use relay_core::refusal::Reason;
+use relay_core::router::Router;
+use relay_core::shared::Shared;
+use relay_core::wire::stun;
 use udp_relay::config::Settings;
-use udp_relay::out::Out;
-use udp_relay::refusal::Reason;
-use udp_relay::router::Router;
-use udp_relay::shared::Shared;
-use udp_relay::wire::stun;
 
 /// What the RFC says of a datagram that starts like STUN.
 #[derive(Debug, PartialEq)]
@@ -172,7 +172,7 @@ proptest! {
             "192.0.2.7:4242".parse().unwrap()
         };
         let mut input = d.clone();
-        router.handle(&mut input, from, udp_relay::clock::Now { ms: 0, unix: 0.0 }, &mut out);
+        router.handle(&mut input, from, relay_core::clock::Now { ms: 0, unix: 0.0 }, &mut out);
         match expect {
             Expect::Answer { error, fingerprint } => {
                 prop_assert_eq!(out.sends.len(), 1, "{:?}", expect);

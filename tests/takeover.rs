@@ -393,7 +393,7 @@ fn an_offer_from_another_user_is_refused() {
             // Refused before it asks, it never speaks.
             wire::read_hello(&mut conn).ok()?;
             let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-            let shared = udp_relay::shared::Shared::new(Default::default(), 1);
+            let shared = relay_core::shared::Shared::new(Default::default(), 1);
             let image = udp_relay::state::export(&shared);
             let fds = [
                 std::os::fd::OwnedFd::from(listener),

@@ -4,13 +4,13 @@
 use std::net::SocketAddr;
 use std::sync::{Mutex, OnceLock};
 
-use udp_relay::config::Settings;
-use udp_relay::out::Out;
-use udp_relay::testing::Harness;
+use relay_core::settings::Settings;
+use relay_core::out::Out;
+use relay_core::testing::Harness;
 
 /// One of four senders: the two registered peers and two strangers.
 pub fn addr(i: u8) -> SocketAddr {
-    udp_relay::testing::addr(u16::from(i % 4))
+    relay_core::testing::addr(u16::from(i % 4))
 }
 
 pub fn harness() -> &'static Mutex<Harness> {

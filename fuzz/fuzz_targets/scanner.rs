@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use udp_relay::wire::scan;
+use relay_core::wire::scan;
 
 fuzz_target!(|d: &[u8]| {
     let Ok(h) = scan::scan(d) else { return };

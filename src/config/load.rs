@@ -368,7 +368,7 @@ fn read_file(path: &Path, base: &Command) -> Result<Vec<Setting>, String> {
 /// of the core, the address ranges served and the log filter; a change of any other is named in a
 /// warning and waits for a restart.
 pub fn is_live(key: &str) -> bool {
-    crate::settings::is_live(key)
+    relay_core::settings::is_live(key)
         || matches!(key, "allowed_peer_ip" | "denied_peer_ip" | "log_level")
 }
 

@@ -6,14 +6,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::destination::{Net, Policy};
+use relay_core::destination::{Net, Policy};
 mod load;
 
-pub use crate::settings::{Auth, MAX_UDP_PAYLOAD, Settings};
 use clap::{Parser, ValueEnum};
 pub use load::{
     Invocation, Loaded, Setting, Source, command, environment, invocation, is_live, load, reread,
 };
+pub use relay_core::settings::{Auth, MAX_UDP_PAYLOAD, Settings};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -24,22 +24,21 @@ pub enum LogFormat {
     Json,
 }
 
-/// `--auth`'s values: the core's `Auth`, named for the command line.
-impl ValueEnum for Auth {
-    fn value_variants<'a>() -> &'a [Self] {
-        &[Auth::Open, Auth::Signed]
-    }
+/// `--auth`'s values, which make the core's [`Auth`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// Unsigned registration allowed (the old peers'); a signed peer still gets its protection.
+    Open,
+    /// Every new registration or move must be signed.
+    Signed,
+}
 
-    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
-        use clap::builder::PossibleValue;
-        Some(match self {
-            Auth::Open => PossibleValue::new("open").help(
-                "Unsigned registration allowed (the old peers'); a signed peer still gets its protection",
-            ),
-            Auth::Signed => {
-                PossibleValue::new("signed").help("Every new registration or move must be signed")
-            }
-        })
+impl Core<Auth> for AuthMode {
+    fn core(&self) -> Auth {
+        match self {
+            AuthMode::Open => Auth::Open,
+            AuthMode::Signed => Auth::Signed,
+        }
     }
 }
 
@@ -100,14 +99,14 @@ pub struct Args {
         long,
         allow_negative_numbers = true,
         env = "UDP_RELAY_ANNOUNCE_MAX",
-        default_value_t = 100
+        default_value_t = Settings::recommended().announce_max
     )]
     pub announce_max: usize,
     /// Size limit of a `peer_list` (and of other name lists) beyond `--announce-max`, in bytes.
-    #[arg(long, allow_negative_numbers = true, env = "UDP_RELAY_REPLY_BUDGET", default_value_t = 1200, value_parser = clap::value_parser!(u32).range(256..=MAX_UDP_PAYLOAD as i64))]
+    #[arg(long, allow_negative_numbers = true, env = "UDP_RELAY_REPLY_BUDGET", default_value_t = Settings::recommended().reply_budget as u32, value_parser = clap::value_parser!(u32).range(256..=MAX_UDP_PAYLOAD as i64))]
     pub reply_budget: u32,
     /// Most names registered at once.
-    #[arg(long, allow_negative_numbers = true, env = "UDP_RELAY_MAX_PEERS", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, allow_negative_numbers = true, env = "UDP_RELAY_MAX_PEERS", default_value_t = Settings::recommended().max_peers as u64, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_peers: u64,
     /// Largest datagram accepted, in bytes.
     #[arg(long, allow_negative_numbers = true, env = "UDP_RELAY_MAX_DATAGRAM", default_value_t = MAX_UDP_PAYLOAD as u32, value_parser = clap::value_parser!(u32).range(64..=MAX_UDP_PAYLOAD as i64))]
@@ -117,78 +116,78 @@ pub struct Args {
         long,
         allow_negative_numbers = true,
         env = "UDP_RELAY_MAX_WATCH",
-        default_value_t = 256
+        default_value_t = Settings::recommended().max_watch
     )]
     pub max_watch: usize,
     /// Datagrams per second one source address may send (bursts of two seconds' worth; 0: no
     /// limit).
-    #[arg(long, env = "UDP_RELAY_SOURCE_RATE", default_value_t = 5_000)]
+    #[arg(long, env = "UDP_RELAY_SOURCE_RATE", default_value_t = Settings::recommended().source_rate)]
     pub source_rate: u64,
     /// Bytes per second one source address may send (0: no limit).
-    #[arg(long, env = "UDP_RELAY_SOURCE_BYTES", default_value_t = 8_000_000)]
+    #[arg(long, env = "UDP_RELAY_SOURCE_BYTES", default_value_t = Settings::recommended().source_bytes)]
     pub source_bytes: u64,
     /// Datagrams per second one /24 (IPv4) or /48 (IPv6) may send (0: no limit).
-    #[arg(long, env = "UDP_RELAY_PREFIX_RATE", default_value_t = 50_000)]
+    #[arg(long, env = "UDP_RELAY_PREFIX_RATE", default_value_t = Settings::recommended().prefix_rate)]
     pub prefix_rate: u64,
     /// Bytes per second one /24 or /48 may send (0: no limit).
-    #[arg(long, env = "UDP_RELAY_PREFIX_BYTES", default_value_t = 80_000_000)]
+    #[arg(long, env = "UDP_RELAY_PREFIX_BYTES", default_value_t = Settings::recommended().prefix_bytes)]
     pub prefix_bytes: u64,
     /// Datagrams per second the whole relay accepts, shared evenly by the workers (0: no limit).
-    #[arg(long, env = "UDP_RELAY_GLOBAL_RATE", default_value_t = 2_000_000)]
+    #[arg(long, env = "UDP_RELAY_GLOBAL_RATE", default_value_t = Settings::recommended().global_rate)]
     pub global_rate: u64,
     /// New names per second one source address (IP and port: one NAT mapping) may register, and
     /// signature checks per second one IPv6 /56 or IPv4 address may cost, eight times that per
     /// /48 or /24 (bursts of ten seconds' worth; 0: no limit).
-    #[arg(long, env = "UDP_RELAY_REGISTRATION_RATE", default_value_t = 20)]
+    #[arg(long, env = "UDP_RELAY_REGISTRATION_RATE", default_value_t = Settings::recommended().registration_rate)]
     pub registration_rate: u64,
     /// Ed25519 signature checks per second in the whole relay (about 50 µs of CPU each; bursts of
     /// ten seconds' worth; 0: no limit).
-    #[arg(long, env = "UDP_RELAY_SIGNATURE_RATE", default_value_t = 2_000)]
+    #[arg(long, env = "UDP_RELAY_SIGNATURE_RATE", default_value_t = Settings::recommended().signature_rate)]
     pub signature_rate: u64,
     /// Lookups and watches of names that are not online, per second, one host (IPv4 address,
     /// IPv6 /64) may make, and four times that one /24 (IPv4) or /48 (IPv6) (bursts of 256
     /// seconds' worth; beyond, `rate_limited`; names online cost nothing; 0: no limit).
-    #[arg(long, env = "UDP_RELAY_MISS_RATE", default_value_t = 2)]
+    #[arg(long, env = "UDP_RELAY_MISS_RATE", default_value_t = Settings::recommended().miss_rate)]
     pub miss_rate: u64,
     /// Bytes of replies a host (IP address) may be sent for requests that do not authenticate,
     /// beyond what it has sent itself (0: no limit); see SECURITY.md.
-    #[arg(long, env = "UDP_RELAY_REPLY_CREDIT", default_value_t = 2_048)]
+    #[arg(long, env = "UDP_RELAY_REPLY_CREDIT", default_value_t = Settings::recommended().reply_credit)]
     pub reply_credit: u64,
     /// The same per /24 (IPv4) or /48 (IPv6): the most a forger can make the relay send a
     /// victim network beyond what was sent in its name (0: no limit).
-    #[arg(long, env = "UDP_RELAY_REPLY_PREFIX_CREDIT", default_value_t = 4_096)]
+    #[arg(long, env = "UDP_RELAY_REPLY_PREFIX_CREDIT", default_value_t = Settings::recommended().reply_prefix_credit)]
     pub reply_prefix_credit: u64,
     /// The same for the whole relay (0: no limit).
-    #[arg(long, env = "UDP_RELAY_REPLY_GLOBAL_CREDIT", default_value_t = 1 << 20)]
+    #[arg(long, env = "UDP_RELAY_REPLY_GLOBAL_CREDIT", default_value_t = Settings::recommended().reply_global_credit)]
     pub reply_global_credit: u64,
     /// Bytes of announcements one host's datagrams may cause beyond twice what it sent
     /// (0: no limit).
-    #[arg(long, env = "UDP_RELAY_FANOUT_ALLOWANCE", default_value_t = 65_536)]
+    #[arg(long, env = "UDP_RELAY_FANOUT_ALLOWANCE", default_value_t = Settings::recommended().fanout_allowance)]
     pub fanout_allowance: u64,
     /// Bytes of announcements per second one recipient address may be sent (bursts of four
     /// seconds' worth; beyond, it gets a `peer_list` later; 0: no limit).
-    #[arg(long, env = "UDP_RELAY_PRESENCE_RATE", default_value_t = 4_096)]
+    #[arg(long, env = "UDP_RELAY_PRESENCE_RATE", default_value_t = Settings::recommended().presence_rate)]
     pub presence_rate: u64,
     /// Most names registered at one address (what a request naming none, or a reap of the
     /// address, walks).
-    #[arg(long, env = "UDP_RELAY_MAX_NAMES_PER_ADDRESS", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "UDP_RELAY_MAX_NAMES_PER_ADDRESS", default_value_t = Settings::recommended().max_names_per_address as u64, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_names_per_address: u64,
     /// Watch entries held in all, over every peer (each costs about 300 bytes); the peers of one
     /// /24 (IPv4) or /48 (IPv6) hold at most a sixteenth of three quarters of it (or
     /// `--max-watch-per-host`, if more), the last quarter kept for networks holding few.
-    #[arg(long, env = "UDP_RELAY_MAX_WATCH_TOTAL", default_value_t = 262_144)]
+    #[arg(long, env = "UDP_RELAY_MAX_WATCH_TOTAL", default_value_t = Settings::recommended().max_watch_total)]
     pub max_watch_total: usize,
     /// Watch entries held by the peers of one host (IPv4 address, IPv6 /64).
-    #[arg(long, env = "UDP_RELAY_MAX_WATCH_PER_HOST", default_value_t = 4_096)]
+    #[arg(long, env = "UDP_RELAY_MAX_WATCH_PER_HOST", default_value_t = Settings::recommended().max_watch_per_host)]
     pub max_watch_per_host: usize,
     /// Channels (Part 4) one peer may hold.
-    #[arg(long, env = "UDP_RELAY_MAX_CHANNELS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "UDP_RELAY_MAX_CHANNELS", default_value_t = Settings::recommended().max_channels as u32, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_channels: u32,
     /// Channels held by the peers of one host (IPv4 address, IPv6 /64).
-    #[arg(long, env = "UDP_RELAY_MAX_CHANNELS_PER_HOST", default_value_t = 4_096, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "UDP_RELAY_MAX_CHANNELS_PER_HOST", default_value_t = Settings::recommended().max_channels_per_host as u32, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_channels_per_host: u32,
     /// Channels held in all (each pair costs about 300 bytes).
-    #[arg(long, env = "UDP_RELAY_MAX_CHANNELS_TOTAL", default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "UDP_RELAY_MAX_CHANNELS_TOTAL", default_value_t = Settings::recommended().max_channels_total as u32, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_channels_total: u32,
     /// I/O backend of the workers.
     #[arg(long, env = "UDP_RELAY_IO", value_enum, default_value = "auto")]
@@ -205,11 +204,11 @@ pub struct Args {
     #[arg(long, env = "UDP_RELAY_PIN_WORKERS")]
     pub pin_workers: bool,
     /// Error replies allowed per source address per second (bursts of twice that).
-    #[arg(long, allow_negative_numbers = true, env = "UDP_RELAY_ERROR_RATE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, allow_negative_numbers = true, env = "UDP_RELAY_ERROR_RATE", default_value_t = Settings::recommended().error_rate, value_parser = clap::value_parser!(u32).range(1..))]
     pub error_rate: u32,
     /// Registration: `open` serves the old unsigned peers; `signed` requires Ed25519 signatures.
     #[arg(long, env = "UDP_RELAY_AUTH", value_enum, default_value = "open")]
-    pub auth: Auth,
+    pub auth: AuthMode,
     /// Serve peers in these ranges (CIDR, repeatable or comma-separated) though they are
     /// private or internal or in `--denied-peer-ip`; the range of `--host` is served unless
     /// `--host` is unspecified.
@@ -239,6 +238,27 @@ pub struct Args {
     /// Write the state (peers, sessions, channels) here on SIGTERM, and restore it at start.
     #[arg(long, env = "UDP_RELAY_STATE_FILE")]
     pub state_file: Option<PathBuf>,
+}
+
+/// A log filter in which a directive for `udp_relay` (the relay's name, which operators' filters
+/// use) holds for the crates the relay is made of too: `udp_relay=debug` turns on the debug lines
+/// of the protocol logic (`relay_core`) and of the sockets (`relay_udp`) as well.
+pub fn whole_relay(filter: &str) -> String {
+    filter
+        .split(',')
+        .flat_map(|d| {
+            let d = d.trim();
+            let same = |c: &str| d.strip_prefix("udp_relay").map(|rest| format!("{c}{rest}"));
+            match d.strip_prefix("udp_relay") {
+                Some(rest) if rest.is_empty() || rest.starts_with(['=', '[', ':']) => {
+                    vec![Some(d.to_string()), same("relay_core"), same("relay_udp")]
+                }
+                _ => vec![Some(d.to_string())],
+            }
+        })
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Checks a log filter as `RUST_LOG` takes it.
@@ -354,7 +374,7 @@ macro_rules! settings_from_args {
     };
 }
 
-crate::settings_list!(settings_from_args);
+relay_core::settings_list!(settings_from_args);
 
 #[cfg(test)]
 mod tests {
@@ -378,13 +398,37 @@ mod tests {
             .get_arguments()
             .map(|a| a.get_id().to_string())
             .collect();
-        for name in crate::settings::NAMES {
+        for name in relay_core::settings::NAMES {
             assert!(
-                !crate::settings::is_live(name) || keys.iter().any(|k| k == name),
+                !relay_core::settings::is_live(name) || keys.iter().any(|k| k == name),
                 "the live setting {name} is no key, so a reload would not say it changed"
             );
         }
         assert!(is_live("max_peers") && is_live("log_level") && !is_live("port"));
+    }
+
+    #[test]
+    fn the_command_lines_defaults_are_the_cores_recommended_settings() {
+        let mut got = Args::try_parse_from(["udp-relay"]).unwrap().settings();
+        let want = Settings::recommended();
+        got.peers = want.peers.clone();
+        assert_eq!(format!("{got:?}"), format!("{want:?}"));
+    }
+
+    #[test]
+    fn udp_relay_in_a_log_filter_is_the_whole_relay() {
+        assert_eq!(
+            whole_relay("info,udp_relay=debug"),
+            "info,udp_relay=debug,relay_core=debug,relay_udp=debug"
+        );
+        assert_eq!(
+            whole_relay("udp_relay::server=trace"),
+            "udp_relay::server=trace,relay_core::server=trace,relay_udp::server=trace"
+        );
+        assert_eq!(
+            whole_relay("udp_relayx=debug,warn"),
+            "udp_relayx=debug,warn"
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 /// The sans-IO tests' addresses and times: the crate's one harness.
 #[allow(unused_imports)] // each test file uses what it needs of the harness
-pub use udp_relay::testing::{addr, at};
+pub use relay_core::testing::{addr, at};
 
 /// The error codes Part 2 allows.
 pub const ERROR_CODES: &[&str] = &[

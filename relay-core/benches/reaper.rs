@@ -12,10 +12,10 @@ use std::time::Duration;
 use criterion::{
     BatchSize, BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
 };
-use udp_relay::config::Settings;
-use udp_relay::out::Out;
-use udp_relay::reaper;
-use udp_relay::shared::Shared;
+use relay_core::out::Out;
+use relay_core::reaper;
+use relay_core::settings::Settings;
+use relay_core::shared::Shared;
 
 mod common;
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::clock::Now;
 use crate::out::Out;
 use crate::refusal::Reason;
+use crate::registry::{Proof, Registry};
 use crate::router::Router;
 use crate::settings::Settings;
 use crate::shared::Shared;
@@ -101,5 +102,29 @@ impl Harness {
     /// Datagrams refused for `r` so far.
     pub fn refused(&self, r: Reason) -> u64 {
         self.shared.metrics.refused(r)
+    }
+}
+
+/// The address of peer `i` of a big registry: a distinct IPv4 address and port for each of a few million peers.
+pub fn many_addr(i: usize) -> SocketAddr {
+    let ip = 0x0A00_0000u32 + (i / 8) as u32;
+    SocketAddr::from((ip.to_be_bytes(), 40_000 + (i % 8) as u16))
+}
+
+/// The name of peer `i`.
+pub fn many_name(i: usize) -> String {
+    format!("user-{i:07}")
+}
+
+/// Registers peers `range` (name [`many_name`], address [`many_addr`]) at `ms`.
+pub fn fill(reg: &Registry, range: std::ops::Range<usize>, ms: u64) {
+    for i in range {
+        reg.claim(
+            &many_name(i),
+            many_addr(i),
+            Proof::Token(None),
+            ms,
+            usize::MAX,
+        );
     }
 }

@@ -18,9 +18,9 @@
 use std::net::SocketAddr;
 use std::process::Command;
 
-use udp_relay::channels::Channels;
-use udp_relay::config::Settings;
-use udp_relay::registry::{Claim, Name, Proof, Registry, Session};
+use relay_core::channels::Channels;
+use relay_core::registry::{Claim, Name, Proof, Registry, Session};
+use relay_core::settings::Settings;
 
 const PEERS: usize = 1_000_000;
 const CHANNELS: usize = 262_144;

@@ -9,14 +9,14 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use udp_relay::registry::{Proof, Registry};
+use relay_core::registry::{Proof, Registry};
 
 mod common;
 
 const PEERS: usize = 1_000_000;
 
 fn bench(c: &mut Criterion) {
-    let reg = Registry::new(&udp_relay::config::Settings::default());
+    let reg = Registry::new(&relay_core::settings::Settings::default());
     let names: Vec<String> = (0..PEERS).map(common::name).collect();
     for (i, n) in names.iter().enumerate() {
         reg.claim(n, common::addr(i), Proof::Token(None), 0, usize::MAX);

@@ -3,10 +3,6 @@
 //! Each bench uses only some of them.
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
-
-use udp_relay::registry::{Proof, Registry};
-
 /// A deterministic xorshift64* generator, so every run benches the same bytes and keys.
 pub struct Rng(u64);
 
@@ -86,24 +82,10 @@ pub fn nested_payload(len: usize) -> String {
     s
 }
 
-/// The address of peer `i`: a distinct IPv4 address and port for each of a few million peers.
-pub fn addr(i: usize) -> SocketAddr {
-    let ip = 0x0A00_0000u32 + (i / 8) as u32;
-    SocketAddr::from((ip.to_be_bytes(), 40_000 + (i % 8) as u16))
-}
-
-/// The name of peer `i`.
-pub fn name(i: usize) -> String {
-    format!("user-{i:07}")
-}
-
 /// The moment `ms` milliseconds after the relay's clock started: the crate's one harness.
 #[allow(unused_imports)] // each bench uses what it needs
-pub use udp_relay::testing::at;
+pub use relay_core::testing::at;
 
-/// Registers peers `range` (name [`name`], address [`addr`]) at `ms`.
-pub fn fill(reg: &Registry, range: std::ops::Range<usize>, ms: u64) {
-    for i in range {
-        reg.claim(&name(i), addr(i), Proof::Token(None), ms, usize::MAX);
-    }
-}
+/// The million-peer helpers of the crate's harness.
+#[allow(unused_imports)] // each bench uses what it needs
+pub use relay_core::testing::{fill, many_addr as addr, many_name as name};

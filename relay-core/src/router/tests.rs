@@ -447,14 +447,6 @@ fn limits_are_parked_when_a_router_goes_even_by_a_panic() {
     assert!(r.admission.ingress.admit(flood, 15, 0).is_err());
 }
 
-/// The settings the command line gives by default: every budget and limit in force.
-fn cli_defaults() -> Settings {
-    use clap::Parser;
-    crate::config::Args::try_parse_from(["udp-relay"])
-        .expect("defaults parse")
-        .settings()
-}
-
 /// Whether `r` holds a `register_ack` telling `from` its public address.
 fn acked(r: &[(SocketAddr, Value)], from: SocketAddr) -> bool {
     r.iter().any(|(to, v)| {
@@ -464,7 +456,7 @@ fn acked(r: &[(SocketAddr, Value)], from: SocketAddr) -> bool {
 
 #[test]
 fn every_old_peer_of_one_network_learns_its_address() {
-    let mut h = Harness::new(cli_defaults());
+    let mut h = Harness::new(Settings::recommended());
     for i in 0..190u16 {
         let from: SocketAddr = format!("198.51.{}.{}:4000", i / 200, i % 200 + 1)
             .parse()
@@ -491,7 +483,7 @@ fn an_ack_its_request_cannot_pay_goes_out_short_and_pads_buy_the_full_one() {
         reply_credit: 40,
         reply_prefix_credit: 40,
         reply_global_credit: 40,
-        ..cli_defaults()
+        ..Settings::recommended()
     };
     let mut h = Harness::new(s);
     let from: SocketAddr = "[2001:db8:ffff:ffff:ffff:ffff:ffff:ffff]:65535"
@@ -519,7 +511,7 @@ fn an_ack_its_request_cannot_pay_goes_out_short_and_pads_buy_the_full_one() {
 
 #[test]
 fn newcomers_are_answered_when_forgers_emptied_the_reply_pools() {
-    let mut h = Harness::new(cli_defaults());
+    let mut h = Harness::new(Settings::recommended());
     // Forged registrations from thousands of /24s, each spending its network's credit.
     let mut sent = 0;
     for i in 0..6000u32 {

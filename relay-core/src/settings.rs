@@ -143,6 +143,33 @@ macro_rules! define_settings {
 settings_list!(define_settings);
 
 impl Settings {
+    /// The settings a relay on the open internet runs with: every limit and budget in force.
+    /// The command line's defaults are these (read from here), and tests that need the limits
+    /// in force start from them.
+    pub fn recommended() -> Settings {
+        Settings {
+            source_rate: 5_000,
+            source_bytes: 8_000_000,
+            prefix_rate: 50_000,
+            prefix_bytes: 80_000_000,
+            global_rate: 2_000_000,
+            registration_rate: 20,
+            signature_rate: 2_000,
+            miss_rate: 2,
+            reply_credit: 2_048,
+            reply_prefix_credit: 4_096,
+            reply_global_credit: 1 << 20,
+            fanout_allowance: 65_536,
+            presence_rate: 4_096,
+            max_names_per_address: 128,
+            max_watch_total: 262_144,
+            max_watch_per_host: 4_096,
+            max_channels_per_host: 4_096,
+            max_channels_total: 262_144,
+            ..Settings::default()
+        }
+    }
+
     /// Whether `other` has the same per-worker rate limits (ingress and error replies), which
     /// the workers rebuild when a reload publishes new ones.
     pub fn same_rates(&self, other: &Settings) -> bool {

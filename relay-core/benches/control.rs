@@ -9,11 +9,11 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use serde::Deserialize;
-use udp_relay::wire::control::{
+use relay_core::wire::control::{
     self, Connect, Keepalive, Lookup, Ping, Register, Unregister, Watch,
 };
-use udp_relay::wire::{Family, classify, scan};
+use relay_core::wire::{Family, classify, scan};
+use serde::Deserialize;
 
 mod common;
 

@@ -10,7 +10,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use udp_relay::wire::scan;
+use relay_core::wire::scan;
 
 mod common;
 

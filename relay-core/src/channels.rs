@@ -325,9 +325,11 @@ impl Channels {
 /// One channel end as a handover image holds it.
 #[derive(Serialize, Deserialize)]
 pub struct HalfImage {
-    pub(crate) number: u32,
+    /// The channel's number at this end.
+    pub number: u32,
     owner: String,
-    pub(crate) from: SocketAddr,
+    /// The address of this end's owner.
+    pub from: SocketAddr,
     peer: String,
     to: SocketAddr,
     peer_number: u32,
@@ -337,7 +339,7 @@ pub struct HalfImage {
 
 /// Every bound channel, as a handover image holds them.
 #[derive(Serialize, Deserialize)]
-pub struct Image(pub(crate) Vec<HalfImage>);
+pub struct Image(pub Vec<HalfImage>);
 
 impl Channels {
     /// Every bound channel, for a relay that takes over to go on from (meant for a table

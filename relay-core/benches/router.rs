@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use udp_relay::config::Settings;
-use udp_relay::out::Out;
-use udp_relay::registry::{Claim, Name, Proof};
-use udp_relay::router::Router;
-use udp_relay::shared::Shared;
+use relay_core::out::Out;
+use relay_core::registry::{Claim, Name, Proof};
+use relay_core::router::Router;
+use relay_core::settings::Settings;
+use relay_core::shared::Shared;
 
 mod common;
 
@@ -70,7 +70,7 @@ fn bench(c: &mut Criterion) {
         .warm_up_time(Duration::from_secs(1));
     for n in [100, 1200] {
         let mut d = Vec::new();
-        udp_relay::wire::frame::write(&mut d, channel, &vec![0x5a; n]);
+        relay_core::wire::frame::write(&mut d, channel, &vec![0x5a; n]);
         out.clear();
         router.handle(&mut d.clone(), alice, now, &mut out);
         assert_eq!(out.sends.len(), 1, "frame/{n}");
@@ -80,7 +80,7 @@ fn bench(c: &mut Criterion) {
         g.bench_function(BenchmarkId::from_parameter(format!("frame/{n}")), |b| {
             b.iter(|| {
                 out.clear();
-                udp_relay::wire::frame::set_channel(&mut d, channel);
+                relay_core::wire::frame::set_channel(&mut d, channel);
                 router.handle(black_box(&mut d), alice, now, &mut out);
                 black_box(out.sends.len())
             })

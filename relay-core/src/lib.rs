@@ -1,0 +1,34 @@
+//! The relay's protocol logic, sans-IO: a datagram, its source and the time in; the sends it
+//! decides out. The registry, channels, budgets, rate limits, presence and the reaper's sweep are
+//! plain code over bytes, shared state and a given [`clock::Now`]; no socket, thread or wall
+//! clock is read here (the binary's shells do that and hand the results in).
+//!
+//! The entry points: [`shared::Shared`] (the state all workers share, made from
+//! [`settings::Settings`]), [`router::Router`] (one worker's decisions into an [`out::Out`]) and
+//! [`reaper::sweep`]. `ARCHITECTURE.md` maps the modules.
+
+pub mod addr;
+pub mod auth;
+pub mod budget;
+pub mod channels;
+pub mod clock;
+pub mod destination;
+pub mod events;
+pub mod introductions;
+pub mod keyed;
+pub mod metrics;
+pub mod out;
+pub mod presence;
+pub mod ratelimit;
+pub mod reaper;
+pub mod refusal;
+pub mod registry;
+pub mod reservations;
+pub mod router;
+pub mod sample;
+pub mod settings;
+pub mod shards;
+pub mod shared;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+pub mod wire;
