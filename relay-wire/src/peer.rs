@@ -1,5 +1,6 @@
 //! What a peer sends the relay (Parts 1, 2 and 4): each message appended to a buffer, strings
-//! escaped as JSON requires. The relay's own writers are in [`crate::reply`].
+//! escaped as JSON requires. The relay's own writers are in [`crate::reply`], a peer's readers
+//! of them in [`crate::read`].
 
 use std::io::Write;
 
@@ -35,6 +36,69 @@ pub fn keepalive(buf: &mut Vec<u8>, name: &str, session: Option<&str>) {
 pub fn ping(buf: &mut Vec<u8>, name: Option<&str>, session: Option<&str>) {
     buf.extend_from_slice(br#"{"type":"ping""#);
     identity(buf, name, session);
+    buf.push(b'}');
+}
+
+/// `watch` `names` (Part 2): hear of their joins and leaves. `name` says which of the sender's
+/// names watches (it may be left out where its address holds one), `session` is that name's.
+pub fn watch<'a>(
+    buf: &mut Vec<u8>,
+    names: impl IntoIterator<Item = &'a str>,
+    name: Option<&str>,
+    session: &str,
+) {
+    names_request(buf, br#"{"type":"watch","names":["#, names, name, session);
+}
+
+/// `unwatch` `names` (Part 2), as [`watch`].
+pub fn unwatch<'a>(
+    buf: &mut Vec<u8>,
+    names: impl IntoIterator<Item = &'a str>,
+    name: Option<&str>,
+    session: &str,
+) {
+    names_request(buf, br#"{"type":"unwatch","names":["#, names, name, session);
+}
+
+fn names_request<'a>(
+    buf: &mut Vec<u8>,
+    head: &[u8],
+    names: impl IntoIterator<Item = &'a str>,
+    name: Option<&str>,
+    session: &str,
+) {
+    buf.extend_from_slice(head);
+    for (i, n) in names.into_iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        json_str(buf, n);
+    }
+    buf.push(b']');
+    identity(buf, name, Some(session));
+    buf.push(b'}');
+}
+
+/// `lookup` (Part 2): is `name` online?
+pub fn lookup(buf: &mut Vec<u8>, name: &str) {
+    buf.extend_from_slice(br#"{"type":"lookup""#);
+    identity(buf, Some(name), None);
+    buf.push(b'}');
+}
+
+/// `unregister` `name` (Part 2), authenticated by its session.
+pub fn unregister(buf: &mut Vec<u8>, name: &str, session: &str) {
+    buf.extend_from_slice(br#"{"type":"unregister""#);
+    identity(buf, Some(name), Some(session));
+    buf.push(b'}');
+}
+
+/// `connect` to `target` (Part 2): ask to be introduced, as `name` with its session (`name`
+/// may be left out where the sender's address holds one).
+pub fn connect(buf: &mut Vec<u8>, target: &str, name: Option<&str>, session: &str) {
+    buf.extend_from_slice(br#"{"type":"connect","target":"#);
+    json_str(buf, target);
+    identity(buf, name, Some(session));
     buf.push(b'}');
 }
 
@@ -97,6 +161,30 @@ mod tests {
         assert_eq!(
             parsed(|b| relay(b, "a", "b", br#"{"x":[1]}"#)),
             json!({"type": "relay", "target": "b", "source": "a", "payload": {"x": [1]}})
+        );
+        assert_eq!(
+            parsed(|b| watch(b, ["x", "y\\"], Some("a"), "s")),
+            json!({"type": "watch", "names": ["x", "y\\"], "name": "a", "session": "s"})
+        );
+        assert_eq!(
+            parsed(|b| unwatch(b, [], None, "s")),
+            json!({"type": "unwatch", "names": [], "session": "s"})
+        );
+        assert_eq!(
+            parsed(|b| lookup(b, "bob")),
+            json!({"type": "lookup", "name": "bob"})
+        );
+        assert_eq!(
+            parsed(|b| unregister(b, "a", "s")),
+            json!({"type": "unregister", "name": "a", "session": "s"})
+        );
+        assert_eq!(
+            parsed(|b| connect(b, "bob", Some("a"), "s")),
+            json!({"type": "connect", "target": "bob", "name": "a", "session": "s"})
+        );
+        assert_eq!(
+            parsed(|b| connect(b, "bob", None, "s")),
+            json!({"type": "connect", "target": "bob", "session": "s"})
         );
         let mut b = Vec::new();
         relay(&mut b, "a", "b", b"\"hi\"");
