@@ -1,6 +1,6 @@
-//! What a peer sends the relay (Parts 1, 2 and 4): each message appended to a buffer, strings
-//! escaped as JSON requires. The relay's own writers are in [`crate::reply`], a peer's readers
-//! of them in [`crate::read`].
+//! What a peer sends the relay (Parts 1, 2, 4 and 5): each message appended to a buffer, strings
+//! escaped as JSON requires, and the bytes a signed registration signs. The relay's own writers
+//! are in [`crate::reply`], a peer's readers of them in [`crate::read`].
 
 use std::io::Write;
 
@@ -22,6 +22,45 @@ fn identity(buf: &mut Vec<u8>, name: Option<&str>, session: Option<&str>) {
 pub fn register(buf: &mut Vec<u8>, name: &str, session: Option<&str>) {
     buf.extend_from_slice(br#"{"type":"register""#);
     identity(buf, Some(name), session);
+    buf.push(b'}');
+}
+
+/// What a signed registration's signature covers before the name (Part 5).
+pub const SIGNED_PREFIX: &[u8] = b"udp-relay register v1\n";
+
+/// Appends the bytes a signed registration signs (Part 5): [`SIGNED_PREFIX`], the name, a
+/// newline, the cookie. The peer signs them with its Ed25519 key, the relay verifies them; no
+/// crypto here.
+pub fn signed_payload(buf: &mut Vec<u8>, name: &str, cookie: &str) {
+    buf.extend_from_slice(SIGNED_PREFIX);
+    buf.extend_from_slice(name.as_bytes());
+    buf.push(b'\n');
+    buf.extend_from_slice(cookie.as_bytes());
+}
+
+/// `register` of `name` with its key (`pubkey`, base64 Ed25519) and no signature: asks for a
+/// `challenge` (Part 5).
+pub fn register_key(buf: &mut Vec<u8>, name: &str, pubkey: &str) {
+    buf.extend_from_slice(br#"{"type":"register""#);
+    identity(buf, Some(name), None);
+    buf.extend_from_slice(br#","pubkey":"#);
+    json_str(buf, pubkey);
+    buf.push(b'}');
+}
+
+/// `register` answering a `challenge` (Part 5): the key, the relay's `cookie` and `sig`, the
+/// signature (base64) of [`signed_payload`] of `name` and `cookie`.
+pub fn register_signed(buf: &mut Vec<u8>, name: &str, pubkey: &str, cookie: &str, sig: &str) {
+    buf.extend_from_slice(br#"{"type":"register""#);
+    identity(buf, Some(name), None);
+    for (k, v) in [
+        (&br#","pubkey":"#[..], pubkey),
+        (br#","cookie":"#, cookie),
+        (br#","sig":"#, sig),
+    ] {
+        buf.extend_from_slice(k);
+        json_str(buf, v);
+    }
     buf.push(b'}');
 }
 
@@ -163,6 +202,14 @@ mod tests {
             json!({"type": "relay", "target": "b", "source": "a", "payload": {"x": [1]}})
         );
         assert_eq!(
+            parsed(|b| register_key(b, "a\"", "PK=")),
+            json!({"type": "register", "name": "a\"", "pubkey": "PK="})
+        );
+        assert_eq!(
+            parsed(|b| register_signed(b, "a", "PK=", "C/+", "S==")),
+            json!({"type": "register", "name": "a", "pubkey": "PK=", "cookie": "C/+", "sig": "S=="})
+        );
+        assert_eq!(
             parsed(|b| watch(b, ["x", "y\\"], Some("a"), "s")),
             json!({"type": "watch", "names": ["x", "y\\"], "name": "a", "session": "s"})
         );
@@ -190,5 +237,13 @@ mod tests {
         relay(&mut b, "a", "b", b"\"hi\"");
         let h = crate::scan::scan(&b).expect("the relay's scanner reads it");
         assert_eq!(h.payload.unwrap().of(&b), b"\"hi\"");
+    }
+
+    #[test]
+    fn the_signed_payload_is_prefix_name_newline_cookie() {
+        let mut b = Vec::new();
+        signed_payload(&mut b, "zoë", "Q29va2ll");
+        assert_eq!(b, "udp-relay register v1\nzoë\nQ29va2ll".as_bytes());
+        assert!(b.starts_with(SIGNED_PREFIX));
     }
 }
