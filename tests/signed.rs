@@ -28,10 +28,9 @@ fn sign(k: &SigningKey, name: &str, cookie: &str) -> String {
 
 /// The cookie of the `challenge` `p` receives next.
 fn challenge(p: &Peer) -> String {
-    let d = p.recv_raw();
-    match read::message(&d) {
-        Ok(read::Message::Challenge { cookie }) => cookie.into_owned(),
-        m => panic!("expected a challenge, got {m:?}"),
+    match p.expect_msg("challenge") {
+        read::Message::Challenge { cookie } => cookie.into_owned(),
+        m => unreachable!("{m:?}"),
     }
 }
 
