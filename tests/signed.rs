@@ -7,6 +7,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::*;
 use ed25519_dalek::{Signer, SigningKey};
+use relay_wire::{peer, read};
 use serde_json::{Value, json};
 
 fn key(seed: u8) -> SigningKey {
@@ -17,20 +18,32 @@ fn pubkey(k: &SigningKey) -> String {
     B64.encode(k.verifying_key().to_bytes())
 }
 
+/// The signature of the registration of `name` with `cookie`, over the bytes the relay
+/// verifies (`peer::signed_payload`, which the relay uses too).
 fn sign(k: &SigningKey, name: &str, cookie: &str) -> String {
-    let msg = format!("udp-relay register v1\n{name}\n{cookie}");
-    B64.encode(k.sign(msg.as_bytes()).to_bytes())
+    let mut msg = Vec::new();
+    peer::signed_payload(&mut msg, name, cookie);
+    B64.encode(k.sign(&msg).to_bytes())
 }
 
-/// Asks for a challenge and answers it; returns the next message (the ack or an error).
+/// The cookie of the `challenge` `p` receives next.
+fn challenge(p: &Peer) -> String {
+    match p.expect_msg("challenge") {
+        read::Message::Challenge { cookie } => cookie.into_owned(),
+        m => unreachable!("{m:?}"),
+    }
+}
+
+/// Asks for a challenge and answers it, as a signing peer does (with relay-wire's writers and
+/// reader); returns the next message (the ack or an error).
 fn signed_register(p: &Peer, name: &str, k: &SigningKey) -> Value {
-    p.send(json!({"type": "register", "name": name, "pubkey": pubkey(k)}));
-    let challenge = p.expect("challenge");
-    let cookie = challenge["cookie"].as_str().unwrap().to_owned();
-    p.send(json!({
-        "type": "register", "name": name, "pubkey": pubkey(k),
-        "cookie": cookie, "sig": sign(k, name, &cookie),
-    }));
+    let mut d = Vec::new();
+    peer::register_key(&mut d, name, &pubkey(k));
+    p.send_raw(&d);
+    let cookie = challenge(p);
+    d.clear();
+    peer::register_signed(&mut d, name, &pubkey(k), &cookie, &sign(k, name, &cookie));
+    p.send_raw(&d);
     p.recv()
 }
 
@@ -85,7 +98,7 @@ fn bad_cookies_and_signatures_are_refused() {
     let p = Peer::new(&r);
     let k = key(4);
     p.send(json!({"type": "register", "name": "dave", "pubkey": pubkey(&k)}));
-    let cookie = p.expect("challenge")["cookie"].as_str().unwrap().to_owned();
+    let cookie = challenge(&p);
     // Signed by another key.
     p.send(json!({
         "type": "register", "name": "dave", "pubkey": pubkey(&k),
@@ -183,10 +196,7 @@ fn a_takeover_keeps_names_bound_to_their_keys_and_challenges_good() {
     alice.expect("peer_list");
     let mover = Peer::new(&old);
     mover.send(json!({"type": "register", "name": "alice", "pubkey": pubkey(&key(1))}));
-    let cookie = mover.expect("challenge")["cookie"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let cookie = challenge(&mover);
 
     let mut new = Relay::start(&args);
     new.wait_log("took over: serving");

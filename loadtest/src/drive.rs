@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use relay_wire::read::{self, Message};
 
 use crate::net::{BATCH, RecvBatch, peer_socket, send_batch};
 use crate::proto::{self, Received, Template};
@@ -128,13 +129,17 @@ pub fn register_all(
         for (i, s) in socks.iter().enumerate() {
             let n = rx.recv(s).map_err(|e| unreachable(target, e))?;
             for k in 0..n {
-                match proto::reply_kind(rx.get(k)) {
-                    Some((ty, _)) if ty == "register_ack" && !acked[i] => {
+                match read::message(rx.get(k)) {
+                    Ok(Message::RegisterAck { full, .. }) if !acked[i] => {
                         acked[i] = true;
-                        sessions[i] = proto::field(rx.get(k), "session").unwrap_or_default();
+                        // The short ack (and the old relay's) has none: then no channels.
+                        sessions[i] = full
+                            .and_then(|f| f.session)
+                            .map(|s| s.into_owned())
+                            .unwrap_or_default();
                         left -= 1;
                     }
-                    Some((ty, _)) if ty == "error" => {
+                    Ok(Message::Error { .. }) => {
                         return Err(format!(
                             "the relay at {target} refused registration: {}",
                             String::from_utf8_lossy(rx.get(k))
@@ -191,18 +196,14 @@ pub fn bind_all(
             let n = rx.recv(s).map_err(|e| unreachable(target, e))?;
             for k in 0..n {
                 let d = rx.get(k);
-                match proto::reply_kind(d) {
-                    Some((ty, _)) if ty == "pong" && !proven[i] => {
+                match read::message(d) {
+                    Ok(Message::Pong { .. }) if !proven[i] => {
                         proven[i] = true;
                         // Bind at once rather than at the next resend.
                         last_send = None;
                     }
-                    Some((ty, _)) if ty == "bind_ack" => {
-                        channel[i] = proto::field(d, "channel")
-                            .and_then(|c| c.parse().ok())
-                            .unwrap_or(0);
-                    }
-                    Some((ty, _)) if ty == "error" => {
+                    Ok(Message::BindAck { channel: c, .. }) => channel[i] = c,
+                    Ok(Message::Error { .. }) => {
                         return Err(format!(
                             "the relay at {target} refused a channel: {}",
                             String::from_utf8_lossy(d)

@@ -1,5 +1,5 @@
-//! The datagrams the virtual peers send and the fields they read back, written with the
-//! relay's own wire crate (`relay-wire`).
+//! The datagrams the virtual peers send, written with the relay's own wire crate (`relay-wire`),
+//! and the stamps of the load they read back. Replies are read with `relay_wire::read`.
 //!
 //! A datagram's payload carries `lt <seq> <send time> <padding>` with fixed-width hex numbers:
 //! inside a JSON string for a `relay`, as the frame's payload for a channel, so a template is
@@ -178,26 +178,6 @@ pub fn register(name: &str) -> Vec<u8> {
     let mut b = Vec::new();
     peer::register(&mut b, name, None);
     b
-}
-
-/// The `type` and `peer_name` of a reply, if it is JSON.
-pub fn reply_kind(d: &[u8]) -> Option<(String, Option<String>)> {
-    let v: serde_json::Value = serde_json::from_slice(d).ok()?;
-    let ty = v.get("type")?.as_str()?.to_owned();
-    let name = v
-        .get("peer_name")
-        .and_then(|n| n.as_str())
-        .map(str::to_owned);
-    Some((ty, name))
-}
-
-/// A top-level field of a JSON reply, as text (a string's contents, or a number as written).
-pub fn field(d: &[u8], name: &str) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(d).ok()?;
-    match v.get(name)? {
-        serde_json::Value::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
-    }
 }
 
 /// Parses `host:port`, naming the option on error.

@@ -9,6 +9,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget};
+use relay_wire::read::{self, Message};
 use serde::{Deserialize, Serialize};
 
 use crate::drive::run_id;
@@ -167,17 +168,14 @@ pub fn run(cfg: &StormConfig) -> Result<StormReport, String> {
                 }
                 for j in 0..n {
                     let d = rx.get(j);
-                    if let Some(k) = acked_index(d, &id) {
-                        if k < cfg.peers && !acked[k] {
+                    match reply(d, &id) {
+                        Reply::Acked(k) if k < cfg.peers && !acked[k] => {
                             acked[k] = true;
                             done += 1;
                             outstanding = outstanding.saturating_sub(1);
                         }
-                    } else if d.starts_with(br#"{"type":"error""#) {
-                        return Err(format!(
-                            "the relay refused a registration: {}",
-                            String::from_utf8_lossy(d)
-                        ));
+                        Reply::Refused => return Err(refused(d)),
+                        _ => {}
                     }
                 }
             }
@@ -330,13 +328,10 @@ fn run_distinct(cfg: &StormConfig) -> Result<StormReport, String> {
                 }
                 for j in 0..n {
                     let d = rx.get(j);
-                    if acked_index(d, &id) == Some(k) {
-                        acked = true;
-                    } else if d.starts_with(br#"{"type":"error""#) {
-                        return Err(format!(
-                            "the relay refused a registration: {}",
-                            String::from_utf8_lossy(d)
-                        ));
+                    match reply(d, &id) {
+                        Reply::Acked(a) if a == k => acked = true,
+                        Reply::Refused => return Err(refused(d)),
+                        _ => {}
                     }
                 }
             }
@@ -377,16 +372,42 @@ fn fnv(b: &[u8]) -> u64 {
     })
 }
 
-/// The peer index in a `register_ack` for one of this run's names.
-fn acked_index(d: &[u8], id: &str) -> Option<usize> {
-    const ACK: &[u8] = br#"{"type":"register_ack""#;
-    if !d.starts_with(ACK) {
+/// What a datagram a storm's peer receives says.
+#[derive(Debug, PartialEq, Eq)]
+enum Reply {
+    /// A `register_ack` of one of this run's names: the peer's index.
+    Acked(usize),
+    /// An `error`: the relay refused a registration.
+    Refused,
+    /// Anything else (the `peer_list` that follows an ack, another run's ack).
+    Other,
+}
+
+/// Reads `d` (with `relay_wire::read`) for the storm tagged `tag`.
+fn reply(d: &[u8], tag: &str) -> Reply {
+    match read::message(d) {
+        Ok(Message::RegisterAck {
+            full: Some(ack), ..
+        }) => peer_index(&ack.peer_name, tag).map_or(Reply::Other, Reply::Acked),
+        Ok(Message::Error { .. }) => Reply::Refused,
+        _ => Reply::Other,
+    }
+}
+
+/// The index `k` of a [`peer_name`] of the storm tagged `tag`.
+fn peer_index(name: &str, tag: &str) -> Option<usize> {
+    let digits = name.strip_prefix(tag)?.strip_prefix('-')?;
+    if digits.len() != 7 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let key = format!(r#""peer_name":"{id}-"#);
-    let at = d.windows(key.len()).position(|w| w == key.as_bytes())? + key.len();
-    let digits = d.get(at..at + 7)?;
-    std::str::from_utf8(digits).ok()?.parse().ok()
+    digits.parse().ok()
+}
+
+fn refused(d: &[u8]) -> String {
+    format!(
+        "the relay refused a registration: {}",
+        String::from_utf8_lossy(d)
+    )
 }
 
 /// Level-triggered readiness for many sockets.
@@ -452,9 +473,31 @@ mod tests {
     #[test]
     fn reads_the_peer_index_of_an_ack() {
         let d = br#"{"type":"register_ack","status":"success","your_address":"127.0.0.1:1","server_time":1.0,"peer_name":"ltab-0000042","session":"x"}"#;
-        assert_eq!(acked_index(d, "ltab"), Some(42));
-        assert_eq!(acked_index(d, "ltcd"), None);
-        assert_eq!(acked_index(br#"{"type":"peer_list"}"#, "ltab"), None);
+        assert_eq!(reply(d, "ltab"), Reply::Acked(42));
+        assert_eq!(reply(d, "ltcd"), Reply::Other);
+        assert_eq!(reply(d, "lta"), Reply::Other);
+        let mut d = Vec::new();
+        let name = peer_name("3fa9c1", 9_999_999);
+        relay_wire::reply::register_ack(&mut d, loopback_source(7), 2.5, &name, "s");
+        assert_eq!(reply(&d, "3fa9c1"), Reply::Acked(9_999_999));
+        d.clear();
+        relay_wire::reply::register_ack_short(&mut d, loopback_source(7));
+        assert_eq!(
+            reply(&d, "3fa9c1"),
+            Reply::Other,
+            "the short ack names nobody"
+        );
+        d.clear();
+        relay_wire::reply::peer_list(&mut d, [name.as_str()], 1, None);
+        assert_eq!(reply(&d, "3fa9c1"), Reply::Other);
+        d.clear();
+        relay_wire::reply::error(&mut d, relay_wire::reply::ErrorCode::RateLimited, "", 100);
+        assert_eq!(reply(&d, "3fa9c1"), Reply::Refused);
+        assert_eq!(
+            reply(b"{\"type\":\"error\"", "3fa9c1"),
+            Reply::Other,
+            "cut short"
+        );
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! A cookie binds the source address, the name, the key and a time under a secret of the
 //! relay's (HMAC-SHA-256, truncated to 128 bits), so the relay keeps no state between the
 //! challenge and the signed `register`; it is accepted for [`COOKIE_SECS`] seconds. The peer
-//! signs `udp-relay register v1\n` + name + `\n` + cookie with its key.
+//! signs `udp-relay register v1\n` + name + `\n` + cookie with its key: the bytes
+//! `relay_wire::peer::signed_payload` writes, for the relay and its peers alike.
 
 use std::net::SocketAddr;
 
@@ -13,10 +14,12 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::wire::peer;
+
 /// How long a cookie is accepted.
 pub const COOKIE_SECS: u64 = 30;
-/// What a signature covers before the name.
-pub const SIGNED_PREFIX: &[u8] = b"udp-relay register v1\n";
+/// What a signature covers before the name (defined once, in the wire crate).
+pub use crate::wire::peer::SIGNED_PREFIX;
 
 /// A decoded Ed25519 public key.
 pub type Key = [u8; 32];
@@ -111,10 +114,7 @@ pub fn verify(key: &Key, name: &str, cookie: &str, sig: &str) -> Result<(), Auth
     let raw: [u8; 64] = raw.try_into().map_err(|_| AuthError::Malformed)?;
     let vk = VerifyingKey::from_bytes(key).map_err(|_| AuthError::Malformed)?;
     let mut msg = Vec::with_capacity(SIGNED_PREFIX.len() + name.len() + 1 + cookie.len());
-    msg.extend_from_slice(SIGNED_PREFIX);
-    msg.extend_from_slice(name.as_bytes());
-    msg.push(b'\n');
-    msg.extend_from_slice(cookie.as_bytes());
+    peer::signed_payload(&mut msg, name, cookie);
     vk.verify_strict(&msg, &Signature::from_bytes(&raw))
         .map_err(|_| AuthError::BadSignature)
 }
@@ -125,10 +125,8 @@ mod tests {
     use ed25519_dalek::{Signer, SigningKey};
 
     fn sign(sk: &SigningKey, name: &str, cookie: &str) -> String {
-        let mut msg = SIGNED_PREFIX.to_vec();
-        msg.extend_from_slice(name.as_bytes());
-        msg.push(b'\n');
-        msg.extend_from_slice(cookie.as_bytes());
+        let mut msg = Vec::new();
+        peer::signed_payload(&mut msg, name, cookie);
         B64.encode(sk.sign(&msg).to_bytes())
     }
 

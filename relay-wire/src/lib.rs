@@ -1,10 +1,11 @@
 //! The udp-relay wire format, both directions and nothing else (no I/O, no state): the datagram
-//! families and their demultiplexer, the JSON header scanner, what the relay writes (`reply`),
-//! what a peer writes (`peer`), the channel frame and STUN Binding. The relay, `loadtest` and any
-//! peer client share it.
+//! families and their demultiplexer, the JSON header scanner, what the relay writes (`reply`) and
+//! a peer's readers of it (`read`), what a peer writes (`peer`), the channel frame and STUN
+//! Binding. The relay, `loadtest` and any peer client share it.
 
 pub mod frame;
 pub mod peer;
+pub mod read;
 pub mod reply;
 pub mod scan;
 pub mod stun;

@@ -91,23 +91,25 @@ pub fn scan(buf: &[u8]) -> Result<Header, ScanError> {
     h.ok_or(ScanError::MissingType)
 }
 
-struct Scanner<'a> {
-    buf: &'a [u8],
-    pos: usize,
+/// The scanner's cursor over a datagram, shared with the reader ([`crate::read`]), which walks
+/// the same grammar.
+pub(crate) struct Scanner<'a> {
+    pub(crate) buf: &'a [u8],
+    pub(crate) pos: usize,
 }
 
 impl Scanner<'_> {
-    fn peek(&self) -> Option<u8> {
+    pub(crate) fn peek(&self) -> Option<u8> {
         self.buf.get(self.pos).copied()
     }
 
-    fn skip_ws(&mut self) {
+    pub(crate) fn skip_ws(&mut self) {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
             self.pos += 1;
         }
     }
 
-    fn expect(&mut self, b: u8) -> Result<(), ScanError> {
+    pub(crate) fn expect(&mut self, b: u8) -> Result<(), ScanError> {
         if self.peek() == Some(b) {
             self.pos += 1;
             Ok(())
@@ -183,7 +185,7 @@ impl Scanner<'_> {
     }
 
     /// After a member: consumes `,` (returns false) or `}` (returns true).
-    fn done_object(&mut self) -> Result<bool, ScanError> {
+    pub(crate) fn done_object(&mut self) -> Result<bool, ScanError> {
         match self.peek() {
             Some(b',') => {
                 self.pos += 1;
@@ -220,7 +222,7 @@ impl Scanner<'_> {
     }
 
     /// Scans a string starting at the opening quote; returns its contents.
-    fn string(&mut self) -> Result<RawStr, ScanError> {
+    pub(crate) fn string(&mut self) -> Result<RawStr, ScanError> {
         self.expect(b'"')?;
         let start = self.pos;
         let mut escaped = false;
@@ -318,7 +320,7 @@ impl Scanner<'_> {
     }
 
     /// Validates one value at `depth` (the number of containers already open) without recursion.
-    fn value(&mut self, depth: usize) -> Result<(), ScanError> {
+    pub(crate) fn value(&mut self, depth: usize) -> Result<(), ScanError> {
         // One bit per open container: 1 for an object, 0 for an array.
         let mut stack = [0u64; MAX_DEPTH.div_ceil(64)];
         let mut open = 0usize;
@@ -464,6 +466,17 @@ fn decode(raw: &[u8], mut emit: impl FnMut(&[u8]) -> bool) -> Option<()> {
 
 fn check_decodes(raw: &[u8]) -> Result<(), ScanError> {
     decode(raw, |_| true).ok_or(ScanError::Syntax)
+}
+
+/// Decodes escaped string contents into a new string; `None` if they do not decode (a lone
+/// surrogate).
+pub fn unescape(raw: &[u8]) -> Option<String> {
+    let mut out = Vec::with_capacity(raw.len());
+    decode(raw, |bytes| {
+        out.extend_from_slice(bytes);
+        true
+    })?;
+    String::from_utf8(out).ok()
 }
 
 /// Decodes escaped string contents into `out`; `None` if they do not decode or do not fit.
@@ -618,5 +631,10 @@ mod tests {
         assert_eq!(unescape_into(br"\ud83d\ude00", &mut tmp), Some("😀"));
         assert_eq!(unescape_into(br"\ude00", &mut tmp), None);
         assert_eq!(unescape_into(b"123456789", &mut tmp), None);
+        assert_eq!(
+            unescape(br"a\u00e9\ud83d\ude00\n\/").as_deref(),
+            Some("aé😀\n/")
+        );
+        assert_eq!(unescape(br"\udc00"), None);
     }
 }

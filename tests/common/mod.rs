@@ -1,6 +1,10 @@
 //! Test harness: starts the `udp-relay` binary as a user would and acts as peers over loopback.
 //!
 //! Waits are on events (a log line, a datagram, a `pong` barrier) with a timeout, never sleeps.
+//!
+//! The peers write with `relay_wire::peer` and go by what `relay_wire::read` reads (types,
+//! sessions, the `pong` barrier). Every message they receive is also parsed by serde_json, which
+//! the tests assert on: an independent parser checking the relay's bytes, and the reader's.
 
 #![allow(dead_code)]
 
@@ -13,6 +17,8 @@ use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use relay_wire::peer;
+use relay_wire::read::{self, FullAck, Message};
 use serde_json::{Value, json};
 
 /// The sans-IO tests' addresses and times: the crate's one harness.
@@ -66,9 +72,8 @@ pub const NO_LIMITS: &[&str] = &[
 
 /// A frame: `0xD1`, flags 0, the channel number, the payload.
 pub fn frame(channel: u32, payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![0xD1, 0];
-    f.extend_from_slice(&channel.to_be_bytes());
-    f.extend_from_slice(payload);
+    let mut f = Vec::new();
+    relay_wire::frame::write(&mut f, channel, payload);
     f
 }
 
@@ -76,14 +81,11 @@ pub fn frame(channel: u32, payload: &[u8]) -> Vec<u8> {
 /// these tests' peers get as they register.
 pub fn expect(p: &Peer, ty: &str) -> Value {
     loop {
-        let v = p.recv();
-        match v["type"].as_str() {
-            Some(t) if t == ty => return v,
-            Some("peer_joined" | "peer_left" | "peer_list") => continue,
-            _ => {
-                assert_eq!(v["type"], ty, "expected {ty}, got {v}");
-                return v;
-            }
+        let (m, v) = p.recv_both();
+        match m {
+            _ if m.ty() == ty => return v,
+            Message::Presence { .. } | Message::PeerList { .. } => continue,
+            _ => panic!("expected {ty}, got {v}"),
         }
     }
 }
@@ -318,7 +320,8 @@ pub struct Peer {
     pub sock: UdpSocket,
     /// The relay's address.
     pub relay: SocketAddr,
-    /// The name this peer last registered and its session, once [`Peer::register`] ran.
+    /// The name this peer last registered and its session (from the `register_ack`), once
+    /// [`Peer::register`] ran.
     ident: Mutex<Option<(String, String)>>,
     /// Datagrams that arrived while [`Peer::register`] waited for its own answers.
     pending: Mutex<std::collections::VecDeque<Vec<u8>>>,
@@ -419,19 +422,47 @@ impl Peer {
         buf
     }
 
-    /// Receives one JSON message.
-    pub fn recv(&self) -> Value {
+    /// Receives one JSON message, read both ways: by `relay_wire::read` (the typed message) and
+    /// by serde_json (the value). Either failing fails the test.
+    fn recv_both(&self) -> (Message<'static>, Value) {
         let d = self.recv_raw();
-        serde_json::from_slice(&d).unwrap_or_else(|e| {
+        let v = serde_json::from_slice(&d).unwrap_or_else(|e| {
             panic!("relay sent non-JSON ({e}): {}", String::from_utf8_lossy(&d))
-        })
+        });
+        let m = read::message(&d).unwrap_or_else(|e| {
+            panic!(
+                "relay_wire::read cannot read ({e}): {}",
+                String::from_utf8_lossy(&d)
+            )
+        });
+        (m.into_owned(), v)
+    }
+
+    /// Receives one JSON message, as serde_json parses it (which the reader must read too).
+    pub fn recv(&self) -> Value {
+        self.recv_both().1
+    }
+
+    /// Receives one message, as `relay_wire::read` reads it (which serde_json must parse too).
+    pub fn recv_msg(&self) -> Message<'static> {
+        self.recv_both().0
+    }
+
+    /// Receives one message, which must be of type `ty`; both readings.
+    fn expect_both(&self, ty: &str) -> (Message<'static>, Value) {
+        let (m, v) = self.recv_both();
+        assert_eq!(m.ty(), ty, "expected {ty}, got {v}");
+        (m, v)
     }
 
     /// Receives one message, which must be of type `ty`.
     pub fn expect(&self, ty: &str) -> Value {
-        let v = self.recv();
-        assert_eq!(v["type"], ty, "expected {ty}, got {v}");
-        v
+        self.expect_both(ty).1
+    }
+
+    /// Receives one message, which must be of type `ty`, as `relay_wire::read` reads it.
+    pub fn expect_msg(&self, ty: &str) -> Message<'static> {
+        self.expect_both(ty).0
     }
 
     /// Barrier: sends `ping` and returns every message that arrived before the `pong`. Since
@@ -440,14 +471,13 @@ impl Peer {
     /// The ping is authenticated once the peer has registered, so its pong is a reply the relay
     /// always sends, whatever the budgets of this (shared, loopback) host.
     pub fn drain(&self) -> Vec<Value> {
-        self.send(self.ping());
+        self.send_raw(&self.ping_bytes());
         let mut before = Vec::new();
         loop {
-            let v = self.recv();
-            if v["type"] == "pong" {
-                return before;
+            match self.recv_both() {
+                (Message::Pong { .. }, _) => return before,
+                (_, v) => before.push(v),
             }
-            before.push(v);
         }
     }
 
@@ -466,15 +496,24 @@ impl Peer {
     /// `ping`), so that the relay trusts the registration; what else arrives meanwhile is kept
     /// for the next `recv`.
     pub fn register(&self, name: &str) -> (Value, Value) {
-        let (ack, list) = self.register_old(name);
-        let session = ack["session"].as_str().expect("session").to_string();
-        *self.ident.lock().unwrap() = Some((name.to_string(), session));
-        self.send(self.ping());
+        let (ack_msg, ack, list) = self.register_unproven(name);
+        let Message::RegisterAck {
+            full:
+                Some(FullAck {
+                    session: Some(session),
+                    ..
+                }),
+            ..
+        } = ack_msg
+        else {
+            panic!("expected a full register_ack with a session, got {ack}");
+        };
+        *self.ident.lock().unwrap() = Some((name.to_string(), session.into_owned()));
+        self.send_raw(&self.ping_bytes());
         let mut kept = Vec::new();
         loop {
             let d = self.recv_raw();
-            let v: Value = serde_json::from_slice(&d).expect("JSON");
-            if v["type"] == "pong" {
+            if let Ok(Message::Pong { .. }) = read::message(&d) {
                 break;
             }
             kept.push(d);
@@ -485,10 +524,18 @@ impl Peer {
 
     /// Registers `name` as an old peer does: no session is ever shown back.
     pub fn register_old(&self, name: &str) -> (Value, Value) {
-        self.send(json!({"type": "register", "name": name}));
-        let ack = self.expect("register_ack");
-        let list = self.expect("peer_list");
+        let (_, ack, list) = self.register_unproven(name);
         (ack, list)
+    }
+
+    /// Sends `register` of `name`; the `register_ack` (read both ways) and the `peer_list`.
+    fn register_unproven(&self, name: &str) -> (Message<'static>, Value, Value) {
+        let mut d = Vec::new();
+        peer::register(&mut d, name, None);
+        self.send_raw(&d);
+        let (ack_msg, ack) = self.expect_both("register_ack");
+        let list = self.expect("peer_list");
+        (ack_msg, ack, list)
     }
 
     /// The session of the name this peer registered last.
@@ -516,6 +563,18 @@ impl Peer {
     /// A `ping`, authenticated once the peer has registered.
     pub fn ping(&self) -> Value {
         self.authed(json!({"type": "ping"}))
+    }
+
+    /// [`Peer::ping`] as `relay_wire::peer` writes it.
+    fn ping_bytes(&self) -> Vec<u8> {
+        let ident = self.ident.lock().unwrap();
+        let (name, session) = ident
+            .as_ref()
+            .map(|(n, s)| (n.as_str(), s.as_str()))
+            .unzip();
+        let mut d = Vec::new();
+        peer::ping(&mut d, name, session);
+        d
     }
 }
 
