@@ -259,19 +259,8 @@ fn run_distinct(cfg: &StormConfig) -> Result<StormReport, String> {
         ));
     }
     let open = |k: usize| -> Result<UdpSocket, String> {
-        let s = socket2::Socket::new(
-            socket2::Domain::IPV4,
-            socket2::Type::DGRAM,
-            Some(socket2::Protocol::UDP),
-        )
-        .and_then(|s| {
-            s.bind(&loopback_source(k).into())?;
-            s.connect(&cfg.target.into())?;
-            s.set_nonblocking(true)?;
-            Ok(s)
-        })
-        .map_err(|e| format!("a socket at {}: {e}", loopback_source(k)))?;
-        Ok(s.into())
+        relay_udp::peer_socket(loopback_source(k), cfg.target, None)
+            .map_err(|e| format!("a socket at {}: {e}", loopback_source(k)))
     };
     let epoll = Epoll::new(&[]).map_err(|e| format!("epoll: {e}"))?;
     let rss_before = rss(cfg.target_pid);

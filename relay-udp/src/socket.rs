@@ -203,20 +203,22 @@ pub fn check_port_free(addr: SocketAddr) -> io::Result<()> {
     sock.bind(&addr.into())
 }
 
-/// A connected, non-blocking UDP socket that talks only to `remote` (a peer's, as the load
-/// generator's virtual peers have), with a receive buffer of `recv_buffer` bytes asked for.
-pub fn peer_socket(remote: SocketAddr, recv_buffer: usize) -> io::Result<UdpSocket> {
-    let local: SocketAddr = if remote.is_ipv6() {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    };
+/// A connected, non-blocking UDP socket at `local` (port 0: any) that talks only to `remote`
+/// (a peer's, as the load generator's virtual peers have), with a receive buffer of
+/// `recv_buffer` bytes asked for if given.
+pub fn peer_socket(
+    local: SocketAddr,
+    remote: SocketAddr,
+    recv_buffer: Option<usize>,
+) -> io::Result<UdpSocket> {
     let s = Socket::new(
         Domain::for_address(remote),
         Type::DGRAM,
         Some(Protocol::UDP),
     )?;
-    let _ = s.set_recv_buffer_size(recv_buffer);
+    if let Some(size) = recv_buffer {
+        let _ = s.set_recv_buffer_size(size);
+    }
     s.bind(&local.into())?;
     s.connect(&remote.into())?;
     s.set_nonblocking(true)?;
