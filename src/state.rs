@@ -18,9 +18,26 @@ use relay_core::auth::Cookies;
 use relay_core::budget::{self, Budgets};
 use relay_core::channels::{self, Channels};
 use relay_core::clock::Clock;
+use relay_core::parallel::Parallel;
 use relay_core::ratelimit::{Admission, AdmissionImage};
 use relay_core::registry::{self, Registry};
 use relay_core::shared::{Held, Shared};
+
+/// Restoring runs on as many threads as there are CPUs to run them, since forwarding waits.
+fn threads() -> Parallel<'static> {
+    Parallel {
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        run: &|n, job| {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = (0..n).map(|i| s.spawn(move || job(i))).collect();
+                // A job that panicked leaves its result missing, which the restore refuses.
+                for h in handles {
+                    let _ = h.join();
+                }
+            })
+        },
+    }
+}
 
 /// The format this relay writes and reads; another is refused (the state of a relay of another
 /// format cannot be read safely, so a takeover between them is refused and the old relay goes on).
@@ -140,7 +157,8 @@ pub fn restore(
     let age_ms = elapsed_ms(&body.written);
     let clock = Clock::resumed(body.written.clock_ms.saturating_add(age_ms));
     let now_ms = clock.now().ms;
-    let (registry, kept) = Registry::restore(&settings, body.registry, now_ms, drop_stale)?;
+    let (registry, kept) =
+        Registry::restore(&settings, body.registry, now_ms, drop_stale, &threads())?;
     let held = |name: &str, at| registry.registered_at(name, at);
     let (channels, channels_left_out) = Channels::restore(&settings, body.channels, held)?;
     let summary = Summary {

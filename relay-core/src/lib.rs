@@ -18,6 +18,7 @@ pub mod introductions;
 pub mod keyed;
 pub mod metrics;
 pub mod out;
+pub mod parallel;
 pub mod presence;
 pub mod ratelimit;
 pub mod reaper;

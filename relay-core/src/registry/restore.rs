@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
+use crate::parallel::Parallel;
 use crate::settings::Settings;
 use crate::shards::Entry as Slot;
 
@@ -38,12 +39,13 @@ impl Registry {
     /// out (a snapshot read after a pause); without, they are kept for the reaper to announce.
     /// An image that breaks an invariant (a name or a number twice, a number that would repeat
     /// a token, an invalid name, more than the limits allow) is refused whole, naming what is
-    /// wrong. Restored by as many threads as there are CPUs to run them, since forwarding waits.
+    /// wrong. Restored on as many threads as `par` runs (up to 8), since forwarding waits.
     pub fn restore(
         s: &Settings,
         image: Image<'_>,
         now_ms: u64,
         drop_stale: bool,
+        par: &Parallel<'_>,
     ) -> Result<(Registry, Restored), String> {
         // Far beyond what any relay issues: numbers near the end of the range would wrap to
         // ones (so tokens) already issued.
@@ -103,52 +105,34 @@ impl Registry {
         r.peers.set_key(image.names_key);
         r.peers.reserve(kept.len());
         r.by_addr.reserve(kept.len());
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
+        let threads = par
+            .threads
             .clamp(1, 8)
             .min(kept.len().div_ceil(RESTORE_CHUNK).max(1));
-        let runs = kept.chunks(kept.len().div_ceil(threads).max(1));
-        let placed = std::thread::scope(|scope| {
-            let handles: Vec<_> = runs
-                .map(|run| scope.spawn(|| r.restore_names(run)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .map_err(|_| "a restoring thread failed".to_string())?
-                })
-                .collect::<Result<Vec<_>, String>>()
-        })?;
-        // The addresses, likewise shard by shard: each names' thread put each registration in
-        // the bucket of its address's shard, and each thread here takes a run of shards.
+        let runs: Vec<&[&PeerImage]> = kept.chunks(kept.len().div_ceil(threads).max(1)).collect();
+        let placed = par
+            .map(runs.len(), |i| r.restore_names(runs[i]))?
+            .into_iter()
+            .collect::<Result<Vec<_>, String>>()?;
+        // The addresses, likewise shard by shard: each names' job put each registration in the
+        // bucket of its address's shard, and each job here takes a run of shards.
         let shards = r.by_addr.shard_count();
         let per = shards.div_ceil(threads);
-        let crowded = std::thread::scope(|scope| {
-            let (placed, r) = (&placed, &r);
-            let handles: Vec<_> = (0..threads)
-                .map(|t| {
-                    let run = t * per..((t + 1) * per).min(shards);
-                    scope.spawn(move || {
-                        let mut crowded = Vec::new();
-                        for shard in run {
-                            for from in placed {
-                                crowded.extend(r.restore_addresses(&from[shard])?);
-                            }
-                        }
-                        Ok::<_, String>(crowded)
-                    })
-                })
-                .collect();
+        let crowded = par.map(threads, |t| {
             let mut crowded = Vec::new();
-            for h in handles {
-                crowded.extend(
-                    h.join()
-                        .map_err(|_| "a restoring thread failed".to_string())??,
-                );
+            for shard in t * per..((t + 1) * per).min(shards) {
+                for from in &placed {
+                    crowded.extend(r.restore_addresses(&from[shard])?);
+                }
             }
             Ok::<_, String>(crowded)
         })?;
+        let crowded: Vec<Packed> = crowded
+            .into_iter()
+            .collect::<Result<Vec<_>, String>>()?
+            .into_iter()
+            .flatten()
+            .collect();
         // An address holding several names lists them in join order.
         for addr in crowded {
             let Some(names) = r.by_addr.get(&addr, |_, at| at.names().to_vec()) else {

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::keyed::Keyed;
+use crate::parallel::Parallel;
 use crate::registry::restore::RESTORE_CHUNK;
 
 /// A length prefix far beyond the image (2^60 registrations) is refused as corrupt without
@@ -45,10 +46,12 @@ fn an_image_with_numbers_or_times_beyond_its_clock_is_refused() {
         postcard::to_stdvec(&r.export()).unwrap()
     };
     let image = || postcard::from_bytes::<Image>(&bytes).unwrap();
-    assert!(Registry::restore(&s, image(), now, false).is_ok());
+    assert!(Registry::restore(&s, image(), now, false, &Parallel::serial()).is_ok());
     let mut wraps = image();
     wraps.next_seq = u64::MAX;
-    let err = Registry::restore(&s, wraps, now, false).err().unwrap();
+    let err = Registry::restore(&s, wraps, now, false, &Parallel::serial())
+        .err()
+        .unwrap();
     assert!(err.contains("number"), "{err}");
     type Damage = fn(&mut PeerImage);
     let future: [(&str, Damage); 3] = [
@@ -59,7 +62,7 @@ fn an_image_with_numbers_or_times_beyond_its_clock_is_refused() {
     for (what, damage) in future {
         let mut img = image();
         damage(&mut img.peers[0]);
-        let err = Registry::restore(&s, img, now, false).err();
+        let err = Registry::restore(&s, img, now, false, &Parallel::serial()).err();
         assert!(err.is_some_and(|e| e.contains("future")), "{what}");
     }
 }
@@ -142,7 +145,14 @@ fn a_parallel_restore_keeps_every_invariant() {
         SocketAddr::from(([10, (k >> 16) as u8, (k >> 8) as u8, k as u8], 7))
     };
     let seq = |i: usize| (n - i) as u64;
-    let (r, done) = Registry::restore(&s, image_of(&names, addr, seq), 0, false).unwrap();
+    let (r, done) = Registry::restore(
+        &s,
+        image_of(&names, addr, seq),
+        0,
+        false,
+        &Parallel::serial(),
+    )
+    .unwrap();
     assert_eq!(done.peers, n);
     check_tables(&r, n);
     assert_eq!(
@@ -154,16 +164,28 @@ fn a_parallel_restore_keeps_every_invariant() {
         max_names_per_address: 3,
         ..s.clone()
     };
-    let err = Registry::restore(&five, image_of(&names, addr, seq), 0, false)
-        .err()
-        .unwrap();
+    let err = Registry::restore(
+        &five,
+        image_of(&names, addr, seq),
+        0,
+        false,
+        &Parallel::serial(),
+    )
+    .err()
+    .unwrap();
     assert!(err.contains("--max-names-per-address"), "{err}");
     // The same name first and last: in two threads' chunks.
     let mut twice = names.clone();
     twice[n - 1] = twice[0].clone();
-    let err = Registry::restore(&s, image_of(&twice, addr, seq), 0, false)
-        .err()
-        .unwrap();
+    let err = Registry::restore(
+        &s,
+        image_of(&twice, addr, seq),
+        0,
+        false,
+        &Parallel::serial(),
+    )
+    .err()
+    .unwrap();
     assert!(err.contains("twice"), "{err}");
     // Taken over by a relay of another size (other shard counts) from the tables' own
     // export: the same registrations, listed as they were.
@@ -174,7 +196,7 @@ fn a_parallel_restore_keeps_every_invariant() {
             ..s.clone()
         };
         let image = postcard::from_bytes::<Image>(&bytes).unwrap();
-        let (back, _) = Registry::restore(&other, image, 0, false).unwrap();
+        let (back, _) = Registry::restore(&other, image, 0, false, &Parallel::serial()).unwrap();
         check_tables(&back, n);
         assert_eq!(names_at(&back, addr(0)), names_at(&r, addr(0)));
     }
