@@ -8,6 +8,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use relay_core::settings::Settings;
 use relay_core::shared::Shared;
 use relay_core::testing::fill;
+use udp_relay::clock::Clock;
 use udp_relay::state;
 
 const PEERS: usize = 1_000_000;
@@ -20,14 +21,15 @@ fn bench(c: &mut Criterion) {
     };
     let shared = Shared::new(settings.clone(), 1);
     fill(&shared.registry, 0..PEERS, 0);
-    let image = state::export(&shared);
+    let clock = Clock::default();
+    let image = state::export(&shared, clock);
     println!("image of {PEERS} peers: {} bytes", image.len());
 
     let mut g = c.benchmark_group("handover_1m");
     g.sample_size(10)
         .measurement_time(Duration::from_secs(20))
         .warm_up_time(Duration::from_secs(1));
-    g.bench_function("export", |b| b.iter(|| state::export(&shared)));
+    g.bench_function("export", |b| b.iter(|| state::export(&shared, clock)));
     g.bench_function("restore", |b| {
         b.iter(|| state::restore(&image, settings.clone(), 1, false).unwrap())
     });

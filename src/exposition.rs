@@ -13,7 +13,7 @@ use relay_core::shared::Shared;
 
 /// Renders every counter and gauge in the Prometheus text format. Names say what they count, in
 /// Prometheus's conventions: `_total` for counters, the unit (`_bytes`) in the name.
-pub fn prometheus(shared: &Shared, sockets: &[Arc<Counters>]) -> String {
+pub fn prometheus(shared: &Shared, sockets: &[Arc<Counters>], now_ms: u64) -> String {
     let m = &shared.metrics;
     let (r, c) = (&shared.registry, &shared.channels);
     let (peers, watch_entries, channels) = (r.len(), r.watch_entries(), c.len());
@@ -217,7 +217,7 @@ pub fn prometheus(shared: &Shared, sockets: &[Arc<Counters>]) -> String {
         let _ = writeln!(s, "# TYPE udp_relay_{name} gauge");
         let _ = writeln!(s, "udp_relay_{name} {v}");
     }
-    let ready = m.ready(shared.clock.now().ms).is_ok();
+    let ready = m.ready(now_ms).is_ok();
     for (name, help, v) in [
         (
             "ready",

@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::clock::Clock;
 use crate::exposition::prometheus;
 use relay_core::shared::Shared;
 
@@ -32,6 +33,8 @@ use relay_core::shared::Shared;
 pub struct Ops {
     /// The shared state.
     pub shared: Arc<Shared>,
+    /// The relay's clock.
+    pub clock: Clock,
     /// Each worker socket's counters, then the egress's.
     pub sockets: Vec<Arc<relay_udp::Counters>>,
 }
@@ -154,13 +157,13 @@ fn route(method: &Method, path: &str, ops: &Ops) -> (StatusCode, &'static str, B
         (&Method::GET, "/metrics") => (
             StatusCode::OK,
             PROMETHEUS_TEXT,
-            Bytes::from(prometheus(shared, &ops.sockets)),
+            Bytes::from(prometheus(shared, &ops.sockets, ops.clock.now().ms)),
         ),
         // The thread that answers is alive, and so is the process: that is all it claims.
         (&Method::GET, "/healthz") => (StatusCode::OK, PLAIN_TEXT, Bytes::from_static(b"ok\n")),
         // Serving: every worker's loop has turned lately. A load balancer or orchestrator
         // takes a relay out of rotation on 503 rather than restarting it, as /healthz would.
-        (&Method::GET, "/readyz") => match shared.metrics.ready(shared.clock.now().ms) {
+        (&Method::GET, "/readyz") => match shared.metrics.ready(ops.clock.now().ms) {
             Ok(()) => (StatusCode::OK, PLAIN_TEXT, Bytes::from_static(b"ready\n")),
             Err(why) => {
                 let mut body = String::from("not ready:");
@@ -193,6 +196,7 @@ mod tests {
     fn ops(workers: usize) -> Ops {
         Ops {
             shared: Shared::new(Settings::default(), workers),
+            clock: Clock::default(),
             sockets: (0..=workers).map(|_| Arc::default()).collect(),
         }
     }
@@ -212,7 +216,10 @@ mod tests {
         };
         let body = std::str::from_utf8(&body).unwrap();
         assert!(body.contains("\nprocess_resident_memory_bytes "), "{body}");
-        assert_eq!(steady(body), steady(&prometheus(&ops.shared, &ops.sockets)));
+        assert_eq!(
+            steady(body),
+            steady(&prometheus(&ops.shared, &ops.sockets, 0))
+        );
     }
 
     #[test]
@@ -244,7 +251,7 @@ mod tests {
             body,
             "not ready: worker 0 has not started; worker 1 has not started\n"
         );
-        let now = shared.clock.now().ms;
+        let now = ops.clock.now().ms;
         shared.metrics.block(0).turned(now);
         shared.metrics.block(1).turned(now);
         let (status, _, body) = route(&Method::GET, "/readyz", &ops);

@@ -6,6 +6,7 @@
 //! the ops endpoint and its metrics, and the handover (state image, takeover, snapshot).
 //! `ARCHITECTURE.md` maps the crates.
 
+pub mod clock;
 pub mod config;
 pub mod exposition;
 pub mod http;

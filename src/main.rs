@@ -116,7 +116,7 @@ fn main() -> ExitCode {
     info!(signal = ?sig, "shutting down");
     relay.pause();
     if let Some(path) = &args.state_file {
-        let image = state::export(&relay.shared);
+        let image = state::export(&relay.shared, relay.clock);
         match snapshot::write(path, &image) {
             Ok(()) => info!(
                 path = %path.display(),
@@ -149,16 +149,13 @@ fn launch(args: &Args) -> Result<(server::Relay, Option<takeover::Listener>), St
     Ok((relay, listener.map_err(|e| e.to_string())?))
 }
 
-fn restored(args: &Args) -> Option<Arc<relay_core::shared::Shared>> {
+fn restored(args: &Args) -> Option<state::State> {
     let path = args.state_file.as_ref()?;
     snapshot::restore(path, &args.settings(), args.worker_count())
 }
 
-fn started(
-    args: &Args,
-    shared: Option<Arc<relay_core::shared::Shared>>,
-) -> Result<server::Relay, String> {
-    let mut relay = server::prepare(args, shared, None).map_err(|e| e.to_string())?;
+fn started(args: &Args, restored: Option<state::State>) -> Result<server::Relay, String> {
+    let mut relay = server::prepare(args, restored, None).map_err(|e| e.to_string())?;
     relay.resume().map_err(|e| e.to_string())?;
     Ok(relay)
 }

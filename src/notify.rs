@@ -16,6 +16,8 @@ use tracing::{debug, warn};
 
 use relay_core::shared::Shared;
 
+use crate::clock::Clock;
+
 /// How often readiness is checked until the workers first serve.
 const READY_POLL: Duration = Duration::from_millis(10);
 
@@ -81,14 +83,14 @@ fn service() -> io::Result<Option<Service>> {
 /// Starts notifying systemd, if it runs the relay: a thread sends `READY=1` once every worker
 /// serves, then `WATCHDOG=1` each half watchdog interval in which they still do (a stalled
 /// worker stops the pings, and systemd restarts the relay).
-pub fn start(shared: Arc<Shared>) -> io::Result<()> {
+pub fn start(shared: Arc<Shared>, clock: Clock) -> io::Result<()> {
     let Some(service) = service()? else {
         return Ok(());
     };
     thread::Builder::new()
         .name("notify".into())
         .spawn(move || {
-            while shared.metrics.ready(shared.clock.now().ms).is_err() {
+            while shared.metrics.ready(clock.now().ms).is_err() {
                 thread::sleep(READY_POLL);
             }
             send(&service.socket, "READY=1");
@@ -97,7 +99,7 @@ pub fn start(shared: Arc<Shared>) -> io::Result<()> {
             };
             loop {
                 thread::sleep(every);
-                match shared.metrics.ready(shared.clock.now().ms) {
+                match shared.metrics.ready(clock.now().ms) {
                     Ok(()) => send(&service.socket, "WATCHDOG=1"),
                     Err(why) => warn!(?why, "not ready: no watchdog ping"),
                 }

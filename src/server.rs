@@ -13,13 +13,13 @@ use tracing::{error, info, warn};
 
 use relay_udp::{self as relay_io, Backend, Choice, Egress, Worker};
 
+use crate::clock::Clock;
 use crate::config::{Args, Auth, IoChoice, OnOff, Settings};
 use crate::http::{self, Ops};
 use crate::notify;
 use crate::shell::{Decided, Shell};
-use crate::state;
+use crate::state::{self, State};
 use crate::takeover::Handover;
-use relay_core::clock::Clock;
 use relay_core::metrics::LimitWatch;
 use relay_core::reaper;
 use relay_core::router::Router;
@@ -29,6 +29,8 @@ use relay_core::shared::Shared;
 pub struct Relay {
     /// The address the workers listen on (with the real port when 0 was asked).
     pub local_addr: SocketAddr,
+    /// The clock the relay's times are read on.
+    pub clock: Clock,
     /// Shared state, for inspection.
     pub shared: Arc<Shared>,
     /// The workers' sockets, in worker order, and whether each coalesces receives: kept here
@@ -71,11 +73,7 @@ pub fn start(args: &Args) -> io::Result<Relay> {
 /// Sets up a relay as configured by `args`, ready to serve but not serving ([`Relay::resume`]
 /// starts it): with the state it is given (restored) or an empty one, on the sockets a relay
 /// `handed` over or fresh ones.
-pub fn prepare(
-    args: &Args,
-    shared: Option<Arc<Shared>>,
-    handed: Option<Handed>,
-) -> io::Result<Relay> {
+pub fn prepare(args: &Args, restored: Option<State>, handed: Option<Handed>) -> io::Result<Relay> {
     let choice = match args.io {
         IoChoice::Auto => Choice::Auto,
         IoChoice::Uring => Choice::Uring,
@@ -109,7 +107,10 @@ pub fn prepare(
         }
     };
     let n = sockets.len();
-    let shared = shared.unwrap_or_else(|| Shared::new(args.settings(), n));
+    let State { shared, clock } = restored.unwrap_or_else(|| State {
+        shared: Shared::new(args.settings(), n),
+        clock: Clock::default(),
+    });
     let addr = sockets[0].local_addr()?;
     for (sysctl, granted) in relay_io::capped_buffers(&sockets[0]) {
         warn!(
@@ -139,12 +140,13 @@ pub fn prepare(
     if let Some(l) = &metrics {
         let ops = Ops {
             shared: shared.clone(),
+            clock,
             sockets: sockets_counters.clone(),
         };
         http::serve(l.try_clone()?, Arc::new(ops))?;
     }
     // READY=1 waits for the workers to serve.
-    notify::start(shared.clone())?;
+    notify::start(shared.clone(), clock)?;
     let gso = if args.gso == OnOff::On { "on" } else { "off" };
     let gro = match (args.gro, gro_wanted, gro_on) {
         (OnOff::Off, _, _) => "off",
@@ -187,6 +189,7 @@ pub fn prepare(
     Ok(Relay {
         local_addr: addr,
         shared,
+        clock,
         sockets,
         metrics,
         sockets_counters,
@@ -260,7 +263,7 @@ impl Relay {
         }
         relay_io::install_wake()?;
         let shared = &self.shared;
-        let clock = shared.clock;
+        let clock = self.clock;
         let stop = Arc::new(AtomicBool::new(false));
         let mut ready = Vec::with_capacity(self.sockets.len());
         for (index, (socket, gro)) in self.sockets.iter().enumerate() {
@@ -363,7 +366,7 @@ impl Relay {
         Ok(Handover {
             sockets,
             metrics,
-            image: state::export(&self.shared),
+            image: state::export(&self.shared, self.clock),
         })
     }
 

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use relay_udp::{Decide, Destinations, Sends};
 
-use relay_core::clock::{Clock, Now};
+use relay_core::clock::Now;
+
+use crate::clock::Clock;
 use relay_core::destination::{Boundary, View};
 use relay_core::metrics::Counters;
 use relay_core::out::Out;

@@ -9,13 +9,11 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use tracing::{error, info, warn};
 
 use crate::config::Settings;
-use crate::state;
-use relay_core::shared::Shared;
+use crate::state::{self, State};
 
 /// Writes `image` to `path` so that a crash at any moment leaves either the old file or the
 /// new one, whole.
@@ -60,7 +58,7 @@ pub fn write(path: &Path, image: &[u8]) -> io::Result<()> {
 /// The state in `path`, restored for a relay of `settings` with `workers` workers, the file
 /// then moved to `PATH.restored`: `None` (an empty start) if there is no file, or if it cannot
 /// be restored or moved, which the log says, and the file is then moved aside.
-pub fn restore(path: &Path, settings: &Settings, workers: usize) -> Option<Arc<Shared>> {
+pub fn restore(path: &Path, settings: &Settings, workers: usize) -> Option<State> {
     let image = match fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -73,7 +71,7 @@ pub fn restore(path: &Path, settings: &Settings, workers: usize) -> Option<Arc<S
         }
     };
     match state::restore(&image, settings.clone(), workers, true) {
-        Ok((shared, s)) => {
+        Ok((restored, s)) => {
             // The file is consumed: a relay that crashes before it writes the state again
             // must not leave it for the next start, which would issue the registration numbers
             // (so the tokens) this one issues from it again. Moved, not removed, for whoever
@@ -98,7 +96,7 @@ pub fn restore(path: &Path, settings: &Settings, workers: usize) -> Option<Arc<S
                 watches_left_out = s.registry.watches_left_out,
                 "restored the state file"
             );
-            Some(shared)
+            Some(restored)
         }
         Err(why) => {
             let aside = sibling(path, &format!("refused-{}", std::process::id()));

@@ -13,11 +13,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::clock::Clock;
 use crate::config::Settings;
 use relay_core::auth::Cookies;
 use relay_core::budget::{self, Budgets};
 use relay_core::channels::{self, Channels};
-use relay_core::clock::Clock;
 use relay_core::parallel::Parallel;
 use relay_core::ratelimit::{Admission, AdmissionImage};
 use relay_core::registry::{self, Registry};
@@ -37,6 +37,14 @@ fn threads() -> Parallel<'static> {
             })
         },
     }
+}
+
+/// A relay's state and the clock its times are read on.
+pub struct State {
+    /// The state the workers and the reaper share.
+    pub shared: Arc<Shared>,
+    /// Its clock.
+    pub clock: Clock,
 }
 
 /// The format this relay writes and reads; another is refused (the state of a relay of another
@@ -101,11 +109,11 @@ pub struct Summary {
 
 /// The state of `shared`, framed. Meant for a relay whose workers and reaper are stopped, so
 /// that nothing changes while it is read.
-pub fn export(shared: &Shared) -> Vec<u8> {
+pub fn export(shared: &Shared, clock: Clock) -> Vec<u8> {
     let body = BodyOut {
         version: env!("CARGO_PKG_VERSION").to_string(),
         written: Written {
-            clock_ms: shared.clock.now().ms,
+            clock_ms: clock.now().ms,
             unix_ms: unix_ms(),
             boot_id: boot_id(),
             monotonic_ns: monotonic_ns(),
@@ -145,7 +153,7 @@ pub fn restore(
     settings: Settings,
     workers: usize,
     drop_stale: bool,
-) -> Result<(Arc<Shared>, Summary), String> {
+) -> Result<(State, Summary), String> {
     let body = decode(image)?;
     // Far beyond any relay's uptime: a clock near the end of its range would overflow.
     if body.written.clock_ms > MAX_CLOCK_MS {
@@ -186,11 +194,11 @@ pub fn restore(
         registry,
         channels,
         cookies: Cookies::with_key(body.cookie_key),
-        clock,
         budgets,
         admission,
     };
-    Ok((Shared::holding(settings, workers, held), summary))
+    let shared = Shared::holding(settings, workers, held);
+    Ok((State { shared, clock }, summary))
 }
 
 /// The body of a framed image, or which check it fails.
@@ -303,12 +311,11 @@ mod tests {
     fn an_image_restores_sessions_channels_and_watches() {
         let old = populated();
         let token = old.registry.session_at("bob", a("192.0.2.2:4001"), 0);
-        let image = export(&old);
-        let (new, summary) = restore(&image, settings(), 1, true).unwrap();
+        let image = export(&old, Clock::default());
+        let (State { shared: new, clock }, summary) = restore(&image, settings(), 1, true).unwrap();
         assert_eq!(summary.registry.peers, 3);
         assert_eq!(summary.channels, 1);
-        let now = new.clock.now().ms;
-        assert!(now >= old.clock.now().ms.min(now));
+        let now = clock.now().ms;
         assert_eq!(
             new.registry.session_at("bob", a("192.0.2.2:4001"), now),
             token
@@ -336,7 +343,7 @@ mod tests {
 
     #[test]
     fn every_damage_is_refused_by_name() {
-        let image = export(&populated());
+        let image = export(&populated(), Clock::default());
         let refused = |bytes: &[u8]| restore(bytes, settings(), 1, true).err().unwrap();
         assert!(refused(b"hello").contains("not a udp-relay state image"));
         assert!(refused(&image[..image.len() - 1]).contains("truncated"));
@@ -356,7 +363,7 @@ mod tests {
     #[test]
     fn an_inconsistent_image_is_refused_even_with_a_good_checksum() {
         let old = populated();
-        let image = export(&old);
+        let image = export(&old, Clock::default());
         let body = decode(&image).unwrap();
         // Too many peers for the new relay's --max-peers.
         let small = Settings {
@@ -377,20 +384,20 @@ mod tests {
     #[test]
     fn stale_registrations_and_their_channels_are_left_out_of_a_snapshot() {
         let old = populated();
-        let image = export(&old);
+        let image = export(&old, Clock::default());
         let mut body = decode(&image).unwrap();
         // Written a peer timeout and more ago, on another boot.
         body.written.boot_id = "another boot".into();
         body.written.unix_ms -= 61_000;
         let image = frame(&body, 0);
-        let (new, summary) = restore(&image, settings(), 1, true).unwrap();
+        let (State { shared: new, .. }, summary) = restore(&image, settings(), 1, true).unwrap();
         assert_eq!(summary.registry.stale, 3);
         assert_eq!(summary.channels_left_out, 1);
         assert!(new.registry.is_empty() && new.channels.is_empty());
         assert_eq!(new.registry.watch_entries(), 0);
         // A takeover keeps them, for its reaper to announce.
         let (kept, _) = restore(&image, settings(), 1, false).unwrap();
-        assert_eq!(kept.registry.len(), 3);
+        assert_eq!(kept.shared.registry.len(), 3);
     }
 
     #[test]
@@ -402,13 +409,14 @@ mod tests {
         };
         let old = Shared::new(s.clone(), 2);
         let (flood, other) = (a("203.0.113.7:9"), a("198.51.100.1:9"));
-        let now = old.clock.now().ms;
+        let clock = Clock::default();
+        let now = clock.now().ms;
         // A flood spends its source's admission (on worker 1) and its host's registrations.
         let mut admission = Admission::new(&s, 2, 0);
         while admission.ingress.admit(flood, 10, now).is_ok() {}
         old.park(1, admission);
         while old.budgets.register(flood, now) {}
-        let (new, _) = restore(&export(&old), s, 2, false).unwrap();
+        let (State { shared: new, .. }, _) = restore(&export(&old, clock), s, 2, false).unwrap();
         // At the moment of the export: the buckets are as they were, no time refilled them.
         assert!(!new.budgets.register(flood, now), "registrations refilled");
         assert!(new.budgets.register(other, now));
@@ -425,13 +433,13 @@ mod tests {
     /// `u64::MAX`) is refused, instead of overflowing on the first reading after the restore.
     #[test]
     fn a_clock_at_the_end_of_its_range_is_refused() {
-        let image = export(&populated());
+        let image = export(&populated(), Clock::default());
         let mut body = decode(&image).unwrap();
         body.written.clock_ms = u64::MAX - 5;
         let restored = restore(&frame(&body, 0), settings(), 1, false);
-        if let Ok((shared, _)) = &restored {
+        if let Ok((state, _)) = &restored {
             std::thread::sleep(std::time::Duration::from_millis(20));
-            let _ = shared.clock.now();
+            let _ = state.clock.now();
         }
         let err = restored.err().unwrap();
         assert!(err.contains("clock"), "{err}");

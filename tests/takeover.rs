@@ -394,7 +394,7 @@ fn an_offer_from_another_user_is_refused() {
             wire::read_hello(&mut conn).ok()?;
             let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
             let shared = relay_core::shared::Shared::new(Default::default(), 1);
-            let image = udp_relay::state::export(&shared);
+            let image = udp_relay::state::export(&shared, udp_relay::clock::Clock::default());
             let fds = [
                 std::os::fd::OwnedFd::from(listener),
                 std::os::fd::OwnedFd::from(udp),

@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use crate::auth::Cookies;
 use crate::budget::{Budgets, Misses};
 use crate::channels::Channels;
-use crate::clock::Clock;
 use crate::destination::Boundary;
 use crate::introductions::Pending;
 use crate::metrics::Metrics;
@@ -47,15 +46,13 @@ pub struct Shared {
     pub live: Live,
     /// The peer addresses served, read by the routers and the senders; a reload replaces it.
     pub boundary: Arc<Boundary>,
-    /// The relay's clock, whose readings every thread compares (a worker's last loop turn).
-    pub clock: Clock,
     /// Each worker's limits while no router holds them (its worker stopped, or not yet
     /// started after a takeover handed them over).
     admission: Box<[Mutex<Option<Admission>>]>,
 }
 
 /// What a relay holds that another can go on from: the peers, the channels, the secrets their
-/// tokens and cookies derive from, and the clock their times are read on.
+/// tokens and cookies derive from (the clock their times are read on is the shells').
 pub struct Held {
     /// The peer registry.
     pub registry: Registry,
@@ -63,8 +60,6 @@ pub struct Held {
     pub channels: Channels,
     /// The key of registration cookies.
     pub cookies: Cookies,
-    /// The clock.
-    pub clock: Clock,
     /// The budgets.
     pub budgets: Budgets,
     /// Each worker's limits, where they were handed over.
@@ -139,7 +134,6 @@ impl Shared {
             registry: Registry::new(&settings),
             channels: Channels::new(&settings),
             cookies: Cookies::default(),
-            clock: Clock::default(),
             budgets: Budgets::new(&settings),
             admission: Vec::new(),
         };
@@ -160,7 +154,6 @@ impl Shared {
             misses: Misses::new(&settings),
             live: Live::default(),
             boundary: Boundary::new(settings.peers.clone()),
-            clock: held.clock,
             admission: (0..workers)
                 .map(|i| Mutex::new(held.admission.get_mut(i).and_then(Option::take)))
                 .collect(),
