@@ -8,12 +8,12 @@
 
 pub mod clock;
 pub mod config;
-pub mod exposition;
+mod exposition;
 pub mod http;
-pub mod notify;
-pub mod process;
+mod notify;
+mod process;
 pub mod server;
-pub mod shell;
+mod shell;
 pub mod snapshot;
 pub mod state;
 pub mod takeover;

@@ -7,29 +7,35 @@
 //! [`settings::Settings`]), [`router::Router`] (one worker's decisions into an [`out::Out`]) and
 //! [`reaper::sweep`]. `ARCHITECTURE.md` maps the modules.
 
-pub mod addr;
+mod addr;
 pub mod auth;
 pub mod budget;
 pub mod channels;
 pub mod clock;
 pub mod destination;
-pub mod events;
-pub mod introductions;
-pub mod keyed;
+mod events;
+mod introductions;
+mod keyed;
 pub mod metrics;
 pub mod out;
 pub mod parallel;
-pub mod presence;
+mod presence;
 pub mod ratelimit;
 pub mod reaper;
 pub mod refusal;
 pub mod registry;
-pub mod reservations;
+mod reservations;
 pub mod router;
-pub mod sample;
+mod sample;
 pub mod settings;
-pub mod shards;
+mod shards;
 pub mod shared;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod wire;
+
+pub use clock::Now;
+pub use out::Out;
+pub use router::Router;
+pub use settings::Settings;
+pub use shared::Shared;

@@ -223,6 +223,7 @@ impl<K: Hash + Eq, V> Sharded<K, V> {
     }
 
     /// Buckets in all, and bytes of table memory (for the size tests).
+    #[cfg(test)]
     pub fn footprint(&self) -> (usize, usize) {
         let (mut buckets, mut bytes) = (0, size_of_val(&*self.shards));
         for i in 0..self.shard_count() {

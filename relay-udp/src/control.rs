@@ -45,6 +45,9 @@ pub(crate) fn has_ipv4_pktinfo(control: &[u8]) -> bool {
 /// message giving the size of the datagrams it holds.
 pub(crate) const UDP_GRO: libc::c_int = 104;
 
+/// `UDP_SEGMENT` (linux/udp.h): the segment size of a send the kernel splits into datagrams.
+pub const UDP_SEGMENT: libc::c_int = 103;
+
 /// The size of the datagrams a coalesced receive holds (the last may be shorter), if `control`
 /// says it is one.
 pub(crate) fn gro_segment(control: &[u8]) -> Option<usize> {

@@ -13,13 +13,10 @@ use std::io;
 use std::mem::zeroed;
 use std::net::SocketAddr;
 
-use crate::control::to_sockaddr;
+use crate::control::{UDP_SEGMENT, to_sockaddr};
 use crate::counters::Counters;
-use crate::sends::Sends;
-use crate::worker::Destinations;
+use crate::sends::{Destinations, Sends};
 
-/// `UDP_SEGMENT` (linux/udp.h): the segment size of a send the kernel splits into datagrams.
-pub const UDP_SEGMENT: libc::c_int = 103;
 /// Most datagrams one segmented send carries (the kernel's `UDP_MAX_SEGMENTS` is 64).
 const MAX_SEGMENTS: usize = 64;
 /// Most bytes one segmented send carries: a UDP datagram's largest payload.

@@ -24,16 +24,13 @@ pub use counters::Counters;
 pub use headers::{Gso, Headers};
 pub use recv::{BATCH, RecvBatch};
 pub use sender::{Sender, send_batch};
-pub use sends::{Datagrams, Sends};
+pub use sends::{Datagrams, Destinations, Sends};
 pub use socket::{
-    SOCKET_BUFFER, bind_worker_socket, capped_buffers, check_port_free, install_wake, peer_socket,
-    pin_to_cpu, set_gro, udp_segment_supported, wake,
+    POLL_MS, SOCKET_BUFFER, bind_worker_socket, capped_buffers, check_port_free, install_wake,
+    peer_socket, pin_to_cpu, set_gro, udp_segment_supported, wake,
 };
 pub use uring::probe as uring_available;
-pub use worker::{
-    Backend, Choice, Decide, Destinations, Egress, Inbox, POLL_MS, Received, Worker, receive_len,
-    select,
-};
+pub use worker::{Backend, Choice, Decide, Egress, Inbox, Received, Worker, receive_len, select};
 
 /// The largest UDP payload over IPv4 (65,535 less the IPv4 and UDP headers).
 pub const MAX_DATAGRAM: usize = 65_507;

@@ -9,8 +9,8 @@ use std::os::fd::AsRawFd;
 use crate::counters::Counters;
 use crate::headers::{Gso, Headers};
 use crate::recv::BATCH;
+use crate::sends::Destinations;
 use crate::sends::Sends;
-use crate::worker::Destinations;
 
 /// Sends a batch's datagrams with `sendmmsg`, through the [`Headers`] builder: a run to one
 /// destination leaves as one `UDP_SEGMENT` send, which the kernel splits, one trip down the stack

@@ -108,3 +108,17 @@ impl Sends for Datagrams {
         self.input = 0;
     }
 }
+
+/// Which destinations a sender sends to: any other send is dropped and counted
+/// (`bad_destination`), whatever decided it.
+pub trait Destinations: Send {
+    /// Whether `to` may be sent to.
+    fn serves(&mut self, to: SocketAddr) -> bool;
+}
+
+/// A closure is a filter of destinations.
+impl<F: FnMut(SocketAddr) -> bool + Send> Destinations for F {
+    fn serves(&mut self, to: SocketAddr) -> bool {
+        self(to)
+    }
+}

@@ -9,9 +9,11 @@ use std::os::fd::AsRawFd;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::control::UDP_GRO;
-use crate::headers::UDP_SEGMENT;
-use crate::worker::POLL_MS;
+use crate::control::{UDP_GRO, UDP_SEGMENT};
+
+/// How long a worker socket blocks in a receive, so that its worker looks at its stop flag at
+/// least that often.
+pub const POLL_MS: u64 = 100;
 
 /// Whether this kernel takes `UDP_SEGMENT` on a UDP socket (Linux 4.18 and later).
 pub fn udp_segment_supported() -> bool {

@@ -11,7 +11,7 @@ use std::sync::mpsc;
 
 use crate::control::{Source, gro_segment, queue_drops};
 use crate::counters::Counters;
-use crate::sends::Sends;
+use crate::sends::{Destinations, Sends};
 use crate::socket::udp_segment_supported;
 use crate::{mmsg, uring};
 
@@ -21,7 +21,7 @@ use crate::{mmsg, uring};
 pub trait Decide: Send + 'static {
     /// The batch its sends go in.
     type Out: Sends;
-    /// Once a loop turn, busy or idle (at least every [`POLL_MS`]), before the turn's
+    /// Once a loop turn, busy or idle (at least every [`POLL_MS`](crate::POLL_MS)), before the turn's
     /// datagrams: the time to decide them at is read here, and the worker known alive.
     fn turn(&mut self);
     /// Decides datagram `d` from `from`; it may rewrite `d` in place and send from it.
@@ -34,20 +34,6 @@ pub trait Decide: Send + 'static {
     fn destinations(&self) -> Box<dyn Destinations>;
 }
 
-/// Which destinations a sender sends to: any other send is dropped and counted
-/// (`bad_destination`), whatever decided it.
-pub trait Destinations: Send {
-    /// Whether `to` may be sent to.
-    fn serves(&mut self, to: SocketAddr) -> bool;
-}
-
-/// A closure is a filter of destinations.
-impl<F: FnMut(SocketAddr) -> bool + Send> Destinations for F {
-    fn serves(&mut self, to: SocketAddr) -> bool {
-        self(to)
-    }
-}
-
 /// Everything a worker needs: its socket, what decides, the stop flag and its counters.
 pub struct Worker<D: Decide> {
     /// Index of the worker (0-based).
@@ -56,7 +42,7 @@ pub struct Worker<D: Decide> {
     pub socket: UdpSocket,
     /// What decides.
     pub decide: D,
-    /// Set when the relay is shutting down; workers check it at least every [`POLL_MS`].
+    /// Set when the relay is shutting down; workers check it at least every [`POLL_MS`](crate::POLL_MS).
     pub stop: Arc<AtomicBool>,
     /// The worker's socket counters.
     pub counters: Arc<Counters>,
@@ -171,9 +157,6 @@ pub trait Egress<O>: Send {
     /// empty.
     fn send(&mut self, out: &mut O);
 }
-
-/// How long a worker may block before it looks at the stop flag.
-pub const POLL_MS: u64 = 100;
 
 /// Which backend to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -28,8 +28,9 @@ use bufring::{BufRing, Lease};
 use crate::control::{CONTROL_LEN, Source, source};
 use crate::counters::Counters;
 use crate::headers::{Gso, Headers};
-use crate::sends::Sends;
-use crate::worker::{Decide, Destinations, Egress, Inbox, POLL_MS, Received, Worker, receive_len};
+use crate::sends::{Destinations, Sends};
+use crate::socket::POLL_MS;
+use crate::worker::{Decide, Egress, Inbox, Received, Worker, receive_len};
 
 /// Receive buffers per worker (a power of two). Each holds a whole datagram, but only the pages
 /// a datagram touches become resident.
