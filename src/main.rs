@@ -307,11 +307,7 @@ fn reload(
     info!(%limits, "reloaded: {changed}");
 }
 
-/// `--log-level`, else `RUST_LOG`, else `info`, with `udp_relay` naming the whole relay.
+/// `--log-level`, else `RUST_LOG`, else `info` (see [`config::log_filter`]).
 fn log_filter(level: Option<&str>) -> EnvFilter {
-    let env = std::env::var("RUST_LOG").ok();
-    match level.or(env.as_deref()) {
-        Some(l) => EnvFilter::try_new(config::whole_relay(l)).unwrap_or_else(|_| EnvFilter::new(l)),
-        None => EnvFilter::new("info"),
-    }
+    config::log_filter(level, std::env::var("RUST_LOG").ok().as_deref())
 }

@@ -290,7 +290,8 @@ impl Relay {
             });
         }
         // Replies the reaper originates leave from the relay's own port, like every other reply.
-        let egress = self.backend.egress(&mut ready)?;
+        let egress_counters = self.sockets_counters[self.sockets.len()].clone();
+        let egress = self.backend.egress(&mut ready, egress_counters)?;
         let mut workers = Vec::with_capacity(ready.len());
         for w in ready {
             let backend = self.backend;

@@ -130,3 +130,47 @@ impl Destinations for Served {
         self.0.policy().check(to).is_ok()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relay_core::destination::Policy;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    /// The senders' filter is the core's policy, and a reload of it reaches a filter
+    /// made before the reload (as the workers' and the egress's are).
+    #[test]
+    fn served_is_the_boundary_and_follows_a_reload() {
+        let boundary = Boundary::new(Policy::new("127.0.0.1".parse().unwrap(), &[], &[]));
+        let mut served = Served(boundary.view());
+        for never in [
+            "0.0.0.0:9",
+            "127.0.0.1:0",
+            "224.0.0.1:9",
+            "255.255.255.255:9",
+            "[::]:9",
+            "[::ffff:0.0.0.0]:9",
+            "[ff02::1]:9",
+            "10.0.0.1:9",
+        ] {
+            assert!(!served.serves(sa(never)), "{never}");
+        }
+        assert!(served.serves(sa("127.0.0.1:9")));
+        assert!(served.serves(sa("192.0.2.1:9")));
+        boundary.set(Policy::new(
+            "127.0.0.1".parse().unwrap(),
+            &["10.0.0.0/8".parse().unwrap()],
+            &[],
+        ));
+        assert!(
+            served.serves(sa("10.0.0.1:9")),
+            "the reload reached the filter"
+        );
+        assert!(!served.serves(sa("0.0.0.0:9")));
+        boundary.set(Policy::new("127.0.0.1".parse().unwrap(), &[], &[]));
+        assert!(!served.serves(sa("10.0.0.1:9")), "and its undoing too");
+    }
+}

@@ -274,8 +274,28 @@ fn monotonic_ns() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use relay_core::registry::{Claim, Proof};
     use std::net::SocketAddr;
+
+    /// Restoring runs its jobs at once (a serial runner would never pass the barrier), keeps
+    /// their results in order, and a job that panics is an error, not an abort.
+    #[test]
+    fn the_restores_jobs_run_at_once_in_order_and_a_panic_is_an_error() {
+        let p = threads();
+        let n = 4;
+        let barrier = std::sync::Barrier::new(n);
+        let got = p.map(n, |i| {
+            barrier.wait();
+            i * 10
+        });
+        assert_eq!(got.unwrap(), vec![0, 10, 20, 30]);
+        let got = p.map(3, |i| {
+            assert!(i != 1, "job 1 fails");
+            i
+        });
+        assert_eq!(got.unwrap_err(), "a parallel job failed");
+    }
 
     fn a(s: &str) -> SocketAddr {
         s.parse().unwrap()

@@ -230,7 +230,7 @@ fn load_config(a: &RunArgs) -> Result<LoadConfig, String> {
 
 fn run(a: RunArgs) -> Result<(), String> {
     if let Some(cpu) = a.cpu {
-        relay_udp::pin_to_cpu(cpu).map_err(|e| format!("--cpu {cpu}: {e}"))?;
+        pin(cpu)?;
     }
     if let Some(pid) = a.pid {
         sys::process_cpu(pid).map_err(|e| format!("--pid {pid}: {e}"))?;
@@ -242,7 +242,7 @@ fn run(a: RunArgs) -> Result<(), String> {
 
 fn storm(a: RegisterArgs) -> Result<(), String> {
     if let Some(cpu) = a.cpu {
-        relay_udp::pin_to_cpu(cpu).map_err(|e| format!("--cpu {cpu}: {e}"))?;
+        pin(cpu)?;
     }
     if let Some(pid) = a.pid {
         sys::process_rss(pid).map_err(|e| format!("--pid {pid}: {e}"))?;
@@ -263,7 +263,7 @@ fn storm(a: RegisterArgs) -> Result<(), String> {
 
 fn compare(a: CompareArgs) -> Result<(), String> {
     if let Some(cpu) = a.cpu {
-        relay_udp::pin_to_cpu(cpu).map_err(|e| format!("--cpu {cpu}: {e}"))?;
+        pin(cpu)?;
     }
     for t in &a.targets {
         if let Some(pid) = t.pid {
@@ -326,7 +326,7 @@ fn write_json(path: Option<&std::path::Path>, v: &impl serde::Serialize) -> Resu
 
 fn reflect(a: ReflectorArgs) -> Result<(), String> {
     if let Some(cpu) = a.cpu {
-        relay_udp::pin_to_cpu(cpu).map_err(|e| format!("--cpu {cpu}: {e}"))?;
+        pin(cpu)?;
     }
     let addr = std::net::SocketAddr::new(a.host, a.port);
     let sock = reflector::bind(addr).map_err(|e| e.to_string())?;
@@ -355,6 +355,18 @@ fn reflect(a: ReflectorArgs) -> Result<(), String> {
         eprintln!("reflected {} datagrams", r.datagrams);
     }
     Ok(())
+}
+
+/// Pins the calling thread to CPU `cpu` exactly: one this process may not run on is an error,
+/// not another CPU (which could be the target's).
+fn pin(cpu: usize) -> Result<(), String> {
+    match relay_udp::pin_to_cpu(cpu) {
+        Ok(got) if got == cpu => Ok(()),
+        Ok(got) => Err(format!(
+            "--cpu {cpu}: this process may not run there (it would have been CPU {got})"
+        )),
+        Err(e) => Err(format!("--cpu {cpu}: {e}")),
+    }
 }
 
 fn signal_flag(sig: i32, stop: &Arc<AtomicBool>) -> Result<(), String> {

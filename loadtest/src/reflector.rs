@@ -16,7 +16,7 @@ use relay_udp::{Backend, Counters, Datagrams, Decide, Destinations, Worker};
 /// What a reflector did until it stopped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Reflected {
-    /// Datagrams sent back (or tried).
+    /// Datagrams sent back, or tried (failed, or to a source nothing is sent to).
     pub datagrams: u64,
     /// Sends that carried several datagrams as `UDP_SEGMENT` segments.
     pub segmented_sends: u64,
@@ -25,9 +25,10 @@ pub struct Reflected {
 }
 
 /// Binds the reflector's socket on `addr`, as the relay binds a worker's (the same buffers, so
-/// that neither side wins by buffering more).
+/// that neither side wins by buffering more), where no other socket listens.
 pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
-    relay_udp::bind_worker_socket(addr)
+    relay_udp::check_port_free(addr)
+        .and_then(|()| relay_udp::bind_worker_socket(addr))
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
 
@@ -61,7 +62,8 @@ pub fn serve(socket: UdpSocket, stop: Arc<AtomicBool>, gso: bool) -> io::Result<
         decide: Reflect,
         stop,
         counters: counters.clone(),
-        max_datagram: relay_udp::MAX_DATAGRAM,
+        // Any UDP payload, IPv6's included (a few bytes more than IPv4's).
+        max_datagram: u16::MAX as usize,
         inbox: None,
         cpu: None,
         gso,
@@ -69,7 +71,9 @@ pub fn serve(socket: UdpSocket, stop: Arc<AtomicBool>, gso: bool) -> io::Result<
     })?;
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Relaxed);
     Ok(Reflected {
-        datagrams: load(&counters.sent) + load(&counters.send_errors),
+        datagrams: load(&counters.sent)
+            + load(&counters.send_errors)
+            + load(&counters.bad_destination),
         segmented_sends: load(&counters.segmented_sends),
         gso_refused: load(&counters.gso_refused) > 0,
     })

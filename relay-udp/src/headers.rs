@@ -20,7 +20,7 @@ use crate::sends::{Destinations, Sends};
 /// Most datagrams one segmented send carries (the kernel's `UDP_MAX_SEGMENTS` is 64).
 const MAX_SEGMENTS: usize = 64;
 /// Most bytes one segmented send carries: a UDP datagram's largest payload.
-const MAX_SEGMENTED_BYTES: usize = crate::MAX_DATAGRAM;
+const MAX_SEGMENTED_BYTES: usize = 65_507;
 /// Largest datagram a run is segmented for: one that fits a 1,500-byte MTU over IPv6. The
 /// kernel refuses (`EMSGSIZE`) segments larger than the path's MTU, where unsegmented datagrams
 /// would be fragmented instead; a sender that meets the refusal lowers its limit below that
@@ -210,7 +210,10 @@ impl Headers {
                 open = None;
                 continue;
             }
-            let len = out.wire_len(k);
+            // The length of what is sent, not what the batch says it is: a run's segment size is
+            // its first datagram's, which must be exact.
+            let segs = out.segments(k, input(out.input(k)));
+            let len: usize = segs.iter().map(|s| s.len()).sum();
             let joins = len > 0
                 && open.is_some_and(|(run_to, size, bytes, ended, fits)| {
                     fits && run_to == to
@@ -242,7 +245,7 @@ impl Headers {
                 let fits = gso.is_some_and(|g| len <= g.max_segment(to));
                 open = Some((to, len, len, len == 0, fits));
             }
-            for seg in out.segments(k, input(out.input(k))) {
+            for seg in segs {
                 if !seg.is_empty() {
                     self.iovs.push(libc::iovec {
                         iov_base: seg.as_ptr() as *mut _,

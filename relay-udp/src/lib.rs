@@ -32,8 +32,5 @@ pub use socket::{
 pub use uring::probe as uring_available;
 pub use worker::{Backend, Choice, Decide, Egress, Inbox, Received, Worker, receive_len, select};
 
-/// The largest UDP payload over IPv4 (65,535 less the IPv4 and UDP headers).
-pub const MAX_DATAGRAM: usize = 65_507;
-
 #[cfg(test)]
 mod tests;

@@ -13,7 +13,10 @@ use crate::sends::Sends;
 use crate::worker::{Decide, Egress, Worker, receive_len};
 
 /// Other threads' sends go out on a clone of worker 0's socket.
-pub(crate) fn egress<D: Decide>(workers: &mut [Worker<D>]) -> io::Result<Box<dyn Egress<D::Out>>> {
+pub(crate) fn egress<D: Decide>(
+    workers: &mut [Worker<D>],
+    counters: Arc<Counters>,
+) -> io::Result<Box<dyn Egress<D::Out>>> {
     let first = workers
         .first()
         .ok_or_else(|| io::Error::other("no workers"))?;
@@ -21,7 +24,7 @@ pub(crate) fn egress<D: Decide>(workers: &mut [Worker<D>]) -> io::Result<Box<dyn
     Ok(Box::new(SocketEgress {
         sender: Sender::new(&socket, first.gso, first.decide.destinations())?,
         socket,
-        counters: first.counters.clone(),
+        counters,
     }))
 }
 

@@ -63,7 +63,9 @@ impl Datagrams {
         });
     }
 
-    /// Sends `span` of the received datagram being decided to `to`, from the receive buffer.
+    /// Sends `span` of the received datagram being decided to `to`, from the receive buffer
+    /// (a span beyond that datagram is a bug of the caller's, and panics where it is sent, as
+    /// slicing does).
     pub fn echo(&mut self, to: SocketAddr, span: Range<usize>) {
         self.list.push(Datagram {
             to,
@@ -89,8 +91,7 @@ impl Sends for Datagrams {
 
     fn segments<'a>(&'a self, i: usize, input: &'a [u8]) -> [&'a [u8]; 3] {
         let d = &self.list[i];
-        let echo = input.get(d.echo.clone()).unwrap_or_default();
-        [&self.buf[d.own.clone()], echo, &[]]
+        [&self.buf[d.own.clone()], &input[d.echo.clone()], &[]]
     }
 
     fn wire_len(&self, i: usize) -> usize {

@@ -148,6 +148,8 @@ pub struct Inbox<O> {
     pub batches: mpsc::Receiver<O>,
     /// Readable when batches are waiting (an eventfd).
     pub wake: Arc<std::os::fd::OwnedFd>,
+    /// The counters of their sends.
+    pub counters: Arc<Counters>,
 }
 
 /// Sends what threads other than the workers decide (the relay's reaper: `peer_left`,
@@ -196,14 +198,15 @@ impl Backend {
     }
 
     /// Where other threads' sends go, set up before the workers start (it may give a worker an
-    /// [`Inbox`]).
+    /// [`Inbox`]); their sends are counted in `counters`.
     pub fn egress<D: Decide>(
         self,
         workers: &mut [Worker<D>],
+        counters: Arc<Counters>,
     ) -> io::Result<Box<dyn Egress<D::Out>>> {
         match self {
-            Backend::Mmsg => mmsg::egress(workers),
-            Backend::Uring => uring::egress(workers),
+            Backend::Mmsg => mmsg::egress(workers, counters),
+            Backend::Uring => uring::egress(workers, counters),
         }
     }
 }

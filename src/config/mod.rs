@@ -242,23 +242,36 @@ pub struct Args {
 
 /// A log filter in which a directive for `udp_relay` (the relay's name, which operators' filters
 /// use) holds for the crates the relay is made of too: `udp_relay=debug` turns on the debug lines
-/// of the protocol logic (`relay_core`) and of the sockets (`relay_udp`) as well.
+/// of the protocol logic (`relay_core`) and of the sockets (`relay_udp`) as well. The copies come
+/// first, so that a directive the filter gives a crate itself wins over them.
 pub fn whole_relay(filter: &str) -> String {
-    filter
+    let directives: Vec<&str> = filter
         .split(',')
-        .flat_map(|d| {
-            let d = d.trim();
-            let same = |c: &str| d.strip_prefix("udp_relay").map(|rest| format!("{c}{rest}"));
-            match d.strip_prefix("udp_relay") {
-                Some(rest) if rest.is_empty() || rest.starts_with(['=', '[', ':']) => {
-                    vec![Some(d.to_string()), same("relay_core"), same("relay_udp")]
-                }
-                _ => vec![Some(d.to_string())],
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    let copies = directives
+        .iter()
+        .flat_map(|d| match d.strip_prefix("udp_relay") {
+            Some(rest) if rest.is_empty() || rest.starts_with(['=', '[', ':']) => {
+                vec![format!("relay_core{rest}"), format!("relay_udp{rest}")]
             }
-        })
-        .flatten()
+            _ => Vec::new(),
+        });
+    copies
+        .chain(directives.iter().map(|d| d.to_string()))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// The log filter in force: `level` (`--log-level`), else `rust_log` (`RUST_LOG`), else
+/// `info`, through [`whole_relay`]; a `RUST_LOG` that is not a filter is `info` too, so that the
+/// relay's lines are never silenced by a typo.
+pub fn log_filter(level: Option<&str>, rust_log: Option<&str>) -> tracing_subscriber::EnvFilter {
+    level
+        .or(rust_log)
+        .and_then(|l| tracing_subscriber::EnvFilter::try_new(whole_relay(l)).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"))
 }
 
 /// Checks a log filter as `RUST_LOG` takes it.
@@ -290,8 +303,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("`{s}` is not a duration (try 60s, 1.5s or 500ms)"))?;
     let secs = v * scale;
-    if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 * 365.0 {
-        return Err(format!("`{s}` must be more than zero and at most a year"));
+    // The core counts in milliseconds: less than one would be none.
+    if !(0.001..=86_400.0 * 365.0).contains(&secs) {
+        return Err(format!("`{s}` must be at least 1ms and at most a year"));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -387,6 +401,11 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("0").is_err());
+        assert!(
+            parse_duration("0.5ms").is_err(),
+            "less than the core's millisecond"
+        );
+        assert_eq!(parse_duration("1ms"), Ok(Duration::from_millis(1)));
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("NaN").is_err());
@@ -419,16 +438,30 @@ mod tests {
     fn udp_relay_in_a_log_filter_is_the_whole_relay() {
         assert_eq!(
             whole_relay("info,udp_relay=debug"),
-            "info,udp_relay=debug,relay_core=debug,relay_udp=debug"
-        );
-        assert_eq!(
-            whole_relay("udp_relay::server=trace"),
-            "udp_relay::server=trace,relay_core::server=trace,relay_udp::server=trace"
+            "relay_core=debug,relay_udp=debug,info,udp_relay=debug"
         );
         assert_eq!(
             whole_relay("udp_relayx=debug,warn"),
             "udp_relayx=debug,warn"
         );
+        let enabled = |filter: &str, target: &str| {
+            use tracing::Level;
+            use tracing_subscriber::layer::SubscriberExt;
+            let sub = tracing_subscriber::registry().with(log_filter(None, Some(filter)));
+            tracing::subscriber::with_default(sub, || match target {
+                "relay_core" => tracing::enabled!(target: "relay_core::router", Level::DEBUG),
+                "relay_udp" => tracing::enabled!(target: "relay_udp::mmsg", Level::DEBUG),
+                _ => tracing::enabled!(target: "udp_relay::server", Level::INFO),
+            })
+        };
+        assert!(enabled("udp_relay=debug", "relay_core"));
+        assert!(enabled("udp_relay=debug", "relay_udp"));
+        // A crate's own directive wins over the copy.
+        assert!(!enabled("relay_core=warn,udp_relay=debug", "relay_core"));
+        assert!(enabled("relay_core=warn,udp_relay=debug", "relay_udp"));
+        // A filter that is not one is `info`, never silence.
+        assert!(enabled("udp_relay=verbose", "udp_relay"));
+        assert!(enabled("warn,udp_relay=info", "udp_relay"));
     }
 
     #[test]

@@ -300,7 +300,10 @@ fn benign(e: &io::Error) -> bool {
 }
 
 /// Other threads' sends go to worker 0's ring through its inbox.
-pub(crate) fn egress<D: Decide>(workers: &mut [Worker<D>]) -> io::Result<Box<dyn Egress<D::Out>>> {
+pub(crate) fn egress<D: Decide>(
+    workers: &mut [Worker<D>],
+    counters: Arc<Counters>,
+) -> io::Result<Box<dyn Egress<D::Out>>> {
     // SAFETY: eventfd has no memory preconditions; the fd is owned from here on.
     let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
     if fd < 0 {
@@ -315,6 +318,7 @@ pub(crate) fn egress<D: Decide>(workers: &mut [Worker<D>]) -> io::Result<Box<dyn
     first.inbox = Some(Inbox {
         batches: rx,
         wake: wake.clone(),
+        counters,
     });
     Ok(Box::new(RingEgress { tx, wake }))
 }
@@ -352,6 +356,10 @@ pub(crate) fn run<D: Decide>(mut w: Worker<D>) -> io::Result<()> {
         .user_data(RECV);
     push(ring, &recv)?;
     let inbox = w.inbox.take();
+    // The reaper's sends are counted as the egress's, not as this worker's.
+    let egress_counters = inbox
+        .as_ref()
+        .map_or_else(|| w.counters.clone(), |i| i.counters.clone());
     let wake = inbox.as_ref().map(|i| {
         opcode::PollAdd::new(Fd(i.wake.as_raw_fd()), libc::POLLIN as u32)
             .multi(true)
@@ -429,19 +437,19 @@ pub(crate) fn run<D: Decide>(mut w: Worker<D>) -> io::Result<()> {
                 return true;
             }
             let (slot, i) = ((data >> 32) as usize, (data & 0xffff_ffff) as usize);
-            let b = if slot == REAPER {
-                &mut *reaper
+            let (b, counters) = if slot == REAPER {
+                (&mut *reaper, &egress_counters)
             } else {
-                &mut batches[slot]
+                (&mut batches[slot], &w.counters)
             };
-            b.completed(i, res, &mut gso, &w.counters);
+            b.completed(i, res, &mut gso, counters);
             false
         });
         let mut provided = false;
         for (slot, b) in batches.iter_mut().enumerate() {
             provided |= b.advance(ring, sock, slot, &gso, bufs, &w.counters)?;
         }
-        reaper.advance(ring, sock, REAPER, &gso, bufs, &w.counters)?;
+        reaper.advance(ring, sock, REAPER, &gso, bufs, &egress_counters)?;
         // Receives, while the batch they go to is free; else they wait in `ready`.
         let mut decided = 0;
         let b = &mut batches[filling];
@@ -521,10 +529,10 @@ pub(crate) fn run<D: Decide>(mut w: Worker<D>) -> io::Result<()> {
             && (decided == 0 || now_ms >= extra_at + EXTRA_EVERY_MS)
         {
             extra_at = now_ms;
-            if reaper.build(bufs, &gso, EXTRA_SLICE, &w.counters) {
+            if reaper.build(bufs, &gso, EXTRA_SLICE, &egress_counters) {
                 submit(ring, sock, reaper, REAPER)?;
             } else {
-                reaper.advance(ring, sock, REAPER, &gso, bufs, &w.counters)?;
+                reaper.advance(ring, sock, REAPER, &gso, bufs, &egress_counters)?;
             }
         }
         bufs.publish();
@@ -629,7 +637,8 @@ mod tests {
             gso: false,
             gro: false,
         }];
-        let mut egress = egress(&mut workers).unwrap();
+        let counted = Arc::new(Counters::default());
+        let mut egress = egress(&mut workers, counted.clone()).unwrap();
         let [w] = workers;
         // Two batches, fewer in all than the sink's receive buffer holds.
         let n = 200;
@@ -649,5 +658,7 @@ mod tests {
             got += 1;
         }
         assert_eq!(got, n, "sends dropped by a stopping worker");
+        let sent = counted.sent.load(Ordering::Relaxed);
+        assert_eq!(sent, n as u64, "counted as the egress's sends");
     }
 }
