@@ -2,7 +2,7 @@
 //! fallback relaying, speaking the chat peers' JSON protocol (see `docs/protocol.md`).
 //!
 //! The binary's library: configuration (file, environment, flags → the core's settings),
-//! start-up and the threads ([`server`], joining `relay-core` and `relay-udp` in [`shell`]),
+//! start-up and the threads ([`server`], joining `relay-core` and `relay-udp` in `shell`),
 //! the ops endpoint and its metrics, and the handover (state image, takeover, snapshot).
 //! `ARCHITECTURE.md` maps the crates.
 

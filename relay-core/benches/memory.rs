@@ -1,5 +1,5 @@
-//! What a registered peer and a bound channel cost in resident memory: `cargo bench --bench
-//! memory [-- SCENARIO]`. Not timed; each scenario runs in a process of its own (this binary run
+//! What a registered peer and a bound channel cost in resident memory: `cargo bench -p
+//! relay-core --features testing --bench memory [-- SCENARIO]`. Not timed; each scenario runs in a process of its own (this binary run
 //! again), so that what one frees cannot be reused by the next and hide its cost, and reports
 //! the growth of its resident set (`VmRSS`) over what it built, and of the bytes the allocator
 //! holds for live allocations (glibc's `mallinfo2`): what the tables hold, without the

@@ -1,6 +1,6 @@
 //! What kind of address a peer address is, and whether the relay may serve it: the one rule
-//! that ingress (`Router::run`, before admission) and egress (`io::Headers::add`, where every
-//! send of both backends is built) apply.
+//! that ingress (`Router::run`, before admission) and egress (`relay_udp::Headers::add`, which asks the
+//! binary's `Served` of every send of both backends) apply.
 //!
 //! An address nothing can be sent to (unspecified, multicast, broadcast, port 0) is never a
 //! peer: a datagram "from" it is forged, and a reply to `0.0.0.0` or `::` goes to the relay's
@@ -66,7 +66,7 @@ impl Net {
         Net::new(false, (hi as u128) << 64, len)
     }
 
-    /// Whether `ip` (as [`canonical`] gives it) is in this range.
+    /// Whether `ip` (as `canonical` gives it) is in this range.
     pub fn contains(&self, ip: IpAddr) -> bool {
         match ip {
             IpAddr::V4(a) => self.v4 && u128::from(u32::from(a)) & self.mask == self.bits,

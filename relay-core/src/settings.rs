@@ -1,6 +1,6 @@
 //! What the protocol logic needs to know of the configuration, as plain types: the
-//! command line, the environment and the configuration file (`crate::config`) make one; the
-//! core reads it and knows nothing of where it came from.
+//! command line, the environment and the configuration file (the binary's `config`) make one;
+//! the core reads it and knows nothing of where it came from.
 
 use crate::destination::Policy;
 
@@ -19,8 +19,9 @@ pub enum Auth {
 /// Hands `$callback` the list of settings, each written once: its doc, its name (the key of its
 /// flag, or that key's Rust field), its type, its default here, and whether a reload changes it in
 /// a running relay (`live`) or it waits for a restart (`fixed`). The defaults are the protocol's
-/// without any limit, for tests and embedding; the binary's flags carry the production ones and
-/// make `Settings` from the same list, so that a new setting is one line here and one flag there.
+/// without any limit, for tests and embedding ([`Settings::recommended`] has the production ones,
+/// which the binary's flags take as theirs); the binary makes `Settings` from its flags by the
+/// same list, so that a new setting is one line here and one flag there.
 #[macro_export]
 macro_rules! settings_list {
     ($callback:ident) => {

@@ -66,7 +66,7 @@ fn wake_signal() -> libc::c_int {
 
 extern "C" fn ignore(_: libc::c_int) {}
 
-/// Installs the handler of [`wake_signal`] (once per process).
+/// Installs the handler of `wake_signal` (once per process).
 pub fn install_wake() -> io::Result<()> {
     static INSTALLED: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
     let r = *INSTALLED.get_or_init(|| {

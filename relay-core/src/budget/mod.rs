@@ -9,7 +9,7 @@
 //! earns twice what it sends, beyond a fixed allowance) and are capped per recipient by a rate.
 //! News an unauthenticated datagram causes is not told to trusted peers of its own /24 (/48) at
 //! all: whoever forges a neighbour's address forges in that network's name. It is told when the
-//! registration proves itself (see [`crate::presence::announce_to_neighbours`]). Forwards are
+//! registration proves itself (see `presence::announce_to_neighbours`). Forwards are
 //! paid by their sender's own admission limits ([`crate::ratelimit`]).
 //!
 //! Every table is a fixed array of atomics indexed by a keyed hash: memory is bounded whatever

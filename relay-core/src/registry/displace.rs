@@ -11,7 +11,7 @@ const DISPLACE_SCAN: usize = 1024;
 
 impl Registry {
     /// Makes room in a full registry, as a SYN cache drops its oldest half-open entry: removes,
-    /// of the next [`DISPLACE_SCAN`] registrations in shard order (from where the last call
+    /// of the next `DISPLACE_SCAN` registrations in shard order (from where the last call
     /// stopped), the one heard from least recently among those gone stale or never proven
     /// where they are. A forged registration is heard from once; a peer in use is heard from
     /// every keepalive, so a flood of new names displaces the forgeries before the peers.

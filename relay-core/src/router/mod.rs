@@ -1,7 +1,7 @@
 //! The routing decision: for one datagram, its source and the time, what to send or why to drop.
 //!
 //! Sans-IO: it reads bytes and the shared state and appends sends to an [`Out`]; the I/O shells
-//! do the sending. Every protocol rule lives here or in [`crate::presence`]; who pays for each
+//! do the sending. Every protocol rule lives here or in `presence`; who pays for each
 //! send is settled by [`crate::budget`] once the datagram is decided.
 //!
 //! This file admits a datagram, tells its family, dispatches it by message group and answers
