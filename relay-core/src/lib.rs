@@ -16,6 +16,7 @@ pub mod destination;
 mod events;
 mod introductions;
 mod keyed;
+pub mod mesh;
 pub mod metrics;
 pub mod out;
 pub mod parallel;

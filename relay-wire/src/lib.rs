@@ -4,6 +4,7 @@
 //! Binding. The relay, `loadtest` and any peer client share it.
 
 pub mod frame;
+pub mod mesh;
 pub mod peer;
 pub mod read;
 pub mod reply;
