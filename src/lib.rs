@@ -7,6 +7,7 @@
 //! `ARCHITECTURE.md` maps the crates.
 
 pub mod clock;
+pub mod cluster;
 pub mod config;
 mod exposition;
 pub mod http;

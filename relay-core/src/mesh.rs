@@ -62,7 +62,9 @@ impl Keys {
             m.update(p);
         }
         let full = m.finalize().into_bytes();
-        full[..MAC_LEN].try_into().expect("SHA-256 is longer than the MAC")
+        full[..MAC_LEN]
+            .try_into()
+            .expect("SHA-256 is longer than the MAC")
     }
 }
 
@@ -189,13 +191,20 @@ mod tests {
         let forged = sealed(&other, "relay-a", 99, b"x");
         assert_eq!(nodes.open(&keys, &forged).err(), Some(Refused::BadMac));
         let stranger = sealed(&keys, "relay-z", 5, b"x");
-        assert_eq!(nodes.open(&keys, &stranger).err(), Some(Refused::UnknownNode));
+        assert_eq!(
+            nodes.open(&keys, &stranger).err(),
+            Some(Refused::UnknownNode)
+        );
         let mut flipped = sealed(&keys, "relay-a", 7, b"xyz");
         let at = flipped.len() - MAC_LEN - 2;
         flipped[at] ^= 1;
         assert_eq!(nodes.open(&keys, &flipped).err(), Some(Refused::BadMac));
         // None of them moved the window: 7, unflipped, is still new.
-        assert!(nodes.open(&keys, &sealed(&keys, "relay-a", 7, b"xyz")).is_ok());
+        assert!(
+            nodes
+                .open(&keys, &sealed(&keys, "relay-a", 7, b"xyz"))
+                .is_ok()
+        );
         // A node removed from the directory is a stranger again.
         nodes.remove("relay-a");
         let later = sealed(&keys, "relay-a", 8, b"x");

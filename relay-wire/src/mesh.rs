@@ -162,7 +162,9 @@ impl<'a> Cursor<'a> {
     }
 
     fn u32(&mut self) -> Result<u32, MeshError> {
-        Ok(u32::from_be_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_be_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
 }
 

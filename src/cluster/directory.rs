@@ -1,0 +1,152 @@
+//! The cluster's directory in Redis: which relay (node) each name is homed at, and which nodes
+//! are alive. A name is claimed with one atomic script: a name homed at a live node is in use at
+//! every other, unless the claimant proved itself (its session token or signature, which every
+//! relay of the cluster can check: a peer whose relay died re-homes and keeps its name). Each
+//! claim gives the name a new epoch, and a release names the epoch it releases, so that a
+//! relay that lost a name cannot remove it from its new home. A node's liveness is one key
+//! with a short TTL that the node renews, standing for all its names: keepalives never reach
+//! Redis.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, RedisResult, Script};
+
+/// The prefix of every key and channel the relays use.
+const PREFIX: &str = "udp-relay:";
+
+/// What a claim found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claimed {
+    /// The name is homed here now, at this epoch.
+    Home(u64),
+    /// The name is homed at this other live node.
+    InUse(String),
+}
+
+/// Claims `KEYS[1]` (a name) for node `ARGV[1]`; `ARGV[2]` is `1` if the claimant proved
+/// itself; `ARGV[3]` the prefix of node keys; `ARGV[4]` the events channel; `KEYS[2]` the
+/// counter epochs come from (one for every name, so that no epoch is ever issued twice, even
+/// to a name released and claimed again). Returns `{1, epoch}` or `{0, owner}`.
+const CLAIM: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local owner, e = string.match(cur, '^(%S+) (%d+)$')
+  if owner == ARGV[1] then
+    return {1, tonumber(e)}
+  end
+  if ARGV[2] ~= '1' and redis.call('EXISTS', ARGV[3] .. owner) == 1 then
+    return {0, owner}
+  end
+end
+local epoch = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. epoch)
+redis.call('PUBLISH', ARGV[4], 'join ' .. KEYS[1] .. ' ' .. ARGV[1] .. ' ' .. epoch)
+return {1, epoch}
+"#;
+
+/// Releases `KEYS[1]` if node `ARGV[1]` holds it at epoch `ARGV[2]`; `ARGV[3]` the events
+/// channel. Returns 1 if it did.
+const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] .. ' ' .. ARGV[2] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[3], 'leave ' .. KEYS[1] .. ' ' .. ARGV[1] .. ' ' .. ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+/// One node's link to the directory. Redis commands go through a connection that reconnects
+/// by itself; every call fails (and is counted by its caller) while Redis is away.
+#[derive(Clone)]
+pub struct Directory {
+    con: ConnectionManager,
+    node: String,
+    ttl: Duration,
+    claim: Script,
+    release: Script,
+}
+
+impl Directory {
+    /// The directory at `url` (`redis://HOST:PORT`) for node `node`, whose liveness lapses
+    /// `ttl` after its last [`Directory::heartbeat`].
+    pub async fn connect(url: &str, node: &str, ttl: Duration) -> RedisResult<Directory> {
+        let client = redis::Client::open(url)?;
+        Ok(Directory {
+            con: ConnectionManager::new(client).await?,
+            node: node.to_string(),
+            ttl,
+            claim: Script::new(CLAIM),
+            release: Script::new(RELEASE),
+        })
+    }
+
+    fn name_key(name: &str) -> String {
+        format!("{PREFIX}name:{name}")
+    }
+
+    fn node_key(node: &str) -> String {
+        format!("{PREFIX}node:{node}")
+    }
+
+    fn events() -> String {
+        format!("{PREFIX}events")
+    }
+
+    /// Says this node is alive, reached at `mesh`, for another TTL.
+    pub async fn heartbeat(&mut self, mesh: SocketAddr) -> RedisResult<()> {
+        let ttl = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
+        redis::cmd("SET")
+            .arg(Self::node_key(&self.node))
+            .arg(mesh.to_string())
+            .arg("PX")
+            .arg(ttl.max(1))
+            .query_async(&mut self.con)
+            .await
+    }
+
+    /// Claims `name` for this node; `proved` if its peer showed its session or signature.
+    pub async fn claim(&mut self, name: &str, proved: bool) -> RedisResult<Claimed> {
+        let (won, what): (u8, redis::Value) = self
+            .claim
+            .key(Self::name_key(name))
+            .key(format!("{PREFIX}epoch"))
+            .arg(&self.node)
+            .arg(if proved { "1" } else { "0" })
+            .arg(format!("{PREFIX}node:"))
+            .arg(Self::events())
+            .invoke_async(&mut self.con)
+            .await?;
+        Ok(if won == 1 {
+            Claimed::Home(redis::from_redis_value(&what)?)
+        } else {
+            Claimed::InUse(redis::from_redis_value(&what)?)
+        })
+    }
+
+    /// Releases `name` if this node holds it at `epoch`; whether it did.
+    pub async fn release(&mut self, name: &str, epoch: u64) -> RedisResult<bool> {
+        let done: u8 = self
+            .release
+            .key(Self::name_key(name))
+            .arg(&self.node)
+            .arg(epoch)
+            .arg(Self::events())
+            .invoke_async(&mut self.con)
+            .await?;
+        Ok(done == 1)
+    }
+
+    /// Where `name` is homed: its node and that node's mesh address, if the node is alive.
+    pub async fn home(&mut self, name: &str) -> RedisResult<Option<(String, SocketAddr)>> {
+        let cur: Option<String> = self.con.get(Self::name_key(name)).await?;
+        let Some(owner) = cur.as_deref().and_then(|c| c.split(' ').next()) else {
+            return Ok(None);
+        };
+        let mesh: Option<String> = self.con.get(Self::node_key(owner)).await?;
+        Ok(mesh
+            .and_then(|m| m.parse().ok())
+            .map(|m| (owner.to_string(), m)))
+    }
+}

@@ -1,0 +1,233 @@
+//! The cluster's directory against a real Redis (Debian's `redis-server`, which each test starts
+//! on a free port of its own, so that it can kill it): names unique across relays, a race won
+//! once, moves with proof, fenced releases, a dead node's names free, and Redis killed and back.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use udp_relay::cluster::directory::{Claimed, Directory};
+
+/// A `redis-server` of a test's own, killed when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    /// A fresh server on a free loopback port, or `None` (the test then says it skipped) where
+    /// `redis-server` is not installed.
+    fn start() -> Option<Redis> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Redis::on(port)
+    }
+
+    /// A server on `port`.
+    fn on(port: u16) -> Option<Redis> {
+        let mut child = match Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(_) => {
+                println!("SKIPPED: redis-server is not installed (.ci/run installs it)");
+                return None;
+            }
+        };
+        // Ready once it says so (a line on its log), within a bound.
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if line.contains("Ready to accept connections") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("redis-server ready within 10 s");
+        Some(Redis { child, port })
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `f` to completion on a runtime of its own.
+fn block<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+fn mesh(i: u8) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, i], 7000))
+}
+
+/// The epoch of a claim that must have been won.
+fn won(c: Claimed) -> u64 {
+    match c {
+        Claimed::Home(epoch) => epoch,
+        Claimed::InUse(owner) => panic!("in use at {owner}"),
+    }
+}
+
+#[test]
+fn a_name_is_homed_at_one_live_node_and_moves_only_with_proof() {
+    let Some(redis) = Redis::start() else { return };
+    block(async {
+        let ttl = Duration::from_secs(30);
+        let mut a = Directory::connect(&redis.url(), "relay-a", ttl)
+            .await
+            .unwrap();
+        let mut b = Directory::connect(&redis.url(), "relay-b", ttl)
+            .await
+            .unwrap();
+        a.heartbeat(mesh(1)).await.unwrap();
+        b.heartbeat(mesh(2)).await.unwrap();
+        let first = won(a.claim("alice", false).await.unwrap());
+        assert_eq!(
+            won(a.claim("alice", false).await.unwrap()),
+            first,
+            "again: the same"
+        );
+        assert_eq!(
+            b.claim("alice", false).await.unwrap(),
+            Claimed::InUse("relay-a".into())
+        );
+        assert_eq!(
+            b.home("alice").await.unwrap(),
+            Some(("relay-a".into(), mesh(1)))
+        );
+        // With its session or signature, the peer moves to relay-b: a new epoch.
+        let moved = won(b.claim("alice", true).await.unwrap());
+        assert!(moved > first);
+        assert_eq!(
+            a.home("alice").await.unwrap(),
+            Some(("relay-b".into(), mesh(2)))
+        );
+        // relay-a's late release of its epoch does not remove it from its new home.
+        assert!(!a.release("alice", first).await.unwrap());
+        assert!(b.release("alice", moved).await.unwrap());
+        assert_eq!(a.home("alice").await.unwrap(), None);
+        // Claimed again, the name never gets an epoch it had: no old release can remove it.
+        let again = won(a.claim("alice", false).await.unwrap());
+        assert!(again > moved);
+        assert!(!b.release("alice", moved).await.unwrap());
+        assert!(!a.release("alice", first).await.unwrap());
+    });
+}
+
+#[test]
+fn two_relays_racing_for_names_win_each_exactly_once() {
+    let Some(redis) = Redis::start() else { return };
+    let names: Vec<String> = (0..200).map(|i| format!("peer{i}")).collect();
+    let race = |node: &'static str, i: u8| {
+        let (url, names) = (redis.url(), names.clone());
+        std::thread::spawn(move || {
+            block(async {
+                let mut d = Directory::connect(&url, node, Duration::from_secs(30))
+                    .await
+                    .unwrap();
+                d.heartbeat(mesh(i)).await.unwrap();
+                let mut won = Vec::new();
+                for n in &names {
+                    if let Claimed::Home(_) = d.claim(n, false).await.unwrap() {
+                        won.push(n.clone());
+                    }
+                }
+                won
+            })
+        })
+    };
+    let (a, b) = (race("relay-a", 1), race("relay-b", 2));
+    let (a, b) = (a.join().unwrap(), b.join().unwrap());
+    println!("relay-a won {}, relay-b won {}", a.len(), b.len());
+    for n in &names {
+        let wins = usize::from(a.contains(n)) + usize::from(b.contains(n));
+        assert_eq!(wins, 1, "{n}");
+    }
+}
+
+#[test]
+fn a_dead_nodes_names_are_free() {
+    let Some(redis) = Redis::start() else { return };
+    block(async {
+        let mut a = Directory::connect(&redis.url(), "relay-a", Duration::from_millis(300))
+            .await
+            .unwrap();
+        let mut b = Directory::connect(&redis.url(), "relay-b", Duration::from_secs(30))
+            .await
+            .unwrap();
+        a.heartbeat(mesh(1)).await.unwrap();
+        b.heartbeat(mesh(2)).await.unwrap();
+        won(a.claim("carol", false).await.unwrap());
+        assert!(matches!(
+            b.claim("carol", false).await.unwrap(),
+            Claimed::InUse(_)
+        ));
+        // relay-a stops renewing (killed): once its TTL lapses its names are free.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match b.claim("carol", false).await.unwrap() {
+                Claimed::Home(_) => break,
+                Claimed::InUse(_) => {
+                    assert!(Instant::now() < deadline, "relay-a's TTL never lapsed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        assert_eq!(
+            b.home("carol").await.unwrap(),
+            Some(("relay-b".into(), mesh(2)))
+        );
+    });
+}
+
+#[test]
+fn calls_fail_while_redis_is_away_and_are_served_once_it_is_back() {
+    let Some(redis) = Redis::start() else { return };
+    let port = redis.port;
+    block(async {
+        let mut d = Directory::connect(&redis.url(), "relay-b", Duration::from_secs(30))
+            .await
+            .unwrap();
+        d.heartbeat(mesh(2)).await.unwrap();
+        won(d.claim("erin", false).await.unwrap());
+        drop(redis);
+        assert!(d.claim("frank", false).await.is_err(), "no Redis, no claim");
+        let back = Redis::on(port).expect("redis-server again");
+        // The connection comes back by itself: the next calls are served (the new server is
+        // empty, as a Redis without persistence restarts).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match d.heartbeat(mesh(2)).await {
+                Ok(()) => break,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "never reconnected: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        won(d.claim("frank", false).await.unwrap());
+        drop(back);
+    });
+}
