@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use udp_relay::cluster::directory::{Claimed, Directory};
+use udp_relay::cluster::directory::{Claimed, Directory, Event, Events};
 
 /// A `redis-server` of a test's own, killed when dropped.
 struct Redis {
@@ -133,6 +133,50 @@ fn a_name_is_homed_at_one_live_node_and_moves_only_with_proof() {
         assert!(again > moved);
         assert!(!b.release("alice", moved).await.unwrap());
         assert!(!a.release("alice", first).await.unwrap());
+    });
+}
+
+#[test]
+fn every_node_hears_joins_and_leaves_in_the_order_they_happened() {
+    let Some(redis) = Redis::start() else { return };
+    block(async {
+        let mut events = Events::subscribe(&redis.url()).await.unwrap();
+        let ttl = Duration::from_secs(30);
+        let mut a = Directory::connect(&redis.url(), "relay-a", ttl)
+            .await
+            .unwrap();
+        let mut b = Directory::connect(&redis.url(), "relay-b", ttl)
+            .await
+            .unwrap();
+        a.heartbeat(mesh(1)).await.unwrap();
+        b.heartbeat(mesh(2)).await.unwrap();
+        let first = won(a.claim("alice", false).await.unwrap());
+        let moved = won(b.claim("alice", true).await.unwrap());
+        assert!(b.release("alice", moved).await.unwrap());
+        // What was refused is published by nobody.
+        assert!(!a.release("alice", first).await.unwrap());
+        let mut heard = Vec::new();
+        for _ in 0..3 {
+            let e = tokio::time::timeout(Duration::from_secs(5), events.next())
+                .await
+                .expect("an event within 5 s")
+                .expect("the subscription holds");
+            heard.push(e);
+        }
+        let joined = |node: &str, epoch| Event::Joined {
+            name: "alice".into(),
+            node: node.into(),
+            epoch,
+        };
+        let left = Event::Left {
+            name: "alice".into(),
+            node: "relay-b".into(),
+            epoch: moved,
+        };
+        assert_eq!(
+            heard,
+            vec![joined("relay-a", first), joined("relay-b", moved), left]
+        );
     });
 }
 

@@ -10,7 +10,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, PubSubStream};
 use redis::{AsyncCommands, RedisResult, Script};
 
 /// The prefix of every key and channel the relays use.
@@ -56,6 +57,75 @@ if redis.call('GET', KEYS[1]) == ARGV[1] .. ' ' .. ARGV[2] then
 end
 return 0
 "#;
+
+/// A change of the directory, as every node hears it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// `name` is homed at `node` now, at `epoch`.
+    Joined {
+        /// The name.
+        name: String,
+        /// Its home.
+        node: String,
+        /// The claim's epoch.
+        epoch: u64,
+    },
+    /// `name` left `node`, where it was homed at `epoch`.
+    Left {
+        /// The name.
+        name: String,
+        /// Its home until now.
+        node: String,
+        /// The released claim's epoch.
+        epoch: u64,
+    },
+}
+
+impl Event {
+    /// The event a script published, if it is one.
+    fn parse(text: &str) -> Option<Event> {
+        let mut words = text.split(' ');
+        let (what, key, node, epoch) = (words.next()?, words.next()?, words.next()?, words.next()?);
+        let name = key.strip_prefix(PREFIX)?.strip_prefix("name:")?.to_string();
+        let (node, epoch) = (node.to_string(), epoch.parse().ok()?);
+        if words.next().is_some() {
+            return None;
+        }
+        match what {
+            "join" => Some(Event::Joined { name, node, epoch }),
+            "leave" => Some(Event::Left { name, node, epoch }),
+            _ => None,
+        }
+    }
+}
+
+/// The directory's changes, as they are published.
+pub struct Events {
+    stream: PubSubStream,
+}
+
+impl Events {
+    /// Listens to the directory at `url` from now on.
+    pub async fn subscribe(url: &str) -> RedisResult<Events> {
+        let mut pubsub = redis::Client::open(url)?.get_async_pubsub().await?;
+        pubsub.subscribe(Directory::events()).await?;
+        Ok(Events {
+            stream: pubsub.into_on_message(),
+        })
+    }
+
+    /// The next change; `None` once the connection is gone (the caller subscribes again and
+    /// reads what it missed from the directory).
+    pub async fn next(&mut self) -> Option<Event> {
+        loop {
+            let msg = self.stream.next().await?;
+            let text: String = msg.get_payload().ok()?;
+            if let Some(e) = Event::parse(&text) {
+                return Some(e);
+            }
+        }
+    }
+}
 
 /// One node's link to the directory. Redis commands go through a connection that reconnects
 /// by itself; every call fails (and is counted by its caller) while Redis is away.
@@ -148,5 +218,40 @@ impl Directory {
         Ok(mesh
             .and_then(|m| m.parse().ok())
             .map(|m| (owner.to_string(), m)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_read_as_the_scripts_publish_them_and_nothing_else() {
+        assert_eq!(
+            Event::parse("join udp-relay:name:alice relay-a 7"),
+            Some(Event::Joined {
+                name: "alice".into(),
+                node: "relay-a".into(),
+                epoch: 7
+            })
+        );
+        assert_eq!(
+            Event::parse("leave udp-relay:name:bob relay-b 9"),
+            Some(Event::Left {
+                name: "bob".into(),
+                node: "relay-b".into(),
+                epoch: 9
+            })
+        );
+        for junk in [
+            "",
+            "join",
+            "join alice relay-a 7",
+            "join udp-relay:name:alice relay-a x",
+            "join udp-relay:name:alice relay-a 7 more",
+            "moved udp-relay:name:alice relay-a 7",
+        ] {
+            assert_eq!(Event::parse(junk), None, "{junk:?}");
+        }
     }
 }
