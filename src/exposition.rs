@@ -48,6 +48,16 @@ pub fn prometheus(shared: &Shared, sockets: &[Arc<Counters>], now_ms: u64) -> St
             |c| &c.forwarded,
         ),
         (
+            "mesh_sent_total",
+            "JSON relay messages sent on to the relay of the cluster their target is homed at.",
+            |c| &c.mesh_sent,
+        ),
+        (
+            "mesh_delivered_total",
+            "Mesh datagrams from another relay of the cluster delivered to a peer homed here.",
+            |c| &c.mesh_delivered,
+        ),
+        (
             "channel_frames_forwarded_total",
             "Channel frames forwarded.",
             |c| &c.frames,

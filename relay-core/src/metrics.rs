@@ -18,6 +18,10 @@ pub struct Counters {
     pub received_bytes: AtomicU64,
     /// `relayed_packet`s sent.
     pub forwarded: AtomicU64,
+    /// `relay`s sent on to the relay their target is homed at, as mesh datagrams.
+    pub mesh_sent: AtomicU64,
+    /// Mesh datagrams delivered to a peer homed here.
+    pub mesh_delivered: AtomicU64,
     /// Channel frames forwarded.
     pub frames: AtomicU64,
     /// Bytes of channel frames forwarded.

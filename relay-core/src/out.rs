@@ -116,6 +116,25 @@ impl Out {
         });
     }
 
+    /// Sends `buf[head]`, the received datagram's `span`, and `buf[tail]`, as one datagram (a
+    /// mesh datagram: its MAC follows the payload).
+    pub fn forward_between(
+        &mut self,
+        to: SocketAddr,
+        head: Range<usize>,
+        span: Range<usize>,
+        tail: Range<usize>,
+    ) {
+        self.sends.push(Send {
+            to,
+            kind: Kind::Forward,
+            trusted: false,
+            input: self.input,
+            segs: [Seg::Buf(head), Seg::Input(span), Seg::Buf(tail)],
+            nsegs: 3,
+        });
+    }
+
     /// Sends `span` of the received datagram, as it now is, to `to`: one segment straight from
     /// the receive buffer (a channel frame rewritten in place).
     pub fn forward_input(&mut self, to: SocketAddr, span: Range<usize>) {

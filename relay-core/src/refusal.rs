@@ -106,6 +106,16 @@ reasons! {
         "A request that must be authenticated and is not.";
     UnknownTarget => "unknown_target", Some(UnknownTarget), "target is not online",
         "A relay or bind to a name that is not live.";
+    MeshMalformed => "mesh_malformed", None, "",
+        "A datagram on the mesh that is no mesh datagram this relay reads.";
+    MeshUnknownNode => "mesh_unknown_node", None, "",
+        "A mesh datagram from a node the cluster does not list.";
+    MeshBadMac => "mesh_bad_mac", None, "",
+        "A mesh datagram whose MAC does not check under the mesh key.";
+    MeshReplayed => "mesh_replayed", None, "",
+        "A mesh datagram whose sequence number was seen, or is too old to tell.";
+    MeshUnknownTarget => "mesh_unknown_target", None, "",
+        "A mesh datagram for a name not registered here (it moved, or left).";
     RegistryFull => "registry_full", Some(RateLimited), "relay is full",
         "A new name beyond `--max-peers`.";
     AddressFull => "address_full", Some(RateLimited), "too many names at this address",

@@ -3,11 +3,12 @@
 //! them owns it.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use crate::auth::Cookies;
 use crate::budget::{Budgets, Misses};
 use crate::channels::Channels;
+use crate::cluster::Cluster;
 use crate::destination::Boundary;
 use crate::introductions::Pending;
 use crate::metrics::Metrics;
@@ -46,6 +47,8 @@ pub struct Shared {
     pub live: Live,
     /// The peer addresses served, read by the routers and the senders; a reload replaces it.
     pub boundary: Arc<Boundary>,
+    /// The relay's part in a cluster, once it joined one (issue 20, begun).
+    pub cluster: OnceLock<Cluster>,
     /// Each worker's limits while no router holds them (its worker stopped, or not yet
     /// started after a takeover handed them over).
     admission: Box<[Mutex<Option<Admission>>]>,
@@ -154,6 +157,7 @@ impl Shared {
             misses: Misses::new(&settings),
             live: Live::default(),
             boundary: Boundary::new(settings.peers.clone()),
+            cluster: OnceLock::new(),
             admission: (0..workers)
                 .map(|i| Mutex::new(held.admission.get_mut(i).and_then(Option::take)))
                 .collect(),

@@ -32,6 +32,7 @@ use crate::wire::{Family, classify};
 
 mod channels;
 mod claims;
+mod mesh;
 mod queries;
 mod relay;
 mod stun;

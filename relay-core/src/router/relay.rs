@@ -24,8 +24,14 @@ impl Router {
             return self.fail(out, Reason::NotRegistered, req);
         };
         let mut tbuf = [0u8; MAX_NAME];
-        let target = scan::text(d, target, &mut tbuf).and_then(|t| reg.target_of(t, req.now.ms));
-        let Some((to, trusted)) = target else {
+        let Some(target) = scan::text(d, target, &mut tbuf) else {
+            return self.fail(out, Reason::UnknownTarget, req);
+        };
+        let Some((to, trusted)) = reg.target_of(target, req.now.ms) else {
+            // Homed at another relay of the cluster: one hop there.
+            if self.relay_remote(d, source, target, payload.start..payload.end, out) {
+                return;
+            }
             return self.fail(out, Reason::UnknownTarget, req);
         };
         // Where registration is signed, every registration echoed a cookie where it lives: one

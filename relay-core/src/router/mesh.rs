@@ -1,0 +1,247 @@
+//! A cluster's mesh in the router (issue 20, begun): a `relay` to a name homed at another relay
+//! leaves in one hop as a mesh datagram whose payload is sent from the receive buffer, and a
+//! mesh datagram, once checked (a known node, its MAC, a new number), is delivered to the peer
+//! homed here as the `relayed_packet` a local relay would have made, byte for byte.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+
+use tracing::debug;
+
+use crate::clock::Now;
+use crate::mesh::Refused;
+use crate::metrics::Counters;
+use crate::out::Out;
+use crate::refusal::Reason;
+use crate::settings::MAX_UDP_PAYLOAD;
+use crate::wire::mesh::{Head, Via, write_head};
+use crate::wire::reply::{self, RELAYED_SUFFIX};
+
+use super::Router;
+
+impl Router {
+    /// Forwards a `relay` of `source`'s to `target`, if `target` is homed at another relay of the
+    /// cluster: false if it is not (or the datagram cannot be written).
+    pub(super) fn relay_remote(
+        &mut self,
+        d: &[u8],
+        source: &str,
+        target: &str,
+        payload: Range<usize>,
+        out: &mut Out,
+    ) -> bool {
+        let Some(c) = self.shared.cluster.get() else {
+            return false;
+        };
+        let Some(mesh) = c.remote.mesh_of(target) else {
+            return false;
+        };
+        let head = Head {
+            node: &c.node,
+            seq: c.keys.next_seq(),
+            target,
+            via: Via::Source(source),
+        };
+        let start = out.buf.len();
+        if !write_head(&mut out.buf, &head, payload.len()) {
+            return false;
+        }
+        let end = out.buf.len();
+        let mac = c.keys.mac(&[&out.buf[start..end], &d[payload.clone()]]);
+        out.buf.extend_from_slice(&mac);
+        if out.buf.len() - start + payload.len() > MAX_UDP_PAYLOAD {
+            out.buf.truncate(start);
+            return false;
+        }
+        out.forward_between(mesh, start..end, payload, end..out.buf.len());
+        Counters::add(&self.counters.mesh_sent, 1);
+        true
+    }
+
+    /// Decides mesh datagram `d`, from `from` (another relay of the cluster, which its MAC, not
+    /// its address, proves): the `relayed_packet` it carries, to the peer homed here.
+    pub fn mesh(&mut self, d: &[u8], from: SocketAddr, now: Now, out: &mut Out) {
+        let refuse = |r: Reason| {
+            self.counters.refuse(r);
+            debug!(%from, len = d.len(), reason = r.as_str(), "mesh datagram refused");
+        };
+        let Some(c) = self.shared.cluster.get() else {
+            return refuse(Reason::MeshUnknownNode);
+        };
+        let m = match c.nodes.open(&c.keys, d) {
+            Ok(m) => m,
+            Err(Refused::Malformed(_)) => return refuse(Reason::MeshMalformed),
+            Err(Refused::UnknownNode) => return refuse(Reason::MeshUnknownNode),
+            Err(Refused::BadMac) => return refuse(Reason::MeshBadMac),
+            Err(Refused::Replayed) => return refuse(Reason::MeshReplayed),
+        };
+        // Channels across relays are not carried yet: refused as no datagram this relay reads.
+        let Via::Source(source) = m.head.via else {
+            return refuse(Reason::MeshMalformed);
+        };
+        let Some((to, _)) = self.shared.registry.target_of(m.head.target, now.ms) else {
+            return refuse(Reason::MeshUnknownTarget);
+        };
+        let start = out.buf.len();
+        reply::relayed_prefix(&mut out.buf, source);
+        let end = out.buf.len();
+        if end - start + m.payload.len() + RELAYED_SUFFIX.len() > MAX_UDP_PAYLOAD {
+            out.buf.truncate(start);
+            return refuse(Reason::TooLarge);
+        }
+        out.forward(to, start..end, m.payload, RELAYED_SUFFIX);
+        Counters::add(&self.counters.mesh_delivered, 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use crate::cluster::Cluster;
+    use crate::mesh::{Keys, Nodes};
+    use crate::out::Out;
+    use crate::refusal::Reason;
+    use crate::remote::{Home, Remote};
+    use crate::settings::Settings;
+    use crate::testing::{Harness, addr, at, collect};
+    use crate::wire::peer;
+
+    const KEY: &[u8] = b"the cluster's shared secret, 32+";
+
+    /// A relay of a cluster of two: node `me`, taking datagrams from `other`.
+    fn relay(me: &str, other: &str, key: &[u8]) -> Harness {
+        let h = Harness::new(Settings::default());
+        let nodes = Nodes::default();
+        nodes.add(other);
+        let cluster = Cluster {
+            node: me.into(),
+            keys: Keys::new(key, 1_000),
+            nodes,
+            remote: Remote::new(1_000),
+        };
+        assert!(h.shared.cluster.set(cluster).is_ok());
+        h
+    }
+
+    fn mesh_addr(i: u8) -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, i], 7000))
+    }
+
+    /// Relay B's decision on mesh datagram `d`.
+    fn deliver(b: &mut Harness, d: &[u8]) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut out = Out::default();
+        b.router.mesh(d, mesh_addr(1), at(10), &mut out);
+        collect(&out, d)
+    }
+
+    #[test]
+    fn a_relay_to_a_name_homed_elsewhere_goes_there_in_one_hop_and_arrives_as_if_local() {
+        let (mut a, mut b) = (
+            relay("relay-a", "relay-b", KEY),
+            relay("relay-b", "relay-a", KEY),
+        );
+        let (alice, bob) = (addr(1), addr(2));
+        a.register("alice", alice, 0);
+        b.register("bob", bob, 0);
+        let home = Home {
+            node: "relay-b".into(),
+            mesh: mesh_addr(2),
+            epoch: 1,
+        };
+        assert!(a.shared.cluster.get().unwrap().remote.joined("bob", home));
+        let payload = br#"{"ct":"AAEC\"x\"","n":7}"#;
+        let mut d = Vec::new();
+        peer::relay(&mut d, "alice", "bob", payload);
+        let sent = a.run(&d, alice, 5);
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(sent[0].0, mesh_addr(2), "to relay-b's mesh address");
+        // At relay-b: the relayed_packet a local relay would have made, byte for byte.
+        let got = deliver(&mut b, &sent[0].1);
+        let mut local = relay("relay-x", "relay-y", KEY);
+        local.register("alice", alice, 0);
+        local.register("bob", bob, 0);
+        let want = local.run(&d, alice, 5);
+        assert_eq!(got, want);
+        assert_eq!(got[0].0, bob);
+        // Sent once, taken once: the same datagram again is a replay.
+        assert!(deliver(&mut b, &sent[0].1).is_empty());
+        assert_eq!(b.refused(Reason::MeshReplayed), 1);
+    }
+
+    #[test]
+    fn forged_replayed_foreign_and_misdirected_mesh_datagrams_are_refused_and_counted() {
+        let (mut a, mut b) = (
+            relay("relay-a", "relay-b", KEY),
+            relay("relay-b", "relay-a", KEY),
+        );
+        a.register("alice", addr(1), 0);
+        b.register("bob", addr(2), 0);
+        let home = || Home {
+            node: "relay-b".into(),
+            mesh: mesh_addr(2),
+            epoch: 1,
+        };
+        let remote = &a.shared.cluster.get().unwrap().remote;
+        assert!(remote.joined("bob", home()));
+        assert!(remote.joined("carol", home()));
+        let mut sealed = |target: &str| {
+            let mut d = Vec::new();
+            peer::relay(&mut d, "alice", target, b"1");
+            a.run(&d, addr(1), 5).remove(0).1
+        };
+        let good = sealed("bob");
+        let misdirected = sealed("carol");
+        // A forger without the key: its MAC fails; with a flipped byte too.
+        let mut forger = relay("relay-a", "relay-b", b"a guess at the key, thirty-two b");
+        forger.register("alice", addr(1), 0);
+        let forged = {
+            let remote = &forger.shared.cluster.get().unwrap().remote;
+            assert!(remote.joined("bob", home()));
+            let mut d = Vec::new();
+            peer::relay(&mut d, "alice", "bob", b"1");
+            forger.run(&d, addr(1), 5).remove(0).1
+        };
+        // The payload's byte flipped (it is just before the MAC).
+        let mut flipped = good.clone();
+        let at = flipped.len() - crate::wire::mesh::MAC_LEN - 1;
+        flipped[at] ^= 1;
+        // A node relay-b does not list.
+        let mut stranger = relay("relay-z", "relay-b", KEY);
+        stranger.register("alice", addr(1), 0);
+        let foreign = {
+            let remote = &stranger.shared.cluster.get().unwrap().remote;
+            assert!(remote.joined("bob", home()));
+            let mut d = Vec::new();
+            peer::relay(&mut d, "alice", "bob", b"1");
+            stranger.run(&d, addr(1), 5).remove(0).1
+        };
+        for (d, why) in [
+            (&forged, Reason::MeshBadMac),
+            (&flipped, Reason::MeshBadMac),
+            (&foreign, Reason::MeshUnknownNode),
+            (&misdirected, Reason::MeshUnknownTarget),
+            (&b"{\"type\":\"relay\"}".to_vec(), Reason::MeshMalformed),
+        ] {
+            let before = b.refused(why);
+            assert!(deliver(&mut b, d).is_empty(), "{why:?}");
+            assert_eq!(b.refused(why), before + 1, "{why:?}");
+        }
+        // None of them moved relay-a's window at relay-b: the good one is still taken.
+        assert_eq!(deliver(&mut b, &good).len(), 1);
+    }
+
+    #[test]
+    fn without_a_cluster_a_relay_to_an_unknown_name_is_refused_as_before() {
+        let mut h = Harness::new(Settings::default());
+        h.register("alice", addr(1), 0);
+        let mut d = Vec::new();
+        peer::relay(&mut d, "alice", "bob", b"1");
+        h.run(&d, addr(1), 5);
+        assert_eq!(h.refused(Reason::UnknownTarget), 1);
+        let mut out = Out::default();
+        h.router.mesh(&d, addr(9), at(5), &mut out);
+        assert!(out.sends.is_empty());
+        assert_eq!(h.refused(Reason::MeshUnknownNode), 1);
+    }
+}
