@@ -17,18 +17,26 @@ struct Redis {
 
 impl Redis {
     /// A fresh server on a free loopback port, or `None` (the test then says it skipped) where
-    /// `redis-server` is not installed.
+    /// `redis-server` is not installed. A port taken between its pick and the server's bind is
+    /// picked again.
     fn start() -> Option<Redis> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Redis::on(port)
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            match Redis::on(port) {
+                Ok(r) => return Some(r),
+                Err(Missing) => return None,
+                Err(NotReady) => continue,
+            }
+        }
+        panic!("redis-server never started on a free port");
     }
 
     /// A server on `port`.
-    fn on(port: u16) -> Option<Redis> {
+    fn on(port: u16) -> Result<Redis, Failed> {
         let mut child = match Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -38,8 +46,12 @@ impl Redis {
         {
             Ok(c) => c,
             Err(_) => {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "redis-server is not installed, which CI installs"
+                );
                 println!("SKIPPED: redis-server is not installed (.ci/run installs it)");
-                return None;
+                return Err(Missing);
             }
         };
         // Ready once it says so (a line on its log), within a bound.
@@ -52,15 +64,28 @@ impl Redis {
                 }
             }
         });
-        rx.recv_timeout(Duration::from_secs(10))
-            .expect("redis-server ready within 10 s");
-        Some(Redis { child, port })
+        // It said it is ready, or it ended (its port taken): then the caller picks another.
+        if rx.recv_timeout(Duration::from_secs(10)).is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(NotReady);
+        }
+        Ok(Redis { child, port })
     }
 
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 }
+
+/// Why a server did not start.
+enum Failed {
+    /// `redis-server` is not installed.
+    Missing,
+    /// It did not say it was ready (it ended: its port was taken).
+    NotReady,
+}
+use Failed::{Missing, NotReady};
 
 impl Drop for Redis {
     fn drop(&mut self) {
@@ -181,17 +206,58 @@ fn every_node_hears_joins_and_leaves_in_the_order_they_happened() {
 }
 
 #[test]
+fn node_ids_are_checked_and_epochs_never_repeat_across_a_redis_restart() {
+    let Some(redis) = Redis::start() else { return };
+    let port = redis.port;
+    block(async {
+        let ttl = Duration::from_secs(30);
+        for bad in ["relay a", "", "relay:a", &"x".repeat(65)] {
+            assert!(
+                Directory::connect(&redis.url(), bad, ttl).await.is_err(),
+                "{bad:?}"
+            );
+        }
+        let mut a = Directory::connect(&redis.url(), "relay-a", ttl)
+            .await
+            .unwrap();
+        a.heartbeat(mesh(1)).await.unwrap();
+        let before = won(a.claim("alice", false).await.unwrap());
+        drop(redis);
+        let Ok(back) = Redis::on(port) else {
+            panic!("redis-server again on port {port}");
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while a.heartbeat(mesh(1)).await.is_err() {
+            assert!(Instant::now() < deadline, "never reconnected");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The counter was lost with the data: the next epoch is still beyond every earlier one,
+        // so the release of the claim before the restart removes nothing after it.
+        let after = won(a.claim("alice", false).await.unwrap());
+        assert!(after > before, "{after} after {before}");
+        assert!(!a.release("alice", before).await.unwrap());
+        drop(back);
+    });
+}
+
+#[test]
 fn two_relays_racing_for_names_win_each_exactly_once() {
     let Some(redis) = Redis::start() else { return };
     let names: Vec<String> = (0..200).map(|i| format!("peer{i}")).collect();
+    // Both start together, from opposite ends, so that they meet in the middle.
+    let start = std::sync::Arc::new(std::sync::Barrier::new(2));
     let race = |node: &'static str, i: u8| {
-        let (url, names) = (redis.url(), names.clone());
+        let (url, mut names, start) = (redis.url(), names.clone(), start.clone());
+        if i == 2 {
+            names.reverse();
+        }
         std::thread::spawn(move || {
             block(async {
                 let mut d = Directory::connect(&url, node, Duration::from_secs(30))
                     .await
                     .unwrap();
                 d.heartbeat(mesh(i)).await.unwrap();
+                start.wait();
                 let mut won = Vec::new();
                 for n in &names {
                     if let Claimed::Home(_) = d.claim(n, false).await.unwrap() {
@@ -215,7 +281,7 @@ fn two_relays_racing_for_names_win_each_exactly_once() {
 fn a_dead_nodes_names_are_free() {
     let Some(redis) = Redis::start() else { return };
     block(async {
-        let mut a = Directory::connect(&redis.url(), "relay-a", Duration::from_millis(300))
+        let mut a = Directory::connect(&redis.url(), "relay-a", Duration::from_secs(2))
             .await
             .unwrap();
         let mut b = Directory::connect(&redis.url(), "relay-b", Duration::from_secs(30))
@@ -229,7 +295,7 @@ fn a_dead_nodes_names_are_free() {
             Claimed::InUse(_)
         ));
         // relay-a stops renewing (killed): once its TTL lapses its names are free.
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             match b.claim("carol", false).await.unwrap() {
                 Claimed::Home(_) => break,
@@ -258,7 +324,9 @@ fn calls_fail_while_redis_is_away_and_are_served_once_it_is_back() {
         won(d.claim("erin", false).await.unwrap());
         drop(redis);
         assert!(d.claim("frank", false).await.is_err(), "no Redis, no claim");
-        let back = Redis::on(port).expect("redis-server again");
+        let Ok(back) = Redis::on(port) else {
+            panic!("redis-server again on port {port}");
+        };
         // The connection comes back by itself: the next calls are served (the new server is
         // empty, as a Redis without persistence restarts).
         let deadline = Instant::now() + Duration::from_secs(10);

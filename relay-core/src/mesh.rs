@@ -5,8 +5,8 @@
 //! judged by.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -19,6 +19,13 @@ use crate::wire::mesh::{self, MAC_LEN, Mesh, MeshError};
 pub const WINDOW: u64 = 1024;
 /// The most nodes a relay keeps a window for.
 pub const MAX_NODES: usize = 1024;
+/// How far (in ns) a sequence number may lag the receiver's clock: a sequence number is the
+/// sender's time in nanoseconds (or one more than its last, if the clock has not moved), so a
+/// datagram older than this is refused whatever the window says — what was captured before a
+/// receiver restarted, or before a node was listed again, cannot be replayed after it.
+pub const MAX_AGE_NS: u64 = 30_000_000_000;
+/// The shortest mesh key.
+pub const MIN_KEY: usize = 32;
 
 /// Why a mesh datagram is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,37 +34,33 @@ pub enum Refused {
     Malformed(MeshError),
     /// From a node the cluster does not know.
     UnknownNode,
-    /// Its MAC does not check under the mesh key.
+    /// Its MAC does not check under the mesh key (for this receiver).
     BadMac,
     /// Its sequence number was seen, or is too old to tell.
     Replayed,
 }
 
-/// The mesh key, and this node's sending sequence.
+/// The mesh key.
 pub struct Keys {
     key: Hmac<Sha256>,
-    next: AtomicU64,
 }
 
 impl Keys {
-    /// The key `secret` (the shared mesh key file's bytes), this node sending from sequence
-    /// number `first` on: a number it never sent under this key before (the binary starts from
-    /// the time in nanoseconds, which a restart does not turn back).
-    pub fn new(secret: &[u8], first: u64) -> Keys {
-        Keys {
+    /// The key `secret` (the shared mesh key file's bytes); `None` if it is shorter than
+    /// [`MIN_KEY`] bytes.
+    pub fn new(secret: &[u8]) -> Option<Keys> {
+        (secret.len() >= MIN_KEY).then(|| Keys {
             key: Hmac::new_from_slice(secret).expect("HMAC takes a key of any length"),
-            next: AtomicU64::new(first),
-        }
+        })
     }
 
-    /// The next sequence number to send with.
-    pub fn next_seq(&self) -> u64 {
-        self.next.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// The MAC of a datagram whose bytes before the MAC are `parts`, concatenated.
-    pub fn mac(&self, parts: &[&[u8]]) -> [u8; MAC_LEN] {
+    /// The MAC of a datagram for node `receiver` whose bytes before the MAC are `parts`,
+    /// concatenated: the receiver is bound in, so that a datagram sent to one relay opens at
+    /// no other.
+    pub fn mac(&self, receiver: &str, parts: &[&[u8]]) -> [u8; MAC_LEN] {
         let mut m = self.key.clone();
+        m.update(&[receiver.len() as u8]);
+        m.update(receiver.as_bytes());
         for p in parts {
             m.update(p);
         }
@@ -113,43 +116,83 @@ impl Window {
     }
 }
 
-/// The nodes of the cluster this relay takes mesh datagrams from, each with its window.
+/// What this relay keeps of one other node: the numbers it sent there, and what it took.
+#[derive(Default)]
+struct Node {
+    sent: AtomicU64,
+    window: Mutex<Window>,
+}
+
+/// The nodes of the cluster: for each, the sequence of what this relay sends it and the window
+/// of what it takes from it. Each pair of nodes counts on its own, so that one receiver's
+/// reordering allowance is not spent by what the sender sends others.
 #[derive(Default)]
 pub struct Nodes {
-    windows: Mutex<HashMap<String, Window>>,
+    nodes: RwLock<HashMap<String, Node>>,
 }
 
 impl Nodes {
-    /// Takes datagrams from `node` from now on (a node the directory lists); false if
-    /// [`MAX_NODES`] are known already.
+    /// Takes datagrams from, and sends to, `node` from now on (a node the directory lists);
+    /// false if [`MAX_NODES`] are known already.
     pub fn add(&self, node: &str) -> bool {
-        let mut w = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        if w.len() >= MAX_NODES && !w.contains_key(node) {
+        let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
+        if nodes.len() >= MAX_NODES && !nodes.contains_key(node) {
             return false;
         }
-        w.entry(node.to_string()).or_default();
+        nodes.entry(node.to_string()).or_default();
         true
     }
 
     /// Takes no more datagrams from `node` (gone from the directory).
     pub fn remove(&self, node: &str) {
-        self.windows
-            .lock()
+        self.nodes
+            .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(node);
     }
 
-    /// Reads mesh datagram `d`, checked: from a known node, its MAC under `keys`, its sequence
-    /// number new. Only a datagram that passes all three moves the node's window.
-    pub fn open<'a>(&self, keys: &Keys, d: &'a [u8]) -> Result<Mesh<'a>, Refused> {
+    /// The sequence number of the next datagram to `node` at `now_ns` (this relay's time in
+    /// nanoseconds): the time, or one more than the last if the clock has not moved on; `None`
+    /// for a node not listed.
+    pub fn next_seq(&self, node: &str, now_ns: u64) -> Option<u64> {
+        let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
+        let n = nodes.get(node)?;
+        let mut last = n.sent.load(Ordering::Relaxed);
+        loop {
+            let seq = now_ns.max(last.saturating_add(1));
+            match n
+                .sent
+                .compare_exchange_weak(last, seq, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return Some(seq),
+                Err(seen) => last = seen,
+            }
+        }
+    }
+
+    /// Reads mesh datagram `d` for node `me`, checked at `now_ns`: from a known node, its MAC
+    /// under `keys` for `me`, its sequence number no older than [`MAX_AGE_NS`] and new. Only a
+    /// datagram that passes every check moves the node's window; the MAC is computed before any
+    /// lock is taken.
+    pub fn open<'a>(
+        &self,
+        keys: &Keys,
+        me: &str,
+        now_ns: u64,
+        d: &'a [u8],
+    ) -> Result<Mesh<'a>, Refused> {
         let m = mesh::read(d).map_err(Refused::Malformed)?;
-        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(window) = windows.get_mut(m.head.node) else {
+        let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
+        let Some(node) = nodes.get(m.head.node) else {
             return Err(Refused::UnknownNode);
         };
-        if !bool::from(keys.mac(&[m.covered]).ct_eq(m.mac)) {
+        if !bool::from(keys.mac(me, &[m.covered]).ct_eq(m.mac)) {
             return Err(Refused::BadMac);
         }
+        if m.head.seq < now_ns.saturating_sub(MAX_AGE_NS) {
+            return Err(Refused::Replayed);
+        }
+        let mut window = node.window.lock().unwrap_or_else(|e| e.into_inner());
         if !window.accept(m.head.seq) {
             return Err(Refused::Replayed);
         }
@@ -162,7 +205,12 @@ mod tests {
     use super::*;
     use crate::wire::mesh::{Head, Via, write_head};
 
-    fn sealed(keys: &Keys, node: &str, seq: u64, payload: &[u8]) -> Vec<u8> {
+    const KEY: &[u8] = b"the cluster's shared secret, at least 32 bytes";
+    /// The receivers' time in these tests: 100 s.
+    const NOW: u64 = 100_000_000_000;
+
+    /// A datagram from `node` to `receiver` with `seq`.
+    fn sealed(keys: &Keys, node: &str, receiver: &str, seq: u64, payload: &[u8]) -> Vec<u8> {
         let head = Head {
             node,
             seq,
@@ -171,7 +219,7 @@ mod tests {
         };
         let mut d = Vec::new();
         assert!(write_head(&mut d, &head, payload.len()));
-        let mac = keys.mac(&[&d, payload]);
+        let mac = keys.mac(receiver, &[&d, payload]);
         d.extend_from_slice(payload);
         d.extend_from_slice(&mac);
         d
@@ -179,36 +227,99 @@ mod tests {
 
     #[test]
     fn a_sealed_datagram_opens_once_and_a_forged_one_never() {
-        let keys = Keys::new(b"the cluster's secret", 1);
+        let keys = Keys::new(KEY).unwrap();
         let nodes = Nodes::default();
         assert!(nodes.add("relay-a"));
-        let d = sealed(&keys, "relay-a", keys.next_seq(), b"\"hi\"");
-        let m = nodes.open(&keys, &d).unwrap();
+        let d = sealed(&keys, "relay-a", "relay-b", NOW, b"\"hi\"");
+        let m = nodes.open(&keys, "relay-b", NOW, &d).unwrap();
         assert_eq!(&d[m.payload], b"\"hi\"");
-        assert_eq!(nodes.open(&keys, &d).err(), Some(Refused::Replayed));
+        let open = |d: &[u8]| nodes.open(&keys, "relay-b", NOW, d).err();
+        assert_eq!(open(&d), Some(Refused::Replayed));
         // Another key, another node, a flipped bit.
-        let other = Keys::new(b"a guess", 1);
-        let forged = sealed(&other, "relay-a", 99, b"x");
-        assert_eq!(nodes.open(&keys, &forged).err(), Some(Refused::BadMac));
-        let stranger = sealed(&keys, "relay-z", 5, b"x");
+        let other = Keys::new(b"a guess at the key, at least 32 bytes long").unwrap();
         assert_eq!(
-            nodes.open(&keys, &stranger).err(),
-            Some(Refused::UnknownNode)
+            open(&sealed(&other, "relay-a", "relay-b", NOW + 1, b"x")),
+            Some(Refused::BadMac)
         );
-        let mut flipped = sealed(&keys, "relay-a", 7, b"xyz");
+        let stranger = sealed(&keys, "relay-z", "relay-b", NOW + 1, b"x");
+        assert_eq!(open(&stranger), Some(Refused::UnknownNode));
+        let mut flipped = sealed(&keys, "relay-a", "relay-b", NOW + 7, b"xyz");
         let at = flipped.len() - MAC_LEN - 2;
         flipped[at] ^= 1;
-        assert_eq!(nodes.open(&keys, &flipped).err(), Some(Refused::BadMac));
-        // None of them moved the window: 7, unflipped, is still new.
-        assert!(
-            nodes
-                .open(&keys, &sealed(&keys, "relay-a", 7, b"xyz"))
-                .is_ok()
+        assert_eq!(open(&flipped), Some(Refused::BadMac));
+        // None of them moved the window: NOW + 7, unflipped, is still new.
+        assert_eq!(
+            open(&sealed(&keys, "relay-a", "relay-b", NOW + 7, b"xyz")),
+            None
         );
         // A node removed from the directory is a stranger again.
         nodes.remove("relay-a");
-        let later = sealed(&keys, "relay-a", 8, b"x");
-        assert_eq!(nodes.open(&keys, &later).err(), Some(Refused::UnknownNode));
+        let later = sealed(&keys, "relay-a", "relay-b", NOW + 8, b"x");
+        assert_eq!(open(&later), Some(Refused::UnknownNode));
+    }
+
+    #[test]
+    fn a_datagram_for_one_relay_opens_at_no_other() {
+        let keys = Keys::new(KEY).unwrap();
+        let nodes = Nodes::default();
+        assert!(nodes.add("relay-a"));
+        let for_b = sealed(&keys, "relay-a", "relay-b", NOW, b"x");
+        assert_eq!(
+            nodes.open(&keys, "relay-c", NOW, &for_b).err(),
+            Some(Refused::BadMac)
+        );
+        // Nor reflected back to its sender.
+        assert!(nodes.add("relay-b"));
+        let from_b = sealed(&keys, "relay-b", "relay-a", NOW, b"x");
+        assert_eq!(
+            nodes.open(&keys, "relay-b", NOW, &from_b).err(),
+            Some(Refused::BadMac)
+        );
+    }
+
+    #[test]
+    fn what_was_captured_before_a_restart_or_a_relisting_is_too_old_to_replay() {
+        let keys = Keys::new(KEY).unwrap();
+        let nodes = Nodes::default();
+        assert!(nodes.add("relay-a"));
+        let captured: Vec<Vec<u8>> = (0..10)
+            .map(|i| sealed(&keys, "relay-a", "relay-b", NOW + i, b"x"))
+            .collect();
+        for d in &captured {
+            assert!(nodes.open(&keys, "relay-b", NOW + 10, d).is_ok());
+        }
+        // relay-a's liveness lapsed and came back (or relay-b restarted, with fresh windows):
+        // within MAX_AGE_NS the window still holds the numbers; beyond it they are too old.
+        nodes.remove("relay-a");
+        assert!(nodes.add("relay-a"));
+        let later = NOW + MAX_AGE_NS + 10;
+        for d in &captured {
+            assert_eq!(
+                nodes.open(&keys, "relay-b", later, d).err(),
+                Some(Refused::Replayed)
+            );
+        }
+        // What relay-a sends now opens.
+        let fresh = sealed(&keys, "relay-a", "relay-b", later, b"x");
+        assert!(nodes.open(&keys, "relay-b", later, &fresh).is_ok());
+    }
+
+    #[test]
+    fn each_receiver_counts_on_its_own_and_sequences_follow_the_clock() {
+        let nodes = Nodes::default();
+        assert!(nodes.add("relay-b") && nodes.add("relay-c"));
+        assert_eq!(nodes.next_seq("relay-b", NOW), Some(NOW));
+        // The clock did not move: one more; another receiver has its own sequence.
+        assert_eq!(nodes.next_seq("relay-b", NOW), Some(NOW + 1));
+        for _ in 0..5_000 {
+            nodes.next_seq("relay-c", NOW);
+        }
+        assert_eq!(nodes.next_seq("relay-b", NOW), Some(NOW + 2));
+        // Never back, even if the clock is.
+        assert_eq!(nodes.next_seq("relay-b", NOW - 1_000), Some(NOW + 3));
+        assert_eq!(nodes.next_seq("relay-b", NOW + 50), Some(NOW + 50));
+        assert_eq!(nodes.next_seq("relay-z", NOW), None);
+        assert!(Keys::new(b"short").is_none(), "a key under 32 bytes");
     }
 
     #[test]

@@ -5,13 +5,13 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 /// Where a name is homed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Home {
     /// Its relay's node id.
-    pub node: String,
+    pub node: Arc<str>,
     /// That relay's mesh address.
     pub mesh: SocketAddr,
     /// The claim's epoch.
@@ -63,13 +63,13 @@ impl Remote {
     /// Forgets every name homed at `node` (gone from the directory).
     pub fn node_gone(&self, node: &str) {
         let mut homes = self.homes.write().unwrap_or_else(|e| e.into_inner());
-        homes.retain(|_, h| h.node != node);
+        homes.retain(|_, h| &*h.node != node);
     }
 
-    /// The mesh address of `name`'s home, if it is homed elsewhere.
-    pub fn mesh_of(&self, name: &str) -> Option<SocketAddr> {
+    /// The node and mesh address of `name`'s home, if it is homed elsewhere.
+    pub fn home_of(&self, name: &str) -> Option<(Arc<str>, SocketAddr)> {
         let homes = self.homes.read().unwrap_or_else(|e| e.into_inner());
-        homes.get(name).map(|h| h.mesh)
+        homes.get(name).map(|h| (h.node.clone(), h.mesh))
     }
 
     /// How many names it holds.
@@ -103,14 +103,14 @@ mod tests {
         assert!(r.joined("alice", home("relay-c", 9)));
         assert!(r.joined("alice", home("relay-b", 5)));
         r.left("alice", 5);
-        assert!(r.mesh_of("alice").is_some(), "a stale leave");
+        assert!(r.home_of("alice").is_some(), "a stale leave");
         r.left("alice", 9);
-        assert_eq!(r.mesh_of("alice"), None);
+        assert_eq!(r.home_of("alice"), None);
         assert!(r.joined("a", home("relay-b", 1)));
         assert!(r.joined("b", home("relay-c", 2)));
         assert!(!r.joined("c", home("relay-b", 3)), "full");
         assert_eq!(r.len(), 2);
         r.node_gone("relay-b");
-        assert_eq!((r.mesh_of("a"), r.len()), (None, 1));
+        assert_eq!((r.home_of("a"), r.len()), (None, 1));
     }
 }

@@ -11,11 +11,23 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, PubSubStream};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubStream};
 use redis::{AsyncCommands, RedisResult, Script};
 
 /// The prefix of every key and channel the relays use.
 const PREFIX: &str = "udp-relay:";
+/// How long a Redis call may take before it fails (a Redis that stopped answering fails calls
+/// instead of holding them).
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether `node` may be a node id: 1 to 64 of `A-Z a-z 0-9 . _ -` (no space, so that the
+/// directory's values and events read back unambiguously; as long as a mesh datagram holds).
+pub fn valid_node(node: &str) -> bool {
+    (1..=relay_core::wire::mesh::MAX_NODE).contains(&node.len())
+        && node
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
 
 /// What a claim found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,13 +47,19 @@ local cur = redis.call('GET', KEYS[1])
 if cur then
   local owner, e = string.match(cur, '^(%S+) (%d+)$')
   if owner == ARGV[1] then
-    return {1, tonumber(e)}
+    return {1, e}
   end
-  if ARGV[2] ~= '1' and redis.call('EXISTS', ARGV[3] .. owner) == 1 then
+  if owner and ARGV[2] ~= '1' and redis.call('EXISTS', ARGV[3] .. owner) == 1 then
     return {0, owner}
   end
 end
-local epoch = redis.call('INCR', KEYS[2])
+-- A counter lost with a Redis without persistence starts again from the time in microseconds,
+-- beyond every epoch issued before.
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  local t = redis.call('TIME')
+  redis.call('SET', KEYS[2], string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2])))
+end
+local epoch = string.format('%d', redis.call('INCR', KEYS[2]))
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. epoch)
 redis.call('PUBLISH', ARGV[4], 'join ' .. KEYS[1] .. ' ' .. ARGV[1] .. ' ' .. epoch)
 return {1, epoch}
@@ -84,13 +102,15 @@ pub enum Event {
 impl Event {
     /// The event a script published, if it is one.
     fn parse(text: &str) -> Option<Event> {
-        let mut words = text.split(' ');
-        let (what, key, node, epoch) = (words.next()?, words.next()?, words.next()?, words.next()?);
+        // A name may hold spaces, a node id none: the node and the epoch are the last two words.
+        let (what, rest) = text.split_once(' ')?;
+        let (rest, epoch) = rest.rsplit_once(' ')?;
+        let (key, node) = rest.rsplit_once(' ')?;
         let name = key.strip_prefix(PREFIX)?.strip_prefix("name:")?.to_string();
-        let (node, epoch) = (node.to_string(), epoch.parse().ok()?);
-        if words.next().is_some() {
+        if !valid_node(node) {
             return None;
         }
+        let (node, epoch) = (node.to_string(), epoch.parse().ok()?);
         match what {
             "join" => Some(Event::Joined { name, node, epoch }),
             "leave" => Some(Event::Left { name, node, epoch }),
@@ -119,8 +139,12 @@ impl Events {
     pub async fn next(&mut self) -> Option<Event> {
         loop {
             let msg = self.stream.next().await?;
-            let text: String = msg.get_payload().ok()?;
-            if let Some(e) = Event::parse(&text) {
+            // One message that is not an event is skipped, not the end of the stream.
+            if let Some(e) = msg
+                .get_payload::<String>()
+                .ok()
+                .and_then(|t| Event::parse(&t))
+            {
                 return Some(e);
             }
         }
@@ -139,12 +163,23 @@ pub struct Directory {
 }
 
 impl Directory {
-    /// The directory at `url` (`redis://HOST:PORT`) for node `node`, whose liveness lapses
-    /// `ttl` after its last [`Directory::heartbeat`].
+    /// The directory at `url` (`redis://HOST:PORT`) for node `node` (see [`valid_node`]),
+    /// whose liveness lapses `ttl` after its last [`Directory::heartbeat`]. A node claims and
+    /// releases each name in turn (its registry decides), so that its own late release never
+    /// meets its own later claim.
     pub async fn connect(url: &str, node: &str, ttl: Duration) -> RedisResult<Directory> {
+        if !valid_node(node) {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "a node id is 1 to 64 of A-Z a-z 0-9 . _ -",
+            )));
+        }
         let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(CALL_TIMEOUT)
+            .set_response_timeout(CALL_TIMEOUT);
         Ok(Directory {
-            con: ConnectionManager::new(client).await?,
+            con: ConnectionManager::new_with_config(client, config).await?,
             node: node.to_string(),
             ttl,
             claim: Script::new(CLAIM),
@@ -178,7 +213,7 @@ impl Directory {
 
     /// Claims `name` for this node; `proved` if its peer showed its session or signature.
     pub async fn claim(&mut self, name: &str, proved: bool) -> RedisResult<Claimed> {
-        let (won, what): (u8, redis::Value) = self
+        let (won, what): (u8, String) = self
             .claim
             .key(Self::name_key(name))
             .key(format!("{PREFIX}epoch"))
@@ -189,9 +224,12 @@ impl Directory {
             .invoke_async(&mut self.con)
             .await?;
         Ok(if won == 1 {
-            Claimed::Home(redis::from_redis_value(&what)?)
+            let epoch = what.parse().map_err(|_| {
+                redis::RedisError::from((redis::ErrorKind::TypeError, "an epoch not a number"))
+            })?;
+            Claimed::Home(epoch)
         } else {
-            Claimed::InUse(redis::from_redis_value(&what)?)
+            Claimed::InUse(what)
         })
     }
 
@@ -211,7 +249,7 @@ impl Directory {
     /// Where `name` is homed: its node and that node's mesh address, if the node is alive.
     pub async fn home(&mut self, name: &str) -> RedisResult<Option<(String, SocketAddr)>> {
         let cur: Option<String> = self.con.get(Self::name_key(name)).await?;
-        let Some(owner) = cur.as_deref().and_then(|c| c.split(' ').next()) else {
+        let Some((owner, _)) = cur.as_deref().and_then(|c| c.rsplit_once(' ')) else {
             return Ok(None);
         };
         let mesh: Option<String> = self.con.get(Self::node_key(owner)).await?;
@@ -243,6 +281,15 @@ mod tests {
                 epoch: 9
             })
         );
+        // A name with spaces reads whole.
+        assert_eq!(
+            Event::parse("join udp-relay:name:alice smith relay-a 7"),
+            Some(Event::Joined {
+                name: "alice smith".into(),
+                node: "relay-a".into(),
+                epoch: 7
+            })
+        );
         for junk in [
             "",
             "join",
@@ -250,6 +297,7 @@ mod tests {
             "join udp-relay:name:alice relay-a x",
             "join udp-relay:name:alice relay-a 7 more",
             "moved udp-relay:name:alice relay-a 7",
+            "join udp-relay:name:alice relay:a 7",
         ] {
             assert_eq!(Event::parse(junk), None, "{junk:?}");
         }

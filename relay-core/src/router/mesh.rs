@@ -16,8 +16,15 @@ use crate::refusal::Reason;
 use crate::settings::MAX_UDP_PAYLOAD;
 use crate::wire::mesh::{Head, Via, write_head};
 use crate::wire::reply::{self, RELAYED_SUFFIX};
+use crate::wire::valid_name;
 
 use super::Router;
+
+/// `now` in nanoseconds since the Unix epoch (to a quarter of a microsecond): the clock of
+/// mesh sequence numbers.
+fn unix_ns(now: Now) -> u64 {
+    (now.unix * 1e9) as u64
+}
 
 impl Router {
     /// Forwards a `relay` of `source`'s to `target`, if `target` is homed at another relay of the
@@ -28,17 +35,21 @@ impl Router {
         source: &str,
         target: &str,
         payload: Range<usize>,
+        now: Now,
         out: &mut Out,
     ) -> bool {
         let Some(c) = self.shared.cluster.get() else {
             return false;
         };
-        let Some(mesh) = c.remote.mesh_of(target) else {
+        let Some((node, mesh)) = c.remote.home_of(target) else {
+            return false;
+        };
+        let Some(seq) = c.nodes.next_seq(&node, unix_ns(now)) else {
             return false;
         };
         let head = Head {
             node: &c.node,
-            seq: c.keys.next_seq(),
+            seq,
             target,
             via: Via::Source(source),
         };
@@ -47,7 +58,9 @@ impl Router {
             return false;
         }
         let end = out.buf.len();
-        let mac = c.keys.mac(&[&out.buf[start..end], &d[payload.clone()]]);
+        let mac = c
+            .keys
+            .mac(&node, &[&out.buf[start..end], &d[payload.clone()]]);
         out.buf.extend_from_slice(&mac);
         if out.buf.len() - start + payload.len() > MAX_UDP_PAYLOAD {
             out.buf.truncate(start);
@@ -68,7 +81,7 @@ impl Router {
         let Some(c) = self.shared.cluster.get() else {
             return refuse(Reason::MeshUnknownNode);
         };
-        let m = match c.nodes.open(&c.keys, d) {
+        let m = match c.nodes.open(&c.keys, &c.node, unix_ns(now), d) {
             Ok(m) => m,
             Err(Refused::Malformed(_)) => return refuse(Reason::MeshMalformed),
             Err(Refused::UnknownNode) => return refuse(Reason::MeshUnknownNode),
@@ -79,6 +92,10 @@ impl Router {
         let Via::Source(source) = m.head.via else {
             return refuse(Reason::MeshMalformed);
         };
+        // Another relay's word, but names still obey the name rules before they are used.
+        if !valid_name(source) || !valid_name(m.head.target) {
+            return refuse(Reason::MeshMalformed);
+        }
         let Some((to, _)) = self.shared.registry.target_of(m.head.target, now.ms) else {
             return refuse(Reason::MeshUnknownTarget);
         };
@@ -107,7 +124,7 @@ mod tests {
     use crate::testing::{Harness, addr, at, collect};
     use crate::wire::peer;
 
-    const KEY: &[u8] = b"the cluster's shared secret, 32+";
+    const KEY: &[u8] = b"the cluster's shared secret, at least 32 bytes";
 
     /// A relay of a cluster of two: node `me`, taking datagrams from `other`.
     fn relay(me: &str, other: &str, key: &[u8]) -> Harness {
@@ -116,7 +133,7 @@ mod tests {
         nodes.add(other);
         let cluster = Cluster {
             node: me.into(),
-            keys: Keys::new(key, 1_000),
+            keys: Keys::new(key).expect("a long enough key"),
             nodes,
             remote: Remote::new(1_000),
         };
@@ -193,7 +210,11 @@ mod tests {
         let good = sealed("bob");
         let misdirected = sealed("carol");
         // A forger without the key: its MAC fails; with a flipped byte too.
-        let mut forger = relay("relay-a", "relay-b", b"a guess at the key, thirty-two b");
+        let mut forger = relay(
+            "relay-a",
+            "relay-b",
+            b"a guess at the key, at least 32 bytes long",
+        );
         forger.register("alice", addr(1), 0);
         let forged = {
             let remote = &forger.shared.cluster.get().unwrap().remote;

@@ -29,7 +29,7 @@ impl Router {
         };
         let Some((to, trusted)) = reg.target_of(target, req.now.ms) else {
             // Homed at another relay of the cluster: one hop there.
-            if self.relay_remote(d, source, target, payload.start..payload.end, out) {
+            if self.relay_remote(d, source, target, payload.start..payload.end, req.now, out) {
                 return;
             }
             return self.fail(out, Reason::UnknownTarget, req);
