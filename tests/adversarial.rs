@@ -590,7 +590,7 @@ fn garbage_from_a_departed_peers_address_does_not_keep_its_name() {
             .unwrap();
         let mut buf = [0u8; 2048];
         while Instant::now() < deadline {
-            if let Ok(n) = watcher.sock.recv(&mut buf) {
+            if let Ok(n) = common::recv(&watcher.sock, &mut buf) {
                 let v: Value = serde_json::from_slice(&buf[..n]).unwrap();
                 if v["type"] == "peer_left" && v["peer_name"] == "departed" {
                     left = Some(left_at.elapsed());
@@ -748,14 +748,14 @@ fn large_watch_datagrams_do_not_hurt_a_well_behaved_pair() {
             let t = Instant::now();
             let m = json!({"type": "relay", "source": "pair-a", "target": "pair-b", "payload": i});
             a.send(m);
-            if b.sock.recv(&mut buf).is_err() {
+            if common::recv(&b.sock, &mut buf).is_err() {
                 lost += 1;
                 continue;
             }
             let back =
                 json!({"type": "relay", "source": "pair-b", "target": "pair-a", "payload": i});
             b.send(back);
-            if a.sock.recv(&mut buf).is_err() {
+            if common::recv(&a.sock, &mut buf).is_err() {
                 lost += 1;
                 continue;
             }
@@ -850,7 +850,7 @@ fn prove_at(s: &UdpSocket, relay: SocketAddr, name: &str) -> String {
 fn recv_json(s: &UdpSocket, want: impl Fn(&Value) -> bool) -> Value {
     let mut buf = vec![0u8; 70_000];
     loop {
-        let n = s.recv(&mut buf).expect("a reply");
+        let n = common::recv(s, &mut buf).expect("a reply");
         if let Ok(v) = serde_json::from_slice::<Value>(&buf[..n]) {
             if want(&v) {
                 return v;
@@ -1541,7 +1541,7 @@ fn a_displaced_old_peers_name_stays_its_own() {
         send(&atk[0], json!({"type": "register", "name": "alice"}));
         std::thread::sleep(Duration::from_millis(20));
         atk[0].set_nonblocking(true).unwrap();
-        while let Ok(len) = atk[0].recv(&mut buf) {
+        while let Ok(len) = common::recv(&atk[0], &mut buf) {
             let v: Value = serde_json::from_slice(&buf[..len]).unwrap();
             took |= v["type"] == "register_ack" && v["peer_name"] == "alice";
             refused += usize::from(v["code"] == "name_in_use");
@@ -1573,7 +1573,7 @@ fn a_displaced_old_peers_name_stays_its_own() {
         let relay = json!({"type": "relay", "target": "alice", "source": "bob", "payload": "p"});
         bob.send(bob.authed(relay));
         let mut got = false;
-        while let Ok(len) = alice.sock.recv(&mut buf) {
+        while let Ok(len) = common::recv(&alice.sock, &mut buf) {
             let v: Value = serde_json::from_slice(&buf[..len]).unwrap();
             got |= v["type"] == "relayed_packet" && v["payload"] == "p";
         }

@@ -31,7 +31,7 @@ fn inbox(s: &UdpSocket) -> Vec<Value> {
     s.set_nonblocking(true).unwrap();
     let mut buf = [0u8; 65536];
     let mut got = Vec::new();
-    while let Ok(n) = s.recv(&mut buf) {
+    while let Ok(n) = common::recv(s, &mut buf) {
         got.push(serde_json::from_slice(&buf[..n]).expect("JSON from the relay"));
     }
     s.set_nonblocking(false).unwrap();

@@ -163,7 +163,7 @@ pub fn received(s: &UdpSocket) -> (usize, usize) {
     s.set_nonblocking(true).unwrap();
     let mut buf = [0u8; 65536];
     let (mut bytes, mut n) = (0, 0);
-    while let Ok(len) = s.recv(&mut buf) {
+    while let Ok(len) = super::recv(s, &mut buf) {
         bytes += len;
         n += 1;
     }

@@ -70,6 +70,22 @@ pub const NO_LIMITS: &[&str] = &[
     "0",
 ];
 
+/// `s.recv_from`, again whenever a signal interrupted it (EINTR): a test's wait ends on a
+/// datagram or on its timeout, never on a signal.
+pub fn recv_from(s: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+    loop {
+        match s.recv_from(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}
+
+/// [`recv_from`], the length only.
+pub fn recv(s: &UdpSocket, buf: &mut [u8]) -> std::io::Result<usize> {
+    recv_from(s, buf).map(|(n, _)| n)
+}
+
 /// A frame: `0xD1`, flags 0, the channel number, the payload.
 pub fn frame(channel: u32, payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::new();
@@ -413,9 +429,7 @@ impl Peer {
 
     fn recv_wire(&self) -> Vec<u8> {
         let mut buf = vec![0u8; 70_000];
-        let (n, from) = self
-            .sock
-            .recv_from(&mut buf)
+        let (n, from) = recv_from(&self.sock, &mut buf)
             .unwrap_or_else(|e| panic!("{} waited for a datagram: {e}", self.addr()));
         assert_eq!(from, self.relay, "datagram from an unexpected address");
         buf.truncate(n);
