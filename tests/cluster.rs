@@ -107,6 +107,27 @@ fn mesh(i: u8) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, i], 7000))
 }
 
+/// Node `id` of the directory at `url`, alive at mesh address `mesh(i)` for `ttl`.
+async fn node(url: &str, id: &str, i: u8, ttl: Duration) -> Directory {
+    let mut d = Directory::connect(url, id, ttl).await.unwrap();
+    d.heartbeat(mesh(i)).await.unwrap();
+    d
+}
+
+/// Waits (10 s at most) until `d`'s connection is back and its heartbeat, as node `i`, served.
+async fn reconnected(d: &mut Directory, i: u8) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match d.heartbeat(mesh(i)).await {
+            Ok(()) => return,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "never reconnected: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// The epoch of a claim that must have been won.
 fn won(c: Claimed) -> u64 {
     match c {
@@ -120,14 +141,8 @@ fn a_name_is_homed_at_one_live_node_and_moves_only_with_proof() {
     let Some(redis) = Redis::start() else { return };
     block(async {
         let ttl = Duration::from_secs(30);
-        let mut a = Directory::connect(&redis.url(), "relay-a", ttl)
-            .await
-            .unwrap();
-        let mut b = Directory::connect(&redis.url(), "relay-b", ttl)
-            .await
-            .unwrap();
-        a.heartbeat(mesh(1)).await.unwrap();
-        b.heartbeat(mesh(2)).await.unwrap();
+        let mut a = node(&redis.url(), "relay-a", 1, ttl).await;
+        let mut b = node(&redis.url(), "relay-b", 2, ttl).await;
         let first = won(a.claim("alice", false).await.unwrap());
         assert_eq!(
             won(a.claim("alice", false).await.unwrap()),
@@ -167,14 +182,8 @@ fn every_node_hears_joins_and_leaves_in_the_order_they_happened() {
     block(async {
         let mut events = Events::subscribe(&redis.url()).await.unwrap();
         let ttl = Duration::from_secs(30);
-        let mut a = Directory::connect(&redis.url(), "relay-a", ttl)
-            .await
-            .unwrap();
-        let mut b = Directory::connect(&redis.url(), "relay-b", ttl)
-            .await
-            .unwrap();
-        a.heartbeat(mesh(1)).await.unwrap();
-        b.heartbeat(mesh(2)).await.unwrap();
+        let mut a = node(&redis.url(), "relay-a", 1, ttl).await;
+        let mut b = node(&redis.url(), "relay-b", 2, ttl).await;
         let first = won(a.claim("alice", false).await.unwrap());
         let moved = won(b.claim("alice", true).await.unwrap());
         assert!(b.release("alice", moved).await.unwrap());
@@ -217,20 +226,13 @@ fn node_ids_are_checked_and_epochs_never_repeat_across_a_redis_restart() {
                 "{bad:?}"
             );
         }
-        let mut a = Directory::connect(&redis.url(), "relay-a", ttl)
-            .await
-            .unwrap();
-        a.heartbeat(mesh(1)).await.unwrap();
+        let mut a = node(&redis.url(), "relay-a", 1, ttl).await;
         let before = won(a.claim("alice", false).await.unwrap());
         drop(redis);
         let Ok(back) = Redis::on(port) else {
             panic!("redis-server again on port {port}");
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while a.heartbeat(mesh(1)).await.is_err() {
-            assert!(Instant::now() < deadline, "never reconnected");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        reconnected(&mut a, 1).await;
         // The counter was lost with the data: the next epoch is still beyond every earlier one,
         // so the release of the claim before the restart removes nothing after it.
         let after = won(a.claim("alice", false).await.unwrap());
@@ -246,17 +248,14 @@ fn two_relays_racing_for_names_win_each_exactly_once() {
     let names: Vec<String> = (0..200).map(|i| format!("peer{i}")).collect();
     // Both start together, from opposite ends, so that they meet in the middle.
     let start = std::sync::Arc::new(std::sync::Barrier::new(2));
-    let race = |node: &'static str, i: u8| {
+    let race = |id: &'static str, i: u8| {
         let (url, mut names, start) = (redis.url(), names.clone(), start.clone());
         if i == 2 {
             names.reverse();
         }
         std::thread::spawn(move || {
             block(async {
-                let mut d = Directory::connect(&url, node, Duration::from_secs(30))
-                    .await
-                    .unwrap();
-                d.heartbeat(mesh(i)).await.unwrap();
+                let mut d = node(&url, id, i, Duration::from_secs(30)).await;
                 start.wait();
                 let mut won = Vec::new();
                 for n in &names {
@@ -281,14 +280,8 @@ fn two_relays_racing_for_names_win_each_exactly_once() {
 fn a_dead_nodes_names_are_free() {
     let Some(redis) = Redis::start() else { return };
     block(async {
-        let mut a = Directory::connect(&redis.url(), "relay-a", Duration::from_secs(2))
-            .await
-            .unwrap();
-        let mut b = Directory::connect(&redis.url(), "relay-b", Duration::from_secs(30))
-            .await
-            .unwrap();
-        a.heartbeat(mesh(1)).await.unwrap();
-        b.heartbeat(mesh(2)).await.unwrap();
+        let mut a = node(&redis.url(), "relay-a", 1, Duration::from_secs(2)).await;
+        let mut b = node(&redis.url(), "relay-b", 2, Duration::from_secs(30)).await;
         won(a.claim("carol", false).await.unwrap());
         assert!(matches!(
             b.claim("carol", false).await.unwrap(),
@@ -317,10 +310,7 @@ fn calls_fail_while_redis_is_away_and_are_served_once_it_is_back() {
     let Some(redis) = Redis::start() else { return };
     let port = redis.port;
     block(async {
-        let mut d = Directory::connect(&redis.url(), "relay-b", Duration::from_secs(30))
-            .await
-            .unwrap();
-        d.heartbeat(mesh(2)).await.unwrap();
+        let mut d = node(&redis.url(), "relay-b", 2, Duration::from_secs(30)).await;
         won(d.claim("erin", false).await.unwrap());
         drop(redis);
         assert!(d.claim("frank", false).await.is_err(), "no Redis, no claim");
@@ -329,16 +319,7 @@ fn calls_fail_while_redis_is_away_and_are_served_once_it_is_back() {
         };
         // The connection comes back by itself: the next calls are served (the new server is
         // empty, as a Redis without persistence restarts).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match d.heartbeat(mesh(2)).await {
-                Ok(()) => break,
-                Err(e) => {
-                    assert!(Instant::now() < deadline, "never reconnected: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
+        reconnected(&mut d, 2).await;
         won(d.claim("frank", false).await.unwrap());
         drop(back);
     });
