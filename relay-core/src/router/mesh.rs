@@ -14,11 +14,11 @@ use crate::metrics::Counters;
 use crate::out::Out;
 use crate::refusal::Reason;
 use crate::settings::MAX_UDP_PAYLOAD;
-use crate::wire::mesh::{Head, Via, write_head};
-use crate::wire::reply::{self, RELAYED_SUFFIX};
+use crate::wire::mesh::{Head, MAC_LEN, Via, write_head};
 use crate::wire::valid_name;
 
 use super::Router;
+use super::relay::relayed;
 
 /// `now` in nanoseconds since the Unix epoch (to a quarter of a microsecond): the clock of
 /// mesh sequence numbers.
@@ -58,14 +58,14 @@ impl Router {
             return false;
         }
         let end = out.buf.len();
+        if end - start + payload.len() + MAC_LEN > MAX_UDP_PAYLOAD {
+            out.buf.truncate(start);
+            return false;
+        }
         let mac = c
             .keys
             .mac(&node, &[&out.buf[start..end], &d[payload.clone()]]);
         out.buf.extend_from_slice(&mac);
-        if out.buf.len() - start + payload.len() > MAX_UDP_PAYLOAD {
-            out.buf.truncate(start);
-            return false;
-        }
         out.forward_between(mesh, start..end, payload, end..out.buf.len());
         Counters::add(&self.counters.mesh_sent, 1);
         true
@@ -99,14 +99,9 @@ impl Router {
         let Some((to, _)) = self.shared.registry.target_of(m.head.target, now.ms) else {
             return refuse(Reason::MeshUnknownTarget);
         };
-        let start = out.buf.len();
-        reply::relayed_prefix(&mut out.buf, source);
-        let end = out.buf.len();
-        if end - start + m.payload.len() + RELAYED_SUFFIX.len() > MAX_UDP_PAYLOAD {
-            out.buf.truncate(start);
+        if !relayed(out, to, source, m.payload) {
             return refuse(Reason::TooLarge);
         }
-        out.forward(to, start..end, m.payload, RELAYED_SUFFIX);
         Counters::add(&self.counters.mesh_delivered, 1);
     }
 }

@@ -1,6 +1,9 @@
 //! The JSON relay hot path: a `relay` is forwarded as its payload span, untouched, behind a
 //! header naming the sender.
 
+use std::net::SocketAddr;
+use std::ops::Range;
+
 use crate::metrics::Counters;
 use crate::out::Out;
 use crate::refusal::Reason;
@@ -39,15 +42,24 @@ impl Router {
         if self.shared.settings.auth == Auth::Signed && !trusted {
             return self.refuse(Reason::UnauthenticatedTarget, req);
         }
-        let start = out.buf.len();
-        reply::relayed_prefix(&mut out.buf, source);
-        let size = out.buf.len() - start + payload.len() + RELAYED_SUFFIX.len();
-        if size > MAX_UDP_PAYLOAD {
-            out.buf.truncate(start);
+        if !relayed(out, to, source, payload.start..payload.end) {
             return self.fail(out, Reason::TooLarge, req);
         }
-        let end = out.buf.len();
-        out.forward(to, start..end, payload.start..payload.end, RELAYED_SUFFIX);
         Counters::add(&self.counters.forwarded, 1);
     }
+}
+
+/// Sends `to` the `relayed_packet` from `source` whose payload is `payload` of the received
+/// datagram (sent from the receive buffer, behind a header written in `out.buf`); false (nothing
+/// sent) if it would not fit a datagram.
+pub(super) fn relayed(out: &mut Out, to: SocketAddr, source: &str, payload: Range<usize>) -> bool {
+    let start = out.buf.len();
+    reply::relayed_prefix(&mut out.buf, source);
+    let end = out.buf.len();
+    if end - start + payload.len() + RELAYED_SUFFIX.len() > MAX_UDP_PAYLOAD {
+        out.buf.truncate(start);
+        return false;
+    }
+    out.forward(to, start..end, payload, RELAYED_SUFFIX);
+    true
 }
