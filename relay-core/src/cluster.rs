@@ -1,9 +1,86 @@
 //! What a relay of a cluster holds beside its own state: its node id, the mesh key and its
-//! sending sequence, the nodes it takes mesh datagrams from, and the names homed elsewhere. Set
-//! once, by the binary, when the relay joins a cluster; without one the relay is an island.
+//! sending sequence, the nodes it takes mesh datagrams from, the names homed elsewhere, the
+//! names homed here with their claims' epochs, and the work it owes the directory. Set once, by
+//! the binary, when the relay joins a cluster; without one the relay is an island.
+//!
+//! The workers never wait for the directory: a registration that needs a claim is queued here
+//! as a [`Pending`] (bounded) and decided again when the binary's link has settled it; a name
+//! that leaves queues its release; a target this relay does not know queues a lookup. The link
+//! takes the queue in order, so that a name's release is never overtaken by its next claim.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use crate::mesh::{Keys, Nodes};
 use crate::remote::Remote;
+
+/// The most directory operations queued at once: beyond it a registration that needs a claim
+/// is refused (`cluster_busy`) and a lookup is not asked.
+pub const MAX_QUEUED: usize = 16_384;
+
+/// A registration waiting for its claim: its datagram, decided again once the claim settles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// The name claimed.
+    pub name: String,
+    /// Where it came from.
+    pub from: SocketAddr,
+    /// The `register` or `keepalive` as received.
+    pub datagram: Vec<u8>,
+    /// When it arrived, on the relay's clock (ms).
+    pub at_ms: u64,
+}
+
+/// Work owed to the directory, in the order it arose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Claim a name for a registration.
+    Claim(Pending),
+    /// Release a name that left, at the epoch it was claimed with.
+    Release(String, u64),
+    /// Find where a name not known here is homed.
+    Lookup(String),
+}
+
+/// Directory counters the link keeps and the ops endpoint shows.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Whether the directory answered its last call.
+    pub up: AtomicBool,
+    /// Claims won.
+    pub claims_won: AtomicU64,
+    /// Claims the directory answered `name_in_use`.
+    pub claims_lost: AtomicU64,
+    /// Claims that failed (the directory away, or late).
+    pub claims_failed: AtomicU64,
+    /// Releases done.
+    pub releases: AtomicU64,
+    /// Releases that failed (the name lapses with its node, or is claimed over).
+    pub releases_failed: AtomicU64,
+    /// Lookups of a target this relay did not know that found its home.
+    pub lookups_found: AtomicU64,
+    /// Lookups that found no live home.
+    pub lookups_missing: AtomicU64,
+    /// Lookups that failed.
+    pub lookups_failed: AtomicU64,
+    /// Operations refused because the queue was full.
+    pub queue_full: AtomicU64,
+    /// Directory calls made.
+    pub calls: AtomicU64,
+    /// Microseconds the directory calls took, summed.
+    pub call_us: AtomicU64,
+    /// Names homed here that the directory gave to another relay meanwhile.
+    pub conflicts: AtomicU64,
+}
+
+impl Stats {
+    /// Counts one.
+    pub fn add(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 /// A relay's part in its cluster.
 pub struct Cluster {
@@ -15,4 +92,205 @@ pub struct Cluster {
     pub nodes: Nodes,
     /// The names homed at other relays.
     pub remote: Remote,
+    /// The directory's counters.
+    pub stats: Stats,
+    /// The names homed here, with the epochs of their claims.
+    homes: Mutex<HashMap<String, u64>>,
+    queue: Mutex<Queue>,
+    /// Called when work is queued (the link waits for it).
+    wake: Box<dyn Fn() + Send + Sync>,
+}
+
+#[derive(Default)]
+struct Queue {
+    ops: VecDeque<Op>,
+    /// The names whose lookup is queued, asked once however many datagrams miss them.
+    lookups: HashSet<String>,
+}
+
+impl Cluster {
+    /// Node `node` of a cluster keyed by `keys`, knowing at most `max_remote` names homed
+    /// elsewhere; `wake` is called whenever work is queued for the directory.
+    pub fn new(
+        node: &str,
+        keys: Keys,
+        max_remote: usize,
+        wake: Box<dyn Fn() + Send + Sync>,
+    ) -> Cluster {
+        Cluster {
+            node: node.to_string(),
+            keys,
+            nodes: Nodes::default(),
+            remote: Remote::new(max_remote),
+            stats: Stats::default(),
+            homes: Mutex::new(HashMap::new()),
+            queue: Mutex::new(Queue::default()),
+            wake,
+        }
+    }
+
+    fn push(&self, op: Op) -> bool {
+        {
+            let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            if q.ops.len() >= MAX_QUEUED {
+                Stats::add(&self.stats.queue_full);
+                return false;
+            }
+            if let Op::Lookup(name) = &op {
+                if !q.lookups.insert(name.clone()) {
+                    return true;
+                }
+            }
+            q.ops.push_back(op);
+        }
+        (self.wake)();
+        true
+    }
+
+    /// Queues `p`'s claim; false if the queue is full.
+    pub fn pend(&self, p: Pending) -> bool {
+        self.push(Op::Claim(p))
+    }
+
+    /// Queues a lookup of `name` (once, however often it is missed).
+    pub fn lookup(&self, name: &str) {
+        self.push(Op::Lookup(name.to_string()));
+    }
+
+    /// Takes up to `max` queued operations, oldest first.
+    pub fn take(&self, max: usize) -> Vec<Op> {
+        let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = max.min(q.ops.len());
+        let ops: Vec<Op> = q.ops.drain(..n).collect();
+        for op in &ops {
+            if let Op::Lookup(name) = op {
+                q.lookups.remove(name);
+            }
+        }
+        ops
+    }
+
+    /// Whether `name` is homed here (its claim settled).
+    pub fn is_home(&self, name: &str) -> bool {
+        self.homes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(name)
+    }
+
+    /// `name` is homed here from the claim of `epoch` on.
+    pub fn homed(&self, name: &str, epoch: u64) {
+        self.homes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.to_string(), epoch);
+    }
+
+    /// `name` left this relay: it is homed here no more, and its release is queued. A release
+    /// the queue has no room for is left to the directory (the name lapses with this node, or
+    /// is claimed over by whoever proves it).
+    pub fn left(&self, name: &str) {
+        let epoch = self
+            .homes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name);
+        if let Some(epoch) = epoch {
+            self.push(Op::Release(name.to_string(), epoch));
+        }
+    }
+
+    /// `name` is homed here no longer, without a release (the directory gave it to another
+    /// relay at a later epoch): false if it was not homed here, or at a later epoch.
+    pub fn lost(&self, name: &str, epoch: u64) -> bool {
+        let mut homes = self.homes.lock().unwrap_or_else(PoisonError::into_inner);
+        if homes.get(name).is_some_and(|&e| e < epoch) {
+            homes.remove(name);
+            return true;
+        }
+        false
+    }
+
+    /// The names homed here, with their epochs (to publish again after the directory lost them).
+    pub fn homes(&self) -> Vec<(String, u64)> {
+        let homes = self.homes.lock().unwrap_or_else(PoisonError::into_inner);
+        homes.iter().map(|(n, &e)| (n.clone(), e)).collect()
+    }
+
+    /// How many names are homed here.
+    pub fn home_count(&self) -> usize {
+        self.homes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn cluster(woken: Arc<AtomicU64>) -> Cluster {
+        let keys = Keys::new(&[7; 32]).unwrap();
+        Cluster::new(
+            "relay-a",
+            keys,
+            10,
+            Box::new(move || {
+                woken.fetch_add(1, Ordering::Relaxed);
+            }),
+        )
+    }
+
+    fn pending(name: &str) -> Pending {
+        Pending {
+            name: name.into(),
+            from: SocketAddr::from(([192, 0, 2, 1], 9)),
+            datagram: b"{}".to_vec(),
+            at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn work_is_taken_in_order_bounded_and_a_lookup_is_asked_once() {
+        let woken = Arc::new(AtomicU64::new(0));
+        let c = cluster(woken.clone());
+        assert!(c.pend(pending("alice")));
+        c.homed("alice", 4);
+        c.lookup("bob");
+        c.lookup("bob");
+        c.left("alice");
+        c.left("carol");
+        assert_eq!(
+            c.take(10),
+            vec![
+                Op::Claim(pending("alice")),
+                Op::Lookup("bob".into()),
+                Op::Release("alice".into(), 4),
+            ]
+        );
+        assert_eq!(woken.load(Ordering::Relaxed), 3);
+        assert!(!c.is_home("alice"));
+        for _ in 0..MAX_QUEUED {
+            assert!(c.pend(pending("x")));
+        }
+        assert!(!c.pend(pending("y")), "full");
+        assert_eq!(c.stats.queue_full.load(Ordering::Relaxed), 1);
+        assert_eq!(c.take(usize::MAX).len(), MAX_QUEUED);
+        // A lookup taken may be asked again.
+        c.lookup("bob");
+        assert_eq!(c.take(1), vec![Op::Lookup("bob".into())]);
+    }
+
+    #[test]
+    fn a_name_is_lost_only_to_a_later_claim() {
+        let c = cluster(Arc::default());
+        c.homed("alice", 5);
+        assert!(!c.lost("alice", 5));
+        assert!(!c.lost("bob", 9));
+        assert!(c.lost("alice", 6));
+        assert!(!c.is_home("alice"));
+        assert!(c.take(10).is_empty(), "no release for a lost name");
+    }
 }

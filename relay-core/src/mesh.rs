@@ -5,6 +5,7 @@
 //! judged by.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
@@ -116,9 +117,10 @@ impl Window {
     }
 }
 
-/// What this relay keeps of one other node: the numbers it sent there, and what it took.
-#[derive(Default)]
+/// What this relay keeps of one other node: where it is reached, the numbers it sent there,
+/// and what it took.
 struct Node {
+    mesh: SocketAddr,
     sent: AtomicU64,
     window: Mutex<Window>,
 }
@@ -132,15 +134,37 @@ pub struct Nodes {
 }
 
 impl Nodes {
-    /// Takes datagrams from, and sends to, `node` from now on (a node the directory lists);
-    /// false if [`MAX_NODES`] are known already.
-    pub fn add(&self, node: &str) -> bool {
+    /// Takes datagrams from, and sends to, `node`, reached at `mesh`, from now on (a node the
+    /// directory lists); false if [`MAX_NODES`] are known already.
+    pub fn add(&self, node: &str, mesh: SocketAddr) -> bool {
         let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
-        if nodes.len() >= MAX_NODES && !nodes.contains_key(node) {
+        if let Some(n) = nodes.get_mut(node) {
+            n.mesh = mesh;
+            return true;
+        }
+        if nodes.len() >= MAX_NODES {
             return false;
         }
-        nodes.entry(node.to_string()).or_default();
+        let n = Node {
+            mesh,
+            sent: AtomicU64::new(0),
+            window: Mutex::new(Window::default()),
+        };
+        nodes.insert(node.to_string(), n);
         true
+    }
+
+    /// Whether `to` is the mesh address of a node listed (a destination the peer-address policy
+    /// does not judge: the operator's own network, named by the directory).
+    pub fn is_mesh(&self, to: SocketAddr) -> bool {
+        let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
+        nodes.values().any(|n| n.mesh == to)
+    }
+
+    /// The nodes listed, with their mesh addresses.
+    pub fn listed(&self) -> Vec<(String, SocketAddr)> {
+        let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
+        nodes.iter().map(|(k, n)| (k.clone(), n.mesh)).collect()
     }
 
     /// Takes no more datagrams from `node` (gone from the directory).
@@ -206,6 +230,10 @@ mod tests {
     use crate::wire::mesh::{Head, Via, write_head};
 
     const KEY: &[u8] = b"the cluster's shared secret, at least 32 bytes";
+    const MESH: SocketAddr = SocketAddr::new(
+        std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1)),
+        7000,
+    );
     /// The receivers' time in these tests: 100 s.
     const NOW: u64 = 100_000_000_000;
 
@@ -229,7 +257,7 @@ mod tests {
     fn a_sealed_datagram_opens_once_and_a_forged_one_never() {
         let keys = Keys::new(KEY).unwrap();
         let nodes = Nodes::default();
-        assert!(nodes.add("relay-a"));
+        assert!(nodes.add("relay-a", MESH));
         let d = sealed(&keys, "relay-a", "relay-b", NOW, b"\"hi\"");
         let m = nodes.open(&keys, "relay-b", NOW, &d).unwrap();
         assert_eq!(&d[m.payload], b"\"hi\"");
@@ -262,14 +290,14 @@ mod tests {
     fn a_datagram_for_one_relay_opens_at_no_other() {
         let keys = Keys::new(KEY).unwrap();
         let nodes = Nodes::default();
-        assert!(nodes.add("relay-a"));
+        assert!(nodes.add("relay-a", MESH));
         let for_b = sealed(&keys, "relay-a", "relay-b", NOW, b"x");
         assert_eq!(
             nodes.open(&keys, "relay-c", NOW, &for_b).err(),
             Some(Refused::BadMac)
         );
         // Nor reflected back to its sender.
-        assert!(nodes.add("relay-b"));
+        assert!(nodes.add("relay-b", MESH));
         let from_b = sealed(&keys, "relay-b", "relay-a", NOW, b"x");
         assert_eq!(
             nodes.open(&keys, "relay-b", NOW, &from_b).err(),
@@ -281,7 +309,7 @@ mod tests {
     fn what_was_captured_before_a_restart_or_a_relisting_is_too_old_to_replay() {
         let keys = Keys::new(KEY).unwrap();
         let nodes = Nodes::default();
-        assert!(nodes.add("relay-a"));
+        assert!(nodes.add("relay-a", MESH));
         let captured: Vec<Vec<u8>> = (0..10)
             .map(|i| sealed(&keys, "relay-a", "relay-b", NOW + i, b"x"))
             .collect();
@@ -291,7 +319,7 @@ mod tests {
         // relay-a's liveness lapsed and came back (or relay-b restarted, with fresh windows):
         // within MAX_AGE_NS the window still holds the numbers; beyond it they are too old.
         nodes.remove("relay-a");
-        assert!(nodes.add("relay-a"));
+        assert!(nodes.add("relay-a", MESH));
         let later = NOW + MAX_AGE_NS + 10;
         for d in &captured {
             assert_eq!(
@@ -307,7 +335,7 @@ mod tests {
     #[test]
     fn each_receiver_counts_on_its_own_and_sequences_follow_the_clock() {
         let nodes = Nodes::default();
-        assert!(nodes.add("relay-b") && nodes.add("relay-c"));
+        assert!(nodes.add("relay-b", MESH) && nodes.add("relay-c", MESH));
         assert_eq!(nodes.next_seq("relay-b", NOW), Some(NOW));
         // The clock did not move: one more; another receiver has its own sequence.
         assert_eq!(nodes.next_seq("relay-b", NOW), Some(NOW + 1));

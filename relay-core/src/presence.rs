@@ -19,9 +19,24 @@ use crate::wire::reply::{self, Presence};
 /// The shortest a name can take in a list (`"x",`), bounding how many fit a budget.
 const MIN_LISTED_NAME: usize = 4;
 
-/// Whether the registry is small enough for everyone to hear of everyone.
+/// The names homed at other relays of the cluster, if any.
+fn remote_count(shared: &Shared) -> usize {
+    shared.cluster.get().map_or(0, |c| c.remote.len())
+}
+
+/// Whether the registry (with the cluster's other relays' names) is small enough for everyone
+/// to hear of everyone.
 fn small(shared: &Shared) -> bool {
-    shared.registry.len() <= shared.lists.announce_max()
+    shared.registry.len() + remote_count(shared) <= shared.lists.announce_max()
+}
+
+/// The names of a small cluster homed at other relays, listed after this relay's.
+fn remote_names(shared: &Shared) -> Vec<String> {
+    let max = shared.lists.announce_max();
+    shared
+        .cluster
+        .get()
+        .map_or(Vec::new(), |c| c.remote.names(max))
 }
 
 /// Every live peer, in join order (for a small registry).
@@ -44,8 +59,10 @@ pub fn peer_list(
     let budget = Some(shared.lists.reply_budget());
     if small(shared) {
         let peers = everyone(shared, now);
+        let remote = remote_names(shared);
         let names = peers.iter().map(|p| &*p.name);
-        reply::peer_list(&mut out.buf, names, peers.len(), budget);
+        let names = names.chain(remote.iter().map(String::as_str));
+        reply::peer_list(&mut out.buf, names, peers.len() + remote.len(), budget);
     } else {
         let peers = shared.sample.get(
             &shared.registry,
@@ -53,7 +70,8 @@ pub fn peer_list(
             now,
         );
         let names = peers.iter().map(|p| &*p.name);
-        reply::peer_list(&mut out.buf, names, shared.registry.len(), budget);
+        let count = shared.registry.len() + remote_count(shared);
+        reply::peer_list(&mut out.buf, names, count, budget);
     }
     out.reply(to, start, kind, trusted);
 }
@@ -71,7 +89,13 @@ pub fn announce(
     at: SocketAddr,
     now: Now,
 ) {
-    announce_if(shared, out, kind, name, at, now, |_| true);
+    announce_if(shared, out, kind, name, Some(at), now, |_| true);
+}
+
+/// Tells those who should hear it that `name`, homed at another relay of the cluster, joined
+/// or left.
+pub fn announce_remote(shared: &Shared, out: &mut Out, kind: Presence, name: &str, now: Now) {
+    announce_if(shared, out, kind, name, None, now, |_| true);
 }
 
 /// Tells the trusted peers of `at`'s own /24 (/48) who should hear it that `name` joined: news
@@ -86,7 +110,7 @@ pub fn announce_to_neighbours(
 ) {
     let home = prefix(at.ip());
     let near = |p: &Live| p.trusted && prefix(p.addr.ip()) == home;
-    announce_if(shared, out, Presence::Joined, name, at, now, near);
+    announce_if(shared, out, Presence::Joined, name, Some(at), now, near);
 }
 
 fn announce_if(
@@ -94,15 +118,17 @@ fn announce_if(
     out: &mut Out,
     kind: Presence,
     name: &str,
-    at: SocketAddr,
+    at: Option<SocketAddr>,
     now: Now,
     keep: impl Fn(&Live) -> bool,
 ) {
     // Small: everyone hears, and everyone is listed. Beyond announce_max only watchers hear
     // (most names have none, so ask that first) and the shared sample is listed.
     let (watchers, sample);
+    let mut remote = Vec::new();
     let (recipients, peers): (&[Live], &[Live]) = if small(shared) {
         watchers = everyone(shared, now);
+        remote = remote_names(shared);
         (&watchers, &watchers)
     } else {
         watchers = shared.registry.watchers_of(name, now.ms);
@@ -119,7 +145,7 @@ fn announce_if(
     let mut seen = HashSet::new();
     let to: Vec<&Live> = recipients
         .iter()
-        .filter(|p| &*p.name != name && p.addr != at && keep(p) && seen.insert(p.addr))
+        .filter(|p| &*p.name != name && Some(p.addr) != at && keep(p) && seen.insert(p.addr))
         .collect();
     if to.is_empty() {
         return;
@@ -131,6 +157,7 @@ fn announce_if(
     };
     let start = out.buf.len();
     let names = peers.iter().map(|p| &*p.name);
+    let names = names.chain(remote.iter().map(String::as_str));
     reply::presence(&mut out.buf, kind, name, names, Some(budget));
     let end = out.buf.len();
     for p in to {

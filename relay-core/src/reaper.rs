@@ -65,6 +65,9 @@ pub fn sweep(
             if let Some(gone) = reg.reap(name, now.ms) {
                 tracing::debug!(name = %gone.name, addr = %gone.addr, "reaped");
                 done.reaped += 1;
+                if let Some(c) = shared.cluster.get() {
+                    c.left(&gone.name);
+                }
                 // Paid by the host that held the name, as its datagrams caused the join; news to
                 // its own network only if it ever proved itself there (else it may be forged).
                 let start = out.sends.len();

@@ -116,6 +116,11 @@ reasons! {
         "A mesh datagram whose sequence number was seen, or is too old to tell.";
     MeshUnknownTarget => "mesh_unknown_target", None, "",
         "A mesh datagram for a name not registered here (it moved, or left).";
+    ClusterBusy => "cluster_busy", Some(RateLimited), "too many registrations waiting, retry",
+        "A registration that needs a cluster claim while the claims waiting fill their queue.";
+    ClusterUnavailable => "cluster_unavailable", Some(RateLimited),
+        "the cluster's directory did not answer, retry",
+        "A registration whose cluster claim failed (Redis away or late).";
     RegistryFull => "registry_full", Some(RateLimited), "relay is full",
         "A new name beyond `--max-peers`.";
     AddressFull => "address_full", Some(RateLimited), "too many names at this address",

@@ -33,7 +33,8 @@ impl Remote {
         }
     }
 
-    /// `name` is homed at `home` now, unless a newer claim is known; false if the view is full.
+    /// `name` is homed at `home` now, unless a newer claim is known: whether it is new to the
+    /// view (false too if the view is full).
     pub fn joined(&self, name: &str, home: Home) -> bool {
         let mut homes = self.homes.write().unwrap_or_else(|e| e.into_inner());
         let full = homes.len() >= self.max;
@@ -42,7 +43,7 @@ impl Remote {
                 if known.epoch < home.epoch {
                     *known = home;
                 }
-                true
+                false
             }
             None if full => false,
             None => {
@@ -52,18 +53,40 @@ impl Remote {
         }
     }
 
-    /// `name` left the claim of `epoch` (a later claim stays).
-    pub fn left(&self, name: &str, epoch: u64) {
+    /// Forgets `name` whatever its epoch (it is homed here now).
+    pub fn forget(&self, name: &str) -> bool {
         let mut homes = self.homes.write().unwrap_or_else(|e| e.into_inner());
-        if homes.get(name).is_some_and(|h| h.epoch == epoch) {
-            homes.remove(name);
-        }
+        homes.remove(name).is_some()
     }
 
-    /// Forgets every name homed at `node` (gone from the directory).
-    pub fn node_gone(&self, node: &str) {
+    /// `name` left the claim of `epoch` (a later claim stays): whether it was known.
+    pub fn left(&self, name: &str, epoch: u64) -> bool {
         let mut homes = self.homes.write().unwrap_or_else(|e| e.into_inner());
-        homes.retain(|_, h| &*h.node != node);
+        if homes.get(name).is_some_and(|h| h.epoch <= epoch) {
+            homes.remove(name);
+            return true;
+        }
+        false
+    }
+
+    /// Forgets every name homed at `node` (gone from the directory): the names forgotten.
+    pub fn node_gone(&self, node: &str) -> Vec<String> {
+        let mut homes = self.homes.write().unwrap_or_else(|e| e.into_inner());
+        let mut gone = Vec::new();
+        homes.retain(|name, h| {
+            let keep = &*h.node != node;
+            if !keep {
+                gone.push(name.clone());
+            }
+            keep
+        });
+        gone
+    }
+
+    /// Up to `max` of the names homed elsewhere (for the lists of a small cluster).
+    pub fn names(&self, max: usize) -> Vec<String> {
+        let homes = self.homes.read().unwrap_or_else(|e| e.into_inner());
+        homes.keys().take(max).cloned().collect()
     }
 
     /// The node and mesh address of `name`'s home, if it is homed elsewhere.
@@ -100,17 +123,18 @@ mod tests {
         let r = Remote::new(2);
         assert!(r.joined("alice", home("relay-b", 5)));
         // The move's join came first, the old join late: the move stays.
-        assert!(r.joined("alice", home("relay-c", 9)));
-        assert!(r.joined("alice", home("relay-b", 5)));
-        r.left("alice", 5);
+        assert!(!r.joined("alice", home("relay-c", 9)), "not new");
+        assert!(!r.joined("alice", home("relay-b", 5)));
+        assert!(!r.left("alice", 5));
         assert!(r.home_of("alice").is_some(), "a stale leave");
-        r.left("alice", 9);
+        assert!(r.left("alice", 9));
         assert_eq!(r.home_of("alice"), None);
         assert!(r.joined("a", home("relay-b", 1)));
         assert!(r.joined("b", home("relay-c", 2)));
         assert!(!r.joined("c", home("relay-b", 3)), "full");
         assert_eq!(r.len(), 2);
-        r.node_gone("relay-b");
+        assert_eq!(r.names(5).len(), 2);
+        assert_eq!(r.node_gone("relay-b"), vec!["a".to_string()]);
         assert_eq!((r.home_of("a"), r.len()), (None, 1));
     }
 }

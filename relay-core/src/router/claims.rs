@@ -4,6 +4,7 @@
 use tracing::debug;
 
 use crate::auth::{self, AuthError};
+use crate::cluster::Pending;
 use crate::events;
 use crate::metrics::Counters;
 use crate::out::{Kind, Out};
@@ -39,7 +40,12 @@ impl Router {
         let proven_before = reg.proven_at(&r.name, from);
         // A name new to this address costs a registration token of the address (refreshes are
         // free); a signature costs a check of its own, once its cookie has been checked.
-        if r.pubkey.is_none() && !held_here && !self.shared.budgets.register(from, now.ms) {
+        // (A registration decided again once its cluster claim settled paid the first time.)
+        if r.pubkey.is_none()
+            && !held_here
+            && !self.settling
+            && !self.shared.budgets.register(from, now.ms)
+        {
             return Err(Reason::RegistrationLimited);
         }
         let proof = match &r.pubkey {
@@ -54,6 +60,23 @@ impl Router {
             }
             None => Proof::Token(token),
         };
+        // In a cluster, a name not homed here is claimed in the directory first: the
+        // registration waits, and is decided again once the claim settles.
+        if let Some(c) = self.shared.cluster.get() {
+            if !self.settling && !c.is_home(&r.name) {
+                let p = Pending {
+                    name: r.name.to_string(),
+                    from,
+                    datagram: d.to_vec(),
+                    at_ms: now.ms,
+                };
+                return if c.pend(p) {
+                    Ok(())
+                } else {
+                    Err(Reason::ClusterBusy)
+                };
+            }
+        }
         let reg = &self.shared.registry;
         let mut claim = reg.claim(&r.name, from, proof, now.ms, reg.max_peers());
         // A full registry makes room for a newcomer rather than refuse every one of them, as

@@ -110,11 +110,11 @@ impl Router {
 mod tests {
     use std::net::SocketAddr;
 
-    use crate::cluster::Cluster;
-    use crate::mesh::{Keys, Nodes};
+    use crate::cluster::{Cluster, Op};
+    use crate::mesh::Keys;
     use crate::out::Out;
     use crate::refusal::Reason;
-    use crate::remote::{Home, Remote};
+    use crate::remote::Home;
     use crate::settings::Settings;
     use crate::testing::{Harness, addr, at, collect};
     use crate::wire::peer;
@@ -124,16 +124,40 @@ mod tests {
     /// A relay of a cluster of two: node `me`, taking datagrams from `other`.
     fn relay(me: &str, other: &str, key: &[u8]) -> Harness {
         let h = Harness::new(Settings::default());
-        let nodes = Nodes::default();
-        nodes.add(other);
-        let cluster = Cluster {
-            node: me.into(),
-            keys: Keys::new(key).expect("a long enough key"),
-            nodes,
-            remote: Remote::new(1_000),
-        };
+        let keys = Keys::new(key).expect("a long enough key");
+        let cluster = Cluster::new(me, keys, 1_000, Box::new(|| {}));
+        cluster.nodes.add(other, mesh_addr(9));
         assert!(h.shared.cluster.set(cluster).is_ok());
         h
+    }
+
+    /// Settles every claim `h` queued as the directory would a free name's, deciding each
+    /// registration again: what that sent.
+    fn settle_claims(h: &mut Harness) -> Vec<(SocketAddr, Vec<u8>)> {
+        let c = h.shared.cluster.get().unwrap();
+        let mut sent = Vec::new();
+        for op in c.take(usize::MAX) {
+            if let Op::Claim(p) = op {
+                c.homed(&p.name, 1);
+                let mut out = Out::default();
+                h.router.settle(&p, at(p.at_ms), &mut out);
+                sent.extend(collect(&out, &p.datagram));
+            }
+        }
+        sent
+    }
+
+    /// Registers `name` at `from` in relay `h` of a cluster, its claim settled.
+    fn register(h: &mut Harness, name: &str, from: SocketAddr) {
+        h.register(name, from, 0);
+        assert!(!settle_claims(h).is_empty(), "acked once claimed");
+    }
+
+    /// What `h` sends at once for a `register` of `name` from `from`.
+    fn ask(h: &mut Harness, name: &str, from: SocketAddr) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut d = Vec::new();
+        peer::register(&mut d, name, None);
+        h.run(&d, from, 1)
     }
 
     fn mesh_addr(i: u8) -> SocketAddr {
@@ -154,8 +178,8 @@ mod tests {
             relay("relay-b", "relay-a", KEY),
         );
         let (alice, bob) = (addr(1), addr(2));
-        a.register("alice", alice, 0);
-        b.register("bob", bob, 0);
+        register(&mut a, "alice", alice);
+        register(&mut b, "bob", bob);
         let home = Home {
             node: "relay-b".into(),
             mesh: mesh_addr(2),
@@ -171,8 +195,8 @@ mod tests {
         // At relay-b: the relayed_packet a local relay would have made, byte for byte.
         let got = deliver(&mut b, &sent[0].1);
         let mut local = relay("relay-x", "relay-y", KEY);
-        local.register("alice", alice, 0);
-        local.register("bob", bob, 0);
+        register(&mut local, "alice", alice);
+        register(&mut local, "bob", bob);
         let want = local.run(&d, alice, 5);
         assert_eq!(got, want);
         assert_eq!(got[0].0, bob);
@@ -187,8 +211,8 @@ mod tests {
             relay("relay-a", "relay-b", KEY),
             relay("relay-b", "relay-a", KEY),
         );
-        a.register("alice", addr(1), 0);
-        b.register("bob", addr(2), 0);
+        register(&mut a, "alice", addr(1));
+        register(&mut b, "bob", addr(2));
         let home = || Home {
             node: "relay-b".into(),
             mesh: mesh_addr(2),
@@ -210,7 +234,7 @@ mod tests {
             "relay-b",
             b"a guess at the key, at least 32 bytes long",
         );
-        forger.register("alice", addr(1), 0);
+        register(&mut forger, "alice", addr(1));
         let forged = {
             let remote = &forger.shared.cluster.get().unwrap().remote;
             assert!(remote.joined("bob", home()));
@@ -224,7 +248,7 @@ mod tests {
         flipped[at] ^= 1;
         // A node relay-b does not list.
         let mut stranger = relay("relay-z", "relay-b", KEY);
-        stranger.register("alice", addr(1), 0);
+        register(&mut stranger, "alice", addr(1));
         let foreign = {
             let remote = &stranger.shared.cluster.get().unwrap().remote;
             assert!(remote.joined("bob", home()));
@@ -245,6 +269,50 @@ mod tests {
         }
         // None of them moved relay-a's window at relay-b: the good one is still taken.
         assert_eq!(deliver(&mut b, &good).len(), 1);
+    }
+
+    #[test]
+    fn a_registration_is_acked_only_once_its_claim_settles_and_refused_if_it_fails() {
+        let mut a = relay("relay-a", "relay-b", KEY);
+        let sent = ask(&mut a, "alice", addr(1));
+        assert!(
+            sent.is_empty(),
+            "nothing before the claim settles: {sent:?}"
+        );
+        assert!(!a.shared.registry.has_addr(addr(1)));
+        let got = settle_claims(&mut a);
+        assert!(
+            std::str::from_utf8(&got[0].1)
+                .unwrap()
+                .contains("register_ack")
+        );
+        assert!(a.shared.registry.has_addr(addr(1)));
+        // Homed here now: a refresh is decided at once, without the directory.
+        assert!(!ask(&mut a, "alice", addr(1)).is_empty());
+        assert!(a.shared.cluster.get().unwrap().take(9).is_empty());
+        // A claim the directory refuses is answered with the reason.
+        ask(&mut a, "bob", addr(2));
+        let Op::Claim(p) = a.shared.cluster.get().unwrap().take(9).remove(0) else {
+            panic!("a claim")
+        };
+        let mut out = Out::default();
+        a.router.unsettled(&p, Reason::NameInUse, at(1), &mut out);
+        let got = collect(&out, &p.datagram);
+        assert_eq!(got[0].0, addr(2));
+        assert!(
+            std::str::from_utf8(&got[0].1)
+                .unwrap()
+                .contains("name_in_use")
+        );
+        assert!(!a.shared.registry.has_addr(addr(2)));
+        // Leaving releases the name at the epoch it was claimed with.
+        let session = a.session("alice", addr(1));
+        let mut d = Vec::new();
+        peer::unregister(&mut d, "alice", &session);
+        a.run(&d, addr(1), 2);
+        let c = a.shared.cluster.get().unwrap();
+        assert_eq!(c.take(9), vec![Op::Release("alice".into(), 1)]);
+        assert!(!c.is_home("alice"));
     }
 
     #[test]

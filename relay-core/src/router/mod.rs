@@ -16,6 +16,7 @@ use tracing::debug;
 
 use crate::budget::{ANSWER_FACTOR, Cause, Own};
 use crate::clock::Now;
+use crate::cluster::Pending;
 use crate::destination::View;
 use crate::events;
 use crate::metrics::Counters;
@@ -99,6 +100,8 @@ pub struct Router {
     scratch: Vec<u8>,
     /// The peer addresses served.
     peers: View,
+    /// Whether the datagram being decided is a registration whose cluster claim settled.
+    settling: bool,
 }
 
 /// Gives the worker's limits back to the shared state, for the router that comes next.
@@ -123,6 +126,7 @@ impl Router {
             peers: shared.boundary.view(),
             shared,
             scratch: Vec::new(),
+            settling: false,
         }
     }
 
@@ -139,6 +143,34 @@ impl Router {
     /// A channel frame is rewritten in place and sent on from `d` itself.
     pub fn handle(&mut self, d: &mut [u8], from: SocketAddr, now: Now, out: &mut Out) {
         self.run(d, d.len(), from, now, out);
+    }
+
+    /// Decides again registration `p`, whose cluster claim settled: the name is homed here now
+    /// (see [`crate::cluster`]).
+    pub fn settle(&mut self, p: &Pending, now: Now, out: &mut Out) {
+        self.settling = true;
+        let mut d = p.datagram.clone();
+        let len = d.len();
+        self.run(&mut d, len, p.from, now, out);
+        self.settling = false;
+    }
+
+    /// Refuses registration `p`, whose cluster claim failed for `why`, with the reason's error.
+    pub fn unsettled(&mut self, p: &Pending, why: Reason, now: Now, out: &mut Out) {
+        let req = Req {
+            from: p.from,
+            now,
+            len: p.datagram.len(),
+            who: Answer::Requester,
+            authed: false,
+        };
+        let start = out.sends.len();
+        self.fail(out, why, &req);
+        let own = Some(Own::of(p.from, req.len));
+        let cause = Cause::Unauthenticated(p.from.ip());
+        self.shared
+            .budgets
+            .settle(out, start, cause, own, now.ms, &self.counters);
     }
 
     /// A datagram that did not fit the receive buffer: `len` bytes were received of it.
@@ -238,6 +270,9 @@ impl Router {
     /// A registration is gone (unregistered, displaced): who should hear of it hears that it
     /// left, and its channels close.
     fn gone(&self, gone: &Removed, now: Now, out: &mut Out) {
+        if let Some(c) = self.shared.cluster.get() {
+            c.left(&gone.name);
+        }
         presence::announce(
             &self.shared,
             out,

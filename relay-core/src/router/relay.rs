@@ -35,6 +35,14 @@ impl Router {
             if self.relay_remote(d, source, target, payload.start..payload.end, req.now, out) {
                 return;
             }
+            // Not known here: the directory is asked, off this thread, for the next datagram;
+            // each question costs the sender a miss, as a `lookup` would.
+            if let Some(c) = self.shared.cluster.get() {
+                let (ip, ms) = (req.from.ip(), req.now.ms);
+                if self.shared.misses.reserve(ip, req.authed, 1, ms) {
+                    c.lookup(target);
+                }
+            }
             return self.fail(out, Reason::UnknownTarget, req);
         };
         // Where registration is signed, every registration echoed a cookie where it lives: one
