@@ -114,12 +114,18 @@ async fn node(url: &str, id: &str, i: u8, ttl: Duration) -> Directory {
     d
 }
 
+/// Where `name` is homed, as `d` reads the directory: its node and mesh address.
+async fn home(d: &mut Directory, name: &str) -> Option<(String, SocketAddr)> {
+    let found = d.home(name).await.unwrap();
+    found.map(|(h, mesh)| (h.node, mesh))
+}
+
 /// Waits (10 s at most) until `d`'s connection is back and its heartbeat, as node `i`, served.
 async fn reconnected(d: &mut Directory, i: u8) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match d.heartbeat(mesh(i)).await {
-            Ok(()) => return,
+            Ok(_) => return,
             Err(e) => {
                 assert!(Instant::now() < deadline, "never reconnected: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -154,20 +160,20 @@ fn a_name_is_homed_at_one_live_node_and_moves_only_with_proof() {
             Claimed::InUse("relay-a".into())
         );
         assert_eq!(
-            b.home("alice").await.unwrap(),
+            home(&mut b, "alice").await,
             Some(("relay-a".into(), mesh(1)))
         );
         // With its session or signature, the peer moves to relay-b: a new epoch.
         let moved = won(b.claim("alice", true).await.unwrap());
         assert!(moved > first);
         assert_eq!(
-            a.home("alice").await.unwrap(),
+            home(&mut a, "alice").await,
             Some(("relay-b".into(), mesh(2)))
         );
         // relay-a's late release of its epoch does not remove it from its new home.
         assert!(!a.release("alice", first).await.unwrap());
         assert!(b.release("alice", moved).await.unwrap());
-        assert_eq!(a.home("alice").await.unwrap(), None);
+        assert_eq!(home(&mut a, "alice").await, None);
         // Claimed again, the name never gets an epoch it had: no old release can remove it.
         let again = won(a.claim("alice", false).await.unwrap());
         assert!(again > moved);
@@ -299,9 +305,25 @@ fn a_dead_nodes_names_are_free() {
             }
         }
         assert_eq!(
-            b.home("carol").await.unwrap(),
+            home(&mut b, "carol").await,
             Some(("relay-b".into(), mesh(2)))
         );
+        // The heartbeat lists the live nodes only, and a scan reads every name's home.
+        let live = b.heartbeat(mesh(2)).await.unwrap();
+        assert_eq!(live, vec![("relay-b".to_string(), mesh(2))]);
+        won(b.claim("dave", false).await.unwrap());
+        let (mut cursor, mut names) = (0, Vec::new());
+        loop {
+            let (next, got) = b.names(cursor, 1).await.unwrap();
+            names.extend(got.into_iter().map(|h| (h.name, h.node)));
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        names.sort();
+        let b_ = || "relay-b".to_string();
+        assert_eq!(names, vec![("carol".into(), b_()), ("dave".into(), b_())]);
     });
 }
 

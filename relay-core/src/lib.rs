@@ -14,6 +14,7 @@ pub mod channels;
 pub mod clock;
 pub mod cluster;
 pub mod destination;
+pub mod elsewhere;
 mod events;
 mod introductions;
 mod keyed;

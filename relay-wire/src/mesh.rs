@@ -30,6 +30,15 @@ pub const MAC_LEN: usize = 16;
 /// The longest node id.
 pub const MAX_NODE: usize = 64;
 
+/// Whether `node` may be a node id: 1 to [`MAX_NODE`] of `A-Z a-z 0-9 . _ -` (no space, so that
+/// a cluster's directory reads its records back unambiguously).
+pub fn valid_node(node: &str) -> bool {
+    (1..=MAX_NODE).contains(&node.len())
+        && node
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
 /// What a mesh datagram carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

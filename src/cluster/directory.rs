@@ -20,14 +20,7 @@ const PREFIX: &str = "udp-relay:";
 /// instead of holding them).
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Whether `node` may be a node id: 1 to 64 of `A-Z a-z 0-9 . _ -` (no space, so that the
-/// directory's values and events read back unambiguously; as long as a mesh datagram holds).
-pub fn valid_node(node: &str) -> bool {
-    (1..=relay_core::wire::mesh::MAX_NODE).contains(&node.len())
-        && node
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-}
+pub use relay_core::wire::mesh::valid_node;
 
 /// What a claim found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +68,44 @@ if redis.call('GET', KEYS[1]) == ARGV[1] .. ' ' .. ARGV[2] then
 end
 return 0
 "#;
+
+/// Says node `ARGV[1]` is alive, reached at `ARGV[2]`, for `ARGV[3]` ms: its key `KEYS[1]`, and
+/// its place in the set of nodes `KEYS[2]` (scored by when it lapses, on Redis's clock, so that
+/// a node that died leaves the set). `ARGV[4]` is the prefix of node keys. Returns the live
+/// nodes and their mesh addresses, alternately.
+const HEARTBEAT: &str = r#"
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local live = {}
+for _, n in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  local m = redis.call('GET', ARGV[4] .. n)
+  if m then
+    table.insert(live, n)
+    table.insert(live, m)
+  end
+end
+return live
+"#;
+
+/// Where a name is homed, as the directory holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Homed {
+    /// The name.
+    pub name: String,
+    /// Its node.
+    pub node: String,
+    /// Its claim's epoch.
+    pub epoch: u64,
+}
+
+/// A name's record, `node epoch`.
+fn record(value: &str) -> Option<(String, u64)> {
+    let (node, epoch) = value.rsplit_once(' ')?;
+    Some((node.to_string(), epoch.parse().ok()?))
+}
 
 /// A change of the directory, as every node hears it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,6 +191,7 @@ pub struct Directory {
     ttl: Duration,
     claim: Script,
     release: Script,
+    heartbeat: Script,
 }
 
 impl Directory {
@@ -184,6 +216,7 @@ impl Directory {
             ttl,
             claim: Script::new(CLAIM),
             release: Script::new(RELEASE),
+            heartbeat: Script::new(HEARTBEAT),
         })
     }
 
@@ -199,16 +232,56 @@ impl Directory {
         format!("{PREFIX}events")
     }
 
-    /// Says this node is alive, reached at `mesh`, for another TTL.
-    pub async fn heartbeat(&mut self, mesh: SocketAddr) -> RedisResult<()> {
+    /// Says this node is alive, reached at `mesh`, for another TTL: the live nodes (this one
+    /// too) and their mesh addresses (an address that does not parse is left out).
+    pub async fn heartbeat(&mut self, mesh: SocketAddr) -> RedisResult<Vec<(String, SocketAddr)>> {
         let ttl = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
-        redis::cmd("SET")
-            .arg(Self::node_key(&self.node))
+        let live: Vec<String> = self
+            .heartbeat
+            .key(Self::node_key(&self.node))
+            .key(format!("{PREFIX}nodes"))
+            .arg(&self.node)
             .arg(mesh.to_string())
-            .arg("PX")
             .arg(ttl.max(1))
+            .arg(format!("{PREFIX}node:"))
+            .invoke_async(&mut self.con)
+            .await?;
+        Ok(live
+            .chunks_exact(2)
+            .filter(|p| valid_node(&p[0]))
+            .filter_map(|p| Some((p[0].clone(), p[1].parse().ok()?)))
+            .collect())
+    }
+
+    /// Up to about `count` names of the directory from `cursor` on (a `SCAN`; 0 starts), with
+    /// the cursor to go on from (0 at the end).
+    pub async fn names(&mut self, cursor: u64, count: usize) -> RedisResult<(u64, Vec<Homed>)> {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{PREFIX}name:*"))
+            .arg("COUNT")
+            .arg(count)
             .query_async(&mut self.con)
-            .await
+            .await?;
+        if keys.is_empty() {
+            return Ok((next, Vec::new()));
+        }
+        let values: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut self.con)
+            .await?;
+        let prefix = format!("{PREFIX}name:");
+        let homed = keys
+            .iter()
+            .zip(values)
+            .filter_map(|(k, v)| {
+                let (node, epoch) = record(&v?)?;
+                let name = k.strip_prefix(&prefix)?.to_string();
+                Some(Homed { name, node, epoch })
+            })
+            .collect();
+        Ok((next, homed))
     }
 
     /// Claims `name` for this node; `proved` if its peer showed its session or signature.
@@ -246,16 +319,19 @@ impl Directory {
         Ok(done == 1)
     }
 
-    /// Where `name` is homed: its node and that node's mesh address, if the node is alive.
-    pub async fn home(&mut self, name: &str) -> RedisResult<Option<(String, SocketAddr)>> {
+    /// Where `name` is homed (its node and the claim's epoch) and that node's mesh address, if
+    /// the node is alive.
+    pub async fn home(&mut self, name: &str) -> RedisResult<Option<(Homed, SocketAddr)>> {
         let cur: Option<String> = self.con.get(Self::name_key(name)).await?;
-        let Some((owner, _)) = cur.as_deref().and_then(|c| c.rsplit_once(' ')) else {
+        let Some((node, epoch)) = cur.as_deref().and_then(record) else {
             return Ok(None);
         };
-        let mesh: Option<String> = self.con.get(Self::node_key(owner)).await?;
-        Ok(mesh
-            .and_then(|m| m.parse().ok())
-            .map(|m| (owner.to_string(), m)))
+        let mesh: Option<String> = self.con.get(Self::node_key(&node)).await?;
+        let Some(mesh) = mesh.and_then(|m| m.parse().ok()) else {
+            return Ok(None);
+        };
+        let name = name.to_string();
+        Ok(Some((Homed { name, node, epoch }, mesh)))
     }
 }
 
