@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use relay_udp::Counters;
 
+use relay_core::cluster::Cluster;
 use relay_core::metrics::Counters as Block;
 use relay_core::refusal::Reason;
 use relay_core::shared::Shared;
@@ -244,6 +245,79 @@ pub fn prometheus(shared: &Shared, sockets: &[Arc<Counters>], now_ms: u64) -> St
         let _ = writeln!(s, "# TYPE udp_relay_{name} gauge");
         let _ = writeln!(s, "udp_relay_{name} {v}");
     }
+    if let Some(c) = shared.cluster.get() {
+        cluster(&mut s, c);
+    }
     crate::process::render(&mut s);
     s
+}
+
+/// A relay of a cluster's: the directory's health, its operations by outcome and their
+/// latency, the view of the other relays.
+fn cluster(s: &mut String, c: &Cluster) {
+    let st = &c.stats;
+    // As f64, which prints an integer without a fraction, so that seconds fit the same rows.
+    let v = |a: &AtomicU64| a.load(Relaxed) as f64;
+    let mut family = |name: &str, kind: &str, help: &str, rows: &[(&str, f64)]| {
+        let _ = writeln!(s, "# HELP udp_relay_{name} {help}");
+        let _ = writeln!(s, "# TYPE udp_relay_{name} {kind}");
+        for (labels, value) in rows {
+            let _ = writeln!(s, "udp_relay_{name}{labels} {value}");
+        }
+    };
+    family(
+        "cluster_directory_up",
+        "gauge",
+        "1 while the cluster's directory (Redis) answered the last call, else 0.",
+        &[("", f64::from(u8::from(st.up.load(Relaxed))))],
+    );
+    family(
+        "cluster_directory_operations_total",
+        "counter",
+        "Directory operations, by operation and outcome.",
+        &[
+            (r#"{op="claim",outcome="won"}"#, v(&st.claims_won)),
+            (r#"{op="claim",outcome="in_use"}"#, v(&st.claims_lost)),
+            (r#"{op="claim",outcome="failed"}"#, v(&st.claims_failed)),
+            (r#"{op="release",outcome="done"}"#, v(&st.releases)),
+            (r#"{op="release",outcome="failed"}"#, v(&st.releases_failed)),
+            (r#"{op="lookup",outcome="found"}"#, v(&st.lookups_found)),
+            (r#"{op="lookup",outcome="missing"}"#, v(&st.lookups_missing)),
+            (r#"{op="lookup",outcome="failed"}"#, v(&st.lookups_failed)),
+            (r#"{op="queue",outcome="full"}"#, v(&st.queue_full)),
+        ],
+    );
+    family(
+        "cluster_directory_calls_total",
+        "counter",
+        "Calls made to the directory (each a Redis round trip).",
+        &[("", v(&st.calls))],
+    );
+    family(
+        "cluster_directory_call_seconds_total",
+        "counter",
+        "Time the directory calls took, summed (divide by the calls for their mean latency).",
+        &[("", v(&st.call_us) / 1e6)],
+    );
+    family(
+        "cluster_name_conflicts_total",
+        "counter",
+        "Names registered here that the directory gave to another relay.",
+        &[("", v(&st.conflicts))],
+    );
+    family(
+        "cluster_names",
+        "gauge",
+        "Names known to the cluster, by where they are homed.",
+        &[
+            (r#"{home="here"}"#, c.home_count() as f64),
+            (r#"{home="elsewhere"}"#, c.remote.len() as f64),
+        ],
+    );
+    family(
+        "cluster_nodes",
+        "gauge",
+        "The cluster's other relays this relay knows.",
+        &[("", c.nodes.listed().len() as f64)],
+    );
 }

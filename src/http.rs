@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::thread;
 use std::time::Duration;
 
@@ -163,7 +164,17 @@ fn route(method: &Method, path: &str, ops: &Ops) -> (StatusCode, &'static str, B
         (&Method::GET, "/healthz") => (StatusCode::OK, PLAIN_TEXT, Bytes::from_static(b"ok\n")),
         // Serving: every worker's loop has turned lately. A load balancer or orchestrator
         // takes a relay out of rotation on 503 rather than restarting it, as /healthz would.
+        // A relay whose cluster's directory is away serves on (its own peers, and forwards to
+        // the names it knows): ready, and says it is degraded, since new names cannot be
+        // claimed meanwhile — taking every relay out of rotation for Redis would be an outage.
         (&Method::GET, "/readyz") => match shared.metrics.ready(ops.clock.now().ms) {
+            Ok(()) if shared.cluster.get().is_some_and(|c| !c.stats.up.load(Relaxed)) => (
+                StatusCode::OK,
+                PLAIN_TEXT,
+                Bytes::from_static(
+                    b"ready, degraded: the cluster's directory (Redis) is not answering\n",
+                ),
+            ),
             Ok(()) => (StatusCode::OK, PLAIN_TEXT, Bytes::from_static(b"ready\n")),
             Err(why) => {
                 let mut body = String::from("not ready:");

@@ -4,22 +4,27 @@
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use tracing::{error, info, warn};
 
-use relay_udp::{self as relay_io, Backend, Choice, Egress, Worker};
+use relay_udp::{self as relay_io, Backend, Choice, Worker};
+use tokio::sync::Notify;
 
 use crate::clock::Clock;
+use crate::cluster::link::{Joining, Link, SharedEgress};
+use crate::cluster::mesh::Receiver;
 use crate::config::{Args, Auth, IoChoice, OnOff, Settings};
 use crate::http::{self, Ops};
 use crate::notify;
 use crate::shell::{Decided, Shell};
 use crate::state::{self, State};
 use crate::takeover::Handover;
+use relay_core::cluster::Cluster;
+use relay_core::mesh::{Keys, MIN_KEY};
 use relay_core::metrics::LimitWatch;
 use relay_core::reaper;
 use relay_core::router::Router;
@@ -43,7 +48,20 @@ pub struct Relay {
     backend: Backend,
     pin_workers: bool,
     gso: bool,
+    /// The cluster this relay joined, if any.
+    cluster: Option<Joined>,
     running: Option<Running>,
+}
+
+/// What a relay of a cluster keeps to (re)start its link and mesh receiver.
+struct Joined {
+    url: String,
+    node: String,
+    ttl: Duration,
+    /// The mesh socket, and the address the other relays reach it at.
+    mesh: UdpSocket,
+    mesh_addr: SocketAddr,
+    wake: Arc<Notify>,
 }
 
 /// The threads of a serving relay.
@@ -53,6 +71,8 @@ struct Running {
     reaper_stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
     reaper: JoinHandle<()>,
+    /// A cluster's link and mesh receiver.
+    cluster: Option<(Link, Receiver)>,
 }
 
 /// The sockets of a relay that handed over.
@@ -112,6 +132,7 @@ pub fn prepare(args: &Args, restored: Option<State>, handed: Option<Handed>) -> 
         clock: Clock::default(),
     });
     let addr = sockets[0].local_addr()?;
+    let cluster = args.cluster.as_ref().map(|url| join(args, url, &shared)).transpose()?;
     for (sysctl, granted) in relay_io::capped_buffers(&sockets[0]) {
         warn!(
             sysctl,
@@ -196,8 +217,62 @@ pub fn prepare(args: &Args, restored: Option<State>, handed: Option<Handed>) -> 
         backend,
         pin_workers: args.pin_workers,
         gso: args.gso == OnOff::On,
+        cluster,
         running: None,
     })
+}
+
+/// Joins the cluster of `url`: the mesh key read, the mesh socket bound and the relay's part
+/// set in `shared` (the link starts with the workers). Every failure names its flag.
+fn join(args: &Args, url: &str, shared: &Shared) -> io::Result<Joined> {
+    let flag = |f: &str, e: String| io::Error::other(format!("{f}: {e}"));
+    let (Some(node), Some(listen), Some(key_file)) =
+        (&args.node_id, args.mesh_listen, &args.mesh_key_file)
+    else {
+        return Err(io::Error::other(
+            "--cluster needs --node-id, --mesh-listen and --mesh-key-file",
+        ));
+    };
+    let secret = std::fs::read(key_file)
+        .map_err(|e| flag("--mesh-key-file", format!("{}: {e}", key_file.display())))?;
+    let keys = Keys::new(&secret).ok_or_else(|| {
+        flag(
+            "--mesh-key-file",
+            format!(
+                "{} holds {} bytes, a mesh key takes at least {MIN_KEY}",
+                key_file.display(),
+                secret.len()
+            ),
+        )
+    })?;
+    // SO_REUSEPORT, as the peer port: a relay taking over binds it beside the old one.
+    let mesh = relay_io::bind_worker_socket(listen)
+        .map_err(|e| flag("--mesh-listen", format!("cannot listen on {listen}: {e}")))?;
+    let mesh_addr = mesh.local_addr()?;
+    let wake = Arc::new(Notify::new());
+    let woken = wake.clone();
+    let max_remote = shared.settings.max_peers;
+    let part = Cluster::new(node, keys, max_remote, Box::new(move || woken.notify_one()));
+    if shared.cluster.set(part).is_err() {
+        return Err(io::Error::other("the relay is in a cluster already"));
+    }
+    info!(node, mesh = %mesh_addr, directory = %redacted(url), "joining the cluster");
+    Ok(Joined {
+        url: url.to_string(),
+        node: node.clone(),
+        ttl: args.node_ttl,
+        mesh,
+        mesh_addr,
+        wake,
+    })
+}
+
+/// `url` without its password, for the log.
+fn redacted(url: &str) -> String {
+    match (url.split_once("://"), url.rsplit_once('@')) {
+        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://…@{host}"),
+        _ => url.to_string(),
+    }
 }
 
 /// `n` sockets on `addr`, joined in one `SO_REUSEPORT` group.
@@ -274,7 +349,7 @@ impl Relay {
                 Router::new(shared.clone(), index),
                 clock,
                 shared.metrics.block(index),
-                shared.boundary.clone(),
+                shared.clone(),
             );
             ready.push(Worker {
                 index,
@@ -291,7 +366,9 @@ impl Relay {
         }
         // Replies the reaper originates leave from the relay's own port, like every other reply.
         let egress_counters = self.sockets_counters[self.sockets.len()].clone();
-        let egress = self.backend.egress(&mut ready, egress_counters)?;
+        let egress: SharedEgress = Arc::new(Mutex::new(
+            self.backend.egress(&mut ready, egress_counters)?,
+        ));
         let mut workers = Vec::with_capacity(ready.len());
         for w in ready {
             let backend = self.backend;
@@ -312,19 +389,38 @@ impl Relay {
                     })?,
             );
         }
+        let cluster = match &self.cluster {
+            Some(j) => {
+                let link = Link::start(Joining {
+                    url: j.url.clone(),
+                    node: j.node.clone(),
+                    ttl: j.ttl,
+                    mesh: j.mesh_addr,
+                    shared: shared.clone(),
+                    clock,
+                    egress: egress.clone(),
+                    wake: j.wake.clone(),
+                })?;
+                let mesh = j.mesh.try_clone()?;
+                let receiver = Receiver::start(mesh, shared.clone(), clock, egress.clone())?;
+                Some((link, receiver))
+            }
+            None => None,
+        };
         let reaper_stop = Arc::new(AtomicBool::new(false));
         let reaper = {
             let shared = shared.clone();
             let stop = reaper_stop.clone();
             thread::Builder::new()
                 .name("reaper".into())
-                .spawn(move || run_reaper(&shared, clock, &stop, egress))?
+                .spawn(move || run_reaper(&shared, clock, &stop, &egress))?
         };
         self.running = Some(Running {
             stop,
             reaper_stop,
             workers,
             reaper,
+            cluster,
         });
         Ok(())
     }
@@ -341,6 +437,11 @@ impl Relay {
         r.reaper_stop.store(true, Ordering::Relaxed);
         r.reaper.thread().unpark();
         let _ = r.reaper.join();
+        // The cluster's threads too, for the same reason: their sends leave as the reaper's.
+        if let Some((link, receiver)) = r.cluster {
+            receiver.stop();
+            link.stop();
+        }
         r.stop.store(true, Ordering::Relaxed);
         for w in r.workers {
             // Again until it ends: a wake-up just before the worker waits would be missed.
@@ -426,12 +527,7 @@ fn reaper_tick(shared: &Shared) -> Duration {
     Duration::from_millis(ms.clamp(10, 1000))
 }
 
-fn run_reaper(
-    shared: &Shared,
-    clock: Clock,
-    stop: &AtomicBool,
-    mut egress: Box<dyn Egress<Decided>>,
-) {
+fn run_reaper(shared: &Shared, clock: Clock, stop: &AtomicBool, egress: &SharedEgress) {
     // Sweeping is background work: at the lowest priority it yields the CPU to a worker as soon
     // as a datagram arrives, instead of pausing forwarding for a scheduler time slice.
     // SAFETY: setpriority on the calling thread (a tid is a valid PRIO_PROCESS target on Linux).
@@ -452,7 +548,10 @@ fn run_reaper(
         // The core's batch goes out as the backends' (moved, not copied, with its capacity).
         let send = |batch: &mut relay_core::out::Out| {
             let mut d = Decided(std::mem::take(batch));
-            egress.send(&mut d);
+            egress
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .send(&mut d);
             *batch = d.0;
         };
         let done = reaper::sweep(shared, now, &mut out, &counters, send);

@@ -15,6 +15,7 @@ use relay_core::destination::{Boundary, View};
 use relay_core::metrics::Counters;
 use relay_core::out::Out;
 use relay_core::router::Router;
+use relay_core::shared::Shared;
 
 /// The core's sends of a batch, as the backends send them.
 #[derive(Debug, Default)]
@@ -74,24 +75,22 @@ pub struct Shell {
     pub counters: Arc<Counters>,
     /// The peer addresses served.
     pub boundary: Arc<Boundary>,
+    /// The relay's state, whose cluster's mesh addresses are sent to beside the peers.
+    pub shared: Arc<Shared>,
     /// The time of this loop turn.
     now: Now,
 }
 
 impl Shell {
     /// The shell of `router`.
-    pub fn new(
-        router: Router,
-        clock: Clock,
-        counters: Arc<Counters>,
-        boundary: Arc<Boundary>,
-    ) -> Shell {
+    pub fn new(router: Router, clock: Clock, counters: Arc<Counters>, shared: Arc<Shared>) -> Shell {
         Shell {
             router,
             now: clock.now(),
             clock,
             counters,
-            boundary,
+            boundary: shared.boundary.clone(),
+            shared,
         }
     }
 }
@@ -117,17 +116,32 @@ impl Decide for Shell {
     }
 
     fn destinations(&self) -> Box<dyn Destinations> {
-        Box::new(Served(self.boundary.view()))
+        Box::new(Served {
+            peers: self.boundary.view(),
+            shared: Some(self.shared.clone()),
+        })
     }
 }
 
 /// The peer addresses the relay serves, as a sender's filter: a send to any other (never a
-/// destination, or not served by `--allowed-peer-ip`/`--denied-peer-ip`) is dropped.
-pub struct Served(pub View);
+/// destination, or not served by `--allowed-peer-ip`/`--denied-peer-ip`) is dropped, but for
+/// the mesh addresses of the cluster's relays, which its directory names (the operator's own
+/// network, which the peer policy rightly refuses to peers).
+pub struct Served {
+    /// The peer-address policy.
+    pub peers: View,
+    /// The relay's state, for its cluster's nodes.
+    pub shared: Option<Arc<Shared>>,
+}
 
 impl Destinations for Served {
     fn serves(&mut self, to: SocketAddr) -> bool {
-        self.0.policy().check(to).is_ok()
+        self.peers.policy().check(to).is_ok()
+            || self
+                .shared
+                .as_ref()
+                .and_then(|s| s.cluster.get())
+                .is_some_and(|c| c.nodes.is_mesh(to))
     }
 }
 
@@ -145,7 +159,10 @@ mod tests {
     #[test]
     fn served_is_the_boundary_and_follows_a_reload() {
         let boundary = Boundary::new(Policy::new("127.0.0.1".parse().unwrap(), &[], &[]));
-        let mut served = Served(boundary.view());
+        let mut served = Served {
+            peers: boundary.view(),
+            shared: None,
+        };
         for never in [
             "0.0.0.0:9",
             "127.0.0.1:0",

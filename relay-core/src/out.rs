@@ -160,6 +160,21 @@ impl Out {
         [seg(&send.segs[0]), seg(&send.segs[1]), seg(&send.segs[2])]
     }
 
+    /// Copies into `buf` the spans the sends take from received datagrams (`input(i)` is
+    /// datagram `i`), so that the sends point into no received datagram: for a sender that
+    /// outlives the receive buffers (the egress that delivers mesh datagrams).
+    pub fn own_inputs<'a>(&mut self, input: impl Fn(usize) -> &'a [u8]) {
+        for send in &mut self.sends {
+            for seg in &mut send.segs[..send.nsegs] {
+                if let Seg::Input(r) = seg {
+                    let start = self.buf.len();
+                    self.buf.extend_from_slice(&input(send.input)[r.clone()]);
+                    *seg = Seg::Buf(start..self.buf.len());
+                }
+            }
+        }
+    }
+
     /// Forgets everything decided, keeping the capacity.
     pub fn clear(&mut self) {
         self.buf.clear();

@@ -238,6 +238,58 @@ pub struct Args {
     /// Write the state (peers, sessions, channels) here on SIGTERM, and restore it at start.
     #[arg(long, env = "UDP_RELAY_STATE_FILE")]
     pub state_file: Option<PathBuf>,
+    /// Join the cluster whose directory is this Redis (`redis://HOST:PORT`): names unique
+    /// across its relays, presence shared, relays forwarded in one hop (docs/cluster.md). Needs
+    /// `--node-id`, `--mesh-listen` and `--mesh-key-file`.
+    #[arg(long, env = "UDP_RELAY_CLUSTER", value_name = "URL", value_parser = parse_redis_url)]
+    pub cluster: Option<String>,
+    /// This relay's id in its cluster: 1 to 64 of A-Z a-z 0-9 . _ - (a takeover keeps it).
+    #[arg(long, env = "UDP_RELAY_NODE_ID", value_parser = parse_node_id)]
+    pub node_id: Option<String>,
+    /// The UDP address the cluster's other relays send mesh datagrams to: one they reach (not
+    /// 0.0.0.0 or ::), on the operator's own network.
+    #[arg(long, env = "UDP_RELAY_MESH_LISTEN", value_parser = parse_mesh_listen)]
+    pub mesh_listen: Option<SocketAddr>,
+    /// A file holding the cluster's shared secret (at least 32 bytes, e.g. `head -c 32
+    /// /dev/urandom`): every mesh datagram's MAC is under it.
+    #[arg(long, env = "UDP_RELAY_MESH_KEY_FILE")]
+    pub mesh_key_file: Option<PathBuf>,
+    /// How long a relay that stopped renewing stays in the cluster's directory, its names with
+    /// it (it renews every quarter of this).
+    #[arg(long, allow_hyphen_values = true, env = "UDP_RELAY_NODE_TTL", default_value = "10s", value_parser = parse_duration)]
+    pub node_ttl: Duration,
+}
+
+/// Checks a Redis URL as the client reads it.
+pub fn parse_redis_url(s: &str) -> Result<String, String> {
+    redis::Client::open(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("`{s}` is not a Redis URL ({e}); try redis://127.0.0.1:6379"))
+}
+
+/// Checks a node id.
+pub fn parse_node_id(s: &str) -> Result<String, String> {
+    if relay_core::wire::mesh::valid_node(s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "`{s}` is not a node id: 1 to 64 of A-Z a-z 0-9 . _ -"
+        ))
+    }
+}
+
+/// Checks a mesh address: one the other relays can send to.
+pub fn parse_mesh_listen(s: &str) -> Result<SocketAddr, String> {
+    let a: SocketAddr = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not an address (try 10.0.0.5:8001)"))?;
+    if a.ip().is_unspecified() || a.ip().is_multicast() {
+        return Err(format!(
+            "`{s}`: the other relays send here, so it must be an address they reach, not {}",
+            a.ip()
+        ));
+    }
+    Ok(a)
 }
 
 /// A log filter in which a directive for `udp_relay` (the relay's name, which operators' filters
@@ -318,6 +370,24 @@ impl Args {
                 "--keepalive-interval ({:?}) must be shorter than --peer-timeout ({:?}), or peers \
                  would be reaped between keepalives",
                 self.keepalive_ms, self.peer_timeout_ms
+            ));
+        }
+        let cluster_flags = [
+            ("--node-id", self.node_id.is_some()),
+            ("--mesh-listen", self.mesh_listen.is_some()),
+            ("--mesh-key-file", self.mesh_key_file.is_some()),
+        ];
+        for (flag, given) in cluster_flags {
+            match (self.cluster.is_some(), given) {
+                (true, false) => return Err(format!("--cluster needs {flag}")),
+                (false, true) => return Err(format!("{flag} is for a relay of a cluster: give --cluster too")),
+                _ => {}
+            }
+        }
+        if self.node_ttl < Duration::from_millis(400) {
+            return Err(format!(
+                "--node-ttl ({:?}) must be at least 400ms: a relay renews every quarter of it",
+                self.node_ttl
             ));
         }
         Ok(())
