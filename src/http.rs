@@ -168,13 +168,20 @@ fn route(method: &Method, path: &str, ops: &Ops) -> (StatusCode, &'static str, B
         // the names it knows): ready, and says it is degraded, since new names cannot be
         // claimed meanwhile — taking every relay out of rotation for Redis would be an outage.
         (&Method::GET, "/readyz") => match shared.metrics.ready(ops.clock.now().ms) {
-            Ok(()) if shared.cluster.get().is_some_and(|c| !c.stats.up.load(Relaxed)) => (
-                StatusCode::OK,
-                PLAIN_TEXT,
-                Bytes::from_static(
-                    b"ready, degraded: the cluster's directory (Redis) is not answering\n",
-                ),
-            ),
+            Ok(())
+                if shared
+                    .cluster
+                    .get()
+                    .is_some_and(|c| !c.stats.up.load(Relaxed)) =>
+            {
+                (
+                    StatusCode::OK,
+                    PLAIN_TEXT,
+                    Bytes::from_static(
+                        b"ready, degraded: the cluster's directory (Redis) is not answering\n",
+                    ),
+                )
+            }
             Ok(()) => (StatusCode::OK, PLAIN_TEXT, Bytes::from_static(b"ready\n")),
             Err(why) => {
                 let mut body = String::from("not ready:");

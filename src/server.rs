@@ -132,7 +132,11 @@ pub fn prepare(args: &Args, restored: Option<State>, handed: Option<Handed>) -> 
         clock: Clock::default(),
     });
     let addr = sockets[0].local_addr()?;
-    let cluster = args.cluster.as_ref().map(|url| join(args, url, &shared)).transpose()?;
+    let cluster = args
+        .cluster
+        .as_ref()
+        .map(|url| join(args, url, &shared))
+        .transpose()?;
     for (sysctl, granted) in relay_io::capped_buffers(&sockets[0]) {
         warn!(
             sysctl,

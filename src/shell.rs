@@ -83,7 +83,12 @@ pub struct Shell {
 
 impl Shell {
     /// The shell of `router`.
-    pub fn new(router: Router, clock: Clock, counters: Arc<Counters>, shared: Arc<Shared>) -> Shell {
+    pub fn new(
+        router: Router,
+        clock: Clock,
+        counters: Arc<Counters>,
+        shared: Arc<Shared>,
+    ) -> Shell {
         Shell {
             router,
             now: clock.now(),

@@ -2,97 +2,13 @@
 //! on a free port of its own, so that it can kill it): names unique across relays, a race won
 //! once, moves with proof, fenced releases, a dead node's names free, and Redis killed and back.
 
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::redis::Redis;
 use udp_relay::cluster::directory::{Claimed, Directory, Event, Events};
-
-/// A `redis-server` of a test's own, killed when dropped.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    /// A fresh server on a free loopback port, or `None` (the test then says it skipped) where
-    /// `redis-server` is not installed. A port taken between its pick and the server's bind is
-    /// picked again.
-    fn start() -> Option<Redis> {
-        for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            match Redis::on(port) {
-                Ok(r) => return Some(r),
-                Err(Missing) => return None,
-                Err(NotReady) => continue,
-            }
-        }
-        panic!("redis-server never started on a free port");
-    }
-
-    /// A server on `port`.
-    fn on(port: u16) -> Result<Redis, Failed> {
-        let mut child = match Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-        {
-            Ok(c) => c,
-            Err(_) => {
-                assert!(
-                    std::env::var_os("CI").is_none(),
-                    "redis-server is not installed, which CI installs"
-                );
-                println!("SKIPPED: redis-server is not installed (.ci/run installs it)");
-                return Err(Missing);
-            }
-        };
-        // Ready once it says so (a line on its log), within a bound.
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if line.contains("Ready to accept connections") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        // It said it is ready, or it ended (its port taken): then the caller picks another.
-        if rx.recv_timeout(Duration::from_secs(10)).is_err() {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(NotReady);
-        }
-        Ok(Redis { child, port })
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-}
-
-/// Why a server did not start.
-enum Failed {
-    /// `redis-server` is not installed.
-    Missing,
-    /// It did not say it was ready (it ended: its port was taken).
-    NotReady,
-}
-use Failed::{Missing, NotReady};
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Runs `f` to completion on a runtime of its own.
 fn block<T>(f: impl std::future::Future<Output = T>) -> T {

@@ -158,8 +158,9 @@ pub struct Events {
 impl Events {
     /// Listens to the directory at `url` from now on.
     pub async fn subscribe(url: &str) -> RedisResult<Events> {
-        let mut pubsub = redis::Client::open(url)?.get_async_pubsub().await?;
-        pubsub.subscribe(Directory::events()).await?;
+        let client = redis::Client::open(url)?;
+        let mut pubsub = Directory::bounded(client.get_async_pubsub()).await?;
+        Directory::bounded(pubsub.subscribe(Directory::events())).await?;
         Ok(Events {
             stream: pubsub.into_on_message(),
         })
@@ -207,9 +208,13 @@ impl Directory {
             )));
         }
         let client = redis::Client::open(url)?;
+        // One quick retry: a call made while Redis is away fails within CALL_TIMEOUT (and is
+        // refused or retried by its caller) instead of waiting out a long backoff.
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(CALL_TIMEOUT)
-            .set_response_timeout(CALL_TIMEOUT);
+            .set_response_timeout(CALL_TIMEOUT)
+            .set_number_of_retries(1)
+            .set_max_delay(200);
         Ok(Directory {
             con: ConnectionManager::new_with_config(client, config).await?,
             node: node.to_string(),
@@ -218,6 +223,18 @@ impl Directory {
             release: Script::new(RELEASE),
             heartbeat: Script::new(HEARTBEAT),
         })
+    }
+
+    /// `call`, failed if it takes longer than [`CALL_TIMEOUT`] (with its reconnection).
+    async fn bounded<T>(call: impl std::future::Future<Output = RedisResult<T>>) -> RedisResult<T> {
+        tokio::time::timeout(CALL_TIMEOUT, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(redis::RedisError::from((
+                    redis::ErrorKind::IoError,
+                    "the directory did not answer in time",
+                )))
+            })
     }
 
     fn name_key(name: &str) -> String {
@@ -236,16 +253,17 @@ impl Directory {
     /// too) and their mesh addresses (an address that does not parse is left out).
     pub async fn heartbeat(&mut self, mesh: SocketAddr) -> RedisResult<Vec<(String, SocketAddr)>> {
         let ttl = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
-        let live: Vec<String> = self
-            .heartbeat
-            .key(Self::node_key(&self.node))
-            .key(format!("{PREFIX}nodes"))
-            .arg(&self.node)
-            .arg(mesh.to_string())
-            .arg(ttl.max(1))
-            .arg(format!("{PREFIX}node:"))
-            .invoke_async(&mut self.con)
-            .await?;
+        let live: Vec<String> = Self::bounded(
+            self.heartbeat
+                .key(Self::node_key(&self.node))
+                .key(format!("{PREFIX}nodes"))
+                .arg(&self.node)
+                .arg(mesh.to_string())
+                .arg(ttl.max(1))
+                .arg(format!("{PREFIX}node:"))
+                .invoke_async(&mut self.con),
+        )
+        .await?;
         Ok(live
             .chunks_exact(2)
             .filter(|p| valid_node(&p[0]))
@@ -256,21 +274,21 @@ impl Directory {
     /// Up to about `count` names of the directory from `cursor` on (a `SCAN`; 0 starts), with
     /// the cursor to go on from (0 at the end).
     pub async fn names(&mut self, cursor: u64, count: usize) -> RedisResult<(u64, Vec<Homed>)> {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{PREFIX}name:*"))
-            .arg("COUNT")
-            .arg(count)
-            .query_async(&mut self.con)
-            .await?;
+        let (next, keys): (u64, Vec<String>) = Self::bounded(
+            redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{PREFIX}name:*"))
+                .arg("COUNT")
+                .arg(count)
+                .query_async(&mut self.con),
+        )
+        .await?;
         if keys.is_empty() {
             return Ok((next, Vec::new()));
         }
-        let values: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(&keys)
-            .query_async(&mut self.con)
-            .await?;
+        let values: Vec<Option<String>> =
+            Self::bounded(redis::cmd("MGET").arg(&keys).query_async(&mut self.con)).await?;
         let prefix = format!("{PREFIX}name:");
         let homed = keys
             .iter()
@@ -286,16 +304,17 @@ impl Directory {
 
     /// Claims `name` for this node; `proved` if its peer showed its session or signature.
     pub async fn claim(&mut self, name: &str, proved: bool) -> RedisResult<Claimed> {
-        let (won, what): (u8, String) = self
-            .claim
-            .key(Self::name_key(name))
-            .key(format!("{PREFIX}epoch"))
-            .arg(&self.node)
-            .arg(if proved { "1" } else { "0" })
-            .arg(format!("{PREFIX}node:"))
-            .arg(Self::events())
-            .invoke_async(&mut self.con)
-            .await?;
+        let (won, what): (u8, String) = Self::bounded(
+            self.claim
+                .key(Self::name_key(name))
+                .key(format!("{PREFIX}epoch"))
+                .arg(&self.node)
+                .arg(if proved { "1" } else { "0" })
+                .arg(format!("{PREFIX}node:"))
+                .arg(Self::events())
+                .invoke_async(&mut self.con),
+        )
+        .await?;
         Ok(if won == 1 {
             let epoch = what.parse().map_err(|_| {
                 redis::RedisError::from((redis::ErrorKind::TypeError, "an epoch not a number"))
@@ -308,25 +327,26 @@ impl Directory {
 
     /// Releases `name` if this node holds it at `epoch`; whether it did.
     pub async fn release(&mut self, name: &str, epoch: u64) -> RedisResult<bool> {
-        let done: u8 = self
-            .release
-            .key(Self::name_key(name))
-            .arg(&self.node)
-            .arg(epoch)
-            .arg(Self::events())
-            .invoke_async(&mut self.con)
-            .await?;
+        let done: u8 = Self::bounded(
+            self.release
+                .key(Self::name_key(name))
+                .arg(&self.node)
+                .arg(epoch)
+                .arg(Self::events())
+                .invoke_async(&mut self.con),
+        )
+        .await?;
         Ok(done == 1)
     }
 
     /// Where `name` is homed (its node and the claim's epoch) and that node's mesh address, if
     /// the node is alive.
     pub async fn home(&mut self, name: &str) -> RedisResult<Option<(Homed, SocketAddr)>> {
-        let cur: Option<String> = self.con.get(Self::name_key(name)).await?;
+        let cur: Option<String> = Self::bounded(self.con.get(Self::name_key(name))).await?;
         let Some((node, epoch)) = cur.as_deref().and_then(record) else {
             return Ok(None);
         };
-        let mesh: Option<String> = self.con.get(Self::node_key(&node)).await?;
+        let mesh: Option<String> = Self::bounded(self.con.get(Self::node_key(&node))).await?;
         let Some(mesh) = mesh.and_then(|m| m.parse().ok()) else {
             return Ok(None);
         };

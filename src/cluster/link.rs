@@ -276,7 +276,10 @@ impl Task {
                     Ok(Claimed::Home(epoch)) => cluster.homed(name, epoch),
                     Ok(Claimed::InUse(node)) => {
                         Stats::add(&cluster.stats.conflicts);
-                        warn!(name, node, "a name registered here is homed at another relay");
+                        warn!(
+                            name,
+                            node, "a name registered here is homed at another relay"
+                        );
                     }
                     Err(_) => return,
                 }

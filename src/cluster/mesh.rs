@@ -88,7 +88,9 @@ fn receive(
             continue;
         }
         out.own_inputs(|i| rx.get(i));
-        let mut egress = egress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut egress = egress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         egress.send(&mut out);
     }
 }

@@ -380,7 +380,11 @@ impl Args {
         for (flag, given) in cluster_flags {
             match (self.cluster.is_some(), given) {
                 (true, false) => return Err(format!("--cluster needs {flag}")),
-                (false, true) => return Err(format!("{flag} is for a relay of a cluster: give --cluster too")),
+                (false, true) => {
+                    return Err(format!(
+                        "{flag} is for a relay of a cluster: give --cluster too"
+                    ));
+                }
                 _ => {}
             }
         }

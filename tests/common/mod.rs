@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod forge;
+pub mod redis;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};

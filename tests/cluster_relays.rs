@@ -1,0 +1,366 @@
+//! Three relays on 127.0.0.1, .2 and .3, one real Redis (started by each test on a free port):
+//! old peers (Part 1 only) on different relays register, hear each other, list each other and
+//! relay both ways byte for byte; a name is unique across the cluster, also in a race; a relay
+//! killed with SIGKILL leaves with its names; Redis killed and started again; mesh datagrams
+//! forged, replayed or from an unknown node refused.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::redis::Redis;
+use common::{Peer, Relay, TIMEOUT};
+use relay_core::mesh::Keys;
+use relay_wire::mesh::{Head, Via, write_head};
+use relay_wire::peer;
+use relay_wire::reply::{RELAYED_SUFFIX, relayed_prefix};
+use serde_json::{Value, json};
+
+const KEY: &[u8] = b"the test cluster's mesh key, 32 bytes or more";
+
+/// The mesh key in a file of the test's own.
+fn key_file(test: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("udp-relay-{test}-{}.key", std::process::id()));
+    std::fs::write(&path, KEY).unwrap();
+    path
+}
+
+/// A relay of the cluster: node `relay-{i}` on 127.0.0.`i`.
+struct Node {
+    relay: Relay,
+    /// Its mesh address.
+    mesh: SocketAddr,
+    i: u8,
+}
+
+impl Node {
+    fn start(redis: &Redis, key: &Path, i: u8) -> Node {
+        let host = format!("127.0.0.{i}");
+        let node = format!("relay-{i}");
+        let mesh = format!("{host}:0");
+        let url = redis.url();
+        let key = key.to_str().unwrap();
+        let args = [
+            "--workers",
+            "2",
+            "--cluster",
+            &url,
+            "--node-id",
+            &node,
+            "--mesh-listen",
+            &mesh,
+            "--mesh-key-file",
+            key,
+            "--node-ttl",
+            "1s",
+        ];
+        let relay = Relay::start_with(&args, &[("RUST_LOG", "debug")], &host);
+        let logs = relay.logs();
+        let line = logs
+            .lines()
+            .find(|l| l.contains("joining the cluster"))
+            .expect("the relay says it joins");
+        let mesh = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("mesh="))
+            .expect("its mesh address")
+            .parse()
+            .unwrap();
+        Node { relay, mesh, i }
+    }
+
+    /// A gauge or counter of this relay's cluster metrics.
+    fn metric(&self, series: &str) -> u64 {
+        self.relay.metric(series)
+    }
+
+    /// Waits until `series` reads `want`.
+    fn wait_metric(&self, series: &str, want: u64) {
+        let deadline = Instant::now() + TIMEOUT * 2;
+        loop {
+            let got = self.metric(series);
+            if got == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "relay-{}: {series} is {got}, never {want}",
+                self.i
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until this relay knows `n` names homed elsewhere.
+    fn knows_elsewhere(&self, n: u64) {
+        self.wait_metric("udp_relay_cluster_names{home=\"elsewhere\"}", n);
+    }
+}
+
+/// Three relays of one cluster, each knowing the two others.
+fn cluster(redis: &Redis, test: &str) -> [Node; 3] {
+    let key = key_file(test);
+    let nodes = [1, 2, 3].map(|i| Node::start(redis, &key, i));
+    for n in &nodes {
+        n.wait_metric("udp_relay_cluster_nodes", 2);
+    }
+    nodes
+}
+
+/// The names of a `peer_list` or presence message.
+fn names(v: &Value) -> BTreeSet<String> {
+    v["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+/// `relayed_packet` from `from` with `payload`, as a single relay writes it.
+fn relayed(from: &str, payload: &str) -> Vec<u8> {
+    let mut want = Vec::new();
+    relayed_prefix(&mut want, from);
+    want.extend_from_slice(payload.as_bytes());
+    want.extend_from_slice(RELAYED_SUFFIX);
+    want
+}
+
+fn relay_msg(source: &str, target: &str, payload: &str) -> Vec<u8> {
+    let mut d = Vec::new();
+    peer::relay(&mut d, source, target, payload.as_bytes());
+    d
+}
+
+#[test]
+fn old_peers_on_three_relays_register_hear_list_and_relay_both_ways_byte_for_byte() {
+    let Some(redis) = Redis::start() else { return };
+    let [a, b, c] = cluster(&redis, "byte-for-byte");
+    let alice = Peer::new(&a.relay);
+    let (ack, list) = alice.register_old("alice");
+    assert_eq!(ack["status"], "success");
+    assert_eq!(names(&list), set(&["alice"]));
+    b.knows_elsewhere(1);
+    let bob = Peer::new(&b.relay);
+    let (_, list) = bob.register_old("bob");
+    assert_eq!(names(&list), set(&["alice", "bob"]));
+    let joined = alice.expect("peer_joined");
+    assert_eq!(joined["peer_name"], "bob");
+    assert_eq!(names(&joined), set(&["alice", "bob"]));
+    c.knows_elsewhere(2);
+    let carol = Peer::new(&c.relay);
+    let (_, list) = carol.register_old("carol");
+    assert_eq!(names(&list), set(&["alice", "bob", "carol"]));
+    for p in [&alice, &bob] {
+        let j = p.expect("peer_joined");
+        assert_eq!(j["peer_name"], "carol");
+    }
+    // Relays both ways across relays: what arrives is what one relay would have sent, and it
+    // comes from the recipient's own relay (Peer checks the source).
+    let payload = r#"{"type": "handshake", "ct":"AAEC\"x\\u00e9\"", "n": [1, 2.5e3]}"#;
+    alice.send_raw(&relay_msg("alice", "bob", payload));
+    assert_eq!(bob.recv_raw(), relayed("alice", payload));
+    bob.send_raw(&relay_msg("bob", "alice", payload));
+    assert_eq!(alice.recv_raw(), relayed("bob", payload));
+    carol.send_raw(&relay_msg("carol", "alice", "\"hi\""));
+    assert_eq!(alice.recv_raw(), relayed("carol", "\"hi\""));
+    assert_eq!(a.metric("udp_relay_mesh_sent_total"), 1);
+    assert_eq!(b.metric("udp_relay_mesh_delivered_total"), 1);
+    // A name is the cluster's: live at one relay, it is in use at the others.
+    let mallory = Peer::new(&c.relay);
+    mallory.send(json!({"type": "register", "name": "alice"}));
+    let e = mallory.expect("error");
+    assert_eq!(e["code"], "name_in_use");
+    // Two relays racing for one name: exactly one wins.
+    let (p1, p3) = (Peer::new(&a.relay), Peer::new(&c.relay));
+    p1.send(json!({"type": "register", "name": "erin"}));
+    p3.send(json!({"type": "register", "name": "erin"}));
+    let answers: Vec<String> = [&p1, &p3]
+        .iter()
+        .map(|p| {
+            let v = p.recv();
+            if v["type"] == "error" {
+                v["code"].as_str().unwrap().to_string()
+            } else {
+                v["type"].as_str().unwrap().to_string()
+            }
+        })
+        .collect();
+    let mut sorted = answers.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["name_in_use", "register_ack"], "{answers:?}");
+    // Every directory operation so far found Redis.
+    for n in [&a, &b, &c] {
+        assert_eq!(
+            n.metric(
+                "udp_relay_cluster_directory_operations_total{op=\"claim\",outcome=\"failed\"}"
+            ),
+            0
+        );
+    }
+}
+
+#[test]
+fn a_relay_killed_leaves_with_its_names_and_its_peers_re_register_elsewhere() {
+    let Some(redis) = Redis::start() else { return };
+    let [a, b, mut c] = cluster(&redis, "sigkill");
+    let alice = Peer::new(&a.relay);
+    alice.register_old("alice");
+    let carol = Peer::new(&c.relay);
+    carol.register_old("carol");
+    assert_eq!(alice.expect("peer_joined")["peer_name"], "carol");
+    b.knows_elsewhere(2);
+    c.relay.stop_with(libc::SIGKILL);
+    // Within its node TTL (1 s) and a heartbeat, the others hear that carol left.
+    let left = alice.expect("peer_left");
+    assert_eq!(left["peer_name"], "carol");
+    assert_eq!(names(&left), set(&["alice"]));
+    a.wait_metric("udp_relay_cluster_nodes", 1);
+    // Carol's peer, pointed at another relay, takes her name there.
+    let again = Peer::bind(b.relay.addr, "127.0.0.1:0");
+    let (ack, list) = again.register_old("carol");
+    assert_eq!(ack["status"], "success");
+    assert_eq!(names(&list), set(&["alice", "carol"]));
+    assert_eq!(alice.expect("peer_joined")["peer_name"], "carol");
+    alice.send_raw(&relay_msg("alice", "carol", "1"));
+    assert_eq!(again.recv_raw(), relayed("alice", "1"));
+}
+
+#[test]
+fn with_redis_away_each_relay_serves_what_it_knows_and_publishes_again_when_it_is_back() {
+    let Some(redis) = Redis::start() else { return };
+    let port = redis.port;
+    let [a, b, _c] = cluster(&redis, "redis-away");
+    let alice = Peer::new(&a.relay);
+    alice.register_old("alice");
+    b.knows_elsewhere(1);
+    let bob = Peer::new(&b.relay);
+    bob.register_old("bob");
+    alice.expect("peer_joined");
+    drop(redis);
+    a.wait_metric("udp_relay_cluster_directory_up", 0);
+    // Fail-static: the peers of each relay and the names known are served.
+    alice.send_raw(&relay_msg("alice", "bob", "2"));
+    assert_eq!(bob.recv_raw(), relayed("alice", "2"));
+    assert!(http_get(&a.relay, "/readyz").contains("degraded"));
+    // A new name cannot be claimed: refused, and counted.
+    let frank = Peer::new(&a.relay);
+    frank.send(json!({"type": "register", "name": "frank"}));
+    let e = frank.expect("error");
+    assert_eq!(e["code"], "rate_limited");
+    assert_eq!(a.relay.refused("cluster_unavailable"), 1);
+    // Redis back, empty: each relay publishes its names again, and they are the cluster's.
+    let Ok(back) = Redis::on(port) else {
+        panic!("redis-server again on port {port}")
+    };
+    a.wait_metric("udp_relay_cluster_directory_up", 1);
+    let deadline = Instant::now() + TIMEOUT * 2;
+    loop {
+        let thief = Peer::new(&b.relay);
+        thief.send(json!({"type": "register", "name": "alice"}));
+        let v = thief.recv();
+        if v["code"] == "name_in_use" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alice never published again: {v}"
+        );
+        // It took the name meanwhile: give it back before asking again.
+        assert_eq!(v["type"], "register_ack", "{v}");
+        let session = v["session"].as_str().unwrap().to_string();
+        thief.expect("peer_list");
+        thief.send(json!({"type": "unregister", "name": "alice", "session": session}));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(http_get(&a.relay, "/readyz").starts_with("ready\n"));
+    drop(back);
+}
+
+#[test]
+fn mesh_datagrams_forged_replayed_or_from_an_unknown_node_are_refused() {
+    let Some(redis) = Redis::start() else { return };
+    let [a, b, _c] = cluster(&redis, "mesh-forged");
+    let bob = Peer::new(&b.relay);
+    bob.register_old("bob");
+    a.knows_elsewhere(1);
+    let forger = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let seal = |key: &[u8], node: &str, seq: u64, payload: &[u8]| {
+        let head = Head {
+            node,
+            seq,
+            target: "bob",
+            via: Via::Source("alice"),
+        };
+        let mut d = Vec::new();
+        assert!(write_head(&mut d, &head, payload.len()));
+        d.extend_from_slice(payload);
+        let mac = Keys::new(key).unwrap().mac("relay-2", &[&d]);
+        d.extend_from_slice(&mac);
+        d
+    };
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let good = seal(KEY, "relay-1", now_ns, b"\"sealed\"");
+    let cases: [(Vec<u8>, &str); 4] = [
+        (b"not a mesh datagram".to_vec(), "mesh_malformed"),
+        (
+            seal(
+                b"a guess at the key, 32 bytes or more",
+                "relay-1",
+                now_ns + 1,
+                b"1",
+            ),
+            "mesh_bad_mac",
+        ),
+        (seal(KEY, "relay-9", now_ns + 2, b"1"), "mesh_unknown_node"),
+        (
+            seal(KEY, "relay-1", now_ns - 60_000_000_000, b"1"),
+            "mesh_replayed",
+        ),
+    ];
+    for (d, reason) in &cases {
+        forger.send_to(d, b.mesh).unwrap();
+        wait_refused(&b, reason, 1);
+    }
+    // One sealed with the key is delivered once; sent again, it is a replay.
+    forger.send_to(&good, b.mesh).unwrap();
+    assert_eq!(bob.recv_raw(), relayed("alice", "\"sealed\""));
+    forger.send_to(&good, b.mesh).unwrap();
+    wait_refused(&b, "mesh_replayed", 2);
+    bob.expect_nothing();
+}
+
+/// Waits until `n` counts `reason` `want` times.
+fn wait_refused(n: &Node, reason: &str, want: u64) {
+    n.wait_metric(
+        &format!("udp_relay_datagrams_refused_total{{reason=\"{reason}\"}}"),
+        want,
+    );
+}
+
+/// The body of `GET path` on `relay`'s ops endpoint.
+fn http_get(relay: &Relay, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(relay.metrics).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
