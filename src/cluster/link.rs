@@ -84,6 +84,7 @@ impl Link {
             j: Arc::new(j),
             stop: stop.clone(),
             filling: Arc::new(AtomicBool::new(false)),
+            republishing: Arc::new(AtomicBool::new(false)),
         };
         let thread = thread::Builder::new()
             .name("cluster".into())
@@ -102,8 +103,10 @@ impl Link {
 struct Task {
     j: Arc<Joining>,
     stop: Arc<AtomicBool>,
-    /// Whether a refill or republish is under way (one at a time).
+    /// Whether a refill is under way (one at a time).
     filling: Arc<AtomicBool>,
+    /// Whether a republish is under way (one at a time).
+    republishing: Arc<AtomicBool>,
 }
 
 impl Task {
@@ -184,8 +187,10 @@ impl Task {
                     if !was_up {
                         info!("the cluster's directory answers");
                     }
-                    if !was_up || came {
-                        tokio::spawn(self.clone().fill(dir.clone(), !was_up));
+                    if !was_up {
+                        tokio::spawn(self.clone().recover(dir.clone()));
+                    } else if came {
+                        tokio::spawn(self.clone().fill(dir.clone()));
                     }
                     was_up = true;
                 }
@@ -209,14 +214,21 @@ impl Task {
         stats.call_us.fetch_add(us, Ordering::Relaxed);
     }
 
-    /// Publishes this node's names again (`republish`: the directory may have lost them), then
-    /// reads every other node's, paced.
-    async fn fill(self, mut dir: Directory, republish: bool) {
+    /// After the directory was away (or at the start): publishes this node's names again (the
+    /// directory may have lost them), then reads every other node's.
+    async fn recover(self, mut dir: Directory) {
+        if !self.republishing.swap(true, Ordering::AcqRel) {
+            let names = self.republish(&mut dir).await;
+            info!(names, "published this relay's names in the directory again");
+            self.republishing.store(false, Ordering::Release);
+        }
+        self.fill(dir).await;
+    }
+
+    /// Reads every other node's names from the directory, paced.
+    async fn fill(self, mut dir: Directory) {
         if self.filling.swap(true, Ordering::AcqRel) {
             return;
-        }
-        if republish {
-            self.republish(&mut dir).await;
         }
         let cluster = self.cluster();
         let mut cursor = 0;
@@ -252,8 +264,8 @@ impl Task {
     }
 
     /// Claims again every name registered here (the same epoch where the directory kept it, a
-    /// new one where it lost it), paced.
-    async fn republish(&self, dir: &mut Directory) {
+    /// new one where it lost it), paced: how many it claimed.
+    async fn republish(&self, dir: &mut Directory) -> usize {
         let shared = &self.j.shared;
         let cluster = self.cluster();
         let now = self.now();
@@ -263,9 +275,10 @@ impl Task {
             .into_iter()
             .map(|p| p.name.to_string())
             .collect();
+        let mut claimed = 0;
         for chunk in names.chunks(PACE_BATCH) {
             if self.stopped() {
-                return;
+                break;
             }
             let claims = chunk.iter().map(|name| {
                 let mut dir = dir.clone();
@@ -273,7 +286,10 @@ impl Task {
             });
             for (name, got) in join_all(claims).await {
                 match got {
-                    Ok(Claimed::Home(epoch)) => cluster.homed(name, epoch),
+                    Ok(Claimed::Home(epoch)) => {
+                        cluster.homed(name, epoch);
+                        claimed += 1;
+                    }
                     Ok(Claimed::InUse(node)) => {
                         Stats::add(&cluster.stats.conflicts);
                         warn!(
@@ -281,11 +297,13 @@ impl Task {
                             node, "a name registered here is homed at another relay"
                         );
                     }
-                    Err(_) => return,
+                    // The directory went away again: its return publishes them all again.
+                    Err(_) => return claimed,
                 }
             }
             self.pause(PACE).await;
         }
+        claimed
     }
 
     /// Hears the directory's changes, subscribing again (and reading what was missed) whenever
@@ -301,7 +319,7 @@ impl Task {
                 }
             };
             if !first {
-                tokio::spawn(self.clone().fill(dir.clone(), false));
+                tokio::spawn(self.clone().fill(dir.clone()));
             }
             first = false;
             while !self.stopped() {
