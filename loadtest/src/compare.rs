@@ -28,15 +28,19 @@ pub struct Target {
     pub channels: bool,
     /// A TURN server, driven with these credentials (allocations, channels, ChannelData).
     pub turn: Option<Credentials>,
-    /// Its pid, for CPU time per datagram.
-    pub pid: Option<u32>,
+    /// A second relay of the same cluster: every other peer registers there, so that each
+    /// pair's datagrams cross from one relay to the other (a forward between relays).
+    pub via: Option<SocketAddr>,
+    /// Its pids (a cluster's relays: their CPU times are summed), for CPU time per datagram.
+    pub pids: Vec<u32>,
 }
 
 /// The syntax of a target, for messages.
-pub const TARGET_SYNTAX: &str = "NAME=HOST:PORT[,echo][,channels][,turn=USER:PASS][,pid=N]";
+pub const TARGET_SYNTAX: &str =
+    "NAME=HOST:PORT[,echo][,channels][,turn=USER:PASS][,via=HOST:PORT][,pid=N]...";
 
-/// Parses `NAME=HOST:PORT[,echo][,channels][,turn=USER:PASS][,pid=N]` (`turn` alone of the
-/// three).
+/// Parses `NAME=HOST:PORT[,echo][,channels][,turn=USER:PASS][,via=HOST:PORT][,pid=N]...`
+/// (`turn` alone of the first three; `pid` repeated for the relays of a cluster).
 pub fn parse_target(s: &str) -> Result<Target, String> {
     let (name, rest) = s
         .split_once('=')
@@ -52,7 +56,8 @@ pub fn parse_target(s: &str) -> Result<Target, String> {
         echo: false,
         channels: false,
         turn: None,
-        pid: None,
+        via: None,
+        pids: Vec::new(),
     };
     for p in parts {
         match p.split_once('=') {
@@ -60,19 +65,23 @@ pub fn parse_target(s: &str) -> Result<Target, String> {
             None if p == "channels" => t.channels = true,
             // The password runs to the next comma: one with a comma cannot be given here.
             Some(("turn", v)) => t.turn = Some(turn::parse_credentials(v)?),
-            Some(("pid", v)) => {
-                t.pid = Some(
-                    v.parse()
-                        .map_err(|_| format!("`{s}`: pid `{v}` is not a number"))?,
-                )
-            }
+            Some(("pid", v)) => t.pids.push(
+                v.parse()
+                    .map_err(|_| format!("`{s}`: pid `{v}` is not a number"))?,
+            ),
+            Some(("via", v)) => t.via = Some(proto::parse_addr(v)?),
             _ => {
                 return Err(format!(
                     "`{s}`: unknown option `{p}` (expected `echo`, `channels`, \
-                     `turn=USER:PASS` or `pid=N`)"
+                     `turn=USER:PASS`, `via=HOST:PORT` or `pid=N`)"
                 ));
             }
         }
+    }
+    if t.via.is_some() && (t.echo || t.turn.is_some()) {
+        return Err(format!(
+            "`{s}`: `via` names a second relay of a cluster: not for a reflector or TURN server"
+        ));
     }
     if t.turn.is_some() && (t.echo || t.channels) {
         return Err(format!(
@@ -90,7 +99,7 @@ pub struct CompareConfig {
     pub targets: Vec<Target>,
     /// Runs per target and phase.
     pub rounds: usize,
-    /// The load of one run; `target`, `echo`, `shape` and `target_pid` are set per run.
+    /// The load of one run; `target`, `echo`, `shape`, `via` and `target_pids` are set per run.
     pub load: LoadConfig,
     /// Closed-loop window of the capacity phase.
     pub window: usize,
@@ -184,7 +193,8 @@ pub fn run(
             channels: t.channels,
             turn: t.turn.clone(),
             shape,
-            target_pid: t.pid,
+            via: t.via,
+            target_pids: t.pids.clone(),
             ..cfg.load.clone()
         };
         drive::run(&c).map_err(|e| format!("target {}: {e}", t.name))
@@ -471,13 +481,17 @@ mod tests {
         let t = parse_target("relay=127.0.0.1:8400,pid=42").unwrap();
         assert_eq!(t.name, "relay");
         assert_eq!(t.addr, "127.0.0.1:8400".parse().unwrap());
-        assert_eq!((t.echo, t.pid), (false, Some(42)));
+        assert_eq!((t.echo, t.pids), (false, vec![42]));
+        let t = parse_target("cluster=127.0.0.1:8400,via=127.0.0.2:8400,pid=1,pid=2").unwrap();
+        assert_eq!(t.via, Some("127.0.0.2:8400".parse().unwrap()));
+        assert_eq!(t.pids, vec![1, 2]);
+        assert!(parse_target("x=127.0.0.1:1,echo,via=127.0.0.2:1").is_err());
         assert!(parse_target("floor=127.0.0.1:8401,echo").unwrap().echo);
         let frames = parse_target("floor=127.0.0.1:8401,echo,channels").unwrap();
         assert!(frames.echo && frames.channels);
         let t = parse_target("coturn=127.0.0.1:3478,turn=u:p:w,pid=7").unwrap();
         assert_eq!(t.turn, turn::parse_credentials("u:p:w").ok());
-        assert_eq!((t.echo, t.channels, t.pid), (false, false, Some(7)));
+        assert_eq!((t.echo, t.channels, t.pids), (false, false, vec![7]));
         assert!(
             parse_target("x=127.0.0.1:1,turn=u:p,echo")
                 .unwrap_err()

@@ -35,6 +35,9 @@ pub enum Shape {
 pub struct LoadConfig {
     /// The relay (or reflector) to drive.
     pub target: SocketAddr,
+    /// A second relay of its cluster, where every other peer registers (see
+    /// `compare::Target::via`).
+    pub via: Option<SocketAddr>,
     /// Drive a reflector: every datagram returns to its sender; no registration.
     pub echo: bool,
     /// Send channel frames (Part 4) instead of JSON relays: the pairs bind channels first (to
@@ -58,8 +61,8 @@ pub struct LoadConfig {
     /// different destinations, so a relay's segmentation (runs to one destination) rarely
     /// applies. With at least as many flows as the window, bursts are one datagram anyway.
     pub interleave: bool,
-    /// The target's pid, for its CPU time.
-    pub target_pid: Option<u32>,
+    /// The target's pids (a cluster's relays), for their CPU time, summed.
+    pub target_pids: Vec<u32>,
     /// How long to wait for registration acks.
     pub register_timeout: Duration,
     /// Draw a progress bar (only where stderr is a terminal).
@@ -254,8 +257,13 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
             n as u64 + sys::FD_RESERVE
         ));
     }
+    // Every other peer at the cluster's second relay, if there is one.
+    let relay_of = |i: usize| match cfg.via {
+        Some(via) if i % 2 == 1 => via,
+        _ => cfg.target,
+    };
     let socks = (0..n)
-        .map(|_| peer_socket(cfg.target))
+        .map(|i| peer_socket(relay_of(i)))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("cannot open peer sockets: {e}"))?;
     let id = run_id();
@@ -397,7 +405,7 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
             break;
         }
         if cpu_start.is_none() && now >= warm_end {
-            cpu_start = Some(cpu_sample(cfg.target_pid));
+            cpu_start = Some(cpu_sample(&cfg.target_pids));
         }
         if let Some(k) = &mut keeper {
             k.tick(&socks)?;
@@ -463,7 +471,7 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
             }
         }
     }
-    let cpu_end = cpu_sample(cfg.target_pid);
+    let cpu_end = cpu_sample(&cfg.target_pids);
     let drain_until = Instant::now() + DRAIN;
     while tally.delivered < sent && Instant::now() < drain_until {
         if receive(&mut flows, &mut hist, &mut tally, &mut keeper, true) == 0 {
@@ -588,9 +596,10 @@ fn capacity_turn<E>(
     Ok(went)
 }
 
-/// The target's and this process's CPU time now.
-fn cpu_sample(pid: Option<u32>) -> (Option<Duration>, Duration) {
-    let target = pid.and_then(|p| sys::process_cpu(p).ok());
+/// The target's (its processes', summed) and this process's CPU time now.
+fn cpu_sample(pids: &[u32]) -> (Option<Duration>, Duration) {
+    let times: Option<Vec<Duration>> = pids.iter().map(|&p| sys::process_cpu(p).ok()).collect();
+    let target = times.filter(|t| !t.is_empty()).map(|t| t.iter().sum());
     let own = sys::process_cpu(std::process::id()).unwrap_or_default();
     (target, own)
 }

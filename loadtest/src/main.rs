@@ -33,7 +33,7 @@ enum Cmd {
 
 #[derive(Args)]
 struct CompareArgs {
-    /// A target as NAME=HOST:PORT[,echo][,channels][,turn=USER:PASS][,pid=N]; give it once per
+    /// A target as NAME=HOST:PORT[,echo][,channels][,turn=USER:PASS][,via=HOST:PORT][,pid=N]...; give it once per
     /// target (ratios are to the first). Plain, a relay driven with JSON relays; `channels`, the
     /// relay with channel frames; `echo`, a reflector (with `channels`, sent frames' sizes);
     /// `turn=USER:PASS` alone, a TURN server (coturn) driven with long-term credentials, each
@@ -213,6 +213,7 @@ fn load_config(a: &RunArgs) -> Result<LoadConfig, String> {
     }
     Ok(LoadConfig {
         target: a.relay,
+        via: None,
         echo: a.echo,
         channels: a.channels,
         turn: a.turn.clone(),
@@ -222,7 +223,7 @@ fn load_config(a: &RunArgs) -> Result<LoadConfig, String> {
         duration: seconds("--duration", a.duration)?,
         shape,
         interleave: a.interleave,
-        target_pid: a.pid,
+        target_pids: a.pid.into_iter().collect(),
         register_timeout: seconds("--register-timeout", a.register_timeout)?,
         progress: true,
     })
@@ -266,7 +267,7 @@ fn compare(a: CompareArgs) -> Result<(), String> {
         pin(cpu)?;
     }
     for t in &a.targets {
-        if let Some(pid) = t.pid {
+        for &pid in &t.pids {
             sys::process_cpu(pid).map_err(|e| format!("target {}: pid {pid}: {e}", t.name))?;
         }
     }
@@ -282,6 +283,7 @@ fn compare(a: CompareArgs) -> Result<(), String> {
     let cfg = CompareConfig {
         load: LoadConfig {
             target: a.targets[0].addr,
+            via: None,
             echo: false,
             channels: false,
             turn: None,
@@ -291,7 +293,7 @@ fn compare(a: CompareArgs) -> Result<(), String> {
             duration: seconds("--duration", a.duration)?,
             shape: Shape::Capacity { window: a.window },
             interleave: a.interleave,
-            target_pid: None,
+            target_pids: Vec::new(),
             register_timeout: seconds("--register-timeout", a.register_timeout)?,
             progress: true,
         },
