@@ -292,6 +292,54 @@ fn bad_flag_values_stop_start_up_naming_the_flag() {
     ]);
 }
 
+/// The cluster's flags: each needs the others, and each bad value names its flag (a key file
+/// too short or missing, a mesh address nobody can send to, a node id with a space).
+#[test]
+fn bad_cluster_flags_stop_start_up_naming_the_flag() {
+    let none: &[(&str, &str)] = &[];
+    let dir = std::env::temp_dir();
+    let short = dir.join(format!("udp-relay-short-{}.key", std::process::id()));
+    std::fs::write(&short, b"too short").unwrap();
+    let long = dir.join(format!("udp-relay-long-{}.key", std::process::id()));
+    std::fs::write(&long, [7u8; 32]).unwrap();
+    let (short, long) = (short.to_str().unwrap(), long.to_str().unwrap());
+    let redis = "redis://127.0.0.1:1";
+    let with = |extra: &'static [&'static str]| -> Vec<&str> {
+        let mut a = vec![
+            "--cluster",
+            redis,
+            "--node-id",
+            "a",
+            "--mesh-listen",
+            "127.0.0.1:0",
+        ];
+        a.extend_from_slice(extra);
+        a
+    };
+    let (no_key, short_key) = (with(&[]), with(&["--mesh-key-file"]));
+    let short_key: Vec<&str> = short_key.into_iter().chain([short]).collect();
+    let missing: Vec<&str> = with(&["--mesh-key-file", "/nonexistent/mesh.key"]);
+    let all_refused_owned = |cases: &[(Vec<&str>, &[&str])]| {
+        let cases: Vec<Case> = cases
+            .iter()
+            .map(|(a, names)| (a.as_slice(), none, *names))
+            .collect();
+        all_refused(&cases);
+    };
+    all_refused_owned(&[
+        (vec!["--cluster", "not a url"], &["--cluster"]),
+        (vec!["--cluster", redis], &["--node-id"]),
+        (vec!["--node-id", "a"], &["--node-id"]),
+        (vec!["--mesh-key-file", long], &["--mesh-key-file"]),
+        (vec!["--node-id", "a b"], &["--node-id"]),
+        (vec!["--mesh-listen", "0.0.0.0:8001"], &["--mesh-listen"]),
+        (vec!["--node-ttl", "100ms"], &["--node-ttl"]),
+        (no_key, &["--mesh-key-file"]),
+        (short_key, &["--mesh-key-file"]),
+        (missing, &["--mesh-key-file"]),
+    ]);
+}
+
 /// `--flag -1` (a separate argument starting with `-`) must be refused naming the flag, as
 /// `--flag=-1` and `UDP_RELAY_FLAG=-1` are.
 #[test]
