@@ -173,6 +173,13 @@ fn old_peers_on_three_relays_register_hear_list_and_relay_both_ways_byte_for_byt
     assert_eq!(alice.recv_raw(), relayed("carol", "\"hi\""));
     assert_eq!(a.metric("udp_relay_mesh_sent_total"), 1);
     assert_eq!(b.metric("udp_relay_mesh_delivered_total"), 1);
+    // A lookup sees every relay's names.
+    alice.send(json!({"type": "lookup", "name": "carol"}));
+    let info = alice.expect("peer_info");
+    assert_eq!(
+        (&info["name"], &info["online"]),
+        (&json!("carol"), &json!(true))
+    );
     // A name is the cluster's: live at one relay, it is in use at the others.
     let mallory = Peer::new(&c.relay);
     mallory.send(json!({"type": "register", "name": "alice"}));

@@ -71,7 +71,7 @@ impl Router {
             }
             let online: Vec<&str> = asked
                 .iter()
-                .filter(|n| reg.addr_of(n, now).is_some())
+                .filter(|n| self.online(n, now))
                 .map(String::as_str)
                 .collect();
             misses.hits(ip, true, asked.len(), online.len());
@@ -86,11 +86,21 @@ impl Router {
             }
         } else {
             let left = reg.unwatch(&watcher, &names).ok_or(Reason::NotRegistered)?;
-            let online = left.iter().filter(|n| reg.addr_of(n, now).is_some());
+            let online = left.iter().filter(|n| self.online(n, now));
             reply::watch_ack(&mut out.buf, online.map(|n| &**n), budget);
             out.reply(req.from, start, Kind::Reply, true);
         }
         Ok(())
+    }
+
+    /// Whether `name` is live here, or homed at another relay of the cluster.
+    fn online(&self, name: &str, now_ms: u64) -> bool {
+        self.shared.registry.addr_of(name, now_ms).is_some()
+            || self
+                .shared
+                .cluster
+                .get()
+                .is_some_and(|c| c.remote.home_of(name).is_some())
     }
 
     pub(super) fn lookup(&mut self, d: &[u8], req: &Req, out: &mut Out) -> Result<(), Reason> {
@@ -102,8 +112,13 @@ impl Router {
         if !misses.reserve(ip, req.authed, 1, req.now.ms) {
             return Err(Reason::MissLimited);
         }
-        let online = self.shared.registry.addr_of(&l.name, req.now.ms).is_some();
+        let online = self.online(&l.name, req.now.ms);
         misses.hits(ip, req.authed, 1, usize::from(online));
+        // A miss, already paid: the directory is asked, for the next lookup, whether the name
+        // is homed at another relay this one has not heard of.
+        if let Some(c) = self.shared.cluster.get().filter(|_| !online) {
+            c.lookup(&l.name);
+        }
         let start = out.buf.len();
         reply::peer_info(&mut out.buf, &l.name, online);
         out.reply(req.from, start, Kind::Reply, req.authed);
