@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::redis::Redis;
+use common::signing::{key, signed_register};
 use common::{Peer, Relay, TIMEOUT};
 use relay_core::mesh::Keys;
 use relay_wire::mesh::{Head, Via, write_head};
@@ -37,7 +38,7 @@ struct Node {
 }
 
 impl Node {
-    fn start(redis: &Redis, key: &Path, i: u8) -> Node {
+    fn start(redis: &Redis, key: &Path, i: u8, extra: &[&str]) -> Node {
         let host = format!("127.0.0.{i}");
         let node = format!("relay-{i}");
         let mesh = format!("{host}:0");
@@ -57,6 +58,7 @@ impl Node {
             "--node-ttl",
             "1s",
         ];
+        let args = [&args[..], extra].concat();
         let relay = Relay::start_with(&args, &[("RUST_LOG", "debug")], &host);
         let logs = relay.logs();
         let line = logs
@@ -102,8 +104,13 @@ impl Node {
 
 /// Three relays of one cluster, each knowing the two others.
 fn cluster(redis: &Redis, test: &str) -> [Node; 3] {
+    cluster_with(redis, test, &[])
+}
+
+/// Three relays of one cluster started with `extra` flags, each knowing the two others.
+fn cluster_with(redis: &Redis, test: &str, extra: &[&str]) -> [Node; 3] {
     let key = key_file(test);
-    let nodes = [1, 2, 3].map(|i| Node::start(redis, &key, i));
+    let nodes = [1, 2, 3].map(|i| Node::start(redis, &key, i, extra));
     for n in &nodes {
         n.wait_metric("udp_relay_cluster_nodes", 2);
     }
@@ -212,6 +219,35 @@ fn old_peers_on_three_relays_register_hear_list_and_relay_both_ways_byte_for_byt
             0
         );
     }
+}
+
+#[test]
+fn signed_peers_on_different_relays_keep_their_names_and_relay_to_each_other() {
+    let Some(redis) = Redis::start() else { return };
+    let [a, b, c] = cluster_with(&redis, "signed", &["--auth", "signed"]);
+    let alice = Peer::new(&a.relay);
+    assert_eq!(
+        signed_register(&alice, "alice", &key(1))["type"],
+        "register_ack"
+    );
+    alice.expect("peer_list");
+    b.knows_elsewhere(1);
+    let bob = Peer::new(&b.relay);
+    assert_eq!(
+        signed_register(&bob, "bob", &key(2))["type"],
+        "register_ack"
+    );
+    bob.expect("peer_list");
+    alice.send_raw(&relay_msg("alice", "bob", "\"signed\""));
+    assert_eq!(bob.recv_raw(), relayed("alice", "\"signed\""));
+    // Another key at a third relay: the name is the cluster's, and stays with its key.
+    let thief = Peer::new(&c.relay);
+    let e = signed_register(&thief, "alice", &key(3));
+    assert_eq!(e["code"], "name_in_use", "{e}");
+    // An unsigned newcomer is refused as on one relay.
+    let old = Peer::new(&c.relay);
+    old.send(json!({"type": "register", "name": "mallory"}));
+    assert_eq!(old.expect("error")["code"], "auth_required");
 }
 
 #[test]

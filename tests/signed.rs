@@ -5,47 +5,9 @@ mod common;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use common::signing::*;
 use common::*;
-use ed25519_dalek::{Signer, SigningKey};
-use relay_wire::{peer, read};
 use serde_json::{Value, json};
-
-fn key(seed: u8) -> SigningKey {
-    SigningKey::from_bytes(&[seed; 32])
-}
-
-fn pubkey(k: &SigningKey) -> String {
-    B64.encode(k.verifying_key().to_bytes())
-}
-
-/// The signature of the registration of `name` with `cookie`, over the bytes the relay
-/// verifies (`peer::signed_payload`, which the relay uses too).
-fn sign(k: &SigningKey, name: &str, cookie: &str) -> String {
-    let mut msg = Vec::new();
-    peer::signed_payload(&mut msg, name, cookie);
-    B64.encode(k.sign(&msg).to_bytes())
-}
-
-/// The cookie of the `challenge` `p` receives next.
-fn challenge(p: &Peer) -> String {
-    match p.expect_msg("challenge") {
-        read::Message::Challenge { cookie } => cookie.into_owned(),
-        m => unreachable!("{m:?}"),
-    }
-}
-
-/// Asks for a challenge and answers it, as a signing peer does (with relay-wire's writers and
-/// reader); returns the next message (the ack or an error).
-fn signed_register(p: &Peer, name: &str, k: &SigningKey) -> Value {
-    let mut d = Vec::new();
-    peer::register_key(&mut d, name, &pubkey(k));
-    p.send_raw(&d);
-    let cookie = challenge(p);
-    d.clear();
-    peer::register_signed(&mut d, name, &pubkey(k), &cookie, &sign(k, name, &cookie));
-    p.send_raw(&d);
-    p.recv()
-}
 
 #[test]
 fn a_signed_peer_registers_and_keeps_its_name_against_other_keys() {

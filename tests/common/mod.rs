@@ -10,6 +10,7 @@
 
 pub mod forge;
 pub mod redis;
+pub mod signing;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};

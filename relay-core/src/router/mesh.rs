@@ -13,7 +13,7 @@ use crate::mesh::Refused;
 use crate::metrics::Counters;
 use crate::out::Out;
 use crate::refusal::Reason;
-use crate::settings::MAX_UDP_PAYLOAD;
+use crate::settings::{Auth, MAX_UDP_PAYLOAD};
 use crate::wire::mesh::{Head, MAC_LEN, Via, write_head};
 use crate::wire::valid_name;
 
@@ -96,9 +96,14 @@ impl Router {
         if !valid_name(source) || !valid_name(m.head.target) {
             return refuse(Reason::MeshMalformed);
         }
-        let Some((to, _)) = self.shared.registry.target_of(m.head.target, now.ms) else {
+        let Some((to, trusted)) = self.shared.registry.target_of(m.head.target, now.ms) else {
             return refuse(Reason::MeshUnknownTarget);
         };
+        // As for a local relay: where registration is signed, a name that never echoed its
+        // cookie here can only have been forged for someone else.
+        if self.shared.settings.auth == Auth::Signed && !trusted {
+            return refuse(Reason::UnauthenticatedTarget);
+        }
         if !relayed(out, to, source, m.payload) {
             return refuse(Reason::TooLarge);
         }
