@@ -250,6 +250,51 @@ fn signed_peers_on_different_relays_keep_their_names_and_relay_to_each_other() {
     assert_eq!(old.expect("error")["code"], "auth_required");
 }
 
+/// A flood through the mesh is paid where it enters: a peer of relay A sending relays to a peer
+/// of relay B as fast as it can gets no more through than A's limits let one source send, and
+/// B forwards nothing beyond what A sent it.
+#[test]
+fn a_flood_across_relays_is_bounded_by_the_first_relays_limits() {
+    let Some(redis) = Redis::start() else { return };
+    let [a, b, _c] = cluster_with(&redis, "flood", &["--source-rate", "100"]);
+    let victim = Peer::new(&b.relay);
+    victim.register("victim");
+    a.knows_elsewhere(1);
+    let flooder = Peer::new(&a.relay);
+    flooder.register_old("flooder");
+    let sent = 1_000;
+    let d = relay_msg("flooder", "victim", "\"x\"");
+    for _ in 0..sent {
+        flooder.send_raw(&d);
+    }
+    // Every datagram decided at A: forwarded to B, or refused there.
+    let deadline = Instant::now() + TIMEOUT;
+    let forwarded = loop {
+        let (through, refused) = (
+            a.metric("udp_relay_mesh_sent_total"),
+            a.relay.refused("rate_limited_source"),
+        );
+        // The flooder's registration was one of its datagrams too.
+        if through + refused >= sent {
+            break through;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "A decided {through} + {refused} of {sent}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // A source's burst is two seconds of its rate: about 200 of 1,000, whatever B would take.
+    assert!((150..=300).contains(&forwarded), "{forwarded} forwarded");
+    b.wait_metric("udp_relay_mesh_delivered_total", forwarded);
+    let got = victim
+        .drain()
+        .iter()
+        .filter(|m| m["type"] == "relayed_packet")
+        .count() as u64;
+    assert_eq!(got, forwarded);
+}
+
 #[test]
 fn a_relay_killed_leaves_with_its_names_and_its_peers_re_register_elsewhere() {
     let Some(redis) = Redis::start() else { return };
