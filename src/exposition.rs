@@ -314,10 +314,22 @@ fn cluster(s: &mut String, c: &Cluster) {
             (r#"{home="elsewhere"}"#, c.remote.len() as f64),
         ],
     );
+    let nodes = c.nodes.listed();
     family(
         "cluster_nodes",
         "gauge",
         "The cluster's other relays this relay knows.",
-        &[("", c.nodes.listed().len() as f64)],
+        &[("", nodes.len() as f64)],
+    );
+    let rows: Vec<(String, f64)> = nodes
+        .iter()
+        .map(|(node, mesh)| (format!("{{node=\"{node}\",mesh=\"{mesh}\"}}"), 1.0))
+        .collect();
+    let rows: Vec<(&str, f64)> = rows.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    family(
+        "cluster_node_info",
+        "gauge",
+        "Each other relay of the cluster this relay knows, and the mesh address it sends there (always 1).",
+        &rows,
     );
 }

@@ -96,6 +96,24 @@ impl Node {
         }
     }
 
+    /// Waits until this relay's metrics hold the line `line`.
+    fn wait_line(&self, line: &str) {
+        let deadline = Instant::now() + TIMEOUT * 2;
+        while !self.relay.metrics_text().lines().any(|l| l == line) {
+            assert!(
+                Instant::now() < deadline,
+                "relay-{}: never `{line}`",
+                self.i
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until this relay holds `n` names homed here (published in the directory).
+    fn wait_log_metric_names_here(&self, n: u64) {
+        self.wait_metric("udp_relay_cluster_names{home=\"here\"}", n);
+    }
+
     /// Waits until this relay knows `n` names homed elsewhere.
     fn knows_elsewhere(&self, n: u64) {
         self.wait_metric("udp_relay_cluster_names{home=\"elsewhere\"}", n);
@@ -293,6 +311,60 @@ fn a_flood_across_relays_is_bounded_by_the_first_relays_limits() {
         .filter(|m| m["type"] == "relayed_packet")
         .count() as u64;
     assert_eq!(got, forwarded);
+}
+
+/// An upgrade (`--takeover`) keeps the node id and the names: the new process serves the old
+/// one's peers at once (a keepalive needs no claim), the directory keeps their epochs, and the
+/// other relays reach them through the new process.
+#[test]
+fn a_takeover_keeps_the_node_its_names_and_the_forwards_to_them() {
+    let Some(redis) = Redis::start() else { return };
+    let socket =
+        std::env::temp_dir().join(format!("udp-relay-cluster-{}.sock", std::process::id()));
+    let takeover = ["--takeover", socket.to_str().unwrap()];
+    let key = key_file("takeover");
+    let a = Node::start(&redis, &key, 1, &takeover);
+    let b = Node::start(&redis, &key, 2, &[]);
+    a.wait_metric("udp_relay_cluster_nodes", 1);
+    let alice = Peer::new(&a.relay);
+    alice.register_old("alice");
+    b.knows_elsewhere(1);
+    let bob = Peer::new(&b.relay);
+    bob.register_old("bob");
+    alice.expect("peer_joined");
+    let claims_before = redis_epoch(&redis);
+    let mut old = a;
+    let mut new = Node::start(&redis, &key, 1, &takeover);
+    new.relay.wait_log("took over: serving");
+    old.relay.wait_exit();
+    new.wait_log_metric_names_here(1);
+    // Alice's keepalive is served by the new process, without a claim.
+    alice.send(json!({"type": "keepalive", "name": "alice"}));
+    assert_eq!(alice.expect("keepalive_ack")["peer_name"], "alice");
+    assert_eq!(
+        redis_epoch(&redis),
+        claims_before,
+        "no new epoch: nothing claimed again"
+    );
+    // Bob reaches her through the new process, at its new mesh port once relay-2 heard it.
+    let at_new = format!(
+        "udp_relay_cluster_node_info{{node=\"relay-1\",mesh=\"{}\"}}",
+        new.mesh
+    );
+    b.wait_line(&format!("{at_new} 1"));
+    bob.send_raw(&relay_msg("bob", "alice", "3"));
+    assert_eq!(alice.recv_raw(), relayed("bob", "3"));
+    alice.send_raw(&relay_msg("alice", "bob", "4"));
+    assert_eq!(bob.recv_raw(), relayed("alice", "4"));
+}
+
+/// The epoch counter of `redis`'s directory: how many claims it has issued.
+fn redis_epoch(redis: &Redis) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "GET", "udp-relay:epoch"])
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 #[test]

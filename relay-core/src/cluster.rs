@@ -20,6 +20,9 @@ use crate::remote::Remote;
 /// is refused (`cluster_busy`) and a lookup is not asked.
 pub const MAX_QUEUED: usize = 16_384;
 
+/// The epoch of a release that releases whatever claim this node holds (no claim has it).
+pub const ANY_EPOCH: u64 = 0;
+
 /// A registration waiting for its claim: its datagram, decided again once the claim settles.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
@@ -186,18 +189,17 @@ impl Cluster {
             .insert(name.to_string(), epoch);
     }
 
-    /// `name` left this relay: it is homed here no more, and its release is queued. A release
-    /// the queue has no room for is left to the directory (the name lapses with this node, or
-    /// is claimed over by whoever proves it).
+    /// `name` left this relay: it is homed here no more, and its release is queued, at the
+    /// epoch it was claimed with, or at [`ANY_EPOCH`] for a name this relay holds without
+    /// knowing its epoch (restored by a takeover before the link published it again). A release
+    /// the queue has no room for is left to the directory (the name lapses with this node).
     pub fn left(&self, name: &str) {
         let epoch = self
             .homes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(name);
-        if let Some(epoch) = epoch {
-            self.push(Op::Release(name.to_string(), epoch));
-        }
+        self.push(Op::Release(name.to_string(), epoch.unwrap_or(ANY_EPOCH)));
     }
 
     /// `name` is homed here no longer, without a release (the directory gave it to another
@@ -268,9 +270,10 @@ mod tests {
                 Op::Claim(pending("alice")),
                 Op::Lookup("bob".into()),
                 Op::Release("alice".into(), 4),
+                Op::Release("carol".into(), ANY_EPOCH),
             ]
         );
-        assert_eq!(woken.load(Ordering::Relaxed), 3);
+        assert_eq!(woken.load(Ordering::Relaxed), 4);
         assert!(!c.is_home("alice"));
         for _ in 0..MAX_QUEUED {
             assert!(c.pend(pending("x")));
@@ -292,5 +295,7 @@ mod tests {
         assert!(c.lost("alice", 6));
         assert!(!c.is_home("alice"));
         assert!(c.take(10).is_empty(), "no release for a lost name");
+        c.left("bob");
+        assert_eq!(c.take(10), vec![Op::Release("bob".into(), ANY_EPOCH)]);
     }
 }

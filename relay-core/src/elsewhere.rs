@@ -10,6 +10,7 @@ use crate::budget::Cause;
 use crate::clock::Now;
 use crate::cluster::Stats;
 use crate::destination::{Kind, kind};
+use crate::events;
 use crate::metrics::Counters;
 use crate::out::Out;
 use crate::presence;
@@ -39,18 +40,47 @@ pub fn joined(shared: &Shared, name: &str, home: Home, now: Now, out: &mut Out, 
     let Some(cl) = shared.cluster.get() else {
         return;
     };
-    if *home.node == cl.node || !usable_mesh(home.mesh) {
-        return;
-    }
-    if cl.lost(name, home.epoch) {
-        Stats::add(&cl.stats.conflicts);
+    if *home.node != cl.node && cl.lost(name, home.epoch) {
         let node = &*home.node;
         tracing::warn!(name, node, "a name homed here was claimed at another relay");
+        evicted(shared, name, now, out, c);
     }
-    cl.nodes.add(&home.node, home.mesh);
-    if cl.remote.joined(name, home) {
+    if known(shared, name, home) {
         announce(shared, Presence::Joined, name, now, out, c);
     }
+}
+
+/// `name` is homed at `home`, as [`joined`] says, but told to no one: the names a relay reads
+/// when it starts, which its peers heard of already (from the relay it took over from) or
+/// learn from their `peer_list`. Whether it is new to this relay's view.
+pub fn known(shared: &Shared, name: &str, home: Home) -> bool {
+    let Some(cl) = shared.cluster.get() else {
+        return false;
+    };
+    if *home.node == cl.node || !usable_mesh(home.mesh) {
+        return false;
+    }
+    cl.nodes.add(&home.node, home.mesh);
+    cl.remote.joined(name, home)
+}
+
+/// `name`, registered here, is homed at another relay (the directory gave it there while this
+/// relay was thought gone): counted, and its registration here ends as a reaped one does (its
+/// leave told, its channels closed), so that the cluster holds one home for it.
+pub fn evicted(shared: &Shared, name: &str, now: Now, out: &mut Out, c: &Counters) {
+    let Some(cl) = shared.cluster.get() else {
+        return;
+    };
+    Stats::add(&cl.stats.conflicts);
+    let Some(gone) = shared.registry.evict(name) else {
+        return;
+    };
+    let start = out.sends.len();
+    presence::announce(shared, out, Presence::Left, &gone.name, gone.addr, now);
+    events::react(shared, gone.event(), now, out);
+    shared
+        .budgets
+        .settle(out, start, Cause::Relay, None, now.ms, c);
 }
 
 /// `name` left the claim of `epoch` at another relay: its leave told here.

@@ -176,9 +176,10 @@ impl Nodes {
     }
 
     /// The sequence number of the next datagram to `node` at `now_ns` (this relay's time in
-    /// nanoseconds): the time, or one more than the last if the clock has not moved on; `None`
-    /// for a node not listed.
-    pub fn next_seq(&self, node: &str, now_ns: u64) -> Option<u64> {
+    /// nanoseconds): the time, or one more than the last if the clock has not moved on; and the
+    /// node's mesh address now (a relay restarted on another port is reached there at once).
+    /// `None` for a node not listed.
+    pub fn next_seq(&self, node: &str, now_ns: u64) -> Option<(u64, SocketAddr)> {
         let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
         let n = nodes.get(node)?;
         let mut last = n.sent.load(Ordering::Relaxed);
@@ -188,7 +189,7 @@ impl Nodes {
                 .sent
                 .compare_exchange_weak(last, seq, Ordering::Relaxed, Ordering::Relaxed)
             {
-                Ok(_) => return Some(seq),
+                Ok(_) => return Some((seq, n.mesh)),
                 Err(seen) => last = seen,
             }
         }
@@ -336,16 +337,22 @@ mod tests {
     fn each_receiver_counts_on_its_own_and_sequences_follow_the_clock() {
         let nodes = Nodes::default();
         assert!(nodes.add("relay-b", MESH) && nodes.add("relay-c", MESH));
-        assert_eq!(nodes.next_seq("relay-b", NOW), Some(NOW));
+        assert_eq!(nodes.next_seq("relay-b", NOW).map(|s| s.0), Some(NOW));
         // The clock did not move: one more; another receiver has its own sequence.
-        assert_eq!(nodes.next_seq("relay-b", NOW), Some(NOW + 1));
+        assert_eq!(nodes.next_seq("relay-b", NOW).map(|s| s.0), Some(NOW + 1));
         for _ in 0..5_000 {
             nodes.next_seq("relay-c", NOW);
         }
-        assert_eq!(nodes.next_seq("relay-b", NOW), Some(NOW + 2));
+        assert_eq!(nodes.next_seq("relay-b", NOW).map(|s| s.0), Some(NOW + 2));
         // Never back, even if the clock is.
-        assert_eq!(nodes.next_seq("relay-b", NOW - 1_000), Some(NOW + 3));
-        assert_eq!(nodes.next_seq("relay-b", NOW + 50), Some(NOW + 50));
+        assert_eq!(
+            nodes.next_seq("relay-b", NOW - 1_000).map(|s| s.0),
+            Some(NOW + 3)
+        );
+        assert_eq!(
+            nodes.next_seq("relay-b", NOW + 50).map(|s| s.0),
+            Some(NOW + 50)
+        );
         assert_eq!(nodes.next_seq("relay-z", NOW), None);
         assert!(Keys::new(b"short").is_none(), "a key under 32 bytes");
     }

@@ -12,7 +12,8 @@ use std::sync::{Arc, RwLock};
 pub struct Home {
     /// Its relay's node id.
     pub node: Arc<str>,
-    /// That relay's mesh address.
+    /// That relay's mesh address as the directory gave it with the name (forwards go to the
+    /// node's address now, which `mesh::Nodes` keeps).
     pub mesh: SocketAddr,
     /// The claim's epoch.
     pub epoch: u64,

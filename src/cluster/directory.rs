@@ -58,12 +58,17 @@ redis.call('PUBLISH', ARGV[4], 'join ' .. KEYS[1] .. ' ' .. ARGV[1] .. ' ' .. ep
 return {1, epoch}
 "#;
 
-/// Releases `KEYS[1]` if node `ARGV[1]` holds it at epoch `ARGV[2]`; `ARGV[3]` the events
-/// channel. Returns 1 if it did.
+/// Releases `KEYS[1]` if node `ARGV[1]` holds it at epoch `ARGV[2]` (at any epoch, if `ARGV[2]`
+/// is `0`, which no claim has); `ARGV[3]` the events channel. Returns 1 if it did.
 const RELEASE: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] .. ' ' .. ARGV[2] then
+local cur = redis.call('GET', KEYS[1])
+if not cur then
+  return 0
+end
+local owner, e = string.match(cur, '^(%S+) (%d+)$')
+if owner == ARGV[1] and (e == ARGV[2] or ARGV[2] == '0') then
   redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[3], 'leave ' .. KEYS[1] .. ' ' .. ARGV[1] .. ' ' .. ARGV[2])
+  redis.call('PUBLISH', ARGV[3], 'leave ' .. KEYS[1] .. ' ' .. owner .. ' ' .. e)
   return 1
 end
 return 0
@@ -325,7 +330,8 @@ impl Directory {
         })
     }
 
-    /// Releases `name` if this node holds it at `epoch`; whether it did.
+    /// Releases `name` if this node holds it at `epoch` (at any, with
+    /// `relay_core::cluster::ANY_EPOCH`); whether it did.
     pub async fn release(&mut self, name: &str, epoch: u64) -> RedisResult<bool> {
         let done: u8 = Self::bounded(
             self.release

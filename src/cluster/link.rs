@@ -85,6 +85,7 @@ impl Link {
             stop: stop.clone(),
             filling: Arc::new(AtomicBool::new(false)),
             republishing: Arc::new(AtomicBool::new(false)),
+            read_once: Arc::new(AtomicBool::new(false)),
         };
         let thread = thread::Builder::new()
             .name("cluster".into())
@@ -107,6 +108,9 @@ struct Task {
     filling: Arc<AtomicBool>,
     /// Whether a republish is under way (one at a time).
     republishing: Arc<AtomicBool>,
+    /// Whether the names were read once: the first reading tells no one (this relay's peers
+    /// heard of those names from the relay it took over from, or learn them from their lists).
+    read_once: Arc<AtomicBool>,
 }
 
 impl Task {
@@ -225,11 +229,13 @@ impl Task {
         self.fill(dir).await;
     }
 
-    /// Reads every other node's names from the directory, paced.
+    /// Reads every other node's names from the directory, paced; their joins told here but
+    /// the first time.
     async fn fill(self, mut dir: Directory) {
         if self.filling.swap(true, Ordering::AcqRel) {
             return;
         }
+        let tell = self.read_once.load(Ordering::Acquire);
         let cluster = self.cluster();
         let mut cursor = 0;
         loop {
@@ -251,7 +257,11 @@ impl Task {
                         mesh,
                         epoch: h.epoch,
                     };
-                    elsewhere::joined(&self.j.shared, &h.name, home, now, out, c);
+                    if tell {
+                        elsewhere::joined(&self.j.shared, &h.name, home, now, out, c);
+                    } else {
+                        elsewhere::known(&self.j.shared, &h.name, home);
+                    }
                 }
             });
             if next == 0 {
@@ -260,6 +270,7 @@ impl Task {
             cursor = next;
             self.pause(PACE).await;
         }
+        self.read_once.store(true, Ordering::Release);
         self.filling.store(false, Ordering::Release);
     }
 
@@ -284,22 +295,31 @@ impl Task {
                 let mut dir = dir.clone();
                 async move { (name, dir.claim(name, false).await) }
             });
-            for (name, got) in join_all(claims).await {
+            let got = join_all(claims).await;
+            let now = self.now();
+            let mut gone = Vec::new();
+            for (name, got) in got {
                 match got {
-                    Ok(Claimed::Home(epoch)) => {
+                    // Still registered here: homed here. Gone meanwhile (its release may have
+                    // run before this claim): released again, at this claim's epoch.
+                    Ok(Claimed::Home(epoch)) if shared.registry.addr_of(name, now.ms).is_some() => {
                         cluster.homed(name, epoch);
                         claimed += 1;
                     }
+                    Ok(Claimed::Home(epoch)) => gone.push((name.clone(), epoch)),
                     Ok(Claimed::InUse(node)) => {
-                        Stats::add(&cluster.stats.conflicts);
                         warn!(
                             name,
                             node, "a name registered here is homed at another relay"
                         );
+                        self.send(|out, c| elsewhere::evicted(shared, name, now, out, c));
                     }
                     // The directory went away again: its return publishes them all again.
                     Err(_) => return claimed,
                 }
+            }
+            for (name, epoch) in gone {
+                let _ = dir.release(&name, epoch).await;
             }
             self.pause(PACE).await;
         }

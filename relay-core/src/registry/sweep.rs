@@ -24,6 +24,11 @@ impl Registry {
         self.remove_if(name, |e| !self.live(e, now_ms))
     }
 
+    /// Removes `name` whatever its state: its cluster's directory homed it at another relay.
+    pub fn evict(&self, name: &str) -> Option<Removed> {
+        self.remove_if(name, |_| true)
+    }
+
     /// `name`'s registration `e` as a scan sees it.
     pub(super) fn seen(&self, name: &Name, e: &Entry, now_ms: u64) -> Live {
         Live {

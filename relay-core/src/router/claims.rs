@@ -63,7 +63,10 @@ impl Router {
         // In a cluster, a name not homed here is claimed in the directory first: the
         // registration waits, and is decided again once the claim settles.
         if let Some(c) = self.shared.cluster.get() {
-            if !self.settling && !c.is_home(&r.name) {
+            // A name registered here is homed here (one restored by a takeover, too, before
+            // the link has published it again).
+            let here = || self.shared.registry.target_of(&r.name, now.ms).is_some();
+            if !self.settling && !c.is_home(&r.name) && !here() {
                 let p = Pending {
                     name: r.name.to_string(),
                     from,

@@ -41,10 +41,10 @@ impl Router {
         let Some(c) = self.shared.cluster.get() else {
             return false;
         };
-        let Some((node, mesh)) = c.remote.home_of(target) else {
+        let Some((node, _)) = c.remote.home_of(target) else {
             return false;
         };
-        let Some(seq) = c.nodes.next_seq(&node, unix_ns(now)) else {
+        let Some((seq, mesh)) = c.nodes.next_seq(&node, unix_ns(now)) else {
             return false;
         };
         let head = Head {
@@ -131,7 +131,9 @@ mod tests {
         let h = Harness::new(Settings::default());
         let keys = Keys::new(key).expect("a long enough key");
         let cluster = Cluster::new(me, keys, 1_000, Box::new(|| {}));
-        cluster.nodes.add(other, mesh_addr(9));
+        // relay-b is reached at mesh address 2, any other at 1.
+        let mesh = mesh_addr(if other == "relay-b" { 2 } else { 1 });
+        cluster.nodes.add(other, mesh);
         assert!(h.shared.cluster.set(cluster).is_ok());
         h
     }
