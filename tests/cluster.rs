@@ -65,14 +65,14 @@ fn a_name_is_homed_at_one_live_node_and_moves_only_with_proof() {
         let ttl = Duration::from_secs(30);
         let mut a = node(&redis.url(), "relay-a", 1, ttl).await;
         let mut b = node(&redis.url(), "relay-b", 2, ttl).await;
-        let first = won(a.claim("alice", false).await.unwrap());
+        let first = won(a.claim("alice", false, None).await.unwrap());
         assert_eq!(
-            won(a.claim("alice", false).await.unwrap()),
+            won(a.claim("alice", false, None).await.unwrap()),
             first,
             "again: the same"
         );
         assert_eq!(
-            b.claim("alice", false).await.unwrap(),
+            b.claim("alice", false, None).await.unwrap(),
             Claimed::InUse("relay-a".into())
         );
         assert_eq!(
@@ -80,7 +80,7 @@ fn a_name_is_homed_at_one_live_node_and_moves_only_with_proof() {
             Some(("relay-a".into(), mesh(1)))
         );
         // With its session or signature, the peer moves to relay-b: a new epoch.
-        let moved = won(b.claim("alice", true).await.unwrap());
+        let moved = won(b.claim("alice", true, None).await.unwrap());
         assert!(moved > first);
         assert_eq!(
             home(&mut a, "alice").await,
@@ -91,7 +91,7 @@ fn a_name_is_homed_at_one_live_node_and_moves_only_with_proof() {
         assert!(b.release("alice", moved).await.unwrap());
         assert_eq!(home(&mut a, "alice").await, None);
         // Claimed again, the name never gets an epoch it had: no old release can remove it.
-        let again = won(a.claim("alice", false).await.unwrap());
+        let again = won(a.claim("alice", false, None).await.unwrap());
         assert!(again > moved);
         assert!(!b.release("alice", moved).await.unwrap());
         assert!(!a.release("alice", first).await.unwrap());
@@ -106,8 +106,8 @@ fn every_node_hears_joins_and_leaves_in_the_order_they_happened() {
         let ttl = Duration::from_secs(30);
         let mut a = node(&redis.url(), "relay-a", 1, ttl).await;
         let mut b = node(&redis.url(), "relay-b", 2, ttl).await;
-        let first = won(a.claim("alice", false).await.unwrap());
-        let moved = won(b.claim("alice", true).await.unwrap());
+        let first = won(a.claim("alice", false, None).await.unwrap());
+        let moved = won(b.claim("alice", true, None).await.unwrap());
         assert!(b.release("alice", moved).await.unwrap());
         // What was refused is published by nobody.
         assert!(!a.release("alice", first).await.unwrap());
@@ -123,6 +123,7 @@ fn every_node_hears_joins_and_leaves_in_the_order_they_happened() {
             name: "alice".into(),
             node: node.into(),
             epoch,
+            by: None,
         };
         let left = Event::Left {
             name: "alice".into(),
@@ -149,7 +150,7 @@ fn node_ids_are_checked_and_epochs_never_repeat_across_a_redis_restart() {
             );
         }
         let mut a = node(&redis.url(), "relay-a", 1, ttl).await;
-        let before = won(a.claim("alice", false).await.unwrap());
+        let before = won(a.claim("alice", false, None).await.unwrap());
         drop(redis);
         let Ok(back) = Redis::on(port) else {
             panic!("redis-server again on port {port}");
@@ -157,7 +158,7 @@ fn node_ids_are_checked_and_epochs_never_repeat_across_a_redis_restart() {
         reconnected(&mut a, 1).await;
         // The counter was lost with the data: the next epoch is still beyond every earlier one,
         // so the release of the claim before the restart removes nothing after it.
-        let after = won(a.claim("alice", false).await.unwrap());
+        let after = won(a.claim("alice", false, None).await.unwrap());
         assert!(after > before, "{after} after {before}");
         assert!(!a.release("alice", before).await.unwrap());
         drop(back);
@@ -181,7 +182,7 @@ fn two_relays_racing_for_names_win_each_exactly_once() {
                 start.wait();
                 let mut won = Vec::new();
                 for n in &names {
-                    if let Claimed::Home(_) = d.claim(n, false).await.unwrap() {
+                    if let Claimed::Home(_) = d.claim(n, false, None).await.unwrap() {
                         won.push(n.clone());
                     }
                 }
@@ -204,15 +205,15 @@ fn a_dead_nodes_names_are_free() {
     block(async {
         let mut a = node(&redis.url(), "relay-a", 1, Duration::from_secs(2)).await;
         let mut b = node(&redis.url(), "relay-b", 2, Duration::from_secs(30)).await;
-        won(a.claim("carol", false).await.unwrap());
+        won(a.claim("carol", false, None).await.unwrap());
         assert!(matches!(
-            b.claim("carol", false).await.unwrap(),
+            b.claim("carol", false, None).await.unwrap(),
             Claimed::InUse(_)
         ));
         // relay-a stops renewing (killed): once its TTL lapses its names are free.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match b.claim("carol", false).await.unwrap() {
+            match b.claim("carol", false, None).await.unwrap() {
                 Claimed::Home(_) => break,
                 Claimed::InUse(_) => {
                     assert!(Instant::now() < deadline, "relay-a's TTL never lapsed");
@@ -227,7 +228,7 @@ fn a_dead_nodes_names_are_free() {
         // The heartbeat lists the live nodes only, and a scan reads every name's home.
         let live = b.heartbeat(mesh(2)).await.unwrap();
         assert_eq!(live, vec![("relay-b".to_string(), mesh(2))]);
-        won(b.claim("dave", false).await.unwrap());
+        won(b.claim("dave", false, None).await.unwrap());
         let (mut cursor, mut names) = (0, Vec::new());
         loop {
             let (next, got) = b.names(cursor, 1).await.unwrap();
@@ -249,16 +250,19 @@ fn calls_fail_while_redis_is_away_and_are_served_once_it_is_back() {
     let port = redis.port;
     block(async {
         let mut d = node(&redis.url(), "relay-b", 2, Duration::from_secs(30)).await;
-        won(d.claim("erin", false).await.unwrap());
+        won(d.claim("erin", false, None).await.unwrap());
         drop(redis);
-        assert!(d.claim("frank", false).await.is_err(), "no Redis, no claim");
+        assert!(
+            d.claim("frank", false, None).await.is_err(),
+            "no Redis, no claim"
+        );
         let Ok(back) = Redis::on(port) else {
             panic!("redis-server again on port {port}");
         };
         // The connection comes back by itself: the next calls are served (the new server is
         // empty, as a Redis without persistence restarts).
         reconnected(&mut d, 2).await;
-        won(d.claim("frank", false).await.unwrap());
+        won(d.claim("frank", false, None).await.unwrap());
         drop(back);
     });
 }

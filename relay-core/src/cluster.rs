@@ -13,12 +13,19 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
+use crate::addr::{host_key, prefix};
 use crate::mesh::{Keys, Nodes};
 use crate::remote::Remote;
 
-/// The most directory operations queued at once: beyond it a registration that needs a claim
-/// is refused (`cluster_busy`) and a lookup is not asked.
+/// The most claims and lookups queued at once: beyond it a registration that needs a claim is
+/// refused (`cluster_busy`) and a lookup is not asked. Releases are never refused (they are
+/// bounded by the names homed here, which the registry bounds).
 pub const MAX_QUEUED: usize = 16_384;
+/// The most claims one host (an IPv4 address, an IPv6 /56) may have waiting.
+pub const MAX_QUEUED_PER_HOST: usize = MAX_QUEUED / 64;
+/// The most claims one network (a /24, a /48) may have waiting: a sixteenth of the queue, so
+/// that a newcomer of another network finds room whatever one network floods.
+pub const MAX_QUEUED_PER_NETWORK: usize = MAX_QUEUED / 16;
 
 /// The epoch of a release that releases whatever claim this node holds (no claim has it).
 pub const ANY_EPOCH: u64 = 0;
@@ -107,8 +114,32 @@ pub struct Cluster {
 #[derive(Default)]
 struct Queue {
     ops: VecDeque<Op>,
+    /// Claims and lookups among `ops` (releases are not counted).
+    bounded: usize,
     /// The names whose lookup is queued, asked once however many datagrams miss them.
     lookups: HashSet<String>,
+    /// Claims waiting, per host and per network of their registrations.
+    per_host: HashMap<[u8; 9], usize>,
+    per_network: HashMap<[u8; 7], usize>,
+}
+
+impl Queue {
+    /// Counts (`up`) or uncounts a waiting claim of `from`.
+    fn count(&mut self, from: SocketAddr, up: bool) {
+        fn step<K: std::hash::Hash + Eq>(m: &mut HashMap<K, usize>, k: K, up: bool) {
+            let n = m.entry(k).or_default();
+            if up {
+                *n += 1;
+            } else {
+                *n = n.saturating_sub(1);
+            }
+            if *n == 0 {
+                m.retain(|_, n| *n > 0);
+            }
+        }
+        step(&mut self.per_host, host_key(from.ip()), up);
+        step(&mut self.per_network, prefix(from.ip()), up);
+    }
 }
 
 impl Cluster {
@@ -135,13 +166,29 @@ impl Cluster {
     fn push(&self, op: Op) -> bool {
         {
             let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-            if q.ops.len() >= MAX_QUEUED {
-                Stats::add(&self.stats.queue_full);
-                return false;
-            }
-            if let Op::Lookup(name) = &op {
-                if !q.lookups.insert(name.clone()) {
-                    return true;
+            match &op {
+                Op::Release(..) => {}
+                _ if q.bounded >= MAX_QUEUED => {
+                    Stats::add(&self.stats.queue_full);
+                    return false;
+                }
+                Op::Lookup(name) => {
+                    if !q.lookups.insert(name.clone()) {
+                        return true;
+                    }
+                    q.bounded += 1;
+                }
+                Op::Claim(p) => {
+                    let host = q.per_host.get(&host_key(p.from.ip())).copied();
+                    let network = q.per_network.get(&prefix(p.from.ip())).copied();
+                    if host.unwrap_or(0) >= MAX_QUEUED_PER_HOST
+                        || network.unwrap_or(0) >= MAX_QUEUED_PER_NETWORK
+                    {
+                        Stats::add(&self.stats.queue_full);
+                        return false;
+                    }
+                    q.count(p.from, true);
+                    q.bounded += 1;
                 }
             }
             q.ops.push_back(op);
@@ -166,8 +213,16 @@ impl Cluster {
         let n = max.min(q.ops.len());
         let ops: Vec<Op> = q.ops.drain(..n).collect();
         for op in &ops {
-            if let Op::Lookup(name) = op {
-                q.lookups.remove(name);
+            match op {
+                Op::Lookup(name) => {
+                    q.lookups.remove(name);
+                    q.bounded -= 1;
+                }
+                Op::Claim(p) => {
+                    q.count(p.from, false);
+                    q.bounded -= 1;
+                }
+                Op::Release(..) => {}
             }
         }
         ops
@@ -189,10 +244,10 @@ impl Cluster {
             .insert(name.to_string(), epoch);
     }
 
-    /// `name` left this relay: it is homed here no more, and its release is queued, at the
-    /// epoch it was claimed with, or at [`ANY_EPOCH`] for a name this relay holds without
-    /// knowing its epoch (restored by a takeover before the link published it again). A release
-    /// the queue has no room for is left to the directory (the name lapses with this node).
+    /// `name` left this relay: it is homed here no more, and its release is queued (never
+    /// refused), at the epoch it was claimed with, or at [`ANY_EPOCH`] for a name this relay
+    /// holds without knowing its epoch (restored by a takeover before the link published it
+    /// again).
     pub fn left(&self, name: &str) {
         let epoch = self
             .homes
@@ -275,15 +330,52 @@ mod tests {
         );
         assert_eq!(woken.load(Ordering::Relaxed), 4);
         assert!(!c.is_home("alice"));
-        for _ in 0..MAX_QUEUED {
-            assert!(c.pend(pending("x")));
+        // Hosts of many networks fill the queue; a release still finds room.
+        for i in 0..MAX_QUEUED {
+            let mut p = pending("x");
+            p.from = SocketAddr::from(([10, (i / 256) as u8, (i % 256) as u8, 1], 9));
+            assert!(c.pend(p));
         }
         assert!(!c.pend(pending("y")), "full");
         assert_eq!(c.stats.queue_full.load(Ordering::Relaxed), 1);
-        assert_eq!(c.take(usize::MAX).len(), MAX_QUEUED);
+        c.homed("z", 3);
+        c.left("z");
+        assert_eq!(c.take(usize::MAX).len(), MAX_QUEUED + 1);
         // A lookup taken may be asked again.
         c.lookup("bob");
         assert_eq!(c.take(1), vec![Op::Lookup("bob".into())]);
+    }
+
+    #[test]
+    fn a_host_and_a_network_hold_only_their_share_of_the_waiting_claims() {
+        let c = cluster(Arc::default());
+        let from = |net: u8, host: u8, port: u16| SocketAddr::from(([198, 51, net, host], port));
+        let claim = |from| {
+            let mut p = pending("n");
+            p.from = from;
+            c.pend(p)
+        };
+        // One host, however many ports.
+        for port in 0..MAX_QUEUED_PER_HOST as u16 {
+            assert!(claim(from(1, 1, port)));
+        }
+        assert!(!claim(from(1, 1, 60_000)), "the host's share is held");
+        // Its network's other hosts, up to the network's share.
+        let mut held = MAX_QUEUED_PER_HOST;
+        'network: for host in 2..=254 {
+            for port in 0..MAX_QUEUED_PER_HOST as u16 {
+                if !claim(from(1, host, port)) {
+                    break 'network;
+                }
+                held += 1;
+            }
+        }
+        assert_eq!(held, MAX_QUEUED_PER_NETWORK);
+        // A newcomer of another network is queued all the same.
+        assert!(claim(from(2, 1, 9)));
+        // Taken, the shares are free again.
+        c.take(usize::MAX);
+        assert!(claim(from(1, 1, 60_000)));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! link to the directory hands each change in; what it causes lands in an [`Out`], settled.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::budget::Cause;
 use crate::clock::Now;
@@ -24,19 +24,37 @@ pub fn usable_mesh(mesh: SocketAddr) -> bool {
     mesh.port() != 0 && kind(mesh.ip()) != Kind::Never
 }
 
-fn announce(shared: &Shared, kind: Presence, name: &str, now: Now, out: &mut Out, c: &Counters) {
+/// Tells this relay's peers that `name`, homed elsewhere, joined or left: paid by `cause`.
+fn announce(
+    shared: &Shared,
+    kind: Presence,
+    name: &str,
+    cause: Cause,
+    now: Now,
+    out: &mut Out,
+    c: &Counters,
+) {
     let start = out.sends.len();
     presence::announce_remote(shared, out, kind, name, now);
-    shared
-        .budgets
-        .settle(out, start, Cause::Relay, None, now.ms, c);
+    shared.budgets.settle(out, start, cause, None, now.ms, c);
 }
 
 /// `name` is homed at `home` (a node, its mesh address, the claim's epoch): forwarded there
-/// from now on, and its join told here if it is new. A name homed here at an earlier
+/// from now on, and its join told here if it is new, paid by `by`, the host whose registration
+/// caused it (as a local join is paid by the host that registered: a host that floods one relay
+/// with names gets at each other relay no more announcements than its own budgets there pay
+/// for), or by the relay for a join no registration caused (a name published again). A name homed here at an earlier
 /// epoch was given away by the directory (its node was thought dead): counted, and no longer
 /// published from here.
-pub fn joined(shared: &Shared, name: &str, home: Home, now: Now, out: &mut Out, c: &Counters) {
+pub fn joined(
+    shared: &Shared,
+    name: &str,
+    home: Home,
+    by: Option<IpAddr>,
+    now: Now,
+    out: &mut Out,
+    c: &Counters,
+) {
     let Some(cl) = shared.cluster.get() else {
         return;
     };
@@ -46,7 +64,8 @@ pub fn joined(shared: &Shared, name: &str, home: Home, now: Now, out: &mut Out, 
         evicted(shared, name, now, out, c);
     }
     if known(shared, name, home) {
-        announce(shared, Presence::Joined, name, now, out, c);
+        let cause = by.map_or(Cause::Relay, Cause::Unauthenticated);
+        announce(shared, Presence::Joined, name, cause, now, out, c);
     }
 }
 
@@ -89,7 +108,7 @@ pub fn left(shared: &Shared, name: &str, epoch: u64, now: Now, out: &mut Out, c:
         return;
     };
     if cl.remote.left(name, epoch) {
-        announce(shared, Presence::Left, name, now, out, c);
+        announce(shared, Presence::Left, name, Cause::Relay, now, out, c);
     }
 }
 
@@ -124,7 +143,7 @@ pub fn nodes(
         }
         cl.nodes.remove(node);
         for name in cl.remote.node_gone(node) {
-            announce(shared, Presence::Left, &name, now, out, c);
+            announce(shared, Presence::Left, &name, Cause::Relay, now, out, c);
         }
         tracing::info!(node, "a relay left the cluster");
     }
@@ -185,7 +204,7 @@ mod tests {
         ];
         assert!(nodes(&shared, &live, at(1), &mut out, &c));
         assert_eq!(cl.nodes.listed(), vec![("relay-b".to_string(), mesh(2))]);
-        joined(&shared, "bob", b(7), at(1), &mut out, &c);
+        joined(&shared, "bob", b(7), None, at(1), &mut out, &c);
         let told = texts(&out);
         assert_eq!(told.len(), 1);
         assert_eq!(told[0].0, addr(1));
@@ -195,7 +214,7 @@ mod tests {
         assert!(cl.remote.home_of("bob").is_some());
         // Told once: the same join again is no news.
         out.clear();
-        joined(&shared, "bob", b(7), at(1), &mut out, &c);
+        joined(&shared, "bob", b(7), None, at(1), &mut out, &c);
         assert!(out.sends.is_empty());
         // A stale leave is not news either; the real one is.
         left(&shared, "bob", 6, at(2), &mut out, &c);
@@ -204,7 +223,7 @@ mod tests {
         assert!(texts(&out)[0].1.contains("peer_left"));
         // relay-b dies: its names go, their leaves told.
         out.clear();
-        joined(&shared, "carol", b(9), at(3), &mut out, &c);
+        joined(&shared, "carol", b(9), None, at(3), &mut out, &c);
         out.clear();
         assert!(!nodes(&shared, &live[..1], at(4), &mut out, &c));
         assert!(
@@ -214,7 +233,7 @@ mod tests {
         );
         assert!(cl.nodes.listed().is_empty() && cl.remote.is_empty());
         // A name homed here, claimed at a later epoch elsewhere, is homed here no more.
-        joined(&shared, "alice", b(2), at(5), &mut out, &c);
+        joined(&shared, "alice", b(2), None, at(5), &mut out, &c);
         assert!(!cl.is_home("alice"));
         assert_eq!(
             cl.stats

@@ -7,7 +7,7 @@
 //! with a short TTL that the node renews, standing for all its names: keepalives never reach
 //! Redis.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -34,7 +34,9 @@ pub enum Claimed {
 /// Claims `KEYS[1]` (a name) for node `ARGV[1]`; `ARGV[2]` is `1` if the claimant proved
 /// itself; `ARGV[3]` the prefix of node keys; `ARGV[4]` the events channel; `KEYS[2]` the
 /// counter epochs come from (one for every name, so that no epoch is ever issued twice, even
-/// to a name released and claimed again). Returns `{1, epoch}` or `{0, owner}`.
+/// to a name released and claimed again); `ARGV[5]` the host whose registration asked (`-` for
+/// none), published with the join so that the other relays charge its announcements to it.
+/// Returns `{1, epoch}` or `{0, owner}`.
 const CLAIM: &str = r#"
 local cur = redis.call('GET', KEYS[1])
 if cur then
@@ -54,7 +56,7 @@ if redis.call('EXISTS', KEYS[2]) == 0 then
 end
 local epoch = string.format('%d', redis.call('INCR', KEYS[2]))
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. epoch)
-redis.call('PUBLISH', ARGV[4], 'join ' .. KEYS[1] .. ' ' .. ARGV[1] .. ' ' .. epoch)
+redis.call('PUBLISH', ARGV[4], 'join ' .. KEYS[1] .. ' ' .. ARGV[1] .. ' ' .. epoch .. ' ' .. ARGV[5])
 return {1, epoch}
 "#;
 
@@ -123,6 +125,8 @@ pub enum Event {
         node: String,
         /// The claim's epoch.
         epoch: u64,
+        /// The host whose registration caused it, if one did (not a republish).
+        by: Option<IpAddr>,
     },
     /// `name` left `node`, where it was homed at `epoch`.
     Left {
@@ -138,8 +142,18 @@ pub enum Event {
 impl Event {
     /// The event a script published, if it is one.
     fn parse(text: &str) -> Option<Event> {
-        // A name may hold spaces, a node id none: the node and the epoch are the last two words.
-        let (what, rest) = text.split_once(' ')?;
+        // A name may hold spaces, a node id none: the node and the epoch (and a join's host)
+        // are the last words.
+        let (what, mut rest) = text.split_once(' ')?;
+        let mut by = None;
+        if what == "join" {
+            let (front, host) = rest.rsplit_once(' ')?;
+            by = match host {
+                "-" => None,
+                h => Some(h.parse().ok()?),
+            };
+            rest = front;
+        }
         let (rest, epoch) = rest.rsplit_once(' ')?;
         let (key, node) = rest.rsplit_once(' ')?;
         let name = key.strip_prefix(PREFIX)?.strip_prefix("name:")?.to_string();
@@ -148,7 +162,12 @@ impl Event {
         }
         let (node, epoch) = (node.to_string(), epoch.parse().ok()?);
         match what {
-            "join" => Some(Event::Joined { name, node, epoch }),
+            "join" => Some(Event::Joined {
+                name,
+                node,
+                epoch,
+                by,
+            }),
             "leave" => Some(Event::Left { name, node, epoch }),
             _ => None,
         }
@@ -307,8 +326,15 @@ impl Directory {
         Ok((next, homed))
     }
 
-    /// Claims `name` for this node; `proved` if its peer showed its session or signature.
-    pub async fn claim(&mut self, name: &str, proved: bool) -> RedisResult<Claimed> {
+    /// Claims `name` for this node; `proved` if its peer showed its session or signature; `by`
+    /// the host whose registration asks (published with the join).
+    pub async fn claim(
+        &mut self,
+        name: &str,
+        proved: bool,
+        by: Option<IpAddr>,
+    ) -> RedisResult<Claimed> {
+        let by = by.map_or_else(|| "-".to_string(), |ip| ip.to_string());
         let (won, what): (u8, String) = Self::bounded(
             self.claim
                 .key(Self::name_key(name))
@@ -317,6 +343,7 @@ impl Directory {
                 .arg(if proved { "1" } else { "0" })
                 .arg(format!("{PREFIX}node:"))
                 .arg(Self::events())
+                .arg(by)
                 .invoke_async(&mut self.con),
         )
         .await?;
@@ -368,11 +395,12 @@ mod tests {
     #[test]
     fn events_read_as_the_scripts_publish_them_and_nothing_else() {
         assert_eq!(
-            Event::parse("join udp-relay:name:alice relay-a 7"),
+            Event::parse("join udp-relay:name:alice relay-a 7 -"),
             Some(Event::Joined {
                 name: "alice".into(),
                 node: "relay-a".into(),
-                epoch: 7
+                epoch: 7,
+                by: None,
             })
         );
         assert_eq!(
@@ -385,21 +413,24 @@ mod tests {
         );
         // A name with spaces reads whole.
         assert_eq!(
-            Event::parse("join udp-relay:name:alice smith relay-a 7"),
+            Event::parse("join udp-relay:name:alice smith relay-a 7 2001:db8::1"),
             Some(Event::Joined {
                 name: "alice smith".into(),
                 node: "relay-a".into(),
-                epoch: 7
+                epoch: 7,
+                by: Some("2001:db8::1".parse().unwrap()),
             })
         );
         for junk in [
             "",
             "join",
             "join alice relay-a 7",
-            "join udp-relay:name:alice relay-a x",
-            "join udp-relay:name:alice relay-a 7 more",
+            "join udp-relay:name:alice relay-a 7",
+            "join udp-relay:name:alice relay-a x -",
+            "join udp-relay:name:alice relay-a 7 not-an-ip",
+            "leave udp-relay:name:alice relay-a 7 more",
             "moved udp-relay:name:alice relay-a 7",
-            "join udp-relay:name:alice relay:a 7",
+            "join udp-relay:name:alice relay:a 7 -",
         ] {
             assert_eq!(Event::parse(junk), None, "{junk:?}");
         }

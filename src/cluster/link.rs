@@ -258,7 +258,7 @@ impl Task {
                         epoch: h.epoch,
                     };
                     if tell {
-                        elsewhere::joined(&self.j.shared, &h.name, home, now, out, c);
+                        elsewhere::joined(&self.j.shared, &h.name, home, None, now, out, c);
                     } else {
                         elsewhere::known(&self.j.shared, &h.name, home);
                     }
@@ -293,7 +293,7 @@ impl Task {
             }
             let claims = chunk.iter().map(|name| {
                 let mut dir = dir.clone();
-                async move { (name, dir.claim(name, false).await) }
+                async move { (name, dir.claim(name, false, None).await) }
             });
             let got = join_all(claims).await;
             let now = self.now();
@@ -355,7 +355,12 @@ impl Task {
     async fn event(&self, dir: &mut Directory, e: Event) {
         let cluster = self.cluster();
         match e {
-            Event::Joined { name, node, epoch } => {
+            Event::Joined {
+                name,
+                node,
+                epoch,
+                by,
+            } => {
                 if node == cluster.node {
                     return;
                 }
@@ -374,7 +379,7 @@ impl Task {
                     mesh,
                     epoch,
                 };
-                self.send(|out, c| elsewhere::joined(&self.j.shared, &name, home, now, out, c));
+                self.send(|out, c| elsewhere::joined(&self.j.shared, &name, home, by, now, out, c));
             }
             Event::Left { name, node, epoch } => {
                 if node == cluster.node {
@@ -439,7 +444,7 @@ impl Task {
                     Done::Claim(p, None)
                 }
                 Op::Claim(p) => {
-                    let got = dir.claim(&p.name, false).await.ok();
+                    let got = dir.claim(&p.name, false, Some(p.from.ip())).await.ok();
                     self.timed(began);
                     Done::Claim(p, got)
                 }
@@ -493,7 +498,7 @@ impl Task {
                     mesh,
                     epoch,
                 };
-                elsewhere::joined(&self.j.shared, &name, home, now, out, c);
+                elsewhere::joined(&self.j.shared, &name, home, None, now, out, c);
             }
             Done::Lookup(Ok(None)) => Stats::add(&stats.lookups_missing),
             Done::Lookup(Err(())) => Stats::add(&stats.lookups_failed),

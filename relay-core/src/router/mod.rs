@@ -146,13 +146,20 @@ impl Router {
     }
 
     /// Decides again registration `p`, whose cluster claim settled: the name is homed here now
-    /// (see [`crate::cluster`]).
+    /// (see [`crate::cluster`]), unless the registration is refused after all.
     pub fn settle(&mut self, p: &Pending, now: Now, out: &mut Out) {
         self.settling = true;
         let mut d = p.datagram.clone();
         let len = d.len();
         self.run(&mut d, len, p.from, now, out);
         self.settling = false;
+        // Refused all the same (its address full, the registry full): the name claimed for it
+        // is released, or the directory would hold it here for no one.
+        if let Some(c) = self.shared.cluster.get() {
+            if self.shared.registry.addr_of(&p.name, now.ms).is_none() {
+                c.left(&p.name);
+            }
+        }
     }
 
     /// Refuses registration `p`, whose cluster claim failed for `why`, with the reason's error.

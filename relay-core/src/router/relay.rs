@@ -8,9 +8,9 @@ use crate::metrics::Counters;
 use crate::out::Out;
 use crate::refusal::Reason;
 use crate::settings::{Auth, MAX_UDP_PAYLOAD};
-use crate::wire::MAX_NAME;
 use crate::wire::reply::{self, RELAYED_SUFFIX};
 use crate::wire::scan::{self, Header};
+use crate::wire::{MAX_NAME, valid_name};
 
 use super::{Req, Router};
 
@@ -31,6 +31,10 @@ impl Router {
             return self.fail(out, Reason::UnknownTarget, req);
         };
         let Some((to, trusted)) = reg.target_of(target, req.now.ms) else {
+            // A name no registration can have is sent nowhere, nor asked of the directory.
+            if !valid_name(target) {
+                return self.fail(out, Reason::UnknownTarget, req);
+            }
             // Homed at another relay of the cluster: one hop there.
             if self.relay_remote(d, source, target, payload.start..payload.end, req.now, out) {
                 return;
