@@ -195,4 +195,34 @@ mod tests {
         boundary.set(Policy::new("127.0.0.1".parse().unwrap(), &[], &[]));
         assert!(!served.serves(sa("10.0.0.1:9")), "and its undoing too");
     }
+
+    /// A cluster's mesh addresses, internal as they are, pass the filter: exactly those the
+    /// directory lists, no other port or host of their network.
+    #[test]
+    fn the_clusters_mesh_addresses_are_served_and_nothing_beside_them() {
+        use relay_core::cluster::Cluster;
+        use relay_core::mesh::Keys;
+        let settings = relay_core::Settings {
+            peers: Policy::new("203.0.113.1".parse().unwrap(), &[], &[]),
+            ..relay_core::Settings::default()
+        };
+        let shared = Shared::new(settings, 1);
+        let mut served = Served {
+            peers: shared.boundary.view(),
+            shared: Some(shared.clone()),
+        };
+        assert!(!served.serves(sa("10.0.0.5:8001")), "no cluster yet");
+        let cluster = Cluster::new("a", Keys::new(&[1; 32]).unwrap(), 10, Box::new(|| {}));
+        cluster.nodes.add("b", sa("10.0.0.5:8001"));
+        assert!(shared.cluster.set(cluster).is_ok());
+        assert!(served.serves(sa("10.0.0.5:8001")));
+        for not in ["10.0.0.5:8002", "10.0.0.6:8001", "127.0.0.1:8001"] {
+            assert!(!served.serves(sa(not)), "{not}");
+        }
+        shared.cluster.get().unwrap().nodes.remove("b");
+        assert!(
+            !served.serves(sa("10.0.0.5:8001")),
+            "a node gone is not served"
+        );
+    }
 }

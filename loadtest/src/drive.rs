@@ -142,6 +142,9 @@ pub fn register_all(
                             .unwrap_or_default();
                         left -= 1;
                     }
+                    // Asked to come back (a cluster's claims waiting fill this host's
+                    // share): sent again with the unacknowledged.
+                    Ok(Message::Error { code, .. }) if code == "rate_limited" => {}
                     Ok(Message::Error { .. }) => {
                         return Err(format!(
                             "the relay at {target} refused registration: {}",

@@ -368,6 +368,9 @@ enum Reply {
     Acked(usize),
     /// An `error`: the relay refused a registration.
     Refused,
+    /// `rate_limited`: the relay asks for the registration later (a cluster's claims waiting
+    /// fill the peer's share); it is sent again as a lost one is.
+    Later,
     /// Anything else (the `peer_list` that follows an ack, another run's ack).
     Other,
 }
@@ -378,6 +381,7 @@ fn reply(d: &[u8], tag: &str) -> Reply {
         Ok(Message::RegisterAck {
             full: Some(ack), ..
         }) => peer_index(&ack.peer_name, tag).map_or(Reply::Other, Reply::Acked),
+        Ok(Message::Error { code, .. }) if code == "rate_limited" => Reply::Later,
         Ok(Message::Error { .. }) => Reply::Refused,
         _ => Reply::Other,
     }
@@ -481,6 +485,9 @@ mod tests {
         assert_eq!(reply(&d, "3fa9c1"), Reply::Other);
         d.clear();
         relay_wire::reply::error(&mut d, relay_wire::reply::ErrorCode::RateLimited, "", 100);
+        assert_eq!(reply(&d, "3fa9c1"), Reply::Later, "asked to come back");
+        d.clear();
+        relay_wire::reply::error(&mut d, relay_wire::reply::ErrorCode::NameInUse, "", 100);
         assert_eq!(reply(&d, "3fa9c1"), Reply::Refused);
         assert_eq!(
             reply(b"{\"type\":\"error\"", "3fa9c1"),
