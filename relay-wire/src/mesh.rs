@@ -5,15 +5,25 @@
 //! ```text
 //! 0      0xD2, the mesh's first byte (no JSON, STUN or channel frame starts so)
 //! 1      the format (1)
-//! 2      kind: 1 a JSON relay (deliver as `relayed_packet`), 2 a channel frame
+//! 2      kind: 1 a JSON relay (deliver as `relayed_packet`), 2 a channel frame, 3 a channel
+//!        bound across relays, 4 a channel end closed
 //! 3      the sending node's id: its length (1..=64), then its bytes
 //! .      the sequence number of the sending node (u64, big-endian; never repeats for a key)
 //! .      the target name: its length (1..=255), then its bytes
-//! .      the source name (kind 1; its length, then its bytes) or the channel number the target
-//!        knows (kind 2; u32, big-endian)
-//! .      the payload's length (u32, big-endian), then the payload, as the peer sent it
+//! .      kind 1: the source name (its length, then its bytes);
+//!        kind 2: the channel number the target knows (u32, big-endian);
+//!        kind 3: the binder's name (its length, then its bytes);
+//!        kind 4: the number of the closed end (u32, big-endian)
+//! .      the payload's length (u32, big-endian), then the payload: as the peer sent it (kinds 1
+//!        and 2), the binder's number and the target's (kind 3, [`BIND_LEN`] bytes), or none
 //! last   the MAC: 16 bytes over everything before it
 //! ```
+//!
+//! A channel bound across relays has one end at each relay. The binder's relay chooses both
+//! numbers and sends them (kind 3); the target's relay takes its end under the second number,
+//! or closes it at once. A frame (kind 2) carries the number its target sends under; a closed
+//! end (kind 4) names its owner (the target) and its number, so that the other relay closes
+//! the end that pointed at it.
 //!
 //! The payload is carried as the bytes the first relay received (the `payload` value of a
 //! `relay`, or the frame's payload): the header is written apart from it, so that a sender may
@@ -39,6 +49,9 @@ pub fn valid_node(node: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
+/// The payload of a bind (kind 3): the binder's number, then the target's.
+pub const BIND_LEN: usize = 8;
+
 /// What a mesh datagram carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -46,15 +59,38 @@ pub enum Kind {
     Relay,
     /// A channel frame: the target gets the frame of its channel `number` with the payload.
     Frame,
+    /// A channel bound across relays.
+    Bind,
+    /// A channel end closed.
+    Closed,
 }
 
-/// Who a mesh datagram is from (kind 1) or on which channel (kind 2).
+/// What a mesh datagram is about, by kind: who it is from, or which channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via<'a> {
-    /// The source peer's name.
+    /// A relay from this peer.
     Source(&'a str),
-    /// The channel number the target knows.
+    /// A frame on the channel the target knows by this number.
     Channel(u32),
+    /// A channel this peer (at the sending relay) bound to the target.
+    Bind(&'a str),
+    /// The sending relay's end of this number, owned by the target named, is closed.
+    Closed(u32),
+}
+
+/// The payload of a bind: `binder`'s number and the target's.
+pub fn bind_numbers(binder: u32, target: u32) -> [u8; BIND_LEN] {
+    let mut b = [0; BIND_LEN];
+    b[..4].copy_from_slice(&binder.to_be_bytes());
+    b[4..].copy_from_slice(&target.to_be_bytes());
+    b
+}
+
+/// The binder's number and the target's, from a bind's payload.
+pub fn read_bind_numbers(payload: &[u8]) -> Option<(u32, u32)> {
+    let b: &[u8; BIND_LEN] = payload.try_into().ok()?;
+    let n = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    Some((n(0), n(4)))
 }
 
 /// The head of a mesh datagram: everything before the payload.
@@ -76,6 +112,8 @@ impl Head<'_> {
         match self.via {
             Via::Source(_) => Kind::Relay,
             Via::Channel(_) => Kind::Frame,
+            Via::Bind(_) => Kind::Bind,
+            Via::Closed(_) => Kind::Closed,
         }
     }
 }
@@ -99,8 +137,8 @@ pub enum MeshError {
 pub fn write_head(buf: &mut Vec<u8>, head: &Head<'_>, payload_len: usize) -> bool {
     let names_fit = |s: &str, max: usize| !s.is_empty() && s.len() <= max;
     let via_fits = match head.via {
-        Via::Source(s) => names_fit(s, 255),
-        Via::Channel(_) => true,
+        Via::Source(s) | Via::Bind(s) => names_fit(s, 255),
+        Via::Channel(_) | Via::Closed(_) => true,
     };
     if !names_fit(head.node, MAX_NODE)
         || !names_fit(head.target, 255)
@@ -112,6 +150,8 @@ pub fn write_head(buf: &mut Vec<u8>, head: &Head<'_>, payload_len: usize) -> boo
     let kind = match head.kind() {
         Kind::Relay => 1,
         Kind::Frame => 2,
+        Kind::Bind => 3,
+        Kind::Closed => 4,
     };
     buf.extend_from_slice(&[MAGIC, FORMAT, kind, head.node.len() as u8]);
     buf.extend_from_slice(head.node.as_bytes());
@@ -119,11 +159,11 @@ pub fn write_head(buf: &mut Vec<u8>, head: &Head<'_>, payload_len: usize) -> boo
     buf.push(head.target.len() as u8);
     buf.extend_from_slice(head.target.as_bytes());
     match head.via {
-        Via::Source(s) => {
+        Via::Source(s) | Via::Bind(s) => {
             buf.push(s.len() as u8);
             buf.extend_from_slice(s.as_bytes());
         }
-        Via::Channel(n) => buf.extend_from_slice(&n.to_be_bytes()),
+        Via::Channel(n) | Via::Closed(n) => buf.extend_from_slice(&n.to_be_bytes()),
     }
     buf.extend_from_slice(&(payload_len as u32).to_be_bytes());
     true
@@ -194,6 +234,8 @@ pub fn read(d: &[u8]) -> Result<Mesh<'_>, MeshError> {
     let via = match kind {
         1 => Via::Source(c.name(255)?),
         2 => Via::Channel(c.u32()?),
+        3 => Via::Bind(c.name(255)?),
+        4 => Via::Closed(c.u32()?),
         _ => return Err(MeshError::Kind),
     };
     let len = c.u32()? as usize;
@@ -229,7 +271,12 @@ mod tests {
 
     #[test]
     fn a_head_and_its_payload_read_back() {
-        for via in [Via::Source("alice"), Via::Channel(0x0102_0304)] {
+        for via in [
+            Via::Source("alice"),
+            Via::Channel(0x0102_0304),
+            Via::Bind("alice"),
+            Via::Closed(7),
+        ] {
             let head = Head {
                 node: "relay-b",
                 seq: u64::MAX - 1,
@@ -252,6 +299,14 @@ mod tests {
             via: Via::Channel(1),
         };
         assert!(read(&datagram(&head, b"")).unwrap().payload.is_empty());
+    }
+
+    #[test]
+    fn a_binds_numbers_read_back_and_nothing_else_does() {
+        let b = bind_numbers(0xDEAD_BEEF, 1);
+        assert_eq!(read_bind_numbers(&b), Some((0xDEAD_BEEF, 1)));
+        assert_eq!(read_bind_numbers(&b[..7]), None);
+        assert_eq!(read_bind_numbers(&[0; 9]), None);
     }
 
     #[test]
@@ -282,6 +337,12 @@ mod tests {
                 seq: 0,
                 target: "t",
                 via: Via::Source(""),
+            },
+            Head {
+                node: "n",
+                seq: 0,
+                target: "t",
+                via: Via::Bind(&long),
             },
         ] {
             assert!(!write_head(&mut buf, &head, 0), "{head:?}");
