@@ -20,16 +20,6 @@ fn number(v: &Value) -> u32 {
     u32::try_from(v["channel"].as_u64().expect("a channel number")).unwrap()
 }
 
-/// `a` binds a channel to `b` (both registered and proven): (a's number, b's number).
-fn bind(a: &Peer, b: &Peer, target: &str) -> (u32, u32) {
-    a.send(a.authed(json!({"type": "bind", "target": target})));
-    let ack = expect(a, "bind_ack");
-    assert_eq!(ack["target"], target);
-    let bound = expect(b, "channel_bound");
-    assert_eq!(bound["peer_name"], a.authed(json!({}))["name"]);
-    (number(&ack), number(&bound))
-}
-
 /// Waits until the relay has refused `n` more datagrams for `reason` than `before`.
 fn wait_refused(r: &Relay, reason: &str, n: u64) {
     let deadline = Instant::now() + TIMEOUT;
@@ -45,7 +35,7 @@ fn frames_go_both_ways_byte_for_byte_but_the_channel_field() {
     let (alice, bob) = (Peer::new(&r), Peer::new(&r));
     alice.register("alice");
     bob.register("bob");
-    let (a, b) = bind(&alice, &bob, "bob");
+    let (a, b) = bind_channel(&alice, &bob, "bob");
     assert!(a != 0 && b != 0 && a != b);
     // Binding again, from either side, gives the same numbers and tells nobody anew.
     alice.send(alice.authed(json!({"type": "bind", "target": "bob"})));
@@ -71,7 +61,7 @@ fn frames_from_elsewhere_for_gone_channels_or_with_flags_are_dropped() {
     alice.register("alice");
     bob.register("bob");
     eve.register("eve");
-    let (a, b) = bind(&alice, &bob, "bob");
+    let (a, b) = bind_channel(&alice, &bob, "bob");
     // Eve knows both numbers; from her address neither is routed.
     eve.send_raw(&frame(a, b"forged"));
     eve.send_raw(&frame(b, b"forged"));
@@ -97,7 +87,7 @@ fn unbind_closes_both_ends() {
     let (alice, bob) = (Peer::new(&r), Peer::new(&r));
     alice.register("alice");
     bob.register("bob");
-    let (a, b) = bind(&alice, &bob, "bob");
+    let (a, b) = bind_channel(&alice, &bob, "bob");
     // Only the owner of a number may unbind it.
     bob.send(bob.authed(json!({"type": "unbind", "channel": a})));
     assert_eq!(expect(&bob, "error")["code"], "bad_request");
@@ -147,8 +137,8 @@ fn channels_per_peer_are_bounded() {
             p
         })
         .collect();
-    bind(&alice, &peers[0], "p0");
-    bind(&alice, &peers[1], "p1");
+    bind_channel(&alice, &peers[0], "p0");
+    bind_channel(&alice, &peers[1], "p1");
     alice.send(alice.authed(json!({"type": "bind", "target": "p2"})));
     assert_eq!(expect(&alice, "error")["code"], "rate_limited");
     assert_eq!(r.refused("channel_limit"), 1);
@@ -161,7 +151,7 @@ fn channels_follow_an_authenticated_move() {
     let (alice, bob) = (Peer::new(&r), Peer::new(&r));
     alice.register("alice");
     bob.register("bob");
-    let (a, b) = bind(&alice, &bob, "bob");
+    let (a, b) = bind_channel(&alice, &bob, "bob");
     // Bob's NAT gives him a new port: he re-registers there with his session, then proves it.
     let moved = Peer::new(&r);
     moved.send(json!({"type": "register", "name": "bob", "session": bob.session()}));
@@ -189,8 +179,8 @@ fn channels_end_when_a_peer_is_reaped_and_frames_keep_their_sender_live() {
     alice.register("alice");
     bob.register("bob");
     carol.register("carol");
-    let (a, _) = bind(&alice, &bob, "bob");
-    let (c, a_for_carol) = bind(&carol, &alice, "alice");
+    let (a, _) = bind_channel(&alice, &bob, "bob");
+    let (c, a_for_carol) = bind_channel(&carol, &alice, "alice");
     // Alice keeps alive; Carol sends only frames; Bob falls silent and is reaped.
     let next_json = |p: &Peer| loop {
         let d = p.recv_raw();

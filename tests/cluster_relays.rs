@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::redis::Redis;
 use common::signing::{key, signed_register};
-use common::{Peer, Relay, TIMEOUT};
+use common::{Peer, Relay, TIMEOUT, bind_channel, expect, frame};
 use relay_core::mesh::Keys;
 use relay_wire::mesh::{Head, Via, write_head};
 use relay_wire::peer;
@@ -365,6 +365,57 @@ fn redis_epoch(redis: &Redis) -> String {
         .output()
         .expect("redis-cli");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A channel between peers of two relays: bound as on one relay (`bind_ack`, `channel_bound`),
+/// frames both ways under each side's own number, byte for byte and from each peer's own
+/// relay; `unbind` closes the other end; the death of a relay closes the ends that pointed
+/// there.
+#[test]
+fn a_channel_across_relays_carries_frames_both_ways_and_closes() {
+    let Some(redis) = Redis::start() else { return };
+    let [a, b, mut c] = cluster(&redis, "channels");
+    let alice = Peer::new(&a.relay);
+    alice.register("alice");
+    b.knows_elsewhere(1);
+    let bob = Peer::new(&b.relay);
+    bob.register("bob");
+    a.knows_elsewhere(1);
+    let (ab, ba) = bind_channel(&alice, &bob, "bob");
+    // Binding again gives the same numbers.
+    alice.send(alice.authed(json!({"type": "bind", "target": "bob"})));
+    assert_eq!(expect(&alice, "bind_ack")["channel"], ab);
+    let payload = |i: u8| [i; 300];
+    for i in 0..20 {
+        alice.send_raw(&frame(ab, &payload(i)));
+        assert_eq!(bob.recv_raw(), frame(ba, &payload(i)), "frame {i}");
+        bob.send_raw(&frame(ba, &payload(i)));
+        assert_eq!(alice.recv_raw(), frame(ab, &payload(i)), "frame {i} back");
+    }
+    alice.send(alice.authed(json!({"type": "unbind", "channel": ab})));
+    assert_eq!(expect(&alice, "channel_closed")["channel"], ab);
+    assert_eq!(expect(&bob, "channel_closed")["channel"], ba);
+    // A channel to a peer of relay-3, which dies: its end here closes, and alice hears it.
+    let carol = Peer::new(&c.relay);
+    carol.register("carol");
+    a.knows_elsewhere(2);
+    let (ac, _) = bind_channel(&alice, &carol, "carol");
+    c.relay.stop_with(libc::SIGKILL);
+    let mut heard = None;
+    let deadline = Instant::now() + TIMEOUT * 2;
+    while heard.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "alice never heard her channel close"
+        );
+        let v = alice.recv();
+        if v["type"] == "channel_closed" {
+            heard = Some(v["channel"].clone());
+        }
+    }
+    assert_eq!(heard.unwrap(), ac);
+    alice.send_raw(&frame(ac, b"x"));
+    wait_refused(&a, "channel_gone", 1);
 }
 
 #[test]

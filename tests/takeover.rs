@@ -23,14 +23,6 @@ fn socket_path(test: &str) -> PathBuf {
     p
 }
 
-/// `a` (registered as `me`) binds a channel to `target`: its number, and the other side's.
-fn bind(a: &Peer, b: &Peer, target: &str) -> (u32, u32) {
-    a.send(a.authed(json!({"type": "bind", "target": target})));
-    let mine = expect(a, "bind_ack")["channel"].as_u64().unwrap() as u32;
-    let theirs = expect(b, "channel_bound")["channel"].as_u64().unwrap() as u32;
-    (mine, theirs)
-}
-
 /// What one receiver got of a stream of numbered datagrams, until its `end`.
 fn receive_until_end(p: &Peer, frames: bool) -> HashSet<u64> {
     let mut got = HashSet::new();
@@ -74,7 +66,7 @@ fn take_over_under_traffic(io: &str) -> (u64, u64) {
     );
     let mut old = Relay::start(&args);
     let [alice, bob, carol, dave] = registered(&old, ["alice", "bob", "carol", "dave"]);
-    let (c_num, d_num) = bind(&carol, &dave, "dave");
+    let (c_num, d_num) = bind_channel(&carol, &dave, "dave");
     // Peers registered before bob, carol and dave hear of them: nothing else is on their way.
     for p in [&alice, &bob, &carol, &dave] {
         p.drain();
@@ -501,7 +493,7 @@ fn a_takeover_without_receive_offload_turns_it_off_on_the_inherited_sockets() {
         let (a, b) = (Peer::new(&old), Peer::new(&old));
         a.register("a");
         b.register("b");
-        let (ab, ba) = bind(&a, &b, "b");
+        let (ab, ba) = bind_channel(&a, &b, "b");
         let mut new = Relay::start(&args(&common, &["--gro", "off", "--max-datagram", "1500"]));
         new.wait_log("took over: serving");
         old.wait_exit();

@@ -142,6 +142,12 @@ pub fn nodes(
             continue;
         }
         cl.nodes.remove(node);
+        // Its channels' ends here close, their owners told.
+        let start = out.sends.len();
+        events::tell_closed(shared, shared.channels.node_gone(node), now, out);
+        shared
+            .budgets
+            .settle(out, start, Cause::Relay, None, now.ms, c);
         for name in cl.remote.node_gone(node) {
             announce(shared, Presence::Left, &name, Cause::Relay, now, out, c);
         }

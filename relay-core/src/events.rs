@@ -6,7 +6,9 @@ use crate::channels::Closed;
 use crate::clock::Now;
 use crate::out::{Kind, Out};
 use crate::registry::Event;
+use crate::seal::{Payload, seal};
 use crate::shared::Shared;
+use crate::wire::mesh::Via;
 use crate::wire::reply;
 
 /// Applies a registry event to the channels, telling the other end of each channel it ended.
@@ -23,6 +25,14 @@ pub fn tell_closed(
     out: &mut Out,
 ) {
     for end in ends {
+        // An end whose other end lives at another relay: that relay is told, and closes it.
+        if let Some(node) = &end.remote {
+            if let Some(c) = shared.cluster.get() {
+                let via = Via::Closed(end.number);
+                seal(c, node, &end.name, via, Payload::Bytes(&[]), now, out);
+            }
+            continue;
+        }
         let Some((addr, trusted)) = shared.registry.target_of(&end.name, now.ms) else {
             continue;
         };

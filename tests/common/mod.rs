@@ -88,6 +88,18 @@ pub fn recv(s: &UdpSocket, buf: &mut [u8]) -> std::io::Result<usize> {
     recv_from(s, buf).map(|(n, _)| n)
 }
 
+/// `a` (registered and proven) binds a channel to `target`, `b`: its number, and the other
+/// side's.
+pub fn bind_channel(a: &Peer, b: &Peer, target: &str) -> (u32, u32) {
+    a.send(a.authed(json!({"type": "bind", "target": target})));
+    let ack = expect(a, "bind_ack");
+    assert_eq!(ack["target"], target);
+    let bound = expect(b, "channel_bound");
+    assert_eq!(bound["peer_name"], a.authed(json!({}))["name"]);
+    let number = |v: &Value| u32::try_from(v["channel"].as_u64().expect("a number")).unwrap();
+    (number(&ack), number(&bound))
+}
+
 /// A frame: `0xD1`, flags 0, the channel number, the payload.
 pub fn frame(channel: u32, payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::new();

@@ -8,7 +8,9 @@ use crate::metrics::Counters;
 use crate::out::{Kind, Out};
 use crate::refusal::Reason;
 use crate::registry::Name;
+use crate::seal::{Payload, seal};
 use crate::wire::frame::{self, FrameError};
+use crate::wire::mesh::{Via, bind_numbers};
 use crate::wire::{control, reply, valid_name};
 
 use super::{Req, Router};
@@ -34,6 +36,15 @@ impl Router {
                 return self.refuse(Reason::ChannelGone, req);
             }
         }
+        if let Some((node, peer)) = route.remote {
+            // The other end lives at another relay: the payload goes there, under its number.
+            if !self.frame_remote(d, &node, &peer, route.number, req.now, out) {
+                return self.refuse(Reason::ChannelGone, req);
+            }
+            Counters::add(&self.counters.frames, 1);
+            Counters::add(&self.counters.frame_bytes, d.len() as u64);
+            return;
+        }
         frame::set_channel(d, route.number);
         out.forward_input(route.to, 0..d.len());
         Counters::add(&self.counters.frames, 1);
@@ -49,9 +60,9 @@ impl Router {
             return Err(Reason::InvalidName);
         }
         let reg = &self.shared.registry;
-        let (peer_addr, peer_trusted) = reg
-            .target_of(&b.target, req.now.ms)
-            .ok_or(Reason::UnknownTarget)?;
+        let Some((peer_addr, peer_trusted)) = reg.target_of(&b.target, req.now.ms) else {
+            return self.bind_remote(&me, &b.target, req, out);
+        };
         if !peer_trusted {
             return Err(Reason::UntrustedPeer);
         }
@@ -72,6 +83,50 @@ impl Router {
             reply::channel_bound(&mut out.buf, &me, bound.theirs);
             out.reply(peer_addr, start, Kind::Announce, true);
         }
+        Ok(())
+    }
+
+    /// `bind` to `target`, homed at another relay of the cluster: this relay's end bound and
+    /// acknowledged at once, the target's relay sent both numbers (it takes its end and tells
+    /// the target, or says the end closed, and the binder then hears `channel_closed`).
+    fn bind_remote(
+        &mut self,
+        me: &Name,
+        target: &str,
+        req: &Req,
+        out: &mut Out,
+    ) -> Result<(), Reason> {
+        let c = self.shared.cluster.get().ok_or(Reason::UnknownTarget)?;
+        let (node, _) = c.remote.home_of(target).ok_or(Reason::UnknownTarget)?;
+        if *target == **me {
+            return Err(Reason::BadRequest);
+        }
+        let peer = Name::from(target);
+        let bound = self
+            .shared
+            .channels
+            .bind_remote(me, req.from, &peer, &node)
+            .map_err(|Full::Limit| Reason::ChannelLimit)?;
+        if bound.new {
+            let numbers = bind_numbers(bound.mine, bound.theirs);
+            let via = Via::Bind(me);
+            if !seal(
+                c,
+                &node,
+                target,
+                via,
+                Payload::Bytes(&numbers),
+                req.now,
+                out,
+            ) {
+                // The node is gone meanwhile: nothing bound.
+                self.shared.channels.unbind(me, bound.mine);
+                return Err(Reason::UnknownTarget);
+            }
+        }
+        let start = out.buf.len();
+        reply::bind_ack(&mut out.buf, &peer, bound.mine);
+        out.reply(req.from, start, Kind::Reply, true);
         Ok(())
     }
 

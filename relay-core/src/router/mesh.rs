@@ -1,30 +1,32 @@
-//! A cluster's mesh in the router (issue 20, begun): a `relay` to a name homed at another relay
-//! leaves in one hop as a mesh datagram whose payload is sent from the receive buffer, and a
-//! mesh datagram, once checked (a known node, its MAC, a new number), is delivered to the peer
-//! homed here as the `relayed_packet` a local relay would have made, byte for byte.
+//! A cluster's mesh in the router: a `relay` to a name homed at another relay, a frame on a
+//! channel whose other end lives at another relay, a bind to a name homed there and a channel
+//! end closed each leave in one hop as a mesh datagram (a payload sent from the receive
+//! buffer); a mesh datagram, once checked (a known node, its MAC, a new number), is decided for
+//! the peer homed here: the `relayed_packet` or the frame a local relay would have sent, byte
+//! for byte, a channel end taken (`channel_bound`) or closed (`channel_closed`).
 
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::sync::Arc;
 
 use tracing::debug;
 
+use crate::budget::Cause;
 use crate::clock::Now;
+use crate::cluster::Cluster;
+use crate::events;
 use crate::mesh::Refused;
 use crate::metrics::Counters;
-use crate::out::Out;
+use crate::out::{Kind, Out};
 use crate::refusal::Reason;
-use crate::settings::{Auth, MAX_UDP_PAYLOAD};
-use crate::wire::mesh::{Head, MAC_LEN, Via, write_head};
-use crate::wire::valid_name;
+use crate::registry::Name;
+use crate::seal::{Payload, seal};
+use crate::settings::Auth;
+use crate::wire::mesh::{Mesh, Via, read_bind_numbers};
+use crate::wire::{frame, reply, valid_name};
 
 use super::Router;
 use super::relay::relayed;
-
-/// `now` in nanoseconds since the Unix epoch (to a quarter of a microsecond): the clock of
-/// mesh sequence numbers.
-fn unix_ns(now: Now) -> u64 {
-    (now.unix * 1e9) as u64
-}
 
 impl Router {
     /// Forwards a `relay` of `source`'s to `target`, if `target` is homed at another relay of the
@@ -44,35 +46,38 @@ impl Router {
         let Some((node, _)) = c.remote.home_of(target) else {
             return false;
         };
-        let Some((seq, mesh)) = c.nodes.next_seq(&node, unix_ns(now)) else {
-            return false;
-        };
-        let head = Head {
-            node: &c.node,
-            seq,
-            target,
-            via: Via::Source(source),
-        };
-        let start = out.buf.len();
-        if !write_head(&mut out.buf, &head, payload.len()) {
+        let payload = Payload::Input(d, payload);
+        if !seal(c, &node, target, Via::Source(source), payload, now, out) {
             return false;
         }
-        let end = out.buf.len();
-        if end - start + payload.len() + MAC_LEN > MAX_UDP_PAYLOAD {
-            out.buf.truncate(start);
+        Counters::add(&self.counters.mesh_sent, 1);
+        true
+    }
+
+    /// Forwards frame `d` to `peer`'s end (number `number`) at node `node`: its payload, from
+    /// the receive buffer.
+    pub(super) fn frame_remote(
+        &mut self,
+        d: &[u8],
+        node: &str,
+        peer: &str,
+        number: u32,
+        now: Now,
+        out: &mut Out,
+    ) -> bool {
+        let Some(c) = self.shared.cluster.get() else {
+            return false;
+        };
+        let payload = Payload::Input(d, frame::HEADER..d.len());
+        if !seal(c, node, peer, Via::Channel(number), payload, now, out) {
             return false;
         }
-        let mac = c
-            .keys
-            .mac(&node, &[&out.buf[start..end], &d[payload.clone()]]);
-        out.buf.extend_from_slice(&mac);
-        out.forward_between(mesh, start..end, payload, end..out.buf.len());
         Counters::add(&self.counters.mesh_sent, 1);
         true
     }
 
     /// Decides mesh datagram `d`, from `from` (another relay of the cluster, which its MAC, not
-    /// its address, proves): the `relayed_packet` it carries, to the peer homed here.
+    /// its address, proves), for the peer homed here that it names.
     pub fn mesh(&mut self, d: &[u8], from: SocketAddr, now: Now, out: &mut Out) {
         let refuse = |r: Reason| {
             self.counters.refuse(r);
@@ -81,33 +86,140 @@ impl Router {
         let Some(c) = self.shared.cluster.get() else {
             return refuse(Reason::MeshUnknownNode);
         };
-        let m = match c.nodes.open(&c.keys, &c.node, unix_ns(now), d) {
+        let m = match c.nodes.open(&c.keys, &c.node, crate::seal::unix_ns(now), d) {
             Ok(m) => m,
             Err(Refused::Malformed(_)) => return refuse(Reason::MeshMalformed),
             Err(Refused::UnknownNode) => return refuse(Reason::MeshUnknownNode),
             Err(Refused::BadMac) => return refuse(Reason::MeshBadMac),
             Err(Refused::Replayed) => return refuse(Reason::MeshReplayed),
         };
-        // Channels across relays are not carried yet: refused as no datagram this relay reads.
-        let Via::Source(source) = m.head.via else {
-            return refuse(Reason::MeshMalformed);
-        };
         // Another relay's word, but names still obey the name rules before they are used.
-        if !valid_name(source) || !valid_name(m.head.target) {
+        let named_ok = match m.head.via {
+            Via::Source(s) | Via::Bind(s) => valid_name(s),
+            Via::Channel(_) | Via::Closed(_) => true,
+        };
+        if !named_ok || !valid_name(m.head.target) {
             return refuse(Reason::MeshMalformed);
         }
-        let Some((to, trusted)) = self.shared.registry.target_of(m.head.target, now.ms) else {
-            return refuse(Reason::MeshUnknownTarget);
+        let start = out.sends.len();
+        let result = match m.head.via {
+            Via::Source(source) => self.mesh_relay(&m, source, now, out),
+            Via::Channel(number) => self.mesh_frame(c, &m, number, now, out),
+            Via::Bind(binder) => self.mesh_bind(c, d, &m, binder, now, out),
+            Via::Closed(number) => {
+                let node: Arc<str> = m.head.node.into();
+                let gone = self
+                    .shared
+                    .channels
+                    .close_remote(&node, m.head.target, number);
+                events::tell_closed(&self.shared, gone, now, out);
+                Ok(())
+            }
         };
+        if let Err(r) = result {
+            return refuse(r);
+        }
+        // What is told here (`channel_bound`, `channel_closed`) is held to each recipient's
+        // presence rate; forwards pass.
+        let b = &self.shared.budgets;
+        b.settle(out, start, Cause::Relay, None, now.ms, &self.counters);
+    }
+
+    /// A `relay` from `source` at another relay, to the target homed here.
+    fn mesh_relay(
+        &self,
+        m: &Mesh<'_>,
+        source: &str,
+        now: Now,
+        out: &mut Out,
+    ) -> Result<(), Reason> {
+        let (to, trusted) = self
+            .shared
+            .registry
+            .target_of(m.head.target, now.ms)
+            .ok_or(Reason::MeshUnknownTarget)?;
         // As for a local relay: where registration is signed, a name that never echoed its
         // cookie here can only have been forged for someone else.
         if self.shared.settings.auth == Auth::Signed && !trusted {
-            return refuse(Reason::UnauthenticatedTarget);
+            return Err(Reason::UnauthenticatedTarget);
         }
-        if !relayed(out, to, source, m.payload) {
-            return refuse(Reason::TooLarge);
+        if !relayed(out, to, source, m.payload.clone()) {
+            return Err(Reason::TooLarge);
         }
         Counters::add(&self.counters.mesh_delivered, 1);
+        Ok(())
+    }
+
+    /// A frame for the target's end `number`, from its other end at the sending relay. An end
+    /// not here (closed, or lost with a restart) is said closed to the sender, which closes its
+    /// own and tells its owner.
+    fn mesh_frame(
+        &self,
+        c: &Cluster,
+        m: &Mesh<'_>,
+        number: u32,
+        now: Now,
+        out: &mut Out,
+    ) -> Result<(), Reason> {
+        let (target, node) = (m.head.target, m.head.node);
+        let Some(to) = self.shared.channels.deliver(number, target, node) else {
+            let none = Payload::Bytes(&[]);
+            seal(c, node, target, Via::Closed(number), none, now, out);
+            return Err(Reason::ChannelGone);
+        };
+        let head = out.buf.len();
+        out.buf.extend_from_slice(&[frame::MARK, 0]);
+        out.buf.extend_from_slice(&number.to_be_bytes());
+        let end = out.buf.len();
+        out.forward(to, head..end, m.payload.clone(), b"");
+        Counters::add(&self.counters.mesh_delivered, 1);
+        Ok(())
+    }
+
+    /// A channel `binder`, at the sending relay, bound to the target homed here: its end taken
+    /// under the number that relay chose, and the target told, as a local bind tells it; or,
+    /// where it cannot be taken, said closed to the sender.
+    fn mesh_bind(
+        &self,
+        c: &Cluster,
+        d: &[u8],
+        m: &Mesh<'_>,
+        binder: &str,
+        now: Now,
+        out: &mut Out,
+    ) -> Result<(), Reason> {
+        let (target, node) = (m.head.target, m.head.node);
+        let (theirs, mine) =
+            read_bind_numbers(&d[m.payload.clone()]).ok_or(Reason::MeshMalformed)?;
+        let owner = Name::from(target);
+        let taken = match self.shared.registry.target_of(target, now.ms) {
+            // As a local bind: only to a registration that proved itself where it is.
+            Some((addr, true)) => {
+                let peer = Name::from(binder);
+                let node: Arc<str> = node.into();
+                self.shared
+                    .channels
+                    .accept_remote(&owner, addr, mine, &peer, theirs, &node)
+                    .then_some(addr)
+            }
+            _ => None,
+        };
+        let Some(addr) = taken else {
+            seal(
+                c,
+                node,
+                target,
+                Via::Closed(mine),
+                Payload::Bytes(&[]),
+                now,
+                out,
+            );
+            return Err(Reason::UntrustedPeer);
+        };
+        let start = out.buf.len();
+        reply::channel_bound(&mut out.buf, binder, mine);
+        out.reply(addr, start, Kind::Announce, true);
+        Ok(())
     }
 }
 
@@ -122,7 +234,7 @@ mod tests {
     use crate::remote::Home;
     use crate::settings::Settings;
     use crate::testing::{Harness, addr, at, collect};
-    use crate::wire::peer;
+    use crate::wire::{self, peer};
 
     const KEY: &[u8] = b"the cluster's shared secret, at least 32 bytes";
 
@@ -320,6 +432,160 @@ mod tests {
         let c = a.shared.cluster.get().unwrap();
         assert_eq!(c.take(9), vec![Op::Release("alice".into(), 1)]);
         assert!(!c.is_home("alice"));
+    }
+
+    /// Registers `name` at `from` in relay `h` of a cluster and shows its session back, so
+    /// that it may bind and be bound; its session.
+    fn prove(h: &mut Harness, name: &str, from: SocketAddr) -> String {
+        register(h, name, from);
+        let session = h.session(name, from);
+        let mut d = Vec::new();
+        peer::ping(&mut d, Some(name), Some(&session));
+        h.run(&d, from, 1);
+        session
+    }
+
+    /// The one datagram of `sent` to `to`.
+    fn to(sent: &[(SocketAddr, Vec<u8>)], to: SocketAddr) -> Vec<u8> {
+        let mut of: Vec<_> = sent.iter().filter(|(t, _)| *t == to).collect();
+        assert_eq!(of.len(), 1, "{sent:?}");
+        of.remove(0).1.clone()
+    }
+
+    fn number(json: &[u8]) -> u32 {
+        let v: serde_json::Value = serde_json::from_slice(json).unwrap();
+        v["channel"].as_u64().unwrap() as u32
+    }
+
+    #[test]
+    fn a_channel_binds_across_relays_carries_frames_both_ways_and_closes_at_both_ends() {
+        let (mut a, mut b) = (
+            relay("relay-a", "relay-b", KEY),
+            relay("relay-b", "relay-a", KEY),
+        );
+        let (alice, bob) = (addr(1), addr(2));
+        let alice_session = prove(&mut a, "alice", alice);
+        prove(&mut b, "bob", bob);
+        let home = Home {
+            node: "relay-b".into(),
+            mesh: mesh_addr(2),
+            epoch: 1,
+        };
+        assert!(a.shared.cluster.get().unwrap().remote.joined("bob", home));
+        // Alice binds bob: acknowledged at once, and relay-b told.
+        let mut d = Vec::new();
+        peer::bind(&mut d, "bob", "alice", &alice_session);
+        let sent = a.run(&d, alice, 2);
+        let ab = number(&to(&sent, alice));
+        let bind = to(&sent, mesh_addr(2));
+        // Relay-b takes bob's end and tells him, as a local bind would.
+        let mut out = Out::default();
+        b.router.mesh(&bind, mesh_addr(1), at(2), &mut out);
+        let told = collect(&out, &bind);
+        let bound = String::from_utf8(to(&told, bob)).unwrap();
+        assert!(
+            bound.contains(r#""channel_bound","peer_name":"alice""#),
+            "{bound}"
+        );
+        let ba = number(bound.as_bytes());
+        // A frame from alice arrives at bob under bob's number, its payload byte for byte.
+        let mut f = Vec::new();
+        wire::frame::write(&mut f, ab, b"\x00encrypted\xff");
+        let over = to(&a.run(&f, alice, 3), mesh_addr(2));
+        let mut out = Out::default();
+        b.router.mesh(&over, mesh_addr(1), at(3), &mut out);
+        let mut want = Vec::new();
+        wire::frame::write(&mut want, ba, b"\x00encrypted\xff");
+        assert_eq!(to(&collect(&out, &over), bob), want);
+        // And back.
+        let mut f = Vec::new();
+        wire::frame::write(&mut f, ba, b"reply");
+        let back = to(&b.run(&f, bob, 4), mesh_addr(1));
+        let mut out = Out::default();
+        a.router.mesh(&back, mesh_addr(2), at(4), &mut out);
+        let mut want = Vec::new();
+        wire::frame::write(&mut want, ab, b"reply");
+        assert_eq!(to(&collect(&out, &back), alice), want);
+        // A frame from anyone but alice's address is refused, as on one relay.
+        let mut f = Vec::new();
+        wire::frame::write(&mut f, ab, b"x");
+        assert!(a.run(&f, addr(9), 5).is_empty());
+        // Alice unbinds: relay-b closes bob's end and tells him.
+        let mut d = Vec::new();
+        peer::unbind(&mut d, ab, "alice", &alice_session);
+        let closed = to(&a.run(&d, alice, 6), mesh_addr(2));
+        let mut out = Out::default();
+        b.router.mesh(&closed, mesh_addr(1), at(6), &mut out);
+        let told = String::from_utf8(to(&collect(&out, &closed), bob)).unwrap();
+        assert_eq!(
+            told,
+            format!(r#"{{"type":"channel_closed","channel":{ba}}}"#)
+        );
+        assert!(a.shared.channels.is_empty() && b.shared.channels.is_empty());
+        // Bound again, then bob's end lost (relay-b restarted): alice's next frame finds no end
+        // there, and relay-b says so; alice's end closes and she hears it.
+        let mut d = Vec::new();
+        peer::bind(&mut d, "bob", "alice", &alice_session);
+        let sent = a.run(&d, alice, 8);
+        let ab = number(&to(&sent, alice));
+        let bind = to(&sent, mesh_addr(2));
+        let mut out = Out::default();
+        b.router.mesh(&bind, mesh_addr(1), at(8), &mut out);
+        let ba = number(&to(&collect(&out, &bind), bob));
+        let node: std::sync::Arc<str> = "relay-a".into();
+        assert!(b.shared.channels.close_remote(&node, "alice", ab).is_some());
+        let mut f = Vec::new();
+        wire::frame::write(&mut f, ab, b"lost");
+        let over = to(&a.run(&f, alice, 9), mesh_addr(2));
+        let mut out = Out::default();
+        b.router.mesh(&over, mesh_addr(1), at(9), &mut out);
+        assert_eq!(b.refused(Reason::ChannelGone), 1);
+        let gone = to(&collect(&out, &over), mesh_addr(1));
+        let mut out = Out::default();
+        a.router.mesh(&gone, mesh_addr(2), at(9), &mut out);
+        let told = String::from_utf8(to(&collect(&out, &gone), alice)).unwrap();
+        assert_eq!(
+            told,
+            format!(r#"{{"type":"channel_closed","channel":{ab}}}"#)
+        );
+        assert!(a.shared.channels.is_empty(), "{ba}");
+    }
+
+    #[test]
+    fn a_bind_to_an_unproven_name_at_another_relay_closes_at_once() {
+        let (mut a, mut b) = (
+            relay("relay-a", "relay-b", KEY),
+            relay("relay-b", "relay-a", KEY),
+        );
+        let alice_session = prove(&mut a, "alice", addr(1));
+        register(&mut b, "bob", addr(2));
+        let home = Home {
+            node: "relay-b".into(),
+            mesh: mesh_addr(2),
+            epoch: 1,
+        };
+        assert!(a.shared.cluster.get().unwrap().remote.joined("bob", home));
+        let mut d = Vec::new();
+        peer::bind(&mut d, "bob", "alice", &alice_session);
+        let sent = a.run(&d, addr(1), 2);
+        let ab = number(&to(&sent, addr(1)));
+        let mut out = Out::default();
+        let bind = to(&sent, mesh_addr(2));
+        b.router.mesh(&bind, mesh_addr(1), at(2), &mut out);
+        let refused = collect(&out, &bind);
+        assert!(
+            refused.iter().all(|(t, _)| *t != addr(2)),
+            "bob told nothing"
+        );
+        let closed = to(&refused, mesh_addr(1));
+        let mut out = Out::default();
+        a.router.mesh(&closed, mesh_addr(2), at(3), &mut out);
+        let told = String::from_utf8(to(&collect(&out, &closed), addr(1))).unwrap();
+        assert_eq!(
+            told,
+            format!(r#"{{"type":"channel_closed","channel":{ab}}}"#)
+        );
+        assert!(a.shared.channels.is_empty());
     }
 
     #[test]
