@@ -418,6 +418,30 @@ fn a_channel_across_relays_carries_frames_both_ways_and_closes() {
     wait_refused(&a, "channel_gone", 1);
 }
 
+/// Introductions across relays: a peer's `connect` reaches the other relay's peer as a
+/// `connect_request` (no address), and once both asked each learns the other's address.
+#[test]
+fn peers_of_two_relays_are_introduced_once_both_asked() {
+    let Some(redis) = Redis::start() else { return };
+    let [a, b, _c] = cluster(&redis, "introductions");
+    let alice = Peer::new(&a.relay);
+    alice.register("alice");
+    b.knows_elsewhere(1);
+    let bob = Peer::new(&b.relay);
+    bob.register("bob");
+    a.knows_elsewhere(1);
+    alice.send(alice.authed(json!({"type": "connect", "target": "bob"})));
+    let asks = expect(&bob, "connect_request");
+    assert_eq!(asks["peer_name"], "alice");
+    bob.send(bob.authed(json!({"type": "connect", "target": "alice"})));
+    let to_alice = expect(&alice, "introduce");
+    assert_eq!(to_alice["peer_name"], "bob");
+    assert_eq!(to_alice["address"], bob.addr().to_string());
+    let to_bob = expect(&bob, "introduce");
+    assert_eq!(to_bob["peer_name"], "alice");
+    assert_eq!(to_bob["address"], alice.addr().to_string());
+}
+
 #[test]
 fn a_relay_killed_leaves_with_its_names_and_its_peers_re_register_elsewhere() {
     let Some(redis) = Redis::start() else { return };

@@ -130,12 +130,13 @@ impl Remote {
         self.read().by_name.keys().take(max).cloned().collect()
     }
 
-    /// The node and mesh address of `name`'s home, if it is homed elsewhere.
-    pub fn home_of(&self, name: &str) -> Option<(Arc<str>, SocketAddr)> {
+    /// The node of `name`'s home and its claim's epoch (which stands for the registration, as
+    /// a local registration's number does), if it is homed elsewhere.
+    pub fn home_of(&self, name: &str) -> Option<(Arc<str>, u64)> {
         self.read()
             .by_name
             .get(name)
-            .map(|h| (h.node.clone(), h.mesh))
+            .map(|h| (h.node.clone(), h.epoch))
     }
 
     /// How many names it holds.

@@ -6,16 +6,18 @@
 //! 0      0xD2, the mesh's first byte (no JSON, STUN or channel frame starts so)
 //! 1      the format (1)
 //! 2      kind: 1 a JSON relay (deliver as `relayed_packet`), 2 a channel frame, 3 a channel
-//!        bound across relays, 4 a channel end closed
+//!        bound across relays, 4 a channel end closed, 5 a `connect`, 6 an introduction
 //! 3      the sending node's id: its length (1..=64), then its bytes
 //! .      the sequence number of the sending node (u64, big-endian; never repeats for a key)
 //! .      the target name: its length (1..=255), then its bytes
 //! .      kind 1: the source name (its length, then its bytes);
 //!        kind 2: the channel number the target knows (u32, big-endian);
 //!        kind 3: the binder's name (its length, then its bytes);
-//!        kind 4: the number of the closed end (u32, big-endian)
+//!        kind 4: the number of the closed end (u32, big-endian);
+//!        kinds 5 and 6: the asker's or the introduced peer's name (its length, its bytes)
 //! .      the payload's length (u32, big-endian), then the payload: as the peer sent it (kinds 1
-//!        and 2), the binder's number and the target's (kind 3, [`BIND_LEN`] bytes), or none
+//!        and 2), the binder's number and the target's (kind 3, [`BIND_LEN`] bytes), none
+//!        (kind 4), or the asker's or introduced peer's address as text (kinds 5 and 6)
 //! last   the MAC: 16 bytes over everything before it
 //! ```
 //!
@@ -63,6 +65,10 @@ pub enum Kind {
     Bind,
     /// A channel end closed.
     Closed,
+    /// A `connect` from a peer of the sending relay.
+    Connect,
+    /// An introduction: the peer of the sending relay the target asked for, and its address.
+    Introduce,
 }
 
 /// What a mesh datagram is about, by kind: who it is from, or which channel.
@@ -76,6 +82,12 @@ pub enum Via<'a> {
     Bind(&'a str),
     /// The sending relay's end of this number, owned by the target named, is closed.
     Closed(u32),
+    /// This peer (at the sending relay) asks to be introduced to the target; the payload is
+    /// its address.
+    Connect(&'a str),
+    /// This peer (at the sending relay) and the target asked for each other; the payload is
+    /// its address.
+    Introduce(&'a str),
 }
 
 /// The payload of a bind: `binder`'s number and the target's.
@@ -114,6 +126,16 @@ impl Head<'_> {
             Via::Channel(_) => Kind::Frame,
             Via::Bind(_) => Kind::Bind,
             Via::Closed(_) => Kind::Closed,
+            Via::Connect(_) => Kind::Connect,
+            Via::Introduce(_) => Kind::Introduce,
+        }
+    }
+
+    /// The peer name it carries, if its kind carries one.
+    pub fn name(&self) -> Option<&str> {
+        match self.via {
+            Via::Source(s) | Via::Bind(s) | Via::Connect(s) | Via::Introduce(s) => Some(s),
+            Via::Channel(_) | Via::Closed(_) => None,
         }
     }
 }
@@ -137,7 +159,7 @@ pub enum MeshError {
 pub fn write_head(buf: &mut Vec<u8>, head: &Head<'_>, payload_len: usize) -> bool {
     let names_fit = |s: &str, max: usize| !s.is_empty() && s.len() <= max;
     let via_fits = match head.via {
-        Via::Source(s) | Via::Bind(s) => names_fit(s, 255),
+        Via::Source(s) | Via::Bind(s) | Via::Connect(s) | Via::Introduce(s) => names_fit(s, 255),
         Via::Channel(_) | Via::Closed(_) => true,
     };
     if !names_fit(head.node, MAX_NODE)
@@ -152,6 +174,8 @@ pub fn write_head(buf: &mut Vec<u8>, head: &Head<'_>, payload_len: usize) -> boo
         Kind::Frame => 2,
         Kind::Bind => 3,
         Kind::Closed => 4,
+        Kind::Connect => 5,
+        Kind::Introduce => 6,
     };
     buf.extend_from_slice(&[MAGIC, FORMAT, kind, head.node.len() as u8]);
     buf.extend_from_slice(head.node.as_bytes());
@@ -159,7 +183,7 @@ pub fn write_head(buf: &mut Vec<u8>, head: &Head<'_>, payload_len: usize) -> boo
     buf.push(head.target.len() as u8);
     buf.extend_from_slice(head.target.as_bytes());
     match head.via {
-        Via::Source(s) | Via::Bind(s) => {
+        Via::Source(s) | Via::Bind(s) | Via::Connect(s) | Via::Introduce(s) => {
             buf.push(s.len() as u8);
             buf.extend_from_slice(s.as_bytes());
         }
@@ -236,6 +260,8 @@ pub fn read(d: &[u8]) -> Result<Mesh<'_>, MeshError> {
         2 => Via::Channel(c.u32()?),
         3 => Via::Bind(c.name(255)?),
         4 => Via::Closed(c.u32()?),
+        5 => Via::Connect(c.name(255)?),
+        6 => Via::Introduce(c.name(255)?),
         _ => return Err(MeshError::Kind),
     };
     let len = c.u32()? as usize;
@@ -276,6 +302,8 @@ mod tests {
             Via::Channel(0x0102_0304),
             Via::Bind("alice"),
             Via::Closed(7),
+            Via::Connect("alice"),
+            Via::Introduce("alice"),
         ] {
             let head = Head {
                 node: "relay-b",

@@ -94,10 +94,7 @@ impl Router {
             Err(Refused::Replayed) => return refuse(Reason::MeshReplayed),
         };
         // Another relay's word, but names still obey the name rules before they are used.
-        let named_ok = match m.head.via {
-            Via::Source(s) | Via::Bind(s) => valid_name(s),
-            Via::Channel(_) | Via::Closed(_) => true,
-        };
+        let named_ok = m.head.name().is_none_or(valid_name);
         if !named_ok || !valid_name(m.head.target) {
             return refuse(Reason::MeshMalformed);
         }
@@ -115,6 +112,8 @@ impl Router {
                 events::tell_closed(&self.shared, gone, now, out);
                 Ok(())
             }
+            Via::Connect(asker) => self.mesh_connect(c, d, &m, asker, now, out),
+            Via::Introduce(peer) => self.mesh_introduce(d, &m, peer, now, out),
         };
         if let Err(r) = result {
             return refuse(r);
@@ -232,8 +231,10 @@ mod tests {
     use crate::out::Out;
     use crate::refusal::Reason;
     use crate::remote::Home;
+    use crate::seal::{Payload, seal};
     use crate::settings::Settings;
     use crate::testing::{Harness, addr, at, collect};
+    use crate::wire::mesh::Via;
     use crate::wire::{self, peer};
 
     const KEY: &[u8] = b"the cluster's shared secret, at least 32 bytes";
@@ -586,6 +587,91 @@ mod tests {
             format!(r#"{{"type":"channel_closed","channel":{ab}}}"#)
         );
         assert!(a.shared.channels.is_empty());
+    }
+
+    #[test]
+    fn peers_of_two_relays_are_introduced_when_both_asked_and_not_before() {
+        let (mut a, mut b) = (
+            relay("relay-a", "relay-b", KEY),
+            relay("relay-b", "relay-a", KEY),
+        );
+        let (alice, bob) = (addr(1), addr(2));
+        let alice_session = prove(&mut a, "alice", alice);
+        let bob_session = prove(&mut b, "bob", bob);
+        let home = |node: &str, mesh, epoch| Home {
+            node: node.into(),
+            mesh: mesh_addr(mesh),
+            epoch,
+        };
+        assert!(
+            a.shared
+                .cluster
+                .get()
+                .unwrap()
+                .remote
+                .joined("bob", home("relay-b", 2, 7))
+        );
+        assert!(
+            b.shared
+                .cluster
+                .get()
+                .unwrap()
+                .remote
+                .joined("alice", home("relay-a", 1, 3))
+        );
+        let connect = |name: &str, session: &str, target: &str| {
+            let mut d = Vec::new();
+            peer::connect(&mut d, target, Some(name), session);
+            d
+        };
+        // Alice asks: relay-b tells bob who asks, and no address.
+        let sent = a.run(&connect("alice", &alice_session, "bob"), alice, 2);
+        assert!(sent.iter().all(|(t, _)| *t == mesh_addr(2)), "{sent:?}");
+        let asked = to(&sent, mesh_addr(2));
+        let mut out = Out::default();
+        b.router.mesh(&asked, mesh_addr(1), at(2), &mut out);
+        let told = String::from_utf8(to(&collect(&out, &asked), bob)).unwrap();
+        assert_eq!(told, r#"{"type":"connect_request","peer_name":"alice"}"#);
+        // A forged introduction (no ask of bob's) hands out nothing.
+        let forged = {
+            let c = a.shared.cluster.get().unwrap();
+            let mut out = Out::default();
+            let addr = alice.to_string();
+            let via = Via::Introduce("alice");
+            assert!(seal(
+                c,
+                "relay-b",
+                "bob",
+                via,
+                Payload::Bytes(addr.as_bytes()),
+                at(3),
+                &mut out
+            ));
+            collect(&out, &[]).remove(0).1
+        };
+        let mut out = Out::default();
+        b.router.mesh(&forged, mesh_addr(1), at(3), &mut out);
+        assert!(out.sends.is_empty());
+        assert_eq!(b.refused(Reason::MeshUnknownTarget), 1);
+        // Bob asks back: relay-a, which holds alice's ask, introduces both.
+        let sent = b.run(&connect("bob", &bob_session, "alice"), bob, 4);
+        let asked = to(&sent, mesh_addr(1));
+        let mut out = Out::default();
+        a.router.mesh(&asked, mesh_addr(2), at(4), &mut out);
+        let done = collect(&out, &asked);
+        let to_alice = String::from_utf8(to(&done, alice)).unwrap();
+        assert_eq!(
+            to_alice,
+            format!(r#"{{"type":"introduce","peer_name":"bob","address":"{bob}"}}"#)
+        );
+        let back = to(&done, mesh_addr(2));
+        let mut out = Out::default();
+        b.router.mesh(&back, mesh_addr(1), at(4), &mut out);
+        let to_bob = String::from_utf8(to(&collect(&out, &back), bob)).unwrap();
+        assert_eq!(
+            to_bob,
+            format!(r#"{{"type":"introduce","peer_name":"alice","address":"{alice}"}}"#)
+        );
     }
 
     #[test]

@@ -33,6 +33,7 @@ use crate::wire::{Family, classify};
 
 mod channels;
 mod claims;
+mod meet;
 mod mesh;
 mod queries;
 mod relay;

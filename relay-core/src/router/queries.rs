@@ -161,6 +161,11 @@ impl Router {
         let (_, _, my_seq) = reg.registration_of(&me, now).ok_or(Reason::NotRegistered)?;
         let pending = &self.shared.introductions;
         let peer = reg.registration_of(&c.target, now);
+        // Homed at another relay of the cluster: asked there.
+        let cluster = self.shared.cluster.get();
+        if peer.is_none() && cluster.is_some_and(|cl| cl.remote.home_of(&c.target).is_some()) {
+            return self.connect_remote(&me, my_seq, &c.target, req, out);
+        }
         let peer_seq = peer.map_or(OFFLINE, |(_, _, seq)| seq);
         if !pending.ask(&me, my_seq, &c.target, peer_seq, now) {
             return Err(Reason::ConnectLimited);
