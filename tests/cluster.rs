@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use common::redis::Redis;
 use udp_relay::cluster::directory::{Claimed, Directory, Event, Events};
 
+/// The public key a name is signed with, as a peer sends it.
+const KEY: &str = "bmFtZWQtYnktaXRzLWtleQ==";
+
 /// Runs `f` to completion on a runtime of its own.
 fn block<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread()
@@ -65,22 +68,27 @@ fn a_name_is_homed_at_one_live_node_and_moves_only_with_proof() {
         let ttl = Duration::from_secs(30);
         let mut a = node(&redis.url(), "relay-a", 1, ttl).await;
         let mut b = node(&redis.url(), "relay-b", 2, ttl).await;
-        let first = won(a.claim("alice", false, None).await.unwrap());
+        let first = won(a.claim("alice", Some(KEY), None).await.unwrap());
         assert_eq!(
-            won(a.claim("alice", false, None).await.unwrap()),
+            won(a.claim("alice", None, None).await.unwrap()),
             first,
             "again: the same"
         );
         assert_eq!(
-            b.claim("alice", false, None).await.unwrap(),
+            b.claim("alice", None, None).await.unwrap(),
             Claimed::InUse("relay-a".into())
         );
         assert_eq!(
             home(&mut b, "alice").await,
             Some(("relay-a".into(), mesh(1)))
         );
-        // With its session or signature, the peer moves to relay-b: a new epoch.
-        let moved = won(b.claim("alice", true, None).await.unwrap());
+        // Another key moves nothing.
+        assert_eq!(
+            b.claim("alice", Some("another-key"), None).await.unwrap(),
+            Claimed::InUse("relay-a".into())
+        );
+        // With the key it was signed with, the peer moves to relay-b: a new epoch.
+        let moved = won(b.claim("alice", Some(KEY), None).await.unwrap());
         assert!(moved > first);
         assert_eq!(
             home(&mut a, "alice").await,
@@ -91,7 +99,7 @@ fn a_name_is_homed_at_one_live_node_and_moves_only_with_proof() {
         assert!(b.release("alice", moved).await.unwrap());
         assert_eq!(home(&mut a, "alice").await, None);
         // Claimed again, the name never gets an epoch it had: no old release can remove it.
-        let again = won(a.claim("alice", false, None).await.unwrap());
+        let again = won(a.claim("alice", None, None).await.unwrap());
         assert!(again > moved);
         assert!(!b.release("alice", moved).await.unwrap());
         assert!(!a.release("alice", first).await.unwrap());
@@ -106,8 +114,8 @@ fn every_node_hears_joins_and_leaves_in_the_order_they_happened() {
         let ttl = Duration::from_secs(30);
         let mut a = node(&redis.url(), "relay-a", 1, ttl).await;
         let mut b = node(&redis.url(), "relay-b", 2, ttl).await;
-        let first = won(a.claim("alice", false, None).await.unwrap());
-        let moved = won(b.claim("alice", true, None).await.unwrap());
+        let first = won(a.claim("alice", Some(KEY), None).await.unwrap());
+        let moved = won(b.claim("alice", Some(KEY), None).await.unwrap());
         assert!(b.release("alice", moved).await.unwrap());
         // What was refused is published by nobody.
         assert!(!a.release("alice", first).await.unwrap());
@@ -150,7 +158,7 @@ fn node_ids_are_checked_and_epochs_never_repeat_across_a_redis_restart() {
             );
         }
         let mut a = node(&redis.url(), "relay-a", 1, ttl).await;
-        let before = won(a.claim("alice", false, None).await.unwrap());
+        let before = won(a.claim("alice", None, None).await.unwrap());
         drop(redis);
         let Ok(back) = Redis::on(port) else {
             panic!("redis-server again on port {port}");
@@ -158,7 +166,7 @@ fn node_ids_are_checked_and_epochs_never_repeat_across_a_redis_restart() {
         reconnected(&mut a, 1).await;
         // The counter was lost with the data: the next epoch is still beyond every earlier one,
         // so the release of the claim before the restart removes nothing after it.
-        let after = won(a.claim("alice", false, None).await.unwrap());
+        let after = won(a.claim("alice", None, None).await.unwrap());
         assert!(after > before, "{after} after {before}");
         assert!(!a.release("alice", before).await.unwrap());
         drop(back);
@@ -182,7 +190,7 @@ fn two_relays_racing_for_names_win_each_exactly_once() {
                 start.wait();
                 let mut won = Vec::new();
                 for n in &names {
-                    if let Claimed::Home(_) = d.claim(n, false, None).await.unwrap() {
+                    if let Claimed::Home(_) = d.claim(n, None, None).await.unwrap() {
                         won.push(n.clone());
                     }
                 }
@@ -205,15 +213,15 @@ fn a_dead_nodes_names_are_free() {
     block(async {
         let mut a = node(&redis.url(), "relay-a", 1, Duration::from_secs(2)).await;
         let mut b = node(&redis.url(), "relay-b", 2, Duration::from_secs(30)).await;
-        won(a.claim("carol", false, None).await.unwrap());
+        won(a.claim("carol", None, None).await.unwrap());
         assert!(matches!(
-            b.claim("carol", false, None).await.unwrap(),
+            b.claim("carol", None, None).await.unwrap(),
             Claimed::InUse(_)
         ));
         // relay-a stops renewing (killed): once its TTL lapses its names are free.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match b.claim("carol", false, None).await.unwrap() {
+            match b.claim("carol", None, None).await.unwrap() {
                 Claimed::Home(_) => break,
                 Claimed::InUse(_) => {
                     assert!(Instant::now() < deadline, "relay-a's TTL never lapsed");
@@ -228,7 +236,7 @@ fn a_dead_nodes_names_are_free() {
         // The heartbeat lists the live nodes only, and a scan reads every name's home.
         let live = b.heartbeat(mesh(2)).await.unwrap();
         assert_eq!(live, vec![("relay-b".to_string(), mesh(2))]);
-        won(b.claim("dave", false, None).await.unwrap());
+        won(b.claim("dave", None, None).await.unwrap());
         let (mut cursor, mut names) = (0, Vec::new());
         loop {
             let (next, got) = b.names(cursor, 1).await.unwrap();
@@ -250,10 +258,10 @@ fn calls_fail_while_redis_is_away_and_are_served_once_it_is_back() {
     let port = redis.port;
     block(async {
         let mut d = node(&redis.url(), "relay-b", 2, Duration::from_secs(30)).await;
-        won(d.claim("erin", false, None).await.unwrap());
+        won(d.claim("erin", None, None).await.unwrap());
         drop(redis);
         assert!(
-            d.claim("frank", false, None).await.is_err(),
+            d.claim("frank", None, None).await.is_err(),
             "no Redis, no claim"
         );
         let Ok(back) = Redis::on(port) else {
@@ -262,7 +270,7 @@ fn calls_fail_while_redis_is_away_and_are_served_once_it_is_back() {
         // The connection comes back by itself: the next calls are served (the new server is
         // empty, as a Redis without persistence restarts).
         reconnected(&mut d, 2).await;
-        won(d.claim("frank", false, None).await.unwrap());
+        won(d.claim("frank", None, None).await.unwrap());
         drop(back);
     });
 }

@@ -262,6 +262,45 @@ fn signed_peers_on_different_relays_keep_their_names_and_relay_to_each_other() {
     let thief = Peer::new(&c.relay);
     let e = signed_register(&thief, "alice", &key(3));
     assert_eq!(e["code"], "name_in_use", "{e}");
+    // Alice herself, at the third relay with her key, while relay-1 lives: the name moves with
+    // her, relay-1 lets it go, and bob's relays reach her there.
+    let moved = Peer::new(&c.relay);
+    assert_eq!(
+        signed_register(&moved, "alice", &key(1))["type"],
+        "register_ack"
+    );
+    moved.expect("peer_list");
+    a.wait_metric("udp_relay_cluster_names{home=\"here\"}", 0);
+    b.wait_line(&format!(
+        "udp_relay_cluster_node_info{{node=\"relay-3\",mesh=\"{}\"}} 1",
+        c.mesh
+    ));
+    // Until relay-2 has heard of the move (the join event), its relays still go to relay-1,
+    // which refuses them: each relay is sent once, and lands at one of the two.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let refused_at_a = a.relay.refused("mesh_unknown_target");
+        let delivered_at_c = c.metric("udp_relay_mesh_delivered_total");
+        bob.send_raw(&relay_msg("bob", "alice", "\"moved\""));
+        let landed = loop {
+            if c.metric("udp_relay_mesh_delivered_total") > delivered_at_c {
+                break true;
+            }
+            if a.relay.refused("mesh_unknown_target") > refused_at_a {
+                break false;
+            }
+            assert!(Instant::now() < deadline, "bob's relay landed nowhere");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        if landed {
+            assert_eq!(moved.recv_raw(), relayed("bob", "\"moved\""));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bob's relays never reached alice at relay-3"
+        );
+    }
     // An unsigned newcomer is refused as on one relay.
     let old = Peer::new(&c.relay);
     old.send(json!({"type": "register", "name": "mallory"}));

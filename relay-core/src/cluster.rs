@@ -35,6 +35,9 @@ pub const ANY_EPOCH: u64 = 0;
 pub struct Pending {
     /// The name claimed.
     pub name: String,
+    /// The public key it was signed with (checked here), if it was: the directory moves a name
+    /// signed with it from another live relay.
+    pub key: Option<String>,
     /// Where it came from.
     pub from: SocketAddr,
     /// The `register` or `keepalive` as received.
@@ -303,6 +306,7 @@ mod tests {
     fn pending(name: &str) -> Pending {
         Pending {
             name: name.into(),
+            key: None,
             from: SocketAddr::from(([192, 0, 2, 1], 9)),
             datagram: b"{}".to_vec(),
             at_ms: 0,

@@ -1,7 +1,7 @@
 //! The cluster's directory in Redis: which relay (node) each name is homed at, and which nodes
 //! are alive. A name is claimed with one atomic script: a name homed at a live node is in use at
-//! every other, unless the claimant proved itself (its session token or signature, which every
-//! relay of the cluster can check: a peer whose relay died re-homes and keeps its name). Each
+//! every other, unless the claimant shows the key the name was signed with (a signature every
+//! relay checks; a peer whose relay died re-homes anywhere, its old home's names being free). Each
 //! claim gives the name a new epoch, and a release names the epoch it releases, so that a
 //! relay that lost a name cannot remove it from its new home. A node's liveness is one key
 //! with a short TTL that the node renews, standing for all its names: keepalives never reach
@@ -31,20 +31,27 @@ pub enum Claimed {
     InUse(String),
 }
 
-/// Claims `KEYS[1]` (a name) for node `ARGV[1]`; `ARGV[2]` is `1` if the claimant proved
-/// itself; `ARGV[3]` the prefix of node keys; `ARGV[4]` the events channel; `KEYS[2]` the
-/// counter epochs come from (one for every name, so that no epoch is ever issued twice, even
-/// to a name released and claimed again); `ARGV[5]` the host whose registration asked (`-` for
-/// none), published with the join so that the other relays charge its announcements to it.
-/// Returns `{1, epoch}` or `{0, owner}`.
+/// Claims `KEYS[1]` (a name) for node `ARGV[1]`; `ARGV[2]` the public key the registration was
+/// signed with (empty for none), kept with the claim, which moves a name from a live node only
+/// when the same key is shown again; `ARGV[3]` the prefix of node keys; `ARGV[4]` the events
+/// channel; `KEYS[2]` the counter epochs come from (one for every name, so that no epoch is ever
+/// issued twice, even to a name released and claimed again); `ARGV[5]` the host whose
+/// registration asked (`-` for none), published with the join so that the other relays charge
+/// its announcements to it. A record is `node epoch` or `node epoch key`. Returns `{1, epoch}`
+/// or `{0, owner}`.
 const CLAIM: &str = r#"
 local cur = redis.call('GET', KEYS[1])
 if cur then
-  local owner, e = string.match(cur, '^(%S+) (%d+)$')
+  local owner, e, key = string.match(cur, '^(%S+) (%d+) ?(%S*)$')
   if owner == ARGV[1] then
+    -- This node's already: the same claim (a newly signed registration keeps its key).
+    if ARGV[2] ~= '' and key ~= ARGV[2] then
+      redis.call('SET', KEYS[1], owner .. ' ' .. e .. ' ' .. ARGV[2])
+    end
     return {1, e}
   end
-  if owner and ARGV[2] ~= '1' and redis.call('EXISTS', ARGV[3] .. owner) == 1 then
+  local proved = ARGV[2] ~= '' and key == ARGV[2]
+  if owner and not proved and redis.call('EXISTS', ARGV[3] .. owner) == 1 then
     return {0, owner}
   end
 end
@@ -55,7 +62,11 @@ if redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('SET', KEYS[2], string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2])))
 end
 local epoch = string.format('%d', redis.call('INCR', KEYS[2]))
-redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. epoch)
+local record = ARGV[1] .. ' ' .. epoch
+if ARGV[2] ~= '' then
+  record = record .. ' ' .. ARGV[2]
+end
+redis.call('SET', KEYS[1], record)
 redis.call('PUBLISH', ARGV[4], 'join ' .. KEYS[1] .. ' ' .. ARGV[1] .. ' ' .. epoch .. ' ' .. ARGV[5])
 return {1, epoch}
 "#;
@@ -67,7 +78,7 @@ local cur = redis.call('GET', KEYS[1])
 if not cur then
   return 0
 end
-local owner, e = string.match(cur, '^(%S+) (%d+)$')
+local owner, e = string.match(cur, '^(%S+) (%d+)')
 if owner == ARGV[1] and (e == ARGV[2] or ARGV[2] == '0') then
   redis.call('DEL', KEYS[1])
   redis.call('PUBLISH', ARGV[3], 'leave ' .. KEYS[1] .. ' ' .. owner .. ' ' .. e)
@@ -108,10 +119,12 @@ pub struct Homed {
     pub epoch: u64,
 }
 
-/// A name's record, `node epoch`.
+/// A name's record, `node epoch` or `node epoch key`: its node and epoch.
 fn record(value: &str) -> Option<(String, u64)> {
-    let (node, epoch) = value.rsplit_once(' ')?;
-    Some((node.to_string(), epoch.parse().ok()?))
+    let mut words = value.split(' ');
+    let node = words.next()?;
+    let epoch = words.next()?.parse().ok()?;
+    valid_node(node).then(|| (node.to_string(), epoch))
 }
 
 /// A change of the directory, as every node hears it.
@@ -326,21 +339,24 @@ impl Directory {
         Ok((next, homed))
     }
 
-    /// Claims `name` for this node; `proved` if its peer showed its session or signature; `by`
-    /// the host whose registration asks (published with the join).
+    /// Claims `name` for this node; `key` the public key its registration was signed with (a
+    /// name signed with it moves here from a live node); `by` the host whose registration asks
+    /// (published with the join).
     pub async fn claim(
         &mut self,
         name: &str,
-        proved: bool,
+        key: Option<&str>,
         by: Option<IpAddr>,
     ) -> RedisResult<Claimed> {
         let by = by.map_or_else(|| "-".to_string(), |ip| ip.to_string());
+        // A key is base64, without spaces; anything else is no key (the record stays readable).
+        let key = key.filter(|k| !k.is_empty() && !k.contains(char::is_whitespace));
         let (won, what): (u8, String) = Self::bounded(
             self.claim
                 .key(Self::name_key(name))
                 .key(format!("{PREFIX}epoch"))
                 .arg(&self.node)
-                .arg(if proved { "1" } else { "0" })
+                .arg(key.unwrap_or(""))
                 .arg(format!("{PREFIX}node:"))
                 .arg(Self::events())
                 .arg(by)

@@ -293,7 +293,7 @@ impl Task {
             }
             let claims = chunk.iter().map(|name| {
                 let mut dir = dir.clone();
-                async move { (name, dir.claim(name, false, None).await) }
+                async move { (name, dir.claim(name, None, None).await) }
             });
             let got = join_all(claims).await;
             let now = self.now();
@@ -444,7 +444,8 @@ impl Task {
                     Done::Claim(p, None)
                 }
                 Op::Claim(p) => {
-                    let got = dir.claim(&p.name, false, Some(p.from.ip())).await.ok();
+                    let key = p.key.as_deref();
+                    let got = dir.claim(&p.name, key, Some(p.from.ip())).await.ok();
                     self.timed(began);
                     Done::Claim(p, got)
                 }

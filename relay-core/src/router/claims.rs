@@ -67,8 +67,13 @@ impl Router {
             // the link has published it again).
             let here = || self.shared.registry.target_of(&r.name, now.ms).is_some();
             if !self.settling && !c.is_home(&r.name) && !here() {
+                let key = match proof {
+                    Proof::Key(..) => r.pubkey.clone(),
+                    Proof::Token(_) => None,
+                };
                 let p = Pending {
                     name: r.name.to_string(),
+                    key,
                     from,
                     datagram: d.to_vec(),
                     at_ms: now.ms,
