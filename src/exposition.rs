@@ -314,6 +314,12 @@ fn cluster(s: &mut String, c: &Cluster) {
             (r#"{home="elsewhere"}"#, c.remote.len() as f64),
         ],
     );
+    family(
+        "cluster_mesh_links_silent",
+        "gauge",
+        "Other relays nothing came from over the mesh for a node TTL (their link cut, or they).",
+        &[("", v(&st.silent_links))],
+    );
     let nodes = c.nodes.listed();
     family(
         "cluster_nodes",

@@ -213,7 +213,7 @@ mod tests {
         };
         assert!(!served.serves(sa("10.0.0.5:8001")), "no cluster yet");
         let cluster = Cluster::new("a", Keys::new(&[1; 32]).unwrap(), 10, Box::new(|| {}));
-        cluster.nodes.add("b", sa("10.0.0.5:8001"));
+        cluster.nodes.add("b", sa("10.0.0.5:8001"), 0);
         assert!(shared.cluster.set(cluster).is_ok());
         assert!(served.serves(sa("10.0.0.5:8001")));
         for not in ["10.0.0.5:8002", "10.0.0.6:8001", "127.0.0.1:8001"] {

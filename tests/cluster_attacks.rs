@@ -328,7 +328,7 @@ fn in_signed_mode_a_mesh_delivery_goes_only_to_a_proven_registration() {
     let keys = Keys::new(&[7; 32]).unwrap();
     let cl = Cluster::new("relay-b", keys, 10, Box::new(|| {}));
     cl.nodes
-        .add("relay-a", SocketAddr::from(([192, 0, 2, 1], 7000)));
+        .add("relay-a", SocketAddr::from(([192, 0, 2, 1], 7000)), 0);
     assert!(b.shared.cluster.set(cl).is_ok());
     // An unproven registration (as from a restored state image of an open relay).
     b.shared

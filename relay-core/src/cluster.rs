@@ -86,6 +86,8 @@ pub struct Stats {
     pub call_us: AtomicU64,
     /// Names homed here that the directory gave to another relay meanwhile.
     pub conflicts: AtomicU64,
+    /// The nodes nothing came from over the mesh for a node TTL (a gauge).
+    pub silent_links: AtomicU64,
 }
 
 impl Stats {

@@ -15,6 +15,7 @@ use crate::metrics::Counters;
 use crate::out::Out;
 use crate::presence;
 use crate::remote::Home;
+use crate::seal::unix_ns;
 use crate::shared::Shared;
 use crate::wire::reply::Presence;
 
@@ -63,7 +64,7 @@ pub fn joined(
         tracing::warn!(name, node, "a name homed here was claimed at another relay");
         evicted(shared, name, now, out, c);
     }
-    if known(shared, name, home) {
+    if known(shared, name, home, now) {
         let cause = by.map_or(Cause::Relay, Cause::Unauthenticated);
         announce(shared, Presence::Joined, name, cause, now, out, c);
     }
@@ -72,14 +73,14 @@ pub fn joined(
 /// `name` is homed at `home`, as [`joined`] says, but told to no one: the names a relay reads
 /// when it starts, which its peers heard of already (from the relay it took over from) or
 /// learn from their `peer_list`. Whether it is new to this relay's view.
-pub fn known(shared: &Shared, name: &str, home: Home) -> bool {
+pub fn known(shared: &Shared, name: &str, home: Home, now: Now) -> bool {
     let Some(cl) = shared.cluster.get() else {
         return false;
     };
     if *home.node == cl.node || !usable_mesh(home.mesh) {
         return false;
     }
-    cl.nodes.add(&home.node, home.mesh);
+    cl.nodes.add(&home.node, home.mesh, unix_ns(now));
     cl.remote.joined(name, home)
 }
 
@@ -134,7 +135,7 @@ pub fn nodes(
     let mut came = false;
     for (node, mesh) in &live {
         came |= !known.contains(node.as_str());
-        cl.nodes.add(node, *mesh);
+        cl.nodes.add(node, *mesh, unix_ns(now));
     }
     let alive: HashSet<&str> = live.iter().map(|(n, _)| n.as_str()).collect();
     for (node, _) in &listed {

@@ -31,7 +31,7 @@ pub mod remote;
 mod reservations;
 pub mod router;
 mod sample;
-mod seal;
+pub mod seal;
 pub mod settings;
 mod shards;
 pub mod shared;

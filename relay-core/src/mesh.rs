@@ -123,6 +123,8 @@ struct Node {
     mesh: SocketAddr,
     sent: AtomicU64,
     window: Mutex<Window>,
+    /// When a datagram from it last passed every check (ns), or when it was listed.
+    heard_ns: AtomicU64,
 }
 
 /// The nodes of the cluster: for each, the sequence of what this relay sends it and the window
@@ -135,8 +137,9 @@ pub struct Nodes {
 
 impl Nodes {
     /// Takes datagrams from, and sends to, `node`, reached at `mesh`, from now on (a node the
-    /// directory lists); false if [`MAX_NODES`] are known already.
-    pub fn add(&self, node: &str, mesh: SocketAddr) -> bool {
+    /// directory lists); false if [`MAX_NODES`] are known already. A node new at `listed_ns`
+    /// counts as heard then.
+    pub fn add(&self, node: &str, mesh: SocketAddr, listed_ns: u64) -> bool {
         let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = nodes.get_mut(node) {
             n.mesh = mesh;
@@ -149,6 +152,7 @@ impl Nodes {
             mesh,
             sent: AtomicU64::new(0),
             window: Mutex::new(Window::default()),
+            heard_ns: AtomicU64::new(listed_ns),
         };
         nodes.insert(node.to_string(), n);
         true
@@ -221,7 +225,19 @@ impl Nodes {
         if !window.accept(m.head.seq) {
             return Err(Refused::Replayed);
         }
+        node.heard_ns.fetch_max(now_ns, Ordering::Relaxed);
         Ok(m)
+    }
+
+    /// The nodes nothing came from (no datagram that passed every check) in the `quiet_ns`
+    /// before `now_ns`: their mesh links are cut, or they are.
+    pub fn silent(&self, now_ns: u64, quiet_ns: u64) -> Vec<String> {
+        let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
+        nodes
+            .iter()
+            .filter(|(_, n)| n.heard_ns.load(Ordering::Relaxed) < now_ns.saturating_sub(quiet_ns))
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 }
 
@@ -258,7 +274,7 @@ mod tests {
     fn a_sealed_datagram_opens_once_and_a_forged_one_never() {
         let keys = Keys::new(KEY).unwrap();
         let nodes = Nodes::default();
-        assert!(nodes.add("relay-a", MESH));
+        assert!(nodes.add("relay-a", MESH, NOW));
         let d = sealed(&keys, "relay-a", "relay-b", NOW, b"\"hi\"");
         let m = nodes.open(&keys, "relay-b", NOW, &d).unwrap();
         assert_eq!(&d[m.payload], b"\"hi\"");
@@ -291,14 +307,14 @@ mod tests {
     fn a_datagram_for_one_relay_opens_at_no_other() {
         let keys = Keys::new(KEY).unwrap();
         let nodes = Nodes::default();
-        assert!(nodes.add("relay-a", MESH));
+        assert!(nodes.add("relay-a", MESH, NOW));
         let for_b = sealed(&keys, "relay-a", "relay-b", NOW, b"x");
         assert_eq!(
             nodes.open(&keys, "relay-c", NOW, &for_b).err(),
             Some(Refused::BadMac)
         );
         // Nor reflected back to its sender.
-        assert!(nodes.add("relay-b", MESH));
+        assert!(nodes.add("relay-b", MESH, NOW));
         let from_b = sealed(&keys, "relay-b", "relay-a", NOW, b"x");
         assert_eq!(
             nodes.open(&keys, "relay-b", NOW, &from_b).err(),
@@ -310,7 +326,7 @@ mod tests {
     fn what_was_captured_before_a_restart_or_a_relisting_is_too_old_to_replay() {
         let keys = Keys::new(KEY).unwrap();
         let nodes = Nodes::default();
-        assert!(nodes.add("relay-a", MESH));
+        assert!(nodes.add("relay-a", MESH, NOW));
         let captured: Vec<Vec<u8>> = (0..10)
             .map(|i| sealed(&keys, "relay-a", "relay-b", NOW + i, b"x"))
             .collect();
@@ -320,7 +336,7 @@ mod tests {
         // relay-a's liveness lapsed and came back (or relay-b restarted, with fresh windows):
         // within MAX_AGE_NS the window still holds the numbers; beyond it they are too old.
         nodes.remove("relay-a");
-        assert!(nodes.add("relay-a", MESH));
+        assert!(nodes.add("relay-a", MESH, NOW));
         let later = NOW + MAX_AGE_NS + 10;
         for d in &captured {
             assert_eq!(
@@ -336,7 +352,7 @@ mod tests {
     #[test]
     fn each_receiver_counts_on_its_own_and_sequences_follow_the_clock() {
         let nodes = Nodes::default();
-        assert!(nodes.add("relay-b", MESH) && nodes.add("relay-c", MESH));
+        assert!(nodes.add("relay-b", MESH, NOW) && nodes.add("relay-c", MESH, NOW));
         assert_eq!(nodes.next_seq("relay-b", NOW).map(|s| s.0), Some(NOW));
         // The clock did not move: one more; another receiver has its own sequence.
         assert_eq!(nodes.next_seq("relay-b", NOW).map(|s| s.0), Some(NOW + 1));

@@ -6,7 +6,9 @@
 //! 0      0xD2, the mesh's first byte (no JSON, STUN or channel frame starts so)
 //! 1      the format (1)
 //! 2      kind: 1 a JSON relay (deliver as `relayed_packet`), 2 a channel frame, 3 a channel
-//!        bound across relays, 4 a channel end closed, 5 a `connect`, 6 an introduction
+//!        bound across relays, 4 a channel end closed, 5 a `connect`, 6 an introduction, 7 a
+//!        ping (the link is alive: what every relay sends every other, so that a cut mesh link
+//!        is noticed)
 //! 3      the sending node's id: its length (1..=64), then its bytes
 //! .      the sequence number of the sending node (u64, big-endian; never repeats for a key)
 //! .      the target name: its length (1..=255), then its bytes
@@ -14,7 +16,8 @@
 //!        kind 2: the channel number the target knows (u32, big-endian);
 //!        kind 3: the binder's name (its length, then its bytes);
 //!        kind 4: the number of the closed end (u32, big-endian);
-//!        kinds 5 and 6: the asker's or the introduced peer's name (its length, its bytes)
+//!        kinds 5 and 6: the asker's or the introduced peer's name (its length, its bytes);
+//!        kind 7: nothing (the target is the receiving node's id)
 //! .      the payload's length (u32, big-endian), then the payload: as the peer sent it (kinds 1
 //!        and 2), the binder's number and the target's (kind 3, [`BIND_LEN`] bytes), none
 //!        (kind 4), or the asker's or introduced peer's address as text (kinds 5 and 6)
@@ -69,6 +72,8 @@ pub enum Kind {
     Connect,
     /// An introduction: the peer of the sending relay the target asked for, and its address.
     Introduce,
+    /// The sending relay's mesh link is alive.
+    Ping,
 }
 
 /// What a mesh datagram is about, by kind: who it is from, or which channel.
@@ -88,6 +93,8 @@ pub enum Via<'a> {
     /// This peer (at the sending relay) and the target asked for each other; the payload is
     /// its address.
     Introduce(&'a str),
+    /// The link is alive (the target is the receiving node).
+    Ping,
 }
 
 /// The payload of a bind: `binder`'s number and the target's.
@@ -128,6 +135,7 @@ impl Head<'_> {
             Via::Closed(_) => Kind::Closed,
             Via::Connect(_) => Kind::Connect,
             Via::Introduce(_) => Kind::Introduce,
+            Via::Ping => Kind::Ping,
         }
     }
 
@@ -135,7 +143,7 @@ impl Head<'_> {
     pub fn name(&self) -> Option<&str> {
         match self.via {
             Via::Source(s) | Via::Bind(s) | Via::Connect(s) | Via::Introduce(s) => Some(s),
-            Via::Channel(_) | Via::Closed(_) => None,
+            Via::Channel(_) | Via::Closed(_) | Via::Ping => None,
         }
     }
 }
@@ -160,7 +168,7 @@ pub fn write_head(buf: &mut Vec<u8>, head: &Head<'_>, payload_len: usize) -> boo
     let names_fit = |s: &str, max: usize| !s.is_empty() && s.len() <= max;
     let via_fits = match head.via {
         Via::Source(s) | Via::Bind(s) | Via::Connect(s) | Via::Introduce(s) => names_fit(s, 255),
-        Via::Channel(_) | Via::Closed(_) => true,
+        Via::Channel(_) | Via::Closed(_) | Via::Ping => true,
     };
     if !names_fit(head.node, MAX_NODE)
         || !names_fit(head.target, 255)
@@ -176,6 +184,7 @@ pub fn write_head(buf: &mut Vec<u8>, head: &Head<'_>, payload_len: usize) -> boo
         Kind::Closed => 4,
         Kind::Connect => 5,
         Kind::Introduce => 6,
+        Kind::Ping => 7,
     };
     buf.extend_from_slice(&[MAGIC, FORMAT, kind, head.node.len() as u8]);
     buf.extend_from_slice(head.node.as_bytes());
@@ -188,6 +197,7 @@ pub fn write_head(buf: &mut Vec<u8>, head: &Head<'_>, payload_len: usize) -> boo
             buf.extend_from_slice(s.as_bytes());
         }
         Via::Channel(n) | Via::Closed(n) => buf.extend_from_slice(&n.to_be_bytes()),
+        Via::Ping => {}
     }
     buf.extend_from_slice(&(payload_len as u32).to_be_bytes());
     true
@@ -262,6 +272,7 @@ pub fn read(d: &[u8]) -> Result<Mesh<'_>, MeshError> {
         4 => Via::Closed(c.u32()?),
         5 => Via::Connect(c.name(255)?),
         6 => Via::Introduce(c.name(255)?),
+        7 => Via::Ping,
         _ => return Err(MeshError::Kind),
     };
     let len = c.u32()? as usize;
@@ -304,6 +315,7 @@ mod tests {
             Via::Closed(7),
             Via::Connect("alice"),
             Via::Introduce("alice"),
+            Via::Ping,
         ] {
             let head = Head {
                 node: "relay-b",

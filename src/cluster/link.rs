@@ -6,7 +6,7 @@
 //! everything known stays (fail-static); Redis back: this node's names are published again,
 //! paced, and the names of the others read again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -24,7 +24,9 @@ use relay_core::metrics::Counters;
 use relay_core::refusal::Reason;
 use relay_core::remote::Home;
 use relay_core::router::Router;
+use relay_core::seal::{Payload, seal, unix_ns};
 use relay_core::shared::Shared;
+use relay_core::wire::mesh::Via;
 use relay_udp::Egress;
 
 use super::directory::{Claimed, Directory, Event, Events, Homed};
@@ -179,6 +181,7 @@ impl Task {
     async fn heartbeats(self, mut dir: Directory) {
         let stats = &self.cluster().stats;
         let mut was_up = false;
+        let mut silent: HashSet<String> = HashSet::new();
         while !self.stopped() {
             let began = Instant::now();
             match dir.heartbeat(self.j.mesh).await {
@@ -197,6 +200,7 @@ impl Task {
                         tokio::spawn(self.clone().fill(dir.clone()));
                     }
                     was_up = true;
+                    self.mesh_links(now, &mut silent);
                 }
                 Err(e) => {
                     if was_up {
@@ -209,6 +213,44 @@ impl Task {
             }
             self.pause(self.j.ttl / 4).await;
         }
+    }
+
+    /// Pings every other node over the mesh, and says which links carried nothing for a node
+    /// TTL (a cut link is logged when it goes silent and when it carries again, never silent).
+    fn mesh_links(&self, now: Now, silent: &mut HashSet<String>) {
+        let cluster = self.cluster();
+        let nodes = cluster.nodes.listed();
+        self.send(|out, _| {
+            for (node, _) in &nodes {
+                seal(
+                    cluster,
+                    node,
+                    node,
+                    Via::Ping,
+                    Payload::Bytes(&[]),
+                    now,
+                    out,
+                );
+            }
+        });
+        let quiet = u64::try_from(self.j.ttl.as_nanos()).unwrap_or(u64::MAX);
+        let now_silent: HashSet<String> = cluster
+            .nodes
+            .silent(unix_ns(now), quiet)
+            .into_iter()
+            .collect();
+        for node in now_silent.difference(silent) {
+            warn!(
+                node,
+                "the mesh link to a relay carries nothing: its forwards are lost"
+            );
+        }
+        for node in silent.difference(&now_silent) {
+            info!(node, "the mesh link to a relay carries again");
+        }
+        *silent = now_silent;
+        let n = silent.len() as u64;
+        cluster.stats.silent_links.store(n, Ordering::Relaxed);
     }
 
     fn timed(&self, began: Instant) {
@@ -260,7 +302,7 @@ impl Task {
                     if tell {
                         elsewhere::joined(&self.j.shared, &h.name, home, None, now, out, c);
                     } else {
-                        elsewhere::known(&self.j.shared, &h.name, home);
+                        elsewhere::known(&self.j.shared, &h.name, home, now);
                     }
                 }
             });

@@ -114,6 +114,8 @@ impl Router {
             }
             Via::Connect(asker) => self.mesh_connect(c, d, &m, asker, now, out),
             Via::Introduce(peer) => self.mesh_introduce(d, &m, peer, now, out),
+            // Heard (its open marked the node): nothing to decide.
+            Via::Ping => Ok(()),
         };
         if let Err(r) = result {
             return refuse(r);
@@ -246,7 +248,7 @@ mod tests {
         let cluster = Cluster::new(me, keys, 1_000, Box::new(|| {}));
         // relay-b is reached at mesh address 2, any other at 1.
         let mesh = mesh_addr(if other == "relay-b" { 2 } else { 1 });
-        cluster.nodes.add(other, mesh);
+        cluster.nodes.add(other, mesh, 0);
         assert!(h.shared.cluster.set(cluster).is_ok());
         h
     }
