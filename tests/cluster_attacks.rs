@@ -334,10 +334,11 @@ fn in_signed_mode_a_mesh_delivery_goes_only_to_a_proven_registration() {
     b.shared
         .registry
         .claim("bob", addr(2), Proof::Token(None), 0, usize::MAX);
-    let unix_ns = (at(10).unix * 1e9) as u64;
+    let unix_us = (at(10).unix * 1e6) as u64;
     let head = Head {
         node: "relay-a",
-        seq: unix_ns,
+        seq: unix_us,
+        stream: 0,
         target: "bob",
         via: Via::Source("alice"),
     };

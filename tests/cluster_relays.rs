@@ -601,6 +601,7 @@ fn mesh_datagrams_forged_replayed_or_from_an_unknown_node_are_refused() {
         let head = Head {
             node,
             seq,
+            stream: 0,
             target: "bob",
             via: Via::Source("alice"),
         };
@@ -611,25 +612,25 @@ fn mesh_datagrams_forged_replayed_or_from_an_unknown_node_are_refused() {
         d.extend_from_slice(&mac);
         d
     };
-    let now_ns = std::time::SystemTime::now()
+    let now_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_nanos() as u64;
-    let good = seal(KEY, "relay-1", now_ns, b"\"sealed\"");
+        .as_micros() as u64;
+    let good = seal(KEY, "relay-1", now_us, b"\"sealed\"");
     let cases: [(Vec<u8>, &str); 4] = [
         (b"not a mesh datagram".to_vec(), "mesh_malformed"),
         (
             seal(
                 b"a guess at the key, 32 bytes or more",
                 "relay-1",
-                now_ns + 1,
+                now_us + 1,
                 b"1",
             ),
             "mesh_bad_mac",
         ),
-        (seal(KEY, "relay-9", now_ns + 2, b"1"), "mesh_unknown_node"),
+        (seal(KEY, "relay-9", now_us + 2, b"1"), "mesh_unknown_node"),
         (
-            seal(KEY, "relay-1", now_ns - 60_000_000_000, b"1"),
+            seal(KEY, "relay-1", now_us - 60_000_000, b"1"),
             "mesh_replayed",
         ),
     ];

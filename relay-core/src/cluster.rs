@@ -132,14 +132,13 @@ impl Queue {
     /// Counts (`up`) or uncounts a waiting claim of `from`.
     fn count(&mut self, from: SocketAddr, up: bool) {
         fn step<K: std::hash::Hash + Eq>(m: &mut HashMap<K, usize>, k: K, up: bool) {
-            let n = m.entry(k).or_default();
             if up {
-                *n += 1;
-            } else {
-                *n = n.saturating_sub(1);
-            }
-            if *n == 0 {
-                m.retain(|_, n| *n > 0);
+                *m.entry(k).or_default() += 1;
+            } else if let Some(n) = m.get_mut(&k) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&k);
+                }
             }
         }
         step(&mut self.per_host, host_key(from.ip()), up);

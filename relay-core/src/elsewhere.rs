@@ -15,7 +15,7 @@ use crate::metrics::Counters;
 use crate::out::Out;
 use crate::presence;
 use crate::remote::Home;
-use crate::seal::unix_ns;
+use crate::seal::unix_us;
 use crate::shared::Shared;
 use crate::wire::reply::Presence;
 
@@ -80,7 +80,7 @@ pub fn known(shared: &Shared, name: &str, home: Home, now: Now) -> bool {
     if *home.node == cl.node || !usable_mesh(home.mesh) {
         return false;
     }
-    cl.nodes.add(&home.node, home.mesh, unix_ns(now));
+    cl.nodes.add(&home.node, home.mesh, unix_us(now));
     cl.remote.joined(name, home)
 }
 
@@ -135,7 +135,7 @@ pub fn nodes(
     let mut came = false;
     for (node, mesh) in &live {
         came |= !known.contains(node.as_str());
-        cl.nodes.add(node, *mesh, unix_ns(now));
+        cl.nodes.add(node, *mesh, unix_us(now));
     }
     let alive: HashSet<&str> = live.iter().map(|(n, _)| n.as_str()).collect();
     for (node, _) in &listed {

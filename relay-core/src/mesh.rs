@@ -18,13 +18,47 @@ use crate::wire::mesh::{self, MAC_LEN, Mesh, MeshError};
 /// Sequence numbers a receiver still accepts below the highest it has seen from a node: mesh
 /// datagrams may be reordered on the way, not replayed.
 pub const WINDOW: u64 = 1024;
+/// The streams a relay sends in: one per thread that seals mesh datagrams (each worker, the
+/// mesh receiver, the link, the reaper), so that each stream's numbers leave in order.
+pub const STREAMS: usize = 1024 + 3;
+/// A thread that seals mesh datagrams, and so a stream of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sender {
+    /// Worker `i`.
+    Worker(usize),
+    /// The mesh receiver (its replies: a closed end, an introduction).
+    Receiver,
+    /// The link to the directory (pings, settled registrations).
+    Link,
+    /// The reaper (the closed ends of peers it reaps).
+    Reaper,
+}
+
+impl Sender {
+    /// Its index among a relay of `workers` workers' threads: the workers', then the others'
+    /// (also the index of the router it runs).
+    pub fn index(self, workers: usize) -> usize {
+        match self {
+            Sender::Worker(i) => i,
+            Sender::Receiver => workers,
+            Sender::Link => workers + 1,
+            Sender::Reaper => workers + 2,
+        }
+    }
+
+    /// Its stream.
+    pub fn stream(self, workers: usize) -> u16 {
+        u16::try_from(self.index(workers)).unwrap_or(u16::MAX)
+    }
+}
+
 /// The most nodes a relay keeps a window for.
 pub const MAX_NODES: usize = 1024;
-/// How far (in ns) a sequence number may lag the receiver's clock: a sequence number is the
-/// sender's time in nanoseconds (or one more than its last, if the clock has not moved), so a
+/// How far (in µs) a sequence number may lag the receiver's clock: a sequence number is the
+/// sender's time in microseconds (or one more than its last, if the clock has not moved), so a
 /// datagram older than this is refused whatever the window says — what was captured before a
 /// receiver restarted, or before a node was listed again, cannot be replayed after it.
-pub const MAX_AGE_NS: u64 = 30_000_000_000;
+pub const MAX_AGE_US: u64 = 30_000_000;
 /// The shortest mesh key.
 pub const MIN_KEY: usize = 32;
 
@@ -121,10 +155,12 @@ impl Window {
 /// and what it took.
 struct Node {
     mesh: SocketAddr,
-    sent: AtomicU64,
-    window: Mutex<Window>,
-    /// When a datagram from it last passed every check (ns), or when it was listed.
-    heard_ns: AtomicU64,
+    /// The last number sent there, per stream.
+    sent: Box<[AtomicU64]>,
+    /// What was taken from it, per stream it sends in.
+    windows: Mutex<HashMap<u16, Window>>,
+    /// When a datagram from it last passed every check (µs), or when it was listed.
+    heard_us: AtomicU64,
 }
 
 /// The nodes of the cluster: for each, the sequence of what this relay sends it and the window
@@ -137,9 +173,9 @@ pub struct Nodes {
 
 impl Nodes {
     /// Takes datagrams from, and sends to, `node`, reached at `mesh`, from now on (a node the
-    /// directory lists); false if [`MAX_NODES`] are known already. A node new at `listed_ns`
+    /// directory lists); false if [`MAX_NODES`] are known already. A node new at `listed_us`
     /// counts as heard then.
-    pub fn add(&self, node: &str, mesh: SocketAddr, listed_ns: u64) -> bool {
+    pub fn add(&self, node: &str, mesh: SocketAddr, listed_us: u64) -> bool {
         let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = nodes.get_mut(node) {
             n.mesh = mesh;
@@ -150,9 +186,9 @@ impl Nodes {
         }
         let n = Node {
             mesh,
-            sent: AtomicU64::new(0),
-            window: Mutex::new(Window::default()),
-            heard_ns: AtomicU64::new(listed_ns),
+            sent: (0..STREAMS).map(|_| AtomicU64::new(0)).collect(),
+            windows: Mutex::new(HashMap::new()),
+            heard_us: AtomicU64::new(listed_us),
         };
         nodes.insert(node.to_string(), n);
         true
@@ -179,35 +215,34 @@ impl Nodes {
             .remove(node);
     }
 
-    /// The sequence number of the next datagram to `node` at `now_ns` (this relay's time in
-    /// nanoseconds): the time, or one more than the last if the clock has not moved on; and the
-    /// node's mesh address now (a relay restarted on another port is reached there at once).
-    /// `None` for a node not listed.
-    pub fn next_seq(&self, node: &str, now_ns: u64) -> Option<(u64, SocketAddr)> {
+    /// The sequence number of the next datagram to `node` in `stream` at `now_us` (this relay's
+    /// time in microseconds): the time, or one more than the last if the clock has not moved on
+    /// (the window's 1,024 numbers so span at least a millisecond of a stream's reordering);
+    /// and the node's mesh address now (a relay restarted on another port is reached there at
+    /// once). `None` for a node not listed, or a stream beyond [`STREAMS`].
+    pub fn next_seq(&self, node: &str, stream: u16, now_us: u64) -> Option<(u64, SocketAddr)> {
         let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
         let n = nodes.get(node)?;
-        let mut last = n.sent.load(Ordering::Relaxed);
+        let sent = n.sent.get(usize::from(stream))?;
+        let mut last = sent.load(Ordering::Relaxed);
         loop {
-            let seq = now_ns.max(last.saturating_add(1));
-            match n
-                .sent
-                .compare_exchange_weak(last, seq, Ordering::Relaxed, Ordering::Relaxed)
-            {
+            let seq = now_us.max(last.saturating_add(1));
+            match sent.compare_exchange_weak(last, seq, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return Some((seq, n.mesh)),
                 Err(seen) => last = seen,
             }
         }
     }
 
-    /// Reads mesh datagram `d` for node `me`, checked at `now_ns`: from a known node, its MAC
-    /// under `keys` for `me`, its sequence number no older than [`MAX_AGE_NS`] and new. Only a
-    /// datagram that passes every check moves the node's window; the MAC is computed before any
-    /// lock is taken.
+    /// Reads mesh datagram `d` for node `me`, checked at `now_us`: from a known node, its MAC
+    /// under `keys` for `me`, its sequence number no older than [`MAX_AGE_US`] and new in its
+    /// stream. Only a datagram that passes every check moves its stream's window; the MAC is
+    /// computed before any lock is taken.
     pub fn open<'a>(
         &self,
         keys: &Keys,
         me: &str,
-        now_ns: u64,
+        now_us: u64,
         d: &'a [u8],
     ) -> Result<Mesh<'a>, Refused> {
         let m = mesh::read(d).map_err(Refused::Malformed)?;
@@ -218,24 +253,27 @@ impl Nodes {
         if !bool::from(keys.mac(me, &[m.covered]).ct_eq(m.mac)) {
             return Err(Refused::BadMac);
         }
-        if m.head.seq < now_ns.saturating_sub(MAX_AGE_NS) {
+        if m.head.seq < now_us.saturating_sub(MAX_AGE_US) {
             return Err(Refused::Replayed);
         }
-        let mut window = node.window.lock().unwrap_or_else(|e| e.into_inner());
-        if !window.accept(m.head.seq) {
+        if usize::from(m.head.stream) >= STREAMS {
+            return Err(Refused::Malformed(mesh::MeshError::Length));
+        }
+        let mut windows = node.windows.lock().unwrap_or_else(|e| e.into_inner());
+        if !windows.entry(m.head.stream).or_default().accept(m.head.seq) {
             return Err(Refused::Replayed);
         }
-        node.heard_ns.fetch_max(now_ns, Ordering::Relaxed);
+        node.heard_us.fetch_max(now_us, Ordering::Relaxed);
         Ok(m)
     }
 
-    /// The nodes nothing came from (no datagram that passed every check) in the `quiet_ns`
-    /// before `now_ns`: their mesh links are cut, or they are.
-    pub fn silent(&self, now_ns: u64, quiet_ns: u64) -> Vec<String> {
+    /// The nodes nothing came from (no datagram that passed every check) in the `quiet_us`
+    /// before `now_us`: their mesh links are cut, or they are.
+    pub fn silent(&self, now_us: u64, quiet_us: u64) -> Vec<String> {
         let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
         nodes
             .iter()
-            .filter(|(_, n)| n.heard_ns.load(Ordering::Relaxed) < now_ns.saturating_sub(quiet_ns))
+            .filter(|(_, n)| n.heard_us.load(Ordering::Relaxed) < now_us.saturating_sub(quiet_us))
             .map(|(k, _)| k.clone())
             .collect()
     }
@@ -259,6 +297,7 @@ mod tests {
         let head = Head {
             node,
             seq,
+            stream: 0,
             target: "bob",
             via: Via::Source("alice"),
         };
@@ -334,10 +373,10 @@ mod tests {
             assert!(nodes.open(&keys, "relay-b", NOW + 10, d).is_ok());
         }
         // relay-a's liveness lapsed and came back (or relay-b restarted, with fresh windows):
-        // within MAX_AGE_NS the window still holds the numbers; beyond it they are too old.
+        // within MAX_AGE_US the window still holds the numbers; beyond it they are too old.
         nodes.remove("relay-a");
         assert!(nodes.add("relay-a", MESH, NOW));
-        let later = NOW + MAX_AGE_NS + 10;
+        let later = NOW + MAX_AGE_US + 10;
         for d in &captured {
             assert_eq!(
                 nodes.open(&keys, "relay-b", later, d).err(),
@@ -353,23 +392,29 @@ mod tests {
     fn each_receiver_counts_on_its_own_and_sequences_follow_the_clock() {
         let nodes = Nodes::default();
         assert!(nodes.add("relay-b", MESH, NOW) && nodes.add("relay-c", MESH, NOW));
-        assert_eq!(nodes.next_seq("relay-b", NOW).map(|s| s.0), Some(NOW));
+        assert_eq!(nodes.next_seq("relay-b", 0, NOW).map(|s| s.0), Some(NOW));
         // The clock did not move: one more; another receiver has its own sequence.
-        assert_eq!(nodes.next_seq("relay-b", NOW).map(|s| s.0), Some(NOW + 1));
+        assert_eq!(
+            nodes.next_seq("relay-b", 0, NOW).map(|s| s.0),
+            Some(NOW + 1)
+        );
         for _ in 0..5_000 {
-            nodes.next_seq("relay-c", NOW);
+            nodes.next_seq("relay-c", 0, NOW);
         }
-        assert_eq!(nodes.next_seq("relay-b", NOW).map(|s| s.0), Some(NOW + 2));
+        assert_eq!(
+            nodes.next_seq("relay-b", 0, NOW).map(|s| s.0),
+            Some(NOW + 2)
+        );
         // Never back, even if the clock is.
         assert_eq!(
-            nodes.next_seq("relay-b", NOW - 1_000).map(|s| s.0),
+            nodes.next_seq("relay-b", 0, NOW - 1_000).map(|s| s.0),
             Some(NOW + 3)
         );
         assert_eq!(
-            nodes.next_seq("relay-b", NOW + 50).map(|s| s.0),
+            nodes.next_seq("relay-b", 0, NOW + 50).map(|s| s.0),
             Some(NOW + 50)
         );
-        assert_eq!(nodes.next_seq("relay-z", NOW), None);
+        assert_eq!(nodes.next_seq("relay-z", 0, NOW), None);
         assert!(Keys::new(b"short").is_none(), "a key under 32 bytes");
     }
 

@@ -62,6 +62,9 @@ pub struct Out {
     pub sends: Vec<Send>,
     /// Index of the received datagram being decided (set by the I/O shell).
     pub input: usize,
+    /// The mesh stream of the thread that sends this batch (see `mesh::STREAMS`): each thread
+    /// seals its mesh datagrams in the order it sends them.
+    pub stream: u16,
 }
 
 const NONE: Seg = Seg::Static(b"");

@@ -6,6 +6,7 @@
 use crate::budget::Cause;
 use crate::clock::Now;
 use crate::events;
+use crate::mesh::Sender;
 use crate::metrics::Counters;
 use crate::out::{Kind, Out};
 use crate::presence;
@@ -36,6 +37,7 @@ pub fn sweep(
     mut flush: impl FnMut(&mut Out),
 ) -> Sweep {
     let (reg, budgets) = (&shared.registry, &shared.budgets);
+    out.stream = Sender::Reaper.stream(shared.workers);
     let every = shared.settings.keepalive_ms;
     let mut done = Sweep::default();
     let mut check = |out: &mut Out| {

@@ -81,13 +81,19 @@ impl Remote {
     /// view (false too if the view is full).
     pub fn joined(&self, name: &str, home: Home) -> bool {
         let mut homes = self.write();
+        let of_node = homes.per_node.get(&home.node).copied().unwrap_or(0);
         if let Some(known) = homes.by_name.get(name) {
             if known.epoch < home.epoch {
-                homes.insert(name.to_string(), home);
+                // A move to a node whose share is full: the name is forgotten rather than
+                // held beyond that share (its next lookup finds it, if room is made).
+                if known.node != home.node && of_node >= self.max {
+                    homes.remove(name);
+                } else {
+                    homes.insert(name.to_string(), home);
+                }
             }
             return false;
         }
-        let of_node = homes.per_node.get(&home.node).copied().unwrap_or(0);
         if of_node >= self.max || homes.by_name.len() >= self.max.saturating_mul(NODES_IN_FULL) {
             return false;
         }
@@ -189,6 +195,12 @@ mod tests {
         assert_eq!((r.home_of("a"), r.len()), (None, 2));
         // relay-b's share is free again.
         assert!(r.joined("a3", home("relay-b", 4)));
+        // A name moving to a node whose share is full is not held beyond it.
+        let r2 = Remote::new(1);
+        assert!(r2.joined("c0", home("relay-c", 1)));
+        assert!(r2.joined("m", home("relay-d", 1)));
+        assert!(!r2.joined("m", home("relay-c", 5)));
+        assert_eq!((r2.home_of("m"), r2.len()), (None, 1));
         // In all, NODES_IN_FULL nodes' worth: a fifth node's names find no room.
         let r = Remote::new(1);
         for (i, node) in ["n1", "n2", "n3", "n4"].into_iter().enumerate() {

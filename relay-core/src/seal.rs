@@ -11,10 +11,9 @@ use crate::out::{Kind, Out};
 use crate::settings::MAX_UDP_PAYLOAD;
 use crate::wire::mesh::{Head, MAC_LEN, Via, write_head};
 
-/// `now` in nanoseconds since the Unix epoch (to a quarter of a microsecond): the clock of
-/// mesh sequence numbers.
-pub fn unix_ns(now: Now) -> u64 {
-    (now.unix * 1e9) as u64
+/// `now` in microseconds since the Unix epoch: the clock of mesh sequence numbers.
+pub fn unix_us(now: Now) -> u64 {
+    (now.unix * 1e6) as u64
 }
 
 /// Where a mesh datagram's payload comes from.
@@ -46,12 +45,13 @@ pub fn seal(
     now: Now,
     out: &mut Out,
 ) -> bool {
-    let Some((seq, mesh)) = c.nodes.next_seq(node, unix_ns(now)) else {
+    let Some((seq, mesh)) = c.nodes.next_seq(node, out.stream, unix_us(now)) else {
         return false;
     };
     let head = Head {
         node: &c.node,
         seq,
+        stream: out.stream,
         target,
         via,
     };

@@ -10,7 +10,8 @@
 //!        ping (the link is alive: what every relay sends every other, so that a cut mesh link
 //!        is noticed)
 //! 3      the sending node's id: its length (1..=64), then its bytes
-//! .      the sequence number of the sending node (u64, big-endian; never repeats for a key)
+//! .      the sequence number of the sending node (u64, big-endian; never repeats for a key
+//!        and stream), then its stream (u16, big-endian: which of its threads sealed it)
 //! .      the target name: its length (1..=255), then its bytes
 //! .      kind 1: the source name (its length, then its bytes);
 //!        kind 2: the channel number the target knows (u32, big-endian);
@@ -117,8 +118,12 @@ pub fn read_bind_numbers(payload: &[u8]) -> Option<(u32, u32)> {
 pub struct Head<'a> {
     /// The sending node.
     pub node: &'a str,
-    /// Its sequence number.
+    /// Its sequence number, in the stream it is sent in.
     pub seq: u64,
+    /// Which of the sending node's threads sealed it: each seals and sends in order, so that
+    /// its numbers arrive in order but for the network's reordering, which the receiver's
+    /// window per stream absorbs.
+    pub stream: u16,
     /// The target peer's name.
     pub target: &'a str,
     /// The source or the channel.
@@ -189,6 +194,7 @@ pub fn write_head(buf: &mut Vec<u8>, head: &Head<'_>, payload_len: usize) -> boo
     buf.extend_from_slice(&[MAGIC, FORMAT, kind, head.node.len() as u8]);
     buf.extend_from_slice(head.node.as_bytes());
     buf.extend_from_slice(&head.seq.to_be_bytes());
+    buf.extend_from_slice(&head.stream.to_be_bytes());
     buf.push(head.target.len() as u8);
     buf.extend_from_slice(head.target.as_bytes());
     match head.via {
@@ -264,6 +270,7 @@ pub fn read(d: &[u8]) -> Result<Mesh<'_>, MeshError> {
     let kind = c.byte()?;
     let node = c.name(MAX_NODE)?;
     let seq = u64::from_be_bytes(c.take(8)?.try_into().expect("8 bytes"));
+    let stream = u16::from_be_bytes(c.take(2)?.try_into().expect("2 bytes"));
     let target = c.name(255)?;
     let via = match kind {
         1 => Via::Source(c.name(255)?),
@@ -285,6 +292,7 @@ pub fn read(d: &[u8]) -> Result<Mesh<'_>, MeshError> {
         head: Head {
             node,
             seq,
+            stream,
             target,
             via,
         },
@@ -320,6 +328,7 @@ mod tests {
             let head = Head {
                 node: "relay-b",
                 seq: u64::MAX - 1,
+                stream: 0xFFFE,
                 target: "bob",
                 via,
             };
@@ -335,6 +344,7 @@ mod tests {
         let head = Head {
             node: "n",
             seq: 0,
+            stream: 0,
             target: "t",
             via: Via::Channel(1),
         };
@@ -357,30 +367,35 @@ mod tests {
             Head {
                 node: "",
                 seq: 0,
+                stream: 0,
                 target: "t",
                 via: Via::Channel(1),
             },
             Head {
                 node: &long[..MAX_NODE + 1],
                 seq: 0,
+                stream: 0,
                 target: "t",
                 via: Via::Channel(1),
             },
             Head {
                 node: "n",
                 seq: 0,
+                stream: 0,
                 target: &long,
                 via: Via::Channel(1),
             },
             Head {
                 node: "n",
                 seq: 0,
+                stream: 0,
                 target: "t",
                 via: Via::Source(""),
             },
             Head {
                 node: "n",
                 seq: 0,
+                stream: 0,
                 target: "t",
                 via: Via::Bind(&long),
             },
@@ -395,6 +410,7 @@ mod tests {
         let head = Head {
             node: "relay-a",
             seq: 7,
+            stream: 0,
             target: "bob",
             via: Via::Source("alice"),
         };

@@ -20,11 +20,12 @@ use tracing::{info, warn};
 use relay_core::Now;
 use relay_core::cluster::{Cluster, Op, Pending, Stats};
 use relay_core::elsewhere;
+use relay_core::mesh::Sender;
 use relay_core::metrics::Counters;
 use relay_core::refusal::Reason;
 use relay_core::remote::Home;
 use relay_core::router::Router;
-use relay_core::seal::{Payload, seal, unix_ns};
+use relay_core::seal::{Payload, seal, unix_us};
 use relay_core::shared::Shared;
 use relay_core::wire::mesh::Via;
 use relay_udp::Egress;
@@ -130,7 +131,10 @@ impl Task {
 
     /// Runs `decide` with an empty batch and sends what it decided.
     fn send(&self, decide: impl FnOnce(&mut relay_core::Out, &Counters)) {
-        let mut out = Decided::default();
+        let mut out = Decided(relay_core::Out {
+            stream: Sender::Link.stream(self.j.shared.workers),
+            ..relay_core::Out::default()
+        });
         decide(&mut out, &self.j.shared.metrics.background());
         if !out.sends.is_empty() {
             let mut egress = self.j.egress.lock().unwrap_or_else(PoisonError::into_inner);
@@ -233,10 +237,10 @@ impl Task {
                 );
             }
         });
-        let quiet = u64::try_from(self.j.ttl.as_nanos()).unwrap_or(u64::MAX);
+        let quiet = u64::try_from(self.j.ttl.as_micros()).unwrap_or(u64::MAX);
         let now_silent: HashSet<String> = cluster
             .nodes
-            .silent(unix_ns(now), quiet)
+            .silent(unix_us(now), quiet)
             .into_iter()
             .collect();
         for node in now_silent.difference(silent) {
@@ -438,7 +442,8 @@ impl Task {
     async fn ops(self, dir: Directory) {
         let shared = &self.j.shared;
         let cluster = self.cluster();
-        let mut router = Router::new(shared.clone(), shared.workers);
+        let link = Sender::Link.index(shared.workers);
+        let mut router = Router::new(shared.clone(), link);
         while !self.stopped() {
             let _ = tokio::time::timeout(POLL, self.j.wake.notified()).await;
             loop {

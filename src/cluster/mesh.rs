@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+use relay_core::mesh::Sender;
 use relay_core::router::Router;
 use relay_core::settings::MAX_UDP_PAYLOAD;
 use relay_core::shared::Shared;
@@ -59,7 +60,7 @@ fn receive(
     stop: &AtomicBool,
 ) {
     let mut rx = RecvBatch::new(MAX_UDP_PAYLOAD);
-    let mut router = Router::new(shared.clone(), shared.workers);
+    let mut router = Router::new(shared.clone(), Sender::Receiver.index(shared.workers));
     let counters = shared.metrics.background();
     let mut out = Decided::default();
     while !stop.load(Ordering::Relaxed) {

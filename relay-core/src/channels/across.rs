@@ -12,6 +12,15 @@ use crate::registry::Name;
 
 use super::{Bound, Channels, Closed, Full, Half, INCOMING_PER_OWN};
 
+/// Why an end bound at another relay is not taken here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Its number is taken here, or the end is here already.
+    Taken,
+    /// The owner holds as many channels bound to it as it may, or the relay does.
+    Limit,
+}
+
 impl Channels {
     /// Binds `me` (at `my_addr`) to `peer`, homed at node `node` of the cluster: this relay's
     /// end only, under a fresh number, and a number for the peer's end, which its relay takes
@@ -70,9 +79,9 @@ impl Channels {
     }
 
     /// Takes the end of a channel `peer` bound at node `node` (under `peer_number` there) to
-    /// `owner`, registered here at `owner_addr`, under `number`, which that relay chose: false
-    /// if the number is taken here, or the owner holds as many channels bound to it as it may,
-    /// or the relay does (that relay is then told the end closed).
+    /// `owner`, registered here at `owner_addr`, under `number`, which that relay chose; refused
+    /// (that relay is then told the end closed) if the number is taken here (`Taken`), or the
+    /// owner holds as many channels bound to it as it may, or the relay does (`Limit`).
     pub fn accept_remote(
         &self,
         owner: &Name,
@@ -81,18 +90,18 @@ impl Channels {
         peer: &Name,
         peer_number: u32,
         node: &Arc<str>,
-    ) -> bool {
+    ) -> Result<(), Refused> {
         let mut ix = self.lock();
         let key = (node.clone(), peer_number);
         let all = ix.by_name.get(owner).map_or(0, Vec::len);
         let incoming = all - ix.bound_by.get(owner).copied().unwrap_or(0);
-        if number == 0
-            || self.halves.contains(&number)
-            || ix.remote_ends.contains_key(&key)
-            || ix.pairs >= self.max_total.load(Relaxed)
+        if number == 0 || self.halves.contains(&number) || ix.remote_ends.contains_key(&key) {
+            return Err(Refused::Taken);
+        }
+        if ix.pairs >= self.max_total.load(Relaxed)
             || incoming >= INCOMING_PER_OWN * self.max_per_peer.load(Relaxed)
         {
-            return false;
+            return Err(Refused::Limit);
         }
         self.halves.insert(
             number,
@@ -110,7 +119,7 @@ impl Channels {
         ix.by_name.entry(owner.clone()).or_default().push(number);
         ix.remote_ends.insert(key, number);
         ix.pairs += 1;
-        true
+        Ok(())
     }
 
     /// Where a frame that node `node` sends on this relay's end `number`, owned by `owner`,

@@ -23,6 +23,7 @@ use crate::shards::Sharded;
 mod across;
 mod image;
 
+pub use across::Refused;
 pub use image::{HalfImage, Image};
 
 /// A frame refreshes its sender's registration at most this often (tenths of a second), so that

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use tracing::debug;
 
 use crate::budget::Cause;
+use crate::channels;
 use crate::clock::Now;
 use crate::cluster::Cluster;
 use crate::events;
@@ -79,6 +80,7 @@ impl Router {
     /// Decides mesh datagram `d`, from `from` (another relay of the cluster, which its MAC, not
     /// its address, proves), for the peer homed here that it names.
     pub fn mesh(&mut self, d: &[u8], from: SocketAddr, now: Now, out: &mut Out) {
+        out.stream = self.stream();
         let refuse = |r: Reason| {
             self.counters.refuse(r);
             debug!(%from, len = d.len(), reason = r.as_str(), "mesh datagram refused");
@@ -86,7 +88,7 @@ impl Router {
         let Some(c) = self.shared.cluster.get() else {
             return refuse(Reason::MeshUnknownNode);
         };
-        let m = match c.nodes.open(&c.keys, &c.node, crate::seal::unix_ns(now), d) {
+        let m = match c.nodes.open(&c.keys, &c.node, crate::seal::unix_us(now), d) {
             Ok(m) => m,
             Err(Refused::Malformed(_)) => return refuse(Reason::MeshMalformed),
             Err(Refused::UnknownNode) => return refuse(Reason::MeshUnknownNode),
@@ -201,21 +203,29 @@ impl Router {
                 self.shared
                     .channels
                     .accept_remote(&owner, addr, mine, &peer, theirs, &node)
-                    .then_some(addr)
+                    .map(|()| addr)
+                    .map_err(|r| match r {
+                        channels::Refused::Limit => Reason::ChannelLimit,
+                        channels::Refused::Taken => Reason::BadRequest,
+                    })
             }
-            _ => None,
+            Some((_, false)) => Err(Reason::UntrustedPeer),
+            None => Err(Reason::MeshUnknownTarget),
         };
-        let Some(addr) = taken else {
-            seal(
-                c,
-                node,
-                target,
-                Via::Closed(mine),
-                Payload::Bytes(&[]),
-                now,
-                out,
-            );
-            return Err(Reason::UntrustedPeer);
+        let addr = match taken {
+            Ok(addr) => addr,
+            Err(r) => {
+                seal(
+                    c,
+                    node,
+                    target,
+                    Via::Closed(mine),
+                    Payload::Bytes(&[]),
+                    now,
+                    out,
+                );
+                return Err(r);
+            }
         };
         let start = out.buf.len();
         reply::channel_bound(&mut out.buf, binder, mine);

@@ -131,6 +131,12 @@ impl Router {
         }
     }
 
+    /// The mesh stream this router's thread seals in: a router's index is its thread's
+    /// (`mesh::Sender::index`).
+    fn stream(&self) -> u16 {
+        u16::try_from(self.worker).unwrap_or(u16::MAX)
+    }
+
     /// Takes up the limits a reload published (the buckets start full again).
     fn retune(&mut self) {
         let generation = self.shared.live.generation();
@@ -195,6 +201,7 @@ impl Router {
     }
 
     fn run(&mut self, d: &mut [u8], len: usize, from: SocketAddr, now: Now, out: &mut Out) {
+        out.stream = self.stream();
         Counters::add(&self.counters.received, 1);
         Counters::add(&self.counters.received_bytes, len as u64);
         let mut req = Req {
