@@ -20,7 +20,8 @@
 //!        kinds 5 and 6: the asker's or the introduced peer's name (its length, its bytes);
 //!        kind 7: nothing (the target is the receiving node's id)
 //! .      the payload's length (u32, big-endian), then the payload: as the peer sent it (kinds 1
-//!        and 2), the binder's number and the target's (kind 3, [`BIND_LEN`] bytes), none
+//!        and 2), the binder's number and the target's (kind 3, [`BIND_LEN`] bytes) then the
+//!        binder's host as text, none
 //!        (kind 4), or the asker's or introduced peer's address as text (kinds 5 and 6)
 //! last   the MAC: 16 bytes over everything before it
 //! ```
@@ -35,6 +36,8 @@
 //! `relay`, or the frame's payload): the header is written apart from it, so that a sender may
 //! send the payload from its receive buffer, uncopied.
 
+use std::io::Write;
+use std::net::IpAddr;
 use std::ops::Range;
 
 /// The mesh datagram's first byte.
@@ -55,7 +58,7 @@ pub fn valid_node(node: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
-/// The payload of a bind (kind 3): the binder's number, then the target's.
+/// The numbers at the start of a bind's payload (kind 3): the binder's, then the target's.
 pub const BIND_LEN: usize = 8;
 
 /// What a mesh datagram carries.
@@ -98,19 +101,24 @@ pub enum Via<'a> {
     Ping,
 }
 
-/// The payload of a bind: `binder`'s number and the target's.
-pub fn bind_numbers(binder: u32, target: u32) -> [u8; BIND_LEN] {
-    let mut b = [0; BIND_LEN];
-    b[..4].copy_from_slice(&binder.to_be_bytes());
-    b[4..].copy_from_slice(&target.to_be_bytes());
-    b
+/// Appends the payload of a bind: `binder`'s number, the target's, and the binder's host (whose
+/// budgets pay for telling the target).
+pub fn write_bind(buf: &mut Vec<u8>, binder: u32, target: u32, host: IpAddr) {
+    buf.extend_from_slice(&binder.to_be_bytes());
+    buf.extend_from_slice(&target.to_be_bytes());
+    let _ = write!(buf, "{host}");
 }
 
-/// The binder's number and the target's, from a bind's payload.
-pub fn read_bind_numbers(payload: &[u8]) -> Option<(u32, u32)> {
-    let b: &[u8; BIND_LEN] = payload.try_into().ok()?;
-    let n = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-    Some((n(0), n(4)))
+/// The binder's number, the target's and the binder's host, from a bind's payload.
+pub fn read_bind(payload: &[u8]) -> Option<(u32, u32, IpAddr)> {
+    let numbers = payload.get(..BIND_LEN)?;
+    let n =
+        |i: usize| u32::from_be_bytes([numbers[i], numbers[i + 1], numbers[i + 2], numbers[i + 3]]);
+    let host = std::str::from_utf8(&payload[BIND_LEN..])
+        .ok()?
+        .parse()
+        .ok()?;
+    Some((n(0), n(4), host))
 }
 
 /// The head of a mesh datagram: everything before the payload.
@@ -353,10 +361,14 @@ mod tests {
 
     #[test]
     fn a_binds_numbers_read_back_and_nothing_else_does() {
-        let b = bind_numbers(0xDEAD_BEEF, 1);
-        assert_eq!(read_bind_numbers(&b), Some((0xDEAD_BEEF, 1)));
-        assert_eq!(read_bind_numbers(&b[..7]), None);
-        assert_eq!(read_bind_numbers(&[0; 9]), None);
+        for host in ["192.0.2.7", "2001:db8::1"] {
+            let mut b = Vec::new();
+            write_bind(&mut b, 0xDEAD_BEEF, 1, host.parse().unwrap());
+            assert_eq!(read_bind(&b), Some((0xDEAD_BEEF, 1, host.parse().unwrap())));
+            assert_eq!(read_bind(&b[..7]), None);
+            assert_eq!(read_bind(&b[..BIND_LEN]), None, "no host");
+        }
+        assert_eq!(read_bind(&[0; 9]), None);
     }
 
     #[test]

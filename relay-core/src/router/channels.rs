@@ -10,7 +10,7 @@ use crate::refusal::Reason;
 use crate::registry::Name;
 use crate::seal::{Payload, seal};
 use crate::wire::frame::{self, FrameError};
-use crate::wire::mesh::{Via, bind_numbers};
+use crate::wire::mesh::{Via, write_bind};
 use crate::wire::{control, reply, valid_name};
 
 use super::{Req, Router};
@@ -108,7 +108,8 @@ impl Router {
             .bind_remote(me, req.from, &peer, &node)
             .map_err(|Full::Limit| Reason::ChannelLimit)?;
         if bound.new {
-            let numbers = bind_numbers(bound.mine, bound.theirs);
+            let mut numbers = Vec::new();
+            write_bind(&mut numbers, bound.mine, bound.theirs, req.from.ip());
             let via = Via::Bind(me);
             if !seal(
                 c,

@@ -23,7 +23,7 @@ use crate::refusal::Reason;
 use crate::registry::Name;
 use crate::seal::{Payload, seal};
 use crate::settings::Auth;
-use crate::wire::mesh::{Mesh, Via, read_bind_numbers};
+use crate::wire::mesh::{Mesh, Via, read_bind};
 use crate::wire::{frame, reply, valid_name};
 
 use super::Router;
@@ -122,10 +122,16 @@ impl Router {
         if let Err(r) = result {
             return refuse(r);
         }
-        // What is told here (`channel_bound`, `channel_closed`) is held to each recipient's
-        // presence rate; forwards pass.
+        // What is told here is held to each recipient's presence rate, and a `channel_bound`
+        // is paid by the binder's host, as a local bind's is (its bind was authenticated where
+        // it was made); forwards pass.
+        let cause = match m.head.via {
+            Via::Bind(_) => read_bind(&d[m.payload.clone()]).map(|(_, _, host)| host),
+            _ => None,
+        };
+        let cause = cause.map_or(Cause::Relay, Cause::Authenticated);
         let b = &self.shared.budgets;
-        b.settle(out, start, Cause::Relay, None, now.ms, &self.counters);
+        b.settle(out, start, cause, None, now.ms, &self.counters);
     }
 
     /// A `relay` from `source` at another relay, to the target homed here.
@@ -192,8 +198,7 @@ impl Router {
         out: &mut Out,
     ) -> Result<(), Reason> {
         let (target, node) = (m.head.target, m.head.node);
-        let (theirs, mine) =
-            read_bind_numbers(&d[m.payload.clone()]).ok_or(Reason::MeshMalformed)?;
+        let (theirs, mine, _) = read_bind(&d[m.payload.clone()]).ok_or(Reason::MeshMalformed)?;
         let owner = Name::from(target);
         let taken = match self.shared.registry.target_of(target, now.ms) {
             // As a local bind: only to a registration that proved itself where it is.
