@@ -14,32 +14,19 @@ use relay_core::out::Out;
 use relay_core::refusal::Reason;
 use relay_core::remote::Home;
 use relay_core::settings::Settings;
+use relay_core::testing::cluster::{KEY, join, settle_claims};
 use relay_core::testing::{Harness, addr, at, collect};
 use relay_core::wire::peer;
 
+/// Relay-a of a cluster, knowing at most `max_remote` names of each other node.
 fn clustered(settings: Settings, max_remote: usize) -> Harness {
-    let h = Harness::new(settings);
-    let keys = Keys::new(&[7; 32]).unwrap();
-    let cl = Cluster::new("relay-a", keys, max_remote, Box::new(|| {}));
-    assert!(h.shared.cluster.set(cl).is_ok());
-    h
-}
-
-/// Settles every queued claim as the directory would for a free name (epoch 1): the link's
-/// `Done::Claim(p, Some(Claimed::Home(e)))` path (homed, remote forgotten, decided again).
-fn settle_all(h: &mut Harness) -> Vec<(SocketAddr, Vec<u8>)> {
-    let c = h.shared.cluster.get().unwrap();
-    let mut sent = Vec::new();
-    for op in c.take(usize::MAX) {
-        if let Op::Claim(p) = op {
-            c.homed(&p.name, 1);
-            c.remote.forget(&p.name);
-            let mut out = Out::default();
-            h.router.settle(&p, at(p.at_ms), &mut out);
-            sent.extend(collect(&out, &p.datagram));
-        }
-    }
-    sent
+    join(
+        Harness::new(settings),
+        "relay-a",
+        "relay-z",
+        KEY,
+        max_remote,
+    )
 }
 
 fn register(h: &mut Harness, name: &str, from: SocketAddr, ms: u64) -> Vec<(SocketAddr, Vec<u8>)> {
@@ -60,7 +47,7 @@ fn a_claim_whose_registration_is_refused_after_all_is_released() {
     let mut h = clustered(s, 100);
     let forger = addr(1);
     register(&mut h, "first", forger, 0);
-    settle_all(&mut h);
+    settle_claims(&mut h);
     assert!(h.shared.registry.session_at("first", forger, 0).is_some());
     // Every further name from the same address: claimed (as far as the host's share of the
     // queue goes), then refused address_full.
@@ -69,7 +56,7 @@ fn a_claim_whose_registration_is_refused_after_all_is_released() {
     }
     let queued = MAX_QUEUED_PER_HOST as u64;
     assert_eq!(h.refused(Reason::ClusterBusy), 1000 - queued);
-    settle_all(&mut h);
+    settle_claims(&mut h);
     assert_eq!(
         h.refused(Reason::AddressFull),
         queued,
@@ -92,7 +79,7 @@ fn a_claim_whose_registration_is_refused_after_all_is_released() {
 fn a_relay_to_a_name_no_registration_can_have_asks_the_directory_nothing() {
     let mut h = clustered(Settings::default(), 100);
     register(&mut h, "alice", addr(1), 0);
-    settle_all(&mut h);
+    settle_claims(&mut h);
     let target = "x".repeat(60_000);
     let mut d = Vec::new();
     peer::relay(&mut d, "alice", &target, b"\"hi\"");
@@ -123,7 +110,7 @@ fn one_hosts_flood_of_claims_leaves_room_for_newcomers_and_releases() {
     let mut h = clustered(s, 100);
     // A legit peer homed here before the flood.
     register(&mut h, "bob", addr(2), 0);
-    settle_all(&mut h);
+    settle_claims(&mut h);
     // One forging host, 100 source ports, 200 new names each (its registration burst).
     let mut queued = 0;
     for port in 0..100u16 {
@@ -184,7 +171,7 @@ fn other_relays_joins_are_paid_by_the_host_that_caused_them() {
         let p = addr(i);
         for (h, n) in [(&mut a, format!("a{i}")), (&mut b, format!("b{i}"))] {
             register(h, &n, p, 0);
-            settle_all(h);
+            settle_claims(h);
             let session = h.session(&n, p);
             let mut d = Vec::new();
             peer::ping(&mut d, Some(&n), Some(&session));
@@ -200,7 +187,7 @@ fn other_relays_joins_are_paid_by_the_host_that_caused_them() {
     for i in 0..20 {
         let name = format!("forged-{i}");
         register(&mut a, &name, forger, 100 + i);
-        told_at_a += settle_all(&mut a)
+        told_at_a += settle_claims(&mut a)
             .iter()
             .filter(|(to, d)| *to != forger && String::from_utf8_lossy(d).contains("peer_joined"))
             .count();
@@ -239,7 +226,7 @@ fn other_relays_joins_are_paid_by_the_host_that_caused_them() {
 fn one_relays_names_cannot_crowd_out_anothers() {
     let mut h = clustered(Settings::default(), 10);
     register(&mut h, "alice", addr(1), 0);
-    settle_all(&mut h);
+    settle_claims(&mut h);
     let c = Counters::default();
     let mut out = Out::default();
     let b = SocketAddr::from(([192, 0, 2, 2], 7000));
@@ -287,7 +274,7 @@ fn one_relays_names_cannot_crowd_out_anothers() {
 fn a_nodes_new_mesh_address_is_used_at_once() {
     let mut h = clustered(Settings::default(), 10);
     register(&mut h, "alice", addr(1), 0);
-    settle_all(&mut h);
+    settle_claims(&mut h);
     let c = Counters::default();
     let mut out = Out::default();
     let old = SocketAddr::from(([192, 0, 2, 2], 7000));

@@ -5,66 +5,16 @@
 
 use std::net::SocketAddr;
 
-use relay_core::cluster::{Cluster, Op};
-use relay_core::mesh::Keys;
 use relay_core::out::Out;
 use relay_core::refusal::Reason;
 use relay_core::remote::Home;
 use relay_core::router::Router;
 use relay_core::settings::Settings;
+use relay_core::testing::cluster::{mesh, mesh_addr, prove, relay};
 use relay_core::testing::{Harness, addr, at, collect};
 use relay_core::wire::{self, peer};
 
-const KEY: &[u8] = b"the cluster's shared secret, at least 32 bytes";
-
 type Sent = Vec<(SocketAddr, Vec<u8>)>;
-
-fn mesh_addr(i: u8) -> SocketAddr {
-    SocketAddr::from(([192, 0, 2, i], 7000))
-}
-
-/// Node `me` of a cluster of two (relay-a at mesh 1, relay-b at mesh 2), over harness `h`.
-fn join(h: Harness, me: &str, other: &str) -> Harness {
-    let keys = Keys::new(KEY).unwrap();
-    let cluster = Cluster::new(me, keys, 1_000, Box::new(|| {}));
-    cluster
-        .nodes
-        .add(other, mesh_addr(if other == "relay-b" { 2 } else { 1 }), 0);
-    assert!(h.shared.cluster.set(cluster).is_ok());
-    h
-}
-
-fn relay(me: &str, other: &str, s: Settings) -> Harness {
-    join(Harness::new(s), me, other)
-}
-
-fn settle_claims(h: &mut Harness) -> Sent {
-    let c = h.shared.cluster.get().unwrap();
-    let mut sent = Vec::new();
-    for op in c.take(usize::MAX) {
-        if let Op::Claim(p) = op {
-            c.homed(&p.name, 1);
-            c.remote.forget(&p.name);
-            let mut out = Out::default();
-            h.router.settle(&p, at(p.at_ms), &mut out);
-            sent.extend(collect(&out, &p.datagram));
-        }
-    }
-    sent
-}
-
-/// Registers `name` at `from` (claim settled) and shows the session back: its session.
-fn prove(h: &mut Harness, name: &str, from: SocketAddr, ms: u64) -> String {
-    let mut d = Vec::new();
-    peer::register(&mut d, name, None);
-    h.run(&d, from, ms);
-    settle_claims(h);
-    let session = h.session(name, from);
-    let mut d = Vec::new();
-    peer::ping(&mut d, Some(name), Some(&session));
-    h.run(&d, from, ms);
-    session
-}
 
 /// `a` hears that `name` is homed at the other node.
 fn homed_there(a: &Harness, name: &str, node: &str, mesh: SocketAddr) {
@@ -92,13 +42,6 @@ fn one(sent: &Sent, t: SocketAddr) -> Vec<u8> {
 fn number(json: &[u8]) -> u32 {
     let v: serde_json::Value = serde_json::from_slice(json).unwrap();
     v["channel"].as_u64().unwrap() as u32
-}
-
-/// Mesh datagram `d` decided by `h`, arriving from `from` at `ms`.
-fn mesh(h: &mut Harness, d: &[u8], from: SocketAddr, ms: u64) -> Sent {
-    let mut out = Out::default();
-    h.router.mesh(d, from, at(ms), &mut out);
-    collect(&out, d)
 }
 
 fn bind(h: &mut Harness, me: &str, session: &str, from: SocketAddr, target: &str, ms: u64) -> Sent {

@@ -128,3 +128,81 @@ pub fn fill(reg: &Registry, range: std::ops::Range<usize>, ms: u64) {
         );
     }
 }
+
+/// Relays of a cluster in one process, for the cluster's tests: each a [`Harness`] whose claims
+/// the test settles as the directory would, and whose mesh datagrams it carries by hand.
+pub mod cluster {
+    use std::net::SocketAddr;
+
+    use super::{Harness, at, collect};
+    use crate::cluster::{Cluster, Op};
+    use crate::mesh::Keys;
+    use crate::out::Out;
+    use crate::settings::Settings;
+    use crate::wire::peer;
+
+    /// The cluster's mesh key.
+    pub const KEY: &[u8] = b"the cluster's shared secret, at least 32 bytes";
+
+    /// Node `i`'s mesh address (relay-a is 1, relay-b 2).
+    pub fn mesh_addr(i: u8) -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, i], 7000))
+    }
+
+    /// `h` as node `me` of a cluster keyed by `key`, knowing at most `max_remote` names of each
+    /// other node, with node `other` listed (relay-b at mesh address 2, any other at 1).
+    pub fn join(h: Harness, me: &str, other: &str, key: &[u8], max_remote: usize) -> Harness {
+        let keys = Keys::new(key).expect("a long enough key");
+        let cluster = Cluster::new(me, keys, max_remote, Box::new(|| {}));
+        let mesh = mesh_addr(if other == "relay-b" { 2 } else { 1 });
+        cluster.nodes.add(other, mesh, 0);
+        assert!(h.shared.cluster.set(cluster).is_ok());
+        h
+    }
+
+    /// A relay of `settings` as node `me` of a cluster of two with `other`.
+    pub fn relay(me: &str, other: &str, settings: Settings) -> Harness {
+        join(Harness::new(settings), me, other, KEY, 1_000)
+    }
+
+    /// Settles every claim `h` queued as the directory would a free name's (epoch 1), deciding
+    /// each registration again: what that sent.
+    pub fn settle_claims(h: &mut Harness) -> Vec<(SocketAddr, Vec<u8>)> {
+        let c = h.shared.cluster.get().expect("a relay of a cluster");
+        let mut sent = Vec::new();
+        for op in c.take(usize::MAX) {
+            if let Op::Claim(p) = op {
+                c.homed(&p.name, 1);
+                c.remote.forget(&p.name);
+                let mut out = Out::default();
+                h.router.settle(&p, at(p.at_ms), &mut out);
+                sent.extend(collect(&out, &p.datagram));
+            }
+        }
+        sent
+    }
+
+    /// Registers `name` at `from` at `ms` (its claim settled) and shows its session back, so
+    /// that it may bind and be bound: its session.
+    pub fn prove(h: &mut Harness, name: &str, from: SocketAddr, ms: u64) -> String {
+        h.register(name, from, ms);
+        settle_claims(h);
+        let session = h.session(name, from);
+        let mut d = Vec::new();
+        peer::ping(&mut d, Some(name), Some(&session));
+        h.run(&d, from, ms);
+        session
+    }
+
+    /// Mesh datagram `d` decided by `h`, from `from` at `ms`: what it sent.
+    pub fn mesh(
+        h: &mut Harness,
+        d: &[u8],
+        from: SocketAddr,
+        ms: u64,
+    ) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut out = Out::default();
+        h.router.mesh(d, from, at(ms), &mut out);
+        collect(&out, d)
+    }
+}

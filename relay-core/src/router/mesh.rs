@@ -243,45 +243,20 @@ impl Router {
 mod tests {
     use std::net::SocketAddr;
 
-    use crate::cluster::{Cluster, Op};
-    use crate::mesh::Keys;
+    use crate::cluster::Op;
     use crate::out::Out;
     use crate::refusal::Reason;
     use crate::remote::Home;
     use crate::seal::{Payload, seal};
     use crate::settings::Settings;
+    use crate::testing::cluster::{KEY, join, mesh_addr, prove, settle_claims};
     use crate::testing::{Harness, addr, at, collect};
     use crate::wire::mesh::Via;
     use crate::wire::{self, peer};
 
-    const KEY: &[u8] = b"the cluster's shared secret, at least 32 bytes";
-
-    /// A relay of a cluster of two: node `me`, taking datagrams from `other`.
+    /// A relay of a cluster of two keyed by `key`: node `me`, taking datagrams from `other`.
     fn relay(me: &str, other: &str, key: &[u8]) -> Harness {
-        let h = Harness::new(Settings::default());
-        let keys = Keys::new(key).expect("a long enough key");
-        let cluster = Cluster::new(me, keys, 1_000, Box::new(|| {}));
-        // relay-b is reached at mesh address 2, any other at 1.
-        let mesh = mesh_addr(if other == "relay-b" { 2 } else { 1 });
-        cluster.nodes.add(other, mesh, 0);
-        assert!(h.shared.cluster.set(cluster).is_ok());
-        h
-    }
-
-    /// Settles every claim `h` queued as the directory would a free name's, deciding each
-    /// registration again: what that sent.
-    fn settle_claims(h: &mut Harness) -> Vec<(SocketAddr, Vec<u8>)> {
-        let c = h.shared.cluster.get().unwrap();
-        let mut sent = Vec::new();
-        for op in c.take(usize::MAX) {
-            if let Op::Claim(p) = op {
-                c.homed(&p.name, 1);
-                let mut out = Out::default();
-                h.router.settle(&p, at(p.at_ms), &mut out);
-                sent.extend(collect(&out, &p.datagram));
-            }
-        }
-        sent
+        join(Harness::new(Settings::default()), me, other, key, 1_000)
     }
 
     /// Registers `name` at `from` in relay `h` of a cluster, its claim settled.
@@ -295,10 +270,6 @@ mod tests {
         let mut d = Vec::new();
         peer::register(&mut d, name, None);
         h.run(&d, from, 1)
-    }
-
-    fn mesh_addr(i: u8) -> SocketAddr {
-        SocketAddr::from(([192, 0, 2, i], 7000))
     }
 
     /// Relay B's decision on mesh datagram `d`.
@@ -452,15 +423,9 @@ mod tests {
         assert!(!c.is_home("alice"));
     }
 
-    /// Registers `name` at `from` in relay `h` of a cluster and shows its session back, so
-    /// that it may bind and be bound; its session.
-    fn prove(h: &mut Harness, name: &str, from: SocketAddr) -> String {
-        register(h, name, from);
-        let session = h.session(name, from);
-        let mut d = Vec::new();
-        peer::ping(&mut d, Some(name), Some(&session));
-        h.run(&d, from, 1);
-        session
+    /// [`prove`] at time 0.
+    fn prove_now(h: &mut Harness, name: &str, from: SocketAddr) -> String {
+        prove(h, name, from, 0)
     }
 
     /// The one datagram of `sent` to `to`.
@@ -482,8 +447,8 @@ mod tests {
             relay("relay-b", "relay-a", KEY),
         );
         let (alice, bob) = (addr(1), addr(2));
-        let alice_session = prove(&mut a, "alice", alice);
-        prove(&mut b, "bob", bob);
+        let alice_session = prove_now(&mut a, "alice", alice);
+        prove_now(&mut b, "bob", bob);
         let home = Home {
             node: "relay-b".into(),
             mesh: mesh_addr(2),
@@ -575,7 +540,7 @@ mod tests {
             relay("relay-a", "relay-b", KEY),
             relay("relay-b", "relay-a", KEY),
         );
-        let alice_session = prove(&mut a, "alice", addr(1));
+        let alice_session = prove_now(&mut a, "alice", addr(1));
         register(&mut b, "bob", addr(2));
         let home = Home {
             node: "relay-b".into(),
@@ -613,8 +578,8 @@ mod tests {
             relay("relay-b", "relay-a", KEY),
         );
         let (alice, bob) = (addr(1), addr(2));
-        let alice_session = prove(&mut a, "alice", alice);
-        let bob_session = prove(&mut b, "bob", bob);
+        let alice_session = prove_now(&mut a, "alice", alice);
+        let bob_session = prove_now(&mut b, "bob", bob);
         let home = |node: &str, mesh, epoch| Home {
             node: node.into(),
             mesh: mesh_addr(mesh),
