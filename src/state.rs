@@ -4,7 +4,8 @@
 //! encoded, framed and checked.
 //!
 //! An image is `MAGIC`, the format number, the body's length and its CRC-32, then the body
-//! (postcard). Reading one checks each in turn and then every invariant the registry and the
+//! (postcard): the state, then the ends of channels across relays (a section an image of a
+//! relay before the cluster lacks, which reads as none). Reading one checks each in turn and then every invariant the registry and the
 //! channel table keep, so that a foreign, truncated, corrupt or inconsistent image is refused
 //! whole, with a message that says which.
 
@@ -17,7 +18,7 @@ use crate::clock::Clock;
 use crate::config::Settings;
 use relay_core::auth::Cookies;
 use relay_core::budget::{self, Budgets};
-use relay_core::channels::{self, Channels};
+use relay_core::channels::{self, AcrossImages, Channels};
 use relay_core::parallel::Parallel;
 use relay_core::ratelimit::{Admission, AdmissionImage};
 use relay_core::registry::{self, Registry};
@@ -126,16 +127,21 @@ pub fn export(shared: &Shared, clock: Clock) -> Vec<u8> {
     };
     // Room for the image at once (a registration takes about 37 bytes, the limit and budget
     // tables a few MiB): grown by doubling, a million peers' would be copied over and over.
-    frame(&body, 40 * shared.registry.len() + (4 << 20))
+    let across = shared.channels.export_across();
+    frame(&body, Some(&across), 40 * shared.registry.len() + (4 << 20))
 }
 
-/// `body` behind its header, in a vector made with `room` for it.
-fn frame(body: &impl Serialize, room: usize) -> Vec<u8> {
+/// `body` and `across` (none: as a relay before the cluster wrote) behind their header, in a
+/// vector made with `room` for them.
+fn frame(body: &impl Serialize, across: Option<&AcrossImages>, room: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEAD + room);
     out.resize(HEAD, 0);
     // Encoding into a vector fails only when memory does; the empty body left then is refused
     // by whoever reads it.
     let mut out = postcard::to_extend(body, out).unwrap_or_else(|_| vec![0; HEAD]);
+    if let Some(across) = across {
+        out = postcard::to_extend(across, out).unwrap_or_else(|_| vec![0; HEAD]);
+    }
     let body_len = (out.len() - HEAD) as u64;
     let crc = crc32fast::hash(&out[HEAD..]);
     out[..8].copy_from_slice(MAGIC);
@@ -154,7 +160,7 @@ pub fn restore(
     workers: usize,
     drop_stale: bool,
 ) -> Result<(State, Summary), String> {
-    let body = decode(image)?;
+    let (body, across) = decode(image)?;
     // Far beyond any relay's uptime: a clock near the end of its range would overflow.
     if body.written.clock_ms > MAX_CLOCK_MS {
         return Err(format!(
@@ -169,6 +175,8 @@ pub fn restore(
         Registry::restore(&settings, body.registry, now_ms, drop_stale, &threads())?;
     let held = |name: &str, at| registry.registered_at(name, at);
     let (channels, channels_left_out) = Channels::restore(&settings, body.channels, held)?;
+    let held = |name: &str, at| registry.registered_at(name, at);
+    channels.restore_across(across, held);
     let summary = Summary {
         version: body.version,
         age_ms,
@@ -201,8 +209,8 @@ pub fn restore(
     Ok((State { shared, clock }, summary))
 }
 
-/// The body of a framed image, or which check it fails.
-fn decode(image: &[u8]) -> Result<Body<'_>, String> {
+/// The body of a framed image and its ends of channels across relays, or which check it fails.
+fn decode(image: &[u8]) -> Result<(Body<'_>, AcrossImages), String> {
     if image.len() < HEAD || &image[..8] != MAGIC {
         return Err("not a udp-relay state image".into());
     }
@@ -231,10 +239,18 @@ fn decode(image: &[u8]) -> Result<Body<'_>, String> {
     }
     let (body, rest): (Body, _) =
         postcard::take_from_bytes(&image[HEAD..]).map_err(|e| format!("corrupt: {e}"))?;
-    if !rest.is_empty() {
-        return Err("corrupt: bytes after the state".into());
-    }
-    Ok(body)
+    // The ends of channels across relays follow, where the writer had any section for them.
+    let across = if rest.is_empty() {
+        AcrossImages::default()
+    } else {
+        let (across, rest): (AcrossImages, _) =
+            postcard::take_from_bytes(rest).map_err(|e| format!("corrupt: {e}"))?;
+        if !rest.is_empty() {
+            return Err("corrupt: bytes after the state".into());
+        }
+        across
+    };
+    Ok((body, across))
 }
 
 /// Time passed since `w`: on the monotonic clock if this is the boot that wrote it (a
@@ -361,6 +377,32 @@ mod tests {
         }
     }
 
+    /// An image of a relay before the cluster (no section of channels across relays) reads as
+    /// one with none, and the section, where there is one, must be whole.
+    #[test]
+    fn an_image_without_channels_across_relays_reads_as_none() {
+        let image = export(&populated(), Clock::default());
+        let (body, across) = decode(&image).unwrap();
+        assert!(across.0.is_empty());
+        let old = frame(&body, None, 0);
+        assert!(old.len() < image.len());
+        let (state, summary) = restore(&old, settings(), 1, true).unwrap();
+        assert_eq!((summary.registry.peers, summary.channels), (3, 1));
+        assert_eq!(state.shared.channels.len(), 1);
+        let mut cut = frame(&body, Some(&across), 0);
+        cut.push(7);
+        let at = cut.len();
+        cut[12..20].copy_from_slice(&((at - HEAD) as u64).to_le_bytes());
+        let crc = crc32fast::hash(&cut[HEAD..]);
+        cut[20..24].copy_from_slice(&crc.to_le_bytes());
+        assert!(
+            restore(&cut, settings(), 1, true)
+                .err()
+                .unwrap()
+                .contains("bytes after")
+        );
+    }
+
     #[test]
     fn every_damage_is_refused_by_name() {
         let image = export(&populated(), Clock::default());
@@ -384,18 +426,20 @@ mod tests {
     fn an_inconsistent_image_is_refused_even_with_a_good_checksum() {
         let old = populated();
         let image = export(&old, Clock::default());
-        let body = decode(&image).unwrap();
+        let (body, _) = decode(&image).unwrap();
         // Too many peers for the new relay's --max-peers.
         let small = Settings {
             max_peers: 2,
             ..settings()
         };
-        let err = restore(&frame(&body, 0), small, 1, true).err().unwrap();
+        let err = restore(&frame(&body, None, 0), small, 1, true)
+            .err()
+            .unwrap();
         assert!(err.contains("--max-peers"), "{err}");
         // A channel whose other end is missing.
-        let mut body = decode(&image).unwrap();
+        let (mut body, _) = decode(&image).unwrap();
         body.channels.0.pop();
-        let err = restore(&frame(&body, 0), settings(), 1, true)
+        let err = restore(&frame(&body, None, 0), settings(), 1, true)
             .err()
             .unwrap();
         assert!(err.contains("no other end"), "{err}");
@@ -405,11 +449,11 @@ mod tests {
     fn stale_registrations_and_their_channels_are_left_out_of_a_snapshot() {
         let old = populated();
         let image = export(&old, Clock::default());
-        let mut body = decode(&image).unwrap();
+        let (mut body, _) = decode(&image).unwrap();
         // Written a peer timeout and more ago, on another boot.
         body.written.boot_id = "another boot".into();
         body.written.unix_ms -= 61_000;
-        let image = frame(&body, 0);
+        let image = frame(&body, None, 0);
         let (State { shared: new, .. }, summary) = restore(&image, settings(), 1, true).unwrap();
         assert_eq!(summary.registry.stale, 3);
         assert_eq!(summary.channels_left_out, 1);
@@ -454,9 +498,9 @@ mod tests {
     #[test]
     fn a_clock_at_the_end_of_its_range_is_refused() {
         let image = export(&populated(), Clock::default());
-        let mut body = decode(&image).unwrap();
+        let (mut body, _) = decode(&image).unwrap();
         body.written.clock_ms = u64::MAX - 5;
-        let restored = restore(&frame(&body, 0), settings(), 1, false);
+        let restored = restore(&frame(&body, None, 0), settings(), 1, false);
         if let Ok((state, _)) = &restored {
             std::thread::sleep(std::time::Duration::from_millis(20));
             let _ = state.clock.now();

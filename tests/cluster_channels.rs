@@ -10,7 +10,7 @@ use relay_core::refusal::Reason;
 use relay_core::remote::Home;
 use relay_core::router::Router;
 use relay_core::settings::Settings;
-use relay_core::testing::cluster::{mesh, mesh_addr, prove, relay};
+use relay_core::testing::cluster::{KEY, join, mesh, mesh_addr, prove, relay};
 use relay_core::testing::{Harness, addr, at, collect};
 use relay_core::wire::{self, peer};
 
@@ -292,4 +292,49 @@ fn every_close_path_across_relays_empties_both_tables() {
         let sent = bind(&mut a, "a2", &sess_a[2], names_a[2].1, t, ms);
         assert_eq!(to(&sent, mesh_addr(2)).len(), 1, "bound {t}");
     }
+}
+
+/// A takeover hands the ends of channels across relays over: after relay-b's upgrade (its state
+/// handed over as `--takeover` does), bob's frames still reach alice at relay-a, and hers him.
+#[test]
+fn a_takeover_keeps_the_ends_of_channels_across_relays() {
+    let s = Settings::default;
+    let (mut a, mut b) = (
+        relay("relay-a", "relay-b", s()),
+        relay("relay-b", "relay-a", s()),
+    );
+    let (alice, bob) = (addr(1), addr(2));
+    let alice_session = prove(&mut a, "alice", alice, 0);
+    prove(&mut b, "bob", bob, 0);
+    homed_there(&a, "bob", "relay-b", mesh_addr(2));
+    let sent = bind(&mut a, "alice", &alice_session, alice, "bob", 1);
+    let ab = number(&one(&sent, alice));
+    let told = mesh(&mut b, &one(&sent, mesh_addr(2)), mesh_addr(1), 1);
+    let ba = number(&one(&told, bob));
+    let image = udp_relay::state::export(&b.shared, udp_relay::clock::Clock::resumed(1));
+    let (state, _) = udp_relay::state::restore(&image, s(), 1, false).unwrap();
+    let shared = state.shared;
+    let b2 = Harness {
+        router: Router::new(shared.clone(), 0),
+        shared,
+        out: Out::default(),
+    };
+    let mut b2 = join(b2, "relay-b", "relay-a", KEY, 1_000);
+    assert_eq!(b2.shared.channels.len(), 1, "bob's end handed over");
+    let now = state.clock.now().ms;
+    let mut f = Vec::new();
+    wire::frame::write(&mut f, ba, b"media");
+    let over = one(&b2.run(&f, bob, now + 1), mesh_addr(1));
+    let mut want = Vec::new();
+    wire::frame::write(&mut want, ab, b"media");
+    assert_eq!(
+        one(&mesh(&mut a, &over, mesh_addr(2), now + 1), alice),
+        want
+    );
+    let mut f = Vec::new();
+    wire::frame::write(&mut f, ab, b"back");
+    let back = one(&a.run(&f, alice, now + 2), mesh_addr(2));
+    let mut want = Vec::new();
+    wire::frame::write(&mut want, ba, b"back");
+    assert_eq!(one(&mesh(&mut b2, &back, mesh_addr(1), now + 2), bob), want);
 }

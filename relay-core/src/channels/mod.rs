@@ -24,7 +24,7 @@ mod across;
 mod image;
 
 pub use across::Refused;
-pub use image::{HalfImage, Image};
+pub use image::{AcrossImage, AcrossImages, HalfImage, Image};
 
 /// A frame refreshes its sender's registration at most this often (tenths of a second), so that
 /// the hot path touches the name registry about once a second per channel.
