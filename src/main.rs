@@ -201,6 +201,8 @@ fn take_over(
     info!(
         peers = summary.registry.peers,
         channels = summary.channels,
+        channels_across_relays = summary.across.0,
+        across_relays_left_out = summary.across.1,
         restore_ms,
         took_ms = began.elapsed().as_millis() as u64,
         "took over: serving"

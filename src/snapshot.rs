@@ -93,6 +93,8 @@ pub fn restore(path: &Path, settings: &Settings, workers: usize) -> Option<State
                 stale = s.registry.stale,
                 channels = s.channels,
                 channels_left_out = s.channels_left_out,
+                across_relays = s.across.0,
+                across_relays_left_out = s.across.1,
                 watches_left_out = s.registry.watches_left_out,
                 "restored the state file"
             );

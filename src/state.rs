@@ -102,10 +102,12 @@ pub struct Summary {
     pub age_ms: u64,
     /// What the registry kept and left out.
     pub registry: registry::Restored,
-    /// Channel pairs restored.
+    /// Channel pairs restored (each end of a channel across relays counted as one).
     pub channels: usize,
     /// Channel pairs left out with a stale registration.
     pub channels_left_out: usize,
+    /// Ends of channels across relays restored, and left out (their owner stale).
+    pub across: (usize, usize),
 }
 
 /// The state of `shared`, framed. Meant for a relay whose workers and reaper are stopped, so
@@ -176,13 +178,15 @@ pub fn restore(
     let held = |name: &str, at| registry.registered_at(name, at);
     let (channels, channels_left_out) = Channels::restore(&settings, body.channels, held)?;
     let held = |name: &str, at| registry.registered_at(name, at);
-    channels.restore_across(across, held);
+    let ends = across.0.len();
+    let across_left_out = channels.restore_across(across, held);
     let summary = Summary {
         version: body.version,
         age_ms,
         registry: kept,
         channels: channels.len(),
         channels_left_out,
+        across: (ends - across_left_out, across_left_out),
     };
     let mut budgets = Budgets::new(&settings);
     budgets.restore(body.budgets, now_ms);

@@ -46,6 +46,14 @@ pub struct Pending {
     pub at_ms: u64,
 }
 
+/// A name homed here: its claim's epoch, and the public key it was signed with, if it was (kept
+/// for the directory, which moves a signed name with it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Homed {
+    epoch: u64,
+    key: Option<String>,
+}
+
 /// Work owed to the directory, in the order it arose.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -109,8 +117,8 @@ pub struct Cluster {
     pub remote: Remote,
     /// The directory's counters.
     pub stats: Stats,
-    /// The names homed here, with the epochs of their claims.
-    homes: Mutex<HashMap<String, u64>>,
+    /// The names homed here: their claims' epochs, and the keys they were signed with.
+    homes: Mutex<HashMap<String, Homed>>,
     queue: Mutex<Queue>,
     /// Called when work is queued (the link waits for it).
     wake: Box<dyn Fn() + Send + Sync>,
@@ -240,12 +248,24 @@ impl Cluster {
             .contains_key(name)
     }
 
-    /// `name` is homed here from the claim of `epoch` on.
-    pub fn homed(&self, name: &str, epoch: u64) {
+    /// `name` is homed here from the claim of `epoch` on, signed with `key` if it was.
+    pub fn homed(&self, name: &str, epoch: u64, key: Option<String>) {
         self.homes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(name.to_string(), epoch);
+            .insert(name.to_string(), Homed { epoch, key });
+    }
+
+    /// The epoch `name` is homed here at, if it is.
+    pub fn home_epoch(&self, name: &str) -> Option<u64> {
+        let homes = self.homes.lock().unwrap_or_else(PoisonError::into_inner);
+        homes.get(name).map(|h| h.epoch)
+    }
+
+    /// The key `name`, homed here, was signed with (to publish it with again).
+    pub fn key_of(&self, name: &str) -> Option<String> {
+        let homes = self.homes.lock().unwrap_or_else(PoisonError::into_inner);
+        homes.get(name).and_then(|h| h.key.clone())
     }
 
     /// `name` left this relay: it is homed here no more, and its release is queued (never
@@ -253,29 +273,24 @@ impl Cluster {
     /// holds without knowing its epoch (restored by a takeover before the link published it
     /// again).
     pub fn left(&self, name: &str) {
-        let epoch = self
+        let homed = self
             .homes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(name);
-        self.push(Op::Release(name.to_string(), epoch.unwrap_or(ANY_EPOCH)));
+        let epoch = homed.map_or(ANY_EPOCH, |h| h.epoch);
+        self.push(Op::Release(name.to_string(), epoch));
     }
 
     /// `name` is homed here no longer, without a release (the directory gave it to another
     /// relay at a later epoch): false if it was not homed here, or at a later epoch.
     pub fn lost(&self, name: &str, epoch: u64) -> bool {
         let mut homes = self.homes.lock().unwrap_or_else(PoisonError::into_inner);
-        if homes.get(name).is_some_and(|&e| e < epoch) {
+        if homes.get(name).is_some_and(|h| h.epoch < epoch) {
             homes.remove(name);
             return true;
         }
         false
-    }
-
-    /// The names homed here, with their epochs (to publish again after the directory lost them).
-    pub fn homes(&self) -> Vec<(String, u64)> {
-        let homes = self.homes.lock().unwrap_or_else(PoisonError::into_inner);
-        homes.iter().map(|(n, &e)| (n.clone(), e)).collect()
     }
 
     /// How many names are homed here.
@@ -319,7 +334,7 @@ mod tests {
         let woken = Arc::new(AtomicU64::new(0));
         let c = cluster(woken.clone());
         assert!(c.pend(pending("alice")));
-        c.homed("alice", 4);
+        c.homed("alice", 4, None);
         c.lookup("bob");
         c.lookup("bob");
         c.left("alice");
@@ -343,7 +358,7 @@ mod tests {
         }
         assert!(!c.pend(pending("y")), "full");
         assert_eq!(c.stats.queue_full.load(Ordering::Relaxed), 1);
-        c.homed("z", 3);
+        c.homed("z", 3, None);
         c.left("z");
         assert_eq!(c.take(usize::MAX).len(), MAX_QUEUED + 1);
         // A lookup taken may be asked again.
@@ -386,7 +401,7 @@ mod tests {
     #[test]
     fn a_name_is_lost_only_to_a_later_claim() {
         let c = cluster(Arc::default());
-        c.homed("alice", 5);
+        c.homed("alice", 5, None);
         assert!(!c.lost("alice", 5));
         assert!(!c.lost("bob", 9));
         assert!(c.lost("alice", 6));

@@ -80,6 +80,10 @@ pub fn known(shared: &Shared, name: &str, home: Home, now: Now) -> bool {
     if *home.node == cl.node || !usable_mesh(home.mesh) {
         return false;
     }
+    // A join older than this relay's own claim of the name (late news) is no home of it.
+    if cl.home_epoch(name).is_some_and(|here| here >= home.epoch) {
+        return false;
+    }
     cl.nodes.add(&home.node, home.mesh, unix_us(now));
     cl.remote.joined(name, home)
 }
@@ -196,7 +200,7 @@ mod tests {
         let Some(crate::cluster::Op::Claim(p)) = cl.take(1).pop() else {
             panic!("a claim")
         };
-        cl.homed("alice", 1);
+        cl.homed("alice", 1, None);
         h.router.settle(&p, at(0), &mut Out::default());
         let c = Counters::default();
         let shared = h.shared.clone();

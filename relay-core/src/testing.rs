@@ -172,7 +172,7 @@ pub mod cluster {
         let mut sent = Vec::new();
         for op in c.take(usize::MAX) {
             if let Op::Claim(p) = op {
-                c.homed(&p.name, 1);
+                c.homed(&p.name, 1, p.key.clone());
                 c.remote.forget(&p.name);
                 let mut out = Out::default();
                 h.router.settle(&p, at(p.at_ms), &mut out);

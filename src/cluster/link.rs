@@ -339,7 +339,9 @@ impl Task {
             }
             let claims = chunk.iter().map(|name| {
                 let mut dir = dir.clone();
-                async move { (name, dir.claim(name, None, None).await) }
+                // With the key it was signed with, which the directory may have lost with it.
+                let key = cluster.key_of(name);
+                async move { (name, dir.claim(name, key.as_deref(), None).await) }
             });
             let got = join_all(claims).await;
             let now = self.now();
@@ -349,7 +351,7 @@ impl Task {
                     // Still registered here: homed here. Gone meanwhile (its release may have
                     // run before this claim): released again, at this claim's epoch.
                     Ok(Claimed::Home(epoch)) if shared.registry.addr_of(name, now.ms).is_some() => {
-                        cluster.homed(name, epoch);
+                        cluster.homed(name, epoch, cluster.key_of(name));
                         claimed += 1;
                     }
                     Ok(Claimed::Home(epoch)) => gone.push((name.clone(), epoch)),
@@ -524,7 +526,7 @@ impl Task {
         match d {
             Done::Claim(p, Some(Claimed::Home(epoch))) => {
                 Stats::add(&stats.claims_won);
-                cluster.homed(&p.name, epoch);
+                cluster.homed(&p.name, epoch, p.key.clone());
                 // Homed here now, whatever this relay knew of an older home.
                 cluster.remote.forget(&p.name);
                 router.settle(&p, now, out);

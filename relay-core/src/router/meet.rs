@@ -135,10 +135,12 @@ impl Router {
             .registry
             .registration_of(target, now.ms)
             .ok_or(Reason::MeshUnknownTarget)?;
-        if !self
-            .shared
-            .introductions
-            .asked(target, t_seq, peer, peer_epoch, now.ms)
+        // Both asks, as this relay recorded them: the target's, and the peer's for this very
+        // registration of the target (its number changes with each holder), so that a yes
+        // given to a name's former holder is handed to no later one.
+        let pending = &self.shared.introductions;
+        if !pending.asked(target, t_seq, peer, peer_epoch, now.ms)
+            || !pending.asked(peer, peer_epoch, target, t_seq, now.ms)
         {
             return Err(Reason::MeshUnknownTarget);
         }
