@@ -265,7 +265,7 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
         Some(via) if i % 2 == 1 => via,
         _ => cfg.target,
     };
-    let socks = (0..n)
+    let mut socks = (0..n)
         .map(|i| peer_socket(relay_of(i)))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("cannot open peer sockets: {e}"))?;
@@ -276,7 +276,7 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
     let (registrations_per_sec, channels) = if cfg.echo {
         (None, vec![0; n])
     } else if let Some(creds) = &cfg.turn {
-        let sessions = turn::setup(cfg.target, &socks, creds, cfg.register_timeout)?;
+        let sessions = turn::setup(cfg.target, &mut socks, creds, cfg.register_timeout)?;
         keeper = Some(Keeper::new(cfg.target, sessions));
         (None, vec![0; n])
     } else {

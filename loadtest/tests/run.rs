@@ -755,3 +755,34 @@ fn coturn_sessions_are_refreshed_past_their_lifetime() {
     assert!(r.turn_refreshes > 0 && r.turn_refused == 0, "{r:?}");
     assert!(r.loss_ratio < 0.05, "sessions lapsed: {r:?}");
 }
+
+/// A peer whose port an earlier run's allocation still holds (the kernel handed the port out
+/// again; coturn answers 437 for a while even after a release) moves to a port of its own,
+/// rather than failing the run.
+#[test]
+fn a_port_an_earlier_allocation_holds_is_left_for_another() {
+    let test = "a_port_an_earlier_allocation_holds_is_left_for_another";
+    let Some(turn) = coturn(test, &[]) else {
+        return;
+    };
+    let creds = loadtest::turn::parse_credentials("u:p").unwrap();
+    let socket = |port: u16| {
+        let s = UdpSocket::bind(("127.0.0.1", port)).unwrap();
+        s.connect(turn.addr).unwrap();
+        s
+    };
+    let timeout = std::time::Duration::from_secs(10);
+    let mut first = [socket(0), socket(0)];
+    let ports = first.each_ref().map(|s| s.local_addr().unwrap().port());
+    loadtest::turn::setup(turn.addr, &mut first, &creds, timeout).unwrap();
+    drop(first);
+    let mut again = ports.map(socket);
+    let sessions = loadtest::turn::setup(turn.addr, &mut again, &creds, timeout)
+        .expect("allocated from other ports");
+    assert_eq!(sessions.len(), 2);
+    let now = again.each_ref().map(|s| s.local_addr().unwrap().port());
+    assert!(
+        now.iter().zip(&ports).all(|(a, b)| a != b),
+        "{now:?} {ports:?}"
+    );
+}

@@ -54,6 +54,8 @@ pub struct Session {
     step: Step,
     /// The request awaiting its answer.
     pending: Option<Pending>,
+    /// Whether it moved to a socket of its own after its first was refused.
+    moved: bool,
 }
 
 /// A request awaiting its answer.
@@ -136,7 +138,7 @@ fn io_error(target: SocketAddr, e: std::io::Error) -> String {
 /// gives up after `timeout`, releasing what it allocated.
 pub fn setup(
     target: SocketAddr,
-    socks: &[UdpSocket],
+    socks: &mut [UdpSocket],
     creds: &Credentials,
     timeout: Duration,
 ) -> Result<Vec<Session>, String> {
@@ -147,6 +149,7 @@ pub fn setup(
             lifetime: 600,
             step: Step::Ask,
             pending: None,
+            moved: false,
         })
         .collect();
     match set_up(target, socks, creds, timeout, &mut peers) {
@@ -160,7 +163,7 @@ pub fn setup(
 
 fn set_up(
     target: SocketAddr,
-    socks: &[UdpSocket],
+    socks: &mut [UdpSocket],
     creds: &Credentials,
     timeout: Duration,
     peers: &mut [Session],
@@ -210,8 +213,8 @@ fn set_up(
             }
         }
         let mut heard = false;
-        for (i, s) in socks.iter().enumerate() {
-            let n = rx.recv(s).map_err(|e| io_error(target, e))?;
+        for i in 0..socks.len() {
+            let n = rx.recv(&socks[i]).map_err(|e| io_error(target, e))?;
             for k in 0..n {
                 let Some(r) = parse_response(rx.get(k)) else {
                     continue;
@@ -256,6 +259,15 @@ fn set_up(
                         }
                     }
                     (Step::Bind, true, _) => p.step = Step::Done,
+                    // Its port is one an earlier run's allocation still holds (the kernel gave
+                    // it again; coturn keeps a released 5-tuple a while): a port of its own.
+                    (Step::Ask | Step::Allocate, false, Some((437, _))) if !p.moved => {
+                        p.moved = true;
+                        p.step = Step::Ask;
+                        p.auth = None;
+                        socks[i] =
+                            crate::net::peer_socket(target).map_err(|e| io_error(target, e))?;
+                    }
                     (step, _, e) => {
                         let (code, reason) = e.clone().unwrap_or((0, "no error code".into()));
                         let what = match step {
