@@ -29,7 +29,7 @@ fn mesh(i: u8) -> SocketAddr {
 /// Node `id` of the directory at `url`, alive at mesh address `mesh(i)` for `ttl`.
 async fn node(url: &str, id: &str, i: u8, ttl: Duration) -> Directory {
     let mut d = Directory::connect(url, id, ttl).await.unwrap();
-    d.heartbeat(mesh(i)).await.unwrap();
+    d.heartbeat(mesh(i), 0).await.unwrap();
     d
 }
 
@@ -43,7 +43,7 @@ async fn home(d: &mut Directory, name: &str) -> Option<(String, SocketAddr)> {
 async fn reconnected(d: &mut Directory, i: u8) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match d.heartbeat(mesh(i)).await {
+        match d.heartbeat(mesh(i), 0).await {
             Ok(_) => return,
             Err(e) => {
                 assert!(Instant::now() < deadline, "never reconnected: {e}");
@@ -234,8 +234,15 @@ fn a_dead_nodes_names_are_free() {
             Some(("relay-b".into(), mesh(2)))
         );
         // The heartbeat lists the live nodes only, and a scan reads every name's home.
-        let live = b.heartbeat(mesh(2)).await.unwrap();
+        let live = b.heartbeat(mesh(2), 7).await.unwrap();
         assert_eq!(live, vec![("relay-b".to_string(), mesh(2))]);
+        // The node's record holds its load too, for an operator to read.
+        let client = redis::Client::open(redis.url()).unwrap();
+        let mut con = client.get_multiplexed_async_connection().await.unwrap();
+        let record: String = redis::AsyncCommands::get(&mut con, "udp-relay:node:relay-b")
+            .await
+            .unwrap();
+        assert_eq!(record, format!("{} 7", mesh(2)));
         won(b.claim("dave", None, None).await.unwrap());
         let (mut cursor, mut names) = (0, Vec::new());
         loop {

@@ -87,7 +87,7 @@ end
 return 0
 "#;
 
-/// Says node `ARGV[1]` is alive, reached at `ARGV[2]`, for `ARGV[3]` ms: its key `KEYS[1]`, and
+/// Says node `ARGV[1]` is alive, its record (`mesh load`) `ARGV[2]`, for `ARGV[3]` ms: its key `KEYS[1]`, and
 /// its place in the set of nodes `KEYS[2]` (scored by when it lapses, on Redis's clock, so that
 /// a node that died leaves the set). `ARGV[4]` is the prefix of node keys. Returns the live
 /// nodes and their mesh addresses, alternately.
@@ -117,6 +117,11 @@ pub struct Homed {
     pub node: String,
     /// Its claim's epoch.
     pub epoch: u64,
+}
+
+/// A node's record, `mesh load`: its mesh address.
+fn node_mesh(record: &str) -> Option<SocketAddr> {
+    record.split(' ').next()?.parse().ok()
 }
 
 /// A name's record, `node epoch` or `node epoch key`: its node and epoch.
@@ -286,16 +291,21 @@ impl Directory {
         format!("{PREFIX}events")
     }
 
-    /// Says this node is alive, reached at `mesh`, for another TTL: the live nodes (this one
-    /// too) and their mesh addresses (an address that does not parse is left out).
-    pub async fn heartbeat(&mut self, mesh: SocketAddr) -> RedisResult<Vec<(String, SocketAddr)>> {
+    /// Says this node is alive, reached at `mesh` and serving `load` peers, for another TTL: the
+    /// live nodes (this one too) and their mesh addresses (a record that does not read is left
+    /// out). A node's record is `mesh load`, for an operator (or a balancer) to read.
+    pub async fn heartbeat(
+        &mut self,
+        mesh: SocketAddr,
+        load: usize,
+    ) -> RedisResult<Vec<(String, SocketAddr)>> {
         let ttl = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
         let live: Vec<String> = Self::bounded(
             self.heartbeat
                 .key(Self::node_key(&self.node))
                 .key(format!("{PREFIX}nodes"))
                 .arg(&self.node)
-                .arg(mesh.to_string())
+                .arg(format!("{mesh} {load}"))
                 .arg(ttl.max(1))
                 .arg(format!("{PREFIX}node:"))
                 .invoke_async(&mut self.con),
@@ -304,7 +314,7 @@ impl Directory {
         Ok(live
             .chunks_exact(2)
             .filter(|p| valid_node(&p[0]))
-            .filter_map(|p| Some((p[0].clone(), p[1].parse().ok()?)))
+            .filter_map(|p| Some((p[0].clone(), node_mesh(&p[1])?)))
             .collect())
     }
 
@@ -396,7 +406,7 @@ impl Directory {
             return Ok(None);
         };
         let mesh: Option<String> = Self::bounded(self.con.get(Self::node_key(&node))).await?;
-        let Some(mesh) = mesh.and_then(|m| m.parse().ok()) else {
+        let Some(mesh) = mesh.as_deref().and_then(node_mesh) else {
             return Ok(None);
         };
         let name = name.to_string();

@@ -188,7 +188,8 @@ impl Task {
         let mut silent: HashSet<String> = HashSet::new();
         while !self.stopped() {
             let began = Instant::now();
-            match dir.heartbeat(self.j.mesh).await {
+            let load = self.j.shared.registry.len();
+            match dir.heartbeat(self.j.mesh, load).await {
                 Ok(live) => {
                     self.timed(began);
                     stats.up.store(true, Ordering::Relaxed);
