@@ -25,7 +25,32 @@ fn address(d: &[u8], m: &Mesh<'_>) -> Option<SocketAddr> {
         .ok()
 }
 
+/// The two sides of a meeting across relays: the remote peer's address (carried) and claim
+/// epoch (as this relay's view has it), and the target's registration here (address, trust,
+/// number).
+type Parties = (SocketAddr, u64, (SocketAddr, bool, u64));
+
 impl Router {
+    /// The parties of mesh datagram `m` (a connect or an introduction) about `peer`, at the
+    /// sending relay, and its target homed here.
+    fn parties(
+        &self,
+        c: &Cluster,
+        d: &[u8],
+        m: &Mesh<'_>,
+        peer: &str,
+        now: Now,
+    ) -> Result<Parties, Reason> {
+        let addr = address(d, m).ok_or(Reason::MeshMalformed)?;
+        let (_, epoch) = c.remote.home_of(peer).ok_or(Reason::MeshUnknownTarget)?;
+        let target = self
+            .shared
+            .registry
+            .registration_of(m.head.target, now.ms)
+            .ok_or(Reason::MeshUnknownTarget)?;
+        Ok((addr, epoch, target))
+    }
+
     /// `connect` of `me` (registration number `my_seq`) to `target`, homed at another relay of
     /// the cluster: the ask kept here, and sent there with `me`'s address. Nothing if `target`
     /// is homed nowhere known (an offline target, as on one relay).
@@ -81,13 +106,8 @@ impl Router {
             return Err(Reason::Disabled);
         }
         let target = m.head.target;
-        let asker_addr = address(d, m).ok_or(Reason::MeshMalformed)?;
-        let (_, asker_epoch) = c.remote.home_of(asker).ok_or(Reason::MeshUnknownTarget)?;
-        let (t_addr, t_trusted, t_seq) = self
-            .shared
-            .registry
-            .registration_of(target, now.ms)
-            .ok_or(Reason::MeshUnknownTarget)?;
+        let (asker_addr, asker_epoch, (t_addr, t_trusted, t_seq)) =
+            self.parties(c, d, m, asker, now)?;
         let pending = &self.shared.introductions;
         if !pending.ask(asker, asker_epoch, target, t_seq, now.ms) {
             return Err(Reason::ConnectLimited);
@@ -118,23 +138,16 @@ impl Router {
     /// target is introduced to it, if it did ask (no address is handed out otherwise).
     pub(super) fn mesh_introduce(
         &self,
+        c: &Cluster,
         d: &[u8],
         m: &Mesh<'_>,
         peer: &str,
         now: Now,
         out: &mut Out,
     ) -> Result<(), Reason> {
-        let Some(c) = self.shared.cluster.get() else {
-            return Err(Reason::MeshUnknownNode);
-        };
         let target = m.head.target;
-        let peer_addr = address(d, m).ok_or(Reason::MeshMalformed)?;
-        let (_, peer_epoch) = c.remote.home_of(peer).ok_or(Reason::MeshUnknownTarget)?;
-        let (t_addr, t_trusted, t_seq) = self
-            .shared
-            .registry
-            .registration_of(target, now.ms)
-            .ok_or(Reason::MeshUnknownTarget)?;
+        let (peer_addr, peer_epoch, (t_addr, t_trusted, t_seq)) =
+            self.parties(c, d, m, peer, now)?;
         // Both asks, as this relay recorded them: the target's, and the peer's for this very
         // registration of the target (its number changes with each holder), so that a yes
         // given to a name's former holder is handed to no later one.

@@ -101,9 +101,13 @@ impl Router {
             return refuse(Reason::MeshMalformed);
         }
         let start = out.sends.len();
+        // Who pays for what is told here: the relay (each recipient held to its presence
+        // rate), but for a `channel_bound`, paid by the binder's host as a local bind's is (its
+        // bind was authenticated where it was made); forwards pass.
+        let relay = |r: Result<(), Reason>| r.map(|()| Cause::Relay);
         let result = match m.head.via {
-            Via::Source(source) => self.mesh_relay(&m, source, now, out),
-            Via::Channel(number) => self.mesh_frame(c, &m, number, now, out),
+            Via::Source(source) => relay(self.mesh_relay(&m, source, now, out)),
+            Via::Channel(number) => relay(self.mesh_frame(c, &m, number, now, out)),
             Via::Bind(binder) => self.mesh_bind(c, d, &m, binder, now, out),
             Via::Closed(number) => {
                 let node: Arc<str> = m.head.node.into();
@@ -112,24 +116,17 @@ impl Router {
                     .channels
                     .close_remote(&node, m.head.target, number);
                 events::tell_closed(&self.shared, gone, now, out);
-                Ok(())
+                Ok(Cause::Relay)
             }
-            Via::Connect(asker) => self.mesh_connect(c, d, &m, asker, now, out),
-            Via::Introduce(peer) => self.mesh_introduce(d, &m, peer, now, out),
+            Via::Connect(asker) => relay(self.mesh_connect(c, d, &m, asker, now, out)),
+            Via::Introduce(peer) => relay(self.mesh_introduce(c, d, &m, peer, now, out)),
             // Heard (its open marked the node): nothing to decide.
-            Via::Ping => Ok(()),
+            Via::Ping => Ok(Cause::Relay),
         };
-        if let Err(r) = result {
-            return refuse(r);
-        }
-        // What is told here is held to each recipient's presence rate, and a `channel_bound`
-        // is paid by the binder's host, as a local bind's is (its bind was authenticated where
-        // it was made); forwards pass.
-        let cause = match m.head.via {
-            Via::Bind(_) => read_bind(&d[m.payload.clone()]).map(|(_, _, host)| host),
-            _ => None,
+        let cause = match result {
+            Ok(cause) => cause,
+            Err(r) => return refuse(r),
         };
-        let cause = cause.map_or(Cause::Relay, Cause::Authenticated);
         let b = &self.shared.budgets;
         b.settle(out, start, cause, None, now.ms, &self.counters);
     }
@@ -187,7 +184,8 @@ impl Router {
 
     /// A channel `binder`, at the sending relay, bound to the target homed here: its end taken
     /// under the number that relay chose, and the target told, as a local bind tells it; or,
-    /// where it cannot be taken, said closed to the sender.
+    /// where it cannot be taken, said closed to the sender. Who pays for telling it: the
+    /// binder's host.
     fn mesh_bind(
         &self,
         c: &Cluster,
@@ -196,9 +194,9 @@ impl Router {
         binder: &str,
         now: Now,
         out: &mut Out,
-    ) -> Result<(), Reason> {
+    ) -> Result<Cause, Reason> {
         let (target, node) = (m.head.target, m.head.node);
-        let (theirs, mine, _) = read_bind(&d[m.payload.clone()]).ok_or(Reason::MeshMalformed)?;
+        let (theirs, mine, host) = read_bind(&d[m.payload.clone()]).ok_or(Reason::MeshMalformed)?;
         let owner = Name::from(target);
         let taken = match self.shared.registry.target_of(target, now.ms) {
             // As a local bind: only to a registration that proved itself where it is.
@@ -235,7 +233,7 @@ impl Router {
         let start = out.buf.len();
         reply::channel_bound(&mut out.buf, binder, mine);
         out.reply(addr, start, Kind::Announce, true);
-        Ok(())
+        Ok(Cause::Authenticated(host))
     }
 }
 
@@ -249,7 +247,7 @@ mod tests {
     use crate::remote::Home;
     use crate::seal::{Payload, seal};
     use crate::settings::Settings;
-    use crate::testing::cluster::{KEY, join, mesh_addr, prove, settle_claims};
+    use crate::testing::cluster::{KEY, join, mesh, mesh_addr, prove, settle_claims};
     use crate::testing::{Harness, addr, at, collect};
     use crate::wire::mesh::Via;
     use crate::wire::{self, peer};
@@ -274,9 +272,7 @@ mod tests {
 
     /// Relay B's decision on mesh datagram `d`.
     fn deliver(b: &mut Harness, d: &[u8]) -> Vec<(SocketAddr, Vec<u8>)> {
-        let mut out = Out::default();
-        b.router.mesh(d, mesh_addr(1), at(10), &mut out);
-        collect(&out, d)
+        mesh(b, d, mesh_addr(1), 10)
     }
 
     #[test]
@@ -462,9 +458,8 @@ mod tests {
         let ab = number(&to(&sent, alice));
         let bind = to(&sent, mesh_addr(2));
         // Relay-b takes bob's end and tells him, as a local bind would.
-        let mut out = Out::default();
-        b.router.mesh(&bind, mesh_addr(1), at(2), &mut out);
-        let told = collect(&out, &bind);
+        let got_bind = mesh(&mut b, &bind, mesh_addr(1), 2);
+        let told = got_bind;
         let bound = String::from_utf8(to(&told, bob)).unwrap();
         assert!(
             bound.contains(r#""channel_bound","peer_name":"alice""#),
@@ -475,20 +470,18 @@ mod tests {
         let mut f = Vec::new();
         wire::frame::write(&mut f, ab, b"\x00encrypted\xff");
         let over = to(&a.run(&f, alice, 3), mesh_addr(2));
-        let mut out = Out::default();
-        b.router.mesh(&over, mesh_addr(1), at(3), &mut out);
+        let got_over = mesh(&mut b, &over, mesh_addr(1), 3);
         let mut want = Vec::new();
         wire::frame::write(&mut want, ba, b"\x00encrypted\xff");
-        assert_eq!(to(&collect(&out, &over), bob), want);
+        assert_eq!(to(&got_over, bob), want);
         // And back.
         let mut f = Vec::new();
         wire::frame::write(&mut f, ba, b"reply");
         let back = to(&b.run(&f, bob, 4), mesh_addr(1));
-        let mut out = Out::default();
-        a.router.mesh(&back, mesh_addr(2), at(4), &mut out);
+        let got_back = mesh(&mut a, &back, mesh_addr(2), 4);
         let mut want = Vec::new();
         wire::frame::write(&mut want, ab, b"reply");
-        assert_eq!(to(&collect(&out, &back), alice), want);
+        assert_eq!(to(&got_back, alice), want);
         // A frame from anyone but alice's address is refused, as on one relay.
         let mut f = Vec::new();
         wire::frame::write(&mut f, ab, b"x");
@@ -497,9 +490,8 @@ mod tests {
         let mut d = Vec::new();
         peer::unbind(&mut d, ab, "alice", &alice_session);
         let closed = to(&a.run(&d, alice, 6), mesh_addr(2));
-        let mut out = Out::default();
-        b.router.mesh(&closed, mesh_addr(1), at(6), &mut out);
-        let told = String::from_utf8(to(&collect(&out, &closed), bob)).unwrap();
+        let got_closed = mesh(&mut b, &closed, mesh_addr(1), 6);
+        let told = String::from_utf8(to(&got_closed, bob)).unwrap();
         assert_eq!(
             told,
             format!(r#"{{"type":"channel_closed","channel":{ba}}}"#)
@@ -512,21 +504,18 @@ mod tests {
         let sent = a.run(&d, alice, 8);
         let ab = number(&to(&sent, alice));
         let bind = to(&sent, mesh_addr(2));
-        let mut out = Out::default();
-        b.router.mesh(&bind, mesh_addr(1), at(8), &mut out);
-        let ba = number(&to(&collect(&out, &bind), bob));
+        let got_bind = mesh(&mut b, &bind, mesh_addr(1), 8);
+        let ba = number(&to(&got_bind, bob));
         let node: std::sync::Arc<str> = "relay-a".into();
         assert!(b.shared.channels.close_remote(&node, "alice", ab).is_some());
         let mut f = Vec::new();
         wire::frame::write(&mut f, ab, b"lost");
         let over = to(&a.run(&f, alice, 9), mesh_addr(2));
-        let mut out = Out::default();
-        b.router.mesh(&over, mesh_addr(1), at(9), &mut out);
+        let got_over = mesh(&mut b, &over, mesh_addr(1), 9);
         assert_eq!(b.refused(Reason::ChannelGone), 1);
-        let gone = to(&collect(&out, &over), mesh_addr(1));
-        let mut out = Out::default();
-        a.router.mesh(&gone, mesh_addr(2), at(9), &mut out);
-        let told = String::from_utf8(to(&collect(&out, &gone), alice)).unwrap();
+        let gone = to(&got_over, mesh_addr(1));
+        let got_gone = mesh(&mut a, &gone, mesh_addr(2), 9);
+        let told = String::from_utf8(to(&got_gone, alice)).unwrap();
         assert_eq!(
             told,
             format!(r#"{{"type":"channel_closed","channel":{ab}}}"#)
@@ -561,9 +550,8 @@ mod tests {
             "bob told nothing"
         );
         let closed = to(&refused, mesh_addr(1));
-        let mut out = Out::default();
-        a.router.mesh(&closed, mesh_addr(2), at(3), &mut out);
-        let told = String::from_utf8(to(&collect(&out, &closed), addr(1))).unwrap();
+        let got_closed = mesh(&mut a, &closed, mesh_addr(2), 3);
+        let told = String::from_utf8(to(&got_closed, addr(1))).unwrap();
         assert_eq!(
             told,
             format!(r#"{{"type":"channel_closed","channel":{ab}}}"#)
@@ -610,9 +598,8 @@ mod tests {
         let sent = a.run(&connect("alice", &alice_session, "bob"), alice, 2);
         assert!(sent.iter().all(|(t, _)| *t == mesh_addr(2)), "{sent:?}");
         let asked = to(&sent, mesh_addr(2));
-        let mut out = Out::default();
-        b.router.mesh(&asked, mesh_addr(1), at(2), &mut out);
-        let told = String::from_utf8(to(&collect(&out, &asked), bob)).unwrap();
+        let got_asked = mesh(&mut b, &asked, mesh_addr(1), 2);
+        let told = String::from_utf8(to(&got_asked, bob)).unwrap();
         assert_eq!(told, r#"{"type":"connect_request","peer_name":"alice"}"#);
         // A forged introduction (no ask of bob's) hands out nothing.
         let forged = {
@@ -631,25 +618,21 @@ mod tests {
             ));
             collect(&out, &[]).remove(0).1
         };
-        let mut out = Out::default();
-        b.router.mesh(&forged, mesh_addr(1), at(3), &mut out);
-        assert!(out.sends.is_empty());
+        assert!(mesh(&mut b, &forged, mesh_addr(1), 3).is_empty());
         assert_eq!(b.refused(Reason::MeshUnknownTarget), 1);
         // Bob asks back: relay-a, which holds alice's ask, introduces both.
         let sent = b.run(&connect("bob", &bob_session, "alice"), bob, 4);
         let asked = to(&sent, mesh_addr(1));
-        let mut out = Out::default();
-        a.router.mesh(&asked, mesh_addr(2), at(4), &mut out);
-        let done = collect(&out, &asked);
+        let got_asked = mesh(&mut a, &asked, mesh_addr(2), 4);
+        let done = got_asked;
         let to_alice = String::from_utf8(to(&done, alice)).unwrap();
         assert_eq!(
             to_alice,
             format!(r#"{{"type":"introduce","peer_name":"bob","address":"{bob}"}}"#)
         );
         let back = to(&done, mesh_addr(2));
-        let mut out = Out::default();
-        b.router.mesh(&back, mesh_addr(1), at(4), &mut out);
-        let to_bob = String::from_utf8(to(&collect(&out, &back), bob)).unwrap();
+        let got_back = mesh(&mut b, &back, mesh_addr(1), 4);
+        let to_bob = String::from_utf8(to(&got_back, bob)).unwrap();
         assert_eq!(
             to_bob,
             format!(r#"{{"type":"introduce","peer_name":"alice","address":"{alice}"}}"#)
