@@ -1,4 +1,4 @@
-//! Through real NATs: network namespaces this test creates itself, two NAT routers (nftables
+//! Through real NATs: a `netlab` lab of network namespaces, two NAT routers (nftables
 //! masquerade) in front of two peers, and the relay on the "public" side. Through cone-like
 //! NATs (mappings that keep their port for every destination) the peers learn their public
 //! addresses over STUN, ask for each other, are introduced and punch a direct path; through
@@ -15,172 +15,18 @@
 mod common;
 
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::TIMEOUT;
+use netlab::{Lab, Nat, Site, can_run, public_ip, relay_ip};
 use relay_core::wire::{frame, peer, stun};
 use serde_json::Value;
 
-/// Runs `ip`/`nft` (or anything) and insists it worked.
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn in_ns(ns: &str, args: &[&str]) {
-    let mut full = vec!["ip", "netns", "exec", ns];
-    full.extend_from_slice(args);
-    sh(&full);
-}
-
-/// The namespaces of one topology, deleted (with everything in them) when dropped.
-struct Net {
-    names: Vec<String>,
-    relay: Option<Child>,
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        if let Some(mut r) = self.relay.take() {
-            let _ = r.kill();
-            let _ = r.wait();
-        }
-        for n in &self.names {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-    }
-}
-
-/// Whether this test can build namespaces here; if not, says why.
-fn can_run(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let tools = ["ip", "nft"].iter().all(|t| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {t}")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if root && tools {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none() || !root,
-        "{test}: CI runs as root and installs iproute2 and nftables"
-    );
-    println!("SKIPPED {test}: needs root and `ip` and `nft` (iproute2, nftables)");
-    false
-}
-
-/// Builds the topology; `symmetric` NATs give every destination its own random port.
-fn topology(tag: &str, symmetric: bool) -> Net {
-    let id = format!("{}{}", tag, std::process::id() % 100_000);
-    let ns = |n: &str| format!("{n}{id}");
-    let (relay, nat_a, nat_b, peer_a, peer_b) = (ns("rl"), ns("na"), ns("nb"), ns("pa"), ns("pb"));
-    let net = Net {
-        names: vec![
-            relay.clone(),
-            nat_a.clone(),
-            nat_b.clone(),
-            peer_a.clone(),
-            peer_b.clone(),
-        ],
-        relay: None,
-    };
-    for n in &net.names {
-        sh(&["ip", "netns", "add", n]);
-        in_ns(n, &["ip", "link", "set", "lo", "up"]);
-    }
-    let link = |a: &str, an: &str, aip: &str, b: &str, bn: &str, bip: &str| {
-        sh(&[
-            "ip", "link", "add", an, "netns", a, "type", "veth", "peer", "name", bn, "netns", b,
-        ]);
-        in_ns(a, &["ip", "addr", "add", aip, "dev", an]);
-        in_ns(b, &["ip", "addr", "add", bip, "dev", bn]);
-        in_ns(a, &["ip", "link", "set", an, "up"]);
-        in_ns(b, &["ip", "link", "set", bn, "up"]);
-    };
-    link(
-        &relay,
-        "ra",
-        "10.200.1.1/24",
-        &nat_a,
-        "pub",
-        "10.200.1.2/24",
-    );
-    link(
-        &relay,
-        "rb",
-        "10.200.2.1/24",
-        &nat_b,
-        "pub",
-        "10.200.2.2/24",
-    );
-    link(
-        &nat_a,
-        "lan",
-        "192.168.1.1/24",
-        &peer_a,
-        "eth0",
-        "192.168.1.2/24",
-    );
-    link(
-        &nat_b,
-        "lan",
-        "192.168.2.1/24",
-        &peer_b,
-        "eth0",
-        "192.168.2.2/24",
-    );
-    // The "internet" routes between the two public networks.
-    in_ns(&relay, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-    for (nat, peer, public_gw, lan_gw) in [
-        (&nat_a, &peer_a, "10.200.1.1", "192.168.1.1"),
-        (&nat_b, &peer_b, "10.200.2.1", "192.168.2.1"),
-    ] {
-        in_ns(nat, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-        in_ns(nat, &["ip", "route", "add", "default", "via", public_gw]);
-        in_ns(peer, &["ip", "route", "add", "default", "via", lan_gw]);
-        let masquerade = if symmetric {
-            "masquerade fully-random"
-        } else {
-            "masquerade"
-        };
-        // Unsolicited datagrams to the router itself are dropped before conntrack confirms
-        // them, so that a punch arriving first leaves no entry in the way of the mapping.
-        let rules = format!(
-            "table ip nat {{
-                chain post {{ type nat hook postrouting priority 100; oifname \"pub\" {masquerade}; }}
-            }}
-            table ip filter {{
-                chain input {{ type filter hook input priority 0; iifname \"pub\" udp dport 1-65535 drop; }}
-            }}"
-        );
-        in_ns(nat, &["nft", &rules]);
-    }
-    net
-}
-
-/// A UDP socket created inside network namespace `ns`, bound to `local` (it stays there).
-fn socket_in(ns: &str, local: &str) -> UdpSocket {
-    let (ns, local) = (ns.to_string(), local.to_string());
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
-        // SAFETY: setns on this thread only, with a namespace file we hold open.
-        let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
-        let s = UdpSocket::bind(&local).unwrap();
-        s.set_read_timeout(Some(TIMEOUT)).unwrap();
-        s
-    })
-    .join()
-    .unwrap()
+/// A socket of namespace `ns` on any port, whose reads time out after [`TIMEOUT`].
+fn socket_in(lab: &Lab, ns: &str) -> UdpSocket {
+    let s = lab.socket_in(ns, "0.0.0.0:0");
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s
 }
 
 /// A peer behind its NAT, talking to the relay at `relay`.
@@ -282,27 +128,26 @@ fn run(test: &str, symmetric: bool) {
     if !can_run(test) {
         return;
     }
-    let tag = if symmetric { "s" } else { "c" };
-    let mut net = topology(tag, symmetric);
-    let relay_ns = net.names[0].clone();
+    let (tag, nat) = if symmetric {
+        ("s", Nat::Symmetric)
+    } else {
+        ("c", Nat::Cone)
+    };
+    let lab = Lab::new(tag, &[Site::new(nat, 1), Site::new(nat, 1)]);
     let bin = env!("CARGO_BIN_EXE_udp-relay");
-    let child = Command::new("ip")
-        .args(["netns", "exec", &relay_ns, bin])
-        .args(["--host", "0.0.0.0", "--port", "3478"])
-        // This test's "public" side is private address space, which the relay refuses unless
-        // allowed: as an operator whose peers come from such a network would.
-        .args(["--allowed-peer-ip", "10.200.0.0/16"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    net.relay = Some(child);
-    let (pa, pb) = (net.names[3].clone(), net.names[4].clone());
-    let relay_a: SocketAddr = "10.200.1.1:3478".parse().unwrap();
-    let relay_b: SocketAddr = "10.200.2.1:3478".parse().unwrap();
+    // This test's "public" side is private address space, which the relay refuses unless
+    // allowed: as an operator whose peers come from such a network would.
+    let args = ["--host", "0.0.0.0", "--port", "3478"];
+    let allow = ["--allowed-peer-ip", "10.200.0.0/16"];
+    // Held, output and all, until the lab kills it.
+    #[expect(clippy::zombie_processes, reason = "the lab kills and reaps it")]
+    let _relay = lab.spawn(lab.relay(), &[&[bin][..], &args, &allow].concat());
+    let (pa, pb) = (lab.peer(1, 1), lab.peer(2, 1));
+    let relay_a = SocketAddr::from((relay_ip(1), 3478));
+    let relay_b = SocketAddr::from((relay_ip(2), 3478));
     // The relay may still be binding: a peer's STUN request is repeated until answered.
     let wait_for_relay = |ns: &str, relay: SocketAddr| {
-        let s = socket_in(ns, "0.0.0.0:0");
+        let s = socket_in(&lab, ns);
         s.set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
         let deadline = Instant::now() + TIMEOUT;
@@ -319,12 +164,12 @@ fn run(test: &str, symmetric: bool) {
             }
         }
     };
-    wait_for_relay(&pa, relay_a);
-    let (alice, a_pub) = Peer::join(socket_in(&pa, "0.0.0.0:0"), relay_a, "alice");
-    let (bob, b_pub) = Peer::join(socket_in(&pb, "0.0.0.0:0"), relay_b, "bob");
+    wait_for_relay(pa, relay_a);
+    let (alice, a_pub) = Peer::join(socket_in(&lab, pa), relay_a, "alice");
+    let (bob, b_pub) = Peer::join(socket_in(&lab, pb), relay_b, "bob");
     // (1) STUN told each its NAT's public address.
-    assert_eq!(a_pub.ip().to_string(), "10.200.1.2");
-    assert_eq!(b_pub.ip().to_string(), "10.200.2.2");
+    assert_eq!(a_pub.ip(), public_ip(1));
+    assert_eq!(b_pub.ip(), public_ip(2));
     // (2) Once each has asked for the other, an introduction gives each the other's public
     // address; until then bob is only told that alice asks.
     alice.request(serde_json::json!({"type": "connect", "target": "bob"}));
