@@ -156,6 +156,21 @@ pub fn unbind(buf: &mut Vec<u8>, channel: u32, name: &str, session: &str) {
     buf.push(b'}');
 }
 
+/// Pads the request that ends `buf` to `len` bytes with a `"pad"` field (Part 2), so that the
+/// relay may answer it in full: a reply to an unauthenticated request is at most 3× its size.
+/// A request already that long is left as it is.
+pub fn pad(buf: &mut Vec<u8>, len: usize) {
+    const FIELD: &[u8] = br#","pad":""#;
+    if buf.last() != Some(&b'}') || buf.len() + FIELD.len() + 1 >= len {
+        return;
+    }
+    buf.pop();
+    buf.extend_from_slice(FIELD);
+    let fill = len - buf.len() - 2;
+    buf.resize(buf.len() + fill, b' ');
+    buf.extend_from_slice(b"\"}");
+}
+
 /// `relay` from `source` to `target`; `payload` is the JSON value to carry, as it is written.
 pub fn relay(buf: &mut Vec<u8>, source: &str, target: &str, payload: &[u8]) {
     buf.extend_from_slice(br#"{"type":"relay","target":"#);
@@ -237,6 +252,19 @@ mod tests {
         relay(&mut b, "a", "b", b"\"hi\"");
         let h = crate::scan::scan(&b).expect("the relay's scanner reads it");
         assert_eq!(h.payload.unwrap().of(&b), b"\"hi\"");
+    }
+
+    #[test]
+    fn padding_reaches_the_length_asked_and_stays_json() {
+        let mut b = Vec::new();
+        register(&mut b, "a", None);
+        pad(&mut b, 200);
+        assert_eq!(b.len(), 200);
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["name"], "a");
+        let before = b.clone();
+        pad(&mut b, 100);
+        assert_eq!(b, before, "already longer");
     }
 
     #[test]

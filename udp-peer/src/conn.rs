@@ -1,0 +1,450 @@
+//! One peer we talk to: the Noise handshake (through the relay, roles by name order so that both
+//! sides may start at once), the open session, the ordered stream, and which path each packet
+//! takes: the chosen direct path first, the relay otherwise, and a retransmission by both.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::noise::{Handshake, Identity, Refused, Session};
+use crate::packet::{self, Frame, Packet};
+use crate::path::{Paths, Switch};
+use crate::relay::Link;
+use crate::rng::Rng;
+use crate::stream::Stream;
+use crate::{Config, Event, PeerStatus, SendError, Transmit, Via};
+
+/// After the relay said a peer is unavailable, when to ask again.
+const OFFLINE_RETRY: Duration = Duration::from_secs(2);
+
+/// Where one packet goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Relay,
+    Direct(SocketAddr),
+}
+
+/// A handshake under way, and what to send again until it is answered.
+struct Pending {
+    hs: Handshake,
+    /// The peer's session id (0 until its first message).
+    peer_id: u32,
+    /// The last message sent, whole.
+    last: Vec<u8>,
+    next: Instant,
+}
+
+/// The connection to one peer.
+pub struct Conn {
+    /// The peer's name.
+    pub name: String,
+    /// Our session id with it.
+    pub id: u32,
+    initiator: bool,
+    pending: Option<Pending>,
+    session: Option<Session>,
+    /// The initiator's last handshake message, for a responder that did not get it.
+    last_sent: Option<Vec<u8>>,
+    /// The key the handshake proved, for the endpoint to check against `known_peers`.
+    pub proved: Option<[u8; 32]>,
+    trusted: bool,
+    just_trusted: bool,
+    refused: bool,
+    stream: Stream,
+    /// The direct path.
+    pub paths: Paths,
+    /// Our candidates as last advertised.
+    pub local: Vec<SocketAddr>,
+    /// Whether to advertise them again.
+    pub candidates_changed: bool,
+    ack_due: Option<Route>,
+    /// Answers to probes, sent at the next poll.
+    probe_acks: Vec<Transmit>,
+    retry_at: Option<Instant>,
+}
+
+impl Conn {
+    /// A connection to `name` with our session id `id`.
+    pub fn new(name: &str, id: u32, initiator: bool, cfg: &Config, _now: Instant) -> Conn {
+        Conn {
+            name: name.to_string(),
+            id,
+            initiator,
+            pending: None,
+            session: None,
+            last_sent: None,
+            proved: None,
+            trusted: false,
+            just_trusted: false,
+            refused: false,
+            stream: Stream::default(),
+            paths: Paths::new(cfg.paths.clone()),
+            local: Vec::new(),
+            candidates_changed: false,
+            ack_due: None,
+            probe_acks: Vec::new(),
+            retry_at: None,
+        }
+    }
+
+    /// Queues a message.
+    pub fn queue(&mut self, text: &[u8]) -> Result<(), SendError> {
+        if self.refused {
+            return Err(SendError::Refused);
+        }
+        if self.stream.push(text.to_vec()) {
+            Ok(())
+        } else {
+            Err(SendError::Full)
+        }
+    }
+
+    /// The key checked out: the session carries messages.
+    pub fn trust(&mut self) {
+        self.trusted = true;
+        self.just_trusted = true;
+    }
+
+    /// The key did not match: nothing more to or from this peer.
+    pub fn refuse(&mut self) {
+        self.refused = true;
+        self.session = None;
+        self.pending = None;
+        self.stream = Stream::default();
+    }
+
+    /// The relay said the peer is not there: ask again later.
+    pub fn unavailable(&mut self, now: Instant) {
+        self.retry_at = Some(now + OFFLINE_RETRY);
+    }
+
+    /// The state to show.
+    pub fn status(&self) -> PeerStatus {
+        let direct = self.paths.direct();
+        PeerStatus {
+            name: self.name.clone(),
+            connected: self.trusted && self.session.is_some(),
+            via: if direct.is_some() {
+                Via::Direct
+            } else {
+                Via::Relay
+            },
+            addr: direct,
+            rtt: self.paths.rtt(),
+            unacked: self.stream.pending(),
+        }
+    }
+
+    /// When [`Conn::poll`] next has work (nothing while the relay link is not `ready`: the
+    /// link's own timers run then).
+    pub fn timeout(&self, cfg: &Config, ready: bool) -> Option<Instant> {
+        if self.refused || !ready {
+            return None;
+        }
+        [
+            self.pending.as_ref().map(|p| p.next),
+            self.retry_at,
+            self.trusted
+                .then(|| self.stream.timeout(cfg.min_rto))
+                .flatten(),
+            self.trusted.then(|| self.paths.timeout()).flatten(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn send(&mut self, frame: &Frame<'_>, route: Route, link: &mut Link, out: &mut Vec<Transmit>) {
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        let mut plain = Vec::new();
+        frame.write(&mut plain);
+        let mut d = Vec::with_capacity(plain.len() + 32);
+        s.seal(&plain, &mut d);
+        match route {
+            Route::Relay => link.send_to_peer(&self.name, &d),
+            Route::Direct(a) => out.push(Transmit { to: a, bytes: d }),
+        }
+    }
+
+    /// Does what is due: handshake messages, path checks, messages, acknowledgements.
+    #[allow(clippy::too_many_arguments)]
+    pub fn poll(
+        &mut self,
+        now: Instant,
+        ready: bool,
+        cfg: &Config,
+        id: &Identity,
+        rng: &mut Rng,
+        link: &mut Link,
+        out: &mut std::collections::VecDeque<Transmit>,
+        events: &mut std::collections::VecDeque<Event>,
+    ) {
+        out.extend(self.probe_acks.drain(..));
+        if self.refused || !ready {
+            return;
+        }
+        if self.retry_at.is_some_and(|t| now >= t) {
+            self.retry_at = None;
+            link.connect(&self.name, now);
+            link.bind(&self.name, now);
+        }
+        if self.initiator && self.session.is_none() && self.pending.is_none() {
+            let mut hs = Handshake::new(id, &cfg.name, &self.name, true);
+            let mut d = Vec::new();
+            packet::handshake(&mut d, 1, self.id, 0);
+            hs.write(id, &mut d);
+            self.pending = Some(Pending {
+                hs,
+                peer_id: 0,
+                last: d,
+                next: now,
+            });
+        }
+        if let Some(p) = self.pending.as_mut()
+            && now >= p.next
+        {
+            p.next = now + cfg.handshake_retry;
+            link.send_to_peer(&self.name, &p.last);
+        }
+        if !self.trusted || self.session.is_none() {
+            return;
+        }
+        let mut direct_out = Vec::new();
+        if self.just_trusted {
+            self.just_trusted = false;
+            self.candidates_changed = true;
+            self.paths.activate(now);
+            events.push_back(Event::Connected {
+                name: self.name.clone(),
+            });
+        }
+        if let Some(Switch::Relay) = self.paths.expire(now) {
+            events.push_back(Event::PathChanged {
+                name: self.name.clone(),
+                via: Via::Relay,
+                addr: None,
+                rtt: None,
+            });
+        }
+        if self.candidates_changed {
+            self.candidates_changed = false;
+            let list = Frame::Candidates(self.local.clone());
+            self.send(&list, Route::Relay, link, &mut direct_out);
+        }
+        for (addr, pid) in self.paths.due(now, || rng.u64()) {
+            self.send(
+                &Frame::Probe { id: pid },
+                Route::Direct(addr),
+                link,
+                &mut direct_out,
+            );
+        }
+        let direct = self.paths.direct();
+        let due: Vec<(u64, Vec<u8>, bool)> = self
+            .stream
+            .due(now, cfg.min_rto)
+            .into_iter()
+            .map(|d| (d.seq, d.text.to_vec(), d.again))
+            .collect();
+        for (seq, text, again) in due {
+            let f = Frame::Data { seq, text: &text };
+            match (direct, again) {
+                (Some(a), false) => self.send(&f, Route::Direct(a), link, &mut direct_out),
+                (Some(a), true) => {
+                    // A retransmission goes both ways: the direct path may have just died.
+                    self.send(&f, Route::Direct(a), link, &mut direct_out);
+                    self.send(&f, Route::Relay, link, &mut direct_out);
+                }
+                (None, _) => self.send(&f, Route::Relay, link, &mut direct_out),
+            }
+        }
+        if let Some(r) = self.ack_due.take() {
+            let next = self.stream.ack();
+            self.send(&Frame::Ack { next }, r, link, &mut direct_out);
+        }
+        out.extend(direct_out);
+    }
+
+    /// A handshake message from the peer, through the relay.
+    pub fn on_handshake(
+        &mut self,
+        now: Instant,
+        p: Packet<'_>,
+        id: &Identity,
+        cfg: &Config,
+        link: &mut Link,
+        _events: &mut std::collections::VecDeque<Event>,
+    ) {
+        let Packet::Handshake {
+            step,
+            sender,
+            receiver,
+            noise,
+        } = p
+        else {
+            return;
+        };
+        if self.refused || sender == 0 {
+            return;
+        }
+        match (step, self.initiator) {
+            (1, false) => {
+                if let Some(p) = &self.pending
+                    && p.peer_id == sender
+                {
+                    // Our answer was lost: again.
+                    link.send_to_peer(&self.name, &p.last);
+                    return;
+                }
+                if self.session.as_ref().is_some_and(|s| s.peer_id == sender) {
+                    return;
+                }
+                // A new handshake (the first, or the peer restarted).
+                let mut hs = Handshake::new(id, &cfg.name, &self.name, false);
+                if hs.read(noise).is_err() {
+                    return;
+                }
+                let mut d = Vec::new();
+                packet::handshake(&mut d, 2, self.id, sender);
+                hs.write(id, &mut d);
+                link.send_to_peer(&self.name, &d);
+                self.pending = Some(Pending {
+                    hs,
+                    peer_id: sender,
+                    last: d,
+                    next: now + cfg.handshake_retry,
+                });
+            }
+            (2, true) if receiver == self.id => {
+                if let Some(s) = &self.session
+                    && s.peer_id == sender
+                {
+                    if let Some(last) = &self.last_sent {
+                        link.send_to_peer(&self.name, last);
+                    }
+                    return;
+                }
+                let Some(mut p) = self.pending.take() else {
+                    return;
+                };
+                let Ok(Some(key)) = p.hs.read(noise) else {
+                    // Not the peer's (or not its key's): the handshake goes on as it was.
+                    self.pending = Some(p);
+                    return;
+                };
+                let mut d = Vec::new();
+                packet::handshake(&mut d, 3, self.id, sender);
+                p.hs.write(id, &mut d);
+                link.send_to_peer(&self.name, &d);
+                self.last_sent = Some(d);
+                self.open(p.hs.into_session(sender), key);
+            }
+            (3, false) if receiver == self.id => {
+                let Some(mut p) = self.pending.take() else {
+                    return;
+                };
+                if p.peer_id != sender {
+                    self.pending = Some(p);
+                    return;
+                }
+                match p.hs.read(noise) {
+                    Ok(Some(key)) if p.hs.finished() => {
+                        self.open(p.hs.into_session(sender), key);
+                    }
+                    _ => self.pending = Some(p),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A handshake finished: a new session (a peer that restarted starts its stream anew; what
+    /// we had not got acknowledged goes again on it).
+    fn open(&mut self, session: Session, key: [u8; 32]) {
+        let replaced = self.session.replace(session).is_some();
+        if replaced {
+            let unacked = self.stream.take_unacked();
+            self.stream = Stream::default();
+            for m in unacked {
+                self.stream.push(m);
+            }
+        }
+        self.proved = Some(key);
+        self.trusted = false;
+    }
+
+    /// A sealed packet, from `from` directly or (`None`) through the relay.
+    pub fn on_transport(
+        &mut self,
+        now: Instant,
+        from: Option<SocketAddr>,
+        nonce: u64,
+        sealed: &[u8],
+        events: &mut std::collections::VecDeque<Event>,
+    ) -> Result<(), Refused> {
+        let s = match self.session.as_mut() {
+            Some(s) if self.trusted => s,
+            _ => return Err(Refused::Unknown),
+        };
+        let plain = s.open(nonce, sealed)?;
+        let frame = Frame::read(&plain).ok_or(Refused::Malformed)?;
+        let (via, route) = match from {
+            Some(a) => {
+                if self.paths.knows(a) {
+                    self.paths.heard(a, now);
+                } else {
+                    // An authentic packet from an address we did not know: the peer as its
+                    // NAT maps it towards us (peer-reflexive), or after it moved. Checked.
+                    self.paths.add(a, now);
+                }
+                (Via::Direct, Route::Direct(a))
+            }
+            None => (Via::Relay, Route::Relay),
+        };
+        match frame {
+            Frame::Data { seq, text } => {
+                for (text, via) in self.stream.received(seq, text, via) {
+                    events.push_back(Event::Message {
+                        from: self.name.clone(),
+                        text,
+                        via,
+                    });
+                }
+                self.ack_due = Some(route);
+            }
+            Frame::Ack { next } => self.stream.acked(next, now),
+            Frame::Probe { id } => {
+                // Answered where it came from, at once; the answer says what we saw.
+                let mut out = Vec::new();
+                let seen = from;
+                let mut plain = Vec::new();
+                Frame::ProbeAck { id, seen }.write(&mut plain);
+                if let (Some(s), Route::Direct(a)) = (self.session.as_mut(), route) {
+                    let mut d = Vec::new();
+                    s.seal(&plain, &mut d);
+                    out.push(Transmit { to: a, bytes: d });
+                }
+                self.probe_acks.extend(out);
+            }
+            Frame::ProbeAck { id, .. } => {
+                if let Some(a) = from
+                    && let Some(Switch::Direct(addr, rtt)) = self.paths.answered(a, id, now)
+                {
+                    events.push_back(Event::PathChanged {
+                        name: self.name.clone(),
+                        via: Via::Direct,
+                        addr: Some(addr),
+                        rtt: Some(rtt),
+                    });
+                }
+            }
+            Frame::Candidates(list) => {
+                for a in list {
+                    self.paths.add(a, now);
+                }
+            }
+        }
+        Ok(())
+    }
+}

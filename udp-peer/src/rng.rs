@@ -1,0 +1,33 @@
+//! The endpoint's own random numbers (session ids, probe ids, STUN transactions): SplitMix64
+//! from a seed the caller gives, so that a simulated run is the same run every time. Nothing
+//! secret comes from here; Noise takes its keys from the OS.
+
+/// SplitMix64.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `seed`.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    /// The next number.
+    pub fn u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A non-zero u32 (a session id).
+    pub fn id(&mut self) -> u32 {
+        loop {
+            let v = self.u64() as u32;
+            if v != 0 {
+                return v;
+            }
+        }
+    }
+}
