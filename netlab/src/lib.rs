@@ -232,13 +232,13 @@ impl Lab {
     }
 
     /// Starts `cmd` (a program and its arguments) in namespace `ns` with `ip netns exec`, its
-    /// standard input empty and its output piped to the caller. Dropping the lab kills and reaps
+    /// standard input and output piped to the caller. Dropping the lab kills and reaps
     /// it: the `Child` is not to be used after that.
     pub fn spawn(&self, ns: &str, cmd: &[&str]) -> Child {
         let child = Command::new("ip")
             .args(["netns", "exec", ns])
             .args(cmd)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

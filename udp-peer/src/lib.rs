@@ -487,8 +487,11 @@ impl Peer {
                 self.events.push_back(Event::AddressChanged { old, new });
             }
             LinkEvent::ConnectRequest { name } => {
-                self.events
-                    .push_back(Event::ConnectRequest { name: name.clone() });
+                // Told once: the relay tells the ask again until both have asked.
+                if !self.conns.contains_key(&name) {
+                    self.events
+                        .push_back(Event::ConnectRequest { name: name.clone() });
+                }
                 if self.cfg.accept {
                     self.conn(&name, now);
                 }

@@ -329,11 +329,20 @@ impl Link {
                 t = Some(t.map_or(p.next, |t| t.min(p.next)));
             }
         }
-        if !self.told_unreachable {
+        if !self.told_unreachable && self.awaiting() {
             let silent = self.last_heard.unwrap_or(self.since) + self.timers.unreachable;
             t = Some(t.map_or(silent, |t| t.min(silent)));
         }
         t
+    }
+
+    /// Whether an answer of the relay is awaited.
+    fn awaiting(&self) -> bool {
+        match self.state {
+            State::Refused => false,
+            State::Ready => self.unanswered > 1,
+            _ => true,
+        }
     }
 
     fn backoff(&self, tries: u32) -> Duration {
@@ -389,9 +398,11 @@ impl Link {
 
     /// Does what is due at `now`: requests sent again, keepalives, silence reported.
     pub fn handle_timeout(&mut self, now: Instant) {
+        // Silence counts while an answer is awaited: a registration, or keepalives (a peer on a
+        // direct path hears the relay only every keepalive interval).
         if !self.told_unreachable
+            && self.awaiting()
             && now >= self.last_heard.unwrap_or(self.since) + self.timers.unreachable
-            && self.state != State::Refused
         {
             self.told_unreachable = true;
             self.events.push_back(LinkEvent::Unreachable);
