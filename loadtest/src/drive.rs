@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use relay_wire::read::{self, Message};
+use udp_peer::relay::{Link, LinkEvent, Timers};
 
 use crate::net::{BATCH, RecvBatch, peer_socket, send_batch};
 use crate::proto::{self, Received, Template};
@@ -99,20 +99,62 @@ struct Flow {
     received: Option<u64>,
 }
 
-/// Registers `names[i]` from `socks[i]`; returns registrations per second and the sessions.
+/// How long an unanswered registration or bind waits before it goes again (the link doubles
+/// it on each try, to 8×).
+const RETRY: Duration = Duration::from_millis(500);
+
+/// Registers `names[i]` from `socks[i]` (each connected to its relay) through a
+/// [`Link`] per peer, until every one is registered and has shown its session back (Part 2: a
+/// channel binds only proven peers). Returns registrations acknowledged per second and the
+/// links, for [`bind_all`].
 pub fn register_all(
     target: SocketAddr,
     socks: &[UdpSocket],
     names: &[String],
     timeout: Duration,
-) -> Result<(f64, Vec<String>), String> {
+) -> Result<(f64, Vec<Link>), String> {
     let start = Instant::now();
-    let mut acked = vec![false; socks.len()];
-    let mut sessions = vec![String::new(); socks.len()];
-    let mut left = socks.len();
+    let timers = Timers {
+        // Keepalives go at a third of this after a link is ready, and binding waits `timeout`
+        // at most: none falls within setup. The load's own datagrams keep the peers live after.
+        relay_timeout: timeout * 6,
+        retry: RETRY,
+        ..Timers::default()
+    };
+    let mut links = socks
+        .iter()
+        .zip(names)
+        .enumerate()
+        .map(|(i, (s, name))| {
+            // The socket's own peer, not `target`: with a cluster, every other peer is at `via`.
+            let relay = s.peer_addr().map_err(|e| unreachable(target, e))?;
+            Ok(Link::new(
+                relay,
+                name,
+                None,
+                timers.clone(),
+                i as u64,
+                start,
+            ))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     let mut rx = RecvBatch::new(65_536);
-    let mut last_send = None::<Instant>;
-    while left > 0 {
+    // When the last ack came: the rate counts registrations, not the proofs that follow.
+    let mut acked = None;
+    loop {
+        turn_links(target, socks, &mut links, &mut rx, |e| match e {
+            LinkEvent::Refused { code, message } => Err(format!(
+                "the relay at {target} refused registration: {code}: {message}"
+            )),
+            _ => Ok(()),
+        })?;
+        if acked.is_none() && links.iter().all(|l| l.session().is_some()) {
+            acked = Some(start.elapsed());
+        }
+        let left = links.iter().filter(|l| !l.ready()).count();
+        if left == 0 {
+            break;
+        }
         if start.elapsed() > timeout {
             return Err(format!(
                 "the relay at {target} never acknowledged registration ({left} of {} peers \
@@ -120,108 +162,92 @@ pub fn register_all(
                 socks.len()
             ));
         }
-        if last_send.is_none_or(|t| t.elapsed() > Duration::from_millis(500)) {
-            for (i, s) in socks.iter().enumerate() {
-                if !acked[i] {
-                    s.send(&proto::register(&names[i]))
-                        .map_err(|e| unreachable(target, e))?;
-                }
-            }
-            last_send = Some(Instant::now());
-        }
-        for (i, s) in socks.iter().enumerate() {
-            let n = rx.recv(s).map_err(|e| unreachable(target, e))?;
-            for k in 0..n {
-                match read::message(rx.get(k)) {
-                    Ok(Message::RegisterAck { full, .. }) if !acked[i] => {
-                        acked[i] = true;
-                        // The short ack (and the old relay's) has none: then no channels.
-                        sessions[i] = full
-                            .and_then(|f| f.session)
-                            .map(|s| s.into_owned())
-                            .unwrap_or_default();
-                        left -= 1;
-                    }
-                    // Asked to come back (a cluster's claims waiting fill this host's
-                    // share): sent again with the unacknowledged.
-                    Ok(Message::Error { code, .. }) if code == "rate_limited" => {}
-                    Ok(Message::Error { .. }) => {
-                        return Err(format!(
-                            "the relay at {target} refused registration: {}",
-                            String::from_utf8_lossy(rx.get(k))
-                        ));
-                    }
-                    _ => {}
-                }
-            }
-        }
         std::hint::spin_loop();
     }
-    Ok((socks.len() as f64 / start.elapsed().as_secs_f64(), sessions))
+    let seconds = acked.unwrap_or_else(|| start.elapsed()).as_secs_f64();
+    Ok((socks.len() as f64 / seconds, links))
 }
 
-/// Each peer shows its session back (Part 2: a channel binds only proven peers), then binds
-/// its partner (`i ^ 1`); binding from both sides gives each its own number. Returns the
-/// numbers, by peer.
+/// Each peer binds its partner (`i ^ 1`) over its link (from [`register_all`]); binding from
+/// both sides gives each its own number. Returns the numbers, by peer.
 pub fn bind_all(
     target: SocketAddr,
     socks: &[UdpSocket],
-    names: &[String],
-    sessions: &[String],
+    links: &mut [Link],
     timeout: Duration,
 ) -> Result<Vec<u32>, String> {
     let start = Instant::now();
-    let mut proven = vec![false; socks.len()];
-    let mut channel = vec![0u32; socks.len()];
+    let partners: Vec<String> = (0..links.len())
+        .map(|i| links[i ^ 1].name().to_string())
+        .collect();
+    for (l, p) in links.iter_mut().zip(&partners) {
+        l.bind(p, start);
+    }
     let mut rx = RecvBatch::new(65_536);
-    let mut last_send = None::<Instant>;
-    while channel.contains(&0) {
+    loop {
+        turn_links(target, socks, links, &mut rx, |e| match e {
+            LinkEvent::PeerRefused { name, code } => Err(format!(
+                "the relay at {target} refused a channel to {name}: {code}"
+            )),
+            LinkEvent::Refused { code, message } => Err(format!(
+                "the relay at {target} refused registration: {code}: {message}"
+            )),
+            _ => Ok(()),
+        })?;
+        let left = links
+            .iter()
+            .zip(&partners)
+            .filter(|(l, p)| l.channel(p).is_none())
+            .count();
+        if left == 0 {
+            break;
+        }
         if start.elapsed() > timeout {
-            let left = channel.iter().filter(|&&c| c == 0).count();
             return Err(format!(
                 "the relay at {target} bound no channel for {left} of {} peers after \
                  {timeout:?}: does it serve Part 4?",
                 socks.len()
             ));
         }
-        if last_send.is_none_or(|t| t.elapsed() > Duration::from_millis(500)) {
-            for (i, s) in socks.iter().enumerate() {
-                let mut m = Vec::new();
-                if !proven[i] {
-                    relay_wire::peer::ping(&mut m, Some(&names[i]), Some(&sessions[i]));
-                } else if channel[i] == 0 {
-                    relay_wire::peer::bind(&mut m, &names[i ^ 1], &names[i], &sessions[i]);
-                } else {
-                    continue;
-                }
-                s.send(&m).map_err(|e| unreachable(target, e))?;
-            }
-            last_send = Some(Instant::now());
-        }
-        for (i, s) in socks.iter().enumerate() {
-            let n = rx.recv(s).map_err(|e| unreachable(target, e))?;
-            for k in 0..n {
-                let d = rx.get(k);
-                match read::message(d) {
-                    Ok(Message::Pong { .. }) if !proven[i] => {
-                        proven[i] = true;
-                        // Bind at once rather than at the next resend.
-                        last_send = None;
-                    }
-                    Ok(Message::BindAck { channel: c, .. }) => channel[i] = c,
-                    Ok(Message::Error { .. }) => {
-                        return Err(format!(
-                            "the relay at {target} refused a channel: {}",
-                            String::from_utf8_lossy(d)
-                        ));
-                    }
-                    _ => {}
-                }
-            }
-        }
         std::hint::spin_loop();
     }
-    Ok(channel)
+    Ok(links
+        .iter()
+        .zip(&partners)
+        .map(|(l, p)| l.channel(p).unwrap_or_default())
+        .collect())
+}
+
+/// One turn of the links of `socks` (link `i` on socket `i`): what each has to send goes out,
+/// what came back goes in, its timers run; each event goes to `on_event`.
+fn turn_links(
+    target: SocketAddr,
+    socks: &[UdpSocket],
+    links: &mut [Link],
+    rx: &mut RecvBatch,
+    mut on_event: impl FnMut(LinkEvent) -> Result<(), String>,
+) -> Result<(), String> {
+    let now = Instant::now();
+    for (s, l) in socks.iter().zip(links.iter_mut()) {
+        if l.poll_timeout().is_some_and(|t| now >= t) {
+            l.handle_timeout(now);
+        }
+        while let Some(t) = l.poll_transmit() {
+            // The socket is connected to the link's relay, where everything the link sends
+            // goes.
+            s.send(&t.bytes).map_err(|e| unreachable(target, e))?;
+        }
+        let n = rx.recv(s).map_err(|e| unreachable(target, e))?;
+        let relay = l.relay;
+        for k in 0..n {
+            // A connected socket receives from its relay only.
+            l.handle(now, relay, rx.get(k));
+        }
+        while let Some(e) = l.poll_event() {
+            on_event(e)?;
+        }
+    }
+    Ok(())
 }
 
 fn unreachable(target: SocketAddr, e: std::io::Error) -> String {
@@ -281,9 +307,9 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, String> {
         (None, vec![0; n])
     } else {
         let timeout = cfg.register_timeout;
-        let (rate, sessions) = register_all(cfg.target, &socks, &names, timeout)?;
+        let (rate, mut links) = register_all(cfg.target, &socks, &names, timeout)?;
         let channels = if cfg.channels {
-            bind_all(cfg.target, &socks, &names, &sessions, timeout)?
+            bind_all(cfg.target, &socks, &mut links, timeout)?
         } else {
             vec![0; n]
         };

@@ -117,6 +117,16 @@ impl Conn {
         self.retry_at = Some(now + OFFLINE_RETRY);
     }
 
+    /// The relay says the peer is online: if we were waiting for it, ask at once.
+    pub fn online(&mut self, now: Instant) {
+        if self.retry_at.is_some() {
+            self.retry_at = Some(now);
+        }
+        if let Some(p) = self.pending.as_mut() {
+            p.next = now;
+        }
+    }
+
     /// The state to show.
     pub fn status(&self) -> PeerStatus {
         let direct = self.paths.direct();

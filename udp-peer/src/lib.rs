@@ -283,7 +283,7 @@ impl Peer {
         if let Some(s) = cfg.stun2 {
             link.set_second_stun(s);
         }
-        Peer {
+        let mut p = Peer {
             identity: Identity::new(&cfg.key, &cfg.name),
             cfg,
             link,
@@ -294,7 +294,10 @@ impl Peer {
             out: VecDeque::new(),
             events: VecDeque::new(),
             refused: BTreeMap::new(),
-        }
+        };
+        // The registration's first datagrams go at once.
+        p.pump(now);
+        p
     }
 
     /// Connects to `name`: asks the relay for an introduction and a channel, and opens the
@@ -316,6 +319,7 @@ impl Peer {
             }
             self.link.connect(name, now);
             self.link.bind(name, now);
+            self.link.watch(name, now);
             self.conns.insert(name.to_string(), c);
         }
         self.conns.get_mut(name).expect("just made")
@@ -502,6 +506,11 @@ impl Peer {
                 }
             }
             LinkEvent::Bound { .. } => {}
+            LinkEvent::Joined { name } => {
+                if let Some(c) = self.conns.get_mut(&name) {
+                    c.online(now);
+                }
+            }
             LinkEvent::PeerRefused { name, code } => {
                 if let Some(c) = self.conns.get_mut(&name) {
                     c.unavailable(now);

@@ -6,7 +6,7 @@
 //! It carries peer packets over the relay too: in a channel frame once bound, in a JSON `relay`
 //! (base64) before. `loadtest` registers and binds its virtual peers with it.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{Signer, SigningKey};
 use relay_wire::read::{self, Message};
+use relay_wire::reply::Presence;
 use relay_wire::{Family, classify, frame, peer, stun};
 
 use crate::Transmit;
@@ -93,6 +94,11 @@ pub enum LinkEvent {
         /// Its public address.
         address: SocketAddr,
     },
+    /// `name` is online (it joined, or a watch found it there).
+    Joined {
+        /// The peer.
+        name: String,
+    },
     /// `name` asks to be introduced.
     ConnectRequest {
         /// Who asks.
@@ -160,6 +166,9 @@ pub struct Link {
     connects: BTreeMap<String, Pending>,
     /// Channels asked for (`bind`), until acknowledged; then their numbers.
     binds: BTreeMap<String, Pending>,
+    /// Peers watched (to hear when they come online), and the watches not yet acknowledged.
+    watched: BTreeSet<String>,
+    watches: BTreeMap<String, Pending>,
     channels: HashMap<u32, String>,
     channel_of: HashMap<String, u32>,
     rng: Rng,
@@ -199,6 +208,8 @@ impl Link {
             told_unreachable: false,
             connects: BTreeMap::new(),
             binds: BTreeMap::new(),
+            watched: BTreeSet::new(),
+            watches: BTreeMap::new(),
             channels: HashMap::new(),
             channel_of: HashMap::new(),
             rng: Rng::new(seed),
@@ -292,6 +303,20 @@ impl Link {
         }
     }
 
+    /// Watches `peer` (Part 2): told when it comes online, however large the relay.
+    pub fn watch(&mut self, peer: &str, now: Instant) {
+        if self.watched.insert(peer.to_string()) {
+            self.watches.insert(
+                peer.to_string(),
+                Pending {
+                    next: now,
+                    tries: 0,
+                },
+            );
+            self.handle_timeout(now);
+        }
+    }
+
     /// Sends peer packet `data` to `peer` over the relay: in its channel, or a JSON `relay`.
     pub fn send_to_peer(&mut self, peer: &str, data: &[u8]) {
         let mut d = Vec::with_capacity(data.len() + 64);
@@ -325,7 +350,12 @@ impl Link {
             _ => Some(self.retry.next),
         };
         if self.state == State::Ready {
-            for p in self.connects.values().chain(self.binds.values()) {
+            for p in self
+                .connects
+                .values()
+                .chain(self.binds.values())
+                .chain(self.watches.values())
+            {
                 t = Some(t.map_or(p.next, |t| t.min(p.next)));
             }
         }
@@ -382,18 +412,24 @@ impl Link {
             next: now,
             tries: 0,
         };
-        self.channels.clear();
-        // Channels die with the registration; bound again once ready.
-        for p in std::mem::take(&mut self.channel_of).into_keys() {
-            self.binds.insert(
-                p,
-                Pending {
-                    next: now,
-                    tries: 0,
-                },
-            );
-        }
+        self.forgotten(now);
         self.handle_timeout(now);
+    }
+
+    /// The relay forgot our registration (channels die with it): channels and watches are asked
+    /// for again once ready.
+    fn forgotten(&mut self, now: Instant) {
+        self.channels.clear();
+        let again = Pending {
+            next: now,
+            tries: 0,
+        };
+        for p in std::mem::take(&mut self.channel_of).into_keys() {
+            self.binds.insert(p, again.clone());
+        }
+        for p in &self.watched {
+            self.watches.insert(p.clone(), again.clone());
+        }
     }
 
     /// Does what is due at `now`: requests sent again, keepalives, silence reported.
@@ -442,16 +478,20 @@ impl Link {
                     self.next_keepalive = Some(now + self.keepalive_every());
                 }
                 let session = self.session.clone().unwrap_or_default();
-                for (kind, map) in [("connect", &mut self.connects), ("bind", &mut self.binds)] {
+                for (kind, map) in [
+                    ("connect", &mut self.connects),
+                    ("bind", &mut self.binds),
+                    ("watch", &mut self.watches),
+                ] {
                     for (p, pending) in map.iter_mut() {
                         if now < pending.next {
                             continue;
                         }
                         let mut d = Vec::new();
-                        if kind == "connect" {
-                            peer::connect(&mut d, p, Some(&self.name), &session);
-                        } else {
-                            peer::bind(&mut d, p, &self.name, &session);
+                        match kind {
+                            "connect" => peer::connect(&mut d, p, Some(&self.name), &session),
+                            "bind" => peer::bind(&mut d, p, &self.name, &session),
+                            _ => peer::watch(&mut d, [p.as_str()], Some(&self.name), &session),
                         }
                         self.out.push_back(Transmit {
                             to: self.relay,
@@ -587,7 +627,12 @@ impl Link {
                 let public = your_address.or(self.public).unwrap_or(self.relay);
                 self.public = Some(public);
                 self.events.push_back(LinkEvent::Ready { public });
-                for p in self.connects.values_mut().chain(self.binds.values_mut()) {
+                for p in self
+                    .connects
+                    .values_mut()
+                    .chain(self.binds.values_mut())
+                    .chain(self.watches.values_mut())
+                {
                     p.next = now;
                 }
                 self.handle_timeout(now);
@@ -601,16 +646,7 @@ impl Link {
                     // to show back; channels are gone.
                     self.session = Some(s.into_owned());
                     self.state = State::Proving;
-                    self.channels.clear();
-                    for p in std::mem::take(&mut self.channel_of).into_keys() {
-                        self.binds.insert(
-                            p,
-                            Pending {
-                                next: now,
-                                tries: 0,
-                            },
-                        );
-                    }
+                    self.forgotten(now);
                     self.retry = Pending {
                         next: now,
                         tries: 0,
@@ -634,6 +670,25 @@ impl Link {
                 self.events.push_back(LinkEvent::Introduced {
                     name: peer_name.into_owned(),
                     address,
+                });
+            }
+            Message::WatchAck { online, .. } => {
+                self.watches.clear();
+                for name in online {
+                    if self.watched.contains(name.as_ref()) {
+                        self.events.push_back(LinkEvent::Joined {
+                            name: name.into_owned(),
+                        });
+                    }
+                }
+            }
+            Message::Presence {
+                kind: Presence::Joined,
+                peer_name,
+                ..
+            } => {
+                self.events.push_back(LinkEvent::Joined {
+                    name: peer_name.into_owned(),
                 });
             }
             Message::ConnectRequest { peer_name } => {

@@ -190,7 +190,7 @@ impl Sim {
         self.nats.push(Nat {
             kind,
             hairpin,
-            public: Ipv4Addr::new(198, 51, 100, i as u8 + 1),
+            public: Ipv4Addr::new(198, 51, 100 + i as u8, 1),
             map: HashMap::new(),
             back: HashMap::new(),
             sent_to: HashSet::new(),
