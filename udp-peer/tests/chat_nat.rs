@@ -3,78 +3,10 @@
 //! channel through symmetric ones — while a capture of everything the relay's namespace carries
 //! holds none of their words. Root only (CI runs it); without root it says it skipped.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin};
-use std::sync::mpsc::{self, Receiver};
-use std::time::{Duration, Instant};
+mod common;
 
-use clap::Parser;
+use common::chat;
 use netlab::{Lab, Nat, Site, relay_ip};
-
-const BIN: &str = env!("CARGO_BIN_EXE_udp-chat");
-const WAIT: Duration = Duration::from_secs(20);
-
-/// A running `udp-chat`: its input, and its output lines as they come.
-struct Chat {
-    name: &'static str,
-    stdin: ChildStdin,
-    lines: Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Chat {
-    fn start(mut child: Child, name: &'static str) -> Chat {
-        let stdin = child.stdin.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        for out in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for l in BufReader::new(out).lines().map_while(Result::ok) {
-                    if tx.send(l).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-        Chat {
-            name,
-            stdin,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    fn say(&mut self, line: &str) {
-        writeln!(self.stdin, "{line}").unwrap();
-    }
-
-    /// Waits for a line that `want` accepts; returns it.
-    fn expect(&mut self, what: &str, want: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + WAIT;
-        if let Some(l) = self.seen.iter().find(|l| want(l)) {
-            return l.clone();
-        }
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    self.seen.push(l.clone());
-                    if want(&l) {
-                        return l;
-                    }
-                }
-                Err(_) => panic!(
-                    "{}: no {what} in {WAIT:?}; it said:\n{}",
-                    self.name,
-                    self.seen.join("\n")
-                ),
-            }
-        }
-    }
-}
 
 fn run(test: &str, nat: Nat) {
     if !netlab::can_run(test) {
@@ -84,49 +16,15 @@ fn run(test: &str, nat: Nat) {
     let capture = lab.capture();
     // Two relays of one host, the second only for STUN: a NAT that maps per destination shows
     // a different port to each.
-    let _relays = [3478, 3479].map(|port| {
-        lab.run_in(lab.relay(), || {
-            let port = port.to_string();
-            let args = udp_relay::config::Args::parse_from([
-                "udp-relay",
-                "--host",
-                "0.0.0.0",
-                "--port",
-                &port,
-                "--workers",
-                "1",
-                // The lab's "public" side is private address space, allowed as an operator whose
-                // peers come from such a network would.
-                "--allowed-peer-ip",
-                "10.200.0.0/16",
-                "--auth",
-                "signed",
-            ]);
-            udp_relay::server::start(&args).expect("the relay starts")
-        })
-    });
+    let _relays = common::relays(&lab, &[3478, 3479], &["--auth", "signed"]);
     let dir = std::env::temp_dir().join(format!("udp-chat-{test}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut chats = Vec::new();
     for (site, name, peer) in [(1u8, "alice", Some("bob")), (2, "bob", None)] {
-        let home = dir.join(name);
-        std::fs::create_dir_all(&home).unwrap();
-        let key = home.join("key");
-        let k = key.to_str().unwrap();
-        let made = std::process::Command::new(BIN)
-            .args(["keygen", k])
-            .output()
-            .unwrap();
-        assert!(made.status.success(), "{made:?}");
         let relay = format!("{}:3478", relay_ip(site));
         let stun2 = format!("{}:3479", relay_ip(site));
-        let mut cmd = vec![
-            BIN, "--relay", &relay, "--stun2", &stun2, "--name", name, "--key", k,
-        ];
-        if let Some(p) = peer {
-            cmd.extend(["--peer", p]);
-        }
-        chats.push(Chat::start(lab.spawn(lab.peer(site, 1), &cmd), name));
+        let ns = lab.peer(site, 1);
+        chats.push(chat(&lab, ns, &dir, name, &relay, &stun2, peer));
     }
     let [alice, bob] = &mut chats[..] else {
         unreachable!()
