@@ -50,6 +50,21 @@ const CRATES: &[(&str, &[&str])] = &[
             "libc::sendmmsg",
         ],
     ),
+    (
+        "udp-peer/src",
+        &["relay_core", "relay_udp", "udp_relay", "loadtest", "netlab"],
+    ),
+];
+
+/// What the peer's sans-IO core must not touch: a socket, a clock, a thread, a file. Only its
+/// shell does: the runner, the identity's files and the chat binary.
+const PEER_SHELL: &[&str] = &["runner.rs", "identity.rs", "bin"];
+const PEER_IO: &[&str] = &[
+    "UdpSocket",
+    "Instant::now",
+    "SystemTime",
+    "std::thread",
+    "std::fs",
 ];
 
 /// Every `.rs` file under `dir`.
@@ -174,5 +189,25 @@ fn every_crate_keeps_to_its_layer() {
             deps.retain(|d| known.contains(d));
         }
         assert_eq!(cycle(&graph), None, "{dir}: modules that import each other");
+    }
+}
+
+#[test]
+fn the_peer_core_is_sans_io() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("udp-peer/src");
+    for path in sources(&src) {
+        let rel = path.strip_prefix(&src).unwrap();
+        let top = rel.components().next().unwrap().as_os_str();
+        if PEER_SHELL.iter().any(|s| top == *s) {
+            continue;
+        }
+        let code = code(&fs::read_to_string(&path).unwrap());
+        for name in PEER_IO {
+            assert!(
+                !code.contains(name),
+                "udp-peer/src/{} names {name}: the peer's core is sans-IO",
+                rel.display()
+            );
+        }
     }
 }

@@ -124,18 +124,10 @@ pub fn register_all(
     let mut links = socks
         .iter()
         .zip(names)
-        .enumerate()
-        .map(|(i, (s, name))| {
+        .map(|(s, name)| {
             // The socket's own peer, not `target`: with a cluster, every other peer is at `via`.
             let relay = s.peer_addr().map_err(|e| unreachable(target, e))?;
-            Ok(Link::new(
-                relay,
-                name,
-                None,
-                timers.clone(),
-                i as u64,
-                start,
-            ))
+            Ok(Link::new(relay, name, None, timers.clone(), start))
         })
         .collect::<Result<Vec<_>, String>>()?;
     let mut rx = RecvBatch::new(65_536);

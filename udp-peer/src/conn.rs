@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::noise::{Handshake, Identity, Refused, Session};
+use crate::noise::{Handshake, HandshakeError, Identity, Refused, Session};
 use crate::packet::{self, Frame, Packet};
 use crate::path::{Paths, Switch};
 use crate::relay::Link;
@@ -15,6 +15,14 @@ use crate::{Config, Event, PeerStatus, SendError, Transmit, Via};
 
 /// After the relay said a peer is unavailable, when to ask again.
 const OFFLINE_RETRY: Duration = Duration::from_secs(2);
+/// Handshakes a responder keeps answered at once: a first message forged in the peer's name
+/// (anyone can write the relay's address as a source) must not push the peer's own out, or the
+/// peer, whose session opened on our answer, would talk to a responder that has none.
+const ANSWERED: usize = 4;
+/// How often a responder sends an answer again unasked (for a third message lost; the
+/// initiator's own resends are answered each): an answer to a forged first message is not sent
+/// for ever.
+const ANSWER_RESENDS: u32 = 5;
 
 /// Where one packet goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +38,12 @@ struct Pending {
     peer_id: u32,
     /// The last message sent, whole.
     last: Vec<u8>,
+    /// The first message a responder answered (its Noise bytes): a new handshake may come under
+    /// the same session id (ours started over), a repeat comes with the same bytes.
+    first: Vec<u8>,
     next: Instant,
+    /// How often it was sent again.
+    resends: u32,
 }
 
 /// The connection to one peer.
@@ -40,7 +53,8 @@ pub struct Conn {
     /// Our session id with it.
     pub id: u32,
     initiator: bool,
-    pending: Option<Pending>,
+    /// The initiator's handshake under way; a responder's answered ones, newest last.
+    pending: Vec<Pending>,
     session: Option<Session>,
     /// The initiator's last handshake message, for a responder that did not get it.
     last_sent: Option<Vec<u8>>,
@@ -56,7 +70,12 @@ pub struct Conn {
     pub local: Vec<SocketAddr>,
     /// Whether to advertise them again.
     pub candidates_changed: bool,
+    /// When a connection the peer asked for is dropped unless the handshake proved the peer by
+    /// then; `None` for ours, and once proved.
+    pub expires: Option<Instant>,
     ack_due: Option<Route>,
+    /// Whether to handshake anew while the session is open (the peer may have lost it).
+    rekey: bool,
     /// Answers to probes, sent at the next poll.
     probe_acks: Vec<Transmit>,
     retry_at: Option<Instant>,
@@ -69,7 +88,7 @@ impl Conn {
             name: name.to_string(),
             id,
             initiator,
-            pending: None,
+            pending: Vec::new(),
             session: None,
             last_sent: None,
             proved: None,
@@ -77,10 +96,16 @@ impl Conn {
             just_trusted: false,
             refused: false,
             stream: Stream::default(),
-            paths: Paths::new(cfg.paths.clone()),
+            paths: Paths::new(
+                cfg.paths.clone(),
+                cfg.stun2.into_iter().chain([cfg.relay]).collect(),
+                cfg.local.iter().any(|a| a.ip().is_loopback()),
+            ),
             local: Vec::new(),
             candidates_changed: false,
+            expires: None,
             ack_due: None,
+            rekey: false,
             probe_acks: Vec::new(),
             retry_at: None,
         }
@@ -100,6 +125,7 @@ impl Conn {
 
     /// The key checked out: the session carries messages.
     pub fn trust(&mut self) {
+        self.expires = None;
         self.trusted = true;
         self.just_trusted = true;
     }
@@ -108,7 +134,7 @@ impl Conn {
     pub fn refuse(&mut self) {
         self.refused = true;
         self.session = None;
-        self.pending = None;
+        self.pending.clear();
         self.stream = Stream::default();
     }
 
@@ -117,14 +143,25 @@ impl Conn {
         self.retry_at = Some(now + OFFLINE_RETRY);
     }
 
-    /// The relay says the peer is online: if we were waiting for it, ask at once.
+    /// The relay says the peer is online: if we were waiting for it, ask at once. It may have
+    /// joined anew (restarted), and lost our session.
     pub fn online(&mut self, now: Instant) {
         if self.retry_at.is_some() {
             self.retry_at = Some(now);
         }
-        if let Some(p) = self.pending.as_mut() {
+        for p in &mut self.pending {
             p.next = now;
         }
+        self.asked_again();
+    }
+
+    /// The peer asks to connect again, or joined again, while we hold a session: it may have
+    /// restarted, and lost it. The initiator handshakes anew (the session carries on until the
+    /// new one opens; a peer that kept its session ignores a first message from the session it
+    /// has, so a forged ask costs a few datagrams and nothing else). The responder waits:
+    /// handshakes are the initiator's to start.
+    pub fn asked_again(&mut self) {
+        self.rekey = self.initiator && self.session.is_some();
     }
 
     /// The state to show.
@@ -151,7 +188,11 @@ impl Conn {
             return None;
         }
         [
-            self.pending.as_ref().map(|p| p.next),
+            self.pending
+                .iter()
+                .filter(|p| self.session.is_none() || p.resends < ANSWER_RESENDS)
+                .map(|p| p.next)
+                .min(),
             self.retry_at,
             self.trusted
                 .then(|| self.stream.timeout(cfg.min_rto))
@@ -199,23 +240,34 @@ impl Conn {
             link.connect(&self.name, now);
             link.bind(&self.name, now);
         }
-        if self.initiator && self.session.is_none() && self.pending.is_none() {
+        // A new handshake over an open session that is not answered: the peer kept its session
+        // (the ask was not its own), and ours carries on.
+        if self.initiator && self.session.is_some() {
+            self.pending.retain(|p| p.resends < ANSWER_RESENDS);
+        }
+        if self.initiator
+            && (self.session.is_none() || std::mem::take(&mut self.rekey))
+            && self.pending.is_empty()
+        {
             let mut hs = Handshake::new(id, &cfg.name, &self.name, true);
             let mut d = Vec::new();
             packet::handshake(&mut d, 1, self.id, 0);
             hs.write(id, &mut d);
-            self.pending = Some(Pending {
+            self.pending.push(Pending {
                 hs,
                 peer_id: 0,
                 last: d,
+                first: Vec::new(),
                 next: now,
+                resends: 0,
             });
         }
-        if let Some(p) = self.pending.as_mut()
-            && now >= p.next
-        {
-            p.next = now + cfg.handshake_retry;
-            link.send_to_peer(&self.name, &p.last);
+        for p in &mut self.pending {
+            if now >= p.next && (self.session.is_none() || p.resends < ANSWER_RESENDS) {
+                p.next = now + cfg.handshake_retry;
+                p.resends += 1;
+                link.send_to_peer(&self.name, &p.last);
+            }
         }
         if !self.trusted || self.session.is_none() {
             return;
@@ -300,8 +352,10 @@ impl Conn {
         }
         match (step, self.initiator) {
             (1, false) => {
-                if let Some(p) = &self.pending
-                    && p.peer_id == sender
+                if let Some(p) = self
+                    .pending
+                    .iter()
+                    .find(|p| p.peer_id == sender && p.first == noise)
                 {
                     // Our answer was lost: again.
                     link.send_to_peer(&self.name, &p.last);
@@ -319,50 +373,64 @@ impl Conn {
                 packet::handshake(&mut d, 2, self.id, sender);
                 hs.write(id, &mut d);
                 link.send_to_peer(&self.name, &d);
-                self.pending = Some(Pending {
+                if self.pending.len() >= ANSWERED {
+                    self.pending.remove(0);
+                }
+                self.pending.push(Pending {
                     hs,
                     peer_id: sender,
                     last: d,
+                    first: noise.to_vec(),
                     next: now + cfg.handshake_retry,
+                    resends: 0,
                 });
             }
             (2, true) if receiver == self.id => {
+                if let Some(mut p) = self.pending.pop() {
+                    match p.hs.read(noise) {
+                        Ok(Some(key)) => {
+                            let mut d = Vec::new();
+                            packet::handshake(&mut d, 3, self.id, sender);
+                            p.hs.write(id, &mut d);
+                            link.send_to_peer(&self.name, &d);
+                            self.last_sent = Some(d);
+                            self.open(p.hs.into_session(sender), key);
+                            return;
+                        }
+                        // Not for this handshake (forged, or a repeat of the answer that opened
+                        // the session): it goes on as it was.
+                        Err(HandshakeError::Noise) => self.pending.push(p),
+                        // Read, but proving no one, or someone else: whoever saw our first
+                        // message answered it. The handshake is spent (Noise moved on); the
+                        // next poll starts another, which the peer answers too.
+                        _ => return,
+                    }
+                }
+                // A repeat of the answer that opened our session: our third message was lost.
                 if let Some(s) = &self.session
                     && s.peer_id == sender
+                    && let Some(last) = &self.last_sent
                 {
-                    if let Some(last) = &self.last_sent {
-                        link.send_to_peer(&self.name, last);
-                    }
-                    return;
+                    link.send_to_peer(&self.name, last);
                 }
-                let Some(mut p) = self.pending.take() else {
-                    return;
-                };
-                let Ok(Some(key)) = p.hs.read(noise) else {
-                    // Not the peer's (or not its key's): the handshake goes on as it was.
-                    self.pending = Some(p);
-                    return;
-                };
-                let mut d = Vec::new();
-                packet::handshake(&mut d, 3, self.id, sender);
-                p.hs.write(id, &mut d);
-                link.send_to_peer(&self.name, &d);
-                self.last_sent = Some(d);
-                self.open(p.hs.into_session(sender), key);
             }
             (3, false) if receiver == self.id => {
-                let Some(mut p) = self.pending.take() else {
-                    return;
-                };
-                if p.peer_id != sender {
-                    self.pending = Some(p);
-                    return;
-                }
-                match p.hs.read(noise) {
-                    Ok(Some(key)) if p.hs.finished() => {
-                        self.open(p.hs.into_session(sender), key);
-                    }
-                    _ => self.pending = Some(p),
+                // The handshake it finishes: only that one's keys open it.
+                let opened = self
+                    .pending
+                    .iter_mut()
+                    .enumerate()
+                    .rev()
+                    .filter(|(_, p)| p.peer_id == sender)
+                    .find_map(|(i, p)| match p.hs.read(noise) {
+                        Ok(Some(key)) if p.hs.finished() => Some((i, key)),
+                        _ => None,
+                    });
+                if let Some((i, key)) = opened {
+                    let p = self.pending.remove(i);
+                    // The others were answers to first messages never finished: stale, or forged.
+                    self.pending.clear();
+                    self.open(p.hs.into_session(sender), key);
                 }
             }
             _ => {}

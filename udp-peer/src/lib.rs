@@ -22,6 +22,7 @@ pub mod replay;
 pub mod rng;
 pub mod runner;
 pub mod stream;
+pub mod stun;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -79,7 +80,8 @@ pub struct Config {
     /// This host's own addresses (the socket's port on each interface): candidates for a peer
     /// on the same network.
     pub local: Vec<SocketAddr>,
-    /// Whether a peer that asks to connect is answered (introduced and its handshake taken).
+    /// Whether a peer that asks to connect is answered (introduced and its handshake taken): at
+    /// most [`MAX_HALF_OPEN`] at once until their handshakes prove them.
     pub accept: bool,
     /// The relay link's timers.
     pub timers: Timers,
@@ -121,11 +123,12 @@ pub enum Event {
         /// Our public address.
         public: SocketAddr,
     },
-    /// The relay refused our registration for good.
+    /// The relay refused our registration (told once per code; it is asked again every few
+    /// seconds, since a refusal may be forged and a name in use comes free when its holder goes).
     RegistrationRefused {
         /// Its error code.
         code: String,
-        /// Its text.
+        /// Its text, control characters replaced.
         message: String,
     },
     /// The relay does not answer.
@@ -222,6 +225,13 @@ impl std::error::Error for SendError {}
 /// The longest message: one datagram with every header, well under 1280 bytes.
 pub const MAX_MESSAGE: usize = 1000;
 
+/// Most connections that peers asked for (with `accept` on) and that have not proved their peer
+/// yet. Each costs requests at the relay and a handshake sent again every second, and whoever
+/// forges the relay's address can name any number of peers.
+pub const MAX_HALF_OPEN: usize = 16;
+/// How long a connection a peer asked for has to prove its peer before it is dropped.
+pub const HALF_OPEN_FOR: Duration = Duration::from_secs(30);
+
 /// A peer's state at a glance (`/status`).
 #[derive(Debug, Clone)]
 pub struct Status {
@@ -270,16 +280,9 @@ pub struct Peer {
 impl Peer {
     /// A peer starting at `now`, with the keys pinned so far (`known_peers`).
     pub fn new(cfg: Config, known: HashMap<String, [u8; 32]>, now: Instant) -> Peer {
-        let mut rng = Rng::new(cfg.seed);
+        let rng = Rng::new(cfg.seed);
         let key = cfg.signed.then(|| cfg.key.clone());
-        let mut link = Link::new(
-            cfg.relay,
-            &cfg.name,
-            key,
-            cfg.timers.clone(),
-            rng.u64(),
-            now,
-        );
+        let mut link = Link::new(cfg.relay, &cfg.name, key, cfg.timers.clone(), now);
         if let Some(s) = cfg.stun2 {
             link.set_second_stun(s);
         }
@@ -303,7 +306,8 @@ impl Peer {
     /// Connects to `name`: asks the relay for an introduction and a channel, and opens the
     /// session once both sides are there.
     pub fn connect(&mut self, name: &str, now: Instant) {
-        self.conn(name, now);
+        // Ours now, if the peer asked first: kept however long it takes.
+        self.conn(name, now).expires = None;
         self.pump(now);
     }
 
@@ -323,6 +327,18 @@ impl Peer {
             self.conns.insert(name.to_string(), c);
         }
         self.conns.get_mut(name).expect("just made")
+    }
+
+    /// A connection `name` asked for (its connect, or its first handshake message), unless
+    /// [`MAX_HALF_OPEN`] such wait to prove their peer already; it is dropped if its peer is not
+    /// proved within [`HALF_OPEN_FOR`]. Returns whether it was made.
+    fn asked(&mut self, name: &str, now: Instant) -> bool {
+        let waiting = self.conns.values().filter(|c| c.expires.is_some()).count();
+        if waiting >= MAX_HALF_OPEN {
+            return false;
+        }
+        self.conn(name, now).expires = Some(now + HALF_OPEN_FOR);
+        true
     }
 
     /// Where we may be reached directly: our interfaces and our public address.
@@ -383,6 +399,7 @@ impl Peer {
         self.conns
             .values()
             .filter_map(|c| c.timeout(&self.cfg, self.link.ready()))
+            .chain(self.conns.values().filter_map(|c| c.expires))
             .chain(self.link.poll_timeout())
             .min()
     }
@@ -419,6 +436,18 @@ impl Peer {
     /// Moves everything along: the link's events, each connection's due sends, and every
     /// datagram into the queue.
     fn pump(&mut self, now: Instant) {
+        let expired: Vec<String> = self
+            .conns
+            .values()
+            .filter(|c| c.expires.is_some_and(|t| now >= t))
+            .map(|c| c.name.clone())
+            .collect();
+        for name in expired {
+            if let Some(c) = self.conns.remove(&name) {
+                self.ids.remove(&c.id);
+                self.link.forget(&name);
+            }
+        }
         // Until quiet: a connection's poll may make the link speak (a bind, a connect).
         for _ in 0..4 {
             let mut busy = false;
@@ -491,13 +520,17 @@ impl Peer {
                 self.events.push_back(Event::AddressChanged { old, new });
             }
             LinkEvent::ConnectRequest { name } => {
-                // Told once: the relay tells the ask again until both have asked.
-                if !self.conns.contains_key(&name) {
-                    self.events
-                        .push_back(Event::ConnectRequest { name: name.clone() });
+                if let Some(c) = self.conns.get_mut(&name) {
+                    // Asked again (the relay tells the ask until both have asked, and a peer
+                    // that restarted asks anew): asked back, so that the relay introduces the
+                    // two, and a session the peer may have lost made again.
+                    c.asked_again();
+                    self.link.connect(&name, now);
+                    return;
                 }
-                if self.cfg.accept {
-                    self.conn(&name, now);
+                // Told as the connection is made (with `accept` off, each time the relay tells).
+                if !self.cfg.accept || self.asked(&name, now) {
+                    self.events.push_back(Event::ConnectRequest { name });
                 }
             }
             LinkEvent::Introduced { name, address } => {
@@ -519,11 +552,11 @@ impl Peer {
             }
             LinkEvent::FromPeer { from, data } => {
                 let Some(p) = packet::read(&data) else { return };
-                if !self.conns.contains_key(&from) && !self.cfg.accept {
+                let known = self.conns.contains_key(&from);
+                if !(known || self.cfg.accept && self.asked(&from, now)) {
                     return;
                 }
-                self.conn(&from, now);
-                let c = self.conns.get_mut(&from).expect("made above");
+                let c = self.conns.get_mut(&from).expect("there or made above");
                 if let Packet::Transport {
                     receiver,
                     nonce,

@@ -3,7 +3,7 @@
 //! check is answered, heartbeats on it, consent that lapses after silence (ICE's 30 s), and
 //! hysteresis: a path lost is not taken again before a hold-down and two answered checks.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// The path timers.
@@ -40,6 +40,10 @@ impl Default for PathTimers {
 pub const MAX_CANDIDATES: usize = 16;
 /// Probe ids remembered per candidate (answers to older ones are ignored).
 const REMEMBERED: usize = 8;
+/// Most checks sent per `check_every`, over all candidates: however many addresses a peer names,
+/// what we send to them stays at ICE's order (one check per Ta), while a peer's usual few
+/// candidates are all checked at full pace.
+const CHECKS_PER_TICK: usize = 4;
 
 #[derive(Debug, Clone)]
 struct Candidate {
@@ -73,11 +77,17 @@ pub struct Paths {
     next_round: Option<Instant>,
     /// Whether checks may go out (the session is open: probes are sealed).
     active: bool,
+    /// Addresses never checked: the relay's (its port takes only the relay's protocol).
+    never: Vec<SocketAddr>,
+    /// Whether loopback addresses are checked: only when we are on loopback too.
+    loopback: bool,
+    /// When the checks of the last `check_every` went (at most CHECKS_PER_TICK).
+    recent: Vec<Instant>,
 }
 
 impl Paths {
-    /// No candidates yet.
-    pub fn new(timers: PathTimers) -> Paths {
+    /// No candidates yet; checks never go to `never`, nor to loopback unless `loopback`.
+    pub fn new(timers: PathTimers, never: Vec<SocketAddr>, loopback: bool) -> Paths {
         Paths {
             timers,
             cands: Vec::new(),
@@ -86,7 +96,29 @@ impl Paths {
             next_heartbeat: None,
             next_round: None,
             active: false,
+            never,
+            loopback,
+            recent: Vec::new(),
         }
+    }
+
+    /// Whether `addr` can be a peer's. A peer names its candidates freely, and each is a place
+    /// it makes us send to: never an address no host has (unspecified, port 0, multicast,
+    /// broadcast), nor a link-local one (no scope to reach it by; 169.254.169.254 is a cloud's
+    /// metadata service), nor loopback from afar, nor the relay. An IPv4-mapped address is
+    /// judged as the IPv4 one it reaches.
+    fn usable(&self, addr: SocketAddr) -> bool {
+        let ip = addr.ip().to_canonical();
+        let special = match ip {
+            IpAddr::V4(v4) => v4.is_broadcast() || v4.is_link_local() || v4.octets()[0] == 0,
+            IpAddr::V6(v6) => v6.is_unicast_link_local(),
+        };
+        addr.port() != 0
+            && !ip.is_unspecified()
+            && !ip.is_multicast()
+            && !special
+            && (self.loopback || !ip.is_loopback())
+            && !self.never.contains(&SocketAddr::new(ip, addr.port()))
     }
 
     /// The direct path, if one is chosen.
@@ -108,13 +140,15 @@ impl Paths {
         }
     }
 
-    /// Adds candidate `addr` (or restarts its checks if idle).
+    /// Adds candidate `addr` (or restarts its checks if idle and it answered before: an address
+    /// that never answered had its round, and a peer naming it again and again must not make
+    /// us check it for ever).
     pub fn add(&mut self, addr: SocketAddr, now: Instant) {
-        if addr.port() == 0 || addr.ip().is_unspecified() || addr.ip().is_multicast() {
+        if !self.usable(addr) {
             return;
         }
         if let Some(c) = self.cands.iter_mut().find(|c| c.addr == addr) {
-            if c.checks_left == 0 && self.direct != Some(addr) {
+            if c.checks_left == 0 && self.direct != Some(addr) && c.rtt.is_some() {
                 c.checks_left = self.timers.checks;
                 c.next_check = now;
             }
@@ -143,10 +177,16 @@ impl Paths {
         self.cands.iter().any(|c| c.addr == addr)
     }
 
-    /// An authentic packet came from `addr` (a candidate).
+    /// An authentic packet came from `addr` (a candidate). One that never answered a check is
+    /// checked again, idle: the peer is there now (its NAT may not have been open to our first
+    /// round). A round per packet, which only the peer can seal.
     pub fn heard(&mut self, addr: SocketAddr, now: Instant) {
         if let Some(c) = self.cands.iter_mut().find(|c| c.addr == addr) {
             c.last_heard = Some(now);
+            if c.checks_left == 0 && c.rtt.is_none() && self.direct != Some(addr) {
+                c.checks_left = self.timers.checks;
+                c.next_check = now;
+            }
         }
     }
 
@@ -158,22 +198,34 @@ impl Paths {
         }
         if self.direct.is_none() && self.next_round.is_some_and(|t| now >= t) {
             self.next_round = None;
-            for c in &mut self.cands {
+            // Only addresses that answered before: upgrade probes for a path that worked. One
+            // that never answered was a peer's guess, or a victim's address it named.
+            for c in self.cands.iter_mut().filter(|c| c.rtt.is_some()) {
                 c.checks_left = self.timers.checks;
                 c.next_check = now;
             }
         }
-        for c in &mut self.cands {
-            if c.checks_left > 0 && now >= c.next_check {
-                c.checks_left -= 1;
-                c.next_check = now + self.timers.check_every;
-                let i = id();
-                if c.sent.len() >= REMEMBERED {
-                    c.sent.remove(0);
-                }
-                c.sent.push((i, now));
-                out.push((c.addr, i));
+        // The longest waiting first, as many as the pace allows; the others stay due.
+        let every = self.timers.check_every;
+        self.recent.retain(|&t| now < t + every);
+        let mut waiting: Vec<usize> = (0..self.cands.len())
+            .filter(|&i| self.cands[i].checks_left > 0 && now >= self.cands[i].next_check)
+            .collect();
+        waiting.sort_by_key(|&i| self.cands[i].next_check);
+        for i in waiting
+            .into_iter()
+            .take(CHECKS_PER_TICK - self.recent.len())
+        {
+            let c = &mut self.cands[i];
+            c.checks_left -= 1;
+            c.next_check = now + every;
+            let i = id();
+            if c.sent.len() >= REMEMBERED {
+                c.sent.remove(0);
             }
+            c.sent.push((i, now));
+            out.push((c.addr, i));
+            self.recent.push(now);
         }
         if let Some(d) = self.direct
             && self.next_heartbeat.is_some_and(|t| now >= t)
@@ -268,9 +320,12 @@ impl Paths {
         }
         let mut t: Option<Instant> = None;
         let mut at = |x: Instant| t = Some(t.map_or(x, |t| t.min(x)));
+        // With the pace's share taken, the next check waits for the oldest to age out.
+        let paced = (self.recent.len() >= CHECKS_PER_TICK)
+            .then(|| self.recent[0] + self.timers.check_every);
         for c in &self.cands {
             if c.checks_left > 0 {
-                at(c.next_check);
+                at(paced.map_or(c.next_check, |p| p.max(c.next_check)));
             }
         }
         if let Some(h) = self.next_heartbeat {
@@ -303,7 +358,7 @@ mod tests {
     #[test]
     fn a_path_answered_is_taken_lapses_after_silence_and_comes_back_only_after_the_hold_down() {
         let t0 = Instant::now();
-        let mut p = Paths::new(PathTimers::default());
+        let mut p = Paths::new(PathTimers::default(), Vec::new(), false);
         let a: SocketAddr = "192.0.2.1:1".parse().unwrap();
         p.add(a, t0);
         assert!(p.due(t0, || 1).is_empty(), "no checks before the session");

@@ -1,6 +1,8 @@
 //! The endpoint's own random numbers (session ids, probe ids, STUN transactions): SplitMix64
 //! from a seed the caller gives, so that a simulated run is the same run every time. Nothing
-//! secret comes from here; Noise takes its keys from the OS.
+//! secret comes from here: Noise takes its keys from the OS, and so does the STUN client its
+//! transaction ids, which are all that authenticate the relay's answers (SplitMix64's outputs
+//! give its state away).
 
 /// SplitMix64.
 #[derive(Debug, Clone)]

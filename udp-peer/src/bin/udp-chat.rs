@@ -64,7 +64,8 @@ struct ChatArgs {
     #[arg(long)]
     open: bool,
     /// The relay's peer timeout in seconds (its `--peer-timeout`): keepalives go at a third.
-    #[arg(long, default_value_t = 60)]
+    /// At most a day: a timer beyond what the clock can add would end the chat when it is set.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(3..=86_400))]
     relay_timeout: u64,
 }
 
@@ -143,7 +144,7 @@ fn chat(a: ChatArgs) -> Result<ExitCode, String> {
     let mut cfg = Config::new(&name, key, relay, seed());
     cfg.signed = !a.open;
     cfg.stun2 = stun2;
-    cfg.timers.relay_timeout = Duration::from_secs(a.relay_timeout.max(3));
+    cfg.timers.relay_timeout = Duration::from_secs(a.relay_timeout);
     cfg.local = if a.bind.ip().is_unspecified() {
         runner::local_addresses(port)
     } else {
@@ -173,7 +174,10 @@ fn chat(a: ChatArgs) -> Result<ExitCode, String> {
                 );
             }
             Event::RegistrationRefused { code, message } => {
-                eprintln!("udp-chat: the relay at {relay} refused {name:?}: {code} ({message})");
+                eprintln!(
+                    "udp-chat: the relay at {relay} refused {name:?}: {code} ({message}); \
+                     asking again"
+                );
                 refused = Some(code);
             }
             Event::RelayUnreachable => {

@@ -122,10 +122,13 @@ pub fn relays(lab: &Lab, ports: &[u16], extra: &[&str]) -> Vec<udp_relay::server
         .collect()
 }
 
-/// A new identity key in `dir`, made by `udp-chat keygen`.
+/// The identity key in `dir`, made by `udp-chat keygen` unless it is there already.
 pub fn keygen(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let key = dir.join("key");
+    if key.exists() {
+        return key;
+    }
     let made = std::process::Command::new(BIN)
         .args(["keygen", key.to_str().unwrap()])
         .output()

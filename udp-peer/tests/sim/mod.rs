@@ -394,6 +394,21 @@ impl Sim {
         }
     }
 
+    /// Puts `bytes` on the wire now, from any source (a forger's, an attacker's own host),
+    /// unseen by the tap.
+    #[allow(dead_code, reason = "only the adversarial tests forge datagrams")]
+    pub fn inject(&mut self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>) {
+        self.seq += 1;
+        self.queue.push(Reverse(InFlight {
+            at: self.now,
+            seq: self.seq,
+            from,
+            to,
+            bytes,
+            injected: true,
+        }));
+    }
+
     fn flush(&mut self, h: usize) {
         while let Some(t) = self.hosts[h].peer.poll_transmit() {
             self.send(h, t.to, t.bytes);

@@ -13,12 +13,14 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{Signer, SigningKey};
-use relay_wire::read::{self, Message};
-use relay_wire::reply::Presence;
-use relay_wire::{Family, classify, frame, peer, stun};
+use relay_wire::read;
+use relay_wire::{Family, classify, frame, peer, valid_name};
+
+mod answers;
 
 use crate::Transmit;
-use crate::rng::Rng;
+pub use crate::stun::Mapping;
+use crate::stun::Stun;
 
 /// What a registration request is padded to, so that the relay answers it in full (3× its
 /// size pays for the full `register_ack` or the `challenge`).
@@ -45,17 +47,6 @@ impl Default for Timers {
     }
 }
 
-/// The NAT's mapping, from STUN to two servers (RFC 5780's test, in short).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mapping {
-    /// Not measured: no second server configured, or no answer yet.
-    Unknown,
-    /// The same public address towards both servers: a cone NAT, or none.
-    EndpointIndependent,
-    /// A different public address per server: a symmetric NAT; hole punching mostly fails.
-    EndpointDependent,
-}
-
 /// What the link tells the endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkEvent {
@@ -64,11 +55,14 @@ pub enum LinkEvent {
         /// The public address the relay sees.
         public: SocketAddr,
     },
-    /// The relay refused the registration for good (`name_in_use`, `bad_signature`, …).
+    /// The relay refused the registration (`name_in_use`, `bad_signature`, …): told once per
+    /// code. The link tries again every few seconds: a refusal may be forged (nothing
+    /// authenticates a datagram from the relay's address), and a name in use comes free when its
+    /// holder goes.
     Refused {
         /// The relay's error code.
         code: String,
-        /// Its text.
+        /// Its text, control characters replaced.
         message: String,
     },
     /// The relay has not answered for a while (reported once per silence).
@@ -129,8 +123,6 @@ enum State {
     Proving,
     /// Registered and proven.
     Ready,
-    /// Refused for good.
-    Refused,
 }
 
 /// A request sent until answered.
@@ -150,10 +142,7 @@ pub struct Link {
     state: State,
     session: Option<String>,
     public: Option<SocketAddr>,
-    /// A second STUN server, for the mapping type, and what it said.
-    stun2: Option<SocketAddr>,
-    public2: Option<SocketAddr>,
-    transactions: Vec<([u8; 12], SocketAddr)>,
+    stun: Stun,
     /// When the registration request (or the proof) goes again.
     retry: Pending,
     next_keepalive: Option<Instant>,
@@ -162,6 +151,8 @@ pub struct Link {
     last_heard: Option<Instant>,
     since: Instant,
     told_unreachable: bool,
+    /// The refusal last told, until registered.
+    told_refused: Option<String>,
     /// Peers asked for (`connect`), until introduced.
     connects: BTreeMap<String, Pending>,
     /// Channels asked for (`bind`), until acknowledged; then their numbers.
@@ -171,7 +162,6 @@ pub struct Link {
     watches: BTreeMap<String, Pending>,
     channels: HashMap<u32, String>,
     channel_of: HashMap<String, u32>,
-    rng: Rng,
     out: VecDeque<Transmit>,
     events: VecDeque<LinkEvent>,
 }
@@ -183,7 +173,6 @@ impl Link {
         name: &str,
         key: Option<SigningKey>,
         timers: Timers,
-        seed: u64,
         now: Instant,
     ) -> Link {
         let mut l = Link {
@@ -194,9 +183,7 @@ impl Link {
             state: State::Registering,
             session: None,
             public: None,
-            stun2: None,
-            public2: None,
-            transactions: Vec::new(),
+            stun: Stun::default(),
             retry: Pending {
                 next: now,
                 tries: 0,
@@ -206,25 +193,25 @@ impl Link {
             last_heard: None,
             since: now,
             told_unreachable: false,
+            told_refused: None,
             connects: BTreeMap::new(),
             binds: BTreeMap::new(),
             watched: BTreeSet::new(),
             watches: BTreeMap::new(),
             channels: HashMap::new(),
             channel_of: HashMap::new(),
-            rng: Rng::new(seed),
             out: VecDeque::new(),
             events: VecDeque::new(),
         };
-        l.stun(relay);
+        l.ask_stun(relay);
         l.handle_timeout(now);
         l
     }
 
     /// Also asks `server` (a second relay, or another port) over STUN, to tell the mapping type.
     pub fn set_second_stun(&mut self, server: SocketAddr) {
-        self.stun2 = Some(server);
-        self.stun(server);
+        self.stun.set_second(server);
+        self.ask_stun(server);
     }
 
     /// The registered name.
@@ -249,11 +236,7 @@ impl Link {
 
     /// The mapping type, from STUN to the relay and the second server.
     pub fn mapping(&self) -> Mapping {
-        match (self.public, self.public2) {
-            (Some(a), Some(b)) if a == b => Mapping::EndpointIndependent,
-            (Some(_), Some(_)) => Mapping::EndpointDependent,
-            _ => Mapping::Unknown,
-        }
+        self.stun.mapping(self.public)
     }
 
     /// The channel bound to `peer`: the number this side sends under.
@@ -265,15 +248,8 @@ impl Link {
         self.out.push_back(Transmit { to, bytes });
     }
 
-    fn stun(&mut self, server: SocketAddr) {
-        let mut t = [0u8; 12];
-        t[..8].copy_from_slice(&self.rng.u64().to_be_bytes());
-        t[8..].copy_from_slice(&(self.rng.u64() as u32).to_be_bytes());
-        // Only the latest transaction per server is kept: an older answer is stale.
-        self.transactions.retain(|(_, s)| *s != server);
-        self.transactions.push((t, server));
-        let mut d = Vec::new();
-        stun::request(&mut d, &t, true);
+    fn ask_stun(&mut self, server: SocketAddr) {
+        let d = self.stun.request(server);
         self.send(server, d);
     }
 
@@ -317,6 +293,32 @@ impl Link {
         }
     }
 
+    /// Forgets `peer`: no more requests about it, its channel's frames no longer taken, and the
+    /// relay told (a peer's watches and channels there are bounded).
+    pub fn forget(&mut self, peer: &str) {
+        self.connects.remove(peer);
+        self.binds.remove(peer);
+        self.watches.remove(peer);
+        let watched = self.watched.remove(peer);
+        let channel = self.channel_of.remove(peer);
+        if let Some(c) = channel {
+            self.channels.remove(&c);
+        }
+        let Some(session) = self.session.clone().filter(|_| self.ready()) else {
+            return;
+        };
+        if watched {
+            let mut d = Vec::new();
+            peer::unwatch(&mut d, [peer], Some(&self.name), &session);
+            self.send(self.relay, d);
+        }
+        if let Some(c) = channel {
+            let mut d = Vec::new();
+            peer::unbind(&mut d, c, &self.name, &session);
+            self.send(self.relay, d);
+        }
+    }
+
     /// Sends peer packet `data` to `peer` over the relay: in its channel, or a JSON `relay`.
     pub fn send_to_peer(&mut self, peer: &str, data: &[u8]) {
         let mut d = Vec::with_capacity(data.len() + 64);
@@ -345,7 +347,6 @@ impl Link {
     /// When [`Link::handle_timeout`] is next due.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut t = match self.state {
-            State::Refused => None,
             State::Ready => self.next_keepalive,
             _ => Some(self.retry.next),
         };
@@ -369,7 +370,6 @@ impl Link {
     /// Whether an answer of the relay is awaited.
     fn awaiting(&self) -> bool {
         match self.state {
-            State::Refused => false,
             State::Ready => self.unanswered > 1,
             _ => true,
         }
@@ -444,7 +444,6 @@ impl Link {
             self.events.push_back(LinkEvent::Unreachable);
         }
         match self.state {
-            State::Refused => {}
             State::Registering | State::Signed { .. } | State::Proving => {
                 if now >= self.retry.next {
                     if self.state == State::Proving {
@@ -473,7 +472,7 @@ impl Link {
                     let mut d = Vec::new();
                     peer::keepalive(&mut d, &self.name, self.session.as_deref());
                     self.send(self.relay, d);
-                    self.stun(self.relay);
+                    self.ask_stun(self.relay);
                     self.unanswered += 1;
                     self.next_keepalive = Some(now + self.keepalive_every());
                 }
@@ -512,7 +511,7 @@ impl Link {
     /// Takes datagram `d` from `from` if it is the relay's (or the second STUN server's);
     /// returns `false` for anything else (a peer's packet).
     pub fn handle(&mut self, now: Instant, from: SocketAddr, d: &[u8]) -> bool {
-        if from != self.relay && Some(from) != self.stun2 {
+        if from != self.relay && Some(from) != self.stun.second() {
             return false;
         }
         match classify(d) {
@@ -545,22 +544,12 @@ impl Link {
     }
 
     fn on_stun(&mut self, now: Instant, from: SocketAddr, d: &[u8]) {
-        let Some(i) = self
-            .transactions
-            .iter()
-            .position(|(t, s)| *s == from && d.get(8..20) == Some(&t[..]))
-        else {
-            return;
-        };
-        self.transactions.swap_remove(i);
-        let Some(mapped) = stun::mapped_address(d) else {
+        let Some(mapped) = self.stun.answer(from, d) else {
             return;
         };
         self.heard(now);
         if from == self.relay {
             self.seen_public(now, mapped);
-        } else {
-            self.public2 = Some(mapped);
         }
     }
 
@@ -570,8 +559,8 @@ impl Link {
             Some(old) if old != mapped => {
                 self.events
                     .push_back(LinkEvent::AddressChanged { old, new: mapped });
-                if let Some(s2) = self.stun2 {
-                    self.stun(s2);
+                if let Some(s2) = self.stun.second() {
+                    self.ask_stun(s2);
                 }
                 if self.key.is_some() {
                     // A signed name moves by signing a fresh challenge from the new address.
@@ -585,193 +574,5 @@ impl Link {
             }
             _ => {}
         }
-    }
-
-    fn on_message(&mut self, now: Instant, m: Message<'_>) {
-        self.heard(now);
-        match m {
-            Message::Challenge { cookie }
-                if self.key.is_some() && self.state == State::Registering =>
-            {
-                self.state = State::Signed {
-                    cookie: cookie.into_owned(),
-                };
-                self.retry = Pending {
-                    next: now,
-                    tries: 0,
-                };
-                self.handle_timeout(now);
-            }
-            Message::RegisterAck { your_address, full } => {
-                if !matches!(self.state, State::Registering | State::Signed { .. }) {
-                    return;
-                }
-                let Some(session) = full.and_then(|f| f.session) else {
-                    // The short form: not paid in full; the next try is padded as this was,
-                    // so wait for the relay's budget to allow.
-                    return;
-                };
-                self.session = Some(session.into_owned());
-                self.public.get_or_insert(your_address);
-                self.state = State::Proving;
-                self.retry = Pending {
-                    next: now,
-                    tries: 0,
-                };
-                self.handle_timeout(now);
-            }
-            Message::Pong { your_address, .. } if self.state == State::Proving => {
-                self.state = State::Ready;
-                self.unanswered = 0;
-                self.next_keepalive = Some(now + self.keepalive_every());
-                let public = your_address.or(self.public).unwrap_or(self.relay);
-                self.public = Some(public);
-                self.events.push_back(LinkEvent::Ready { public });
-                for p in self
-                    .connects
-                    .values_mut()
-                    .chain(self.binds.values_mut())
-                    .chain(self.watches.values_mut())
-                {
-                    p.next = now;
-                }
-                self.handle_timeout(now);
-            }
-            Message::KeepaliveAck { session, .. } => {
-                self.unanswered = 0;
-                if let Some(s) = session
-                    && self.session.as_deref() != Some(&s)
-                {
-                    // Registered anew by our keepalive (the relay restarted): a new session,
-                    // to show back; channels are gone.
-                    self.session = Some(s.into_owned());
-                    self.state = State::Proving;
-                    self.forgotten(now);
-                    self.retry = Pending {
-                        next: now,
-                        tries: 0,
-                    };
-                    self.handle_timeout(now);
-                }
-            }
-            Message::RelayedPacket { from_peer, payload } => {
-                if let Ok(text) = read::payload_text(&payload)
-                    && let Ok(data) = B64.decode(text.as_bytes())
-                {
-                    self.events.push_back(LinkEvent::FromPeer {
-                        from: from_peer.into_owned(),
-                        data,
-                    });
-                }
-            }
-            Message::Introduce { peer_name, address }
-                if self.connects.remove(peer_name.as_ref()).is_some() =>
-            {
-                self.events.push_back(LinkEvent::Introduced {
-                    name: peer_name.into_owned(),
-                    address,
-                });
-            }
-            Message::WatchAck { online, .. } => {
-                self.watches.clear();
-                for name in online {
-                    if self.watched.contains(name.as_ref()) {
-                        self.events.push_back(LinkEvent::Joined {
-                            name: name.into_owned(),
-                        });
-                    }
-                }
-            }
-            Message::Presence {
-                kind: Presence::Joined,
-                peer_name,
-                ..
-            } => {
-                self.events.push_back(LinkEvent::Joined {
-                    name: peer_name.into_owned(),
-                });
-            }
-            Message::ConnectRequest { peer_name } => {
-                self.events.push_back(LinkEvent::ConnectRequest {
-                    name: peer_name.into_owned(),
-                });
-            }
-            Message::BindAck { target, channel } => {
-                self.binds.remove(target.as_ref());
-                self.bound(target.into_owned(), channel);
-            }
-            Message::ChannelBound { peer_name, channel } => {
-                self.binds.remove(peer_name.as_ref());
-                self.bound(peer_name.into_owned(), channel);
-            }
-            Message::ChannelClosed { channel } => {
-                if let Some(p) = self.channels.remove(&channel) {
-                    self.channel_of.remove(&p);
-                    // The peer is still wanted: bind again (refused while it is offline).
-                    self.binds.insert(
-                        p,
-                        Pending {
-                            next: now,
-                            tries: 0,
-                        },
-                    );
-                }
-            }
-            Message::Error { code, message } => self.on_error(now, &code, &message),
-            _ => {}
-        }
-    }
-
-    fn bound(&mut self, peer: String, channel: u32) {
-        if let Some(old) = self.channel_of.insert(peer.clone(), channel) {
-            self.channels.remove(&old);
-        }
-        self.channels.insert(channel, peer.clone());
-        self.events.push_back(LinkEvent::Bound { name: peer });
-    }
-
-    fn on_error(&mut self, now: Instant, code: &str, message: &str) {
-        match code {
-            "name_in_use" | "invalid_name" | "bad_signature" | "auth_required"
-                if self.state != State::Ready =>
-            {
-                if code == "auth_required" && self.key.is_none() {
-                    self.refuse(code, "the relay requires signed registration: give a key");
-                } else {
-                    self.refuse(code, message);
-                }
-            }
-            "not_registered" | "session_required" | "auth_required"
-                if self.state == State::Ready =>
-            {
-                self.reregister(now);
-            }
-            "unknown_target" | "denied_address" => {
-                // Errors name no request: every one waiting is told, and given up.
-                let waiting: Vec<String> = self
-                    .connects
-                    .keys()
-                    .chain(self.binds.keys())
-                    .cloned()
-                    .collect();
-                for name in waiting {
-                    self.connects.remove(&name);
-                    self.binds.remove(&name);
-                    self.events.push_back(LinkEvent::PeerRefused {
-                        name,
-                        code: code.to_string(),
-                    });
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn refuse(&mut self, code: &str, message: &str) {
-        self.state = State::Refused;
-        self.events.push_back(LinkEvent::Refused {
-            code: code.to_string(),
-            message: message.to_string(),
-        });
     }
 }
