@@ -15,44 +15,13 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::SigningKey;
-use sim::{Links, NatKind, Sim, ms};
+use sim::{Links, NatKind, Sim, fast, ms, pair};
 use udp_peer::noise::{Handshake, Identity, Session};
 use udp_peer::packet::{self, Frame, Packet};
 use udp_peer::relay::{Link, LinkEvent, Timers};
 use udp_peer::{Event, Peer};
 
 /// Fast path timers, as the simulated tests use.
-fn fast(c: &mut udp_peer::Config) {
-    c.paths = udp_peer::path::PathTimers {
-        check_every: ms(50),
-        checks: 40,
-        heartbeat: ms(500),
-        consent: ms(3_000),
-        reprobe: ms(2_000),
-        hold_down: ms(2_000),
-    };
-    c.timers.relay_timeout = Duration::from_secs(6);
-}
-
-/// Alice (host 0) behind `a` and bob (host 1) behind `b`, alice connecting; runs until both hold
-/// an open session.
-fn pair(seed: u64, a: NatKind, b: NatKind, tune: impl Fn(&mut udp_peer::Config)) -> Sim {
-    let mut s = Sim::new(seed, Links::default());
-    let (na, nb) = (s.nat(a, false), s.nat(b, false));
-    let mut ca = s.config("alice", 1);
-    let mut cb = s.config("bob", 2);
-    tune(&mut ca);
-    tune(&mut cb);
-    s.host(Some(na), ca);
-    s.host(Some(nb), cb);
-    s.connect(0, "bob");
-    assert!(
-        s.run(ms(20_000), |s| s.connected(0) && s.connected(1)),
-        "the session opens over the relay"
-    );
-    s
-}
-
 fn public(s: &Sim, h: usize) -> SocketAddr {
     s.hosts[h].peer.status().public.expect("registered")
 }
@@ -286,7 +255,13 @@ fn events(s: &Sim, h: usize) -> Vec<Event> {
 
 #[test]
 fn forged_errors_cannot_end_a_registration_for_good() {
-    let mut s = pair(41, NatKind::SYMMETRIC, NatKind::SYMMETRIC, fast);
+    let mut s = pair(
+        41,
+        NatKind::SYMMETRIC,
+        NatKind::SYMMETRIC,
+        Links::default(),
+        fast,
+    );
     let alice = public(&s, 0);
     // The first sends her back to registering (the relay forgot her, it says), the second
     // refuses the registration that follows: two datagrams, no timing.
@@ -314,7 +289,13 @@ fn forged_errors_cannot_end_a_registration_for_good() {
 
 #[test]
 fn a_forged_challenge_cannot_end_a_registration_for_good() {
-    let mut s = pair(43, NatKind::SYMMETRIC, NatKind::SYMMETRIC, fast);
+    let mut s = pair(
+        43,
+        NatKind::SYMMETRIC,
+        NatKind::SYMMETRIC,
+        Links::default(),
+        fast,
+    );
     let alice = public(&s, 0);
     // Alice registers again (forced here; a rebinding or a relay restart does it too); a
     // challenge with a cookie of the forger's arrives before the relay's: she signs it, and
@@ -342,7 +323,13 @@ fn a_forged_challenge_cannot_end_a_registration_for_good() {
 
 #[test]
 fn forged_sessions_offline_peers_and_closed_channels_only_delay() {
-    let mut s = pair(45, NatKind::SYMMETRIC, NatKind::SYMMETRIC, fast);
+    let mut s = pair(
+        45,
+        NatKind::SYMMETRIC,
+        NatKind::SYMMETRIC,
+        Links::default(),
+        fast,
+    );
     let alice = public(&s, 0);
     // A new session "from a relay restart", every request "refused", a watch answered empty:
     // each costs a registration or a request again, none ends anything.
@@ -365,7 +352,13 @@ fn forged_sessions_offline_peers_and_closed_channels_only_delay() {
 
 #[test]
 fn forged_channel_numbers_neither_blackhole_nor_misattribute_frames() {
-    let mut s = pair(47, NatKind::SYMMETRIC, NatKind::SYMMETRIC, fast);
+    let mut s = pair(
+        47,
+        NatKind::SYMMETRIC,
+        NatKind::SYMMETRIC,
+        Links::default(),
+        fast,
+    );
     let (alice, bob) = (public(&s, 0), public(&s, 1));
     // Bob's frames reach alice under her number for him; a forger that names it for carol, and
     // names a number of its own for bob, would send alice's frames nowhere and take bob's as
@@ -430,10 +423,16 @@ fn forged_channel_numbers_neither_blackhole_nor_misattribute_frames() {
 #[test]
 fn forged_peer_names_make_few_connections_and_those_expire() {
     // The relay's timers as shipped: keepalives a few a minute.
-    let mut s = pair(53, NatKind::FULL_CONE, NatKind::FULL_CONE, |c| {
-        fast(c);
-        c.timers = Timers::default();
-    });
+    let mut s = pair(
+        53,
+        NatKind::FULL_CONE,
+        NatKind::FULL_CONE,
+        Links::default(),
+        |c| {
+            fast(c);
+            c.timers = Timers::default();
+        },
+    );
     let alice = public(&s, 0);
     let wire = tap(&mut s, None);
     // A forger names 500 peers that ask to connect or send a first handshake message: with
@@ -484,7 +483,13 @@ fn forged_peer_names_make_few_connections_and_those_expire() {
 
 #[test]
 fn names_and_texts_with_control_characters_never_reach_events() {
-    let mut s = pair(59, NatKind::FULL_CONE, NatKind::FULL_CONE, fast);
+    let mut s = pair(
+        59,
+        NatKind::FULL_CONE,
+        NatKind::FULL_CONE,
+        Links::default(),
+        fast,
+    );
     let alice = public(&s, 0);
     let evil = r"\u001b]0;owned\u0007\u001b[2J";
     forge(
@@ -567,13 +572,7 @@ fn a_forged_pong_does_not_set_our_public_address() {
 #[test]
 fn a_forged_introduction_is_taken_only_for_a_pending_connect_and_costs_one_round() {
     let mut s = Sim::new(67, Links::default());
-    let (na, nb) = (
-        s.nat(NatKind::SYMMETRIC, false),
-        s.nat(NatKind::SYMMETRIC, false),
-    );
-    let (ca, cb) = (s.config("alice", 1), s.config("bob", 2));
-    s.host(Some(na), ca);
-    s.host(Some(nb), cb);
+    s.alice_and_bob(NatKind::SYMMETRIC, NatKind::SYMMETRIC, |_| {});
     s.run(ms(2_000), |s| {
         s.hosts.iter().all(|h| h.peer.status().registered)
     });
@@ -610,7 +609,13 @@ fn a_forged_introduction_is_taken_only_for_a_pending_connect_and_costs_one_round
 
 #[test]
 fn a_forged_first_message_to_an_open_session_is_not_answered_for_ever() {
-    let mut s = pair(71, NatKind::SYMMETRIC, NatKind::SYMMETRIC, fast);
+    let mut s = pair(
+        71,
+        NatKind::SYMMETRIC,
+        NatKind::SYMMETRIC,
+        Links::default(),
+        fast,
+    );
     let bob = public(&s, 1);
     let wire = tap(&mut s, None);
     let relay = s.relay_addr;
@@ -638,13 +643,7 @@ fn a_forged_first_message_to_an_open_session_is_not_answered_for_ever() {
 #[test]
 fn a_forged_first_message_mid_handshake_does_not_wedge_the_session() {
     let mut s = Sim::new(73, Links::default());
-    let (na, nb) = (
-        s.nat(NatKind::SYMMETRIC, false),
-        s.nat(NatKind::SYMMETRIC, false),
-    );
-    let (ca, cb) = (s.config("alice", 1), s.config("bob", 2));
-    s.host(Some(na), ca);
-    s.host(Some(nb), cb);
+    s.alice_and_bob(NatKind::SYMMETRIC, NatKind::SYMMETRIC, |_| {});
     let relay = s.relay_addr;
     // When bob's answer to alice's first message passes the relay, a forged first message
     // "from alice" reaches bob before her third does.
@@ -684,7 +683,13 @@ fn a_peer_that_restarts_gets_a_session_again() {
     // Not an attack, but what a forged handshake must not be able to fake: a peer that lost
     // its session. The responder (bob: "alice" sorts first) restarts; alice held the old session
     // and, the initiator, had to start the new one.
-    let mut s = pair(83, NatKind::FULL_CONE, NatKind::FULL_CONE, fast);
+    let mut s = pair(
+        83,
+        NatKind::FULL_CONE,
+        NatKind::FULL_CONE,
+        Links::default(),
+        fast,
+    );
     restart(&mut s, 1, "bob", 2, "alice");
     let until = s.now + ms(5_000);
     s.run(until, |_| false);
@@ -710,7 +715,13 @@ fn a_peer_that_restarts_gets_a_session_again() {
 fn forged_joins_and_asks_neither_duplicate_nor_lose_a_message() {
     // A peer that joins or asks again makes the initiator handshake anew: a forger sends both,
     // in bob's name, all along a lossy stream.
-    let mut s = pair(89, NatKind::SYMMETRIC, NatKind::PORT_RESTRICTED, fast);
+    let mut s = pair(
+        89,
+        NatKind::SYMMETRIC,
+        NatKind::PORT_RESTRICTED,
+        Links::default(),
+        fast,
+    );
     s.links.loss = 5;
     s.links.dup = 5;
     let alice = public(&s, 0);
@@ -751,13 +762,7 @@ fn an_answer_from_someone_who_saw_our_first_message_does_not_wedge_the_handshake
     // the proof names someone else. Alice's handshake state has moved on; bob's real answer no
     // longer fits it.
     let mut s = Sim::new(97, Links::default());
-    let (na, nb) = (
-        s.nat(NatKind::SYMMETRIC, false),
-        s.nat(NatKind::SYMMETRIC, false),
-    );
-    let (ca, cb) = (s.config("alice", 1), s.config("bob", 2));
-    s.host(Some(na), ca);
-    s.host(Some(nb), cb);
+    s.alice_and_bob(NatKind::SYMMETRIC, NatKind::SYMMETRIC, |_| {});
     let relay = s.relay_addr;
     let fired = Rc::new(RefCell::new(false));
     let f = fired.clone();
@@ -1123,7 +1128,13 @@ fn relay_message(f: &mut Fuzz, names: &[&str]) -> Vec<u8> {
 
 #[test]
 fn any_datagram_from_anywhere_is_taken_without_a_panic() {
-    let mut s = pair(79, NatKind::FULL_CONE, NatKind::PORT_RESTRICTED, fast);
+    let mut s = pair(
+        79,
+        NatKind::FULL_CONE,
+        NatKind::PORT_RESTRICTED,
+        Links::default(),
+        fast,
+    );
     // Real traffic to mutate, from the tap.
     let wire = tap(&mut s, None);
     s.say(0, "bob", "hello");

@@ -8,46 +8,8 @@ mod sim;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use sim::{Links, NatKind, Sim, ms};
-use udp_peer::path::PathTimers;
+use sim::{Links, NatKind, Sim, fast, ms, pair};
 use udp_peer::{Event, Via};
-
-/// Two peers, alice behind `a` and bob behind `b`, alice connecting; runs until both hold an
-/// open session. `tune` adjusts both configs.
-fn pair(
-    seed: u64,
-    a: NatKind,
-    b: NatKind,
-    links: Links,
-    tune: impl Fn(&mut udp_peer::Config),
-) -> Sim {
-    let mut s = Sim::new(seed, links);
-    let (na, nb) = (s.nat(a, false), s.nat(b, false));
-    let mut ca = s.config("alice", 1);
-    let mut cb = s.config("bob", 2);
-    tune(&mut ca);
-    tune(&mut cb);
-    let alice = s.host(Some(na), ca);
-    s.host(Some(nb), cb);
-    s.connect(alice, "bob");
-    assert!(
-        s.run(ms(20_000), |s| s.connected(0) && s.connected(1)),
-        "the session opens over the relay"
-    );
-    s
-}
-
-fn fast(c: &mut udp_peer::Config) {
-    c.paths = PathTimers {
-        check_every: ms(50),
-        checks: 40,
-        heartbeat: ms(500),
-        consent: ms(3_000),
-        reprobe: ms(2_000),
-        hold_down: ms(2_000),
-    };
-    c.timers.relay_timeout = Duration::from_secs(6);
-}
 
 #[test]
 fn every_pair_of_nat_models_goes_direct_where_it_can_and_stays_on_the_channel_where_it_cannot() {

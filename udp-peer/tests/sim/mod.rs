@@ -234,6 +234,17 @@ impl Sim {
         i
     }
 
+    /// Alice (host 0, key seed 1) behind a NAT of kind `a` and bob (host 1, seed 2) behind
+    /// one of kind `b`, `tune` adjusting both configurations.
+    pub fn alice_and_bob(&mut self, a: NatKind, b: NatKind, tune: impl Fn(&mut Config)) {
+        let (na, nb) = (self.nat(a, false), self.nat(b, false));
+        let (mut ca, mut cb) = (self.config("alice", 1), self.config("bob", 2));
+        tune(&mut ca);
+        tune(&mut cb);
+        self.host(Some(na), ca);
+        self.host(Some(nb), cb);
+    }
+
     /// The NAT forgets every mapping of host `h`'s (a rebinding: its next datagram gets a new
     /// port).
     pub fn rebind(&mut self, h: usize) {
@@ -519,4 +530,31 @@ impl Sim {
             .iter()
             .any(|p| p.connected)
     }
+}
+
+/// Alice behind `a` and bob behind `b` (see [`Sim::alice_and_bob`]), alice connecting; runs until
+/// both hold an open session.
+pub fn pair(seed: u64, a: NatKind, b: NatKind, links: Links, tune: impl Fn(&mut Config)) -> Sim {
+    let mut s = Sim::new(seed, links);
+    s.alice_and_bob(a, b, tune);
+    s.connect(0, "bob");
+    assert!(
+        s.run(ms(20_000), |s| s.connected(0) && s.connected(1)),
+        "the session opens over the relay"
+    );
+    s
+}
+
+/// Timers for tests of path changes: heartbeats every 500 ms, consent lapsing after 3 s, a 2 s
+/// hold-down, keepalives every 2 s.
+pub fn fast(c: &mut Config) {
+    c.paths = udp_peer::path::PathTimers {
+        check_every: ms(50),
+        checks: 40,
+        heartbeat: ms(500),
+        consent: ms(3_000),
+        reprobe: ms(2_000),
+        hold_down: ms(2_000),
+    };
+    c.timers.relay_timeout = Duration::from_secs(6);
 }
