@@ -138,6 +138,12 @@ pub fn register_all(
             LinkEvent::Refused { code, message } => Err(format!(
                 "the relay at {target} refused registration: {code}: {message}"
             )),
+            // Asked to come back (a cluster's claims waiting fill this host's share): the
+            // link sends it again.
+            LinkEvent::Error { code } if code == "rate_limited" => Ok(()),
+            LinkEvent::Error { code } => Err(format!(
+                "the relay at {target} refused registration: {code}"
+            )),
             _ => Ok(()),
         })?;
         if acked.is_none() && links.iter().all(|l| l.session().is_some()) {
@@ -184,6 +190,9 @@ pub fn bind_all(
             LinkEvent::Refused { code, message } => Err(format!(
                 "the relay at {target} refused registration: {code}: {message}"
             )),
+            LinkEvent::Error { code } if code != "rate_limited" => {
+                Err(format!("the relay at {target} refused a channel: {code}"))
+            }
             _ => Ok(()),
         })?;
         let left = links

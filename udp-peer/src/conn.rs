@@ -78,12 +78,19 @@ pub struct Conn {
     rekey: bool,
     /// Answers to probes, sent at the next poll.
     probe_acks: Vec<Transmit>,
+    /// Whether the relay showed the peer there (it joined, asked, was introduced, bound or
+    /// sent): only then does a first handshake message go through the relay, whose refusal of
+    /// a `relay` to an absent name would be taken for another request's.
+    seen: bool,
+    /// Whether the relay link was ready at the last poll: sends through the relay wait for it,
+    /// the direct path does not.
+    relay_ready: bool,
     retry_at: Option<Instant>,
 }
 
 impl Conn {
     /// A connection to `name` with our session id `id`.
-    pub fn new(name: &str, id: u32, initiator: bool, cfg: &Config, _now: Instant) -> Conn {
+    pub fn new(name: &str, id: u32, initiator: bool, cfg: &Config) -> Conn {
         Conn {
             name: name.to_string(),
             id,
@@ -107,6 +114,8 @@ impl Conn {
             ack_due: None,
             rekey: false,
             probe_acks: Vec::new(),
+            seen: false,
+            relay_ready: false,
             retry_at: None,
         }
     }
@@ -143,16 +152,20 @@ impl Conn {
         self.retry_at = Some(now + OFFLINE_RETRY);
     }
 
-    /// The relay says the peer is online: if we were waiting for it, ask at once. It may have
-    /// joined anew (restarted), and lost our session.
+    /// The relay says the peer is online: if we were waiting for it, ask at once.
     pub fn online(&mut self, now: Instant) {
+        self.seen();
         if self.retry_at.is_some() {
             self.retry_at = Some(now);
         }
         for p in &mut self.pending {
             p.next = now;
         }
-        self.asked_again();
+    }
+
+    /// The relay showed the peer there.
+    pub fn seen(&mut self) {
+        self.seen = true;
     }
 
     /// The peer asks to connect again, or joined again, while we hold a session: it may have
@@ -181,19 +194,25 @@ impl Conn {
         }
     }
 
-    /// When [`Conn::poll`] next has work (nothing while the relay link is not `ready`: the
-    /// link's own timers run then).
+    /// Whether handshake message `p` may go again unasked: the initiator's until a session
+    /// opens, a responder's answer a few times (a forged first message's is not sent for ever).
+    fn resend(&self, p: &Pending) -> bool {
+        (self.initiator && self.session.is_none()) || p.resends < ANSWER_RESENDS
+    }
+
+    /// When [`Conn::poll`] next has work: handshakes and requests wait for the relay link to be
+    /// `ready` (its own timers run meanwhile), the session's stream and direct path do not.
     pub fn timeout(&self, cfg: &Config, ready: bool) -> Option<Instant> {
-        if self.refused || !ready {
+        if self.refused {
             return None;
         }
         [
             self.pending
                 .iter()
-                .filter(|p| self.session.is_none() || p.resends < ANSWER_RESENDS)
+                .filter(|p| ready && self.resend(p))
                 .map(|p| p.next)
                 .min(),
-            self.retry_at,
+            self.retry_at.filter(|_| ready),
             self.trusted
                 .then(|| self.stream.timeout(cfg.min_rto))
                 .flatten(),
@@ -213,6 +232,8 @@ impl Conn {
         let mut d = Vec::with_capacity(plain.len() + 32);
         s.seal(&plain, &mut d);
         match route {
+            // Not registered there now: lost, and the stream sends it again.
+            Route::Relay if !self.relay_ready => {}
             Route::Relay => link.send_to_peer(&self.name, &d),
             Route::Direct(a) => out.push(Transmit { to: a, bytes: d }),
         }
@@ -232,42 +253,12 @@ impl Conn {
         events: &mut std::collections::VecDeque<Event>,
     ) {
         out.extend(self.probe_acks.drain(..));
-        if self.refused || !ready {
+        self.relay_ready = ready;
+        if self.refused {
             return;
         }
-        if self.retry_at.is_some_and(|t| now >= t) {
-            self.retry_at = None;
-            link.connect(&self.name, now);
-            link.bind(&self.name, now);
-        }
-        // A new handshake over an open session that is not answered: the peer kept its session
-        // (the ask was not its own), and ours carries on.
-        if self.initiator && self.session.is_some() {
-            self.pending.retain(|p| p.resends < ANSWER_RESENDS);
-        }
-        if self.initiator
-            && (self.session.is_none() || std::mem::take(&mut self.rekey))
-            && self.pending.is_empty()
-        {
-            let mut hs = Handshake::new(id, &cfg.name, &self.name, true);
-            let mut d = Vec::new();
-            packet::handshake(&mut d, 1, self.id, 0);
-            hs.write(id, &mut d);
-            self.pending.push(Pending {
-                hs,
-                peer_id: 0,
-                last: d,
-                first: Vec::new(),
-                next: now,
-                resends: 0,
-            });
-        }
-        for p in &mut self.pending {
-            if now >= p.next && (self.session.is_none() || p.resends < ANSWER_RESENDS) {
-                p.next = now + cfg.handshake_retry;
-                p.resends += 1;
-                link.send_to_peer(&self.name, &p.last);
-            }
+        if ready {
+            self.poll_handshake(now, cfg, id, link);
         }
         if !self.trusted || self.session.is_none() {
             return;
@@ -289,7 +280,7 @@ impl Conn {
                 rtt: None,
             });
         }
-        if self.candidates_changed {
+        if self.candidates_changed && ready {
             self.candidates_changed = false;
             let list = Frame::Candidates(self.local.clone());
             self.send(&list, Route::Relay, link, &mut direct_out);
@@ -328,6 +319,48 @@ impl Conn {
         out.extend(direct_out);
     }
 
+    /// The handshake's part of a poll, with the relay link ready: requests asked again, a
+    /// handshake started, messages sent again.
+    fn poll_handshake(&mut self, now: Instant, cfg: &Config, id: &Identity, link: &mut Link) {
+        if self.retry_at.is_some_and(|t| now >= t) {
+            self.retry_at = None;
+            link.connect(&self.name, now);
+            link.bind(&self.name, now);
+        }
+        // A new handshake over an open session that is not answered: the peer kept its session
+        // (the ask was not its own), and ours carries on.
+        if self.initiator && self.session.is_some() {
+            self.pending.retain(|p| p.resends < ANSWER_RESENDS);
+        }
+        let can_reach = self.seen || link.channel(&self.name).is_some();
+        if self.initiator
+            && can_reach
+            && (self.session.is_none() || std::mem::take(&mut self.rekey))
+            && self.pending.is_empty()
+        {
+            let mut hs = Handshake::new(id, &cfg.name, &self.name, true);
+            let mut d = Vec::new();
+            packet::handshake(&mut d, 1, self.id, 0);
+            hs.write(id, &mut d);
+            self.pending.push(Pending {
+                hs,
+                peer_id: 0,
+                last: d,
+                first: Vec::new(),
+                next: now,
+                resends: 0,
+            });
+        }
+        let initiating = self.initiator && self.session.is_none();
+        for p in &mut self.pending {
+            if now >= p.next && (initiating || p.resends < ANSWER_RESENDS) {
+                p.next = now + cfg.handshake_retry;
+                p.resends += 1;
+                link.send_to_peer(&self.name, &p.last);
+            }
+        }
+    }
+
     /// A handshake message from the peer, through the relay.
     pub fn on_handshake(
         &mut self,
@@ -336,7 +369,6 @@ impl Conn {
         id: &Identity,
         cfg: &Config,
         link: &mut Link,
-        _events: &mut std::collections::VecDeque<Event>,
     ) {
         let Packet::Handshake {
             step,
@@ -493,11 +525,10 @@ impl Conn {
             }
             Frame::Ack { next } => self.stream.acked(next, now),
             Frame::Probe { id } => {
-                // Answered where it came from, at once; the answer says what we saw.
+                // Answered where it came from, at once.
                 let mut out = Vec::new();
-                let seen = from;
                 let mut plain = Vec::new();
-                Frame::ProbeAck { id, seen }.write(&mut plain);
+                Frame::ProbeAck { id }.write(&mut plain);
                 if let (Some(s), Route::Direct(a)) = (self.session.as_mut(), route) {
                     let mut d = Vec::new();
                     s.seal(&plain, &mut d);

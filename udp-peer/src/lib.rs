@@ -12,17 +12,17 @@
 //! each message in an ordered stream that loses, duplicates and reorders nothing across path
 //! switches ([`stream`]).
 
-pub mod conn;
+pub(crate) mod conn;
 pub mod identity;
 pub mod noise;
 pub mod packet;
 pub mod path;
 pub mod relay;
-pub mod replay;
+pub(crate) mod replay;
 pub mod rng;
 pub mod runner;
-pub mod stream;
-pub mod stun;
+pub(crate) mod stream;
+pub(crate) mod stun;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -91,7 +91,8 @@ pub struct Config {
     pub min_rto: Duration,
     /// Between two sends of a handshake message not yet answered.
     pub handshake_retry: Duration,
-    /// Seeds the ids and transactions (not the keys): the same seed, the same simulated run.
+    /// Seeds the probe ids (not the keys, session ids or STUN transactions, which come from the
+    /// OS): the same seed, the same simulated run.
     pub seed: u64,
 }
 
@@ -145,7 +146,8 @@ pub enum Event {
         /// Who.
         name: String,
     },
-    /// The end-to-end session with a peer is open (over the relay at first).
+    /// The end-to-end session with a peer is open (over the relay at first); again with each
+    /// new session (the peer restarted).
     Connected {
         /// The peer.
         name: String,
@@ -196,6 +198,28 @@ pub enum Event {
     },
 }
 
+/// Why a connection was not made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectError {
+    /// Not a name the relay takes (1-64 bytes of UTF-8, no control characters).
+    InvalidName,
+    /// Our own name.
+    Yourself,
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ConnectError::InvalidName => {
+                "not a valid name (1-64 bytes of UTF-8 without control characters)"
+            }
+            ConnectError::Yourself => "that is our own name",
+        })
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
 /// Why a message was not queued.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendError {
@@ -222,7 +246,8 @@ impl std::fmt::Display for SendError {
 
 impl std::error::Error for SendError {}
 
-/// The longest message: one datagram with every header, well under 1280 bytes.
+/// The longest message: sealed, about 1,050 bytes direct or in a channel frame, about 1,450 as
+/// a JSON `relay` (base64) before the channel is bound.
 pub const MAX_MESSAGE: usize = 1000;
 
 /// Most connections that peers asked for (with `accept` on) and that have not proved their peer
@@ -304,20 +329,44 @@ impl Peer {
     }
 
     /// Connects to `name`: asks the relay for an introduction and a channel, and opens the
-    /// session once both sides are there.
-    pub fn connect(&mut self, name: &str, now: Instant) {
+    /// session once both sides are there (however long the peer takes to come online).
+    pub fn connect(&mut self, name: &str, now: Instant) -> Result<(), ConnectError> {
+        if !relay_wire::valid_name(name) {
+            return Err(ConnectError::InvalidName);
+        }
+        if name == self.cfg.name {
+            return Err(ConnectError::Yourself);
+        }
         // Ours now, if the peer asked first: kept however long it takes.
         self.conn(name, now).expires = None;
         self.pump(now);
+        Ok(())
+    }
+
+    /// Closes the connection to `name`: its session, its messages not yet acknowledged, and
+    /// what the relay keeps for it (watch, channel). A key refused is forgotten too, until the
+    /// next connection checks it again.
+    pub fn close(&mut self, name: &str) {
+        if let Some(c) = self.conns.remove(name) {
+            self.ids.remove(&c.id);
+            self.link.forget(name);
+        }
     }
 
     /// The connection to `name`, made if new.
     fn conn(&mut self, name: &str, now: Instant) -> &mut Conn {
         if !self.conns.contains_key(name) {
-            let id = self.rng.id();
+            // From the OS, not the seed: a peer restarted with the same seed must not reuse
+            // its session id, which its peer would take for the session it has.
+            let id = loop {
+                let id = rng::unguessable_id();
+                if !self.ids.contains_key(&id) {
+                    break id;
+                }
+            };
             self.ids.insert(id, name.to_string());
             let initiator = self.cfg.name.as_str() < name;
-            let mut c = Conn::new(name, id, initiator, &self.cfg, now);
+            let mut c = Conn::new(name, id, initiator, &self.cfg);
             for a in self.candidates() {
                 c.local.push(a);
             }
@@ -337,19 +386,25 @@ impl Peer {
         if waiting >= MAX_HALF_OPEN {
             return false;
         }
-        self.conn(name, now).expires = Some(now + HALF_OPEN_FOR);
+        let c = self.conn(name, now);
+        c.expires = Some(now + HALF_OPEN_FOR);
+        // It asked: it is there.
+        c.seen();
         true
     }
 
-    /// Where we may be reached directly: our interfaces and our public address.
+    /// Where we may be reached directly: our public address first (an advertisement holds
+    /// [`packet::MAX_CANDIDATES`]; a host with many interfaces must not crowd it out), then our
+    /// interfaces.
     fn candidates(&self) -> Vec<SocketAddr> {
-        let mut v = self.cfg.local.clone();
-        if let Some(p) = self.link.public() {
-            v.push(p);
-        }
-        v.sort();
-        v.dedup();
-        v
+        let mut local = self.cfg.local.clone();
+        local.sort();
+        local.dedup();
+        let public = self.link.public();
+        public
+            .into_iter()
+            .chain(local.into_iter().filter(|a| Some(*a) != public))
+            .collect()
     }
 
     /// Queues `text` to `name`, in order after what was queued before.
@@ -535,11 +590,25 @@ impl Peer {
             }
             LinkEvent::Introduced { name, address } => {
                 if let Some(c) = self.conns.get_mut(&name) {
+                    c.seen();
                     c.paths.add(address, now);
                 }
             }
-            LinkEvent::Bound { .. } => {}
+            LinkEvent::Bound { name } => {
+                if let Some(c) = self.conns.get_mut(&name) {
+                    c.seen();
+                }
+            }
             LinkEvent::Joined { name } => {
+                if let Some(c) = self.conns.get_mut(&name) {
+                    c.online(now);
+                    // It joined anew: it may have restarted, and lost our session.
+                    c.asked_again();
+                }
+            }
+            // The relay's limits and rate limits: what they hold back is sent again.
+            LinkEvent::Error { .. } => {}
+            LinkEvent::Online { name } => {
                 if let Some(c) = self.conns.get_mut(&name) {
                     c.online(now);
                 }
@@ -557,6 +626,7 @@ impl Peer {
                     return;
                 }
                 let c = self.conns.get_mut(&from).expect("there or made above");
+                c.seen();
                 if let Packet::Transport {
                     receiver,
                     nonce,
@@ -571,14 +641,7 @@ impl Peer {
                     self.count(r);
                     return;
                 }
-                c.on_handshake(
-                    now,
-                    p,
-                    &self.identity,
-                    &self.cfg,
-                    &mut self.link,
-                    &mut self.events,
-                );
+                c.on_handshake(now, p, &self.identity, &self.cfg, &mut self.link);
             }
         }
     }

@@ -77,14 +77,6 @@ pub struct Handshake {
     wrote: bool,
 }
 
-/// The Ed25519 key a finished handshake proved, and the session it opened.
-pub struct Done {
-    /// The peer's Ed25519 public key.
-    pub key: [u8; 32],
-    /// The session.
-    pub session: Session,
-}
-
 impl Handshake {
     /// A handshake of `me` with `peer`, as the initiator or the responder.
     pub fn new(id: &Identity, me: &str, peer: &str, initiator: bool) -> Handshake {

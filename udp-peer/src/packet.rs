@@ -100,13 +100,10 @@ pub enum Frame<'a> {
         /// Matches the answer to the check.
         id: u64,
     },
-    /// The answer to probe `id`, with the address the probe came from (what the sender looks
-    /// like from here).
+    /// The answer to probe `id`, sent where the probe came from.
     ProbeAck {
         /// The probe answered.
         id: u64,
-        /// Where the probe came from.
-        seen: Option<SocketAddr>,
     },
     /// Addresses where the sender may be reached directly: its interfaces and what STUN said.
     Candidates(Vec<SocketAddr>),
@@ -169,12 +166,9 @@ impl Frame<'_> {
                 buf.push(PROBE);
                 buf.extend_from_slice(&id.to_be_bytes());
             }
-            Frame::ProbeAck { id, seen } => {
+            Frame::ProbeAck { id } => {
                 buf.push(PROBE_ACK);
                 buf.extend_from_slice(&id.to_be_bytes());
-                if let Some(a) = seen {
-                    write_addr(buf, *a);
-                }
             }
             Frame::Candidates(list) => {
                 buf.push(CANDIDATES);
@@ -196,18 +190,7 @@ impl Frame<'_> {
                 next: u64_at(d, 1)?,
             },
             PROBE => Frame::Probe { id: u64_at(d, 1)? },
-            PROBE_ACK => {
-                let mut at = 9;
-                let seen = if d.len() > at {
-                    Some(read_addr(d, &mut at)?)
-                } else {
-                    None
-                };
-                Frame::ProbeAck {
-                    id: u64_at(d, 1)?,
-                    seen,
-                }
-            }
+            PROBE_ACK => Frame::ProbeAck { id: u64_at(d, 1)? },
             CANDIDATES => {
                 let mut at = 1;
                 let mut list = Vec::new();
@@ -236,11 +219,7 @@ mod tests {
             },
             Frame::Ack { next: 9 },
             Frame::Probe { id: 3 },
-            Frame::ProbeAck { id: 3, seen: None },
-            Frame::ProbeAck {
-                id: 3,
-                seen: Some(v6),
-            },
+            Frame::ProbeAck { id: 3 },
             Frame::Candidates(vec![v4, v6]),
         ] {
             let mut b = Vec::new();

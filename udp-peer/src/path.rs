@@ -54,6 +54,9 @@ struct Candidate {
     /// Checks answered in a row.
     streak: u32,
     last_heard: Option<Instant>,
+    /// When a check of ours to it was last answered: its consent (RFC 7675 refreshes consent
+    /// only so, so that a path blocked our way is dropped even while the peer's packets come).
+    consented: Option<Instant>,
     rtt: Option<Duration>,
 }
 
@@ -168,6 +171,7 @@ impl Paths {
             sent: Vec::new(),
             streak: 0,
             last_heard: None,
+            consented: None,
             rtt: None,
         });
     }
@@ -263,6 +267,7 @@ impl Paths {
         c.rtt = Some(c.rtt.map_or(rtt, |r| (r * 7 + rtt) / 8));
         c.streak += 1;
         c.last_heard = Some(now);
+        c.consented = Some(now);
         let (streak, rtt) = (c.streak, c.rtt.unwrap_or(rtt));
         match self.direct {
             Some(d) if d == addr => None,
@@ -300,11 +305,14 @@ impl Paths {
     pub fn expire(&mut self, now: Instant) -> Option<Switch> {
         let d = self.direct?;
         let c = self.cands.iter_mut().find(|c| c.addr == d)?;
-        let heard = c.last_heard.unwrap_or(now);
-        if now.saturating_duration_since(heard) < self.timers.consent {
+        let consented = c.consented.unwrap_or(now);
+        if now.saturating_duration_since(consented) < self.timers.consent {
             return None;
         }
-        c.streak = 0;
+        // Answers before the loss do not count towards taking a path again.
+        for c in &mut self.cands {
+            c.streak = 0;
+        }
         self.direct = None;
         self.lost_at = Some(now);
         self.next_heartbeat = None;
@@ -339,7 +347,7 @@ impl Paths {
                 .cands
                 .iter()
                 .find(|c| c.addr == d)
-                .and_then(|c| c.last_heard)
+                .and_then(|c| c.consented)
         {
             at(h + self.timers.consent);
         }

@@ -33,3 +33,16 @@ impl Rng {
         }
     }
 }
+
+/// A non-zero u32 from the OS's random numbers: a session id, which must differ from any a
+/// restarted peer had, whatever its seed.
+pub fn unguessable_id() -> u32 {
+    loop {
+        let mut b = [0u8; 4];
+        getrandom::getrandom(&mut b).expect("the OS's random numbers");
+        let v = u32::from_ne_bytes(b);
+        if v != 0 {
+            return v;
+        }
+    }
+}

@@ -7,12 +7,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
-use crate::{Event, Peer, SendError, Status};
+use crate::{ConnectError, Event, Peer, SendError, Status};
 
 /// What the application asks of a running peer.
 pub enum Command {
-    /// Connect to a peer.
-    Connect(String),
+    /// Connect to a peer; the outcome goes back on the channel.
+    Connect(String, std::sync::mpsc::Sender<Result<(), ConnectError>>),
     /// Send a message to a peer; the outcome goes back on the channel.
     Send(
         String,
@@ -42,7 +42,9 @@ pub fn run(
         let now = Instant::now();
         loop {
             match commands.try_recv() {
-                Ok(Command::Connect(name)) => peer.connect(&name, now),
+                Ok(Command::Connect(name, reply)) => {
+                    let _ = reply.send(peer.connect(&name, now));
+                }
                 Ok(Command::Send(name, text, reply)) => {
                     let _ = reply.send(peer.send(&name, &text, now));
                 }

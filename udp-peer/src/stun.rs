@@ -32,7 +32,7 @@ impl Stun {
     /// A Binding request to `server`, replacing any earlier one to it (whose answer is stale).
     pub fn request(&mut self, server: SocketAddr) -> Vec<u8> {
         let mut t = [0u8; 12];
-        let _ = getrandom::getrandom(&mut t);
+        getrandom::getrandom(&mut t).expect("the OS's random numbers");
         self.transactions.retain(|(_, s)| *s != server);
         self.transactions.push((t, server));
         let mut d = Vec::new();

@@ -948,10 +948,7 @@ fn stream_abuse_by_a_peer_hurts_only_its_own_messages() {
         seq: 0,
         text: &[b'x'; 60_000],
     });
-    m.relay(&Frame::ProbeAck {
-        id: u64::MAX,
-        seen: None,
-    });
+    m.relay(&Frame::ProbeAck { id: u64::MAX });
     let until = s.now + ms(2_000);
     m.run(&mut s, until);
     let got: Vec<usize> = events(&s, 0)
@@ -1185,7 +1182,7 @@ fn a_lone_peer_takes_any_datagram_in_any_state_without_a_panic() {
         cfg.signed = seed % 2 == 0;
         cfg.accept = seed % 3 != 0;
         let mut p = Peer::new(cfg, HashMap::new(), t0);
-        p.connect("bob", t0);
+        p.connect("bob", t0).unwrap();
         let mut f = Fuzz(seed.wrapping_mul(0x9E37_79B9) | 1);
         let mut now = t0;
         for _ in 0..2000 {

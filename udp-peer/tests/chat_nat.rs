@@ -32,7 +32,7 @@ fn run(test: &str, nat: Nat) {
     for (c, other) in [(&mut *alice, "bob"), (&mut *bob, "alice")] {
         c.expect("registration", |l| l.starts_with("* registered as"));
         c.expect("the session", |l| {
-            l == format!("* connected to {other}, end-to-end encrypted [relay]")
+            l == format!("* connected to {other}, end-to-end encrypted")
         });
     }
     // Messages flow at once, over the relay, whatever the path becomes.

@@ -337,3 +337,45 @@ fn the_relay_carries_only_ciphertext() {
         );
     }
 }
+
+#[test]
+fn a_direct_path_carries_on_while_the_relay_is_away() {
+    let mut s = pair(
+        31,
+        NatKind::FULL_CONE,
+        NatKind::PORT_RESTRICTED,
+        Links::default(),
+        fast,
+    );
+    assert!(s.run(ms(30_000), |s| s.is_direct(0) && s.is_direct(1)));
+    s.relay_down = true;
+    // Long enough for keepalives to go unanswered and the links to register again (and fail).
+    stream_both_ways(&mut s, 200, ms(100), |_, _| {});
+    for h in [0, 1] {
+        assert!(s.received(h).iter().all(|(_, v)| *v == Via::Direct));
+        assert_eq!(paths_taken(&s, h), [Via::Direct], "never back to the relay");
+        assert!(!s.hosts[h].peer.status().registered, "the relay is away");
+    }
+}
+
+#[test]
+fn a_direct_path_blocked_one_way_loses_its_consent_and_falls_back() {
+    let mut s = pair(
+        37,
+        NatKind::FULL_CONE,
+        NatKind::FULL_CONE,
+        Links::default(),
+        fast,
+    );
+    assert!(s.run(ms(30_000), |s| s.is_direct(0) && s.is_direct(1)));
+    // Alice's packets to bob are dropped; bob's still reach her.
+    s.cut_one_way.insert((0, 1));
+    stream_both_ways(&mut s, 150, ms(40), |_, _| {});
+    let got: Vec<String> = s.received(1).into_iter().map(|(t, _)| t).collect();
+    assert_eq!(got, (0..150).map(|i| format!("a{i}")).collect::<Vec<_>>());
+    assert_eq!(
+        paths_taken(&s, 0),
+        [Via::Direct, Via::Relay],
+        "alice's consent lapsed"
+    );
+}

@@ -153,7 +153,8 @@ fn chat(a: ChatArgs) -> Result<ExitCode, String> {
     cfg.local.retain(|l| l.is_ipv4() == relay.is_ipv4());
     let mut peer = Peer::new(cfg, known, Instant::now());
     if let Some(p) = &a.peer {
-        peer.connect(p, Instant::now());
+        peer.connect(p, Instant::now())
+            .map_err(|e| format!("--peer {p:?}: {e}"))?;
     }
 
     let current = Arc::new(Mutex::new(a.peer.clone()));
@@ -168,6 +169,8 @@ fn chat(a: ChatArgs) -> Result<ExitCode, String> {
         let mut o = out.lock();
         match e {
             Event::Registered { public } => {
+                // A refusal the relay took back (it is retried: a forged one changes nothing).
+                refused = None;
                 let _ = writeln!(
                     o,
                     "* registered as {name} at {relay}; our public address {public}"
@@ -195,7 +198,7 @@ fn chat(a: ChatArgs) -> Result<ExitCode, String> {
                 if c.is_none() {
                     *c = Some(name.clone());
                 }
-                let _ = writeln!(o, "* connected to {name}, end-to-end encrypted [relay]");
+                let _ = writeln!(o, "* connected to {name}, end-to-end encrypted");
             }
             Event::PathChanged {
                 name,

@@ -19,10 +19,7 @@ impl Link {
                 self.state = State::Signed {
                     cookie: cookie.into_owned(),
                 };
-                self.retry = Pending {
-                    next: now,
-                    tries: 0,
-                };
+                self.retry = Pending::at(now);
                 self.handle_timeout(now);
             }
             Message::RegisterAck { your_address, full } => {
@@ -37,10 +34,7 @@ impl Link {
                 self.session = Some(session.into_owned());
                 self.public.get_or_insert(your_address);
                 self.state = State::Proving;
-                self.retry = Pending {
-                    next: now,
-                    tries: 0,
-                };
+                self.retry = Pending::at(now);
                 self.handle_timeout(now);
             }
             Message::Pong { your_address, .. } if self.state == State::Proving => {
@@ -64,20 +58,23 @@ impl Link {
                 }
                 self.handle_timeout(now);
             }
-            Message::KeepaliveAck { session, .. } => {
+            Message::KeepaliveAck { session, .. } if self.state == State::Ready => {
                 self.unanswered = 0;
                 if let Some(s) = session
                     && self.session.as_deref() != Some(&s)
                 {
+                    if self.key.is_some() {
+                        // Registered anew by our keepalive, unsigned (the relay restarted): a
+                        // signed name registers again, signed.
+                        self.reregister(now);
+                        return;
+                    }
                     // Registered anew by our keepalive (the relay restarted): a new session,
                     // to show back; channels are gone.
                     self.session = Some(s.into_owned());
                     self.state = State::Proving;
                     self.forgotten(now);
-                    self.retry = Pending {
-                        next: now,
-                        tries: 0,
-                    };
+                    self.retry = Pending::at(now);
                     self.handle_timeout(now);
                 }
             }
@@ -106,7 +103,7 @@ impl Link {
                 self.watches.clear();
                 for name in online {
                     if self.watched.contains(name.as_ref()) {
-                        self.events.push_back(LinkEvent::Joined {
+                        self.events.push_back(LinkEvent::Online {
                             name: name.into_owned(),
                         });
                     }
@@ -116,7 +113,7 @@ impl Link {
                 kind: Presence::Joined,
                 peer_name,
                 ..
-            } => {
+            } if self.watched.contains(peer_name.as_ref()) => {
                 self.events.push_back(LinkEvent::Joined {
                     name: peer_name.into_owned(),
                 });
@@ -203,7 +200,13 @@ impl Link {
                     });
                 }
             }
-            _ => {}
+            // Nothing for the link to do; its user may want to know.
+            _ => self.events.push_back(LinkEvent::Error {
+                code: code
+                    .chars()
+                    .map(|c| if c.is_control() { '?' } else { c })
+                    .collect(),
+            }),
         }
     }
 

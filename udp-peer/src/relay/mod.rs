@@ -88,10 +88,20 @@ pub enum LinkEvent {
         /// Its public address.
         address: SocketAddr,
     },
-    /// `name` is online (it joined, or a watch found it there).
+    /// `name`, watched, joined (again: it may have restarted).
     Joined {
         /// The peer.
         name: String,
+    },
+    /// `name`, watched, is online (the watch's answer).
+    Online {
+        /// The peer.
+        name: String,
+    },
+    /// An error of the relay's that the link has nothing to do about (`rate_limited`, a limit).
+    Error {
+        /// Its code, control characters shown as `?`.
+        code: String,
     },
     /// `name` asks to be introduced.
     ConnectRequest {
@@ -130,6 +140,16 @@ enum State {
 struct Pending {
     next: Instant,
     tries: u32,
+}
+
+impl Pending {
+    /// Due at `now`, not tried yet.
+    fn at(now: Instant) -> Pending {
+        Pending {
+            next: now,
+            tries: 0,
+        }
+    }
 }
 
 /// The link to one relay, for one name.
@@ -184,10 +204,7 @@ impl Link {
             session: None,
             public: None,
             stun: Stun::default(),
-            retry: Pending {
-                next: now,
-                tries: 0,
-            },
+            retry: Pending::at(now),
             next_keepalive: None,
             unanswered: 0,
             last_heard: None,
@@ -255,26 +272,14 @@ impl Link {
 
     /// Asks to be introduced to `peer` (until it asks too, or the relay refuses).
     pub fn connect(&mut self, peer: &str, now: Instant) {
-        self.connects.insert(
-            peer.to_string(),
-            Pending {
-                next: now,
-                tries: 0,
-            },
-        );
+        self.connects.insert(peer.to_string(), Pending::at(now));
         self.handle_timeout(now);
     }
 
     /// Binds a channel to `peer` (sent until acknowledged).
     pub fn bind(&mut self, peer: &str, now: Instant) {
         if !self.channel_of.contains_key(peer) {
-            self.binds.insert(
-                peer.to_string(),
-                Pending {
-                    next: now,
-                    tries: 0,
-                },
-            );
+            self.binds.insert(peer.to_string(), Pending::at(now));
             self.handle_timeout(now);
         }
     }
@@ -282,13 +287,7 @@ impl Link {
     /// Watches `peer` (Part 2): told when it comes online, however large the relay.
     pub fn watch(&mut self, peer: &str, now: Instant) {
         if self.watched.insert(peer.to_string()) {
-            self.watches.insert(
-                peer.to_string(),
-                Pending {
-                    next: now,
-                    tries: 0,
-                },
-            );
+            self.watches.insert(peer.to_string(), Pending::at(now));
             self.handle_timeout(now);
         }
     }
@@ -408,10 +407,7 @@ impl Link {
     /// Registers from scratch: the relay forgot us, or (signed) our address changed.
     fn reregister(&mut self, now: Instant) {
         self.state = State::Registering;
-        self.retry = Pending {
-            next: now,
-            tries: 0,
-        };
+        self.retry = Pending::at(now);
         self.forgotten(now);
         self.handle_timeout(now);
     }
@@ -420,10 +416,7 @@ impl Link {
     /// for again once ready.
     fn forgotten(&mut self, now: Instant) {
         self.channels.clear();
-        let again = Pending {
-            next: now,
-            tries: 0,
-        };
+        let again = Pending::at(now);
         for p in std::mem::take(&mut self.channel_of).into_keys() {
             self.binds.insert(p, again.clone());
         }
@@ -549,6 +542,9 @@ impl Link {
         };
         self.heard(now);
         if from == self.relay {
+            // The relay answers: a keepalive's ack, paid from a budget it may lack under load,
+            // is not needed to tell it is there.
+            self.unanswered = 0;
             self.seen_public(now, mapped);
         }
     }

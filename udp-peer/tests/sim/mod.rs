@@ -149,6 +149,10 @@ pub struct Sim {
     pub links: Links,
     /// Pairs of NATs whose traffic to each other is dropped (a cut direct path).
     pub cut: HashSet<(usize, usize)>,
+    /// Pairs (from, to) of NATs whose traffic that way only is dropped.
+    pub cut_one_way: HashSet<(usize, usize)>,
+    /// Whether the relay is away: nothing reaches it.
+    pub relay_down: bool,
     pub tap: Option<Tap>,
     /// Datagrams the relay sent or received, for a privacy check.
     pub relay_bytes: Vec<Vec<u8>>,
@@ -173,6 +177,8 @@ impl Sim {
             rng: seed | 1,
             links,
             cut: HashSet::new(),
+            cut_one_way: HashSet::new(),
+            relay_down: false,
             tap: None,
             relay_bytes: Vec::new(),
         }
@@ -360,6 +366,9 @@ impl Sim {
             }
         }
         if to == self.relay_addr || to == self.stun2 {
+            if self.relay_down {
+                return;
+            }
             self.relay_bytes.push(bytes.clone());
             let sends = self.relay.run(&bytes, from, self.now.as_millis() as u64);
             for (dst, b) in sends {
@@ -371,7 +380,9 @@ impl Sim {
         }
         let (src_nat, dst_nat) = (self.nat_of_ip(from.ip()), self.nat_of_ip(to.ip()));
         if let (Some(a), Some(b)) = (src_nat, dst_nat)
-            && (self.cut.contains(&(a, b)) || self.cut.contains(&(b, a)))
+            && (self.cut.contains(&(a, b))
+                || self.cut.contains(&(b, a))
+                || self.cut_one_way.contains(&(a, b)))
         {
             return;
         }
@@ -471,7 +482,7 @@ impl Sim {
     /// Host `h` connects to `name`.
     pub fn connect(&mut self, h: usize, name: &str) {
         let now = self.at();
-        self.hosts[h].peer.connect(name, now);
+        self.hosts[h].peer.connect(name, now).expect("a valid name");
         self.flush(h);
     }
 
