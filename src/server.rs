@@ -280,18 +280,12 @@ fn redacted(url: &str) -> String {
 }
 
 /// `n` sockets on `addr`, joined in one `SO_REUSEPORT` group.
-fn bind_sockets(mut addr: SocketAddr, n: usize) -> io::Result<Vec<UdpSocket>> {
-    relay_io::check_port_free(addr)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
-    let mut sockets = Vec::with_capacity(n);
-    for _ in 0..n {
-        let s = relay_io::bind_worker_socket(addr)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
-        // Port 0: the first socket picks the port, the others join it.
-        addr = s.local_addr()?;
-        sockets.push(s);
-    }
-    Ok(sockets)
+fn bind_sockets(addr: SocketAddr, n: usize) -> io::Result<Vec<UdpSocket>> {
+    let failed = |e: io::Error| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"));
+    let addr = relay_io::free_port(addr).map_err(failed)?;
+    (0..n)
+        .map(|_| relay_io::bind_worker_socket(addr).map_err(failed))
+        .collect()
 }
 
 /// The sockets a relay handed over, checked: UDP, all on one address, the one `args` asks for

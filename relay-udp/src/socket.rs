@@ -192,17 +192,23 @@ pub fn set_gro(sock: &UdpSocket, on: bool) -> bool {
     }
 }
 
-/// Fails with `AddrInUse` if another socket holds `addr`, even one with `SO_REUSEPORT`, so two
-/// relays never silently split one port's traffic.
-pub fn check_port_free(addr: SocketAddr) -> io::Result<()> {
-    if addr.port() == 0 {
-        return Ok(());
-    }
+/// The address a group of `SO_REUSEPORT` sockets is to bind: `addr` itself, failing with
+/// `AddrInUse` if another socket holds it, even one with `SO_REUSEPORT`, so two relays never
+/// silently split one port's traffic; for port 0, a port no socket holds now. The kernel's own
+/// choice for a `SO_REUSEPORT` socket may be a port another such socket of the same user holds
+/// (sharing it is allowed), so the port is chosen by a socket without the option, which
+/// conflicts with every other, and released for the group to take at once.
+pub fn free_port(addr: SocketAddr) -> io::Result<SocketAddr> {
     let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         sock.set_only_v6(false)?;
     }
-    sock.bind(&addr.into())
+    sock.bind(&addr.into())?;
+    let bound = sock
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("not an IP socket"))?;
+    Ok(SocketAddr::new(addr.ip(), bound.port()))
 }
 
 /// A connected, non-blocking UDP socket at `local` (port 0: any) that talks only to `remote`
@@ -225,4 +231,28 @@ pub fn peer_socket(
     s.connect(&remote.into())?;
     s.set_nonblocking(true)?;
     Ok(s.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_zero_never_gives_a_port_another_reuseport_group_holds() {
+        // Groups that the kernel's own choice for a SO_REUSEPORT socket could have joined.
+        let held: Vec<UdpSocket> = (0..32)
+            .map(|_| bind_worker_socket("127.0.0.1:0".parse().unwrap()).unwrap())
+            .collect();
+        let ports: Vec<u16> = held.iter().map(|s| s.local_addr().unwrap().port()).collect();
+        for _ in 0..2_000 {
+            let got = free_port("127.0.0.1:0".parse().unwrap()).unwrap();
+            assert!(!ports.contains(&got.port()), "{got} is held");
+        }
+        let taken = held[0].local_addr().unwrap();
+        assert_eq!(
+            free_port(taken).unwrap_err().kind(),
+            io::ErrorKind::AddrInUse,
+            "a port asked for by number that a group holds"
+        );
+    }
 }
