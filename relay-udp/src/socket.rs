@@ -243,7 +243,10 @@ mod tests {
         let held: Vec<UdpSocket> = (0..32)
             .map(|_| bind_worker_socket("127.0.0.1:0".parse().unwrap()).unwrap())
             .collect();
-        let ports: Vec<u16> = held.iter().map(|s| s.local_addr().unwrap().port()).collect();
+        let ports: Vec<u16> = held
+            .iter()
+            .map(|s| s.local_addr().unwrap().port())
+            .collect();
         for _ in 0..2_000 {
             let got = free_port("127.0.0.1:0".parse().unwrap()).unwrap();
             assert!(!ports.contains(&got.port()), "{got} is held");
