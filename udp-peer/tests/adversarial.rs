@@ -3,7 +3,6 @@
 //! then abuses the session (its own client, built from the crate's public parts), and inputs
 //! nobody meant to send. Each test names what an attacker tries and asserts what must hold.
 
-#[allow(dead_code, reason = "the simulated network serves several test files")]
 mod sim;
 
 use std::cell::RefCell;

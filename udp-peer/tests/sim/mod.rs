@@ -2,6 +2,9 @@
 //! [`udp_peer::Peer`]) behind NAT models, the real relay's sans-IO core, and links that lose,
 //! duplicate and reorder datagrams from a seeded generator. The same seed, the same run.
 
+// Each test crate uses a part of it.
+#![allow(dead_code)]
+
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -83,8 +86,6 @@ struct Nat {
     /// (public port, remote) sent to.
     sent_to: HashSet<(u16, SocketAddr)>,
     next_port: u16,
-    /// Mappings dropped from here on (a rebinding).
-    epoch: u32,
 }
 
 /// Link behaviour.
@@ -201,7 +202,6 @@ impl Sim {
             back: HashMap::new(),
             sent_to: HashSet::new(),
             next_port: 40_000 + (i as u16) * 1000,
-            epoch: 0,
         });
         i
     }
@@ -257,7 +257,6 @@ impl Sim {
         let Some(n) = self.hosts[h].nat else { return };
         let addr = self.hosts[h].addr;
         let nat = &mut self.nats[n];
-        nat.epoch += 1;
         let gone: Vec<u16> = nat
             .map
             .iter()
@@ -418,7 +417,6 @@ impl Sim {
 
     /// Puts `bytes` on the wire now, from any source (a forger's, an attacker's own host),
     /// unseen by the tap.
-    #[allow(dead_code, reason = "only the adversarial tests forge datagrams")]
     pub fn inject(&mut self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>) {
         self.seq += 1;
         self.queue.push(Reverse(InFlight {
