@@ -281,11 +281,8 @@ fn redacted(url: &str) -> String {
 
 /// `n` sockets on `addr`, joined in one `SO_REUSEPORT` group.
 fn bind_sockets(addr: SocketAddr, n: usize) -> io::Result<Vec<UdpSocket>> {
-    let failed = |e: io::Error| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"));
-    let addr = relay_io::free_port(addr).map_err(failed)?;
-    (0..n)
-        .map(|_| relay_io::bind_worker_socket(addr).map_err(failed))
-        .collect()
+    relay_io::bind_group(addr, n)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
 
 /// The sockets a relay handed over, checked: UDP, all on one address, the one `args` asks for

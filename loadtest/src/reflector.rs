@@ -27,8 +27,8 @@ pub struct Reflected {
 /// Binds the reflector's socket on `addr`, as the relay binds a worker's (the same buffers, so
 /// that neither side wins by buffering more), where no other socket listens.
 pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
-    relay_udp::free_port(addr)
-        .and_then(relay_udp::bind_worker_socket)
+    relay_udp::bind_group(addr, 1)
+        .map(|mut s| s.remove(0))
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
 

@@ -26,7 +26,7 @@ pub use recv::{BATCH, RecvBatch};
 pub use sender::{Sender, send_batch};
 pub use sends::{Datagrams, Destinations, Sends};
 pub use socket::{
-    POLL_MS, SOCKET_BUFFER, bind_worker_socket, capped_buffers, free_port, install_wake,
+    POLL_MS, SOCKET_BUFFER, bind_group, bind_worker_socket, capped_buffers, install_wake,
     peer_socket, pin_to_cpu, set_gro, udp_segment_supported, wake,
 };
 pub use uring::probe as uring_available;

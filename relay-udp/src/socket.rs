@@ -192,13 +192,27 @@ pub fn set_gro(sock: &UdpSocket, on: bool) -> bool {
     }
 }
 
-/// The address a group of `SO_REUSEPORT` sockets is to bind: `addr` itself, failing with
-/// `AddrInUse` if another socket holds it, even one with `SO_REUSEPORT`, so two relays never
-/// silently split one port's traffic; for port 0, a port no socket holds now. The kernel's own
-/// choice for a `SO_REUSEPORT` socket may be a port another such socket of the same user holds
-/// (sharing it is allowed), so the port is chosen by a socket without the option, which
-/// conflicts with every other, and released for the group to take at once.
-pub fn free_port(addr: SocketAddr) -> io::Result<SocketAddr> {
+/// `n` worker sockets on `addr`, joined in one `SO_REUSEPORT` group, failing with `AddrInUse`
+/// if another socket holds `addr`, even one with `SO_REUSEPORT`, so two relays never silently
+/// split one port's traffic. For port 0, a port no socket holds: the kernel's own choice for a
+/// `SO_REUSEPORT` socket may be a port another such socket of the same user holds (sharing it is
+/// allowed), so the port is chosen by a socket without the option, which conflicts with every
+/// other, then released for the group, and chosen again should another socket take it between.
+pub fn bind_group(addr: SocketAddr, n: usize) -> io::Result<Vec<UdpSocket>> {
+    let mut tries = 0;
+    loop {
+        let port = free_port(addr)?;
+        match (0..n).map(|_| bind_worker_socket(port)).collect() {
+            Err(e) if addr.port() == 0 && e.kind() == io::ErrorKind::AddrInUse && tries < 16 => {
+                tries += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
+/// `addr` if no socket holds it, or for port 0 a port no socket holds now.
+fn free_port(addr: SocketAddr) -> io::Result<SocketAddr> {
     let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         sock.set_only_v6(false)?;
@@ -247,13 +261,15 @@ mod tests {
             .iter()
             .map(|s| s.local_addr().unwrap().port())
             .collect();
-        for _ in 0..2_000 {
-            let got = free_port("127.0.0.1:0".parse().unwrap()).unwrap();
-            assert!(!ports.contains(&got.port()), "{got} is held");
+        for _ in 0..500 {
+            let got = bind_group("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+            let port = got[0].local_addr().unwrap().port();
+            assert_eq!(got[1].local_addr().unwrap().port(), port, "one group");
+            assert!(!ports.contains(&port), "{port} is held");
         }
         let taken = held[0].local_addr().unwrap();
         assert_eq!(
-            free_port(taken).unwrap_err().kind(),
+            bind_group(taken, 1).unwrap_err().kind(),
             io::ErrorKind::AddrInUse,
             "a port asked for by number that a group holds"
         );
