@@ -42,14 +42,20 @@ fn settings(f: impl Fn(&mut Settings)) -> Settings {
     st
 }
 
-#[test]
-fn no_channels_no_watches_peer_online_first_still_handshakes() {
-    let mut s = Sim::new(5, Links::default());
-    s.relay = Harness::new(settings(|st| {
+/// A relay that binds no channel and keeps no watch: peers learn of each other only from asks
+/// and introductions.
+fn no_channels_no_watches() -> Settings {
+    settings(|st| {
         st.max_channels = 0;
         st.max_watch_per_host = 0;
         st.max_watch_total = 0;
-    }));
+    })
+}
+
+#[test]
+fn no_channels_no_watches_peer_online_first_still_handshakes() {
+    let mut s = Sim::new(5, Links::default());
+    s.relay = Harness::new(no_channels_no_watches());
     s.alice_and_bob(NatKind::SYMMETRIC, NatKind::SYMMETRIC, |_| {});
     s.run(ms(3_000), |_| false);
     s.connect(0, "bob");
@@ -62,13 +68,9 @@ fn no_channels_no_watches_peer_online_first_still_handshakes() {
 
 #[test]
 fn responder_connects_with_no_channels_no_watches() {
-    // bob < zed? no: "bob" connects to "alice"; alice is the initiator but did not ask first.
+    // Bob asks first; alice, the initiator by name order, only answers.
     let mut s = Sim::new(6, Links::default());
-    s.relay = Harness::new(settings(|st| {
-        st.max_channels = 0;
-        st.max_watch_per_host = 0;
-        st.max_watch_total = 0;
-    }));
+    s.relay = Harness::new(no_channels_no_watches());
     s.alice_and_bob(NatKind::SYMMETRIC, NatKind::SYMMETRIC, |_| {});
     s.run(ms(3_000), |_| false);
     s.connect(1, "alice");
@@ -82,11 +84,7 @@ fn responder_connects_with_no_channels_no_watches() {
 #[test]
 fn accept_off_user_connects_later_no_channels_no_watches() {
     let mut s = Sim::new(7, Links::default());
-    s.relay = Harness::new(settings(|st| {
-        st.max_channels = 0;
-        st.max_watch_per_host = 0;
-        st.max_watch_total = 0;
-    }));
+    s.relay = Harness::new(no_channels_no_watches());
     s.alice_and_bob(NatKind::SYMMETRIC, NatKind::SYMMETRIC, |c| c.accept = false);
     s.run(ms(3_000), |_| false);
     // bob (responder) asks; alice's user answers 20 s later.
